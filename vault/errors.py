@@ -1,0 +1,42 @@
+"""The vault's error tree. Nothing here carries key bytes, plaintext or library text.
+
+::
+
+    VaultError
+    ├── RecordNotFound        no such token (or expired, or erased)
+    ├── DecryptionFailed      a ciphertext or wrapped key failed authentication
+    ├── KeyRingError          key ring missing, unreadable, badly permissioned or corrupt
+    │   └── KeyInUse          a key version still wraps data keys and cannot be retired
+    ├── DuplicateRecord       a token or idempotency key already exists
+    └── StorageUnavailable    the database cannot be reached or answered with an error
+"""
+
+from __future__ import annotations
+
+
+class VaultError(Exception):
+    """Base of all vault errors."""
+
+
+class RecordNotFound(VaultError):
+    """The token does not exist, has expired, or was erased."""
+
+
+class DecryptionFailed(VaultError):
+    """Authentication of a ciphertext or wrapped key failed; never returns data."""
+
+
+class KeyRingError(VaultError):
+    """The key ring cannot be used; the message names the file and problem, never key bytes."""
+
+
+class KeyInUse(KeyRingError):
+    """A key version still wraps data keys."""
+
+
+class DuplicateRecord(VaultError):
+    """A row with this primary key already exists."""
+
+
+class StorageUnavailable(VaultError):
+    """The storage backend failed; the operation may be retried later."""
