@@ -1,0 +1,39 @@
+"""Encrypted token vault: records sealed under envelope keys, in SQLite or PostgreSQL.
+
+Usable without the proxy. The public API is what this module exports.
+"""
+
+from vault.errors import (
+    DecryptionFailed,
+    DuplicateRecord,
+    KeyInUse,
+    KeyRingError,
+    RecordNotFound,
+    StorageUnavailable,
+    VaultError,
+)
+from vault.keyring import KekProvider, KeyRing, LocalKekProvider
+from vault.records import Kind, NewRecord, Record, iso, new_token, token_kind, utcnow
+from vault.store import Vault, open_backend
+
+__all__ = [
+    "DecryptionFailed",
+    "DuplicateRecord",
+    "KekProvider",
+    "KeyInUse",
+    "KeyRing",
+    "KeyRingError",
+    "Kind",
+    "LocalKekProvider",
+    "NewRecord",
+    "Record",
+    "RecordNotFound",
+    "StorageUnavailable",
+    "Vault",
+    "VaultError",
+    "iso",
+    "new_token",
+    "open_backend",
+    "token_kind",
+    "utcnow",
+]

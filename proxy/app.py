@@ -1,0 +1,135 @@
+"""App factories: the API app and the ops app (metrics, health), and the server runner."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from proxy.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
+from proxy.clients import ClientRegistry
+from proxy.metrics import Metrics
+from proxy.middleware import request_middleware
+from proxy.partners.base import Partner
+from proxy.partners.stripe import StripePartner
+from proxy.routes import ROUTES
+from proxy.service import Services
+from proxy.settings import Settings
+from vault import LocalKekProvider, StorageUnavailable, Vault
+
+_log = structlog.get_logger("tokenproxy")
+VERSION = "0.1.0"
+_READY = web.AppKey("ready", asyncio.Event)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    vault: Vault | None = None,
+    partner: Partner | None = None,
+    clients: ClientRegistry | None = None,
+    metrics: Metrics | None = None,
+) -> web.Application:
+    """The API application. Dependencies not given are built from ``settings`` at start-up."""
+    app = web.Application(middlewares=[request_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = metrics or Metrics(version=VERSION)
+    app[CLIENTS] = clients if clients is not None else ClientRegistry.load(settings.clients_path)
+    app[_READY] = asyncio.Event()
+    app.add_routes(ROUTES)
+
+    async def dependencies(app: web.Application) -> AsyncIterator[None]:
+        own_vault = vault is None
+        own_partner = partner is None
+        the_vault = vault
+        if the_vault is None:
+            keys = LocalKekProvider.from_file(settings.keyring_path)
+            the_vault = await Vault.open(
+                settings.vault_url, keys, migrate=settings.migrate_on_start
+            )
+        try:
+            the_partner = partner
+            if the_partner is None:
+                the_partner = StripePartner(
+                    settings.stripe_api_key or "sk_test_sandbox",
+                    api_base=settings.stripe_api_base,
+                    timeout=settings.partner_timeout,
+                    connect_timeout=settings.partner_connect_timeout,
+                )
+            app[SERVICES] = Services(vault=the_vault, partner=the_partner, metrics=app[METRICS])
+            app[_READY].set()
+            app[METRICS].ready.set(1)
+            yield
+            app[_READY].clear()
+            app[METRICS].ready.set(0)
+            if own_partner:
+                await the_partner.close()
+        finally:
+            if own_vault:
+                await the_vault.close()
+
+    app.cleanup_ctx.append(dependencies)
+    return app
+
+
+def create_ops_app(api: web.Application) -> web.Application:
+    """The ops listener: /metrics, /healthz (process alive), /readyz (vault answers)."""
+    ops = web.Application()
+    metrics = api[METRICS]
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if not api[_READY].is_set() or SERVICES not in api:
+            metrics.ready.set(0)
+            return web.json_response({"status": "starting"}, status=503)
+        try:
+            await api[SERVICES].vault.ping()
+        except StorageUnavailable:
+            metrics.ready.set(0)
+            return web.json_response({"status": "vault_unavailable"}, status=503)
+        metrics.ready.set(1)
+        return web.json_response({"status": "ready"})
+
+    ops.add_routes(
+        [
+            web.get("/metrics", metrics_handler, allow_head=False),
+            web.get("/healthz", healthz, allow_head=False),
+            web.get("/readyz", readyz, allow_head=False),
+        ]
+    )
+    return ops
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the API and ops listeners until SIGTERM/SIGINT (or ``stop``), then drain."""
+    api = create_app(settings)
+    ops = create_ops_app(api)
+    api_runner = web.AppRunner(api, access_log=None, shutdown_timeout=settings.shutdown_grace)
+    ops_runner = web.AppRunner(ops, access_log=None)
+    await api_runner.setup()
+    try:
+        await ops_runner.setup()
+        await web.TCPSite(api_runner, settings.listen.host, settings.listen.port).start()
+        await web.TCPSite(ops_runner, settings.ops_listen.host, settings.ops_listen.port).start()
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        _log.info("started", **settings.strip_hazmat())
+        await stop.wait()
+        _log.info("stopping", grace_seconds=settings.shutdown_grace)
+    finally:
+        # API first: stop accepting, let in-flight requests finish, then close the vault.
+        await api_runner.cleanup()
+        await ops_runner.cleanup()
+        _log.info("stopped")

@@ -1,0 +1,143 @@
+"""Client keys: created once, shown once, stored only as SHA-256 digests.
+
+Keys are 256-bit random strings, so a plain SHA-256 digest is as strong as a slow
+password hash here (there is nothing to brute-force) and costs microseconds per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+SCOPES = frozenset({"tokenize", "read", "resolve", "delete", "admin"})
+KEY_PREFIX = "tpk_"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_FORMAT = "tokenproxy-clients/1"
+
+
+class ClientsFileError(Exception):
+    """The clients file is missing, unreadable or malformed; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """An authenticated caller: a name and the scopes it holds."""
+
+    name: str
+    scopes: frozenset[str]
+    key_digest: str
+
+    def __repr__(self) -> str:
+        return f"Client({self.name!r}, scopes={sorted(self.scopes)})"
+
+
+def digest(key: str) -> str:
+    """SHA-256 hex digest of a client key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ClientRegistry:
+    """Looks clients up by key digest; comparison is constant time."""
+
+    def __init__(self, clients: list[Client]) -> None:
+        self._by_digest = {c.key_digest: c for c in clients}
+
+    @classmethod
+    def load(cls, path: Path) -> ClientRegistry:
+        """Read the clients file, failing with one line that names it and the problem."""
+        return cls(_read(path))
+
+    def authenticate(self, key: str) -> Client | None:
+        """The client holding ``key``, or None."""
+        wanted = digest(key)
+        client = self._by_digest.get(wanted)
+        # The dict lookup is on the digest, not the key; the final comparison is
+        # constant-time so a near miss reveals nothing either.
+        if client is None or not hmac.compare_digest(client.key_digest, wanted):
+            return None
+        return client
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+
+def _read(path: Path) -> list[Client]:
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ClientsFileError(
+            f"clients file {path} does not exist (create one: tokenproxy clients add NAME)"
+        ) from None
+    except OSError as exc:
+        raise ClientsFileError(f"clients file {path} cannot be read ({exc.strerror})") from None
+    try:
+        doc = json.loads(raw)
+        if doc.get("format") != _FORMAT:
+            raise ClientsFileError(f"clients file {path} has no {_FORMAT!r} format tag")
+        clients = []
+        for entry in doc["clients"]:
+            scopes = frozenset(entry["scopes"])
+            if not scopes <= SCOPES or not re.fullmatch(r"[0-9a-f]{64}", entry["key_sha256"]):
+                raise ClientsFileError(f"clients file {path} has a malformed entry")
+            clients.append(Client(entry["name"], scopes, entry["key_sha256"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ClientsFileError(f"clients file {path} is not a valid clients file") from None
+    return clients
+
+
+def parse_scopes(text: str) -> frozenset[str]:
+    """Parse ``tokenize,read`` into scopes, refusing unknown ones."""
+    scopes = frozenset(s.strip() for s in text.split(",") if s.strip())
+    unknown = scopes - SCOPES
+    if not scopes or unknown:
+        raise ValueError(f"scopes must be a comma-separated subset of {', '.join(sorted(SCOPES))}")
+    return scopes
+
+
+def add_client(path: Path, name: str, scopes: frozenset[str]) -> str:
+    """Add a client to the file (creating it) and return its key; the key is not stored."""
+    if not _NAME_RE.match(name):
+        raise ValueError("client name must be 1-63 of a-z 0-9 _ . - starting with a letter/digit")
+    entries: list[dict[str, object]] = []
+    if path.exists():
+        entries = [
+            {"name": c.name, "scopes": sorted(c.scopes), "key_sha256": c.key_digest}
+            for c in _read(path)
+        ]
+        if any(e["name"] == name for e in entries):
+            raise ValueError(f"a client named {name!r} already exists")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    entries.append(
+        {
+            "name": name,
+            "scopes": sorted(scopes),
+            "key_sha256": digest(key),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    )
+    _write_atomic(path, json.dumps({"format": _FORMAT, "clients": entries}, indent=2) + "\n")
+    return key
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise

@@ -1,0 +1,22 @@
+"""Reading tokens."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy import service
+from proxy.appkeys import SERVICES
+from proxy.middleware import TOKEN_KEY, authenticate
+
+_SCOPES = frozenset({"read", "resolve"})
+
+
+async def get_token(request: web.Request) -> web.Response:
+    """GET /v1/tokens/{token}: masked view for `read`, partner reference too for `resolve`."""
+    client = authenticate(request, _SCOPES)
+    token = request.match_info["token"]
+    result = await service.read_token(
+        request.app[SERVICES], token, resolve="resolve" in client.scopes
+    )
+    request[TOKEN_KEY] = token
+    return web.json_response(result)

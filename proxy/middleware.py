@@ -1,0 +1,156 @@
+"""Request ids, authentication, error rendering and the canonical log line.
+
+This is the one place where errors become HTTP responses: a ProxyError renders its
+own code and status; aiohttp's HTTP exceptions are translated; anything else is a
+500 with a fixed message (the exception is logged, scrubbed, never sent).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from proxy.appkeys import CLIENTS, METRICS
+from proxy.clients import Client
+from proxy.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ProxyError,
+    UnsupportedMediaType,
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CLIENT_KEY = web.RequestKey("client", Client)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+TOKEN_KEY = web.RequestKey("token", str)
+
+_log = structlog.get_logger("tokenproxy.request")
+_UNMATCHED = "unmatched"
+
+
+def new_request_id() -> str:
+    """A fresh request id; never taken from the client, whose header could carry anything."""
+    return "req_" + secrets.token_urlsafe(12)
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route's template (bounded label value), or 'unmatched'."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else _UNMATCHED
+
+
+def _translate_http(exc: web.HTTPException) -> ProxyError:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("No such route.", code="route_not_found")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowed("Method not allowed on this route.", headers={"Allow": allowed})
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("The request body is too large.")
+    if 400 <= exc.status < 500:
+        return InvalidRequest("The request could not be processed.")
+    return ProxyError("An internal error occurred.")
+
+
+def render_error(error: ProxyError, request_id: str) -> web.Response:
+    """The JSON error response for ``error``."""
+    response = web.json_response(error.body(request_id), status=error.status)
+    response.headers.update(error.headers)
+    return response
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Assign a request id, render errors, observe metrics and write the canonical line."""
+    started = time.perf_counter()
+    request_id = new_request_id()
+    request[REQUEST_ID_KEY] = request_id
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    error: ProxyError | None = None
+    try:
+        try:
+            response = await handler(request)
+        except ProxyError as exc:
+            error = exc
+        except web.HTTPException as exc:
+            error = _translate_http(exc)
+        except Exception:  # noqa: BLE001 - the last line of defence: render 500, log scrubbed
+            _log.exception("unhandled_error")
+            error = ProxyError("An internal error occurred.")
+        if error is not None:
+            response = render_error(error, request_id)
+        response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        status = response.status if error is None else error.status
+        _finish(request, started, status, error)
+        structlog.contextvars.unbind_contextvars("request_id")
+
+
+def _finish(request: web.Request, started: float, status: int, error: ProxyError | None) -> None:
+    duration = time.perf_counter() - started
+    route = route_template(request)
+    metrics = request.app[METRICS]
+    metrics.requests.labels(route, request.method, f"{status // 100}xx").inc()
+    metrics.request_duration.labels(route, request.method).observe(duration)
+    client = request.get(CLIENT_KEY)
+    _log.info(
+        "request",
+        method=request.method,
+        route=route,
+        status=status,
+        duration_ms=round(duration * 1000, 3),
+        client=client.name if client else None,
+        token=request.get(TOKEN_KEY),
+        error_code=error.code if error else None,
+    )
+
+
+def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
+    """The client behind the bearer key, if it holds one of ``scopes``; else 401/403."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    metrics = request.app[METRICS]
+    if scheme.lower() != "bearer" or not key:
+        metrics.auth_failures.labels("missing_key").inc()
+        raise AuthenticationFailed(
+            "Authentication required: send Authorization: Bearer <client key>.",
+            code="missing_api_key",
+            headers={"WWW-Authenticate": 'Bearer realm="tokenproxy"'},
+        )
+    client = request.app[CLIENTS].authenticate(key.strip())
+    if client is None:
+        metrics.auth_failures.labels("invalid_key").inc()
+        raise AuthenticationFailed(
+            "The client key is not valid.",
+            headers={"WWW-Authenticate": 'Bearer realm="tokenproxy", error="invalid_token"'},
+        )
+    request[CLIENT_KEY] = client
+    if not client.scopes & scopes:
+        metrics.auth_failures.labels("missing_scope").inc()
+        raise PermissionDenied(
+            f"This client lacks the scope this route needs ({' or '.join(sorted(scopes))})."
+        )
+    return client
+
+
+async def read_json(request: web.Request) -> object:
+    """The request body as JSON; 415 for another media type, 400 for bad JSON."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Send the body as application/json.")
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        # Never echo the parser's message: it quotes the body, which may hold a card number.
+        raise InvalidRequest("The body is not valid JSON.", code="invalid_json") from None

@@ -1,0 +1,168 @@
+"""Settings: read once from the environment, validated, frozen. The only reader of os.environ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(Exception):
+    """One bad setting; the message names it in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A listen address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _host_port(name: str, value: str) -> HostPort:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"{name} must be HOST:PORT, got {value!r}")
+    return HostPort(host.strip("[]"), int(port))
+
+
+def _float(name: str, value: str, *, minimum: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {value!r}") from None
+    if number < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value!r}")
+    return number
+
+
+def _int(name: str, value: str, *, minimum: int) -> int:
+    if not value.isdigit() or int(value) < minimum:
+        raise SettingsError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """A secret from ``NAME_FILE`` (preferred: no secret in the process environment) or ``NAME``."""
+    path = env.get(f"{name}_FILE")
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(f"{name}_FILE cannot be read: {path} ({exc.strerror})") from None
+        if not value:
+            raise SettingsError(f"{name}_FILE is empty: {path}")
+        return value
+    return env.get(name) or None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the service; see the README table and deploy/env.example."""
+
+    listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 8080))
+    ops_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9090))
+    vault_url: str = "sqlite:///var/vault.db"
+    keyring_path: Path = Path("var/keyring.json")
+    clients_path: Path = Path("var/clients.json")
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str = "https://api.stripe.com"
+    partner_timeout: float = 10.0
+    partner_connect_timeout: float = 3.0
+    max_body_bytes: int = 16 * 1024
+    log_level: str = "info"
+    log_json: bool | None = None
+    migrate_on_start: bool = True
+    shutdown_grace: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
+        """Build settings from ``env`` (default os.environ); SettingsError names a bad one."""
+        env = os.environ if env is None else env
+        kwargs: dict[str, object] = {}
+        if "TOKENPROXY_LISTEN" in env:
+            kwargs["listen"] = _host_port("TOKENPROXY_LISTEN", env["TOKENPROXY_LISTEN"])
+        if "TOKENPROXY_OPS_LISTEN" in env:
+            kwargs["ops_listen"] = _host_port("TOKENPROXY_OPS_LISTEN", env["TOKENPROXY_OPS_LISTEN"])
+        if "TOKENPROXY_VAULT_URL" in env:
+            url = env["TOKENPROXY_VAULT_URL"]
+            if not (
+                (url.startswith("sqlite:///") and len(url) > len("sqlite:///"))
+                or url.startswith(("postgresql://", "postgres://"))
+            ):
+                raise SettingsError(
+                    "TOKENPROXY_VAULT_URL must be sqlite:///PATH or postgresql://..., "
+                    f"got a value starting {url[:12]!r}"
+                )
+            kwargs["vault_url"] = url
+        if "TOKENPROXY_KEYRING" in env:
+            kwargs["keyring_path"] = Path(env["TOKENPROXY_KEYRING"])
+        if "TOKENPROXY_CLIENTS" in env:
+            kwargs["clients_path"] = Path(env["TOKENPROXY_CLIENTS"])
+        key = _secret(env, "STRIPE_API_KEY")
+        if key is not None:
+            if not key.startswith(("sk_", "rk_")):
+                raise SettingsError("STRIPE_API_KEY must be a Stripe secret or restricted key")
+            kwargs["stripe_api_key"] = key
+        if "TOKENPROXY_STRIPE_API_BASE" in env:
+            base = env["TOKENPROXY_STRIPE_API_BASE"].rstrip("/")
+            if not base.startswith(("https://", "http://")):
+                raise SettingsError("TOKENPROXY_STRIPE_API_BASE must be an http(s) URL")
+            kwargs["stripe_api_base"] = base
+        if "TOKENPROXY_PARTNER_TIMEOUT" in env:
+            kwargs["partner_timeout"] = _float(
+                "TOKENPROXY_PARTNER_TIMEOUT", env["TOKENPROXY_PARTNER_TIMEOUT"], minimum=0.1
+            )
+        if "TOKENPROXY_PARTNER_CONNECT_TIMEOUT" in env:
+            kwargs["partner_connect_timeout"] = _float(
+                "TOKENPROXY_PARTNER_CONNECT_TIMEOUT",
+                env["TOKENPROXY_PARTNER_CONNECT_TIMEOUT"],
+                minimum=0.05,
+            )
+        if "TOKENPROXY_MAX_BODY_BYTES" in env:
+            kwargs["max_body_bytes"] = _int(
+                "TOKENPROXY_MAX_BODY_BYTES", env["TOKENPROXY_MAX_BODY_BYTES"], minimum=1024
+            )
+        if "TOKENPROXY_LOG_LEVEL" in env:
+            level = env["TOKENPROXY_LOG_LEVEL"].lower()
+            if level not in {"debug", "info", "warning", "error"}:
+                raise SettingsError("TOKENPROXY_LOG_LEVEL must be debug, info, warning or error")
+            kwargs["log_level"] = level
+        if "TOKENPROXY_LOG_FORMAT" in env:
+            fmt = env["TOKENPROXY_LOG_FORMAT"].lower()
+            if fmt not in {"json", "console", "auto"}:
+                raise SettingsError("TOKENPROXY_LOG_FORMAT must be json, console or auto")
+            kwargs["log_json"] = {"json": True, "console": False, "auto": None}[fmt]
+        if "TOKENPROXY_MIGRATE_ON_START" in env:
+            flag = env["TOKENPROXY_MIGRATE_ON_START"].lower()
+            if flag not in {"true", "false", "1", "0"}:
+                raise SettingsError("TOKENPROXY_MIGRATE_ON_START must be true or false")
+            kwargs["migrate_on_start"] = flag in {"true", "1"}
+        if "TOKENPROXY_SHUTDOWN_GRACE" in env:
+            kwargs["shutdown_grace"] = _float(
+                "TOKENPROXY_SHUTDOWN_GRACE", env["TOKENPROXY_SHUTDOWN_GRACE"], minimum=0
+            )
+        settings = cls(**kwargs)  # type: ignore[arg-type]
+        if settings.stripe_api_key is None and "TOKENPROXY_STRIPE_API_BASE" not in env:
+            raise SettingsError(
+                "STRIPE_API_KEY (or STRIPE_API_KEY_FILE) is required unless "
+                "TOKENPROXY_STRIPE_API_BASE points at a sandbox partner"
+            )
+        return settings
+
+    def strip_hazmat(self) -> dict[str, object]:
+        """A copy safe to log: no secrets."""
+        return {
+            "listen": str(self.listen),
+            "ops_listen": str(self.ops_listen),
+            "vault_backend": self.vault_url.split(":", 1)[0],
+            "keyring_path": str(self.keyring_path),
+            "clients_path": str(self.clients_path),
+            "stripe_api_base": self.stripe_api_base,
+            "stripe_api_key_set": self.stripe_api_key is not None,
+            "partner_timeout": self.partner_timeout,
+        }

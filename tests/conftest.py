@@ -1,0 +1,187 @@
+"""Shared fixtures: real parts only (localstripe, SQLite files, the HTTP server on loopback)."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.app import create_app, create_ops_app
+from proxy.clients import ClientRegistry, add_client, parse_scopes
+from proxy.log import configure_logging
+from proxy.metrics import Metrics
+from proxy.partners.stripe import StripePartner
+from proxy.sandbox import SANDBOX_API_KEY, Localstripe, free_port
+from proxy.settings import Settings
+from vault import LocalKekProvider, Vault
+from vault.keyring import init_keyring
+
+
+class _Tee(io.StringIO):
+    """Every log line the session writes, kept for the leak scan."""
+
+
+LOG_STREAM = _Tee()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_logging() -> _Tee:
+    """Route all structlog and stdlib logging of the session into one scannable buffer."""
+    configure_logging(json=True, level="debug", stream=LOG_STREAM)
+    return LOG_STREAM
+
+
+@pytest.fixture(scope="session")
+def log_stream() -> _Tee:
+    """The session's captured log output."""
+    return LOG_STREAM
+
+
+@pytest.fixture(scope="session")
+def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Localstripe]:
+    """A localstripe process for the whole session, on a free loopback port."""
+    log = tmp_path_factory.mktemp("localstripe") / "localstripe.log"
+    sandbox = Localstripe(log=log)
+    yield sandbox
+    sandbox.stop()
+
+
+@pytest.fixture
+def keyring_path(tmp_path: Path) -> Path:
+    """A fresh key ring file (0600) in the test's directory."""
+    path = tmp_path / "keys" / "keyring.json"
+    init_keyring(path)
+    return path
+
+
+@pytest.fixture
+def vault_path(tmp_path: Path) -> Path:
+    """Where the test's SQLite vault lives."""
+    return tmp_path / "vault.db"
+
+
+@pytest.fixture
+async def vault(vault_path: Path, keyring_path: Path) -> AsyncIterator[Vault]:
+    """An open SQLite vault with migrations applied."""
+    v = await Vault.open(f"sqlite:///{vault_path}", LocalKekProvider.from_file(keyring_path))
+    yield v
+    await v.close()
+
+
+@pytest.fixture
+async def stripe_partner(localstripe: Localstripe) -> AsyncIterator[StripePartner]:
+    """The real Stripe adapter pointed at localstripe."""
+    partner = StripePartner(SANDBOX_API_KEY, api_base=localstripe.base_url)
+    yield partner
+    await partner.close()
+
+
+CLIENT_SCOPES = {
+    "checkout": "tokenize",
+    "orders": "read",
+    "billing": "resolve",
+    "eraser": "delete",
+    "ops": "admin",
+}
+
+
+@pytest.fixture
+def client_keys(tmp_path: Path) -> dict[str, str]:
+    """A clients file with one client per scope; returns name -> key."""
+    path = tmp_path / "clients.json"
+    return {name: add_client(path, name, parse_scopes(s)) for name, s in CLIENT_SCOPES.items()}
+
+
+@dataclass
+class RunningProxy:
+    """A proxy serving on loopback, with its ops listener."""
+
+    base: str
+    ops: str
+    keys: dict[str, str]
+    app: web.Application
+    http: aiohttp.ClientSession
+    settings: Settings
+    vault_path: Path
+    responses: list[bytes] = field(default_factory=list)
+
+    def auth(self, client: str) -> dict[str, str]:
+        """Authorization header for the named test client."""
+        return {"Authorization": f"Bearer {self.keys[client]}"}
+
+    async def request(
+        self, method: str, path: str, *, client: str | None = None, **kwargs: object
+    ) -> tuple[int, dict[str, object] | None, aiohttp.ClientResponse]:
+        """Send a request; returns status, parsed JSON body (if any) and the response."""
+        headers = dict(kwargs.pop("headers", {}) or {})  # type: ignore[call-overload]
+        if client:
+            headers.update(self.auth(client))
+        async with self.http.request(method, self.base + path, headers=headers, **kwargs) as resp:  # type: ignore[arg-type]
+            raw = await resp.read()
+            self.responses.append(raw)
+            body = None
+            if resp.content_type == "application/json":
+                body = await resp.json()
+            return resp.status, body, resp
+
+
+def make_settings(tmp_path: Path, keyring_path: Path, partner_base: str) -> Settings:
+    """Settings for a test proxy, from an environment as an operator would write it."""
+    return Settings.from_env(
+        {
+            "TOKENPROXY_LISTEN": f"127.0.0.1:{free_port()}",
+            "TOKENPROXY_OPS_LISTEN": f"127.0.0.1:{free_port()}",
+            "TOKENPROXY_VAULT_URL": f"sqlite:///{tmp_path / 'vault.db'}",
+            "TOKENPROXY_KEYRING": str(keyring_path),
+            "TOKENPROXY_CLIENTS": str(tmp_path / "clients.json"),
+            "STRIPE_API_KEY": SANDBOX_API_KEY,
+            "TOKENPROXY_STRIPE_API_BASE": partner_base,
+        }
+    )
+
+
+@pytest.fixture
+async def proxy(
+    tmp_path: Path,
+    keyring_path: Path,
+    client_keys: dict[str, str],
+    localstripe: Localstripe,
+) -> AsyncIterator[RunningProxy]:
+    """The full proxy (SQLite vault, localstripe partner) serving on free loopback ports."""
+    settings = make_settings(tmp_path, keyring_path, localstripe.base_url)
+    app = create_app(settings, metrics=Metrics())
+    ops = create_ops_app(app)
+    runner = web.AppRunner(app, access_log=None)
+    ops_runner = web.AppRunner(ops, access_log=None)
+    await runner.setup()
+    await ops_runner.setup()
+    await web.TCPSite(runner, settings.listen.host, settings.listen.port).start()
+    await web.TCPSite(ops_runner, settings.ops_listen.host, settings.ops_listen.port).start()
+    async with aiohttp.ClientSession() as http:
+        yield RunningProxy(
+            base=f"http://{settings.listen}",
+            ops=f"http://{settings.ops_listen}",
+            keys=client_keys,
+            app=app,
+            http=http,
+            settings=settings,
+            vault_path=tmp_path / "vault.db",
+        )
+    await runner.cleanup()
+    await ops_runner.cleanup()
+
+
+def registry_for(keys_path: Path) -> ClientRegistry:
+    """Load a clients file the way the app does."""
+    return ClientRegistry.load(keys_path)
+
+
+def ci() -> bool:
+    """True in CI, where a missing service is a failure rather than a skip."""
+    return os.environ.get("CI", "").lower() == "true"

@@ -1,0 +1,266 @@
+"""The logging redaction backstop: what reaches the stream never holds card data."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.log import configure_logging, redact_processor
+
+PAN = "4242424242424242"
+DIGITS = "0123456789"
+
+
+def _reference_luhn(number: str) -> bool:
+    """Textbook Luhn, written independently of proxy.validation."""
+    total = 0
+    for position, char in enumerate(reversed(number)):
+        digit = int(char)
+        if position % 2 == 1:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
+
+
+def _with_check_digit(payload: str) -> str:
+    return next(payload + d for d in DIGITS if _reference_luhn(payload + d))
+
+
+@contextmanager
+def logging_to_buffer(*, json_lines: bool = True) -> Iterator[io.StringIO]:
+    """Configure logging into a StringIO and restore structlog and stdlib state after."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    access = logging.getLogger("aiohttp.access")
+    access_level = access.level
+    buffer = io.StringIO()
+    configure_logging(json=json_lines, stream=buffer)
+    try:
+        yield buffer
+    finally:
+        structlog.reset_defaults()
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+        access.setLevel(access_level)
+
+
+def _raise(exc: Exception) -> None:
+    """Raise exc from a frame of its own, as library code would."""
+    raise exc
+
+
+def _lines(buffer: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+
+
+def test_pan_in_message_is_redacted() -> None:
+    """A PAN in the event text becomes [REDACTED_PAN]."""
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info(f"charging {PAN} now")
+    assert PAN not in buffer.getvalue()
+    assert _lines(buffer)[0]["event"] == "charging [REDACTED_PAN] now"
+
+
+def test_spaced_and_dashed_pans_are_redacted() -> None:
+    """PANs printed in groups with spaces or dashes are redacted too."""
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info("x", a="4242 4242 4242 4242", b="5555-5555-5555-4444")
+    line = _lines(buffer)[0]
+    assert line["a"] == line["b"] == "[REDACTED_PAN]"
+
+
+def test_nested_pans_are_redacted() -> None:
+    """PANs inside nested dicts, lists and tuples are redacted."""
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info(
+            "x", data={"items": [{"note": f"pan {PAN}"}, ("378282246310005",)]}
+        )
+    assert PAN not in buffer.getvalue()
+    assert "378282246310005" not in buffer.getvalue()
+    assert _lines(buffer)[0]["data"] == {
+        "items": [{"note": "pan [REDACTED_PAN]"}, ["[REDACTED_PAN]"]]
+    }
+
+
+@pytest.mark.parametrize(
+    "key", ["card_number", "cvc", "cvv", "exp_month", "exp_year", "exp", "iban", "pan", "cardExp"]
+)
+def test_sensitive_keys_are_redacted(key: str) -> None:
+    """Fields named like card data lose their value whatever it is, at any depth."""
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info("x", **{key: "12"}, nested={key: ["a", 1]})
+    line = _lines(buffer)[0]
+    assert line[key] == "[REDACTED]"
+    assert line["nested"] == {key: "[REDACTED]"}
+
+
+@pytest.mark.parametrize("key", ["company", "expand", "expires_at", "span_id", "request_id"])
+def test_ordinary_keys_are_kept(key: str) -> None:
+    """Keys that merely contain 'pan' or 'exp' inside a word keep their value."""
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info("x", **{key: "v"})
+    assert _lines(buffer)[0][key] == "v"
+
+
+def test_traceback_is_scrubbed() -> None:
+    """A traceback whose exception message holds a PAN is scrubbed."""
+    with logging_to_buffer() as buffer:
+        try:
+            _raise(ValueError(f"declined {PAN}"))
+        except ValueError:
+            structlog.get_logger().exception("charge failed")
+    line = _lines(buffer)[0]
+    assert PAN not in buffer.getvalue()
+    assert "ValueError: declined [REDACTED_PAN]" in line["exception"]
+
+
+def test_console_renderer_is_scrubbed() -> None:
+    """The console (non-JSON) renderer output is scrubbed as well."""
+    with logging_to_buffer(json_lines=False) as buffer:
+        log = structlog.get_logger()
+        log.info(f"card {PAN}", cvc="987")
+        try:
+            _raise(ValueError(PAN))
+        except ValueError:
+            log.exception("failed")
+    text = buffer.getvalue()
+    assert PAN not in text
+    assert "987" not in text
+    assert "[REDACTED_PAN]" in text
+
+
+@pytest.mark.parametrize(
+    "iban", ["DE89370400440532013000", "DE89 3704 0044 0532 0130 00", "se4550000000058398257466"]
+)
+def test_iban_is_redacted(iban: str) -> None:
+    """IBANs, compact or printed in blocks, become [REDACTED_IBAN]."""
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info(f"payout to {iban} ok")
+    assert _lines(buffer)[0]["event"] == "payout to [REDACTED_IBAN] ok"
+
+
+def test_iban_shaped_id_with_bad_checksum_is_kept() -> None:
+    """An id shaped like an IBAN but failing mod-97 (and with no PAN in it) is left alone."""
+    assert not _reference_luhn("12345698765433")
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info("x", ref="GB82WEST12345698765433")
+    assert _lines(buffer)[0]["ref"] == "GB82WEST12345698765433"
+
+
+def test_long_digit_runs_are_searched_for_glued_pans() -> None:
+    """A digit run longer than any PAN (a PAN glued to its expiry) is redacted."""
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info("x", blob=PAN + "1230")
+    assert _lines(buffer)[0]["blob"] == "[REDACTED_PAN]"
+
+
+def test_non_luhn_order_id_is_kept() -> None:
+    """A 16-digit number that fails Luhn (an order id) is not redacted."""
+    order_id = "1234567812345678"
+    assert not _reference_luhn(order_id)
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info("x", order_id=order_id, event_count=3)
+    line = _lines(buffer)[0]
+    assert line["order_id"] == order_id
+    assert line["event_count"] == 3
+
+
+def test_pan_as_integer_is_redacted() -> None:
+    """A PAN passed as a JSON number is redacted; ordinary integers are kept."""
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info("x", value=int(PAN), count=1234567812345678)
+    line = _lines(buffer)[0]
+    assert line["value"] == "[REDACTED_PAN]"
+    assert line["count"] == 1234567812345678
+
+
+def test_object_repr_is_scrubbed() -> None:
+    """Objects the renderer would repr() are rendered and scrubbed first."""
+
+    @dataclass
+    class Leaky:
+        number_text: str
+
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info("x", obj=Leaky(PAN), raw=PAN.encode())
+    assert PAN not in buffer.getvalue()
+
+
+def test_stdlib_logging_is_scrubbed() -> None:
+    """Library lines through stdlib logging are rendered by the same redacting chain."""
+    with logging_to_buffer() as buffer:
+        logging.getLogger("x").error("partner said %s for %s", "no", PAN)
+    line = _lines(buffer)[0]
+    assert PAN not in buffer.getvalue()
+    assert line["event"] == "partner said no for [REDACTED_PAN]"
+    assert line["logger"] == "x"
+    assert line["level"] == "error"
+
+
+def test_stdlib_traceback_is_scrubbed() -> None:
+    """A stdlib logger's exc_info traceback is scrubbed."""
+    with logging_to_buffer() as buffer:
+        try:
+            _raise(RuntimeError(f"card {PAN}"))
+        except RuntimeError:
+            logging.getLogger("lib").exception("oops")
+    assert PAN not in buffer.getvalue()
+    assert "[REDACTED_PAN]" in _lines(buffer)[0]["exception"]
+
+
+def test_aiohttp_access_log_is_quiet() -> None:
+    """aiohttp's access log is raised to WARNING: we write our own request line."""
+    with logging_to_buffer() as buffer:
+        logging.getLogger("aiohttp.access").info("GET /v1/cards 200")
+    assert buffer.getvalue() == ""
+
+
+def test_reconfiguring_replaces_the_root_handler() -> None:
+    """Configuring twice leaves one redacting root handler, writing to the new stream."""
+    with logging_to_buffer(), logging_to_buffer() as second:
+        logging.getLogger("x").warning("once")
+        assert len(_lines(second)) == 1
+
+
+def test_unknown_level_is_refused() -> None:
+    """A misspelt level fails loudly instead of logging everything."""
+    with pytest.raises(ValueError, match="unknown log level"):
+        configure_logging(level="verbose", stream=io.StringIO())
+
+
+def test_redact_processor_truncates_deep_nesting() -> None:
+    """Self-referencing or very deep structures are cut off instead of recursing forever."""
+    loop: list[Any] = []
+    loop.append(loop)
+    event = redact_processor(None, "info", {"event": "x", "loop": loop})
+    assert "TRUNCATED" in json.dumps(event)
+
+
+luhn_pans = st.integers(min_value=12, max_value=18).flatmap(
+    lambda n: st.text(DIGITS, min_size=n, max_size=n).map(_with_check_digit)
+)
+boundary = st.sampled_from(list("abcXYZ,;:!()[]{}/_=#\"'\t\n"))
+
+
+@settings(max_examples=200)
+@given(luhn_pans, st.text(max_size=40), st.text(max_size=40), boundary, boundary)
+def test_generated_pans_never_reach_the_line(
+    pan: str, prefix: str, suffix: str, left: str, right: str
+) -> None:
+    """Any Luhn-valid 13-19 digit PAN embedded in random text is absent from the JSON line."""
+    text = prefix + left + pan + right + suffix
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info(text, note=text, items=[text])
+    assert pan not in buffer.getvalue()

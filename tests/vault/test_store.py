@@ -1,0 +1,189 @@
+"""The vault on its own: sealing, envelope keys, SQLite storage, failure modes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from vault import (
+    DecryptionFailed,
+    Kind,
+    LocalKekProvider,
+    NewRecord,
+    RecordNotFound,
+    Vault,
+    token_kind,
+)
+from vault.keyring import init_keyring
+
+
+def card_record(customer: str | None = None, ref: str = "pm_test_123") -> NewRecord:
+    """A storable card record, as the proxy would build it."""
+    return NewRecord(
+        kind=Kind.CARD,
+        partner="stripe",
+        partner_reference=ref,
+        details={"brand": "visa", "last4": "4242", "masked": "424242******4242"},
+        customer_ref=customer,
+        metadata={"order": "A-1"},
+        fingerprint="fp_abc",
+    )
+
+
+async def test_put_then_get_round_trips(vault: Vault) -> None:
+    """A stored record reads back identical, with a well-formed card token."""
+    stored = await vault.put(card_record("cus-1"))
+    assert token_kind(stored.token) is Kind.CARD
+    got = await vault.get(stored.token)
+    assert got == stored
+
+
+async def test_tokens_are_random_and_long(vault: Vault) -> None:
+    """Two records of the same data get unrelated tokens with 32 random characters."""
+    a = await vault.put(card_record())
+    b = await vault.put(card_record())
+    assert a.token != b.token
+    assert len(a.token.removeprefix("vtok_card_")) == 32
+
+
+async def test_unknown_and_malformed_tokens_not_found(vault: Vault) -> None:
+    """An unknown well-formed token and a malformed one both raise RecordNotFound."""
+    with pytest.raises(RecordNotFound):
+        await vault.get("vtok_card_" + "B" * 32)
+    with pytest.raises(RecordNotFound):
+        await vault.get("vtok_card_../../etc")
+
+
+async def test_customer_records_share_one_data_key(vault: Vault, vault_path: Path) -> None:
+    """Records of one customer use the customer's DEK; records without a customer get their own."""
+    a = await vault.put(card_record("cus-9"))
+    b = await vault.put(card_record("cus-9"))
+    c = await vault.put(card_record(None))
+    d = await vault.put(card_record(None))
+    db = sqlite3.connect(vault_path)
+    dek = dict(db.execute("SELECT token, dek_id FROM records").fetchall())
+    assert dek[a.token] == dek[b.token]
+    assert len({dek[a.token], dek[c.token], dek[d.token]}) == 3
+    assert db.execute("SELECT count(*) FROM deks WHERE customer_idx IS NOT NULL").fetchone() == (1,)
+
+
+async def test_concurrent_first_writes_for_a_customer_create_one_key(
+    vault: Vault, vault_path: Path
+) -> None:
+    """Fifty concurrent puts for a new customer end with one DEK and fifty readable records."""
+    stored = await asyncio.gather(*(vault.put(card_record("cus-race")) for _ in range(50)))
+    db = sqlite3.connect(vault_path)
+    assert db.execute("SELECT count(*) FROM deks").fetchone() == (1,)
+    for record in stored:
+        assert (await vault.get(record.token)).customer_ref == "cus-race"
+
+
+async def test_group_commit_is_durable_across_reopen(vault_path: Path, keyring_path: Path) -> None:
+    """Hundreds of concurrent puts are all readable after the vault is closed and reopened."""
+    keys = LocalKekProvider.from_file(keyring_path)
+    v = await Vault.open(f"sqlite:///{vault_path}", keys)
+    stored = await asyncio.gather(*(v.put(card_record(ref=f"pm_{i}")) for i in range(300)))
+    await v.close()
+    v = await Vault.open(f"sqlite:///{vault_path}", keys)
+    try:
+        for i, record in enumerate(stored):
+            assert (await v.get(record.token)).partner_reference == f"pm_{i}"
+    finally:
+        await v.close()
+
+
+async def test_clear_columns_hold_no_references(vault: Vault, vault_path: Path) -> None:
+    """Partner reference, customer ref, metadata and fingerprint are not in the database file."""
+    await vault.put(card_record("cus-secret-ref", ref="pm_visible_if_leaked"))
+    await vault.close()
+    for path in vault_path.parent.glob(vault_path.name + "*"):
+        data = path.read_bytes()
+        for needle in (b"pm_visible_if_leaked", b"cus-secret-ref", b"A-1", b"fp_abc", b"4242"):
+            assert needle not in data, (path.name, needle)
+
+
+async def test_tampered_ciphertext_raises(vault: Vault, vault_path: Path) -> None:
+    """Any changed byte of the ciphertext makes get() raise DecryptionFailed."""
+    stored = await vault.put(card_record("cus-t"))
+    db = sqlite3.connect(vault_path)
+    (blob,) = db.execute("SELECT ciphertext FROM records").fetchone()
+    for position in (0, 5, len(blob) // 2, len(blob) - 1):
+        changed = bytearray(blob)
+        changed[position] ^= 0x80
+        db.execute("UPDATE records SET ciphertext = ?", (bytes(changed),))
+        db.commit()
+        with pytest.raises(DecryptionFailed):
+            await vault.get(stored.token)
+
+
+async def test_ciphertext_moved_between_customers_fails(vault: Vault, vault_path: Path) -> None:
+    """A ciphertext moved onto another customer's row (with or without its DEK id) fails."""
+    a = await vault.put(card_record("cus-a"))
+    b = await vault.put(card_record("cus-b"))
+    db = sqlite3.connect(vault_path)
+    blob, dek_a = db.execute(
+        "SELECT ciphertext, dek_id FROM records WHERE token = ?", (a.token,)
+    ).fetchone()
+    db.execute("UPDATE records SET ciphertext = ? WHERE token = ?", (blob, b.token))
+    db.commit()
+    with pytest.raises(DecryptionFailed):
+        await vault.get(b.token)
+    db.execute("UPDATE records SET dek_id = ? WHERE token = ?", (dek_a, b.token))
+    db.commit()
+    with pytest.raises(DecryptionFailed):
+        await vault.get(b.token)
+
+
+async def test_kind_column_changed_fails(vault: Vault, vault_path: Path) -> None:
+    """Relabelling a row's kind does not make it readable under another kind."""
+    stored = await vault.put(card_record())
+    db = sqlite3.connect(vault_path)
+    db.execute("UPDATE records SET kind = 'bank'")
+    db.commit()
+    with pytest.raises(DecryptionFailed):
+        await vault.get(stored.token)
+
+
+async def test_wrong_key_ring_cannot_read(
+    vault_path: Path, keyring_path: Path, tmp_path: Path
+) -> None:
+    """A vault opened with another key ring fails authentication instead of returning data."""
+    v = await Vault.open(f"sqlite:///{vault_path}", LocalKekProvider.from_file(keyring_path))
+    stored = await v.put(card_record("cus-k"))
+    await v.close()
+    other = tmp_path / "other" / "keyring.json"
+    init_keyring(other)
+    v = await Vault.open(f"sqlite:///{vault_path}", LocalKekProvider.from_file(other))
+    try:
+        with pytest.raises(DecryptionFailed):
+            await v.get(stored.token)
+    finally:
+        await v.close()
+
+
+async def test_delete_removes_record_and_its_own_key(vault: Vault, vault_path: Path) -> None:
+    """Deleting a customer-less record also deletes its DEK; a second delete reports False."""
+    stored = await vault.put(card_record())
+    assert await vault.delete(stored.token) is True
+    assert await vault.delete(stored.token) is False
+    with pytest.raises(RecordNotFound):
+        await vault.get(stored.token)
+    db = sqlite3.connect(vault_path)
+    assert db.execute("SELECT count(*) FROM deks").fetchone() == (0,)
+
+
+async def test_migrations_are_idempotent(vault: Vault) -> None:
+    """Running migrate again applies nothing and reports the same version."""
+    first = await vault.backend.migrate()
+    assert await vault.backend.migrate() == first >= 1
+
+
+async def test_database_uses_wal_and_full_sync(vault: Vault, vault_path: Path) -> None:
+    """The file is in WAL mode; the writer commits with synchronous=FULL (2)."""
+    db = sqlite3.connect(vault_path)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    backend = vault.backend
+    assert backend._writer.execute("PRAGMA synchronous").fetchone() == (2,)  # type: ignore[attr-defined]

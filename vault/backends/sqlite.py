@@ -1,0 +1,264 @@
+"""SQLite backend: one file in WAL mode, reads on the caller's thread, writes group-committed.
+
+Why this shape:
+
+* A primary-key read on a WAL database takes microseconds; a hop to a worker thread
+  costs more than the read, so reads run inline on a read-only connection.
+* Every token handed back must be durable, so commits use ``synchronous=FULL`` (an
+  fsync of the WAL per commit). To keep that cheap, writes queue up while a commit
+  is in flight and the next commit takes all of them: one fsync for many tokens.
+  Each write runs under its own savepoint so one failing insert cannot undo others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from vault.backends.base import DekRow, RecordRow
+from vault.errors import DuplicateRecord, StorageUnavailable
+
+T = TypeVar("T")
+_Op = Callable[[sqlite3.Connection], Any]
+
+_RECORD_COLUMNS = (
+    "token, kind, dek_id, ciphertext, customer_idx, fingerprint_idx, created_at, last_used_at"
+)
+_DEK_COLUMNS = "dek_id, customer_idx, kek_version, wrapped, created_at"
+
+
+def _connect(path: str, *, timeout_ms: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=timeout_ms / 1000
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def migration_scripts(dialect: str) -> list[tuple[int, str]]:
+    """The versioned migration scripts shipped for ``dialect``, in order."""
+    folder = resources.files("vault.migrations").joinpath(dialect)
+    scripts = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql"):
+            scripts.append((int(name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(scripts)
+
+
+class SqliteBackend:
+    """The embedded default backend."""
+
+    name = "sqlite"
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = str(path)
+        self._timeout_ms = busy_timeout_ms
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._writer = _connect(self.path, timeout_ms=busy_timeout_ms)
+            self._writer.execute("PRAGMA journal_mode = WAL")
+            # FULL: the WAL is fsynced at each commit, so a returned token survives power loss.
+            self._writer.execute("PRAGMA synchronous = FULL")
+            self._reader = _connect(self.path, timeout_ms=busy_timeout_ms)
+            self._reader.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"cannot open SQLite database {self.path}") from exc
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-sqlite")
+        self._pending: list[tuple[_Op, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- writes ---------------------------------------------------------------
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StorageUnavailable("vault is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._pending.append((op, fut))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    outcomes = await loop.run_in_executor(
+                        self._executor, self._run_batch, [op for op, _ in batch]
+                    )
+                except BaseException:
+                    # The executor itself failed (shut down, cancelled): nobody may be left waiting.
+                    outcomes = [StorageUnavailable("database write failed")] * len(batch)
+                    for (_, fut), outcome in zip(batch, outcomes, strict=True):
+                        if not fut.done():
+                            fut.set_exception(outcome)
+                    raise
+                for (_, fut), outcome in zip(batch, outcomes, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        fut.set_exception(outcome)
+                    else:
+                        fut.set_result(outcome)
+        finally:
+            self._flusher = None
+
+    def _run_batch(self, ops: list[_Op]) -> list[Any]:
+        conn = self._writer
+        outcomes: list[Any] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            return [StorageUnavailable("database is unavailable")] * len(ops)
+        for op in ops:
+            conn.execute("SAVEPOINT op")
+            try:
+                outcomes.append(op(conn))
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK TO op")
+                outcomes.append(DuplicateRecord("row already exists"))
+            except Exception as exc:  # noqa: BLE001 - each op's failure is reported to its caller alone
+                conn.execute("ROLLBACK TO op")
+                outcomes.append(
+                    exc
+                    if not isinstance(exc, sqlite3.Error)
+                    else StorageUnavailable("write failed")
+                )
+            conn.execute("RELEASE op")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            return [StorageUnavailable("commit failed")] * len(ops)
+        return outcomes
+
+    async def migrate(self) -> int:
+        """Apply pending migrations under an exclusive lock; safe from several processes."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            current = max(done, default=0)
+            for version, script in migration_scripts("sqlite"):
+                if version in done:
+                    continue
+                for statement in _split_sql(script):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ'))",
+                    (version,),
+                )
+                current = version
+            return current
+
+        return await self._write(run)
+
+    async def insert(self, record: RecordRow, dek: DekRow | None) -> None:
+        """Insert a record and, when given, its new data key, in one transaction."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            if dek is not None:
+                conn.execute(
+                    f"INSERT INTO deks ({_DEK_COLUMNS}) VALUES (?, ?, ?, ?, ?)",  # noqa: S608
+                    (dek.dek_id, dek.customer_idx, dek.kek_version, dek.wrapped, dek.created_at),
+                )
+            conn.execute(
+                f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (
+                    record.token,
+                    record.kind,
+                    record.dek_id,
+                    record.ciphertext,
+                    record.customer_idx,
+                    record.fingerprint_idx,
+                    record.created_at,
+                    record.last_used_at,
+                ),
+            )
+
+        await self._write(run)
+
+    async def delete_record(self, token: str) -> bool:
+        """Delete a record and its data key when no other record shares it."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT dek_id FROM records WHERE token = ?", (token,)).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM records WHERE token = ?", (token,))
+            conn.execute(
+                "DELETE FROM deks WHERE dek_id = ? AND customer_idx IS NULL"
+                " AND NOT EXISTS (SELECT 1 FROM records WHERE dek_id = ?)",
+                (row[0], row[0]),
+            )
+            return True
+
+        return await self._write(run)
+
+    # -- reads ----------------------------------------------------------------
+
+    def _read_one(self, sql: str, args: tuple[Any, ...]) -> Any:
+        if self._closed:
+            raise StorageUnavailable("vault is closed")
+        try:
+            return self._reader.execute(sql, args).fetchone()
+        except sqlite3.Error as exc:
+            raise StorageUnavailable("database read failed") from exc
+
+    async def get_record(self, token: str) -> RecordRow | None:
+        """Read one record by primary key, inline (see the module docstring)."""
+        row = self._read_one(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE token = ?",  # noqa: S608
+            (token,),
+        )
+        return RecordRow(*row) if row else None
+
+    async def get_dek(self, dek_id: str) -> DekRow | None:
+        """Read one wrapped data key by id."""
+        row = self._read_one(
+            f"SELECT {_DEK_COLUMNS} FROM deks WHERE dek_id = ?",  # noqa: S608
+            (dek_id,),
+        )
+        return DekRow(*row) if row else None
+
+    async def get_customer_dek(self, customer_idx: str) -> DekRow | None:
+        """Read a customer's wrapped data key by the customer's blind index."""
+        row = self._read_one(
+            f"SELECT {_DEK_COLUMNS} FROM deks WHERE customer_idx = ?",  # noqa: S608
+            (customer_idx,),
+        )
+        return DekRow(*row) if row else None
+
+    async def ping(self) -> None:
+        """Check the database file answers a query."""
+        self._read_one("SELECT 1", ())
+
+    async def close(self) -> None:
+        """Finish queued writes, then close both connections."""
+        if self._closed:
+            return
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        self._closed = True
+        self._executor.shutdown(wait=True)
+        self._reader.close()
+        self._writer.close()
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration script on semicolons; our scripts hold no semicolons in literals."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]

@@ -1,0 +1,110 @@
+"""Record model: what the vault keeps about a token, and the views it hands out.
+
+Everything but the token, kind and timestamps lives inside the record's ciphertext;
+blind indexes (keyed HMACs) let the store find records by customer or partner
+fingerprint without holding either in clear.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Kind(StrEnum):
+    """What a token stands for."""
+
+    CARD = "card"
+    BANK = "bank"
+    INVOICE = "invoice"
+
+
+# Not "tok_": Stripe uses that prefix, and a token should say whose it is at a glance.
+TOKEN_PREFIX: dict[Kind, str] = {
+    Kind.CARD: "vtok_card_",
+    Kind.BANK: "vtok_bank_",
+    Kind.INVOICE: "vtok_inv_",
+}
+_TOKEN_RANDOM_BYTES = 24  # 192 bits: far past the 128-bit floor, and 32 URL-safe characters
+_TOKEN_RE = re.compile(r"^vtok_(card|bank|inv)_[A-Za-z0-9_-]{32}$")
+_KIND_BY_WORD = {"card": Kind.CARD, "bank": Kind.BANK, "inv": Kind.INVOICE}
+
+
+def new_token(kind: Kind) -> str:
+    """A fresh random token for ``kind``; never derived from the data it stands for."""
+    return TOKEN_PREFIX[kind] + secrets.token_urlsafe(_TOKEN_RANDOM_BYTES)
+
+
+def token_kind(token: str) -> Kind | None:
+    """The kind a well-formed token names, or None when the token's shape is wrong."""
+    match = _TOKEN_RE.match(token)
+    return _KIND_BY_WORD[match.group(1)] if match else None
+
+
+def utcnow() -> datetime:
+    """The current time, UTC, to the microsecond."""
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime) -> str:
+    """ISO-8601 UTC with a Z, the one timestamp format the API speaks."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecord:
+    """What a caller gives the vault to store; the vault adds the token and timestamps."""
+
+    kind: Kind
+    partner: str | None
+    partner_reference: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+    customer_ref: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    # The partner's fingerprint of the underlying card/account: kept only as a blind index.
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored record, decrypted."""
+
+    token: str
+    kind: Kind
+    partner: str | None
+    partner_reference: str | None
+    details: dict[str, Any]
+    customer_ref: str | None
+    metadata: dict[str, str]
+    created_at: datetime
+    last_used_at: datetime | None = None
+
+    def masked_view(self) -> dict[str, Any]:
+        """What a `read` client may see: no partner reference."""
+        view: dict[str, Any] = {"token": self.token, "kind": str(self.kind)}
+        view.update(self.details)
+        view["customer_ref"] = self.customer_ref
+        view["metadata"] = self.metadata
+        view["created_at"] = iso(self.created_at)
+        return view
+
+    def resolved_view(self) -> dict[str, Any]:
+        """What a `resolve` client may see: the masked view plus the partner reference."""
+        view = self.masked_view()
+        view["partner"] = self.partner
+        view["partner_reference"] = self.partner_reference
+        return view
+
+    def payload(self) -> dict[str, Any]:
+        """The fields that go inside the ciphertext."""
+        return {
+            "partner": self.partner,
+            "partner_reference": self.partner_reference,
+            "details": self.details,
+            "customer_ref": self.customer_ref,
+            "metadata": self.metadata,
+        }

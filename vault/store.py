@@ -1,0 +1,194 @@
+"""The vault: seals records under per-customer (or per-record) data keys and stores them.
+
+Envelope encryption: a record is sealed with AES-256-GCM under a data key (DEK); the
+DEK is stored wrapped by the key ring's active key-encryption key (KEK). Associated
+data binds each ciphertext to its token, kind and DEK, so a ciphertext copied to
+another row or another customer's key fails authentication instead of decrypting.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections import OrderedDict
+from datetime import datetime
+from typing import Any
+
+from vault.backends.base import Backend, DekRow, RecordRow
+from vault.crypto import Sealer, blind_index, dek_aad, new_key, record_aad
+from vault.errors import DecryptionFailed, DuplicateRecord, RecordNotFound, VaultError
+from vault.keyring import KekProvider
+from vault.records import Kind, NewRecord, Record, iso, new_token, token_kind, utcnow
+
+_DEK_CACHE_SIZE = 4096
+_INSERT_ATTEMPTS = 3
+
+
+def open_backend(url: str) -> Backend:
+    """Build the backend a vault URL names: ``sqlite:///path`` or ``postgresql://…``."""
+    if url.startswith("sqlite:///"):
+        from vault.backends.sqlite import SqliteBackend
+
+        return SqliteBackend(url.removeprefix("sqlite://"))
+    if url.startswith(("postgresql://", "postgres://")):
+        from vault.backends.postgres import PostgresBackend  # type: ignore[import-not-found,unused-ignore]
+
+        backend: Backend = PostgresBackend(url)
+        return backend
+    raise VaultError("vault URL must start with sqlite:/// or postgresql://")
+
+
+class Vault:
+    """Encrypted token store over a backend and a key-encryption-key provider."""
+
+    def __init__(self, backend: Backend, keys: KekProvider) -> None:
+        self.backend = backend
+        self.keys = keys
+        self._index_key = keys.index_key
+        # Unwrapped DEKs, as ready AEAD objects: unwrapping per read would double the crypto cost.
+        self._deks: OrderedDict[str, Sealer] = OrderedDict()
+
+    @classmethod
+    async def open(cls, url: str, keys: KekProvider, *, migrate: bool = True) -> Vault:
+        """Open the backend ``url`` names and, unless told not to, run migrations."""
+        backend = open_backend(url)
+        if migrate:
+            try:
+                await backend.migrate()
+            except BaseException:
+                await backend.close()
+                raise
+        return cls(backend, keys)
+
+    def index(self, domain: str, value: str) -> str:
+        """Keyed blind index of ``value`` (customer refs, partner fingerprints)."""
+        return blind_index(self._index_key, domain, value)
+
+    # -- data keys ------------------------------------------------------------
+
+    def _new_dek(self, customer_idx: str | None) -> tuple[DekRow, Sealer]:
+        dek_id = "dek_" + secrets.token_urlsafe(16)
+        key = new_key()
+        version, wrapped = self.keys.wrap(key, dek_aad(dek_id, self.keys.active_version))
+        if version != self.keys.active_version:  # pragma: no cover - provider contract
+            raise VaultError("key provider wrapped under an unexpected version")
+        row = DekRow(dek_id, customer_idx, version, wrapped, iso(utcnow()))
+        return row, Sealer(key)
+
+    def _remember(self, dek_id: str, sealer: Sealer) -> None:
+        self._deks[dek_id] = sealer
+        if len(self._deks) > _DEK_CACHE_SIZE:
+            self._deks.popitem(last=False)
+
+    def _unwrap(self, row: DekRow) -> Sealer:
+        key = self.keys.unwrap(row.kek_version, row.wrapped, dek_aad(row.dek_id, row.kek_version))
+        sealer = Sealer(key)
+        self._remember(row.dek_id, sealer)
+        return sealer
+
+    async def _dek_by_id(self, dek_id: str) -> Sealer:
+        sealer = self._deks.get(dek_id)
+        if sealer is not None:
+            return sealer
+        row = await self.backend.get_dek(dek_id)
+        if row is None:
+            # The record names a key that is gone: erased customer, or a tampered row.
+            raise DecryptionFailed("ciphertext failed authentication")
+        return self._unwrap(row)
+
+    def forget_dek(self, dek_id: str) -> None:
+        """Drop a cached data key (after erasure or rewrap)."""
+        self._deks.pop(dek_id, None)
+
+    # -- records --------------------------------------------------------------
+
+    async def put(self, new: NewRecord) -> Record:
+        """Seal and store a new record; returns once it is durable."""
+        customer_idx = self.index("customer", new.customer_ref) if new.customer_ref else None
+        fingerprint_idx = (
+            self.index(f"fingerprint:{new.kind}", new.fingerprint) if new.fingerprint else None
+        )
+        for _ in range(_INSERT_ATTEMPTS):
+            dek_row: DekRow | None = None
+            existing = await self.backend.get_customer_dek(customer_idx) if customer_idx else None
+            if existing is not None:
+                dek_id = existing.dek_id
+                sealer = self._deks.get(dek_id) or self._unwrap(existing)
+            else:
+                dek_row, sealer = self._new_dek(customer_idx)
+                dek_id = dek_row.dek_id
+            record = Record(
+                token=new_token(new.kind),
+                kind=new.kind,
+                partner=new.partner,
+                partner_reference=new.partner_reference,
+                details=dict(new.details),
+                customer_ref=new.customer_ref,
+                metadata=dict(new.metadata),
+                created_at=utcnow(),
+            )
+            plaintext = json.dumps(record.payload(), separators=(",", ":")).encode()
+            row = RecordRow(
+                token=record.token,
+                kind=str(record.kind),
+                dek_id=dek_id,
+                ciphertext=sealer.seal(plaintext, record_aad(record.token, record.kind, dek_id)),
+                customer_idx=customer_idx,
+                fingerprint_idx=fingerprint_idx,
+                created_at=iso(record.created_at),
+            )
+            try:
+                await self.backend.insert(row, dek_row)
+            except DuplicateRecord:
+                # Another request created this customer's key first: seal again under it.
+                continue
+            if dek_row is not None:
+                self._remember(dek_id, sealer)
+            return record
+        raise VaultError("could not store record after repeated key conflicts")
+
+    async def get(self, token: str) -> Record:
+        """Decrypt and return the record for ``token``; RecordNotFound or DecryptionFailed."""
+        kind = token_kind(token)
+        if kind is None:
+            raise RecordNotFound("no such token")
+        row = await self.backend.get_record(token)
+        if row is None:
+            raise RecordNotFound("no such token")
+        if row.kind != kind:
+            raise DecryptionFailed("ciphertext failed authentication")
+        sealer = await self._dek_by_id(row.dek_id)
+        plaintext = sealer.open(row.ciphertext, record_aad(token, kind, row.dek_id))
+        return _record_from(row, kind, plaintext)
+
+    async def delete(self, token: str) -> bool:
+        """Delete one record; True when it existed."""
+        if token_kind(token) is None:
+            return False
+        return await self.backend.delete_record(token)
+
+    async def ping(self) -> None:
+        """Raise StorageUnavailable unless the backend answers."""
+        await self.backend.ping()
+
+    async def close(self) -> None:
+        """Flush pending writes and close the backend."""
+        await self.backend.close()
+
+
+def _record_from(row: RecordRow, kind: Kind, plaintext: bytes) -> Record:
+    try:
+        payload: dict[str, Any] = json.loads(plaintext)
+    except ValueError:  # pragma: no cover - authenticated plaintext is always our JSON
+        raise DecryptionFailed("ciphertext failed authentication") from None
+    return Record(
+        token=row.token,
+        kind=kind,
+        partner=payload["partner"],
+        partner_reference=payload["partner_reference"],
+        details=payload["details"],
+        customer_ref=payload["customer_ref"],
+        metadata=payload["metadata"],
+        created_at=datetime.fromisoformat(row.created_at),
+        last_used_at=datetime.fromisoformat(row.last_used_at) if row.last_used_at else None,
+    )
