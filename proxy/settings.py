@@ -78,6 +78,10 @@ class Settings:
     log_json: bool | None = None
     migrate_on_start: bool = True
     shutdown_grace: float = 10.0
+    kek_provider: str = "local"
+    kms_key_id: str | None = None
+    kms_endpoint: str | None = None
+    kms_region: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -146,6 +150,7 @@ class Settings:
             kwargs["shutdown_grace"] = _float(
                 "TOKENPROXY_SHUTDOWN_GRACE", env["TOKENPROXY_SHUTDOWN_GRACE"], minimum=0
             )
+        kwargs.update(_kek_settings(env))
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.stripe_api_key is None and "TOKENPROXY_STRIPE_API_BASE" not in env:
             raise SettingsError(
@@ -165,4 +170,24 @@ class Settings:
             "stripe_api_base": self.stripe_api_base,
             "stripe_api_key_set": self.stripe_api_key is not None,
             "partner_timeout": self.partner_timeout,
+            "kek_provider": self.kek_provider,
         }
+
+
+def _kek_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """TOKENPROXY_KEK_PROVIDER and the KMS settings it needs."""
+    kwargs: dict[str, object] = {}
+    provider = env.get("TOKENPROXY_KEK_PROVIDER", "local").lower()
+    if provider not in {"local", "aws-kms"}:
+        raise SettingsError("TOKENPROXY_KEK_PROVIDER must be local or aws-kms")
+    kwargs["kek_provider"] = provider
+    if env.get("TOKENPROXY_KMS_KEY_ID"):
+        kwargs["kms_key_id"] = env["TOKENPROXY_KMS_KEY_ID"]
+    if env.get("TOKENPROXY_KMS_ENDPOINT"):
+        endpoint = env["TOKENPROXY_KMS_ENDPOINT"].rstrip("/")
+        if not endpoint.startswith(("https://", "http://")):
+            raise SettingsError("TOKENPROXY_KMS_ENDPOINT must be an http(s) URL")
+        kwargs["kms_endpoint"] = endpoint
+    if env.get("TOKENPROXY_KMS_REGION"):
+        kwargs["kms_region"] = env["TOKENPROXY_KMS_REGION"]
+    return kwargs
