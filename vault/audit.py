@@ -4,7 +4,8 @@ Each event records who (``actor``: client name or ``cli:<user>``), what (``event
 when (``occurred_at``), whether it worked (``outcome``), from where (``origin``: remote
 address or host) and on what (``resource``: a token, key version or client name), plus a
 small ``detail`` map. Never card data and never a partner reference: callers pass only
-those fields, and :meth:`AuditLog.append` refuses any value holding a run of 13-19 digits.
+those fields, and :meth:`AuditLog.append` refuses any value holding a Luhn-valid run of
+13-19 digits.
 
 Chaining: an event's hash is HMAC-SHA256 over the previous event's hash and every field
 of the event, keyed by a subkey derived from the key ring's index key. The HMAC (rather
@@ -35,7 +36,7 @@ from datetime import UTC, datetime
 from vault.backends.base import AUDIT_GENESIS, AuditEntry, AuditRow, Backend
 from vault.crypto import derive_subkey
 from vault.errors import AuditUnavailable, VaultError
-from vault.records import iso, utcnow
+from vault.records import iso, token_kind, utcnow
 
 __all__ = [
     "AuditBreak",
@@ -154,8 +155,10 @@ class AuditLog:
         if not _EVENT_TYPE_RE.match(event_type) or len(event_type) > 64:
             raise ValueError("event_type must be a dotted lowercase name")
         detail_json = json.dumps(dict(detail or {}), sort_keys=True, separators=(",", ":"))
-        for value in (actor, origin, resource, detail_json):
-            if value is not None and _PAN_LIKE.search(value):
+        # A well-formed token is random and holds no card data (its digits are chance).
+        checked = (actor, origin, None if resource and token_kind(resource) else resource)
+        for value in (*checked, detail_json):
+            if value is not None and _holds_pan(value):
                 raise ValueError("audit fields must not hold card-number-like digit runs")
         for value in (actor, origin, resource):
             if value is not None and len(value) > _MAX_FIELD:
@@ -244,6 +247,25 @@ class AuditLog:
                 write(row_to_json(row) + "\n")
                 count += 1
         return count
+
+
+def _holds_pan(text: str) -> bool:
+    """True if ``text`` holds a Luhn-valid run of 13-19 digits (spaces or dashes allowed)."""
+    for match in _PAN_LIKE.finditer(text):
+        digits = [int(c) for c in match.group() if c.isdigit()]
+        for start in range(len(digits) - 12):
+            for end in range(start + 13, min(len(digits), start + 19) + 1):
+                if _luhn(digits[start:end]):
+                    return True
+    return False
+
+
+def _luhn(digits: list[int]) -> bool:
+    total = 0
+    for position, digit in enumerate(reversed(digits)):
+        doubled = digit * 2 if position % 2 else digit
+        total += doubled - 9 if doubled > 9 else doubled
+    return total % 10 == 0
 
 
 class _PageIterator:
