@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import time
 from dataclasses import dataclass, replace
@@ -71,12 +72,25 @@ def kms_client(*, endpoint_url: str | None = None, region: str | None = None) ->
     """A boto3 KMS client; credentials come from the standard AWS chain (env, role, ...)."""
     try:
         import boto3
+        from botocore.config import Config
     except ImportError:
         raise KeyRingError(
             "TOKENPROXY_KEK_PROVIDER=aws-kms needs boto3: pip install 'tokenproxy[kms]'"
         ) from None
+    # botocore logs whole response bodies at DEBUG, and a KMS Decrypt response body *is* the
+    # plaintext key. Whatever level the host application sets, those lines must not exist.
+    for name in ("botocore", "boto3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # botocore's defaults (60 s connect timeout, legacy retries) would hold a request, or
+    # start-up, for minutes when KMS is unreachable; fail in seconds instead.
+    config = Config(
+        connect_timeout=3, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"}
+    )
     return boto3.client(
-        "kms", endpoint_url=endpoint_url, region_name=region or os.environ.get("AWS_REGION")
+        "kms",
+        endpoint_url=endpoint_url,
+        region_name=region or os.environ.get("AWS_REGION"),
+        config=config,
     )
 
 
