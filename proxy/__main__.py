@@ -24,7 +24,14 @@ from proxy.settings import Settings, SettingsError
 from vault import Vault, VaultError
 from vault.audit import EventType, Outcome, parse_since
 from vault.keyring import init_keyring
-from vault.rotation import RewrapProgress, key_status, retire_version, rewrap, rewrap_remaining
+from vault.rotation import (
+    DEFAULT_BATCH,
+    RewrapProgress,
+    key_status,
+    retire_version,
+    rewrap,
+    rewrap_remaining,
+)
 
 T = TypeVar("T")
 
@@ -361,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     retire.add_argument("version", type=int)
     retire.set_defaults(func=cmd_keys_retire)
     rewrap_cmd = keys.add_parser("rewrap", help="re-wrap data keys with the active version")
-    rewrap_cmd.add_argument("--batch-size", type=_positive, default=1000)
+    rewrap_cmd.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH)
     rewrap_cmd.set_defaults(func=cmd_keys_rewrap)
 
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(

@@ -11,6 +11,8 @@ running again (rows already moved no longer match "not on the active version").
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,7 +35,7 @@ __all__ = [
     "rewrap_remaining",
 ]
 
-DEFAULT_BATCH = 1000
+DEFAULT_BATCH = 2000
 _MAX_PASSES = 5
 
 
@@ -131,8 +133,44 @@ async def rewrap(
     progress = RewrapProgress(target_version=target)
     progress.total = progress.remaining = await rewrap_remaining(vault)
     for _ in range(_MAX_PASSES):
-        failed_this_pass = 0
-        after: str | None = None
+        failed = await _rewrap_pass(vault, target, batch_size, progress, on_batch)
+        progress.failed = failed
+        progress.remaining = await rewrap_remaining(vault)
+        if progress.remaining <= progress.failed:
+            break
+        progress.total = progress.rewrapped + progress.remaining
+    return progress
+
+
+async def _rewrap_pass(
+    vault: Vault,
+    target: int,
+    batch_size: int,
+    progress: RewrapProgress,
+    on_batch: Callable[[RewrapProgress], None] | None,
+) -> int:
+    """One walk over the data keys in dek_id order; returns how many failed to unwrap.
+
+    The write of one batch (a transaction and its fsync) overlaps the unwrap/wrap of the
+    next: pages are disjoint key ranges, so the two never touch the same row. Progress is
+    reported only for committed batches.
+    """
+    keys = vault.keys
+    failed = 0
+    after: str | None = None
+    in_flight: tuple[asyncio.Task[int], int] | None = None
+
+    async def settle(flight: tuple[asyncio.Task[int], int]) -> None:
+        task, attempted = flight
+        changed = await task
+        progress.rewrapped += changed
+        progress.skipped += attempted - changed
+        progress.batches += 1
+        progress.remaining = max(0, progress.total - progress.rewrapped - progress.skipped - failed)
+        if on_batch is not None:
+            on_batch(progress)
+
+    try:
         while True:
             rows = await vault.backend.deks_not_on_version(target, after=after, limit=batch_size)
             if not rows:
@@ -144,28 +182,28 @@ async def rewrap(
                         row.kek_version, row.wrapped, dek_aad(row.dek_id, row.kek_version)
                     )
                 except (DecryptionFailed, KeyRingError):
-                    failed_this_pass += 1
+                    failed += 1
                     continue
                 version, wrapped = keys.wrap(dek, dek_aad(row.dek_id, target))
                 if version != target:
                     raise KeyRingError("the active key version changed during rewrap; run again")
                 changes.append(DekRewrap(row.dek_id, row.kek_version, row.wrapped, target, wrapped))
-            changed = await vault.backend.rewrap_deks(changes)
-            progress.rewrapped += changed
-            progress.skipped += len(changes) - changed
-            progress.batches += 1
-            progress.remaining = max(
-                0, progress.total - progress.rewrapped - progress.skipped - failed_this_pass
-            )
             after = rows[-1].dek_id
-            if on_batch is not None:
-                on_batch(progress)
-        progress.failed = failed_this_pass
-        progress.remaining = await rewrap_remaining(vault)
-        if progress.remaining <= progress.failed:
-            break
-        progress.total = progress.rewrapped + progress.remaining
-    return progress
+            if in_flight is not None:
+                flight, in_flight = in_flight, None
+                await settle(flight)
+            task = asyncio.ensure_future(vault.backend.rewrap_deks(changes))
+            in_flight = (task, len(changes))
+        if in_flight is not None:
+            flight, in_flight = in_flight, None
+            await settle(flight)
+    finally:
+        if in_flight is not None:
+            # Leave no write running behind an error; its batch is simply done again later.
+            in_flight[0].cancel()
+            with contextlib.suppress(BaseException):
+                await in_flight[0]
+    return failed
 
 
 async def retire_version(vault: Vault, admin: KeyAdmin, version: int) -> int:
