@@ -151,7 +151,7 @@ DOCUMENT: dict[str, Any] = {
         "/elements/card": {
             "get": {
                 "operationId": "elementsCard",
-                "summary": "Hosted card fields page, for an iframe (CSP frame-ancestors: CORS origins)",
+                "summary": "Hosted card fields page for an iframe (frame-ancestors: CORS origins)",
                 "security": [],
                 "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
             }
