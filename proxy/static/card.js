@@ -344,8 +344,13 @@
       })
       .then(function (result) {
         if (result.status === 201 && result.payload && result.payload.token) {
-          status.textContent = "Card saved.";
-          fields.cvc.value = "";
+          // The token stands for the card now: clear the fields so the card data
+          // leaves the page's memory and screen (and any screenshot of it).
+          Object.keys(fields).forEach(function (name) {
+            fields[name].value = "";
+          });
+          brandLabel.textContent = "";
+          status.textContent = "Card ending " + result.payload.last4 + " saved.";
           tell({
             type: "tokenproxy:token",
             token: result.payload.token,
