@@ -17,7 +17,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from proxy.clients import ClientsFileError, add_client, parse_scopes
+from proxy.clients import (
+    PUBLISHABLE_SCOPES,
+    ClientsFileError,
+    add_client,
+    parse_origins,
+    parse_scopes,
+)
 from proxy.kek import AdminProvider, init_keys, load_provider
 from proxy.log import configure_logging
 from proxy.settings import Settings, SettingsError
@@ -300,32 +306,62 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_client(settings: Settings, args: argparse.Namespace) -> tuple[str, list[str]]:
+    """Add the client ``args`` describe; returns (scopes, lines to print). ValueError if bad."""
+    if args.publishable:
+        if args.scopes not in (None, "tokenize"):
+            raise ValueError("a publishable client holds only the tokenize scope")
+        if not args.origins:
+            raise ValueError("a publishable client needs --origins https://shop.example[,...]")
+        origins = parse_origins(args.origins)
+        key = add_client(
+            settings.clients_path,
+            args.name,
+            PUBLISHABLE_SCOPES,
+            publishable=True,
+            origins=origins,
+        )
+        lines = [f"publishable client {args.name!r} added for {', '.join(sorted(origins))}."]
+        missing = origins - set(settings.cors_origins)
+        if missing:
+            lines.append(
+                f"note: add {', '.join(sorted(missing))} to TOKENPROXY_CORS_ORIGINS as well."
+            )
+        lines += ["Its key is public by design (it goes in the checkout page):", key]
+        return ",".join(sorted(PUBLISHABLE_SCOPES)), lines
+    if args.scopes is None:
+        raise ValueError("--scopes is required (e.g. --scopes resolve)")
+    if args.origins:
+        raise ValueError("--origins applies to publishable clients only (add --publishable)")
+    scopes = parse_scopes(args.scopes)
+    key = add_client(settings.clients_path, args.name, scopes)
+    return ",".join(sorted(scopes)), [
+        f"client {args.name!r} added with scopes {','.join(sorted(scopes))}.",
+        "Its key is shown only this once; store it in the service's secret store:",
+        key,
+    ]
+
+
 def cmd_clients_add(args: argparse.Namespace) -> int:
     """Add a client and print its key once (and record the change in the audit trail)."""
     settings = _settings(need_partner=False)
 
-    async def work(vault: Vault, keys: AdminProvider) -> str | None:
+    async def work(vault: Vault, keys: AdminProvider) -> int:
         resource = f"client:{args.name}"[:200]
         try:
-            scopes = parse_scopes(args.scopes)
-            key = add_client(settings.clients_path, args.name, scopes)
+            scopes, lines = _add_client(settings, args)
         except ValueError as exc:
-            print(f"tokenproxy: {exc}", file=sys.stderr)
             await _audit(vault, EventType.CLIENT_ADD, ok=False, resource=resource)
-            return None
-        await _audit(
-            vault,
-            EventType.CLIENT_ADD,
-            ok=True,
-            resource=resource,
-            detail={"scopes": ",".join(sorted(scopes))},
-        )
-        print(f"client {args.name!r} added with scopes {','.join(sorted(scopes))}.")
-        print("Its key is shown only this once; store it in the service's secret store:")
-        print(key)
-        return key
+            return _fail(str(exc))
+        detail: dict[str, str | int | bool | None] = {
+            "scopes": scopes,
+            "publishable": bool(args.publishable),
+        }
+        await _audit(vault, EventType.CLIENT_ADD, ok=True, resource=resource, detail=detail)
+        print("\n".join(lines))
+        return 0
 
-    return 0 if _with_vault(settings, work) is not None else 2
+    return _with_vault(settings, work)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -384,7 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = clients.add_parser("add", help="add a client and print its key once")
     add.add_argument("name")
-    add.add_argument("--scopes", required=True, help="e.g. tokenize,read")
+    add.add_argument("--scopes", help="e.g. tokenize,read")
+    add.add_argument(
+        "--publishable",
+        action="store_true",
+        help="a public pk_ key for checkout pages (tokenize only, bound to --origins)",
+    )
+    add.add_argument("--origins", help="comma-separated origins, e.g. https://shop.example")
     add.set_defaults(func=cmd_clients_add)
     return parser
 

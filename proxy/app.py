@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from proxy import cors, publishable
 from proxy.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.audit import AUDIT_TASKS, drain_audit
 from proxy.clients import ClientRegistry
@@ -46,6 +47,8 @@ def create_app(
     app[_READY] = asyncio.Event()
     app[AUDIT_TASKS] = set()
     app.add_routes(ROUTES)
+    cors.install(app)
+    publishable.install(app)
 
     async def dependencies(app: web.Application) -> AsyncIterator[None]:
         own_vault = vault is None
