@@ -27,7 +27,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, version: str = "0") -> None:
         # No `_created` gauge beside every counter and histogram: it doubles the series
         # count and no dashboard or rule reads it (process-wide, idempotent).
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the library
         self.registry = registry or CollectorRegistry()
         # Labelled children by (metric, label values): prometheus-client's .labels() takes a
         # lock and validates the values on every call, a measurable share of a request.
@@ -95,6 +95,25 @@ class Metrics:
             "1 when the service is ready (vault reachable), else 0.",
             registry=r,
         )
+        self.audit_failures = Counter(
+            "tokenproxy_audit_write_failures",
+            "Audit events that could not be written (the audited action was refused).",
+            ["event_type"],
+            registry=r,
+        )
+        self.rewrap_remaining = Gauge(
+            "tokenproxy_rewrap_remaining",
+            "Data keys not yet wrapped by the active key version (run `tokenproxy keys rewrap`).",
+            registry=r,
+        )
+        self.deks = Gauge(
+            "tokenproxy_deks",
+            "Data keys per key-encryption-key version.",
+            ["key_version"],
+            registry=r,
+        )
+        # When the key gauges were last read from the vault (see proxy.keystatus).
+        self.key_metrics_at = float("-inf")
         Info("tokenproxy_build", "Build information.", registry=r).info({"version": version})
 
     def child(self, metric: MetricWrapperBase, *values: str) -> Any:
