@@ -32,6 +32,7 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| echo "wrk could not be installed: using the Python load generator"
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.rewrap
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage
