@@ -1,4 +1,4 @@
-"""The `tokenproxy` command: serve, dev, keys, clients, migrate.
+"""The `tokenproxy` command: serve, dev, keys, clients, migrate, purge.
 
 Secrets never come from the command line (they would show in `ps` and shell
 history): keys are read from files named by settings, client keys are printed once.
@@ -61,7 +61,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     dev_key_file = var / "dev-client.key"
     if not clients.exists() or not dev_key_file.exists():
         key = add_client(
-            clients, f"dev-{os.getpid()}", parse_scopes("tokenize,read,resolve,delete,admin")
+            clients,
+            f"dev-{os.getpid()}",
+            parse_scopes("tokenize,read,resolve,delete,admin,invoice"),
         )
         fd = os.open(dev_key_file, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -133,6 +135,41 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Delete (or with --dry-run count) every token past the retention policy."""
+    from prometheus_client import write_to_textfile
+
+    from proxy.metrics import Metrics
+
+    settings = _settings(need_partner=False)
+    policy = settings.retention_policy()
+
+    async def run() -> dict[str, int]:
+        keys = LocalKekProvider.from_file(settings.keyring_path)
+        vault = await Vault.open(
+            settings.vault_url, keys, migrate=settings.migrate_on_start, retention=policy
+        )
+        try:
+            return await vault.purge_expired(dry_run=args.dry_run)
+        finally:
+            await vault.close()
+
+    if not policy.active:
+        print("retention: every kind is kept (no TOKENPROXY_RETENTION_*_DAYS set); nothing to do")
+        return 0
+    counts = asyncio.run(run())
+    verb = "would purge" if args.dry_run else "purged"
+    print(f"{verb}: " + " ".join(f"{kind}={count}" for kind, count in sorted(counts.items())))
+    if args.metrics_file and not args.dry_run:
+        # A one-shot process has no /metrics: leave the counts for node_exporter's
+        # textfile collector instead.
+        metrics = Metrics()
+        for kind, count in counts.items():
+            metrics.retention_purged.labels(kind).inc(count)
+        write_to_textfile(str(args.metrics_file), metrics.registry)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     parser = argparse.ArgumentParser(prog="tokenproxy", description=__doc__)
@@ -140,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the proxy").set_defaults(func=cmd_serve)
     sub.add_parser("dev", help="run locally with a sandbox partner").set_defaults(func=cmd_dev)
     sub.add_parser("migrate", help="apply schema migrations").set_defaults(func=cmd_migrate)
+    purge = sub.add_parser("purge", help="delete tokens past the retention policy")
+    purge.add_argument("--dry-run", action="store_true", help="count only; change nothing")
+    purge.add_argument(
+        "--metrics-file", type=Path, help="write tokenproxy_retention_purged_total here (.prom)"
+    )
+    purge.set_defaults(func=cmd_purge)
 
     keys = sub.add_parser("keys", help="key ring management").add_subparsers(
         dest="keys_command", required=True

@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from proxy import retention
 from proxy.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.clients import ClientRegistry
 from proxy.metrics import Metrics
@@ -49,7 +50,10 @@ def create_app(
         if the_vault is None:
             keys = LocalKekProvider.from_file(settings.keyring_path)
             the_vault = await Vault.open(
-                settings.vault_url, keys, migrate=settings.migrate_on_start
+                settings.vault_url,
+                keys,
+                migrate=settings.migrate_on_start,
+                retention=settings.retention_policy(),
             )
         try:
             the_partner = partner
@@ -73,6 +77,8 @@ def create_app(
                 await the_vault.close()
 
     app.cleanup_ctx.append(dependencies)
+    # After dependencies: stops (with a last flush of last-use marks) before the vault closes.
+    app.cleanup_ctx.append(retention.background)
     return app
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-SCOPES = frozenset({"tokenize", "read", "resolve", "delete", "admin"})
+# invoice: store invoice references (POST /v1/invoices) without being able to send card data.
+SCOPES = frozenset({"tokenize", "read", "resolve", "delete", "admin", "invoice"})
 KEY_PREFIX = "tpk_"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _FORMAT = "tokenproxy-clients/1"

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vault.retention import RetentionPolicy
+
 
 class SettingsError(Exception):
     """One bad setting; the message names it in one line."""
@@ -78,6 +80,12 @@ class Settings:
     log_json: bool | None = None
     migrate_on_start: bool = True
     shutdown_grace: float = 10.0
+    # Retention (days; 0 keeps forever): cards and banks since last use, invoices since creation.
+    retention_card_days: int = 0
+    retention_bank_days: int = 0
+    retention_invoice_days: int = 0
+    purge_interval: float = 0.0  # seconds between sweeps inside `serve`; 0 = no sweeper
+    last_used_flush_interval: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -146,6 +154,23 @@ class Settings:
             kwargs["shutdown_grace"] = _float(
                 "TOKENPROXY_SHUTDOWN_GRACE", env["TOKENPROXY_SHUTDOWN_GRACE"], minimum=0
             )
+        for kind in ("CARD", "BANK", "INVOICE"):
+            name = f"TOKENPROXY_RETENTION_{kind}_DAYS"
+            if name in env:
+                kwargs[f"retention_{kind.lower()}_days"] = _int(name, env[name], minimum=0)
+        if "TOKENPROXY_PURGE_INTERVAL" in env:
+            interval = _float(
+                "TOKENPROXY_PURGE_INTERVAL", env["TOKENPROXY_PURGE_INTERVAL"], minimum=0
+            )
+            if 0 < interval < 1:
+                raise SettingsError("TOKENPROXY_PURGE_INTERVAL must be 0 (off) or at least 1")
+            kwargs["purge_interval"] = interval
+        if "TOKENPROXY_LAST_USED_FLUSH_INTERVAL" in env:
+            kwargs["last_used_flush_interval"] = _float(
+                "TOKENPROXY_LAST_USED_FLUSH_INTERVAL",
+                env["TOKENPROXY_LAST_USED_FLUSH_INTERVAL"],
+                minimum=0.05,
+            )
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.stripe_api_key is None and "TOKENPROXY_STRIPE_API_BASE" not in env:
             raise SettingsError(
@@ -153,6 +178,14 @@ class Settings:
                 "TOKENPROXY_STRIPE_API_BASE points at a sandbox partner"
             )
         return settings
+
+    def retention_policy(self) -> RetentionPolicy:
+        """The vault's retention policy from these settings."""
+        return RetentionPolicy(
+            card_days=self.retention_card_days,
+            bank_days=self.retention_bank_days,
+            invoice_days=self.retention_invoice_days,
+        )
 
     def strip_hazmat(self) -> dict[str, object]:
         """A copy safe to log: no secrets."""
@@ -165,4 +198,10 @@ class Settings:
             "stripe_api_base": self.stripe_api_base,
             "stripe_api_key_set": self.stripe_api_key is not None,
             "partner_timeout": self.partner_timeout,
+            "retention_days": {
+                "card": self.retention_card_days,
+                "bank": self.retention_bank_days,
+                "invoice": self.retention_invoice_days,
+            },
+            "purge_interval": self.purge_interval,
         }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy import service
+from proxy import customers, service
 from proxy.appkeys import SERVICES
 from proxy.middleware import TOKEN_KEY, authenticate
 
@@ -19,4 +19,13 @@ async def get_token(request: web.Request) -> web.Response:
         request.app[SERVICES], token, resolve="resolve" in client.scopes
     )
     request[TOKEN_KEY] = token
+    return web.json_response(result)
+
+
+async def delete_token(request: web.Request) -> web.Response:
+    """DELETE /v1/tokens/{token}: delete one token, detaching it at the partner first."""
+    authenticate(request, frozenset({"delete"}))
+    token = request.match_info["token"]
+    request[TOKEN_KEY] = token
+    result = await customers.delete_token(request.app[SERVICES], token)
     return web.json_response(result)
