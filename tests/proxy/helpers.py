@@ -67,3 +67,8 @@ async def metrics_text(proxy: RunningProxy) -> str:
     """The ops listener's /metrics."""
     async with proxy.http.get(proxy.ops + "/metrics") as resp:
         return await resp.text()
+
+
+def db_bytes(path: Path) -> bytes:
+    """Every byte of the vault file and its -wal/-shm companions."""
+    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
