@@ -16,7 +16,7 @@ from proxy.customers import partner_call, store_payment_method
 from proxy.errors import InvalidRequest, ValidationFailed
 from proxy.hazmat import Iban
 from proxy.service import Services
-from proxy.validation import _echoable, pan_like, parse_iban, redact_ibans, validate_customer_ref
+from proxy.validation import _echoable, iban_like, pan_like, parse_iban, validate_customer_ref
 from vault import Kind, NewRecord, iso
 
 _FIELDS: Final = frozenset({"iban", "holder_name", "email", "customer_ref"})
@@ -86,7 +86,7 @@ def _text(body: dict[str, Any], name: str, *, max_len: int) -> str | None:
         or len(value) > max_len
         or not value.isprintable()
         or pan_like(value)
-        or redact_ibans(value) != value
+        or iban_like(value)
     ):
         raise ValidationFailed(
             f"{name} must be 1-{max_len} printable characters and hold no account number.",

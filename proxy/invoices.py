@@ -13,7 +13,14 @@ from typing import Any, Final
 
 from proxy.errors import InvalidRequest, ValidationFailed
 from proxy.service import Services, vault_call
-from proxy.validation import _echoable, ocr_valid, pan_like, validate_customer_ref, validate_ocr
+from proxy.validation import (
+    _echoable,
+    iban_like,
+    ocr_valid,
+    pan_like,
+    validate_customer_ref,
+    validate_ocr,
+)
 from vault import Kind, NewRecord, iso
 
 # ISO 4217 list one (maintained by SIX), current codes as of 2025: ZWG replaced ZWL
@@ -107,7 +114,7 @@ def parse_invoice_request(body: object, *, partners: frozenset[str]) -> InvoiceR
         raise InvalidRequest(
             "invoice_number must be a string.", code="invalid_type", param="invoice_number"
         )
-    if _INVOICE_NUMBER_RE.fullmatch(number) is None or pan_like(number):
+    if _INVOICE_NUMBER_RE.fullmatch(number) is None or pan_like(number) or iban_like(number):
         raise _invalid(
             "invoice_number must be 1-64 of letters, digits, '_', '.', '/', '#' or '-'.",
             "invalid_invoice_number",
@@ -172,6 +179,7 @@ def parse_invoice_request(body: object, *, partners: frozenset[str]) -> InvoiceR
             not isinstance(reference, str)
             or _PARTNER_REFERENCE_RE.fullmatch(reference) is None
             or pan_like(reference)
+            or iban_like(reference)
         ):
             raise _invalid(
                 "partner_reference must be 1-255 letters, digits or '_'.",

@@ -26,6 +26,6 @@ async def delete_token(request: web.Request) -> web.Response:
     """DELETE /v1/tokens/{token}: delete one token, detaching it at the partner first."""
     authenticate(request, frozenset({"delete"}))
     token = request.match_info["token"]
-    request[TOKEN_KEY] = token
     result = await customers.delete_token(request.app[SERVICES], token)
+    request[TOKEN_KEY] = token  # only once known to be a token: the path could hold anything
     return web.json_response(result)
