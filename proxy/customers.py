@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from proxy.audit import append_or_refuse, resource_of
 from proxy.errors import (
     InvalidRequest,
     NotFound,
@@ -34,6 +35,7 @@ from proxy.errors import (
 from proxy.service import Services, vault_call
 from proxy.validation import validate_customer_ref
 from vault import MAX_PAGE, Kind, NewRecord, PartnerCustomer, Record, RecordNotFound, iso, utcnow
+from vault.audit import EventType, Outcome
 from vault.retention import BASIS
 
 T = TypeVar("T")
@@ -474,3 +476,104 @@ async def delete_token(services: Services, token: str) -> dict[str, Any]:
         "deleted": True,
         "partner_detached": record.kind in PARTNER_HOLDS and bool(record.partner_reference),
     }
+
+
+# -- audit (PCI DSS 10.2.2: deletions and erasures are recorded) ------------------
+
+
+def customer_resource(services: Services, customer_ref: str) -> str:
+    """A customer as an audit resource: its keyed blind index, never the ref itself.
+
+    The trail outlives the erasure it records; a blind index lets an operator holding
+    the key ring confirm "this customer was erased" without the trail keeping the ref.
+    """
+    return "customer:" + services.vault.index("customer", customer_ref)
+
+
+async def _audited(
+    services: Services,
+    event_type: str,
+    resource: str,
+    *,
+    actor: str,
+    origin: str | None,
+    call: Awaitable[dict[str, Any]],
+    summary: Any,
+) -> dict[str, Any]:
+    """Run ``call`` and write its audit event, success or failure; 503 if it cannot be."""
+    try:
+        result = await call
+    except ErasureIncomplete as exc:
+        detail = {"error": exc.code, "remaining": len(exc.report["remaining"])}
+        await append_or_refuse(
+            services.vault,
+            services.metrics,
+            event_type,
+            outcome=Outcome.FAILURE,
+            actor=actor,
+            origin=origin,
+            resource=resource,
+            detail={**detail, **summary(exc.report)},
+        )
+        raise
+    except ProxyError as exc:
+        await append_or_refuse(
+            services.vault,
+            services.metrics,
+            event_type,
+            outcome=Outcome.FAILURE,
+            actor=actor,
+            origin=origin,
+            resource=resource,
+            detail={"error": exc.code},
+        )
+        raise
+    await append_or_refuse(
+        services.vault,
+        services.metrics,
+        event_type,
+        outcome=Outcome.SUCCESS,
+        actor=actor,
+        origin=origin,
+        resource=resource,
+        detail=summary(result),
+    )
+    return result
+
+
+def _erasure_summary(report: dict[str, Any]) -> dict[str, int | bool]:
+    summary: dict[str, int | bool] = {f"deleted_{k}": v for k, v in report["deleted"].items()}
+    summary["key_shredded"] = bool(report["key_shredded"])
+    summary["partner_detached"] = int(report["partner"]["payment_methods_detached"])
+    return summary
+
+
+async def audited_erase(
+    services: Services, customer_ref: str, *, actor: str, origin: str | None
+) -> dict[str, Any]:
+    """Erase a customer and record it (outcome, counts; never the customer_ref)."""
+    ref = _customer_ref(customer_ref)
+    return await _audited(
+        services,
+        EventType.ERASURE,
+        customer_resource(services, ref),
+        actor=actor,
+        origin=origin,
+        call=erase_customer(services, ref),
+        summary=_erasure_summary,
+    )
+
+
+async def audited_delete(
+    services: Services, token: str, *, actor: str, origin: str | None
+) -> dict[str, Any]:
+    """Delete a token and record it."""
+    return await _audited(
+        services,
+        EventType.DELETE,
+        resource_of(token),
+        actor=actor,
+        origin=origin,
+        call=delete_token(services, token),
+        summary=lambda r: {"kind": r["kind"], "partner_detached": r["partner_detached"]},
+    )

@@ -16,6 +16,8 @@ from aiohttp import web
 from proxy.appkeys import SERVICES, SETTINGS
 from proxy.errors import ProxyError
 from proxy.service import Services, vault_call
+from vault.audit import Outcome
+from vault.errors import AuditUnavailable
 
 _log = structlog.get_logger("tokenproxy.retention")
 
@@ -28,6 +30,18 @@ async def purge(services: Services, *, dry_run: bool = False) -> dict[str, int]:
     if not dry_run:
         for kind, count in counts.items():
             services.metrics.retention_purged.labels(kind).inc(count)
+        try:
+            await services.vault.audit.append(
+                "retention.purge",
+                outcome=Outcome.SUCCESS,
+                actor="tokenproxy:sweeper",
+                origin=None,
+                detail=dict(counts),
+            )
+        except AuditUnavailable:
+            # The deletions stand either way; the gap in the trail must be visible.
+            services.metrics.audit_failures.labels("retention.purge").inc()
+            _log.error("audit_write_failed", event_type="retention.purge")
     _log.info("retention_purge", dry_run=dry_run, **counts)
     return counts
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy import openapi
-from proxy.handlers import bank_accounts, cards, customers, invoices, tokens
+from proxy.handlers import bank_accounts, cards, customers, elements, invoices, tokens
 
 ROUTES: list[web.RouteDef] = [
     web.post("/v1/cards", cards.create_card, name="create_card"),
@@ -27,4 +27,11 @@ ROUTES: list[web.RouteDef] = [
     ),
     web.delete("/v1/customers/{customer_ref}", customers.erase_customer, name="erase_customer"),
     web.get("/openapi.json", openapi.serve, name="openapi", allow_head=False),
+    web.get("/elements/card", elements.card_page, name="elements_card", allow_head=False),
+    web.get(
+        r"/elements/{asset:card\.js|card\.css|tokenproxy\.js}",
+        elements.asset,
+        name="elements_asset",
+        allow_head=False,
+    ),
 ]

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.origins import OriginError, parse_origin_list
 from vault.retention import RetentionPolicy
 
 
@@ -86,6 +87,13 @@ class Settings:
     retention_invoice_days: int = 0
     purge_interval: float = 0.0  # seconds between sweeps inside `serve`; 0 = no sweeper
     last_used_flush_interval: float = 10.0
+    kek_provider: str = "local"
+    kms_key_id: str | None = None
+    kms_endpoint: str | None = None
+    kms_region: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    publishable_rate_per_minute: float = 30.0
+    publishable_burst: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -171,6 +179,22 @@ class Settings:
                 env["TOKENPROXY_LAST_USED_FLUSH_INTERVAL"],
                 minimum=0.05,
             )
+        if "TOKENPROXY_CORS_ORIGINS" in env:
+            try:
+                kwargs["cors_origins"] = parse_origin_list(env["TOKENPROXY_CORS_ORIGINS"])
+            except OriginError as exc:
+                raise SettingsError(f"TOKENPROXY_CORS_ORIGINS: {exc}") from None
+        if "TOKENPROXY_PUBLISHABLE_RATE_PER_MINUTE" in env:
+            kwargs["publishable_rate_per_minute"] = _float(
+                "TOKENPROXY_PUBLISHABLE_RATE_PER_MINUTE",
+                env["TOKENPROXY_PUBLISHABLE_RATE_PER_MINUTE"],
+                minimum=0.1,
+            )
+        if "TOKENPROXY_PUBLISHABLE_BURST" in env:
+            kwargs["publishable_burst"] = _int(
+                "TOKENPROXY_PUBLISHABLE_BURST", env["TOKENPROXY_PUBLISHABLE_BURST"], minimum=1
+            )
+        kwargs.update(_kek_settings(env))
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.stripe_api_key is None and "TOKENPROXY_STRIPE_API_BASE" not in env:
             raise SettingsError(
@@ -204,4 +228,25 @@ class Settings:
                 "invoice": self.retention_invoice_days,
             },
             "purge_interval": self.purge_interval,
+            "kek_provider": self.kek_provider,
+            "cors_origins": list(self.cors_origins),
         }
+
+
+def _kek_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """TOKENPROXY_KEK_PROVIDER and the KMS settings it needs."""
+    kwargs: dict[str, object] = {}
+    provider = env.get("TOKENPROXY_KEK_PROVIDER", "local").lower()
+    if provider not in {"local", "aws-kms"}:
+        raise SettingsError("TOKENPROXY_KEK_PROVIDER must be local or aws-kms")
+    kwargs["kek_provider"] = provider
+    if env.get("TOKENPROXY_KMS_KEY_ID"):
+        kwargs["kms_key_id"] = env["TOKENPROXY_KMS_KEY_ID"]
+    if env.get("TOKENPROXY_KMS_ENDPOINT"):
+        endpoint = env["TOKENPROXY_KMS_ENDPOINT"].rstrip("/")
+        if not endpoint.startswith(("https://", "http://")):
+            raise SettingsError("TOKENPROXY_KMS_ENDPOINT must be an http(s) URL")
+        kwargs["kms_endpoint"] = endpoint
+    if env.get("TOKENPROXY_KMS_REGION"):
+        kwargs["kms_region"] = env["TOKENPROXY_KMS_REGION"]
+    return kwargs

@@ -4,12 +4,14 @@ Usable without the proxy. The public API is what this module exports.
 """
 
 from vault.errors import (
+    AuditUnavailable,
     DecryptionFailed,
     DuplicateRecord,
     KeyInUse,
     KeyRingError,
     RecordNotFound,
     StorageUnavailable,
+    UnknownKeyVersion,
     VaultError,
 )
 from vault.keyring import KekProvider, KeyRing, LocalKekProvider
@@ -20,6 +22,7 @@ from vault.store import Vault, open_backend
 
 __all__ = [
     "MAX_PAGE",
+    "AuditUnavailable",
     "DecryptionFailed",
     "DuplicateRecord",
     "Erasure",
@@ -36,6 +39,7 @@ __all__ = [
     "RecordNotFound",
     "RetentionPolicy",
     "StorageUnavailable",
+    "UnknownKeyVersion",
     "Vault",
     "VaultError",
     "iso",

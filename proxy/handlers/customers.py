@@ -32,8 +32,11 @@ async def export_customer(request: web.Request) -> web.Response:
 
 async def erase_customer(request: web.Request) -> web.Response:
     """DELETE /v1/customers/{customer_ref}: erasure (detach, delete, crypto-shred)."""
-    authenticate(request, frozenset({"delete"}))
-    result = await customers.erase_customer(
-        request.app[SERVICES], request.match_info["customer_ref"]
+    client = authenticate(request, frozenset({"delete"}))
+    result = await customers.audited_erase(
+        request.app[SERVICES],
+        request.match_info["customer_ref"],
+        actor=client.name,
+        origin=request.remote,
     )
     return web.json_response(result)

@@ -424,3 +424,49 @@ async def test_delete_token_detaches_at_partner(
 def test_declined_card_is_a_valid_visa() -> None:
     """The attach-declined test card passes our own validation (the refusal is the partner's)."""
     assert luhn_complete(DECLINED_ON_ATTACH[:-1]) == DECLINED_ON_ATTACH
+
+
+def audit_events(proxy: RunningProxy, event_type: str) -> list[tuple[Any, ...]]:
+    """Audit rows of one type, read from the file."""
+    return rows(
+        proxy.vault_path,
+        "SELECT outcome, actor, resource, detail FROM audit_events WHERE event_type = ?"
+        " ORDER BY seq",
+        event_type,
+    )
+
+
+async def test_deletion_and_erasure_write_audit_events(
+    proxy: RunningProxy, dead_partner: StripePartner
+) -> None:
+    """Token deletion and customer erasure each leave an event (failures too), naming the
+    token or the customer's blind index, never the customer_ref or a partner reference."""
+    card = await add_card(proxy, "cus-audited")
+    other = await add_card(proxy, "cus-audited", PARTNER_CARDS[1])
+    status, _, _ = await proxy.request("DELETE", f"/v1/tokens/{card['token']}", client="eraser")
+    assert status == 200
+    services = proxy.app[SERVICES]
+    live_partner = services.partner
+    services.partner = dead_partner
+    try:
+        status, _, _ = await proxy.request("DELETE", "/v1/customers/cus-audited", client="eraser")
+    finally:
+        services.partner = live_partner
+    assert status == 502
+    status, _, _ = await proxy.request("DELETE", "/v1/customers/cus-audited", client="eraser")
+    assert status == 200
+
+    deletes = audit_events(proxy, "token.delete")
+    assert deletes == [
+        ("success", "eraser", card["token"], '{"kind":"card","partner_detached":true}')
+    ]
+    erasures = audit_events(proxy, "customer.erase")
+    assert [(e[0], e[1]) for e in erasures] == [("failure", "eraser"), ("success", "eraser")]
+    resource = "customer:" + services.vault.index("customer", "cus-audited")
+    assert {e[2] for e in erasures} == {resource}
+    assert '"error":"erasure_incomplete"' in erasures[0][3]
+    assert '"deleted_card":1' in erasures[1][3]
+    trail = str(rows(proxy.vault_path, "SELECT * FROM audit_events"))
+    assert "cus-audited" not in trail
+    assert "pm_" not in trail
+    assert other["token"] not in trail

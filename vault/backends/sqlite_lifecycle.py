@@ -53,13 +53,7 @@ class SqliteLifecycleMixin:
 
         def _read_one(self, sql: str, args: tuple[Any, ...]) -> Any: ...
 
-    def _read_all(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        if self._closed:
-            raise StorageUnavailable("vault is closed")
-        try:
-            return self._reader.execute(sql, tuple(args)).fetchall()
-        except sqlite3.Error as exc:
-            raise StorageUnavailable("database read failed") from exc
+        def _read_all(self, sql: str, args: tuple[Any, ...]) -> list[Any]: ...
 
     async def insert_dek(self, dek: DekRow) -> None:
         """Insert a data key alone; DuplicateRecord when the customer already has one."""
@@ -112,7 +106,7 @@ class SqliteLifecycleMixin:
             f" WHERE customer_idx = ?{position}{where}"
             " ORDER BY created_at, token LIMIT ?"
         )
-        rows = self._read_all(sql, [customer_idx, *cursor_args, *args, limit])
+        rows = self._read_all(sql, (customer_idx, *cursor_args, *args, limit))
         return [RecordRow(*row) for row in rows]
 
     async def erase_customer(
