@@ -26,6 +26,7 @@ from vault import (
 from vault.crypto import Sealer, record_aad
 from vault.keyring import KeyRing, retire_key, rotate_keyring
 from vault.lifecycle import decode_cursor, encode_cursor
+from vault.rotation import rewrap, rewrap_remaining
 
 
 def card(customer: str | None, ref: str = "pm_lifecycle1") -> NewRecord:
@@ -118,10 +119,13 @@ async def test_erasure_shreds_key_and_precopied_ciphertext_is_unreadable(
 async def test_backup_copy_dies_with_the_kek_version_that_wrapped_its_key(
     vault_path: Path, keyring_path: Path, tmp_path: Path
 ) -> None:
-    """A pre-erasure copy still holds the wrapped DEK; once that KEK version is retired it
-    decrypts nothing (this is what makes crypto-shredding reach backups)."""
-    vault = await Vault.open(f"sqlite:///{vault_path}", LocalKekProvider.from_file(keyring_path))
+    """A pre-erasure copy still holds the wrapped DEK; after rotate, rewrap and retiring
+    the old KEK version it decrypts nothing of the erased customer, while the live vault
+    keeps serving everyone else (this is what makes crypto-shredding reach backups)."""
+    url = f"sqlite:///{vault_path}"
+    vault = await Vault.open(url, LocalKekProvider.from_file(keyring_path))
     record = await vault.put(card("cus-backup"))
+    survivor = await vault.put(card("cus-survivor", "pm_survivor"))
     copy = tmp_path / "backup.db"
     backup(vault_path, copy)
     await vault.erase_customer("cus-backup")
@@ -135,7 +139,20 @@ async def test_backup_copy_dies_with_the_kek_version_that_wrapped_its_key(
         await old.close()
 
     rotate_keyring(keyring_path)
-    retire_key(keyring_path, 1, in_use=0)  # the live vault has no DEK left on version 1
+    vault = await Vault.open(url, LocalKekProvider.from_file(keyring_path))
+    try:
+        progress = await rewrap(vault)
+        assert progress.failed == 0
+        assert await rewrap_remaining(vault) == 0
+    finally:
+        await vault.close()
+    retire_key(keyring_path, 1, in_use=0)
+
+    vault = await Vault.open(url, LocalKekProvider.from_file(keyring_path))
+    try:
+        assert (await vault.get(survivor.token)).partner_reference == "pm_survivor"
+    finally:
+        await vault.close()
     old = await Vault.open(f"sqlite:///{copy}", LocalKekProvider.from_file(keyring_path))
     try:
         with pytest.raises(VaultError):
