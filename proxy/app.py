@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy import cors, publishable
+from proxy import cors, publishable, retention
 from proxy.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.audit import AUDIT_TASKS, drain_audit
 from proxy.clients import ClientRegistry
@@ -58,7 +58,10 @@ def create_app(
         if the_vault is None:
             keys = load_provider(settings)
             the_vault = await Vault.open(
-                settings.vault_url, keys, migrate=settings.migrate_on_start
+                settings.vault_url,
+                keys,
+                migrate=settings.migrate_on_start,
+                retention=settings.retention_policy(),
             )
         try:
             # Fail closed: data keys under a retired or unknown version mean a wrong ring.
@@ -85,6 +88,8 @@ def create_app(
                 await the_vault.close()
 
     app.cleanup_ctx.append(dependencies)
+    # After dependencies: stops (with a last flush of last-use marks) before the vault closes.
+    app.cleanup_ctx.append(retention.background)
     return app
 
 
