@@ -12,13 +12,27 @@ from vault.errors import (
     StorageUnavailable,
     VaultError,
 )
+from vault.idempotency import (
+    Claim,
+    IdempotencyBusy,
+    IdempotencyMismatch,
+    IdempotencyOwnershipLost,
+    IdempotencyStore,
+    Owner,
+    Replay,
+)
 from vault.keyring import KekProvider, KeyRing, LocalKekProvider
 from vault.records import Kind, NewRecord, Record, iso, new_token, token_kind, utcnow
 from vault.store import Vault, open_backend
 
 __all__ = [
+    "Claim",
     "DecryptionFailed",
     "DuplicateRecord",
+    "IdempotencyBusy",
+    "IdempotencyMismatch",
+    "IdempotencyOwnershipLost",
+    "IdempotencyStore",
     "KekProvider",
     "KeyInUse",
     "KeyRing",
@@ -26,8 +40,10 @@ __all__ = [
     "Kind",
     "LocalKekProvider",
     "NewRecord",
+    "Owner",
     "Record",
     "RecordNotFound",
+    "Replay",
     "StorageUnavailable",
     "Vault",
     "VaultError",

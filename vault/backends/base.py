@@ -35,6 +35,23 @@ class DekRow:
     created_at: str
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyRow:
+    """One row of ``idempotency_keys`` (column order = field order; expiry last)."""
+
+    key_idx: str
+    request_mac: str
+    state: str
+    owner: str | None
+    kek_version: int
+    wrapped_dek: bytes
+    partner_result: bytes | None
+    response: bytes | None
+    created_at: str
+    updated_at: str
+    expires_at: str
+
+
 class Backend(Protocol):
     """Storage for records and data keys; every method is one short transaction."""
 
