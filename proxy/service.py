@@ -20,6 +20,8 @@ from proxy.partners.resilience import new_partner_key
 from proxy.validation import CardRequest, parse_card_request
 from vault import (
     DecryptionFailed,
+    IdempotencyBusy,
+    IdempotencyMismatch,
     IdempotencyStore,
     Kind,
     NewRecord,
@@ -134,7 +136,7 @@ async def _vault_call(services: Services, operation: str, call: Any) -> Any:
     started = time.perf_counter()
     try:
         return await call
-    except RecordNotFound:
+    except (RecordNotFound, IdempotencyMismatch, IdempotencyBusy):
         raise
     except DecryptionFailed:
         metrics.decryption_failures.inc()
