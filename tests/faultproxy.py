@@ -72,9 +72,17 @@ class Fault:
         return cls("reset")
 
     @classmethod
-    def error(cls, status: int, *, retry_after: str | None = None) -> Fault:
+    def error(
+        cls,
+        status: int,
+        *,
+        retry_after: str | None = None,
+        error_type: str | None = None,
+        code: str | None = None,
+    ) -> Fault:
         """Answer ``status`` with a Stripe-shaped error body, without forwarding."""
-        return cls("status", status=status, retry_after=retry_after)
+        kind = error_type or ("invalid_request_error" if status < 500 else "api_error")
+        return cls("status", status=status, retry_after=retry_after, error_type=kind, code=code)
 
     @classmethod
     def decline(cls) -> Fault:
