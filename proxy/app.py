@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.clients import ClientRegistry
-from proxy.limits import server_options
+from proxy.limits import ApiRunner, server_options
 from proxy.metrics import Metrics
 from proxy.middleware import request_middleware
 from proxy.partners.base import Partner
@@ -165,7 +165,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     """Run the API and ops listeners until SIGTERM/SIGINT (or ``stop``), then drain."""
     api = create_app(settings)
     ops = create_ops_app(api)
-    api_runner = web.AppRunner(api, access_log=None, **server_options(settings))
+    api_runner = ApiRunner(api, access_log=None, **server_options(settings))
     ops_runner = web.AppRunner(ops, access_log=None)
     await api_runner.setup()
     try:

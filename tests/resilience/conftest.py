@@ -11,7 +11,7 @@ from aiohttp import web
 
 from proxy.app import create_app, create_ops_app
 from proxy.clients import add_client, parse_scopes
-from proxy.limits import server_options
+from proxy.limits import ApiRunner, server_options
 from proxy.metrics import Metrics
 from proxy.sandbox import SANDBOX_API_KEY, Localstripe, free_port
 from proxy.settings import Settings
@@ -74,7 +74,7 @@ async def make_proxy(
     async def start(**env: str) -> RunningProxy:
         settings = Settings.from_env({**proxy_env(tmp_path, keyring_path, faults.base_url), **env})
         app = create_app(settings, metrics=Metrics())
-        runner = web.AppRunner(app, access_log=None, **server_options(settings))
+        runner = ApiRunner(app, access_log=None, **server_options(settings))
         ops_runner = web.AppRunner(create_ops_app(app), access_log=None)
         for r in (runner, ops_runner):
             await r.setup()
