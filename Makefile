@@ -27,6 +27,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# More schemathesis cases than the suite runs (which runs 2,200).
+fuzz: $(STAMP)
+	TOKENPROXY_FUZZ_EXAMPLES=$${TOKENPROXY_FUZZ_EXAMPLES:-20000} $(BIN)/pytest -p no:cacheprovider tests/resilience/test_fuzz.py
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

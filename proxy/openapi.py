@@ -56,10 +56,11 @@ DOCUMENT: dict[str, Any] = {
                     "exp_year": {"type": ["integer", "string"]},
                     "cvc": {"type": "string"},
                     "holder_name": {"type": "string", "maxLength": 100},
-                    "customer_ref": {"type": "string", "maxLength": 64},
+                    "customer_ref": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,64}$"},
                     "metadata": {
                         "type": "object",
                         "maxProperties": 20,
+                        "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,40}$"},
                         "additionalProperties": {"type": "string", "maxLength": 500},
                     },
                 },
@@ -103,6 +104,26 @@ DOCUMENT: dict[str, Any] = {
             "post": {
                 "operationId": "createCard",
                 "summary": "Tokenize a card (scope: tokenize)",
+                "description": (
+                    "With an Idempotency-Key the first answer (201 or 402) is stored and"
+                    " replayed for the same key and body, marked Idempotent-Replayed: true;"
+                    " another body is 422 idempotency_key_reused, a key still in flight"
+                    " 409 idempotency_key_in_use. Keys are scoped per client and expire"
+                    " after 24 h."
+                ),
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 255,
+                            "pattern": "^[!-~]([ -~]*[!-~])?$",
+                        },
+                    }
+                ],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -111,14 +132,22 @@ DOCUMENT: dict[str, Any] = {
                 },
                 "responses": {
                     "201": {
-                        "description": "Tokenized",
+                        "description": "Tokenized (or the replay of a stored answer)",
+                        "headers": {
+                            "Idempotent-Replayed": {
+                                "schema": {"type": "string", "enum": ["true"]},
+                                "description": "Present when this is a stored answer replayed",
+                            }
+                        },
                         "content": {
                             "application/json": {
                                 "schema": {"$ref": "#/components/schemas/CardToken"}
                             }
                         },
                     },
-                    **_error_responses(400, 401, 402, 403, 413, 415, 422, 502, 503, 504),
+                    **_error_responses(
+                        400, 401, 402, 403, 405, 408, 409, 413, 415, 422, 502, 503, 504
+                    ),
                 },
             }
         },
@@ -138,7 +167,7 @@ DOCUMENT: dict[str, Any] = {
                             }
                         },
                     },
-                    **_error_responses(401, 403, 404, 503),
+                    **_error_responses(400, 401, 403, 404, 405, 503),
                 },
             }
         },
@@ -147,7 +176,13 @@ DOCUMENT: dict[str, Any] = {
                 "operationId": "openapi",
                 "summary": "This document",
                 "security": [],
-                "responses": {"200": {"description": "OpenAPI document"}},
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI document",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_error_responses(400, 405),
+                },
             }
         },
     },

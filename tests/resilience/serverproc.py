@@ -52,7 +52,7 @@ class ServerProcess:
         """Authorization header for a client."""
         return {"Authorization": f"Bearer {self.keys[client]}"}
 
-    async def start(self, timeout: float = 30.0) -> None:
+    async def start(self, within: float = 30.0) -> None:
         """Start on fresh ports and wait until /readyz answers 200."""
         listen, ops = free_port(), free_port()
         self.base, self.ops = f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{ops}"
@@ -69,7 +69,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
             )
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         async with aiohttp.ClientSession() as http:
             while loop.time() < deadline:
                 if self.process.poll() is not None:
@@ -95,11 +95,11 @@ class ServerProcess:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
 
-    async def wait(self, timeout: float = 30.0) -> int:
+    async def wait(self, within: float = 30.0) -> int:
         """Wait for the process to exit; its return code."""
         assert self.process is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while self.process.poll() is None:
             if loop.time() > deadline:
                 self.kill()

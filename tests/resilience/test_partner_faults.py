@@ -142,7 +142,7 @@ async def test_retries_are_bounded_in_count(
     stripe_via_faults: StripePartner, faults: FaultProxy
 ) -> None:
     """A partner failing forever gets 1 + max_retries attempts, then the error."""
-    partner, sleeps, metrics = wrap(stripe_via_faults, retries=2)
+    partner, _sleeps, metrics = wrap(stripe_via_faults, retries=2)
     faults.script(then=Fault.error(500))
     with pytest.raises(PartnerError):
         await partner.create_card(a_card())

@@ -41,7 +41,10 @@ async def test_sigterm_finishes_in_flight_then_exits_zero(
         refused = False
         for _ in range(100):
             try:
-                async with aiohttp.ClientSession() as fresh, fresh.get(server.base + "/openapi.json"):
+                async with (
+                    aiohttp.ClientSession() as fresh,
+                    fresh.get(server.base + "/openapi.json"),
+                ):
                     pass
             except aiohttp.ClientConnectorError:
                 refused = True
@@ -63,7 +66,7 @@ async def test_kill_9_at_random_moments_never_duplicates(
     tmp_path: Path, faults: FaultProxy
 ) -> None:
     """≥20 kill -9s mid-traffic, restarts and retries: each key → one token and one pm_."""
-    rng = random.Random(6)  # noqa: S311 - reproducible chaos, not crypto
+    rng = random.Random(6)
     keys = [f"crash-{i}" for i in range(24)]
     bodies = {k: card_body(metadata={"order": k}) for k in keys}
     answers: dict[str, bytes] = {}
@@ -86,7 +89,7 @@ async def test_kill_9_at_random_moments_never_duplicates(
                     answers[key] = raw
                 else:
                     assert resp.status in {409, 502, 503, 504}, raw
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             pass  # the answer was lost with the process: retried after the restart
 
     loop = asyncio.get_running_loop()
