@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.origins import OriginError, parse_origin_list
+
 
 class SettingsError(Exception):
     """One bad setting; the message names it in one line."""
@@ -88,6 +90,9 @@ class Settings:
     breaker_reset: float = 30.0
     body_read_timeout: float = 10.0
     max_header_bytes: int = 8190
+    cors_origins: tuple[str, ...] = ()
+    publishable_rate_per_minute: float = 30.0
+    publishable_burst: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -157,6 +162,21 @@ class Settings:
                 "TOKENPROXY_SHUTDOWN_GRACE", env["TOKENPROXY_SHUTDOWN_GRACE"], minimum=0
             )
         kwargs.update(_resilience_settings(env))
+        if "TOKENPROXY_CORS_ORIGINS" in env:
+            try:
+                kwargs["cors_origins"] = parse_origin_list(env["TOKENPROXY_CORS_ORIGINS"])
+            except OriginError as exc:
+                raise SettingsError(f"TOKENPROXY_CORS_ORIGINS: {exc}") from None
+        if "TOKENPROXY_PUBLISHABLE_RATE_PER_MINUTE" in env:
+            kwargs["publishable_rate_per_minute"] = _float(
+                "TOKENPROXY_PUBLISHABLE_RATE_PER_MINUTE",
+                env["TOKENPROXY_PUBLISHABLE_RATE_PER_MINUTE"],
+                minimum=0.1,
+            )
+        if "TOKENPROXY_PUBLISHABLE_BURST" in env:
+            kwargs["publishable_burst"] = _int(
+                "TOKENPROXY_PUBLISHABLE_BURST", env["TOKENPROXY_PUBLISHABLE_BURST"], minimum=1
+            )
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.stripe_api_key is None and "TOKENPROXY_STRIPE_API_BASE" not in env:
             raise SettingsError(
@@ -178,6 +198,7 @@ class Settings:
             "partner_timeout": self.partner_timeout,
             "partner_max_retries": self.partner_max_retries,
             "idempotency_ttl": self.idempotency_ttl,
+            "cors_origins": list(self.cors_origins),
         }
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi import checks
 
@@ -55,7 +57,10 @@ def error_bodies_do_not_echo_input(ctx: Any, response: Any, case: Any) -> None:
     sent += [str(v) for v in (case.path_parameters or {}).values()]
     sent += [str(v) for k, v in (case.headers or {}).items() if k.lower() != "authorization"]
     for value in sent:
-        if len(value) >= 6 and value in text:
+        # Plain words ("number" sent as an expiry month) legitimately appear in our own
+        # messages; anything with a digit or symbol (card data, keys) must never come back.
+        distinctive = not re.fullmatch(r"[A-Za-z_. ]*", value)
+        if len(value) >= 6 and distinctive and value in text:
             raise EchoedInput(f"error body echoes a submitted value ({len(value)} chars)")
 
 
@@ -115,7 +120,11 @@ def _fuzz_operation(server: ServerProcess, operation: Any, mode: GenerationMode)
             base_url=server.base, headers={**(case.headers or {}), **auth}, checks=CHECKS
         )
 
-    run()
+    try:
+        run()
+    except Unsatisfiable:
+        # An operation without parameters or body has no negative variant.
+        assert mode is GenerationMode.NEGATIVE
 
 
 def test_fuzz_ran_enough_cases_without_crashes(fuzz_server: ServerProcess) -> None:
@@ -131,9 +140,20 @@ def test_fuzz_ran_enough_cases_without_crashes(fuzz_server: ServerProcess) -> No
 
 
 def test_document_matches_the_route_table() -> None:
-    """Every route is documented with its method, and nothing undocumented is served."""
+    """Every served route is documented with its method, and every documented one is served.
+
+    OPTIONS operations are CORS preflights answered by middleware, not by the route table.
+    """
     from proxy.openapi import DOCUMENT
 
-    served = {(r.method.lower(), r.path) for r in ROUTES}  # type: ignore[attr-defined]
-    documented = {(method, path) for path, item in DOCUMENT["paths"].items() for method in item}
+    served = {
+        (r.method.lower(), re.sub(r"\{(\w+):[^}]*\}", r"{\1}", r.path))  # type: ignore[attr-defined]
+        for r in ROUTES
+    }
+    documented = {
+        (method, path)
+        for path, item in DOCUMENT["paths"].items()
+        for method in item
+        if method != "options"
+    }
     assert served == documented
