@@ -122,7 +122,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         keys = LocalKekProvider.from_file(settings.keyring_path)
-        vault = await Vault.open(settings.vault_url, keys, migrate=False)
+        vault = await Vault.open(
+            settings.vault_url, keys, migrate=False, pool_min=0, db_timeout=settings.db_timeout
+        )
         try:
             return await vault.backend.migrate()
         finally:

@@ -49,7 +49,12 @@ def create_app(
         if the_vault is None:
             keys = LocalKekProvider.from_file(settings.keyring_path)
             the_vault = await Vault.open(
-                settings.vault_url, keys, migrate=settings.migrate_on_start
+                settings.vault_url,
+                keys,
+                migrate=settings.migrate_on_start,
+                pool_min=settings.db_pool_min,
+                pool_max=settings.db_pool_max,
+                db_timeout=settings.db_timeout,
             )
         try:
             the_partner = partner

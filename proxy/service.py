@@ -30,6 +30,10 @@ class Services:
 async def tokenize_card(services: Services, body: object, *, today: date) -> dict[str, Any]:
     """Validate a card, hand it to the partner, store the partner's reference; return the token."""
     card = parse_card_request(body, today=today)
+    if not services.vault.healthy:
+        # The vault last failed to answer: re-check before the partner creates a payment
+        # method we could not store. Free while healthy (a flag), one ping while down.
+        await _vault_call(services, "ping", services.vault.ping())
     partner = services.partner
     metrics = services.metrics
     started = time.perf_counter()

@@ -1,0 +1,169 @@
+"""Test helpers for running every vault test on both backends.
+
+``RawRows`` reads and rewrites stored rows behind the vault's back (tamper and
+moved-ciphertext tests) with the database's own client, on SQLite or PostgreSQL.
+PostgreSQL tests each get a fresh schema in the shared test database, dropped after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+
+T = TypeVar("T")
+
+PG_URL = os.environ.get("TOKENPROXY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_HOST = "127.0.0.1:5432"
+
+
+def run_sync(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion on a private loop in another thread.
+
+    Sync fixtures use this to reach PostgreSQL whether or not the test's loop is running.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(_call(make))
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    result: T = box["value"]
+    return result
+
+
+async def _call(make: Callable[[], Awaitable[T]]) -> T:
+    return await make()
+
+
+async def pg_execute(url: str, sql: str) -> None:
+    """Run one statement on a short-lived connection."""
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def pg_unreachable_reason(url: str = PG_URL) -> str | None:
+    """None when the test server answers, else a short reason."""
+    try:
+        run_sync(lambda: pg_execute(url, "SELECT 1"))
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def with_query(url: str, **params: str) -> str:
+    """``url`` with query parameters appended (asyncpg passes unknown ones as settings)."""
+    extra = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"{url}{'&' if '?' in url else '?'}{extra}"
+
+
+def create_schema(url: str = PG_URL) -> tuple[str, str]:
+    """A fresh uniquely named schema; returns (schema, URL whose search_path is it)."""
+    schema = "tp_test_" + secrets.token_hex(6)
+    run_sync(lambda: pg_execute(url, f"CREATE SCHEMA {schema}"))
+    return schema, with_query(url, search_path=schema)
+
+
+def drop_schema(schema: str, url: str = PG_URL) -> None:
+    """Drop a schema made by ``create_schema`` and everything in it."""
+    run_sync(lambda: pg_execute(url, f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+
+
+class RawRows:
+    """Direct access to the vault's tables, bypassing the vault (for tamper tests)."""
+
+    def __init__(self, backend: str, *, path: Path | None = None, url: str | None = None) -> None:
+        self.backend = backend
+        self._path = path
+        self._url = url
+
+    async def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if self.backend == "sqlite":
+            assert self._path is not None
+            db = sqlite3.connect(self._path)
+            try:
+                rows = db.execute(sql, args).fetchall()
+                db.commit()
+            finally:
+                db.close()
+            return rows
+        assert self._url is not None
+        conn = await asyncpg.connect(self._url, timeout=5)
+        try:
+            n = 0
+
+            def placeholder(_: object) -> str:
+                nonlocal n
+                n += 1
+                return f"${n}"
+
+            pg_sql = "".join(placeholder(c) if c == "?" else c for c in sql)
+            return [tuple(r) for r in await conn.fetch(pg_sql, *args)]
+        finally:
+            await conn.close()
+
+    async def get(self, token: str, column: str) -> Any:
+        """One column of one record row."""
+        rows = await self._query(f"SELECT {column} FROM records WHERE token = ?", (token,))  # noqa: S608
+        return rows[0][0]
+
+    async def set(self, column: str, value: Any, *, token: str | None = None) -> None:
+        """Overwrite a column of one record (or of every record when ``token`` is None)."""
+        if token is None:
+            await self._query(f"UPDATE records SET {column} = ?", (value,))  # noqa: S608
+        else:
+            await self._query(
+                f"UPDATE records SET {column} = ? WHERE token = ?",  # noqa: S608
+                (value, token),
+            )
+
+    async def column_by_token(self, column: str) -> dict[str, Any]:
+        """token -> column value for every record."""
+        rows = await self._query(f"SELECT token, {column} FROM records")  # noqa: S608
+        return dict(rows)
+
+    async def count(self, table: str, where: str = "") -> int:
+        """Number of rows in ``table`` (optionally filtered by a fixed SQL condition)."""
+        sql = f"SELECT count(*) FROM {table}" + (f" WHERE {where}" if where else "")  # noqa: S608
+        rows = await self._query(sql)
+        return int(rows[0][0])
+
+    async def stored_bytes(self) -> bytes:
+        """Everything the database holds for the vault, for leak scans.
+
+        SQLite: the database file and its WAL/SHM siblings. PostgreSQL: every value of
+        every row of the schema's tables (bytea raw, the rest as text).
+        """
+        if self.backend == "sqlite":
+            assert self._path is not None
+            parts = [p.read_bytes() for p in self._path.parent.glob(self._path.name + "*")]
+            return b"\n".join(parts)
+        tables = [
+            row[0]
+            for row in await self._query(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = current_schema()"
+            )
+        ]
+        out: list[bytes] = []
+        for table in tables:
+            for row in await self._query(f"SELECT * FROM {table}"):  # noqa: S608
+                out.extend(v if isinstance(v, bytes) else str(v).encode() for v in row)
+        return b"\n".join(out)
