@@ -12,8 +12,9 @@ Why this shape:
 * Outages must fail fast and be visible before the proxy spends a partner call:
   ``healthy`` drops on any connection error and whenever a pooled connection dies,
   and comes back with the next statement that succeeds (a ``ping`` included).
-* Library exceptions never leave this module: unique violations become
-  DuplicateRecord, everything else StorageUnavailable with our own message.
+* Library exceptions never leave this module: unique and foreign-key violations
+  become DuplicateRecord (as SQLite's IntegrityError does), everything else
+  StorageUnavailable with our own message.
 """
 
 from __future__ import annotations
@@ -147,10 +148,11 @@ class PostgresBackend:
             pool = await self._get_pool()
             async with pool.acquire(timeout=self._command_timeout) as conn:
                 result = await op(conn)
-        except asyncpg.UniqueViolationError:
+        except asyncpg.IntegrityConstraintViolationError:
+            # Unique or foreign-key conflict, as SQLite's IntegrityError: the caller reloads
+            # and retries. The server's detail text names key values (tokens): dropped.
             self.healthy = True
-            # The server's detail text names the key value (a token): never pass it on.
-            raise DuplicateRecord("row already exists") from None
+            raise DuplicateRecord("row conflicts with a stored row") from None
         except _STORAGE_ERRORS as exc:
             self.healthy = False
             raise StorageUnavailable(f"PostgreSQL unavailable ({type(exc).__name__})") from None
