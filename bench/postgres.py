@@ -147,8 +147,11 @@ class Proxies:
 
 
 def _seconds(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
-    return float(number) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if match is None:  # wrk prints odd values (nan) when a run completed no request
+        return float("nan")
+    number, unit = match.groups()
+    return float(number) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
 
 
 def wrk(
@@ -175,9 +178,15 @@ def wrk(
 def wrk_result(proc: subprocess.Popen[str]) -> dict[str, float]:
     """req/s, p50 and p99 (seconds) and non-2xx count from a finished wrk."""
     out, _ = proc.communicate()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _seconds(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _seconds(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    rps_match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50_match = re.search(r"50%\s+(\S+)", out)
+    p99_match = re.search(r"99%\s+(\S+)", out)
+    if rps_match is None or p50_match is None or p99_match is None:
+        print("  wrk output not understood:\n" + out)
+        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan")}
+    rps = float(rps_match.group(1))
+    p50 = _seconds(p50_match.group(1))
+    p99 = _seconds(p99_match.group(1))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
     if bad or errors:
