@@ -14,7 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy.clients import ClientsFileError, add_client, parse_scopes
+from proxy.clients import (
+    PUBLISHABLE_SCOPES,
+    ClientsFileError,
+    add_client,
+    parse_origins,
+    parse_scopes,
+)
 from proxy.log import configure_logging
 from proxy.settings import Settings, SettingsError
 from vault import LocalKekProvider, Vault, VaultError
@@ -106,10 +112,36 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     """Add a client and print its key once."""
     settings = _settings(need_partner=False)
     try:
-        scopes = parse_scopes(args.scopes)
-        key = add_client(settings.clients_path, args.name, scopes)
+        if args.publishable:
+            if args.scopes not in (None, "tokenize"):
+                return _fail("a publishable client holds only the tokenize scope")
+            if not args.origins:
+                return _fail("a publishable client needs --origins https://shop.example[,...]")
+            origins = parse_origins(args.origins)
+            key = add_client(
+                settings.clients_path,
+                args.name,
+                PUBLISHABLE_SCOPES,
+                publishable=True,
+                origins=origins,
+            )
+        else:
+            if args.scopes is None:
+                return _fail("--scopes is required (e.g. --scopes resolve)")
+            if args.origins:
+                return _fail("--origins applies to publishable clients only (add --publishable)")
+            scopes = parse_scopes(args.scopes)
+            key = add_client(settings.clients_path, args.name, scopes)
     except ValueError as exc:
         return _fail(str(exc))
+    if args.publishable:
+        print(f"publishable client {args.name!r} added for {', '.join(sorted(origins))}.")
+        missing = origins - set(settings.cors_origins)
+        if missing:
+            print(f"note: add {', '.join(sorted(missing))} to TOKENPROXY_CORS_ORIGINS as well.")
+        print("Its key is public by design (it goes in the checkout page):")
+        print(key)
+        return 0
     print(f"client {args.name!r} added with scopes {','.join(sorted(scopes))}.")
     print("Its key is shown only this once; store it in the service's secret store:")
     print(key)
@@ -153,7 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = clients.add_parser("add", help="add a client and print its key once")
     add.add_argument("name")
-    add.add_argument("--scopes", required=True, help="e.g. tokenize,read")
+    add.add_argument("--scopes", help="e.g. tokenize,read")
+    add.add_argument(
+        "--publishable",
+        action="store_true",
+        help="a public pk_ key for checkout pages (tokenize only, bound to --origins)",
+    )
+    add.add_argument("--origins", help="comma-separated origins, e.g. https://shop.example")
     add.set_defaults(func=cmd_clients_add)
     return parser
 

@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from proxy import cors, publishable
 from proxy.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.clients import ClientRegistry
 from proxy.metrics import Metrics
@@ -41,6 +42,8 @@ def create_app(
     app[CLIENTS] = clients if clients is not None else ClientRegistry.load(settings.clients_path)
     app[_READY] = asyncio.Event()
     app.add_routes(ROUTES)
+    cors.install(app)
+    publishable.install(app)
 
     async def dependencies(app: web.Application) -> AsyncIterator[None]:
         own_vault = vault is None

@@ -2,6 +2,16 @@
 
 Keys are 256-bit random strings, so a plain SHA-256 digest is as strong as a slow
 password hash here (there is nothing to brute-force) and costs microseconds per request.
+
+Two kinds of client:
+
+- **secret** (``tpk_…``, the default): held by a service, any scopes.
+- **publishable** (``pk_…``): meant to sit in a checkout page's HTML, so it is public by
+  design. It holds only the ``tokenize`` scope and is bound to the web origins it may be
+  used from (``proxy.publishable`` enforces the origin and a per-key rate limit).
+
+The file format stays ``tokenproxy-clients/1``: ``kind`` and ``origins`` are optional
+entry fields, absent on files written before publishable keys existed (read as secret).
 """
 
 from __future__ import annotations
@@ -16,9 +26,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from proxy.origins import OriginError, parse_origin
 
 SCOPES = frozenset({"tokenize", "read", "resolve", "delete", "admin"})
 KEY_PREFIX = "tpk_"
+PUBLISHABLE_KEY_PREFIX = "pk_"
+PUBLISHABLE_SCOPES = frozenset({"tokenize"})
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _FORMAT = "tokenproxy-clients/1"
 
@@ -29,14 +44,17 @@ class ClientsFileError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Client:
-    """An authenticated caller: a name and the scopes it holds."""
+    """An authenticated caller: a name, the scopes it holds and, if publishable, its origins."""
 
     name: str
     scopes: frozenset[str]
     key_digest: str
+    publishable: bool = False
+    origins: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
-        return f"Client({self.name!r}, scopes={sorted(self.scopes)})"
+        kind = ", publishable" if self.publishable else ""
+        return f"Client({self.name!r}, scopes={sorted(self.scopes)}{kind})"
 
 
 def digest(key: str) -> str:
@@ -70,6 +88,10 @@ class ClientRegistry:
 
 
 def _read(path: Path) -> list[Client]:
+    return [_entry(path, e) for e in _load(path)["clients"]]
+
+
+def _load(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -82,15 +104,35 @@ def _read(path: Path) -> list[Client]:
         doc = json.loads(raw)
         if doc.get("format") != _FORMAT:
             raise ClientsFileError(f"clients file {path} has no {_FORMAT!r} format tag")
-        clients = []
-        for entry in doc["clients"]:
-            scopes = frozenset(entry["scopes"])
-            if not scopes <= SCOPES or not re.fullmatch(r"[0-9a-f]{64}", entry["key_sha256"]):
-                raise ClientsFileError(f"clients file {path} has a malformed entry")
-            clients.append(Client(entry["name"], scopes, entry["key_sha256"]))
+        valid = isinstance(doc["clients"], list)
     except (ValueError, KeyError, TypeError, AttributeError):
+        valid = False
+    if not valid:
+        raise ClientsFileError(f"clients file {path} is not a valid clients file")
+    return dict(doc)
+
+
+def _entry(path: Path, entry: Any) -> Client:
+    malformed = ClientsFileError(f"clients file {path} has a malformed entry")
+    try:
+        scopes = frozenset(entry["scopes"])
+        kind = entry.get("kind", "secret")
+        origins = frozenset(entry.get("origins", ()))
+        client = Client(entry["name"], scopes, entry["key_sha256"], kind == "publishable", origins)
+        if not scopes <= SCOPES or not re.fullmatch(r"[0-9a-f]{64}", client.key_digest):
+            raise malformed
+        if kind == "publishable":
+            # A publishable key is public: anything beyond tokenize would be a leak of power.
+            if scopes != PUBLISHABLE_SCOPES or not origins:
+                raise malformed
+            if any(parse_origin(o) != o for o in origins):
+                raise malformed
+        elif kind != "secret" or origins:
+            raise malformed
+    except (ValueError, KeyError, TypeError, AttributeError):
+        # OriginError is a ValueError: a hand-edited origin lands here too.
         raise ClientsFileError(f"clients file {path} is not a valid clients file") from None
-    return clients
+    return client
 
 
 def parse_scopes(text: str) -> frozenset[str]:
@@ -102,27 +144,46 @@ def parse_scopes(text: str) -> frozenset[str]:
     return scopes
 
 
-def add_client(path: Path, name: str, scopes: frozenset[str]) -> str:
+def parse_origins(text: str) -> frozenset[str]:
+    """Parse ``https://a.example,https://b.example`` into normalised origins."""
+    origins = frozenset(parse_origin(o) for o in text.split(",") if o.strip())
+    if not origins:
+        raise OriginError("a publishable client needs at least one origin")
+    return origins
+
+
+def add_client(
+    path: Path,
+    name: str,
+    scopes: frozenset[str],
+    *,
+    publishable: bool = False,
+    origins: frozenset[str] = frozenset(),
+) -> str:
     """Add a client to the file (creating it) and return its key; the key is not stored."""
     if not _NAME_RE.match(name):
         raise ValueError("client name must be 1-63 of a-z 0-9 _ . - starting with a letter/digit")
-    entries: list[dict[str, object]] = []
+    if publishable and (scopes != PUBLISHABLE_SCOPES or not origins):
+        raise ValueError("a publishable client has only the tokenize scope and at least one origin")
+    if not publishable and origins:
+        raise ValueError("only publishable clients are bound to origins")
+    entries: list[Any] = []
     if path.exists():
-        entries = [
-            {"name": c.name, "scopes": sorted(c.scopes), "key_sha256": c.key_digest}
-            for c in _read(path)
-        ]
+        doc = _load(path)
+        for entry in doc["clients"]:
+            _entry(path, entry)
+        # Keep existing entries as written (created_at and any field a later version adds).
+        entries = list(doc["clients"])
         if any(e["name"] == name for e in entries):
             raise ValueError(f"a client named {name!r} already exists")
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
-    entries.append(
-        {
-            "name": name,
-            "scopes": sorted(scopes),
-            "key_sha256": digest(key),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-    )
+    prefix = PUBLISHABLE_KEY_PREFIX if publishable else KEY_PREFIX
+    key = prefix + secrets.token_urlsafe(32)
+    new: dict[str, object] = {"name": name, "scopes": sorted(scopes), "key_sha256": digest(key)}
+    if publishable:
+        new["kind"] = "publishable"
+        new["origins"] = sorted(parse_origin(o) for o in origins)
+    new["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    entries.append(new)
     _write_atomic(path, json.dumps({"format": _FORMAT, "clients": entries}, indent=2) + "\n")
     return key
 

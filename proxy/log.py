@@ -52,10 +52,23 @@ def _is_sensitive_key(key: object) -> bool:
     return isinstance(key, str) and len(key) <= 128 and _sensitive_key(key)
 
 
+# Card fields inside text, as form bodies and logfmt lines carry them
+# (``card[cvc]=123``, ``cvc: 123``, ``"exp_month": 12``): a CVC is too short for the
+# digit scan, so it is recognised by its field name.
+_FIELD_IN_TEXT_RE: Final = re.compile(
+    r"""((?:number|cvc|cvv|cvn|cvv2|cvc2|exp_month|exp_year|expiry|iban)\]?["']?\s*[=:]\s*["']?)"""
+    r"""[^&\s,;"'}]+""",
+    re.IGNORECASE,
+)
+
+
 def redact_text(text: str) -> str:
-    """Text with IBANs and PAN-like digit groups replaced by placeholders."""
+    """Text with IBANs, PAN-like digit groups and card fields replaced by placeholders."""
     # IBANs first: their digits would otherwise be eaten piecemeal as PAN runs.
-    return redact_pans(redact_ibans(text))
+    text = redact_pans(redact_ibans(text))
+    if "=" in text or ":" in text:
+        text = _FIELD_IN_TEXT_RE.sub(r"\1[REDACTED]", text)
+    return text
 
 
 def _scrub(value: Any, depth: int) -> Any:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from proxy import publishable
 from proxy.appkeys import CLIENTS, METRICS
 from proxy.clients import Client
 from proxy.errors import (
@@ -141,6 +142,8 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
         raise PermissionDenied(
             f"This client lacks the scope this route needs ({' or '.join(sorted(scopes))})."
         )
+    if client.publishable:
+        publishable.check(request, client)
     return client
 
 

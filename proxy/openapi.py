@@ -118,9 +118,15 @@ DOCUMENT: dict[str, Any] = {
                             }
                         },
                     },
-                    **_error_responses(400, 401, 402, 403, 413, 415, 422, 502, 503, 504),
+                    **_error_responses(400, 401, 402, 403, 413, 415, 422, 429, 502, 503, 504),
                 },
-            }
+            },
+            "options": {
+                "operationId": "createCardPreflight",
+                "summary": "CORS preflight (origins from TOKENPROXY_CORS_ORIGINS)",
+                "security": [],
+                "responses": {"204": {"description": "Allowed"}, **_error_responses(403)},
+            },
         },
         "/v1/tokens/{token}": {
             "get": {
@@ -140,6 +146,30 @@ DOCUMENT: dict[str, Any] = {
                     },
                     **_error_responses(401, 403, 404, 503),
                 },
+            }
+        },
+        "/elements/card": {
+            "get": {
+                "operationId": "elementsCard",
+                "summary": "Hosted card fields page for an iframe (frame-ancestors: CORS origins)",
+                "security": [],
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            }
+        },
+        "/elements/{asset}": {
+            "get": {
+                "operationId": "elementsAsset",
+                "summary": "tokenproxy.js for checkout pages; card.js and card.css for the frame",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "asset",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": ["tokenproxy.js", "card.js", "card.css"]},
+                    }
+                ],
+                "responses": {"200": {"description": "Script or style sheet"}},
             }
         },
         "/openapi.json": {

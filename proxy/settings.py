@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.origins import OriginError, parse_origin_list
+
 
 class SettingsError(Exception):
     """One bad setting; the message names it in one line."""
@@ -81,6 +83,9 @@ class Settings:
     db_pool_max: int = 10
     db_timeout: float = 5.0
     shutdown_grace: float = 10.0
+    cors_origins: tuple[str, ...] = ()
+    publishable_rate_per_minute: float = 30.0
+    publishable_burst: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -161,6 +166,21 @@ class Settings:
             kwargs["shutdown_grace"] = _float(
                 "TOKENPROXY_SHUTDOWN_GRACE", env["TOKENPROXY_SHUTDOWN_GRACE"], minimum=0
             )
+        if "TOKENPROXY_CORS_ORIGINS" in env:
+            try:
+                kwargs["cors_origins"] = parse_origin_list(env["TOKENPROXY_CORS_ORIGINS"])
+            except OriginError as exc:
+                raise SettingsError(f"TOKENPROXY_CORS_ORIGINS: {exc}") from None
+        if "TOKENPROXY_PUBLISHABLE_RATE_PER_MINUTE" in env:
+            kwargs["publishable_rate_per_minute"] = _float(
+                "TOKENPROXY_PUBLISHABLE_RATE_PER_MINUTE",
+                env["TOKENPROXY_PUBLISHABLE_RATE_PER_MINUTE"],
+                minimum=0.1,
+            )
+        if "TOKENPROXY_PUBLISHABLE_BURST" in env:
+            kwargs["publishable_burst"] = _int(
+                "TOKENPROXY_PUBLISHABLE_BURST", env["TOKENPROXY_PUBLISHABLE_BURST"], minimum=1
+            )
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError("TOKENPROXY_DB_POOL_MIN must not exceed TOKENPROXY_DB_POOL_MAX")
@@ -183,4 +203,5 @@ class Settings:
             "stripe_api_key_set": self.stripe_api_key is not None,
             "partner_timeout": self.partner_timeout,
             "db_pool": f"{self.db_pool_min}-{self.db_pool_max}",
+            "cors_origins": list(self.cors_origins),
         }

@@ -31,6 +31,7 @@ from proxy.hazmat import CardNumber, Cvc, Iban
 __all__ = [
     "IBAN_LENGTHS",
     "CardRequest",
+    "brand_rules",
     "detect_brand",
     "expected_cvc_length",
     "iban_checksum_valid",
@@ -116,6 +117,15 @@ _BRAND_LENGTHS: Final[dict[str, frozenset[int]]] = {
     "unionpay": frozenset(range(16, 20)),
     "maestro": frozenset(range(12, 20)),
 }
+
+
+def brand_rules() -> dict[str, object]:
+    """The IIN ranges, lengths and CVC lengths as JSON data (the card fields use the same rules)."""
+    return {
+        "ranges": [list(rule) for rule in _IIN_RANGES],
+        "lengths": {brand: sorted(lengths) for brand, lengths in _BRAND_LENGTHS.items()},
+        "cvc": {brand: expected_cvc_length(brand) for brand in _BRAND_LENGTHS},
+    }
 
 
 def _brand_for_prefix(digits: str) -> str | None:

@@ -181,7 +181,12 @@ class RunningProxy:
             return resp.status, body, resp
 
 
-def make_settings(tmp_path: Path, keyring_path: Path, partner_base: str) -> Settings:
+def make_settings(
+    tmp_path: Path,
+    keyring_path: Path,
+    partner_base: str,
+    extra: dict[str, str] | None = None,
+) -> Settings:
     """Settings for a test proxy, from an environment as an operator would write it."""
     return Settings.from_env(
         {
@@ -192,8 +197,15 @@ def make_settings(tmp_path: Path, keyring_path: Path, partner_base: str) -> Sett
             "TOKENPROXY_CLIENTS": str(tmp_path / "clients.json"),
             "STRIPE_API_KEY": SANDBOX_API_KEY,
             "TOKENPROXY_STRIPE_API_BASE": partner_base,
+            **(extra or {}),
         }
     )
+
+
+@pytest.fixture
+def proxy_env() -> dict[str, str]:
+    """Extra settings for the `proxy` fixture; a test module overrides it to add some."""
+    return {}
 
 
 @pytest.fixture
@@ -202,9 +214,10 @@ async def proxy(
     keyring_path: Path,
     client_keys: dict[str, str],
     localstripe: Localstripe,
+    proxy_env: dict[str, str],
 ) -> AsyncIterator[RunningProxy]:
     """The full proxy (SQLite vault, localstripe partner) serving on free loopback ports."""
-    settings = make_settings(tmp_path, keyring_path, localstripe.base_url)
+    settings = make_settings(tmp_path, keyring_path, localstripe.base_url, proxy_env)
     app = create_app(settings, metrics=Metrics())
     ops = create_ops_app(app)
     runner = web.AppRunner(app, access_log=None)

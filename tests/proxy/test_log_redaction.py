@@ -15,7 +15,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.log import configure_logging, redact_processor
+from proxy.log import configure_logging, redact_processor, redact_text
 
 PAN = "4242424242424242"
 DIGITS = "0123456789"
@@ -264,3 +264,20 @@ def test_generated_pans_never_reach_the_line(
     with logging_to_buffer() as buffer:
         structlog.get_logger().info(text, note=text, items=[text])
     assert pan not in buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "post_data=type=card&card[number]=4242424242424242&card[exp_month]=12&card[cvc]=731",
+        "cvc: 731 and exp_year=2031",
+        '{"cvc": "731", "exp_month": "12"}',
+        "CVV2=731",
+    ],
+)
+def test_card_fields_inside_text_are_redacted(text: str) -> None:
+    """Card fields inside text lose their values: a CVC is too short for the digit scan."""
+    out = redact_text(text)
+    assert "731" not in out
+    assert "[REDACTED]" in out
+    assert "4242424242424242" not in out

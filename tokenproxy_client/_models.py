@@ -1,0 +1,200 @@
+"""Typed results. Each keeps the whole JSON answer in ``raw`` for fields added later."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _opt(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class CardToken:
+    """A card just tokenized: the token and what may be shown about the card."""
+
+    token: str
+    brand: str
+    last4: str
+    masked: str
+    created_at: datetime | None
+    kind: str = "card"
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> CardToken:
+        """Build from the POST /v1/cards answer."""
+        return cls(
+            token=body["token"],
+            brand=body.get("brand", ""),
+            last4=body.get("last4", ""),
+            masked=body.get("masked", ""),
+            created_at=_time(body.get("created_at")),
+            kind=body.get("kind", "card"),
+            raw=body,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BankAccountToken:
+    """A bank account just tokenized (masked IBAN only)."""
+
+    token: str
+    last4: str | None
+    masked: str | None
+    country: str | None
+    created_at: datetime | None
+    kind: str = "bank"
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> BankAccountToken:
+        """Build from the POST /v1/bank-accounts answer."""
+        return cls(
+            token=body["token"],
+            last4=_opt(body, "last4"),
+            masked=_opt(body, "masked"),
+            country=_opt(body, "country"),
+            created_at=_time(body.get("created_at")),
+            kind=body.get("kind", "bank"),
+            raw=body,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceToken:
+    """An invoice reference stored in the vault."""
+
+    token: str
+    created_at: datetime | None
+    kind: str = "invoice"
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> InvoiceToken:
+        """Build from the POST /v1/invoices answer."""
+        return cls(
+            token=body["token"],
+            created_at=_time(body.get("created_at")),
+            kind=body.get("kind", "invoice"),
+            raw=body,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    """The masked view of a token (what the `read` scope sees)."""
+
+    token: str
+    kind: str
+    created_at: datetime | None
+    brand: str | None = None
+    last4: str | None = None
+    masked: str | None = None
+    customer_ref: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> TokenView:
+        """Build from a GET /v1/tokens/{token} answer (or one entry of a list)."""
+        metadata = body.get("metadata")
+        return cls(
+            token=body["token"],
+            kind=body.get("kind", ""),
+            created_at=_time(body.get("created_at")),
+            brand=_opt(body, "brand"),
+            last4=_opt(body, "last4"),
+            masked=_opt(body, "masked"),
+            customer_ref=_opt(body, "customer_ref"),
+            metadata=dict(metadata) if isinstance(metadata, dict) else {},
+            raw=body,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedToken:
+    """A token resolved for charging: the masked view plus the partner's reference."""
+
+    view: TokenView
+    partner: str
+    partner_reference: str
+
+    @property
+    def token(self) -> str:
+        """The token."""
+        return self.view.token
+
+    @property
+    def last4(self) -> str | None:
+        """Last four digits (card) or characters (IBAN)."""
+        return self.view.last4
+
+    @property
+    def brand(self) -> str | None:
+        """Card brand, for cards."""
+        return self.view.brand
+
+    @property
+    def customer_ref(self) -> str | None:
+        """The customer the token belongs to, if any."""
+        return self.view.customer_ref
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """The answer to deleting one token."""
+
+    token: str
+    deleted: bool
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, token: str, body: dict[str, Any] | None) -> Deletion:
+        """Build from a DELETE /v1/tokens/{token} answer (204 has no body)."""
+        body = body or {}
+        return cls(token=body.get("token", token), deleted=body.get("deleted", True), raw=body)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerErasure:
+    """The report of erasing a customer: what went, and what remains if anything."""
+
+    customer_ref: str
+    complete: bool
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, customer_ref: str, body: dict[str, Any] | None) -> CustomerErasure:
+        """Build from a DELETE /v1/customers/{ref} answer."""
+        body = body or {}
+        remaining = body.get("remaining")
+        complete = body.get("complete")
+        if not isinstance(complete, bool):
+            complete = not remaining
+        return cls(customer_ref=customer_ref, complete=complete, raw=body)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerExport:
+    """A data-subject access report: everything the vault holds about a customer."""
+
+    customer_ref: str
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, customer_ref: str, body: dict[str, Any]) -> CustomerExport:
+        """Build from a GET /v1/customers/{ref}/export answer."""
+        return cls(customer_ref=body.get("customer_ref", customer_ref), raw=body)
