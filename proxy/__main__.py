@@ -1,4 +1,4 @@
-"""The `tokenproxy` command: serve, dev, keys, clients, migrate.
+"""The `tokenproxy` command: serve, dev, keys, clients, audit, migrate.
 
 Secrets never come from the command line (they would show in `ps` and shell
 history): keys are read from files named by settings, client keys are printed once.
@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import os
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from proxy.clients import (
     PUBLISHABLE_SCOPES,
@@ -21,10 +24,22 @@ from proxy.clients import (
     parse_origins,
     parse_scopes,
 )
+from proxy.kek import AdminProvider, init_keys, load_provider
 from proxy.log import configure_logging
 from proxy.settings import Settings, SettingsError
-from vault import LocalKekProvider, Vault, VaultError
+from vault import Vault, VaultError
+from vault.audit import EventType, Outcome, parse_since
 from vault.keyring import init_keyring
+from vault.rotation import (
+    DEFAULT_BATCH,
+    RewrapProgress,
+    key_status,
+    retire_version,
+    rewrap,
+    rewrap_remaining,
+)
+
+T = TypeVar("T")
 
 
 def _fail(message: str) -> int:
@@ -100,71 +115,277 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _actor() -> str:
+    """Who runs an admin command, for the audit trail (PCI DSS 10.2.2: user id)."""
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        return f"cli:uid-{os.getuid()}"
+
+
+def _origin() -> str:
+    return socket.gethostname()[:200]
+
+
+def _with_vault(
+    settings: Settings,
+    work: Callable[[Vault, AdminProvider], Awaitable[T]],
+    *,
+    migrate: bool = True,
+) -> T:
+    """Run ``work`` with the configured vault and key provider, then close the vault."""
+
+    async def run() -> T:
+        keys = load_provider(settings)
+        vault = await Vault.open(
+            settings.vault_url,
+            keys,
+            migrate=migrate and settings.migrate_on_start,
+            # CLI commands run one statement at a time: no idle connections up front.
+            pool_min=0,
+            pool_max=2,
+            db_timeout=settings.db_timeout,
+        )
+        try:
+            return await work(vault, keys)
+        finally:
+            await vault.close()
+
+    return asyncio.run(run())
+
+
+async def _audit(
+    vault: Vault,
+    event_type: str,
+    *,
+    ok: bool,
+    resource: str | None,
+    detail: dict[str, str | int | bool | None] | None = None,
+) -> None:
+    await vault.audit.append(
+        event_type,
+        outcome=Outcome.SUCCESS if ok else Outcome.FAILURE,
+        actor=_actor(),
+        origin=_origin(),
+        resource=resource,
+        detail=detail,
+    )
+
+
 def cmd_keys_init(args: argparse.Namespace) -> int:
-    """Create a new key ring file (refuses to overwrite one)."""
+    """Create a new key ring file, or KMS key map (refuses to overwrite one)."""
     settings = _settings(need_partner=False)
-    ring = init_keyring(settings.keyring_path)
-    print(f"created key ring {settings.keyring_path} (active version {ring.active_version})")
+    active = init_keys(settings)
+
+    async def record(vault: Vault, keys: AdminProvider) -> None:
+        await _audit(vault, EventType.KEY_INIT, ok=True, resource=f"key_version:{active}")
+
+    _with_vault(settings, record)
+    print(f"created key ring {settings.keyring_path} (active version {active})")
     return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Add a key version and make it active for new data keys."""
+    settings = _settings(need_partner=False)
+
+    async def work(vault: Vault, keys: AdminProvider) -> tuple[int, int, int]:
+        old = keys.active_version
+        try:
+            new = keys.rotate()
+        except VaultError:
+            await _audit(vault, EventType.KEY_ROTATE, ok=False, resource=f"key_version:{old}")
+            raise
+        await _audit(
+            vault,
+            EventType.KEY_ROTATE,
+            ok=True,
+            resource=f"key_version:{new}",
+            detail={"from": old},
+        )
+        return old, new, await rewrap_remaining(vault)
+
+    old, new, remaining = _with_vault(settings, work)
+    print(f"rotated: version {new} is active (was {old}); {remaining} data key(s) to rewrap")
+    print("next: tokenproxy keys rewrap, then tokenproxy keys retire " + str(old))
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """Show every key version with its state and how many data keys it wraps."""
+    settings = _settings(need_partner=False)
+
+    async def work(vault: Vault, keys: AdminProvider) -> int:
+        status = await key_status(vault)
+        print(f"{'version':>7}  {'created':20}  {'state':12}  {'deks':>10}")
+        for s in status:
+            created = s.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if s.created_at else "-"
+            print(f"{s.version:>7}  {created:20}  {s.state:12}  {s.deks:>10}")
+        remaining = sum(s.deks for s in status if s.version != keys.active_version)
+        print(f"rewrap remaining: {remaining}")
+        return 0
+
+    return _with_vault(settings, work)
+
+
+def cmd_keys_retire(args: argparse.Namespace) -> int:
+    """Retire a key version; refused while any data key still uses it."""
+    settings = _settings(need_partner=False)
+
+    async def work(vault: Vault, keys: AdminProvider) -> None:
+        resource = f"key_version:{args.version}"
+        try:
+            await retire_version(vault, keys, args.version)
+        except VaultError:
+            await _audit(vault, EventType.KEY_RETIRE, ok=False, resource=resource)
+            raise
+        await _audit(vault, EventType.KEY_RETIRE, ok=True, resource=resource)
+
+    _with_vault(settings, work)
+    print(f"retired key version {args.version}")
+    return 0
+
+
+def cmd_keys_rewrap(args: argparse.Namespace) -> int:
+    """Re-wrap every data key on an older version with the active one; resumable."""
+    settings = _settings(need_partner=False)
+
+    def show(p: RewrapProgress) -> None:
+        print(
+            f"rewrap: {p.rewrapped}/{p.total} data keys moved to version {p.target_version}, "
+            f"{p.remaining} remaining",
+            flush=True,
+        )
+
+    async def work(vault: Vault, keys: AdminProvider) -> RewrapProgress:
+        try:
+            progress = await rewrap(vault, batch_size=args.batch_size, on_batch=show)
+        except VaultError:
+            await _audit(vault, EventType.KEY_REWRAP, ok=False, resource=None)
+            raise
+        await _audit(
+            vault,
+            EventType.KEY_REWRAP,
+            ok=progress.failed == 0,
+            resource=f"key_version:{progress.target_version}",
+            detail={"rewrapped": progress.rewrapped, "failed": progress.failed},
+        )
+        return progress
+
+    p = _with_vault(settings, work)
+    print(
+        f"rewrap done: {p.rewrapped} moved to version {p.target_version}, "
+        f"{p.failed} failed, {p.remaining} remaining"
+    )
+    if p.failed:
+        return _fail(f"{p.failed} data key(s) could not be unwrapped; see `tokenproxy keys list`")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Walk the audit hash chain; exit 1 naming the first broken event."""
+    settings = _settings(need_partner=False)
+
+    async def work(vault: Vault, keys: AdminProvider) -> int:
+        report = await vault.audit.verify()
+        if report.first_break is not None:
+            print(f"tokenproxy: audit chain broken: {report.first_break.message}", file=sys.stderr)
+            return 1
+        print(f"audit chain intact: {report.events} events, head {report.head}")
+        return 0
+
+    return _with_vault(settings, work)
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    """Write audit events as JSON lines to stdout."""
+    settings = _settings(need_partner=False)
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError:
+        return _fail("--since must be an ISO-8601 time, e.g. 2026-01-31T00:00:00Z")
+
+    async def work(vault: Vault, keys: AdminProvider) -> int:
+        return await vault.audit.export(sys.stdout.write, since=since)
+
+    _with_vault(settings, work)
+    return 0
+
+
+def _add_client(settings: Settings, args: argparse.Namespace) -> tuple[str, list[str]]:
+    """Add the client ``args`` describe; returns (scopes, lines to print). ValueError if bad."""
+    if args.publishable:
+        if args.scopes not in (None, "tokenize"):
+            raise ValueError("a publishable client holds only the tokenize scope")
+        if not args.origins:
+            raise ValueError("a publishable client needs --origins https://shop.example[,...]")
+        origins = parse_origins(args.origins)
+        key = add_client(
+            settings.clients_path,
+            args.name,
+            PUBLISHABLE_SCOPES,
+            publishable=True,
+            origins=origins,
+        )
+        lines = [f"publishable client {args.name!r} added for {', '.join(sorted(origins))}."]
+        missing = origins - set(settings.cors_origins)
+        if missing:
+            lines.append(
+                f"note: add {', '.join(sorted(missing))} to TOKENPROXY_CORS_ORIGINS as well."
+            )
+        lines += ["Its key is public by design (it goes in the checkout page):", key]
+        return ",".join(sorted(PUBLISHABLE_SCOPES)), lines
+    if args.scopes is None:
+        raise ValueError("--scopes is required (e.g. --scopes resolve)")
+    if args.origins:
+        raise ValueError("--origins applies to publishable clients only (add --publishable)")
+    scopes = parse_scopes(args.scopes)
+    key = add_client(settings.clients_path, args.name, scopes)
+    return ",".join(sorted(scopes)), [
+        f"client {args.name!r} added with scopes {','.join(sorted(scopes))}.",
+        "Its key is shown only this once; store it in the service's secret store:",
+        key,
+    ]
 
 
 def cmd_clients_add(args: argparse.Namespace) -> int:
-    """Add a client and print its key once."""
+    """Add a client and print its key once (and record the change in the audit trail)."""
     settings = _settings(need_partner=False)
-    try:
-        if args.publishable:
-            if args.scopes not in (None, "tokenize"):
-                return _fail("a publishable client holds only the tokenize scope")
-            if not args.origins:
-                return _fail("a publishable client needs --origins https://shop.example[,...]")
-            origins = parse_origins(args.origins)
-            key = add_client(
-                settings.clients_path,
-                args.name,
-                PUBLISHABLE_SCOPES,
-                publishable=True,
-                origins=origins,
-            )
-        else:
-            if args.scopes is None:
-                return _fail("--scopes is required (e.g. --scopes resolve)")
-            if args.origins:
-                return _fail("--origins applies to publishable clients only (add --publishable)")
-            scopes = parse_scopes(args.scopes)
-            key = add_client(settings.clients_path, args.name, scopes)
-    except ValueError as exc:
-        return _fail(str(exc))
-    if args.publishable:
-        print(f"publishable client {args.name!r} added for {', '.join(sorted(origins))}.")
-        missing = origins - set(settings.cors_origins)
-        if missing:
-            print(f"note: add {', '.join(sorted(missing))} to TOKENPROXY_CORS_ORIGINS as well.")
-        print("Its key is public by design (it goes in the checkout page):")
-        print(key)
+
+    async def work(vault: Vault, keys: AdminProvider) -> int:
+        resource = f"client:{args.name}"[:200]
+        try:
+            scopes, lines = _add_client(settings, args)
+        except ValueError as exc:
+            await _audit(vault, EventType.CLIENT_ADD, ok=False, resource=resource)
+            return _fail(str(exc))
+        detail: dict[str, str | int | bool | None] = {
+            "scopes": scopes,
+            "publishable": bool(args.publishable),
+        }
+        await _audit(vault, EventType.CLIENT_ADD, ok=True, resource=resource, detail=detail)
+        print("\n".join(lines))
         return 0
-    print(f"client {args.name!r} added with scopes {','.join(sorted(scopes))}.")
-    print("Its key is shown only this once; store it in the service's secret store:")
-    print(key)
-    return 0
+
+    return _with_vault(settings, work)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending schema migrations to the configured vault."""
     settings = _settings(need_partner=False)
 
-    async def run() -> int:
-        keys = LocalKekProvider.from_file(settings.keyring_path)
-        vault = await Vault.open(
-            settings.vault_url, keys, migrate=False, pool_min=0, db_timeout=settings.db_timeout
-        )
-        try:
-            return await vault.backend.migrate()
-        finally:
-            await vault.close()
+    async def work(vault: Vault, keys: AdminProvider) -> int:
+        return await vault.backend.migrate()
 
-    version = asyncio.run(run())
+    version = _with_vault(settings, work, migrate=False)
     print(f"vault schema at version {version}")
     return 0
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("must be a whole number of at least 1")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +400,26 @@ def build_parser() -> argparse.ArgumentParser:
         dest="keys_command", required=True
     )
     keys.add_parser("init", help="create a key ring").set_defaults(func=cmd_keys_init)
+    keys.add_parser("rotate", help="add a key version and make it active").set_defaults(
+        func=cmd_keys_rotate
+    )
+    keys.add_parser("list", help="versions, state and data keys per version").set_defaults(
+        func=cmd_keys_list
+    )
+    retire = keys.add_parser("retire", help="retire a version no data key uses")
+    retire.add_argument("version", type=int)
+    retire.set_defaults(func=cmd_keys_retire)
+    rewrap_cmd = keys.add_parser("rewrap", help="re-wrap data keys with the active version")
+    rewrap_cmd.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH)
+    rewrap_cmd.set_defaults(func=cmd_keys_rewrap)
+
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="audit_command", required=True
+    )
+    audit.add_parser("verify", help="check the hash chain").set_defaults(func=cmd_audit_verify)
+    export = audit.add_parser("export", help="write events as JSON lines")
+    export.add_argument("--since", help="ISO-8601 time; events at or after it")
+    export.set_defaults(func=cmd_audit_export)
 
     clients = sub.add_parser("clients", help="client keys").add_subparsers(
         dest="clients_command", required=True

@@ -12,7 +12,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import cors, publishable
 from proxy.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
+from proxy.audit import AUDIT_TASKS, drain_audit
 from proxy.clients import ClientRegistry
+from proxy.kek import load_provider
+from proxy.keystatus import refresh_key_metrics
 from proxy.metrics import Metrics
 from proxy.middleware import request_middleware
 from proxy.partners.base import Partner
@@ -20,7 +23,8 @@ from proxy.partners.stripe import StripePartner
 from proxy.routes import ROUTES
 from proxy.service import Services
 from proxy.settings import Settings
-from vault import LocalKekProvider, StorageUnavailable, Vault
+from vault import StorageUnavailable, Vault
+from vault.rotation import check_key_coverage
 
 _log = structlog.get_logger("tokenproxy")
 VERSION = "0.1.0"
@@ -41,6 +45,7 @@ def create_app(
     app[METRICS] = metrics or Metrics(version=VERSION)
     app[CLIENTS] = clients if clients is not None else ClientRegistry.load(settings.clients_path)
     app[_READY] = asyncio.Event()
+    app[AUDIT_TASKS] = set()
     app.add_routes(ROUTES)
     cors.install(app)
     publishable.install(app)
@@ -50,7 +55,7 @@ def create_app(
         own_partner = partner is None
         the_vault = vault
         if the_vault is None:
-            keys = LocalKekProvider.from_file(settings.keyring_path)
+            keys = load_provider(settings)
             the_vault = await Vault.open(
                 settings.vault_url,
                 keys,
@@ -60,6 +65,8 @@ def create_app(
                 db_timeout=settings.db_timeout,
             )
         try:
+            # Fail closed: data keys under a retired or unknown version mean a wrong ring.
+            await check_key_coverage(the_vault, source=f"key ring {settings.keyring_path}")
             the_partner = partner
             if the_partner is None:
                 the_partner = StripePartner(
@@ -74,6 +81,7 @@ def create_app(
             yield
             app[_READY].clear()
             app[METRICS].ready.set(0)
+            await drain_audit(app)
             if own_partner:
                 await the_partner.close()
         finally:
@@ -90,6 +98,8 @@ def create_ops_app(api: web.Application) -> web.Application:
     metrics = api[METRICS]
 
     async def metrics_handler(request: web.Request) -> web.Response:
+        if SERVICES in api:
+            await refresh_key_metrics(metrics, api[SERVICES].vault)
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -78,4 +78,23 @@ class Metrics:
             "1 when the service is ready (vault reachable), else 0.",
             registry=r,
         )
+        self.audit_failures = Counter(
+            "tokenproxy_audit_write_failures",
+            "Audit events that could not be written (the audited action was refused).",
+            ["event_type"],
+            registry=r,
+        )
+        self.rewrap_remaining = Gauge(
+            "tokenproxy_rewrap_remaining",
+            "Data keys not yet wrapped by the active key version (run `tokenproxy keys rewrap`).",
+            registry=r,
+        )
+        self.deks = Gauge(
+            "tokenproxy_deks",
+            "Data keys per key-encryption-key version.",
+            ["key_version"],
+            registry=r,
+        )
+        # When the key gauges were last read from the vault (see proxy.keystatus).
+        self.key_metrics_at = float("-inf")
         Info("tokenproxy_build", "Build information.", registry=r).info({"version": version})

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from proxy import publishable
 from proxy.appkeys import CLIENTS, METRICS
+from proxy.audit import audit_auth_failure
 from proxy.clients import Client
 from proxy.errors import (
     AuthenticationFailed,
@@ -124,6 +125,7 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     metrics = request.app[METRICS]
     if scheme.lower() != "bearer" or not key:
         metrics.auth_failures.labels("missing_key").inc()
+        audit_auth_failure(request, "missing_key")
         raise AuthenticationFailed(
             "Authentication required: send Authorization: Bearer <client key>.",
             code="missing_api_key",
@@ -132,6 +134,7 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     client = request.app[CLIENTS].authenticate(key.strip())
     if client is None:
         metrics.auth_failures.labels("invalid_key").inc()
+        audit_auth_failure(request, "invalid_key")
         raise AuthenticationFailed(
             "The client key is not valid.",
             headers={"WWW-Authenticate": 'Bearer realm="tokenproxy", error="invalid_token"'},
@@ -139,6 +142,7 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     request[CLIENT_KEY] = client
     if not client.scopes & scopes:
         metrics.auth_failures.labels("missing_scope").inc()
+        audit_auth_failure(request, "missing_scope", actor=client.name)
         raise PermissionDenied(
             f"This client lacks the scope this route needs ({' or '.join(sorted(scopes))})."
         )

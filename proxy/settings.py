@@ -83,6 +83,10 @@ class Settings:
     db_pool_max: int = 10
     db_timeout: float = 5.0
     shutdown_grace: float = 10.0
+    kek_provider: str = "local"
+    kms_key_id: str | None = None
+    kms_endpoint: str | None = None
+    kms_region: str | None = None
     cors_origins: tuple[str, ...] = ()
     publishable_rate_per_minute: float = 30.0
     publishable_burst: int = 10
@@ -181,6 +185,7 @@ class Settings:
             kwargs["publishable_burst"] = _int(
                 "TOKENPROXY_PUBLISHABLE_BURST", env["TOKENPROXY_PUBLISHABLE_BURST"], minimum=1
             )
+        kwargs.update(_kek_settings(env))
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError("TOKENPROXY_DB_POOL_MIN must not exceed TOKENPROXY_DB_POOL_MAX")
@@ -203,5 +208,25 @@ class Settings:
             "stripe_api_key_set": self.stripe_api_key is not None,
             "partner_timeout": self.partner_timeout,
             "db_pool": f"{self.db_pool_min}-{self.db_pool_max}",
+            "kek_provider": self.kek_provider,
             "cors_origins": list(self.cors_origins),
         }
+
+
+def _kek_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """TOKENPROXY_KEK_PROVIDER and the KMS settings it needs."""
+    kwargs: dict[str, object] = {}
+    provider = env.get("TOKENPROXY_KEK_PROVIDER", "local").lower()
+    if provider not in {"local", "aws-kms"}:
+        raise SettingsError("TOKENPROXY_KEK_PROVIDER must be local or aws-kms")
+    kwargs["kek_provider"] = provider
+    if env.get("TOKENPROXY_KMS_KEY_ID"):
+        kwargs["kms_key_id"] = env["TOKENPROXY_KMS_KEY_ID"]
+    if env.get("TOKENPROXY_KMS_ENDPOINT"):
+        endpoint = env["TOKENPROXY_KMS_ENDPOINT"].rstrip("/")
+        if not endpoint.startswith(("https://", "http://")):
+            raise SettingsError("TOKENPROXY_KMS_ENDPOINT must be an http(s) URL")
+        kwargs["kms_endpoint"] = endpoint
+    if env.get("TOKENPROXY_KMS_REGION"):
+        kwargs["kms_region"] = env["TOKENPROXY_KMS_REGION"]
+    return kwargs

@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+# What each database raises when a trigger refuses a change.
+REFUSED = (sqlite3.IntegrityError, asyncpg.RaiseError)
+
 T = TypeVar("T")
 
 PG_URL = os.environ.get("TOKENPROXY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -94,7 +97,8 @@ class RawRows:
         self._path = path
         self._url = url
 
-    async def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    async def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement (``?`` placeholders on both backends) and commit; returns rows."""
         if self.backend == "sqlite":
             assert self._path is not None
             db = sqlite3.connect(self._path)
@@ -119,30 +123,66 @@ class RawRows:
         finally:
             await conn.close()
 
+    async def deks_by_version(self) -> dict[int, int]:
+        """Data keys per KEK version, counted straight from the table."""
+        rows = await self.query("SELECT kek_version, count(*) FROM deks GROUP BY kek_version")
+        return {int(v): int(n) for v, n in rows}
+
+    async def tamper_audit(self, *statements: str) -> None:
+        """Run SQL on the audit table as an attacker with owner rights would (guards dropped)."""
+        if self.backend == "sqlite":
+            await self.query("DROP TRIGGER audit_events_no_update")
+            await self.query("DROP TRIGGER audit_events_no_delete")
+        else:
+            await self.query("DROP TRIGGER audit_events_no_update_or_delete ON audit_events")
+        for statement in statements:
+            await self.query(statement)
+
+    async def break_audit_inserts(self) -> None:
+        """Make the database refuse every insert into the audit table."""
+        if self.backend == "sqlite":
+            await self.query(
+                "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_events"
+                " BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+            )
+            return
+        await self.query(
+            "CREATE FUNCTION audit_broken() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'disk says no'; END $$"
+        )
+        await self.query(
+            "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_events"
+            " FOR EACH ROW EXECUTE FUNCTION audit_broken()"
+        )
+
     async def get(self, token: str, column: str) -> Any:
         """One column of one record row."""
-        rows = await self._query(f"SELECT {column} FROM records WHERE token = ?", (token,))  # noqa: S608
+        rows = await self.query(f"SELECT {column} FROM records WHERE token = ?", (token,))  # noqa: S608
         return rows[0][0]
+
+    async def set_dek(self, dek_id: str, column: str, value: Any) -> None:
+        """Overwrite a column of one data key row."""
+        await self.query(f"UPDATE deks SET {column} = ? WHERE dek_id = ?", (value, dek_id))  # noqa: S608
 
     async def set(self, column: str, value: Any, *, token: str | None = None) -> None:
         """Overwrite a column of one record (or of every record when ``token`` is None)."""
         if token is None:
-            await self._query(f"UPDATE records SET {column} = ?", (value,))  # noqa: S608
+            await self.query(f"UPDATE records SET {column} = ?", (value,))  # noqa: S608
         else:
-            await self._query(
+            await self.query(
                 f"UPDATE records SET {column} = ? WHERE token = ?",  # noqa: S608
                 (value, token),
             )
 
     async def column_by_token(self, column: str) -> dict[str, Any]:
         """token -> column value for every record."""
-        rows = await self._query(f"SELECT token, {column} FROM records")  # noqa: S608
+        rows = await self.query(f"SELECT token, {column} FROM records")  # noqa: S608
         return dict(rows)
 
     async def count(self, table: str, where: str = "") -> int:
         """Number of rows in ``table`` (optionally filtered by a fixed SQL condition)."""
         sql = f"SELECT count(*) FROM {table}" + (f" WHERE {where}" if where else "")  # noqa: S608
-        rows = await self._query(sql)
+        rows = await self.query(sql)
         return int(rows[0][0])
 
     async def stored_bytes(self) -> bytes:
@@ -157,13 +197,13 @@ class RawRows:
             return b"\n".join(parts)
         tables = [
             row[0]
-            for row in await self._query(
+            for row in await self.query(
                 "SELECT table_name FROM information_schema.tables"
                 " WHERE table_schema = current_schema()"
             )
         ]
         out: list[bytes] = []
         for table in tables:
-            for row in await self._query(f"SELECT * FROM {table}"):  # noqa: S608
+            for row in await self.query(f"SELECT * FROM {table}"):  # noqa: S608
                 out.extend(v if isinstance(v, bytes) else str(v).encode() for v in row)
         return b"\n".join(out)

@@ -4,12 +4,14 @@ Usable without the proxy. The public API is what this module exports.
 """
 
 from vault.errors import (
+    AuditUnavailable,
     DecryptionFailed,
     DuplicateRecord,
     KeyInUse,
     KeyRingError,
     RecordNotFound,
     StorageUnavailable,
+    UnknownKeyVersion,
     VaultError,
 )
 from vault.keyring import KekProvider, KeyRing, LocalKekProvider
@@ -17,6 +19,7 @@ from vault.records import Kind, NewRecord, Record, iso, new_token, token_kind, u
 from vault.store import Vault, open_backend
 
 __all__ = [
+    "AuditUnavailable",
     "DecryptionFailed",
     "DuplicateRecord",
     "KekProvider",
@@ -29,6 +32,7 @@ __all__ = [
     "Record",
     "RecordNotFound",
     "StorageUnavailable",
+    "UnknownKeyVersion",
     "Vault",
     "VaultError",
     "iso",

@@ -6,7 +6,9 @@
     ├── RecordNotFound        no such token (or expired, or erased)
     ├── DecryptionFailed      a ciphertext or wrapped key failed authentication
     ├── KeyRingError          key ring missing, unreadable, badly permissioned or corrupt
-    │   └── KeyInUse          a key version still wraps data keys and cannot be retired
+    │   ├── KeyInUse          a key version still wraps data keys and cannot be retired
+    │   └── UnknownKeyVersion a data key names a version this key ring does not hold
+    ├── AuditUnavailable      an audit event could not be written (the audited action is refused)
     ├── DuplicateRecord       a token or idempotency key already exists
     └── StorageUnavailable    the database cannot be reached or answered with an error
 """
@@ -32,6 +34,14 @@ class KeyRingError(VaultError):
 
 class KeyInUse(KeyRingError):
     """A key version still wraps data keys."""
+
+
+class UnknownKeyVersion(KeyRingError):
+    """A wrapped key names a version the loaded key ring does not know (maybe rotated since)."""
+
+
+class AuditUnavailable(VaultError):
+    """An audit event could not be written; the action it records must not proceed."""
 
 
 class DuplicateRecord(VaultError):

@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol, Self, runtime_checkable
 
 from vault.crypto import KEY_BYTES, Sealer, new_key
-from vault.errors import KeyInUse, KeyRingError
+from vault.errors import KeyInUse, KeyRingError, UnknownKeyVersion
 
 __all__ = [
     "KEYRING_FORMAT",
@@ -137,9 +138,11 @@ class KeyRing:
         try:
             return self._material.keks[version]
         except KeyError:
-            known = any(info.version == version for info in self._infos)
-            problem = "is retired" if known else "does not exist"
-            raise _error(self._path, f"key version {version} {problem}") from None
+            if any(info.version == version for info in self._infos):
+                raise _error(self._path, f"key version {version} is retired") from None
+            raise UnknownKeyVersion(
+                f"key ring {_shown(self._path)}: key version {version} does not exist"
+            ) from None
 
     def __repr__(self) -> str:
         versions = ", ".join(f"{i.version}:{i.state.value}" for i in self._infos)
@@ -209,10 +212,13 @@ class KeyRing:
 # --- loading -------------------------------------------------------------------------
 
 
+def _shown(path: Path) -> str:
+    return str(path).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _error(path: Path, problem: str) -> KeyRingError:
     """A one-line KeyRingError naming the file and the problem."""
-    shown = str(path).replace("\r", "\\r").replace("\n", "\\n")
-    return KeyRingError(f"key ring {shown}: {problem}")
+    return KeyRingError(f"key ring {_shown(path)}: {problem}")
 
 
 def _read_private_file(path: Path) -> bytes:
@@ -371,7 +377,12 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _write_atomic(path: Path, ring: KeyRing) -> None:
     """Replace ``path`` with ``ring`` so readers see the old file or the new, never a mix."""
-    data = (json.dumps(ring._to_document(), indent=2) + "\n").encode("utf-8")
+    _write_document(path, ring._to_document())
+
+
+def _write_document(path: Path, document: dict[str, Any]) -> None:
+    """Atomically replace ``path`` (0600) with ``document`` as JSON, durably."""
+    data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
@@ -487,19 +498,49 @@ class KekProvider(Protocol):
         """Unwrap; DecryptionFailed on bad auth, KeyRingError for unknown/retired versions."""
         ...
 
+    def versions(self) -> list[KeyInfo]:
+        """Every version the provider knows, oldest first, without key material."""
+        ...
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Re-read the key source if it changed (another process rotated); True if reloaded.
+
+        Unless ``force``, it looks at most every :data:`RELOAD_CHECK_SECONDS`.
+        """
+        ...
+
+
+# How often a serving provider looks (one stat) for a rotation made by another process, so
+# new data keys move to the new active version within seconds of `tokenproxy keys rotate`.
+RELOAD_CHECK_SECONDS = 2.0
+
 
 class LocalKekProvider:
-    """KekProvider over a local KeyRing; wraps data keys with AES-256-GCM."""
+    """KekProvider over a local KeyRing; wraps data keys with AES-256-GCM.
 
-    __slots__ = ("_ring", "_sealers")
+    A serving process keeps one provider for its life, while `tokenproxy keys rotate` and
+    `keys rewrap` run in other processes. So the provider follows the file: the vault calls
+    :meth:`refresh` before it wraps a new data key (one ``stat`` at most every
+    :data:`RELOAD_CHECK_SECONDS`), and ``unwrap`` of a version it does not know looks at
+    once (a rewrapped DEK can only name a version that was in the file before the rewrap
+    wrote it, so one look is enough). The
+    file is re-parsed only when its identity (inode, size, mtime) changed; a changed file
+    that fails validation is ignored (the ring validated earlier stays in force) and is
+    not parsed again until it changes once more.
+    """
+
+    __slots__ = ("_bad_stamp", "_checked_at", "_ring", "_sealers", "_stamp")
 
     def __init__(self, ring: KeyRing) -> None:
         self._ring = ring
         self._sealers: dict[int, Sealer] = {}
+        self._stamp = _file_stamp(ring.path)
+        self._bad_stamp: tuple[int, int, int] | None = None
+        self._checked_at = time.monotonic()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Self:
-        """Load the key ring at ``path``; rotations by other processes need a new provider."""
+        """Load the key ring at ``path``."""
         return cls(KeyRing.load(path))
 
     def __repr__(self) -> str:
@@ -512,7 +553,7 @@ class LocalKekProvider:
 
     @property
     def active_version(self) -> int:
-        """The version :meth:`wrap` uses; fixed for the life of this provider."""
+        """The version :meth:`wrap` uses."""
         return self._ring.active_version
 
     @property
@@ -520,16 +561,62 @@ class LocalKekProvider:
         """The key for blind indexes."""
         return self._ring.index_key
 
+    def versions(self) -> list[KeyInfo]:
+        """Every version, oldest first, without key material."""
+        return self._ring.versions()
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Reload the key ring if the file changed since it was read; True if reloaded."""
+        now = time.monotonic()
+        if not force and now - self._checked_at < RELOAD_CHECK_SECONDS:
+            return False
+        self._checked_at = now
+        stamp = _file_stamp(self._ring.path)
+        if stamp is None or stamp in (self._stamp, self._bad_stamp):
+            return False
+        try:
+            ring = KeyRing.load(self._ring.path)
+        except KeyRingError:
+            # Mid-life corruption must not take down a service whose validated ring still
+            # works; `tokenproxy keys list` and the next start-up report the bad file.
+            self._bad_stamp = stamp
+            return False
+        if ring.index_key != self._ring.index_key:
+            # Another ring entirely (restored from the wrong backup?): blind indexes would
+            # silently stop matching, so keep the one this process started with.
+            self._bad_stamp = stamp
+            return False
+        self._ring, self._stamp, self._sealers = ring, stamp, {}
+        return True
+
+    def rotate(self) -> int:
+        """Add a version to the file and make it active here too; returns it."""
+        ring = rotate_keyring(self._ring.path)
+        self.refresh(force=True)
+        return ring.active_version
+
+    def retire(self, version: int, *, in_use: int) -> None:
+        """Destroy ``version``'s material in the file (KeyInUse while in use) and here."""
+        retire_key(self._ring.path, version, in_use=in_use)
+        self.refresh(force=True)
+
     def wrap(self, dek: bytes, aad: bytes) -> tuple[int, bytes]:
         """Wrap ``dek`` with the active version; return (version, wrapped)."""
         if len(dek) != KEY_BYTES:
             raise ValueError(f"data key must be {KEY_BYTES} bytes")
+        # No refresh here: the caller built ``aad`` for `active_version` as it read it.
         version = self._ring.active_version
         return version, self._sealer(version).seal(dek, aad)
 
     def unwrap(self, version: int, wrapped: bytes, aad: bytes) -> bytes:
         """Unwrap; DecryptionFailed on bad auth, KeyRingError for unknown/retired versions."""
-        return self._sealer(version).open(wrapped, aad)
+        try:
+            sealer = self._sealer(version)
+        except UnknownKeyVersion:
+            if not self.refresh(force=True):
+                raise
+            sealer = self._sealer(version)
+        return sealer.open(wrapped, aad)
 
     def _sealer(self, version: int) -> Sealer:
         sealer = self._sealers.get(version)
@@ -539,3 +626,12 @@ class LocalKekProvider:
             sealer = Sealer(self._ring.kek(version))
             self._sealers[version] = sealer
         return sealer
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """The file's identity: rotations replace it by rename, so the inode changes."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)

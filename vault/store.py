@@ -14,6 +14,7 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
+from vault.audit import AuditLog
 from vault.backends.base import Backend, DekRow, RecordRow
 from vault.crypto import Sealer, blind_index, dek_aad, new_key, record_aad
 from vault.errors import DecryptionFailed, DuplicateRecord, RecordNotFound, VaultError
@@ -56,7 +57,13 @@ class Vault:
         self.backend = backend
         self.keys = keys
         self._index_key = keys.index_key
+        # The audit trail (vault.audit): append / verify / export; erasure and delete
+        # routes call `vault.audit.append(...)` before answering.
+        self.audit = AuditLog(backend, keys.index_key)
         # Unwrapped DEKs, as ready AEAD objects: unwrapping per read would double the crypto cost.
+        # A rewrap never makes an entry stale: it re-encrypts the *same* DEK under another KEK
+        # version, and records stay sealed under that DEK, so the cached key still opens them.
+        # Only erasure changes what a dek_id may decrypt, and it calls `forget_dek`.
         self._deks: OrderedDict[str, Sealer] = OrderedDict()
 
     @classmethod
@@ -89,6 +96,9 @@ class Vault:
     def _new_dek(self, customer_idx: str | None) -> tuple[DekRow, Sealer]:
         dek_id = "dek_" + secrets.token_urlsafe(16)
         key = new_key()
+        # Follow a rotation made by another process (rate-limited inside), so new data
+        # keys stop landing on a version that `keys rewrap` is draining.
+        self.keys.refresh()
         version, wrapped = self.keys.wrap(key, dek_aad(dek_id, self.keys.active_version))
         if version != self.keys.active_version:  # pragma: no cover - provider contract
             raise VaultError("key provider wrapped under an unexpected version")

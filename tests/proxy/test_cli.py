@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from proxy.__main__ import main
 from proxy.clients import ClientRegistry
+from vault import Kind, LocalKekProvider, NewRecord, Vault
+from vault.keyring import init_keyring
 
 
 @pytest.fixture
@@ -23,6 +28,13 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TOKENPROXY_VAULT_URL", f"sqlite:///{tmp_path / 'vault.db'}")
     monkeypatch.delenv("STRIPE_API_KEY", raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def ring(env: Path) -> Path:
+    """The CLI environment with a key ring: admin commands audit into the vault, so need it."""
+    assert main(["keys", "init"]) == 0
+    return env
 
 
 def test_keys_init_creates_private_file_and_refuses_overwrite(
@@ -39,20 +51,20 @@ def test_keys_init_creates_private_file_and_refuses_overwrite(
 
 
 def test_clients_add_prints_key_once_and_stores_only_digest(
-    env: Path, capsys: pytest.CaptureFixture[str]
+    ring: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """clients add prints a tpk_ key, stores its SHA-256 only, and the key authenticates."""
     assert main(["clients", "add", "billing", "--scopes", "resolve,read"]) == 0
     key = capsys.readouterr().out.strip().splitlines()[-1]
     assert key.startswith("tpk_")
-    stored = (env / "clients.json").read_text()
+    stored = (ring / "clients.json").read_text()
     assert key not in stored
     doc = json.loads(stored)
     assert doc["clients"][0]["scopes"] == ["read", "resolve"]
-    client = ClientRegistry.load(env / "clients.json").authenticate(key)
+    client = ClientRegistry.load(ring / "clients.json").authenticate(key)
     assert client is not None
     assert client.name == "billing"
-    assert ClientRegistry.load(env / "clients.json").authenticate(key + "x") is None
+    assert ClientRegistry.load(ring / "clients.json").authenticate(key + "x") is None
 
 
 @pytest.mark.parametrize(
@@ -63,14 +75,14 @@ def test_clients_add_prints_key_once_and_stores_only_digest(
     ],
 )
 def test_clients_add_rejects_bad_input(
-    env: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+    ring: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     """Unknown scopes and bad names are refused with a clear message."""
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 
 
-def test_duplicate_client_name_refused(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_duplicate_client_name_refused(ring: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A second client with the same name is refused."""
     assert main(["clients", "add", "orders", "--scopes", "read"]) == 0
     assert main(["clients", "add", "orders", "--scopes", "read"]) == 2
@@ -81,7 +93,7 @@ def test_migrate_reports_schema_version(env: Path, capsys: pytest.CaptureFixture
     """migrate applies the schema and prints the version."""
     assert main(["keys", "init"]) == 0
     assert main(["migrate"]) == 0
-    assert "schema at version 1" in capsys.readouterr().out
+    assert "schema at version 2" in capsys.readouterr().out
 
 
 def _serve(env_dir: Path, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -105,22 +117,75 @@ def _serve(env_dir: Path, extra: dict[str, str]) -> subprocess.CompletedProcess[
     )
 
 
-@pytest.mark.parametrize("problem", ["missing", "world-readable", "corrupt"])
-def test_serve_refuses_to_start_with_a_bad_key_ring(env: Path, problem: str) -> None:
+def _store_one_record(env_dir: Path) -> None:
+    """Put one record in the vault so that a data key exists under the active version."""
+
+    async def run() -> None:
+        vault = await Vault.open(
+            f"sqlite:///{env_dir / 'vault.db'}",
+            LocalKekProvider.from_file(env_dir / "keyring.json"),
+        )
+        try:
+            await vault.put(NewRecord(kind=Kind.CARD, partner="stripe", partner_reference="pm_1"))
+        finally:
+            await vault.close()
+
+    asyncio.run(run())
+
+
+def _edit_ring(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _retire_version_1_by_hand(doc: dict[str, Any]) -> None:
+    doc["keys"][0].update(state="retired", key=None)
+
+
+@pytest.mark.parametrize(
+    ("problem", "expected"),
+    [
+        ("missing", "does not exist"),
+        ("world-readable", "group or world"),
+        ("corrupt", "not valid base64"),
+        ("truncated", "truncated"),
+        ("wrong-active", "version 1 is decrypt_only"),
+        ("retired-in-use", "version 1 is retired but still wraps 1 data key"),
+        ("other-ring", "version 2 is not in the key ring"),
+    ],
+)
+def test_serve_refuses_to_start_with_a_bad_key_ring(env: Path, problem: str, expected: str) -> None:
     """serve exits non-zero with one stderr line naming the key ring file and problem."""
+    assert main(["keys", "init"]) == 0
     assert main(["clients", "add", "a", "--scopes", "read"]) == 0
+    _store_one_record(env)
     ring = env / "keyring.json"
-    if problem != "missing":
-        assert main(["keys", "init"]) == 0
-    if problem == "world-readable":
+    if problem == "missing":
+        ring.unlink()
+    elif problem == "world-readable":
         ring.chmod(0o644)
-    if problem == "corrupt":
+    elif problem == "corrupt":
+        _edit_ring(ring, lambda doc: doc["keys"][0].update(key="not base64!"))
+    elif problem == "truncated":
         ring.write_text(ring.read_text()[:40])
+    elif problem == "wrong-active":
+        assert main(["keys", "rotate"]) == 0
+        _edit_ring(ring, lambda doc: doc.update(active=1))
+    elif problem == "retired-in-use":
+        assert main(["keys", "rotate"]) == 0
+        _edit_ring(ring, _retire_version_1_by_hand)
+    elif problem == "other-ring":
+        assert main(["keys", "rotate"]) == 0
+        assert main(["keys", "rewrap"]) == 0
+        ring.unlink()
+        init_keyring(ring)  # a fresh ring: version 1 only, while the data keys are on 2
     result = _serve(env, {})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "keyring.json" in lines[0]
+    assert expected in lines[0], lines[0]
 
 
 def test_serve_refuses_bad_setting(env: Path) -> None:

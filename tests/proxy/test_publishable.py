@@ -288,10 +288,13 @@ def test_add_client_refuses_publishable_with_more_power(tmp_path: Path) -> None:
 
 @pytest.fixture
 def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """CLI settings pointing at the test directory, with one CORS origin configured."""
+    """CLI settings pointing at the test directory (key ring made), one CORS origin configured."""
     monkeypatch.setenv("TOKENPROXY_CLIENTS", str(tmp_path / "clients.json"))
     monkeypatch.setenv("TOKENPROXY_KEYRING", str(tmp_path / "keyring.json"))
     monkeypatch.setenv("TOKENPROXY_CORS_ORIGINS", "https://shop.example")
+    # clients add writes an audit event into the vault, which needs the key ring.
+    monkeypatch.setenv("TOKENPROXY_VAULT_URL", f"sqlite:///{tmp_path / 'vault.db'}")
+    assert main(["keys", "init"]) == 0
     return tmp_path
 
 

@@ -6,6 +6,7 @@ Backends see only ciphertext, wrapped keys and blind indexes; encryption happens
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +34,45 @@ class DekRow:
     kek_version: int
     wrapped: bytes
     created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class DekRewrap:
+    """A compare-and-set change of one data key's wrapping (see ``Backend.rewrap_deks``)."""
+
+    dek_id: str
+    old_version: int
+    old_wrapped: bytes
+    new_version: int
+    new_wrapped: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audit event before it joins the chain (PCI DSS 10.2.2 fields)."""
+
+    occurred_at: str
+    event_type: str
+    outcome: str
+    actor: str | None
+    origin: str | None
+    resource: str | None
+    detail: str  # canonical JSON object
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """A stored audit event: its position, the previous event's hash and its own."""
+
+    seq: int
+    entry: AuditEntry
+    prev_hash: str
+    hash: str
+
+
+# (prev_hash, entry) -> this event's hash; supplied by vault.audit, which holds the key.
+AuditLinker = Callable[[str, AuditEntry], str]
+AUDIT_GENESIS = "0" * 64
 
 
 class Backend(Protocol):
@@ -69,6 +109,42 @@ class Backend(Protocol):
 
     async def delete_record(self, token: str) -> bool:
         """Delete one record (and its data key when no other record uses it)."""
+        ...
+
+    async def count_deks_by_version(self) -> dict[int, int]:
+        """How many data keys each KEK version wraps."""
+        ...
+
+    async def deks_not_on_version(
+        self, version: int, *, after: str | None, limit: int
+    ) -> list[DekRow]:
+        """Up to ``limit`` data keys not wrapped by ``version``, by dek_id, after ``after``."""
+        ...
+
+    async def rewrap_deks(self, changes: Sequence[DekRewrap]) -> int:
+        """Apply each change only if the row still holds its old version and wrapping.
+
+        Each row changes atomically (a reader sees the old or the new pair, never a mix);
+        the batch is one durable transaction. Returns how many rows changed; the rest were
+        deleted or rewrapped by someone else meanwhile.
+        """
+        ...
+
+    async def append_audit(self, entry: AuditEntry, link: AuditLinker) -> AuditRow:
+        """Append ``entry`` to the hash chain, durably.
+
+        The last event's seq and hash must be read inside the same write transaction
+        that inserts, under a lock every writer takes (SQLite: BEGIN IMMEDIATE;
+        PostgreSQL: ``pg_advisory_xact_lock`` or ``SELECT … FOR UPDATE`` on a chain-head
+        row), so concurrent appenders in any number of processes keep one valid chain.
+        The first event gets seq 1 and prev_hash AUDIT_GENESIS.
+        """
+        ...
+
+    async def read_audit(
+        self, *, after_seq: int = 0, limit: int = 1000, since: str | None = None
+    ) -> list[AuditRow]:
+        """Audit events with seq > ``after_seq`` (and occurred_at >= ``since``), by seq."""
         ...
 
     async def ping(self) -> None:

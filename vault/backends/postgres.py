@@ -21,12 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
 
-from vault.backends.base import DekRow, RecordRow
+from vault.backends.base import (
+    AUDIT_GENESIS,
+    AuditEntry,
+    AuditLinker,
+    AuditRow,
+    DekRewrap,
+    DekRow,
+    RecordRow,
+)
 from vault.backends.sqlite import migration_scripts
 from vault.errors import DuplicateRecord, StorageUnavailable
 
@@ -36,6 +44,9 @@ _RECORD_COLUMNS = (
     "token, kind, dek_id, ciphertext, customer_idx, fingerprint_idx, created_at, last_used_at"
 )
 _DEK_COLUMNS = "dek_id, customer_idx, kek_version, wrapped, created_at"
+_AUDIT_COLUMNS = (
+    "seq, occurred_at, event_type, outcome, actor, origin, resource, detail, prev_hash, hash"
+)
 _DURABLE_LEVELS = frozenset({"on", "local", "remote_write", "remote_apply"})
 
 _INSERT_RECORD = f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"  # noqa: S608
@@ -59,6 +70,18 @@ _DELETE_RECORD = (
 # tenants, parallel test runs) in the same database do not wait for each other.
 _MIGRATION_LOCK = (
     "SELECT pg_advisory_xact_lock(hashtext('tokenproxy.migrate.' || current_schema()))"
+)
+
+# Every appender, in every process, takes this lock before reading the chain head, so
+# each event links to the one committed just before it.
+_AUDIT_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tokenproxy.audit.' || current_schema()))"
+# One statement: every compare-and-set of the batch commits together.
+_REWRAP = (
+    "UPDATE deks d SET kek_version = c.new_version, wrapped = c.new_wrapped"
+    " FROM unnest($1::text[], $2::int[], $3::bytea[], $4::int[], $5::bytea[])"
+    " AS c(dek_id, old_version, old_wrapped, new_version, new_wrapped)"
+    " WHERE d.dek_id = c.dek_id AND d.kek_version = c.old_version"
+    " AND d.wrapped = c.old_wrapped"
 )
 
 # What a broken or unreachable database raises through asyncpg: server errors, protocol
@@ -221,7 +244,95 @@ class PostgresBackend:
 
         return await self._run(run)
 
+    async def rewrap_deks(self, changes: Sequence[DekRewrap]) -> int:
+        """Compare-and-set each data key's (version, wrapped) pair, all in one statement."""
+        if not changes:
+            return 0
+
+        async def run(conn: asyncpg.Connection) -> int:
+            status: str = await conn.execute(
+                _REWRAP,
+                [c.dek_id for c in changes],
+                [c.old_version for c in changes],
+                [c.old_wrapped for c in changes],
+                [c.new_version for c in changes],
+                [c.new_wrapped for c in changes],
+            )
+            return int(status.rsplit(" ", 1)[-1])
+
+        return await self._run(run)
+
+    async def append_audit(self, entry: AuditEntry, link: AuditLinker) -> AuditRow:
+        """Chain and insert one event under the schema's audit advisory lock."""
+
+        async def run(conn: asyncpg.Connection) -> AuditRow:
+            async with conn.transaction():
+                await conn.execute(_AUDIT_LOCK)
+                head = await conn.fetchrow(
+                    "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+                )
+                seq, prev_hash = (head[0] + 1, head[1]) if head else (1, AUDIT_GENESIS)
+                row = AuditRow(seq, entry, prev_hash, link(prev_hash, entry))
+                await conn.execute(
+                    f"INSERT INTO audit_events ({_AUDIT_COLUMNS})"  # noqa: S608
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    seq,
+                    entry.occurred_at,
+                    entry.event_type,
+                    entry.outcome,
+                    entry.actor,
+                    entry.origin,
+                    entry.resource,
+                    entry.detail,
+                    prev_hash,
+                    row.hash,
+                )
+                return row
+
+        return await self._run(run)
+
     # -- reads ----------------------------------------------------------------
+
+    async def _fetch(self, sql: str, *args: object) -> list[Any]:
+        async def run(conn: asyncpg.Connection) -> list[Any]:
+            rows: list[Any] = await conn.fetch(sql, *args)
+            return rows
+
+        return await self._run(run)
+
+    async def count_deks_by_version(self) -> dict[int, int]:
+        """Data keys per KEK version (walks the kek_version index)."""
+        rows = await self._fetch("SELECT kek_version, count(*) FROM deks GROUP BY kek_version")
+        return {int(version): int(count) for version, count in rows}
+
+    async def deks_not_on_version(
+        self, version: int, *, after: str | None, limit: int
+    ) -> list[DekRow]:
+        """A page of data keys not on ``version``, in dek_id order (keyset pagination)."""
+        rows = await self._fetch(
+            f"SELECT {_DEK_COLUMNS} FROM deks WHERE kek_version <> $1 AND dek_id > $2"  # noqa: S608
+            " ORDER BY dek_id LIMIT $3",
+            version,
+            after or "",
+            limit,
+        )
+        return [DekRow(*row) for row in rows]
+
+    async def read_audit(
+        self, *, after_seq: int = 0, limit: int = 1000, since: str | None = None
+    ) -> list[AuditRow]:
+        """A page of audit events in chain order."""
+        rows = await self._fetch(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_events"  # noqa: S608
+            " WHERE seq > $1 AND occurred_at >= $2 ORDER BY seq LIMIT $3",
+            after_seq,
+            since or "",
+            limit,
+        )
+        return [
+            AuditRow(r[0], AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], r[7]), r[8], r[9])
+            for r in rows
+        ]
 
     async def _fetchrow(self, sql: str, *args: object) -> Any:
         async def run(conn: asyncpg.Connection) -> Any:

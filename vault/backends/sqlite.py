@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vault.backends.base import DekRow, RecordRow
+from vault.backends.base import (
+    AUDIT_GENESIS,
+    AuditEntry,
+    AuditLinker,
+    AuditRow,
+    DekRewrap,
+    DekRow,
+    RecordRow,
+)
 from vault.errors import DuplicateRecord, StorageUnavailable
 
 T = TypeVar("T")
@@ -30,6 +38,9 @@ _RECORD_COLUMNS = (
     "token, kind, dek_id, ciphertext, customer_idx, fingerprint_idx, created_at, last_used_at"
 )
 _DEK_COLUMNS = "dek_id, customer_idx, kek_version, wrapped, created_at"
+_AUDIT_COLUMNS = (
+    "seq, occurred_at, event_type, outcome, actor, origin, resource, detail, prev_hash, hash"
+)
 
 
 def _connect(path: str, *, timeout_ms: int) -> sqlite3.Connection:
@@ -210,7 +221,98 @@ class SqliteBackend:
 
         return await self._write(run)
 
+    async def rewrap_deks(self, changes: Sequence[DekRewrap]) -> int:
+        """Compare-and-set each data key's (version, wrapped) pair; one transaction."""
+        if not changes:
+            return 0
+
+        def run(conn: sqlite3.Connection) -> int:
+            cursor = conn.executemany(
+                "UPDATE deks SET kek_version = ?, wrapped = ?"
+                " WHERE dek_id = ? AND kek_version = ? AND wrapped = ?",
+                [
+                    (c.new_version, c.new_wrapped, c.dek_id, c.old_version, c.old_wrapped)
+                    for c in changes
+                ],
+            )
+            return cursor.rowcount
+
+        return await self._write(run)
+
+    async def append_audit(self, entry: AuditEntry, link: AuditLinker) -> AuditRow:
+        """Chain and insert one event; the head is read inside the writer's transaction.
+
+        The transaction starts with BEGIN IMMEDIATE (see ``_run_batch``), which holds
+        SQLite's write lock across processes, and appends in one group commit run in
+        order, so each sees the one before it: the chain stays linear. Resolve events
+        share the group commit with other writes, so auditing adds no fsync per read.
+        """
+
+        def run(conn: sqlite3.Connection) -> AuditRow:
+            head = conn.execute(
+                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            seq, prev_hash = (head[0] + 1, head[1]) if head else (1, AUDIT_GENESIS)
+            row = AuditRow(seq, entry, prev_hash, link(prev_hash, entry))
+            conn.execute(
+                f"INSERT INTO audit_events ({_AUDIT_COLUMNS})"  # noqa: S608
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    seq,
+                    entry.occurred_at,
+                    entry.event_type,
+                    entry.outcome,
+                    entry.actor,
+                    entry.origin,
+                    entry.resource,
+                    entry.detail,
+                    prev_hash,
+                    row.hash,
+                ),
+            )
+            return row
+
+        return await self._write(run)
+
     # -- reads ----------------------------------------------------------------
+
+    def _read_all(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        if self._closed:
+            raise StorageUnavailable("vault is closed")
+        try:
+            return self._reader.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageUnavailable("database read failed") from exc
+
+    async def count_deks_by_version(self) -> dict[int, int]:
+        """Data keys per KEK version (walks the kek_version index)."""
+        rows = self._read_all("SELECT kek_version, count(*) FROM deks GROUP BY kek_version", ())
+        return {int(version): int(count) for version, count in rows}
+
+    async def deks_not_on_version(
+        self, version: int, *, after: str | None, limit: int
+    ) -> list[DekRow]:
+        """A page of data keys not on ``version``, in dek_id order (keyset pagination)."""
+        rows = self._read_all(
+            f"SELECT {_DEK_COLUMNS} FROM deks WHERE kek_version != ? AND dek_id > ?"  # noqa: S608
+            " ORDER BY dek_id LIMIT ?",
+            (version, after or "", limit),
+        )
+        return [DekRow(*row) for row in rows]
+
+    async def read_audit(
+        self, *, after_seq: int = 0, limit: int = 1000, since: str | None = None
+    ) -> list[AuditRow]:
+        """A page of audit events in chain order."""
+        rows = self._read_all(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_events"  # noqa: S608
+            " WHERE seq > ? AND occurred_at >= ? ORDER BY seq LIMIT ?",
+            (after_seq, since or "", limit),
+        )
+        return [
+            AuditRow(r[0], AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], r[7]), r[8], r[9])
+            for r in rows
+        ]
 
     def _read_one(self, sql: str, args: tuple[Any, ...]) -> Any:
         if self._closed:
@@ -261,6 +363,17 @@ class SqliteBackend:
 
 
 def _split_sql(script: str) -> list[str]:
-    """Split a migration script on semicolons; our scripts hold no semicolons in literals."""
+    """Split a migration script into statements; trigger bodies keep their inner semicolons."""
     lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
+    statements: list[str] = []
+    pending = ""
+    for piece in "\n".join(lines).split(";"):
+        pending += piece + ";"
+        # complete_statement is SQLite's own tokenizer: false inside BEGIN ... END.
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip())
+    return statements

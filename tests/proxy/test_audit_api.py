@@ -1,0 +1,133 @@
+"""Audit through the running proxy: resolves recorded (or refused), failed auth recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+from proxy.appkeys import SERVICES
+from proxy.audit import AUDIT_TASKS
+from tests.conftest import RunningProxy
+from vault import Kind, NewRecord
+
+
+async def stored_token(proxy: RunningProxy) -> str:
+    """A token stored straight in the proxy's vault (no partner round trip needed)."""
+    vault = proxy.app[SERVICES].vault
+    record = await vault.put(
+        NewRecord(kind=Kind.CARD, partner="stripe", partner_reference="pm_audit_secret")
+    )
+    return record.token
+
+
+def audit_rows(proxy: RunningProxy) -> list[tuple[object, ...]]:
+    """The audit table, read from the file."""
+    db = sqlite3.connect(proxy.vault_path)
+    try:
+        return db.execute(
+            "SELECT event_type, outcome, actor, origin, resource, detail FROM audit_events"
+            " ORDER BY seq"
+        ).fetchall()
+    finally:
+        db.close()
+
+
+async def settle(proxy: RunningProxy) -> None:
+    """Wait for background audit writes (failed authentications) to land."""
+    tasks = proxy.app[AUDIT_TASKS]
+    if tasks:
+        await asyncio.gather(*list(tasks))
+
+
+async def test_resolve_writes_an_event_with_pci_fields(proxy: RunningProxy) -> None:
+    """A resolve records client, type, time, outcome, origin and token, never the reference."""
+    token = await stored_token(proxy)
+    status, body, _ = await proxy.request("GET", f"/v1/tokens/{token}", client="billing")
+    assert status == 200
+    assert body is not None
+    assert body["partner_reference"] == "pm_audit_secret"
+    rows = audit_rows(proxy)
+    assert rows == [("token.resolve", "success", "billing", "127.0.0.1", token, "{}")]
+    raw = proxy.vault_path.read_bytes() + proxy.vault_path.with_name("vault.db-wal").read_bytes()
+    assert b"pm_audit_secret" not in raw
+
+
+async def test_masked_read_is_not_a_resolve(proxy: RunningProxy) -> None:
+    """A read-scope client gets the masked view and writes no resolve event."""
+    token = await stored_token(proxy)
+    status, _, _ = await proxy.request("GET", f"/v1/tokens/{token}", client="orders")
+    assert status == 200
+    assert audit_rows(proxy) == []
+
+
+async def test_failed_resolve_is_recorded_as_failure(proxy: RunningProxy) -> None:
+    """A resolve of an unknown token is recorded with outcome failure and the error code."""
+    missing = "vtok_card_" + "A" * 32
+    status, _, _ = await proxy.request("GET", f"/v1/tokens/{missing}", client="billing")
+    assert status == 404
+    assert audit_rows(proxy) == [
+        (
+            "token.resolve",
+            "failure",
+            "billing",
+            "127.0.0.1",
+            missing,
+            '{"error":"resource_missing"}',
+        )
+    ]
+
+
+async def test_failed_authentications_are_recorded(proxy: RunningProxy) -> None:
+    """Missing key, bad key and missing scope each write an auth.failure event."""
+    token = await stored_token(proxy)
+    assert (await proxy.request("GET", f"/v1/tokens/{token}"))[0] == 401
+    bad = {"Authorization": "Bearer tpk_wrong"}
+    assert (await proxy.request("GET", f"/v1/tokens/{token}", headers=bad))[0] == 401
+    assert (await proxy.request("GET", f"/v1/tokens/{token}", client="checkout"))[0] == 403
+    await settle(proxy)
+    rows = sorted(audit_rows(proxy), key=lambda r: str(r[5]))
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("auth.failure", "failure", None, "127.0.0.1"),
+        ("auth.failure", "failure", None, "127.0.0.1"),
+        ("auth.failure", "failure", "checkout", "127.0.0.1"),
+    ]
+    reasons = sorted(str(r[5]) for r in rows)
+    assert all('"route":"/v1/tokens/{token}"' in r for r in reasons)
+    assert sorted(r.split('"reason":"')[1].split('"')[0] for r in reasons) == [
+        "invalid_key",
+        "missing_key",
+        "missing_scope",
+    ]
+
+
+async def test_resolve_refused_when_audit_cannot_be_written(proxy: RunningProxy) -> None:
+    """If the audit event cannot be written, the resolve answers 503 and no reference."""
+    token = await stored_token(proxy)
+    db = sqlite3.connect(proxy.vault_path)
+    db.execute(
+        "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_events"
+        " BEGIN SELECT RAISE(ABORT, 'audit store full'); END"
+    )
+    db.commit()
+    db.close()
+    status, body, raw = await proxy.request("GET", f"/v1/tokens/{token}", client="billing")
+    assert status == 503
+    assert body is not None
+    assert body["error"]["code"] == "audit_unavailable"
+    assert b"pm_audit_secret" not in proxy.responses[-1]
+    assert raw.headers["X-Request-Id"].startswith("req_")
+    status, body, _ = await proxy.request("GET", f"/v1/tokens/{token}", client="orders")
+    assert status == 200  # masked reads are not resolves and stay available
+    async with proxy.http.get(proxy.ops + "/metrics") as resp:
+        text = await resp.text()
+    assert 'tokenproxy_audit_write_failures_total{event_type="token.resolve"} 1.0' in text
+
+
+async def test_key_gauges_on_metrics(proxy: RunningProxy) -> None:
+    """/metrics exports data keys per version and the rewrap backlog."""
+    await stored_token(proxy)
+    await stored_token(proxy)
+    async with proxy.http.get(proxy.ops + "/metrics") as resp:
+        text = await resp.text()
+    assert 'tokenproxy_deks{key_version="1"} 2.0' in text
+    assert "tokenproxy_rewrap_remaining 0.0" in text

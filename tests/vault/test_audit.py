@@ -1,0 +1,211 @@
+"""The audit trail: append-only, hash-chained, verifiable, exportable, failing closed."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.backends import REFUSED, RawRows
+from vault import Kind, LocalKekProvider, Vault, new_token
+from vault.audit import AuditLog, EventType, Outcome, link_hash
+from vault.backends.base import AUDIT_GENESIS
+from vault.errors import AuditUnavailable
+
+
+async def append_n(vault: Vault, n: int, *, actor: str = "billing") -> None:
+    """Append ``n`` resolve events, one after another."""
+    for _i in range(n):
+        await vault.audit.append(
+            EventType.RESOLVE,
+            outcome=Outcome.SUCCESS,
+            actor=actor,
+            origin="127.0.0.1",
+            resource=new_token(Kind.CARD),
+        )
+
+
+async def test_events_chain_and_verify(vault: Vault) -> None:
+    """Appended events link to their predecessor and the whole chain verifies."""
+    await append_n(vault, 5)
+    events = await vault.audit.events()
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    assert events[0].prev_hash == AUDIT_GENESIS
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(events))
+    report = await vault.audit.verify()
+    assert report.ok
+    assert (report.events, report.head) == (5, events[-1].hash)
+
+
+async def test_empty_chain_verifies(vault: Vault) -> None:
+    """No events is a valid (empty) chain."""
+    report = await vault.audit.verify()
+    assert report.ok
+    assert report.events == 0
+
+
+async def test_concurrent_appends_keep_one_chain(vault: Vault) -> None:
+    """Two hundred concurrent appends (one group commit) make one unbroken chain."""
+    await asyncio.gather(
+        *(
+            vault.audit.append("token.resolve", outcome=True, actor=f"c{i}", origin=None)
+            for i in range(200)
+        )
+    )
+    report = await vault.audit.verify()
+    assert report.ok
+    assert report.events == 200
+
+
+async def test_two_writers_on_one_file_keep_one_chain(vault: Vault, vault_url: str) -> None:
+    """Appends from two independent connections (as from two processes) interleave validly."""
+    other = await Vault.open(vault_url, vault.keys)
+    try:
+        await asyncio.gather(
+            *(
+                (vault if i % 2 else other).audit.append(
+                    "token.resolve", outcome=True, actor="x", origin=None
+                )
+                for i in range(100)
+            )
+        )
+    finally:
+        await other.close()
+    report = await vault.audit.verify()
+    assert report.ok
+    assert report.events == 100
+
+
+async def test_edited_event_is_named(vault: Vault, raw_rows: RawRows) -> None:
+    """Changing a field of event 3 makes verify report event 3 as edited."""
+    await append_n(vault, 5)
+    await raw_rows.tamper_audit("UPDATE audit_events SET actor = 'nobody' WHERE seq = 3")
+    report = await vault.audit.verify()
+    assert report.first_break is not None
+    assert (report.first_break.seq, report.first_break.kind) == (3, "edited")
+    assert "event 3" in report.first_break.message
+
+
+async def test_deleted_event_is_named(vault: Vault, raw_rows: RawRows) -> None:
+    """Deleting event 2 makes verify report event 2 missing."""
+    await append_n(vault, 5)
+    await raw_rows.tamper_audit("DELETE FROM audit_events WHERE seq = 2")
+    report = await vault.audit.verify()
+    assert report.first_break is not None
+    assert (report.first_break.seq, report.first_break.kind) == (2, "deleted")
+    assert "event 2 missing" in report.first_break.message
+
+
+async def test_reordered_events_are_named(vault: Vault, raw_rows: RawRows) -> None:
+    """Swapping events 3 and 4 makes verify report event 3 out of order."""
+    await append_n(vault, 5)
+    await raw_rows.tamper_audit(
+        "UPDATE audit_events SET seq = -1 WHERE seq = 3",
+        "UPDATE audit_events SET seq = 3 WHERE seq = 4",
+        "UPDATE audit_events SET seq = 4 WHERE seq = -1",
+    )
+    report = await vault.audit.verify()
+    assert report.first_break is not None
+    assert (report.first_break.seq, report.first_break.kind) == (3, "reordered")
+    assert "follows event 3" not in report.first_break.message
+
+
+async def test_rehashed_edit_without_the_key_is_caught(vault: Vault, raw_rows: RawRows) -> None:
+    """An attacker who edits an event and recomputes hashes with a guessed key is caught."""
+    await append_n(vault, 3)
+    events = await vault.audit.events()
+    forged = AuditLog(vault.backend, b"\x00" * 32)._link(events[1].prev_hash, events[1].entry)
+    assert all(c in "0123456789abcdef" for c in forged)
+    await raw_rows.tamper_audit(f"UPDATE audit_events SET hash = '{forged}' WHERE seq = 2")  # noqa: S608
+    report = await vault.audit.verify()
+    assert report.first_break is not None
+    assert report.first_break.seq == 2
+
+
+async def test_triggers_refuse_update_and_delete(vault: Vault, raw_rows: RawRows) -> None:
+    """Without dropping the triggers, events cannot be changed or removed."""
+    await append_n(vault, 1)
+    with pytest.raises(REFUSED, match="append-only"):
+        await raw_rows.query("UPDATE audit_events SET actor = 'x'")
+    with pytest.raises(REFUSED, match="append-only"):
+        await raw_rows.query("DELETE FROM audit_events")
+
+
+async def test_append_fails_closed_when_storage_refuses(vault: Vault, raw_rows: RawRows) -> None:
+    """When the table refuses inserts, append raises AuditUnavailable and writes nothing."""
+    await raw_rows.break_audit_inserts()
+    with pytest.raises(AuditUnavailable):
+        await vault.audit.append("token.resolve", outcome=True, actor="a", origin=None)
+    await raw_rows.query("DROP TABLE audit_events")
+    with pytest.raises(AuditUnavailable):
+        await vault.audit.append("token.resolve", outcome=True, actor="a", origin=None)
+
+
+@pytest.mark.parametrize(
+    "field", ["actor", "origin", "resource", "detail"], ids=lambda f: f"pan-in-{f}"
+)
+async def test_card_numbers_are_refused(vault: Vault, field: str) -> None:
+    """A card-number-like digit run in any field is refused before it reaches storage."""
+    kwargs: dict[str, object] = {"actor": "a", "origin": None}
+    pan = "4242 4242 4242 4242"
+    if field == "detail":
+        kwargs["detail"] = {"note": pan}
+    else:
+        kwargs[field] = pan
+    with pytest.raises(ValueError, match="card-number-like"):
+        await vault.audit.append("token.resolve", outcome=True, **kwargs)  # type: ignore[arg-type]
+    assert (await vault.audit.verify()).events == 0
+
+
+async def test_export_writes_json_lines_since(vault: Vault) -> None:
+    """export --since writes the events at or after the time, one JSON object per line."""
+    old = datetime(2020, 1, 1, tzinfo=UTC)
+    await vault.audit.append(
+        "key.rotate", outcome=True, actor="cli:ops", origin="host", occurred_at=old
+    )
+    await append_n(vault, 2)
+    lines: list[str] = []
+    assert await vault.audit.export(lines.append, since=old + timedelta(days=1)) == 2
+    docs = [json.loads(line) for line in lines]
+    assert [d["seq"] for d in docs] == [2, 3]
+    assert docs[0]["event_type"] == "token.resolve"
+    assert set(docs[0]) == {
+        "seq",
+        "time",
+        "event_type",
+        "outcome",
+        "actor",
+        "origin",
+        "resource",
+        "detail",
+        "prev_hash",
+        "hash",
+    }
+    everything: list[str] = []
+    assert await vault.audit.export(everything.append) == 3
+
+
+async def test_chain_key_comes_from_the_key_ring(vault: Vault, tmp_path: Path) -> None:
+    """A vault opened with another key ring cannot verify the chain (the HMAC key differs)."""
+    from vault.keyring import init_keyring
+
+    await append_n(vault, 2)
+    other = tmp_path / "other.json"
+    init_keyring(other)
+    stranger = Vault(vault.backend, LocalKekProvider.from_file(other))
+    report = await stranger.audit.verify()
+    assert report.first_break is not None
+    assert report.first_break.seq == 1
+
+
+def test_link_hash_separates_none_from_empty() -> None:
+    """None and empty string hash differently, so a cleared field is an edit."""
+    from vault.backends.base import AuditEntry
+
+    a = AuditEntry("t", "e", "success", None, "o", "r", "{}")
+    b = AuditEntry("t", "e", "success", "", "o", "r", "{}")
+    assert link_hash(b"k" * 32, AUDIT_GENESIS, a) != link_hash(b"k" * 32, AUDIT_GENESIS, b)
