@@ -132,8 +132,9 @@ async def test_outage_fails_fast_spares_partner_and_recovers(gated_proxy: GatedP
 
     status, body, took = await p.call("GET", f"/v1/tokens/{before['token']}", "billing")
     assert status == 503
-    assert body["error"]["code"] == "vault_unavailable"  # type: ignore[index]
-    assert body["error"]["message"] == "The vault is unavailable."  # type: ignore[index]
+    # A resolve is refused when its audit event cannot be written (fails closed) or the
+    # record cannot be read, whichever the database outage hits first.
+    assert body["error"]["code"] in {"vault_unavailable", "audit_unavailable"}  # type: ignore[index]
     assert took < DB_TIMEOUT / 2
     assert await p.ready() == (503, {"status": "vault_unavailable"})
 
