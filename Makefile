@@ -27,8 +27,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# wrk drives the load (Debian package); without it bench falls back to bench/loadgen.py.
 bench: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| echo "wrk could not be installed: using the Python load generator"
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.rewrap
 	$(BIN)/python -m bench.postgres
 
 clean:

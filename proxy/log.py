@@ -62,8 +62,17 @@ _FIELD_IN_TEXT_RE: Final = re.compile(
 )
 
 
+# Necessary for any of the three patterns: a PAN group and an IBAN's check digits both
+# need two digits at most one separator apart; a field in text needs "=" or ":". Most
+# log strings (events, routes, tokens, names) have neither, and this one scan costs a
+# fraction of the three it saves (measured: the canonical line's redaction halves).
+_MAY_HOLD_DATA_RE: Final = re.compile(r"[0-9][ -]?[0-9]|[=:]")
+
+
 def redact_text(text: str) -> str:
     """Text with IBANs, PAN-like digit groups and card fields replaced by placeholders."""
+    if _MAY_HOLD_DATA_RE.search(text) is None:
+        return text
     # IBANs first: their digits would otherwise be eaten piecemeal as PAN runs.
     text = redact_pans(redact_ibans(text))
     if "=" in text or ":" in text:
@@ -154,10 +163,12 @@ def configure_logging(
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            timestamper,
             structlog.processors.format_exc_info,
             redact_processor,
+            # Level and timestamp are our own values: added after redaction so they are
+            # not scanned on every line (a timestamp's digits and colons always are).
+            structlog.processors.add_log_level,
+            timestamper,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level_number),

@@ -38,11 +38,20 @@ TOKEN_KEY = web.RequestKey("token", str)
 
 _log = structlog.get_logger("tokenproxy.request")
 _UNMATCHED = "unmatched"
+# HTTP lets a client send any token as a method, digits included: anything else is
+# "OTHER" so a metric label (never scrubbed) cannot carry a card number or grow unbounded.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def new_request_id() -> str:
     """A fresh request id; never taken from the client, whose header could carry anything."""
     return "req_" + secrets.token_urlsafe(12)
+
+
+def method_label(request: web.Request) -> str:
+    """The request method when it is a standard one, else "OTHER" (a bounded label value)."""
+    method = request.method
+    return method if method in _METHODS else "OTHER"
 
 
 def route_template(request: web.Request) -> str:
@@ -102,13 +111,14 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
 def _finish(request: web.Request, started: float, status: int, error: ProxyError | None) -> None:
     duration = time.perf_counter() - started
     route = route_template(request)
+    method = method_label(request)
     metrics = request.app[METRICS]
-    metrics.requests.labels(route, request.method, f"{status // 100}xx").inc()
-    metrics.request_duration.labels(route, request.method).observe(duration)
+    metrics.child(metrics.requests, route, method, f"{status // 100}xx").inc()
+    metrics.child(metrics.request_duration, route, method).observe(duration)
     client = request.get(CLIENT_KEY)
     _log.info(
         "request",
-        method=request.method,
+        method=method,
         route=route,
         status=status,
         duration_ms=round(duration * 1000, 3),

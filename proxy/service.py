@@ -40,13 +40,13 @@ async def tokenize_card(services: Services, body: object, *, today: date) -> dic
     try:
         created = await partner.create_card(card)
     except PartnerError as exc:
-        metrics.partner_requests.labels(partner.name, "create_card", exc.code).inc()
+        metrics.child(metrics.partner_requests, partner.name, "create_card", exc.code).inc()
         raise
     finally:
-        metrics.partner_duration.labels(partner.name, "create_card").observe(
+        metrics.child(metrics.partner_duration, partner.name, "create_card").observe(
             time.perf_counter() - started
         )
-    metrics.partner_requests.labels(partner.name, "create_card", "ok").inc()
+    metrics.child(metrics.partner_requests, partner.name, "create_card", "ok").inc()
     details = {"brand": card.brand, "last4": card.number.last4, "masked": card.number.masked}
     record = await _vault_call(
         services,
@@ -63,7 +63,7 @@ async def tokenize_card(services: Services, body: object, *, today: date) -> dic
             )
         ),
     )
-    metrics.tokens_created.labels("card").inc()
+    metrics.child(metrics.tokens_created, "card").inc()
     return {"token": record.token, "kind": "card", **details, "created_at": iso(record.created_at)}
 
 
@@ -97,4 +97,4 @@ async def _vault_call(services: Services, operation: str, call: Any) -> Any:
         metrics.vault_errors.labels(operation, type(exc).__name__).inc()
         raise ServiceUnavailable("The vault is unavailable.", code="vault_unavailable") from None
     finally:
-        metrics.vault_duration.labels(operation).observe(time.perf_counter() - started)
+        metrics.child(metrics.vault_duration, operation).observe(time.perf_counter() - started)
