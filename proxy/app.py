@@ -21,6 +21,7 @@ from proxy.middleware import request_middleware
 from proxy.partners.base import Partner
 from proxy.partners.stripe import StripePartner
 from proxy.routes import ROUTES
+from proxy.server import SafeAppRunner
 from proxy.service import Services
 from proxy.settings import Settings
 from vault import StorageUnavailable, Vault
@@ -132,8 +133,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     """Run the API and ops listeners until SIGTERM/SIGINT (or ``stop``), then drain."""
     api = create_app(settings)
     ops = create_ops_app(api)
-    api_runner = web.AppRunner(api, access_log=None, shutdown_timeout=settings.shutdown_grace)
-    ops_runner = web.AppRunner(ops, access_log=None)
+    api_runner = SafeAppRunner(api, access_log=None, shutdown_timeout=settings.shutdown_grace)
+    ops_runner = SafeAppRunner(ops, access_log=None)
     await api_runner.setup()
     try:
         await ops_runner.setup()

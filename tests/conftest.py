@@ -18,6 +18,7 @@ from proxy.log import configure_logging
 from proxy.metrics import Metrics
 from proxy.partners.stripe import StripePartner
 from proxy.sandbox import SANDBOX_API_KEY, Localstripe, free_port
+from proxy.server import SafeAppRunner
 from proxy.settings import Settings
 from tests.backends import (
     PG_HOST,
@@ -220,8 +221,8 @@ async def proxy(
     settings = make_settings(tmp_path, keyring_path, localstripe.base_url, proxy_env)
     app = create_app(settings, metrics=Metrics())
     ops = create_ops_app(app)
-    runner = web.AppRunner(app, access_log=None)
-    ops_runner = web.AppRunner(ops, access_log=None)
+    runner = SafeAppRunner(app, access_log=None)
+    ops_runner = SafeAppRunner(ops, access_log=None)
     await runner.setup()
     await ops_runner.setup()
     await web.TCPSite(runner, settings.listen.host, settings.listen.port).start()

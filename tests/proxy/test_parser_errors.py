@@ -1,0 +1,44 @@
+"""Requests aiohttp's HTTP parser rejects get our JSON error and never an echo of the input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.cards import VISA
+from tests.conftest import RunningProxy
+
+
+async def raw_exchange(proxy: RunningProxy, payload: bytes) -> bytes:
+    """Send raw bytes to the API listener and read the whole answer."""
+    host, port = proxy.settings.listen.host, proxy.settings.listen.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(payload)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    return data
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        f"{VISA.number} /v1/cards HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        f"POST /v1/cards?{VISA.number} HTTP/9.9\r\nHost: x\r\n\r\n".encode(),
+        f"POST /v1/cards HTTP/1.1\r\nHost: x\r\nX-Card {VISA.number}\r\n\r\n".encode(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + f"{VISA.number}\r\n\r\n".encode(),
+    ],
+    ids=["pan-as-method", "bad-version", "bad-header", "huge-header"],
+)
+async def test_parser_errors_are_json_and_echo_nothing(proxy: RunningProxy, payload: bytes) -> None:
+    """A malformed request line or header gets a 4xx JSON error body without the card number."""
+    answer = await raw_exchange(proxy, payload)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert 400 <= status < 500
+    assert VISA.number.encode() not in answer
+    assert VISA.middle.encode() not in answer
+    error = json.loads(body)["error"]
+    assert error["code"] == "malformed_request"
