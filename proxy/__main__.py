@@ -1,4 +1,4 @@
-"""The `tokenproxy` command: serve, dev, keys, clients, audit, migrate.
+"""The `tokenproxy` command: serve, dev, keys, clients, audit, migrate, purge.
 
 Secrets never come from the command line (they would show in `ps` and shell
 history): keys are read from files named by settings, client keys are printed once.
@@ -82,7 +82,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     dev_key_file = var / "dev-client.key"
     if not clients.exists() or not dev_key_file.exists():
         key = add_client(
-            clients, f"dev-{os.getpid()}", parse_scopes("tokenize,read,resolve,delete,admin")
+            clients,
+            f"dev-{os.getpid()}",
+            parse_scopes("tokenize,read,resolve,delete,admin,invoice"),
         )
         fd = os.open(dev_key_file, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -382,6 +384,38 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Delete (or with --dry-run count) every token past the retention policy."""
+    from prometheus_client import write_to_textfile
+
+    from proxy.metrics import Metrics
+
+    settings = _settings(need_partner=False)
+    policy = settings.retention_policy()
+    if not policy.active:
+        print("retention: every kind is kept (no TOKENPROXY_RETENTION_*_DAYS set); nothing to do")
+        return 0
+
+    async def work(vault: Vault, keys: AdminProvider) -> dict[str, int]:
+        vault.retention = policy
+        counts = await vault.purge_expired(dry_run=args.dry_run)
+        if not args.dry_run:
+            await _audit(vault, "retention.purge", ok=True, resource=None, detail=dict(counts))
+        return counts
+
+    counts = _with_vault(settings, work)
+    verb = "would purge" if args.dry_run else "purged"
+    print(f"{verb}: " + " ".join(f"{kind}={count}" for kind, count in sorted(counts.items())))
+    if args.metrics_file and not args.dry_run:
+        # A one-shot process has no /metrics: leave the counts for node_exporter's
+        # textfile collector instead.
+        metrics = Metrics()
+        for kind, count in counts.items():
+            metrics.retention_purged.labels(kind).inc(count)
+        write_to_textfile(str(args.metrics_file), metrics.registry)
+    return 0
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError("must be a whole number of at least 1")
@@ -395,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the proxy").set_defaults(func=cmd_serve)
     sub.add_parser("dev", help="run locally with a sandbox partner").set_defaults(func=cmd_dev)
     sub.add_parser("migrate", help="apply schema migrations").set_defaults(func=cmd_migrate)
+    purge = sub.add_parser("purge", help="delete tokens past the retention policy")
+    purge.add_argument("--dry-run", action="store_true", help="count only; change nothing")
+    purge.add_argument(
+        "--metrics-file", type=Path, help="write tokenproxy_retention_purged_total here (.prom)"
+    )
+    purge.set_defaults(func=cmd_purge)
 
     keys = sub.add_parser("keys", help="key ring management").add_subparsers(
         dest="keys_command", required=True

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy import cors, publishable
+from proxy import cors, publishable, retention
 from proxy.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.audit import AUDIT_TASKS, drain_audit
 from proxy.clients import ClientRegistry
@@ -64,6 +64,7 @@ def create_app(
                 pool_min=settings.db_pool_min,
                 pool_max=settings.db_pool_max,
                 db_timeout=settings.db_timeout,
+                retention=settings.retention_policy(),
             )
         try:
             # Fail closed: data keys under a retired or unknown version mean a wrong ring.
@@ -90,6 +91,8 @@ def create_app(
                 await the_vault.close()
 
     app.cleanup_ctx.append(dependencies)
+    # After dependencies: stops (with a last flush of last-use marks) before the vault closes.
+    app.cleanup_ctx.append(retention.background)
     return app
 
 

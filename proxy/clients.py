@@ -30,7 +30,8 @@ from typing import Any
 
 from proxy.origins import OriginError, parse_origin
 
-SCOPES = frozenset({"tokenize", "read", "resolve", "delete", "admin"})
+# invoice: store invoice references (POST /v1/invoices) without being able to send card data.
+SCOPES = frozenset({"tokenize", "read", "resolve", "delete", "admin", "invoice"})
 KEY_PREFIX = "tpk_"
 PUBLISHABLE_KEY_PREFIX = "pk_"
 PUBLISHABLE_SCOPES = frozenset({"tokenize"})

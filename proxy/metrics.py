@@ -84,6 +84,29 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.tokens_deleted = Counter(
+            "tokenproxy_tokens_deleted",
+            "Tokens deleted, by kind and reason (delete, erasure).",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.erasures = Counter(
+            "tokenproxy_customer_erasures",
+            "Customer erasures, by outcome (complete, incomplete).",
+            ["outcome"],
+            registry=r,
+        )
+        self.retention_purged = Counter(
+            "tokenproxy_retention_purged",
+            "Tokens deleted by the retention sweeper, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.usage_flushes = Counter(
+            "tokenproxy_last_used_flushes",
+            "Batched last-use writes, each one transaction for many resolved tokens.",
+            registry=r,
+        )
         self.auth_failures = Counter(
             "tokenproxy_auth_failures",
             "Requests refused for a missing or bad key (401) or a missing scope (403).",

@@ -19,6 +19,211 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
     }
 
 
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+_CUSTOMER_REF = {
+    "name": "customer_ref",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,64}$"},
+}
+_TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
+
+# Customers, bank accounts, invoices, erasure: kept apart from DOCUMENT's literal so
+# the card path's part stays readable.
+_LIFECYCLE_SCHEMAS: dict[str, Any] = {
+    "BankAccountRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["iban", "holder_name"],
+        "properties": {
+            "iban": {"type": "string", "description": "ISO 13616 IBAN; spaces allowed"},
+            "holder_name": {"type": "string", "maxLength": 100},
+            "email": {"type": "string", "maxLength": 254},
+            "customer_ref": {"type": "string", "maxLength": 64},
+        },
+    },
+    "BankToken": {
+        "type": "object",
+        "required": ["token", "kind", "country", "last4", "masked", "created_at"],
+        "properties": {
+            "token": {"type": "string", "pattern": "^vtok_bank_"},
+            "kind": {"const": "bank"},
+            "country": {"type": "string"},
+            "bank_code": {"type": ["string", "null"]},
+            "last4": {"type": "string"},
+            "masked": {"type": "string", "description": "country + check digits + **** + last4"},
+            "mandate_reference": {"type": ["string", "null"]},
+            "customer_ref": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "InvoiceRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["customer_ref", "invoice_number", "amount", "currency", "due_date"],
+        "properties": {
+            "customer_ref": {"type": "string", "maxLength": 64},
+            "invoice_number": {"type": "string", "maxLength": 64},
+            "ocr_reference": {"type": "string", "description": "Swedish OCR, mod-10 check"},
+            "ocr_length_digit": {"type": "boolean", "default": False},
+            "amount": {"type": "integer", "minimum": 0, "description": "minor units"},
+            "currency": {"type": "string", "description": "ISO 4217, e.g. SEK"},
+            "due_date": {"type": "string", "format": "date"},
+            "partner": {"type": "string"},
+            "partner_reference": {"type": "string", "maxLength": 255},
+        },
+    },
+    "InvoiceToken": {
+        "type": "object",
+        "required": ["token", "kind", "invoice_number", "amount", "currency", "due_date"],
+        "properties": {
+            "token": {"type": "string", "pattern": "^vtok_inv_"},
+            "kind": {"const": "invoice"},
+            "invoice_number": {"type": "string"},
+            "ocr_reference": {"type": ["string", "null"]},
+            "amount": {"type": "integer"},
+            "currency": {"type": "string"},
+            "due_date": {"type": "string", "format": "date"},
+            "customer_ref": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "TokenList": {
+        "type": "object",
+        "required": ["object", "customer_ref", "data", "has_more", "next_cursor"],
+        "properties": {
+            "object": {"const": "list"},
+            "customer_ref": {"type": "string"},
+            "data": {"type": "array", "items": {"$ref": "#/components/schemas/TokenView"}},
+            "has_more": {"type": "boolean"},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "pass as starting_after for the next page",
+            },
+        },
+    },
+    "CustomerExport": {
+        "type": "object",
+        "required": ["object", "customer_ref", "generated_at", "counts", "records"],
+        "properties": {
+            "object": {"const": "customer_export"},
+            "customer_ref": {"type": "string"},
+            "generated_at": {"type": "string", "format": "date-time"},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "records": {"type": "array", "items": {"type": "object"}},
+            "partner_customer": {"type": ["object", "null"]},
+            "held_by_partner": {"type": "array", "items": {"type": "object"}},
+            "never_stored": {"type": "string"},
+        },
+    },
+    "Erasure": {
+        "type": "object",
+        "required": ["status", "deleted", "partner", "key_shredded", "remaining"],
+        "properties": {
+            "object": {"const": "customer_erasure"},
+            "status": {"const": "erased"},
+            "customer_ref": {"type": "string"},
+            "deleted": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "partner": {"type": "object"},
+            "key_shredded": {"type": "boolean"},
+            "remaining": {"type": "array", "maxItems": 0},
+        },
+    },
+    "TokenDeletion": {
+        "type": "object",
+        "required": ["object", "token", "kind", "deleted", "partner_detached"],
+        "properties": {
+            "object": {"const": "token_deletion"},
+            "token": {"type": "string"},
+            "kind": {"type": "string"},
+            "deleted": {"const": True},
+            "partner_detached": {"type": "boolean"},
+        },
+    },
+}
+
+_LIFECYCLE_PATHS: dict[str, Any] = {
+    "/v1/bank-accounts": {
+        "post": {
+            "operationId": "createBankAccount",
+            "summary": "Tokenize an IBAN as a SEPA debit payment method (scope: tokenize)",
+            "requestBody": _body("BankAccountRequest"),
+            "responses": {
+                "201": _json("BankToken", "Tokenized"),
+                **_error_responses(400, 401, 402, 403, 413, 415, 422, 502, 503, 504),
+            },
+        }
+    },
+    "/v1/invoices": {
+        "post": {
+            "operationId": "createInvoice",
+            "summary": "Store an invoice reference (scope: invoice)",
+            "requestBody": _body("InvoiceRequest"),
+            "responses": {
+                "201": _json("InvoiceToken", "Stored"),
+                **_error_responses(400, 401, 403, 413, 415, 422, 503),
+            },
+        }
+    },
+    "/v1/customers/{customer_ref}/tokens": {
+        "get": {
+            "operationId": "listCustomerTokens",
+            "summary": "A customer's tokens, masked, oldest first (scope: read)",
+            "parameters": [
+                _CUSTOMER_REF,
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                },
+                {"name": "starting_after", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": _json("TokenList", "One page"),
+                **_error_responses(400, 401, 403, 422, 503),
+            },
+        }
+    },
+    "/v1/customers/{customer_ref}/export": {
+        "get": {
+            "operationId": "exportCustomer",
+            "summary": "Data-subject access report (scope: admin)",
+            "parameters": [_CUSTOMER_REF],
+            "responses": {
+                "200": _json("CustomerExport", "What the vault holds, and the partner instead"),
+                **_error_responses(401, 403, 422, 503),
+            },
+        }
+    },
+    "/v1/customers/{customer_ref}": {
+        "delete": {
+            "operationId": "eraseCustomer",
+            "summary": "Erase a customer: detach at the partner, crypto-shred (scope: delete)",
+            "description": "Idempotent. 502 erasure_incomplete carries `deleted` and a "
+            "`remaining` list (tokens and/or the partner customer the partner did not "
+            "confirm); repeat the request to finish.",
+            "parameters": [_CUSTOMER_REF],
+            "responses": {
+                "200": _json("Erasure", "Erased"),
+                **_error_responses(401, 403, 422, 502, 503),
+            },
+        }
+    },
+}
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -180,6 +385,18 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {"200": {"description": "OpenAPI document"}},
             }
         },
+    },
+}
+
+DOCUMENT["components"]["schemas"].update(_LIFECYCLE_SCHEMAS)
+DOCUMENT["paths"].update(_LIFECYCLE_PATHS)
+DOCUMENT["paths"]["/v1/tokens/{token}"]["delete"] = {
+    "operationId": "deleteToken",
+    "summary": "Delete one token, detaching it at the partner first (scope: delete)",
+    "parameters": [_TOKEN],
+    "responses": {
+        "200": _json("TokenDeletion", "Deleted"),
+        **_error_responses(401, 403, 404, 502, 503, 504),
     },
 }
 

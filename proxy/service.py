@@ -7,11 +7,12 @@ directly with a real vault and a real (sandbox) partner.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
 from proxy.errors import NotFound, PartnerError, ServiceUnavailable
+from proxy.locks import KeyedLocks
 from proxy.metrics import Metrics
 from proxy.partners.base import Partner
 from proxy.validation import parse_card_request
@@ -25,6 +26,8 @@ class Services:
     vault: Vault
     partner: Partner
     metrics: Metrics
+    # Per-customer serialisation of first use, attach and erasure (proxy.customers).
+    locks: KeyedLocks = field(default_factory=KeyedLocks)
 
 
 async def tokenize_card(services: Services, body: object, *, today: date) -> dict[str, Any]:
@@ -48,19 +51,19 @@ async def tokenize_card(services: Services, body: object, *, today: date) -> dic
         )
     metrics.child(metrics.partner_requests, partner.name, "create_card", "ok").inc()
     details = {"brand": card.brand, "last4": card.number.last4, "masked": card.number.masked}
-    record = await _vault_call(
+    # With a customer_ref the card is attached to the customer's partner customer first.
+    from proxy.customers import store_payment_method
+
+    record = await store_payment_method(
         services,
-        "put",
-        services.vault.put(
-            NewRecord(
-                kind=Kind.CARD,
-                partner=partner.name,
-                partner_reference=created.reference,
-                details=details,
-                customer_ref=card.customer_ref,
-                metadata=card.metadata,
-                fingerprint=created.fingerprint,
-            )
+        NewRecord(
+            kind=Kind.CARD,
+            partner=partner.name,
+            partner_reference=created.reference,
+            details=details,
+            customer_ref=card.customer_ref,
+            metadata=card.metadata,
+            fingerprint=created.fingerprint,
         ),
     )
     metrics.child(metrics.tokens_created, "card").inc()
@@ -73,6 +76,10 @@ async def read_token(services: Services, token: str, *, resolve: bool) -> dict[s
         record = await _vault_call(services, "get", services.vault.get(token))
     except RecordNotFound:
         raise NotFound("No such token.", param="token") from None
+    if resolve:
+        # Resolving is use (the billing service is about to charge): retention counts
+        # from here. Marks are batched in memory and flushed in one write.
+        services.vault.mark_used(record)
     view: dict[str, Any] = record.resolved_view() if resolve else record.masked_view()
     return view
 
@@ -98,3 +105,7 @@ async def _vault_call(services: Services, operation: str, call: Any) -> Any:
         raise ServiceUnavailable("The vault is unavailable.", code="vault_unavailable") from None
     finally:
         metrics.child(metrics.vault_duration, operation).observe(time.perf_counter() - started)
+
+
+# Public name for the lifecycle modules (proxy.customers, proxy.accounts, proxy.invoices).
+vault_call = _vault_call

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy.origins import OriginError, parse_origin_list
+from vault.retention import RetentionPolicy
 
 
 class SettingsError(Exception):
@@ -83,6 +84,12 @@ class Settings:
     db_pool_max: int = 10
     db_timeout: float = 5.0
     shutdown_grace: float = 10.0
+    # Retention (days; 0 keeps forever): cards and banks since last use, invoices since creation.
+    retention_card_days: int = 0
+    retention_bank_days: int = 0
+    retention_invoice_days: int = 0
+    purge_interval: float = 0.0  # seconds between sweeps inside `serve`; 0 = no sweeper
+    last_used_flush_interval: float = 10.0
     kek_provider: str = "local"
     kms_key_id: str | None = None
     kms_endpoint: str | None = None
@@ -170,6 +177,23 @@ class Settings:
             kwargs["shutdown_grace"] = _float(
                 "TOKENPROXY_SHUTDOWN_GRACE", env["TOKENPROXY_SHUTDOWN_GRACE"], minimum=0
             )
+        for kind in ("CARD", "BANK", "INVOICE"):
+            name = f"TOKENPROXY_RETENTION_{kind}_DAYS"
+            if name in env:
+                kwargs[f"retention_{kind.lower()}_days"] = _int(name, env[name], minimum=0)
+        if "TOKENPROXY_PURGE_INTERVAL" in env:
+            interval = _float(
+                "TOKENPROXY_PURGE_INTERVAL", env["TOKENPROXY_PURGE_INTERVAL"], minimum=0
+            )
+            if 0 < interval < 1:
+                raise SettingsError("TOKENPROXY_PURGE_INTERVAL must be 0 (off) or at least 1")
+            kwargs["purge_interval"] = interval
+        if "TOKENPROXY_LAST_USED_FLUSH_INTERVAL" in env:
+            kwargs["last_used_flush_interval"] = _float(
+                "TOKENPROXY_LAST_USED_FLUSH_INTERVAL",
+                env["TOKENPROXY_LAST_USED_FLUSH_INTERVAL"],
+                minimum=0.05,
+            )
         if "TOKENPROXY_CORS_ORIGINS" in env:
             try:
                 kwargs["cors_origins"] = parse_origin_list(env["TOKENPROXY_CORS_ORIGINS"])
@@ -196,6 +220,14 @@ class Settings:
             )
         return settings
 
+    def retention_policy(self) -> RetentionPolicy:
+        """The vault's retention policy from these settings."""
+        return RetentionPolicy(
+            card_days=self.retention_card_days,
+            bank_days=self.retention_bank_days,
+            invoice_days=self.retention_invoice_days,
+        )
+
     def strip_hazmat(self) -> dict[str, object]:
         """A copy safe to log: no secrets."""
         return {
@@ -208,6 +240,12 @@ class Settings:
             "stripe_api_key_set": self.stripe_api_key is not None,
             "partner_timeout": self.partner_timeout,
             "db_pool": f"{self.db_pool_min}-{self.db_pool_max}",
+            "retention_days": {
+                "card": self.retention_card_days,
+                "bank": self.retention_bank_days,
+                "invoice": self.retention_invoice_days,
+            },
+            "purge_interval": self.purge_interval,
             "kek_provider": self.kek_provider,
             "cors_origins": list(self.cors_origins),
         }

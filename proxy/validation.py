@@ -35,6 +35,7 @@ __all__ = [
     "detect_brand",
     "expected_cvc_length",
     "iban_checksum_valid",
+    "iban_like",
     "is_card_field_name",
     "luhn_valid",
     "mask_pan",
@@ -401,6 +402,11 @@ def _iban_end(text: str, start: int, end: int) -> int | None:
     return None  # pragma: no cover - len(compact) >= length guarantees a return
 
 
+def iban_like(text: str) -> bool:
+    """Whether ``text`` holds a mod-97-valid IBAN anywhere (compact or in printed blocks)."""
+    return redact_ibans(text) != text
+
+
 def redact_ibans(text: str) -> str:
     """Text with every mod-97-valid IBAN (compact or printed in blocks) replaced."""
     if len(text) < 15:
@@ -541,6 +547,12 @@ def validate_metadata(value: object) -> dict[str, str]:
                 code="metadata_contains_card_number",
                 param=param,
             )
+        if iban_like(item):
+            raise ValidationFailed(
+                "metadata must not contain bank account numbers.",
+                code="metadata_contains_account_number",
+                param=param,
+            )
         result[key] = item
     return result
 
@@ -553,10 +565,10 @@ def validate_customer_ref(value: object) -> str | None:
         raise InvalidRequest(
             "customer_ref must be a string.", code="invalid_type", param="customer_ref"
         )
-    if _CUSTOMER_REF_RE.fullmatch(value) is None or pan_like(value):
+    if _CUSTOMER_REF_RE.fullmatch(value) is None or pan_like(value) or iban_like(value):
         raise ValidationFailed(
             "customer_ref must be 1-64 characters of letters, digits, '_', '.', ':', '@' or '-'"
-            " and must not be a card number.",
+            " and must not be a card or account number.",
             code="invalid_customer_ref",
             param="customer_ref",
         )

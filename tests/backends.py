@@ -123,6 +123,30 @@ class RawRows:
         finally:
             await conn.close()
 
+    async def insert_orphan_record(
+        self, token: str, kind: str, dek_id: str, ciphertext: bytes, created_at: str
+    ) -> None:
+        """Restore a record row whose data key is gone, as restoring an old backup row would.
+
+        SQLite's own client does not enforce foreign keys; on PostgreSQL the session
+        skips them with ``session_replication_role = replica`` (the test user is superuser).
+        """
+        sql = (
+            "INSERT INTO records (token, kind, dek_id, ciphertext, created_at)"
+            " VALUES (?, ?, ?, ?, ?)"
+        )
+        args = (token, kind, dek_id, ciphertext, created_at)
+        if self.backend == "sqlite":
+            await self.query(sql, args)
+            return
+        assert self._url is not None
+        conn = await asyncpg.connect(self._url, timeout=5)
+        try:
+            await conn.execute("SET session_replication_role = replica")
+            await conn.execute(sql.replace("?, ?, ?, ?, ?", "$1, $2, $3, $4, $5"), *args)
+        finally:
+            await conn.close()
+
     async def deks_by_version(self) -> dict[int, int]:
         """Data keys per KEK version, counted straight from the table."""
         rows = await self.query("SELECT kek_version, count(*) FROM deks GROUP BY kek_version")

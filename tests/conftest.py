@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -139,6 +140,7 @@ CLIENT_SCOPES = {
     "billing": "resolve",
     "eraser": "delete",
     "ops": "admin",
+    "invoicer": "invoice",
 }
 
 
@@ -203,6 +205,35 @@ def make_settings(
     )
 
 
+@contextlib.asynccontextmanager
+async def running_proxy(
+    tmp_path: Path, keys: dict[str, str], settings: Settings
+) -> AsyncIterator[RunningProxy]:
+    """Serve the full proxy with ``settings`` on loopback until the block ends."""
+    app = create_app(settings, metrics=Metrics())
+    ops = create_ops_app(app)
+    runner = SafeAppRunner(app, access_log=None)
+    ops_runner = SafeAppRunner(ops, access_log=None)
+    await runner.setup()
+    await ops_runner.setup()
+    try:
+        await web.TCPSite(runner, settings.listen.host, settings.listen.port).start()
+        await web.TCPSite(ops_runner, settings.ops_listen.host, settings.ops_listen.port).start()
+        async with aiohttp.ClientSession() as http:
+            yield RunningProxy(
+                base=f"http://{settings.listen}",
+                ops=f"http://{settings.ops_listen}",
+                keys=keys,
+                app=app,
+                http=http,
+                settings=settings,
+                vault_path=tmp_path / "vault.db",
+            )
+    finally:
+        await runner.cleanup()
+        await ops_runner.cleanup()
+
+
 @pytest.fixture
 def proxy_env() -> dict[str, str]:
     """Extra settings for the `proxy` fixture; a test module overrides it to add some."""
@@ -219,26 +250,8 @@ async def proxy(
 ) -> AsyncIterator[RunningProxy]:
     """The full proxy (SQLite vault, localstripe partner) serving on free loopback ports."""
     settings = make_settings(tmp_path, keyring_path, localstripe.base_url, proxy_env)
-    app = create_app(settings, metrics=Metrics())
-    ops = create_ops_app(app)
-    runner = SafeAppRunner(app, access_log=None)
-    ops_runner = SafeAppRunner(ops, access_log=None)
-    await runner.setup()
-    await ops_runner.setup()
-    await web.TCPSite(runner, settings.listen.host, settings.listen.port).start()
-    await web.TCPSite(ops_runner, settings.ops_listen.host, settings.ops_listen.port).start()
-    async with aiohttp.ClientSession() as http:
-        yield RunningProxy(
-            base=f"http://{settings.listen}",
-            ops=f"http://{settings.ops_listen}",
-            keys=client_keys,
-            app=app,
-            http=http,
-            settings=settings,
-            vault_path=tmp_path / "vault.db",
-        )
-    await runner.cleanup()
-    await ops_runner.cleanup()
+    async with running_proxy(tmp_path, client_keys, settings) as running:
+        yield running
 
 
 def registry_for(keys_path: Path) -> ClientRegistry:

@@ -15,13 +15,17 @@ from vault.errors import (
     VaultError,
 )
 from vault.keyring import KekProvider, KeyRing, LocalKekProvider
+from vault.lifecycle import MAX_PAGE, Erasure, Page, PartnerCustomer
 from vault.records import Kind, NewRecord, Record, iso, new_token, token_kind, utcnow
+from vault.retention import RetentionPolicy
 from vault.store import Vault, open_backend
 
 __all__ = [
+    "MAX_PAGE",
     "AuditUnavailable",
     "DecryptionFailed",
     "DuplicateRecord",
+    "Erasure",
     "KekProvider",
     "KeyInUse",
     "KeyRing",
@@ -29,8 +33,11 @@ __all__ = [
     "Kind",
     "LocalKekProvider",
     "NewRecord",
+    "Page",
+    "PartnerCustomer",
     "Record",
     "RecordNotFound",
+    "RetentionPolicy",
     "StorageUnavailable",
     "UnknownKeyVersion",
     "Vault",

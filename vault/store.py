@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections import OrderedDict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from vault.audit import AuditLog
@@ -19,7 +19,9 @@ from vault.backends.base import Backend, DekRow, RecordRow
 from vault.crypto import Sealer, blind_index, dek_aad, new_key, record_aad
 from vault.errors import DecryptionFailed, DuplicateRecord, RecordNotFound, VaultError
 from vault.keyring import KekProvider
+from vault.lifecycle import VaultLifecycle
 from vault.records import Kind, NewRecord, Record, iso, new_token, token_kind, utcnow
+from vault.retention import RetentionPolicy
 
 _DEK_CACHE_SIZE = 4096
 _INSERT_ATTEMPTS = 3
@@ -50,12 +52,23 @@ def open_backend(
     raise VaultError("vault URL must start with sqlite:/// or postgresql://")
 
 
-class Vault:
+class Vault(VaultLifecycle):
     """Encrypted token store over a backend and a key-encryption-key provider."""
 
-    def __init__(self, backend: Backend, keys: KekProvider) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        keys: KekProvider,
+        *,
+        retention: RetentionPolicy | None = None,
+        touch_granularity: timedelta = timedelta(hours=1),
+    ) -> None:
         self.backend = backend
         self.keys = keys
+        self.retention = retention or RetentionPolicy()
+        # Last-use marks waiting for flush_usage (token -> ISO time): see VaultLifecycle.
+        self.touch_granularity = touch_granularity
+        self._used: dict[str, str] = {}
         self._index_key = keys.index_key
         # The audit trail (vault.audit): append / verify / export; erasure and delete
         # routes call `vault.audit.append(...)` before answering.
@@ -76,6 +89,7 @@ class Vault:
         pool_min: int = 1,
         pool_max: int = 10,
         db_timeout: float = 5.0,
+        retention: RetentionPolicy | None = None,
     ) -> Vault:
         """Open the backend ``url`` names and, unless told not to, run migrations."""
         backend = open_backend(url, pool_min=pool_min, pool_max=pool_max, db_timeout=db_timeout)
@@ -85,7 +99,7 @@ class Vault:
             except BaseException:
                 await backend.close()
                 raise
-        return cls(backend, keys)
+        return cls(backend, keys, retention=retention)
 
     def index(self, domain: str, value: str) -> str:
         """Keyed blind index of ``value`` (customer refs, partner fingerprints)."""
@@ -177,8 +191,12 @@ class Vault:
             return record
         raise VaultError("could not store record after repeated key conflicts")
 
-    async def get(self, token: str) -> Record:
-        """Decrypt and return the record for ``token``; RecordNotFound or DecryptionFailed."""
+    async def get(self, token: str, *, include_expired: bool = False) -> Record:
+        """Decrypt and return the record for ``token``; RecordNotFound or DecryptionFailed.
+
+        A record past its retention period is RecordNotFound even before the sweeper
+        deletes it, unless ``include_expired`` (deletion and access reports need it).
+        """
         kind = token_kind(token)
         if kind is None:
             raise RecordNotFound("no such token")
@@ -189,6 +207,18 @@ class Vault:
             raise DecryptionFailed("ciphertext failed authentication")
         sealer = await self._dek_by_id(row.dek_id)
         plaintext = sealer.open(row.ciphertext, record_aad(token, kind, row.dek_id))
+        record = _record_from(row, kind, plaintext)
+        if not include_expired and self.is_expired(record):
+            raise RecordNotFound("no such token")
+        return record
+
+    async def _open_row(self, row: RecordRow) -> Record:
+        """Decrypt a row read by a listing query."""
+        kind = token_kind(row.token)
+        if kind is None or row.kind != kind:
+            raise DecryptionFailed("ciphertext failed authentication")
+        sealer = await self._dek_by_id(row.dek_id)
+        plaintext = sealer.open(row.ciphertext, record_aad(row.token, kind, row.dek_id))
         return _record_from(row, kind, plaintext)
 
     async def delete(self, token: str) -> bool:
@@ -207,8 +237,11 @@ class Vault:
         await self.backend.ping()
 
     async def close(self) -> None:
-        """Flush pending writes and close the backend."""
-        await self.backend.close()
+        """Flush pending writes (last-use marks included) and close the backend."""
+        try:
+            await self.flush_usage()
+        finally:
+            await self.backend.close()
 
 
 def _record_from(row: RecordRow, kind: Kind, plaintext: bytes) -> Record:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy import service
+from proxy import customers, service
 from proxy.appkeys import SERVICES
 from proxy.audit import audited_resolve
 from proxy.middleware import TOKEN_KEY, authenticate
@@ -24,4 +24,15 @@ async def get_token(request: web.Request) -> web.Response:
     else:
         result = await service.read_token(request.app[SERVICES], token, resolve=False)
     request[TOKEN_KEY] = token
+    return web.json_response(result)
+
+
+async def delete_token(request: web.Request) -> web.Response:
+    """DELETE /v1/tokens/{token}: delete one token, detaching it at the partner first."""
+    client = authenticate(request, frozenset({"delete"}))
+    token = request.match_info["token"]
+    result = await customers.audited_delete(
+        request.app[SERVICES], token, actor=client.name, origin=request.remote
+    )
+    request[TOKEN_KEY] = token  # only once known to be a token: the path could hold anything
     return web.json_response(result)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from proxy.accounts import BankAccountRequest
     from proxy.validation import CardRequest
 
 
@@ -24,6 +25,18 @@ class PartnerCard:
     partner_brand: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class PartnerBankAccount:
+    """What the partner tells us about a SEPA debit account it now holds; all storable."""
+
+    reference: str
+    fingerprint: str | None
+    country: str
+    bank_code: str | None
+    last4: str
+    mandate_reference: str | None
+
+
 class Partner(Protocol):
     """A payment partner adapter."""
 
@@ -33,6 +46,28 @@ class Partner(Protocol):
         self, card: CardRequest, *, idempotency_key: str | None = None
     ) -> PartnerCard:
         """Hand the card to the partner; returns its reference and storable details."""
+        ...
+
+    async def create_sepa_debit(
+        self, account: BankAccountRequest, *, idempotency_key: str | None = None
+    ) -> PartnerBankAccount:
+        """Hand the IBAN and holder details to the partner as a SEPA debit method."""
+        ...
+
+    async def create_customer(self, *, idempotency_key: str | None = None) -> str:
+        """Create a partner customer (no personal fields); returns its reference."""
+        ...
+
+    async def delete_customer(self, reference: str) -> bool:
+        """Delete a partner customer; False when it was already gone."""
+        ...
+
+    async def attach(self, payment_method: str, customer: str) -> None:
+        """Attach a payment method to a customer; PartnerDeclined when refused."""
+        ...
+
+    async def detach(self, payment_method: str) -> bool:
+        """Detach a payment method from its customer; False when already gone or detached."""
         ...
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -22,10 +23,16 @@ from proxy.errors import (
     PartnerTimeout,
     PartnerUnavailable,
 )
-from proxy.partners.base import PartnerCard
+from proxy.partners.base import PartnerBankAccount, PartnerCard
 
 if TYPE_CHECKING:
+    from proxy.accounts import BankAccountRequest
     from proxy.validation import CardRequest
+
+# Partner object ids go into URL paths: only Stripe's id alphabet may.
+_OBJECT_ID_RE = re.compile(r"(pm|cus|card|src)_[A-Za-z0-9]{1,64}")
+# Answers that mean "already done" for detach/delete, so erasure can be repeated.
+_GONE_CODES = frozenset({"resource_missing", "payment_method_unexpected_state"})
 
 # Stripe codes we pass through: each is a fixed word from Stripe's docs, never input.
 _CARD_CODES = frozenset(
@@ -170,6 +177,18 @@ class StripePartner:
             raise translate_error(exc) from None
         return response.data
 
+    async def _post_or_gone(self, method: str, path: str) -> bool:
+        """POST/DELETE that may find its object already gone: False then, else True."""
+        try:
+            await self._client.raw_request_async(method, path)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404 or exc.code in _GONE_CODES:
+                return False
+            raise translate_error(exc) from None
+        except stripe.StripeError as exc:
+            raise translate_error(exc) from None
+        return True
+
     async def create_card(
         self, card: CardRequest, *, idempotency_key: str | None = None
     ) -> PartnerCard:
@@ -200,7 +219,73 @@ class StripePartner:
                 code="partner_bad_response",
             ) from None
 
+    async def create_sepa_debit(
+        self, account: BankAccountRequest, *, idempotency_key: str | None = None
+    ) -> PartnerBankAccount:
+        """Create a sepa_debit PaymentMethod; the IBAN leaves the process only here."""
+        billing: dict[str, str] = {"name": account.holder_name}
+        if account.email is not None:
+            billing["email"] = account.email  # Stripe needs it before a SEPA charge
+        params: dict[str, Any] = {
+            "type": "sepa_debit",
+            "sepa_debit": {"iban": account.iban.value},
+            "billing_details": billing,
+        }
+        data = await self._post("/v1/payment_methods", params, idempotency_key)
+        try:
+            details = data["sepa_debit"]
+            return PartnerBankAccount(
+                reference=str(data["id"]),
+                fingerprint=details.get("fingerprint"),
+                country=str(details.get("country") or account.iban.country),
+                bank_code=details.get("bank_code"),
+                last4=str(details["last4"]),
+                mandate_reference=details.get("mandate_reference"),
+            )
+        except (KeyError, TypeError):
+            raise _bad_response() from None
+
+    async def create_customer(self, *, idempotency_key: str | None = None) -> str:
+        """Create a customer holding no personal fields; the mapping stays in our vault."""
+        params: dict[str, Any] = {"metadata": {"created_by": "tokenproxy"}}
+        data = await self._post("/v1/customers", params, idempotency_key)
+        reference = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(reference, str) or not _OBJECT_ID_RE.fullmatch(reference):
+            raise _bad_response()
+        return reference
+
+    async def delete_customer(self, reference: str) -> bool:
+        """Delete a customer (Stripe detaches what is attached to it); False if gone."""
+        return await self._post_or_gone("delete", f"/v1/customers/{_object_id(reference)}")
+
+    async def attach(self, payment_method: str, customer: str) -> None:
+        """Attach a PaymentMethod to a customer; a refusal is PartnerDeclined (402)."""
+        await self._post(
+            f"/v1/payment_methods/{_object_id(payment_method)}/attach",
+            {"customer": _object_id(customer)},
+            None,
+        )
+
+    async def detach(self, payment_method: str) -> bool:
+        """Detach a PaymentMethod; False when it is gone or no longer attached."""
+        return await self._post_or_gone(
+            "post", f"/v1/payment_methods/{_object_id(payment_method)}/detach"
+        )
+
     async def close(self) -> None:
         """Close the HTTP session when this adapter owns it."""
         if self._own_session:
             await self._session.close()
+
+
+def _object_id(reference: str) -> str:
+    """A partner id safe to put in a URL path; anything else is our bug, not input."""
+    if not _OBJECT_ID_RE.fullmatch(reference):
+        raise PartnerError("A stored partner reference is malformed.", code="partner_bad_reference")
+    return reference
+
+
+def _bad_response() -> PartnerError:
+    return PartnerError(
+        "The payment partner answered in an unexpected shape.", code="partner_bad_response"
+    )

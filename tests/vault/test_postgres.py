@@ -14,6 +14,7 @@ from tests.backends import with_query
 from tests.tcpgate import TcpGate
 from vault import LocalKekProvider, StorageUnavailable, Vault
 from vault.backends.postgres import PostgresBackend, session_settings
+from vault.backends.sqlite import migration_scripts
 
 pytestmark = pytest.mark.postgres
 
@@ -53,7 +54,10 @@ async def test_concurrent_migrations_apply_each_version_once(pg_schema_url: str)
             rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
         finally:
             await conn.close()
-        assert [r[0] for r in rows] == list(range(1, versions[0] + 1))
+        # Every shipped version once (numbers may skip: they are handed out per feature).
+        shipped = [version for version, _ in migration_scripts("postgres")]
+        assert [r[0] for r in rows] == shipped
+        assert versions[0] == shipped[-1]
     finally:
         for b in backends:
             await b.close()

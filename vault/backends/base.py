@@ -6,9 +6,11 @@ Backends see only ciphertext, wrapped keys and blind indexes; encryption happens
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from vault.retention import Cutoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,26 @@ class DekRow:
     kek_version: int
     wrapped: bytes
     created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRow:
+    """One row of ``customers``: a customer's partner mapping, sealed under its data key."""
+
+    customer_idx: str
+    dek_id: str
+    ciphertext: bytes
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErasedRows:
+    """What one erasure transaction removed and what it had to leave."""
+
+    deleted: Mapping[str, int]  # kind -> records deleted
+    remaining: Sequence[str]  # tokens still stored for the customer
+    customer_row_deleted: bool
+    dek_deleted: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +132,59 @@ class Backend(Protocol):
     async def delete_record(self, token: str) -> bool:
         """Delete one record (and its data key when no other record uses it)."""
         ...
+
+    # -- customers, erasure, retention (migration 0004) ------------------------
+
+    async def insert_dek(self, dek: DekRow) -> None:
+        """Insert a data key alone; DuplicateRecord when the customer already has one."""
+        ...
+
+    async def insert_customer(self, customer: CustomerRow) -> None:
+        """Insert a customer's partner mapping; DuplicateRecord when one exists."""
+        ...
+
+    async def get_customer(self, customer_idx: str) -> CustomerRow | None:
+        """A customer's partner mapping row, or None."""
+        ...
+
+    async def list_customer_records(
+        self,
+        customer_idx: str,
+        *,
+        after: tuple[str, str] | None,
+        limit: int,
+        exclude: Sequence[Cutoff] = (),
+    ) -> list[RecordRow]:
+        """Up to ``limit`` records of a customer after the (created_at, token) cursor.
+
+        One indexed query, ordered by (created_at, token); records past a cutoff in
+        ``exclude`` are left out.
+        """
+        ...
+
+    async def erase_customer(
+        self, customer_idx: str, *, keep: Collection[str], keep_customer: bool
+    ) -> ErasedRows:
+        """In one transaction: delete the customer's records except ``keep``, its mapping
+        unless ``keep_customer``, and its data key once nothing uses it."""
+        ...
+
+    async def drop_customer_if_empty(self, customer_idx: str) -> bool:
+        """Delete a customer's mapping and key when it has no records; True when deleted."""
+        ...
+
+    async def touch(self, used: Mapping[str, str]) -> int:
+        """Set ``last_used_at`` (token -> ISO time) where it is older, in one transaction."""
+        ...
+
+    async def purge_expired(
+        self, cutoffs: Sequence[Cutoff], *, dry_run: bool, batch: int
+    ) -> dict[str, int]:
+        """Delete (or with ``dry_run`` only count) records past a cutoff; counts per kind."""
+        ...
+
+    async def checkpoint(self) -> bool:
+        """Make deletions final in the files (SQLite: truncate the WAL); True when done."""
 
     async def count_deks_by_version(self) -> dict[int, int]:
         """How many data keys each KEK version wraps."""

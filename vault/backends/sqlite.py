@@ -29,6 +29,7 @@ from vault.backends.base import (
     DekRow,
     RecordRow,
 )
+from vault.backends.sqlite_lifecycle import SqliteLifecycleMixin
 from vault.errors import DuplicateRecord, StorageUnavailable
 
 T = TypeVar("T")
@@ -63,7 +64,7 @@ def migration_scripts(dialect: str) -> list[tuple[int, str]]:
     return sorted(scripts)
 
 
-class SqliteBackend:
+class SqliteBackend(SqliteLifecycleMixin):
     """The embedded default backend."""
 
     name = "sqlite"
@@ -79,6 +80,8 @@ class SqliteBackend:
             self._writer.execute("PRAGMA journal_mode = WAL")
             # FULL: the WAL is fsynced at each commit, so a returned token survives power loss.
             self._writer.execute("PRAGMA synchronous = FULL")
+            # Erasure and retention must not leave deleted keys and ciphertexts in free pages.
+            self._writer.execute("PRAGMA secure_delete = ON")
             self._reader = _connect(self.path, timeout_ms=busy_timeout_ms)
             self._reader.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:

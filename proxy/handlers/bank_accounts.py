@@ -1,0 +1,20 @@
+"""Bank account (SEPA debit) tokenization."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.accounts import tokenize_bank_account
+from proxy.appkeys import SERVICES
+from proxy.middleware import TOKEN_KEY, authenticate, read_json
+
+_SCOPES = frozenset({"tokenize"})
+
+
+async def create_bank_account(request: web.Request) -> web.Response:
+    """POST /v1/bank-accounts: tokenize an IBAN as a SEPA debit payment method."""
+    authenticate(request, _SCOPES)
+    body = await read_json(request)
+    result = await tokenize_bank_account(request.app[SERVICES], body)
+    request[TOKEN_KEY] = result["token"]
+    return web.json_response(result, status=201)

@@ -1,0 +1,86 @@
+"""Retention sweeps and last-use flushing: the background work of `serve`, and `purge`.
+
+Both are plain functions over ``Services`` (the CLI and tests call them directly);
+:func:`background` runs them periodically inside the API app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from proxy.appkeys import SERVICES, SETTINGS
+from proxy.errors import ProxyError
+from proxy.service import Services, vault_call
+from vault.audit import Outcome
+from vault.errors import AuditUnavailable
+
+_log = structlog.get_logger("tokenproxy.retention")
+
+
+async def purge(services: Services, *, dry_run: bool = False) -> dict[str, int]:
+    """Delete (or with ``dry_run`` count) every token past retention; counts per kind."""
+    counts: dict[str, int] = await vault_call(
+        services, "purge", services.vault.purge_expired(dry_run=dry_run)
+    )
+    if not dry_run:
+        for kind, count in counts.items():
+            services.metrics.retention_purged.labels(kind).inc(count)
+        try:
+            await services.vault.audit.append(
+                "retention.purge",
+                outcome=Outcome.SUCCESS,
+                actor="tokenproxy:sweeper",
+                origin=None,
+                detail=dict(counts),
+            )
+        except AuditUnavailable:
+            # The deletions stand either way; the gap in the trail must be visible.
+            services.metrics.audit_failures.labels("retention.purge").inc()
+            _log.error("audit_write_failed", event_type="retention.purge")
+    _log.info("retention_purge", dry_run=dry_run, **counts)
+    return counts
+
+
+async def flush_usage(services: Services) -> int:
+    """Write pending last-use marks in one transaction."""
+    written: int = await vault_call(services, "touch", services.vault.flush_usage())
+    if written:
+        services.metrics.usage_flushes.inc()
+    return written
+
+
+async def _every(seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except ProxyError as exc:
+            # The vault is down for a moment: try again next round, never die.
+            _log.warning("background_job_failed", job=name, error_code=exc.code)
+
+
+async def background(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: flush last-use marks, and sweep when TOKENPROXY_PURGE_INTERVAL is set."""
+    settings, services = app[SETTINGS], app[SERVICES]
+    tasks = [
+        asyncio.create_task(
+            _every(settings.last_used_flush_interval, lambda: flush_usage(services), "flush")
+        )
+    ]
+    if settings.purge_interval > 0:
+        tasks.append(
+            asyncio.create_task(_every(settings.purge_interval, lambda: purge(services), "purge"))
+        )
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    with contextlib.suppress(ProxyError):
+        await flush_usage(services)

@@ -1,0 +1,74 @@
+"""Helpers shared by the bank, invoice, customer and retention tests."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from proxy.sandbox import SANDBOX_API_KEY, Localstripe
+from tests.conftest import RunningProxy
+from tests.ibans import VALID, IbanCase
+
+
+async def partner_get(localstripe: Localstripe, path: str) -> tuple[int, dict[str, Any]]:
+    """GET an object straight from localstripe (what the partner holds)."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            localstripe.base_url + path,
+            headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+def bank_body(case: IbanCase = VALID[0], **overrides: object) -> dict[str, object]:
+    """A valid POST /v1/bank-accounts body."""
+    body: dict[str, object] = {
+        "iban": case.iban,
+        "holder_name": "Greta Garbo",
+        "email": "greta@example.se",
+    }
+    body.update(overrides)
+    return body
+
+
+async def create(
+    proxy: RunningProxy, path: str, body: dict[str, object], client: str = "checkout"
+) -> dict[str, Any]:
+    """POST and insist on a 201."""
+    status, payload, _ = await proxy.request("POST", path, client=client, json=body)
+    assert status == 201, payload
+    assert payload is not None
+    return payload
+
+
+async def resolve(proxy: RunningProxy, token: str) -> dict[str, Any]:
+    """The resolved view of a token."""
+    status, payload, _ = await proxy.request("GET", f"/v1/tokens/{token}", client="billing")
+    assert status == 200, payload
+    assert payload is not None
+    return payload
+
+
+def rows(path: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """Rows from the vault file, read as an outsider would."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+async def metrics_text(proxy: RunningProxy) -> str:
+    """The ops listener's /metrics."""
+    async with proxy.http.get(proxy.ops + "/metrics") as resp:
+        return await resp.text()
+
+
+def db_bytes(path: Path) -> bytes:
+    """Every byte of the vault file and its -wal/-shm companions."""
+    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))

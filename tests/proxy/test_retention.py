@@ -1,0 +1,229 @@
+"""Retention (Datalagring) through the service: read-time expiry, sweeps, the purge CLI,
+and batched last-use tracking."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from proxy import retention
+from proxy.appkeys import SERVICES
+from proxy.sandbox import Localstripe
+from proxy.settings import Settings, SettingsError
+from tests.conftest import RunningProxy, make_settings, running_proxy
+from tests.proxy.helpers import create, metrics_text, resolve, rows
+from tests.proxy.test_cards_api import card_body
+from tests.proxy.test_invoices import invoice_body
+from vault import Kind, LocalKekProvider, NewRecord, Vault, iso, utcnow
+
+
+def age(path: Path, token: str, days: int) -> None:
+    """Make a record look ``days`` old and never used."""
+    db = sqlite3.connect(path)
+    db.execute(
+        "UPDATE records SET created_at = ?, last_used_at = NULL WHERE token = ?",
+        (iso(utcnow() - timedelta(days=days)), token),
+    )
+    db.commit()
+    db.close()
+
+
+@pytest.fixture
+async def retaining_proxy(
+    tmp_path: Path, keyring_path: Path, client_keys: dict[str, str], localstripe: Localstripe
+) -> AsyncIterator[RunningProxy]:
+    """The proxy keeping cards 30 days after last use and invoices 365 days, no sweeper."""
+    settings = dataclasses.replace(
+        make_settings(tmp_path, keyring_path, localstripe.base_url),
+        retention_card_days=30,
+        retention_invoice_days=365,
+    )
+    async with running_proxy(tmp_path, client_keys, settings) as running:
+        yield running
+
+
+async def test_expired_token_is_404_before_the_sweep(retaining_proxy: RunningProxy) -> None:
+    """An expired token answers 404 to read and resolve and leaves listings, though still stored."""
+    proxy = retaining_proxy
+    old = await create(proxy, "/v1/cards", card_body(customer_ref="cus-ret"))
+    fresh = await create(proxy, "/v1/cards", card_body(customer_ref="cus-ret"))
+    age(proxy.vault_path, old["token"], 31)
+    for client in ("orders", "billing"):
+        status, body, _ = await proxy.request("GET", f"/v1/tokens/{old['token']}", client=client)
+        assert status == 404
+        assert body is not None
+        assert body["error"]["code"] == "resource_missing"  # type: ignore[index]
+    await resolve(proxy, fresh["token"])
+    _, page, _ = await proxy.request("GET", "/v1/customers/cus-ret/tokens", client="orders")
+    assert page is not None
+    assert [v["token"] for v in page["data"]] == [fresh["token"]]  # type: ignore[union-attr]
+    # Still held, so the access report lists it, flagged.
+    _, report, _ = await proxy.request("GET", "/v1/customers/cus-ret/export", client="ops")
+    assert report is not None
+    expired = {r["token"]: r["expired"] for r in report["records"]}  # type: ignore[union-attr]
+    assert expired == {old["token"]: True, fresh["token"]: False}
+    assert rows(proxy.vault_path, "SELECT COUNT(*) FROM records") == [(2,)]
+
+
+async def test_purge_deletes_expired_keeps_fresh_and_dry_run_changes_nothing(
+    retaining_proxy: RunningProxy,
+) -> None:
+    """Dry run counts only; the sweep deletes exactly the expired tokens and counts them."""
+    proxy = retaining_proxy
+    services = proxy.app[SERVICES]
+    old_card = await create(proxy, "/v1/cards", card_body())
+    new_card = await create(proxy, "/v1/cards", card_body())
+    old_inv = await create(proxy, "/v1/invoices", invoice_body(), "invoicer")
+    new_inv = await create(proxy, "/v1/invoices", invoice_body(), "invoicer")
+    age(proxy.vault_path, old_card["token"], 45)
+    age(proxy.vault_path, old_inv["token"], 400)
+    age(proxy.vault_path, new_inv["token"], 200)
+    before = rows(proxy.vault_path, "SELECT token, created_at FROM records ORDER BY token")
+
+    assert await retention.purge(services, dry_run=True) == {"card": 1, "invoice": 1}
+    assert rows(proxy.vault_path, "SELECT token, created_at FROM records ORDER BY token") == before
+    assert "tokenproxy_retention_purged_total{" not in await metrics_text(proxy)
+
+    assert await retention.purge(services) == {"card": 1, "invoice": 1}
+    left = {t for (t,) in rows(proxy.vault_path, "SELECT token FROM records")}
+    assert left == {new_card["token"], new_inv["token"]}
+    text = await metrics_text(proxy)
+    assert 'tokenproxy_retention_purged_total{kind="card"} 1.0' in text
+    assert 'tokenproxy_retention_purged_total{kind="invoice"} 1.0' in text
+    assert await retention.purge(services) == {"card": 0, "invoice": 0}
+
+
+async def test_resolving_marks_use_in_batches(retaining_proxy: RunningProxy) -> None:
+    """Resolves mark last use in memory; one flush writes them; reads by `read` do not count."""
+    proxy = retaining_proxy
+    services = proxy.app[SERVICES]
+    a = await create(proxy, "/v1/cards", card_body())
+    b = await create(proxy, "/v1/cards", card_body())
+    for _ in range(3):
+        await resolve(proxy, a["token"])
+    status, _, _ = await proxy.request("GET", f"/v1/tokens/{b['token']}", client="orders")
+    assert status == 200
+    assert rows(
+        proxy.vault_path, "SELECT COUNT(*) FROM records WHERE last_used_at IS NOT NULL"
+    ) == [(0,)]
+    assert await retention.flush_usage(services) == 1
+    used = rows(proxy.vault_path, "SELECT token FROM records WHERE last_used_at IS NOT NULL")
+    assert used == [(a["token"],)]
+    # A token used within the hour costs no further write.
+    await resolve(proxy, a["token"])
+    assert await retention.flush_usage(services) == 0
+    assert "tokenproxy_last_used_flushes_total 1.0" in await metrics_text(proxy)
+
+
+async def test_serve_sweeps_and_flushes_in_the_background(
+    tmp_path: Path, keyring_path: Path, client_keys: dict[str, str], localstripe: Localstripe
+) -> None:
+    """With TOKENPROXY_PURGE_INTERVAL set, expired tokens vanish and last use is written."""
+    settings = dataclasses.replace(
+        make_settings(tmp_path, keyring_path, localstripe.base_url),
+        retention_card_days=30,
+        purge_interval=1,
+        last_used_flush_interval=0.2,
+    )
+    async with running_proxy(tmp_path, client_keys, settings) as proxy:
+        old = await create(proxy, "/v1/cards", card_body())
+        kept = await create(proxy, "/v1/cards", card_body())
+        age(proxy.vault_path, old["token"], 60)
+        await resolve(proxy, kept["token"])
+        for _ in range(100):
+            left = rows(proxy.vault_path, "SELECT token, last_used_at FROM records")
+            if len(left) == 1 and left[0][1] is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert [t for t, _ in left] == [kept["token"]]
+        assert left[0][1] is not None
+
+
+def _purge(
+    tmp_path: Path, keyring: Path, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "purge", *args],
+        env={
+            **os.environ,
+            "TOKENPROXY_VAULT_URL": f"sqlite:///{tmp_path / 'vault.db'}",
+            "TOKENPROXY_KEYRING": str(keyring),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_purge_cli(tmp_path: Path, keyring_path: Path) -> None:
+    """`tokenproxy purge --dry-run` counts without deleting; `purge` deletes and writes metrics."""
+    vault = await Vault.open(
+        f"sqlite:///{tmp_path / 'vault.db'}", LocalKekProvider.from_file(keyring_path)
+    )
+    made = [
+        await vault.put(NewRecord(Kind.CARD, "stripe", f"pm_cli{i}", {"last4": "4242"}))
+        for i in range(3)
+    ]
+    await vault.close()
+    age(tmp_path / "vault.db", made[0].token, 100)
+    age(tmp_path / "vault.db", made[1].token, 100)
+
+    result = await asyncio.to_thread(_purge, tmp_path, keyring_path)
+    assert result.returncode == 0
+    assert "nothing to do" in result.stdout
+
+    env = {"TOKENPROXY_RETENTION_CARD_DAYS": "90"}
+    result = await asyncio.to_thread(_purge, tmp_path, keyring_path, "--dry-run", **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "would purge: card=2"
+    assert rows(tmp_path / "vault.db", "SELECT COUNT(*) FROM records") == [(3,)]
+
+    prom = tmp_path / "purge.prom"
+    result = await asyncio.to_thread(
+        _purge, tmp_path, keyring_path, "--metrics-file", str(prom), **env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "purged: card=2"
+    assert rows(tmp_path / "vault.db", "SELECT token FROM records") == [(made[2].token,)]
+    assert 'tokenproxy_retention_purged_total{kind="card"} 2.0' in prom.read_text()
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"TOKENPROXY_RETENTION_CARD_DAYS": "-1"}, "TOKENPROXY_RETENTION_CARD_DAYS"),
+        ({"TOKENPROXY_RETENTION_INVOICE_DAYS": "ten"}, "TOKENPROXY_RETENTION_INVOICE_DAYS"),
+        ({"TOKENPROXY_PURGE_INTERVAL": "0.5"}, "TOKENPROXY_PURGE_INTERVAL"),
+        ({"TOKENPROXY_LAST_USED_FLUSH_INTERVAL": "0"}, "TOKENPROXY_LAST_USED_FLUSH_INTERVAL"),
+    ],
+)
+def test_bad_retention_settings_name_themselves(env: dict[str, str], name: str) -> None:
+    """A bad retention setting stops start-up with a message naming it."""
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({"TOKENPROXY_STRIPE_API_BASE": "http://127.0.0.1:1", **env})
+
+
+def test_retention_settings_build_the_policy() -> None:
+    """The three day counts become the vault's policy; absent means keep forever."""
+    settings = Settings.from_env(
+        {
+            "TOKENPROXY_STRIPE_API_BASE": "http://127.0.0.1:1",
+            "TOKENPROXY_RETENTION_CARD_DAYS": "180",
+            "TOKENPROXY_RETENTION_INVOICE_DAYS": "2555",
+            "TOKENPROXY_PURGE_INTERVAL": "3600",
+        }
+    )
+    policy = settings.retention_policy()
+    assert (policy.card_days, policy.bank_days, policy.invoice_days) == (180, 0, 2555)
+    assert settings.purge_interval == 3600

@@ -1,0 +1,236 @@
+"""SQLite storage for the data lifecycle: partner customers, listing, erasure, retention.
+
+A mixin of :class:`vault.backends.sqlite.SqliteBackend`, kept apart so the key and
+storage code and the lifecycle code can change without touching each other. Writes
+go through the backend's group-committed writer; reads run inline like its other reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from vault.backends.base import CustomerRow, DekRow, ErasedRows, RecordRow
+from vault.errors import StorageUnavailable
+from vault.retention import Basis, Cutoff
+
+T = TypeVar("T")
+
+_RECORD_COLUMNS = (
+    "token, kind, dek_id, ciphertext, customer_idx, fingerprint_idx, created_at, last_used_at"
+)
+_CUSTOMER_COLUMNS = "customer_idx, dek_id, ciphertext, created_at"
+# Fixed SQL per basis: the only parts of a cutoff that reach SQL text are these constants.
+_BASIS_SQL = {
+    Basis.LAST_USE: "COALESCE(last_used_at, created_at)",
+    Basis.CREATION: "created_at",
+}
+
+
+def _cutoff_sql(cutoffs: Sequence[Cutoff]) -> tuple[str, list[str]]:
+    """An SQL condition true for records NOT past any cutoff, and its arguments."""
+    clauses = []
+    args: list[str] = []
+    for cutoff in cutoffs:
+        clauses.append(f" AND NOT (kind = ? AND {_BASIS_SQL[cutoff.basis]} < ?)")
+        args += [str(cutoff.kind), cutoff.before]
+    return "".join(clauses), args
+
+
+class SqliteLifecycleMixin:
+    """Customer mapping, per-customer listing, erasure and retention on SQLite."""
+
+    if TYPE_CHECKING:
+        _reader: sqlite3.Connection
+        _writer: sqlite3.Connection
+        _executor: ThreadPoolExecutor
+        _closed: bool
+
+        async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T: ...
+
+        def _read_one(self, sql: str, args: tuple[Any, ...]) -> Any: ...
+
+        def _read_all(self, sql: str, args: tuple[Any, ...]) -> list[Any]: ...
+
+    async def insert_dek(self, dek: DekRow) -> None:
+        """Insert a data key alone; DuplicateRecord when the customer already has one."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO deks (dek_id, customer_idx, kek_version, wrapped, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (dek.dek_id, dek.customer_idx, dek.kek_version, dek.wrapped, dek.created_at),
+            )
+
+        await self._write(run)
+
+    async def insert_customer(self, customer: CustomerRow) -> None:
+        """Insert a partner mapping; the primary key makes a second one a DuplicateRecord."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO customers ({_CUSTOMER_COLUMNS}) VALUES (?, ?, ?, ?)",  # noqa: S608
+                (customer.customer_idx, customer.dek_id, customer.ciphertext, customer.created_at),
+            )
+
+        await self._write(run)
+
+    async def get_customer(self, customer_idx: str) -> CustomerRow | None:
+        """A customer's partner mapping row by blind index."""
+        row = self._read_one(
+            f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE customer_idx = ?",  # noqa: S608
+            (customer_idx,),
+        )
+        return CustomerRow(*row) if row else None
+
+    async def list_customer_records(
+        self,
+        customer_idx: str,
+        *,
+        after: tuple[str, str] | None,
+        limit: int,
+        exclude: Sequence[Cutoff] = (),
+    ) -> list[RecordRow]:
+        """One page of a customer's records, on the records_customer index."""
+        where, args = _cutoff_sql(exclude)
+        position = ""
+        cursor_args: list[str] = []
+        if after is not None:
+            position = " AND (created_at, token) > (?, ?)"
+            cursor_args = [after[0], after[1]]
+        sql = (
+            f"SELECT {_RECORD_COLUMNS} FROM records"  # noqa: S608 - fixed fragments only
+            f" WHERE customer_idx = ?{position}{where}"
+            " ORDER BY created_at, token LIMIT ?"
+        )
+        rows = self._read_all(sql, (customer_idx, *cursor_args, *args, limit))
+        return [RecordRow(*row) for row in rows]
+
+    async def erase_customer(
+        self, customer_idx: str, *, keep: Collection[str], keep_customer: bool
+    ) -> ErasedRows:
+        """Delete a customer's rows and, once nothing uses it, its data key, atomically."""
+        keep_set = frozenset(keep)
+
+        def run(conn: sqlite3.Connection) -> ErasedRows:
+            rows = conn.execute(
+                "SELECT token, kind FROM records WHERE customer_idx = ?", (customer_idx,)
+            ).fetchall()
+            deleted: dict[str, int] = {}
+            remaining = []
+            for token, kind in rows:
+                if token in keep_set:
+                    remaining.append(token)
+                    continue
+                conn.execute("DELETE FROM records WHERE token = ?", (token,))
+                deleted[kind] = deleted.get(kind, 0) + 1
+            customer_deleted = False
+            if not keep_customer:
+                cur = conn.execute("DELETE FROM customers WHERE customer_idx = ?", (customer_idx,))
+                customer_deleted = cur.rowcount > 0
+            cur = conn.execute(
+                "DELETE FROM deks WHERE customer_idx = ?"
+                " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.dek_id = deks.dek_id)"
+                " AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.dek_id = deks.dek_id)",
+                (customer_idx,),
+            )
+            return ErasedRows(deleted, remaining, customer_deleted, cur.rowcount > 0)
+
+        return await self._write(run)
+
+    async def drop_customer_if_empty(self, customer_idx: str) -> bool:
+        """Undo a first use that stored nothing: drop the mapping and key if no record uses them."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            if conn.execute(
+                "SELECT 1 FROM records WHERE customer_idx = ? LIMIT 1", (customer_idx,)
+            ).fetchone():
+                return False
+            conn.execute("DELETE FROM customers WHERE customer_idx = ?", (customer_idx,))
+            cur = conn.execute("DELETE FROM deks WHERE customer_idx = ?", (customer_idx,))
+            return cur.rowcount > 0
+
+        return await self._write(run)
+
+    async def touch(self, used: Mapping[str, str]) -> int:
+        """Record last use for many tokens in one transaction (one fsync)."""
+        if not used:
+            return 0
+        items = [(when, token, when) for token, when in used.items()]
+
+        def run(conn: sqlite3.Connection) -> int:
+            cur = conn.executemany(
+                "UPDATE records SET last_used_at = ?"
+                " WHERE token = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+                items,
+            )
+            return cur.rowcount
+
+        return await self._write(run)
+
+    async def purge_expired(
+        self, cutoffs: Sequence[Cutoff], *, dry_run: bool, batch: int
+    ) -> dict[str, int]:
+        """Delete expired records in batches of ``batch`` (one transaction each)."""
+        counts: dict[str, int] = {}
+        for cutoff in cutoffs:
+            condition = f"kind = ? AND {_BASIS_SQL[cutoff.basis]} < ?"
+            args = (str(cutoff.kind), cutoff.before)
+            if dry_run:
+                (count,) = self._read_one(
+                    f"SELECT COUNT(*) FROM records WHERE {condition}",  # noqa: S608
+                    args,
+                )
+                counts[str(cutoff.kind)] = int(count)
+                continue
+
+            def run(
+                conn: sqlite3.Connection, condition: str = condition, args: tuple[str, str] = args
+            ) -> int:
+                rows = conn.execute(
+                    f"SELECT token, dek_id FROM records WHERE {condition} LIMIT ?",  # noqa: S608
+                    (*args, batch),
+                ).fetchall()
+                for token, _ in rows:
+                    conn.execute("DELETE FROM records WHERE token = ?", (token,))
+                # Per-record keys die with their record; customer keys stay for the
+                # customer's other records and partner mapping (erasure removes those).
+                for dek_id in {dek_id for _, dek_id in rows}:
+                    conn.execute(
+                        "DELETE FROM deks WHERE dek_id = ? AND customer_idx IS NULL"
+                        " AND NOT EXISTS (SELECT 1 FROM records WHERE dek_id = ?)",
+                        (dek_id, dek_id),
+                    )
+                return len(rows)
+
+            total = 0
+            while True:
+                done = await self._write(run)
+                total += done
+                if done < batch:
+                    break
+            counts[str(cutoff.kind)] = total
+        return counts
+
+    async def checkpoint(self) -> bool:
+        """Fold the WAL into the database and truncate it; True when nothing was left behind.
+
+        With ``secure_delete`` on, deleted rows are zeroed in the database pages, but
+        their old versions stay in WAL frames until a checkpoint resets the log; after an
+        erasure this is what removes the last copy of a shredded key from our files.
+        """
+        if self._closed:
+            raise StorageUnavailable("vault is closed")
+        loop = asyncio.get_running_loop()
+
+        def run() -> bool:
+            busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return int(busy) == 0
+
+        try:
+            return await loop.run_in_executor(self._executor, run)
+        except sqlite3.Error as exc:
+            raise StorageUnavailable("checkpoint failed") from exc
