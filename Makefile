@@ -28,6 +28,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # wrk drives the load (Debian package); without it bench falls back to bench/loadgen.py.
+# More schemathesis cases than the suite runs (which runs 2,200).
+fuzz: $(STAMP)
+	TOKENPROXY_FUZZ_EXAMPLES=$${TOKENPROXY_FUZZ_EXAMPLES:-20000} $(BIN)/pytest -p no:cacheprovider tests/resilience/test_fuzz.py
+
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| echo "wrk could not be installed: using the Python load generator"

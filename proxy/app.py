@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator
 
@@ -16,15 +17,16 @@ from proxy.audit import AUDIT_TASKS, drain_audit
 from proxy.clients import ClientRegistry
 from proxy.kek import load_provider
 from proxy.keystatus import refresh_key_metrics
+from proxy.limits import ApiRunner, server_options
 from proxy.metrics import Metrics
 from proxy.middleware import request_middleware
 from proxy.partners.base import Partner
+from proxy.partners.resilience import CircuitBreaker, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
 from proxy.routes import ROUTES
-from proxy.server import SafeAppRunner
 from proxy.service import Services
 from proxy.settings import Settings
-from vault import StorageUnavailable, Vault
+from vault import IdempotencyStore, StorageUnavailable, Vault, VaultError
 from vault.rotation import check_key_coverage
 
 _log = structlog.get_logger("tokenproxy")
@@ -77,12 +79,25 @@ def create_app(
                     timeout=settings.partner_timeout,
                     connect_timeout=settings.partner_connect_timeout,
                 )
-            app[SERVICES] = Services(vault=the_vault, partner=the_partner, metrics=app[METRICS])
+            app[SERVICES] = Services(
+                vault=the_vault,
+                partner=resilient(the_partner, settings, app[METRICS]),
+                metrics=app[METRICS],
+                idempotency=IdempotencyStore(
+                    the_vault,
+                    ttl=settings.idempotency_ttl,
+                    stale_after=settings.idempotency_stale_after,
+                ),
+            )
+            purger = asyncio.create_task(_purge_idempotency_keys(app[SERVICES], settings))
             app[_READY].set()
             app[METRICS].ready.set(1)
             yield
             app[_READY].clear()
             app[METRICS].ready.set(0)
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
             await drain_audit(app)
             if own_partner:
                 await the_partner.close()
@@ -94,6 +109,41 @@ def create_app(
     # After dependencies: stops (with a last flush of last-use marks) before the vault closes.
     app.cleanup_ctx.append(retention.background)
     return app
+
+
+def resilient(partner: Partner, settings: Settings, metrics: Metrics) -> Partner:
+    """``partner`` behind the retry policy and circuit breaker the settings describe."""
+    if isinstance(partner, ResilientPartner):
+        return partner
+    return ResilientPartner(
+        partner,
+        policy=RetryPolicy(
+            max_retries=settings.partner_max_retries,
+            budget=settings.partner_retry_budget,
+            backoff_base=settings.partner_backoff_base,
+            backoff_max=settings.partner_backoff_max,
+        ),
+        breaker=CircuitBreaker(
+            failures=settings.breaker_failures, reset_after=settings.breaker_reset
+        ),
+        metrics=metrics,
+    )
+
+
+async def _purge_idempotency_keys(services: Services, settings: Settings) -> None:
+    """Delete expired idempotency keys now and then (a quarter TTL, at most every 10 min)."""
+    store = services.idempotency
+    assert store is not None  # noqa: S101 - built just above
+    interval = min(settings.idempotency_ttl / 4, 600.0)
+    while True:
+        try:
+            purged = await store.purge_expired()
+        except VaultError:
+            _log.warning("idempotency_purge_failed")
+        else:
+            if purged:
+                _log.info("idempotency_purged", count=purged)
+        await asyncio.sleep(interval)
 
 
 def create_ops_app(api: web.Application) -> web.Application:
@@ -136,8 +186,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     """Run the API and ops listeners until SIGTERM/SIGINT (or ``stop``), then drain."""
     api = create_app(settings)
     ops = create_ops_app(api)
-    api_runner = SafeAppRunner(api, access_log=None, shutdown_timeout=settings.shutdown_grace)
-    ops_runner = SafeAppRunner(ops, access_log=None)
+    api_runner = ApiRunner(api, access_log=None, **server_options(settings))
+    ops_runner = ApiRunner(ops, access_log=None)
     await api_runner.setup()
     try:
         await ops_runner.setup()
@@ -151,7 +201,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         await stop.wait()
         _log.info("stopping", grace_seconds=settings.shutdown_grace)
     finally:
-        # API first: stop accepting, let in-flight requests finish, then close the vault.
+        # API first: stop accepting (the listening socket closes at once), let in-flight
+        # requests finish within the grace period, then close the partner pool and vault.
         await api_runner.cleanup()
         await ops_runner.cleanup()
         _log.info("stopped")

@@ -148,18 +148,21 @@ async def _undo_first_use(services: Services, customer_ref: str, reference: str)
         )
 
 
-async def store_payment_method(services: Services, new: NewRecord) -> Record:
+async def store_payment_method(
+    services: Services, new: NewRecord, *, token: str | None = None
+) -> Record:
     """Store a card or bank record; with a customer_ref, attach it to the customer first.
 
     A payment method the partner refuses to attach fails the request (402) and leaves
     nothing in the vault; a partner customer created for this request is deleted again.
+    ``token`` is the token an idempotent request reserved before its partner call.
     The unattached payment method stays at the partner: it belongs to no customer, can
     be neither charged off-session nor attached later without its data, and the partner
     offers no way to delete it.
     """
     vault, partner = services.vault, services.partner
     if new.customer_ref is None:
-        record: Record = await vault_call(services, "put", vault.put(new))
+        record: Record = await vault_call(services, "put", vault.put(new, token=token))
         return record
     reference = new.partner_reference
     if reference is None:  # pragma: no cover - adapters always return one
@@ -173,7 +176,7 @@ async def store_payment_method(services: Services, new: NewRecord) -> Record:
                 await _undo_first_use(services, new.customer_ref, customer.reference)
             raise
         try:
-            record = await vault_call(services, "put", vault.put(new))
+            record = await vault_call(services, "put", vault.put(new, token=token))
         except ProxyError:
             # Not stored, so not kept attached either.
             await _quietly(services, "detach", partner.detach(reference))

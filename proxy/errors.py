@@ -4,6 +4,7 @@
 
     ProxyError                      (500 api_error / internal_error)
     ├── InvalidRequest              (400 invalid_request_error)
+    │   ├── RequestTimeout          (408: the body arrived too slowly)
     │   ├── UnsupportedMediaType    (415)
     │   ├── PayloadTooLarge         (413)
     │   └── ValidationFailed        (422; card_error for card fields)
@@ -11,7 +12,9 @@
     ├── PermissionDenied            (403 permission_error)
     ├── NotFound                    (404 invalid_request_error)
     ├── MethodNotAllowed            (405 invalid_request_error)
-    ├── Conflict                    (409 idempotency_error / conflict)
+    ├── Conflict                    (409 invalid_request_error / conflict)
+    │   └── IdempotencyKeyInUse     (409 idempotency_error: the key's first request still runs)
+    ├── IdempotencyKeyReused        (422 idempotency_error)
     ├── RateLimited                 (429 rate_limit_error)
     ├── PartnerError                (502 partner_error)
     │   ├── PartnerDeclined         (402 card_error)
@@ -68,6 +71,11 @@ class InvalidRequest(ProxyError):
     default_code = "invalid_request"
 
 
+class RequestTimeout(InvalidRequest):
+    status = 408
+    default_code = "request_timeout"
+
+
 class UnsupportedMediaType(InvalidRequest):
     status = 415
     default_code = "unsupported_media_type"
@@ -119,6 +127,19 @@ class Conflict(ProxyError):
     default_code = "conflict"
 
 
+class IdempotencyKeyInUse(Conflict):
+    type = "idempotency_error"
+    default_code = "idempotency_key_in_use"
+
+
+class IdempotencyKeyReused(ProxyError):
+    """The Idempotency-Key was first used with another body (Stripe refuses this too)."""
+
+    status = 422
+    type = "idempotency_error"
+    default_code = "idempotency_key_reused"
+
+
 class RateLimited(ProxyError):
     status = 429
     type = "rate_limit_error"
@@ -141,10 +162,16 @@ class PartnerError(ProxyError):
         partner_request_id: str | None = None,
         decline_code: str | None = None,
         headers: dict[str, str] | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, code=code, param=param, headers=headers)
         self.partner_request_id = partner_request_id
         self.decline_code = decline_code
+        # Stripe's rule: only network errors, 409, 429 and 5xx may be retried (with the
+        # same idempotency key). Card errors and other 4xx would fail the same way again.
+        self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class PartnerDeclined(PartnerError):

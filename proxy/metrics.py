@@ -137,6 +137,39 @@ class Metrics:
         )
         # When the key gauges were last read from the vault (see proxy.keystatus).
         self.key_metrics_at = float("-inf")
+        # Resilience (issue 6).
+        self.partner_attempts = Counter(
+            "tokenproxy_partner_attempts",
+            "Single attempts at the payment partner (retries included), by outcome.",
+            ["partner", "operation", "outcome"],
+            registry=r,
+        )
+        self.partner_retries = Counter(
+            "tokenproxy_partner_retries",
+            "Partner calls retried (same idempotency key), by the error that caused the retry.",
+            ["partner", "operation", "reason"],
+            registry=r,
+        )
+        self.partner_circuit_state = Gauge(
+            "tokenproxy_partner_circuit_state",
+            "Partner circuit breaker: 0 closed, 1 open, 2 half-open.",
+            ["partner"],
+            registry=r,
+        )
+        self.idempotency = Counter(
+            "tokenproxy_idempotency_requests",
+            "Requests with an Idempotency-Key, by outcome (started, replayed, resumed,"
+            " in_use, reused).",
+            ["outcome"],
+            registry=r,
+        )
+        self.partner_orphans = Counter(
+            "tokenproxy_partner_orphans",
+            "Partner objects created whose vault write failed on a request without an"
+            " Idempotency-Key (no retry can link them; reconcile by the logged partner key).",
+            ["partner"],
+            registry=r,
+        )
         Info("tokenproxy_build", "Build information.", registry=r).info({"version": version})
 
     def child(self, metric: MetricWrapperBase, *values: str) -> Any:

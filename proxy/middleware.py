@@ -7,6 +7,7 @@ own code and status; aiohttp's HTTP exceptions are translated; anything else is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -16,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from proxy import publishable
-from proxy.appkeys import CLIENTS, METRICS
+from proxy.appkeys import CLIENTS, METRICS, SETTINGS
 from proxy.audit import audit_auth_failure
 from proxy.clients import Client
 from proxy.errors import (
@@ -27,8 +28,10 @@ from proxy.errors import (
     PayloadTooLarge,
     PermissionDenied,
     ProxyError,
+    RequestTimeout,
     UnsupportedMediaType,
 )
+from proxy.limits import MAX_JSON_DEPTH, json_too_deep
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -100,6 +103,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             error = ProxyError("An internal error occurred.")
         if error is not None:
             response = render_error(error, request_id)
+            if error.headers.get("Connection") == "close":
+                response.force_close()
         response.headers["X-Request-Id"] = request_id
         return response
     finally:
@@ -162,10 +167,24 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
 
 
 async def read_json(request: web.Request) -> object:
-    """The request body as JSON; 415 for another media type, 400 for bad JSON."""
+    """The request body as JSON; 415 for another media type, 400 for bad or too deep JSON.
+
+    The body must arrive within TOKENPROXY_BODY_READ_TIMEOUT (else 408 and the
+    connection is closed): a client trickling bytes must not hold a handler forever.
+    """
     if request.content_type != "application/json":
         raise UnsupportedMediaType("Send the body as application/json.")
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].body_read_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            "The request body did not arrive in time.", headers={"Connection": "close"}
+        ) from None
+    if json_too_deep(raw):
+        raise InvalidRequest(
+            f"JSON may nest at most {MAX_JSON_DEPTH} levels deep.", code="json_too_deep"
+        )
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):

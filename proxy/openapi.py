@@ -261,10 +261,11 @@ DOCUMENT: dict[str, Any] = {
                     "exp_year": {"type": ["integer", "string"]},
                     "cvc": {"type": "string"},
                     "holder_name": {"type": "string", "maxLength": 100},
-                    "customer_ref": {"type": "string", "maxLength": 64},
+                    "customer_ref": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,64}$"},
                     "metadata": {
                         "type": "object",
                         "maxProperties": 20,
+                        "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,40}$"},
                         "additionalProperties": {"type": "string", "maxLength": 500},
                     },
                 },
@@ -308,6 +309,26 @@ DOCUMENT: dict[str, Any] = {
             "post": {
                 "operationId": "createCard",
                 "summary": "Tokenize a card (scope: tokenize)",
+                "description": (
+                    "With an Idempotency-Key the first answer (201 or 402) is stored and"
+                    " replayed for the same key and body, marked Idempotent-Replayed: true;"
+                    " another body is 422 idempotency_key_reused, a key still in flight"
+                    " 409 idempotency_key_in_use. Keys are scoped per client and expire"
+                    " after 24 h."
+                ),
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 255,
+                            "pattern": "^[!-~]([ -~]*[!-~])?$",
+                        },
+                    }
+                ],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -316,14 +337,22 @@ DOCUMENT: dict[str, Any] = {
                 },
                 "responses": {
                     "201": {
-                        "description": "Tokenized",
+                        "description": "Tokenized (or the replay of a stored answer)",
+                        "headers": {
+                            "Idempotent-Replayed": {
+                                "schema": {"type": "string", "enum": ["true"]},
+                                "description": "Present when this is a stored answer replayed",
+                            }
+                        },
                         "content": {
                             "application/json": {
                                 "schema": {"$ref": "#/components/schemas/CardToken"}
                             }
                         },
                     },
-                    **_error_responses(400, 401, 402, 403, 413, 415, 422, 429, 502, 503, 504),
+                    **_error_responses(
+                        400, 401, 402, 403, 405, 408, 409, 413, 415, 422, 429, 502, 503, 504
+                    ),
                 },
             },
             "options": {
@@ -349,7 +378,7 @@ DOCUMENT: dict[str, Any] = {
                             }
                         },
                     },
-                    **_error_responses(401, 403, 404, 503),
+                    **_error_responses(400, 401, 403, 404, 405, 503),
                 },
             }
         },
@@ -358,7 +387,10 @@ DOCUMENT: dict[str, Any] = {
                 "operationId": "elementsCard",
                 "summary": "Hosted card fields page for an iframe (frame-ancestors: CORS origins)",
                 "security": [],
-                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+                "responses": {
+                    "200": {"description": "HTML", "content": {"text/html": {}}},
+                    **_error_responses(404, 405),
+                },
             }
         },
         "/elements/{asset}": {
@@ -374,7 +406,10 @@ DOCUMENT: dict[str, Any] = {
                         "schema": {"enum": ["tokenproxy.js", "card.js", "card.css"]},
                     }
                 ],
-                "responses": {"200": {"description": "Script or style sheet"}},
+                "responses": {
+                    "200": {"description": "Script or style sheet"},
+                    **_error_responses(404, 405),
+                },
             }
         },
         "/openapi.json": {
@@ -382,7 +417,13 @@ DOCUMENT: dict[str, Any] = {
                 "operationId": "openapi",
                 "summary": "This document",
                 "security": [],
-                "responses": {"200": {"description": "OpenAPI document"}},
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI document",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_error_responses(400, 405),
+                },
             }
         },
     },

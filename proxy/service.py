@@ -11,12 +11,29 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import structlog
+
 from proxy.errors import NotFound, PartnerError, ServiceUnavailable
 from proxy.locks import KeyedLocks
 from proxy.metrics import Metrics
-from proxy.partners.base import Partner
-from proxy.validation import parse_card_request
-from vault import DecryptionFailed, Kind, NewRecord, RecordNotFound, Vault, VaultError, iso
+from proxy.partners.base import Partner, PartnerCard
+from proxy.partners.resilience import new_partner_key
+from proxy.validation import CardRequest, parse_card_request
+from vault import (
+    DecryptionFailed,
+    IdempotencyBusy,
+    IdempotencyMismatch,
+    IdempotencyStore,
+    Kind,
+    NewRecord,
+    Record,
+    RecordNotFound,
+    Vault,
+    VaultError,
+    iso,
+)
+
+_log = structlog.get_logger("tokenproxy.service")
 
 
 @dataclass(slots=True)
@@ -26,22 +43,52 @@ class Services:
     vault: Vault
     partner: Partner
     metrics: Metrics
+    # Built by create_app; None only where a test wires Services by hand without it.
+    idempotency: IdempotencyStore | None = None
     # Per-customer serialisation of first use, attach and erasure (proxy.customers).
     locks: KeyedLocks = field(default_factory=KeyedLocks)
 
 
 async def tokenize_card(services: Services, body: object, *, today: date) -> dict[str, Any]:
-    """Validate a card, hand it to the partner, store the partner's reference; return the token."""
+    """Validate a card, hand it to the partner, store the partner's reference; return the token.
+
+    Without an Idempotency-Key the partner call still carries a per-request partner key,
+    so the proxy's own retries cannot create a second payment method.
+    """
     card = parse_card_request(body, today=today)
+    partner_key = new_partner_key()
+    created = await create_at_partner(services, card, partner_key)
+    try:
+        record = await store_card(services, card, created)
+    except ServiceUnavailable:
+        # The partner holds a card we could not link: no retry can find it again (the
+        # client sent no key). Count it and log the partner key, which the partner's
+        # request log is searchable by, so an operator can reconcile.
+        services.metrics.partner_orphans.labels(services.partner.name).inc()
+        _log.error("partner_reference_orphaned", partner_idempotency_key=partner_key)
+        raise
+    return card_response(record)
+
+
+async def ensure_vault_up(services: Services) -> None:
+    """Refuse (503) before a partner call while the vault is known to be down.
+
+    A payment method created at the partner that we then cannot store is an orphan, so
+    while the vault's last call failed we re-check it first. Free while healthy (a
+    flag); one ping while down, which also marks it healthy again once it answers.
+    """
     if not services.vault.healthy:
-        # The vault last failed to answer: re-check before the partner creates a payment
-        # method we could not store. Free while healthy (a flag), one ping while down.
         await _vault_call(services, "ping", services.vault.ping())
+
+
+async def create_at_partner(services: Services, card: CardRequest, partner_key: str) -> PartnerCard:
+    """The partner call for a card, timed and counted; refused while the vault is down."""
+    await ensure_vault_up(services)
     partner = services.partner
     metrics = services.metrics
     started = time.perf_counter()
     try:
-        created = await partner.create_card(card)
+        created = await partner.create_card(card, idempotency_key=partner_key)
     except PartnerError as exc:
         metrics.child(metrics.partner_requests, partner.name, "create_card", exc.code).inc()
         raise
@@ -50,24 +97,44 @@ async def tokenize_card(services: Services, body: object, *, today: date) -> dic
             time.perf_counter() - started
         )
     metrics.child(metrics.partner_requests, partner.name, "create_card", "ok").inc()
-    details = {"brand": card.brand, "last4": card.number.last4, "masked": card.number.masked}
-    # With a customer_ref the card is attached to the customer's partner customer first.
-    from proxy.customers import store_payment_method
+    return created
 
+
+async def store_card(
+    services: Services, card: CardRequest, created: PartnerCard, *, token: str | None = None
+) -> Record:
+    """Seal the partner's answer into the vault under a new (or the given) token.
+
+    With a customer_ref the card is first attached to the customer's partner customer.
+    """
+    from proxy.customers import store_payment_method  # proxy.customers imports this module
+
+    details = {"brand": card.brand, "last4": card.number.last4, "masked": card.number.masked}
     record = await store_payment_method(
         services,
         NewRecord(
             kind=Kind.CARD,
-            partner=partner.name,
+            partner=services.partner.name,
             partner_reference=created.reference,
             details=details,
             customer_ref=card.customer_ref,
             metadata=card.metadata,
             fingerprint=created.fingerprint,
         ),
+        token=token,
     )
-    metrics.child(metrics.tokens_created, "card").inc()
-    return {"token": record.token, "kind": "card", **details, "created_at": iso(record.created_at)}
+    services.metrics.child(services.metrics.tokens_created, "card").inc()
+    return record
+
+
+def card_response(record: Record) -> dict[str, Any]:
+    """The body of a 201 for a card token."""
+    return {
+        "token": record.token,
+        "kind": "card",
+        **{k: record.details[k] for k in ("brand", "last4", "masked")},
+        "created_at": iso(record.created_at),
+    }
 
 
 async def read_token(services: Services, token: str, *, resolve: bool) -> dict[str, Any]:
@@ -90,7 +157,7 @@ async def _vault_call(services: Services, operation: str, call: Any) -> Any:
     started = time.perf_counter()
     try:
         return await call
-    except RecordNotFound:
+    except (RecordNotFound, IdempotencyMismatch, IdempotencyBusy):
         raise
     except DecryptionFailed:
         metrics.decryption_failures.inc()
@@ -107,5 +174,5 @@ async def _vault_call(services: Services, operation: str, call: Any) -> Any:
         metrics.child(metrics.vault_duration, operation).observe(time.perf_counter() - started)
 
 
-# Public name for the lifecycle modules (proxy.customers, proxy.accounts, proxy.invoices).
+# Public name for proxy.idempotency and the lifecycle modules (customers, accounts, invoices).
 vault_call = _vault_call

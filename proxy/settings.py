@@ -94,6 +94,16 @@ class Settings:
     kms_key_id: str | None = None
     kms_endpoint: str | None = None
     kms_region: str | None = None
+    # Resilience (issue 6): idempotency, partner retries, circuit breaker, request limits.
+    idempotency_ttl: float = 24 * 3600.0
+    partner_max_retries: int = 2
+    partner_retry_budget: float = 20.0
+    partner_backoff_base: float = 0.2
+    partner_backoff_max: float = 2.0
+    breaker_failures: int = 5
+    breaker_reset: float = 30.0
+    body_read_timeout: float = 10.0
+    max_header_bytes: int = 8190
     cors_origins: tuple[str, ...] = ()
     publishable_rate_per_minute: float = 30.0
     publishable_burst: int = 10
@@ -194,6 +204,7 @@ class Settings:
                 env["TOKENPROXY_LAST_USED_FLUSH_INTERVAL"],
                 minimum=0.05,
             )
+        kwargs.update(_resilience_settings(env))
         if "TOKENPROXY_CORS_ORIGINS" in env:
             try:
                 kwargs["cors_origins"] = parse_origin_list(env["TOKENPROXY_CORS_ORIGINS"])
@@ -247,8 +258,44 @@ class Settings:
             },
             "purge_interval": self.purge_interval,
             "kek_provider": self.kek_provider,
+            "partner_max_retries": self.partner_max_retries,
+            "idempotency_ttl": self.idempotency_ttl,
             "cors_origins": list(self.cors_origins),
         }
+
+    @property
+    def idempotency_stale_after(self) -> float:
+        """How long an in-flight idempotency record may go untouched before a retry takes it over.
+
+        The owner's whole partner phase is bounded by the retry budget plus one more call's
+        timeout; the margin covers the vault writes around it and clock skew between replicas.
+        """
+        return self.partner_retry_budget + self.partner_timeout + 30.0
+
+
+def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """The idempotency, retry, breaker and request-limit settings (issue 6)."""
+    floats = {
+        "TOKENPROXY_IDEMPOTENCY_TTL": ("idempotency_ttl", 60.0),
+        "TOKENPROXY_PARTNER_RETRY_BUDGET": ("partner_retry_budget", 0.0),
+        "TOKENPROXY_PARTNER_BACKOFF_BASE": ("partner_backoff_base", 0.0),
+        "TOKENPROXY_PARTNER_BACKOFF_MAX": ("partner_backoff_max", 0.0),
+        "TOKENPROXY_BREAKER_RESET": ("breaker_reset", 0.05),
+        "TOKENPROXY_BODY_READ_TIMEOUT": ("body_read_timeout", 0.1),
+    }
+    ints = {
+        "TOKENPROXY_PARTNER_MAX_RETRIES": ("partner_max_retries", 0),
+        "TOKENPROXY_BREAKER_FAILURES": ("breaker_failures", 1),
+        "TOKENPROXY_MAX_HEADER_BYTES": ("max_header_bytes", 1024),
+    }
+    out: dict[str, object] = {}
+    for name, (attr, minimum) in floats.items():
+        if name in env:
+            out[attr] = _float(name, env[name], minimum=minimum)
+    for name, (attr, low) in ints.items():
+        if name in env:
+            out[attr] = _int(name, env[name], minimum=low)
+    return out
 
 
 def _kek_settings(env: Mapping[str, str]) -> dict[str, object]:

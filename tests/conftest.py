@@ -15,11 +15,11 @@ from aiohttp import web
 
 from proxy.app import create_app, create_ops_app
 from proxy.clients import ClientRegistry, add_client, parse_scopes
+from proxy.limits import ApiRunner
 from proxy.log import configure_logging
 from proxy.metrics import Metrics
 from proxy.partners.stripe import StripePartner
 from proxy.sandbox import SANDBOX_API_KEY, Localstripe, free_port
-from proxy.server import SafeAppRunner
 from proxy.settings import Settings
 from tests.backends import (
     PG_HOST,
@@ -212,8 +212,8 @@ async def running_proxy(
     """Serve the full proxy with ``settings`` on loopback until the block ends."""
     app = create_app(settings, metrics=Metrics())
     ops = create_ops_app(app)
-    runner = SafeAppRunner(app, access_log=None)
-    ops_runner = SafeAppRunner(ops, access_log=None)
+    runner = ApiRunner(app, access_log=None)
+    ops_runner = ApiRunner(ops, access_log=None)
     await runner.setup()
     await ops_runner.setup()
     try:

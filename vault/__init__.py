@@ -14,6 +14,15 @@ from vault.errors import (
     UnknownKeyVersion,
     VaultError,
 )
+from vault.idempotency import (
+    Claim,
+    IdempotencyBusy,
+    IdempotencyMismatch,
+    IdempotencyOwnershipLost,
+    IdempotencyStore,
+    Owner,
+    Replay,
+)
 from vault.keyring import KekProvider, KeyRing, LocalKekProvider
 from vault.lifecycle import MAX_PAGE, Erasure, Page, PartnerCustomer
 from vault.records import Kind, NewRecord, Record, iso, new_token, token_kind, utcnow
@@ -23,9 +32,14 @@ from vault.store import Vault, open_backend
 __all__ = [
     "MAX_PAGE",
     "AuditUnavailable",
+    "Claim",
     "DecryptionFailed",
     "DuplicateRecord",
     "Erasure",
+    "IdempotencyBusy",
+    "IdempotencyMismatch",
+    "IdempotencyOwnershipLost",
+    "IdempotencyStore",
     "KekProvider",
     "KeyInUse",
     "KeyRing",
@@ -33,10 +47,12 @@ __all__ = [
     "Kind",
     "LocalKekProvider",
     "NewRecord",
+    "Owner",
     "Page",
     "PartnerCustomer",
     "Record",
     "RecordNotFound",
+    "Replay",
     "RetentionPolicy",
     "StorageUnavailable",
     "UnknownKeyVersion",

@@ -146,8 +146,14 @@ class Vault(VaultLifecycle):
 
     # -- records --------------------------------------------------------------
 
-    async def put(self, new: NewRecord) -> Record:
-        """Seal and store a new record; returns once it is durable."""
+    async def put(self, new: NewRecord, *, token: str | None = None) -> Record:
+        """Seal and store a new record; returns once it is durable.
+
+        ``token`` (from :func:`new_token`) lets a caller choose the token up front, so
+        a write retried after a crash is recognisable (idempotent requests use it).
+        """
+        if token is not None and token_kind(token) != new.kind:
+            raise VaultError("token does not match the record kind")
         customer_idx = self.index("customer", new.customer_ref) if new.customer_ref else None
         fingerprint_idx = (
             self.index(f"fingerprint:{new.kind}", new.fingerprint) if new.fingerprint else None
@@ -162,7 +168,7 @@ class Vault(VaultLifecycle):
                 dek_row, sealer = self._new_dek(customer_idx)
                 dek_id = dek_row.dek_id
             record = Record(
-                token=new_token(new.kind),
+                token=token or new_token(new.kind),
                 kind=new.kind,
                 partner=new.partner,
                 partner_reference=new.partner_reference,

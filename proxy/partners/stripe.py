@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -89,8 +90,48 @@ def silence_sdk_logging() -> None:
     stripe._util.STRIPE_LOG = None  # read from the environment at import time
 
 
+def _retry_after(exc: stripe.StripeError) -> float | None:
+    """Stripe's Retry-After header in seconds (delta form only; capped at an hour)."""
+    headers = exc.headers or {}
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), 3600.0)
+
+
+def retry_rule(exc: stripe.StripeError) -> tuple[bool, float | None]:
+    """Whether Stripe's rules allow a retry (same idempotency key), and its Retry-After.
+
+    Network errors, 409 (a concurrent request on the same key), 429 and 5xx may be
+    retried; every other 4xx would fail again the same way. An explicit
+    ``Stripe-Should-Retry`` header overrides the status, as the Stripe SDKs do.
+    """
+    if isinstance(exc, stripe.APIConnectionError):
+        return True, None
+    headers = exc.headers or {}
+    should = headers.get("stripe-should-retry") or headers.get("Stripe-Should-Retry")
+    if should in {"true", "false"}:
+        return should == "true", _retry_after(exc)
+    status = exc.http_status or 0
+    if status in {409, 429} or status >= 500:
+        return True, _retry_after(exc)
+    return False, None
+
+
 def translate_error(exc: stripe.StripeError) -> PartnerError:
     """Map a Stripe SDK error to ours, keeping Stripe's request id and codes only."""
+    error = _translate(exc)
+    error.retryable, error.retry_after = retry_rule(exc)
+    return error
+
+
+def _translate(exc: stripe.StripeError) -> PartnerError:
     request_id = exc.request_id
     code = exc.code if exc.code in _CARD_CODES else None
     decline_code = getattr(exc, "error", None) and getattr(exc.error, "decline_code", None)

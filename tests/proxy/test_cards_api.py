@@ -189,7 +189,7 @@ async def test_invalid_card_is_422_and_never_reaches_partner(proxy: RunningProxy
         (
             {"data": b"[" * 5000 + b"]" * 5000, "headers": {"Content-Type": "application/json"}},
             400,
-            "invalid_json",
+            "json_too_deep",
         ),
     ],
     ids=["bad-json", "form", "not-object", "unknown-field", "too-large", "deep-nesting"],

@@ -97,6 +97,23 @@ AuditLinker = Callable[[str, AuditEntry], str]
 AUDIT_GENESIS = "0" * 64
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyRow:
+    """One row of ``idempotency_keys`` (column order = field order; expiry last)."""
+
+    key_idx: str
+    request_mac: str
+    state: str
+    owner: str | None
+    kek_version: int
+    wrapped_dek: bytes
+    partner_result: bytes | None
+    response: bytes | None
+    created_at: str
+    updated_at: str
+    expires_at: str
+
+
 class Backend(Protocol):
     """Storage for records and data keys; every method is one short transaction."""
 

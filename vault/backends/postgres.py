@@ -35,6 +35,7 @@ from vault.backends.base import (
     DekRow,
     RecordRow,
 )
+from vault.backends.postgres_idempotency import PostgresIdempotencyMixin
 from vault.backends.postgres_lifecycle import PostgresLifecycleMixin
 from vault.backends.sqlite import migration_scripts
 from vault.errors import DuplicateRecord, StorageUnavailable
@@ -102,7 +103,7 @@ def session_settings(url: str) -> dict[str, str]:
     return {"synchronous_commit": wanted if wanted in _DURABLE_LEVELS else "on"}
 
 
-class PostgresBackend(PostgresLifecycleMixin):
+class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
     """The backend for several replicas on one PostgreSQL database."""
 
     name = "postgres"

@@ -27,6 +27,7 @@ from vault.backends.base import (
     AuditRow,
     DekRewrap,
     DekRow,
+    IdempotencyRow,
     RecordRow,
 )
 from vault.backends.sqlite_lifecycle import SqliteLifecycleMixin
@@ -42,6 +43,7 @@ _DEK_COLUMNS = "dek_id, customer_idx, kek_version, wrapped, created_at"
 _AUDIT_COLUMNS = (
     "seq, occurred_at, event_type, outcome, actor, origin, resource, detail, prev_hash, hash"
 )
+_IDEM_COLUMNS = ", ".join(IdempotencyRow.__slots__)
 
 
 def _connect(path: str, *, timeout_ms: int) -> sqlite3.Connection:
@@ -274,6 +276,99 @@ class SqliteBackend(SqliteLifecycleMixin):
                 ),
             )
             return row
+
+        return await self._write(run)
+
+    # -- idempotency keys (vault.idempotency holds the logic) -------------------
+
+    async def idempotency_insert(self, row: IdempotencyRow) -> IdempotencyRow | None:
+        """Insert ``row`` unless a live row has its key; returns that live row, else None.
+
+        One write transaction (BEGIN IMMEDIATE), so two requests (or two processes)
+        racing on one key cannot both insert: exactly one gets None.
+        """
+
+        def run(conn: sqlite3.Connection) -> IdempotencyRow | None:
+            found = conn.execute(
+                f"SELECT {_IDEM_COLUMNS} FROM idempotency_keys WHERE key_idx = ?",  # noqa: S608
+                (row.key_idx,),
+            ).fetchone()
+            if found is not None and found[-1] > row.created_at:
+                return IdempotencyRow(*found)
+            conn.execute("DELETE FROM idempotency_keys WHERE key_idx = ?", (row.key_idx,))
+            conn.execute(
+                f"INSERT INTO idempotency_keys ({_IDEM_COLUMNS})"  # noqa: S608
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                tuple(getattr(row, name) for name in IdempotencyRow.__slots__),
+            )
+            return None
+
+        return await self._write(run)
+
+    async def idempotency_claim(
+        self, key_idx: str, *, owner_was: str | None, updated_was: str, owner: str, now: str
+    ) -> bool:
+        """Take over an in-flight row if nobody touched it since it was read (compare-and-set)."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE idempotency_keys SET owner = ?, updated_at = ?"
+                " WHERE key_idx = ? AND state = 'in_flight' AND owner IS ? AND updated_at = ?",
+                (owner, now, key_idx, owner_was, updated_was),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(run)
+
+    async def idempotency_update(
+        self,
+        key_idx: str,
+        *,
+        owner: str,
+        now: str,
+        partner_result: bytes | None = None,
+        response: bytes | None = None,
+        release: bool = False,
+    ) -> bool:
+        """Store the partner result or the final response (which ends the row's flight).
+
+        Only the current owner may write; False means another process took the row over.
+        """
+
+        def run(conn: sqlite3.Connection) -> bool:
+            sets = ["updated_at = ?"]
+            args: list[Any] = [now]
+            if partner_result is not None:
+                sets.append("partner_result = ?")
+                args.append(partner_result)
+            if response is not None:
+                sets.append("response = ?, state = 'done', owner = NULL")
+                args.append(response)
+            elif release:
+                sets.append("owner = NULL")
+            cur = conn.execute(
+                f"UPDATE idempotency_keys SET {', '.join(sets)}"  # noqa: S608 - fixed fragments
+                " WHERE key_idx = ? AND state = 'in_flight' AND owner = ?",
+                (*args, key_idx, owner),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(run)
+
+    async def idempotency_get(self, key_idx: str) -> IdempotencyRow | None:
+        """One idempotency row by key index."""
+        row = self._read_one(
+            f"SELECT {_IDEM_COLUMNS} FROM idempotency_keys WHERE key_idx = ?",  # noqa: S608
+            (key_idx,),
+        )
+        return IdempotencyRow(*row) if row else None
+
+    async def idempotency_purge(self, now: str) -> int:
+        """Delete every row whose expiry has passed; returns how many."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            cur = conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (now,))
+            return cur.rowcount
 
         return await self._write(run)
 

@@ -1,0 +1,190 @@
+"""Idempotent card tokenization: the Idempotency-Key header, Stripe's semantics.
+
+* Same key + same body: the first answer again (status and body byte for byte), with
+  ``Idempotent-Replayed: true``.
+* Same key + another body: ``422 idempotency_key_reused`` (422 rather than 409: the
+  request itself is wrong and retrying it can never succeed; 409 is kept for the
+  transient "still in flight" case, which a retry later resolves).
+* Key still being processed: ``409 idempotency_key_in_use``.
+* Validation errors (400/422) are answered before the key is recorded, as Stripe
+  does: fixing the body and retrying with the same key works.
+* Final answers stored: 201 and card declines (402). Transient failures (partner
+  unreachable or timing out, vault down) are not stored: the key is released and the
+  retry runs again, with the same partner idempotency key, so it completes the first
+  attempt rather than repeating it.
+
+Crash recovery: the partner's answer and the token to use are stored (sealed) before
+the vault write, so a retry after the process died between the two finishes the
+write; one that died during the partner call repeats it with the same partner key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from datetime import date
+
+from aiohttp import web
+
+from proxy.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    PartnerDeclined,
+    ServiceUnavailable,
+)
+from proxy.partners.base import PartnerCard
+from proxy.service import Services, card_response, create_at_partner, store_card, vault_call
+from proxy.validation import CardRequest, parse_card_request
+from vault import (
+    Claim,
+    IdempotencyBusy,
+    IdempotencyMismatch,
+    IdempotencyStore,
+    Kind,
+    Record,
+    RecordNotFound,
+    Replay,
+    new_token,
+)
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response to send as is: status, JSON bytes, extra headers."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def response(self) -> web.Response:
+        """As an aiohttp response."""
+        return web.Response(
+            status=self.status,
+            body=self.body,
+            content_type="application/json",
+            headers=self.headers,
+        )
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The request's Idempotency-Key: None when absent; 400 unless 1-255 printable ASCII."""
+    values = request.headers.getall(HEADER, [])
+    if not values:
+        return None
+    key = values[0]
+    if (
+        len(values) > 1
+        or not 1 <= len(key) <= MAX_KEY_LENGTH
+        or not all(" " <= ch <= "~" for ch in key)
+    ):
+        raise InvalidRequest(
+            "Idempotency-Key must be one header of 1 to 255 printable ASCII characters.",
+            code="invalid_idempotency_key",
+            param=HEADER,
+        )
+    return key
+
+
+def _store(services: Services) -> IdempotencyStore:
+    if services.idempotency is None:
+        raise ServiceUnavailable("Idempotency keys are not available.", code="vault_unavailable")
+    return services.idempotency
+
+
+async def tokenize_card_once(
+    services: Services,
+    *,
+    client: str,
+    key: str,
+    raw: bytes,
+    body: object,
+    today: date,
+    request_id: str,
+) -> Answer:
+    """Tokenize a card at most once per (client, key); replay the stored answer after that."""
+    card = parse_card_request(body, today=today)
+    store = _store(services)
+    counter = services.metrics.idempotency
+    try:
+        begun = await vault_call(services, "idempotency_begin", store.begin(client, key, raw))
+    except IdempotencyMismatch:
+        counter.labels("reused").inc()
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was used with a different request body.", param=HEADER
+        ) from None
+    except IdempotencyBusy:
+        counter.labels("in_use").inc()
+        raise IdempotencyKeyInUse(
+            "A request with this Idempotency-Key is still being processed; retry later.",
+            param=HEADER,
+            headers={"Retry-After": "1"},
+        ) from None
+    if isinstance(begun, Replay):
+        counter.labels("replayed").inc()
+        return Answer(begun.status, begun.body, {REPLAYED_HEADER: "true"})
+    claim: Claim = begun
+    counter.labels("resumed" if claim.resumed else "started").inc()
+    try:
+        answer = await _run(services, store, claim, card, request_id)
+    except asyncio.CancelledError:
+        store.abandon(claim)
+        raise
+    except BaseException:
+        # Outcome unknown (partner timeout, vault failure): hand the key back so the
+        # client's retry resumes it at once, with the same partner key.
+        try:
+            await store.release(claim)
+        except Exception:  # noqa: BLE001 - the original error is what the client must see
+            store.abandon(claim)
+        raise
+    return answer
+
+
+async def _run(
+    services: Services, store: IdempotencyStore, claim: Claim, card: CardRequest, request_id: str
+) -> Answer:
+    existing: Record | None = None
+    if claim.partner_result is None:
+        try:
+            created = await create_at_partner(services, card, claim.partner_key)
+        except PartnerDeclined as exc:
+            # A decline is the final answer for this body: store it to replay, then let
+            # the middleware render it as usual.
+            rendered = json.dumps(exc.body(request_id)).encode()
+            await vault_call(
+                services, "idempotency_complete", store.complete(claim, exc.status, rendered)
+            )
+            raise
+        token = new_token(Kind.CARD)
+        result = {
+            "reference": created.reference,
+            "fingerprint": created.fingerprint,
+            "last4": created.last4,
+            "partner_brand": created.partner_brand,
+            "token": token,
+        }
+        await vault_call(services, "idempotency_partner", store.record_partner(claim, result))
+    else:
+        stored = claim.partner_result
+        created = PartnerCard(
+            reference=stored["reference"],
+            fingerprint=stored["fingerprint"],
+            last4=stored["last4"],
+            partner_brand=stored["partner_brand"],
+        )
+        token = stored["token"]
+        try:
+            # The process that died may have stored the token already.
+            existing = await vault_call(services, "get", services.vault.get(token))
+        except RecordNotFound:
+            existing = None
+    record = existing or await store_card(services, card, created, token=token)
+    body = json.dumps(card_response(record)).encode()
+    await vault_call(services, "idempotency_complete", store.complete(claim, 201, body))
+    return Answer(201, body)

@@ -1,0 +1,257 @@
+"""Retries, backoff and a circuit breaker around any partner adapter.
+
+Stripe's rules are the anchor: a call may be retried only after a network error, a
+409, a 429 (after its Retry-After) or a 5xx, and every retry carries the *same*
+idempotency key so the partner replays its first answer instead of creating a second
+payment method. Card errors and other 4xx are final. Retries are bounded in count and
+in total time, and sleep an exponentially growing, fully jittered delay (AWS
+"Exponential Backoff and Jitter": ``uniform(0, min(cap, base * 2**n))``) so a fleet of
+proxies does not retry in lock step.
+
+The circuit breaker stops a dead partner from holding every request for its full
+timeout: after ``failures`` consecutive unhealthy attempts it opens and answers
+``503 partner_circuit_open`` at once; after ``reset_after`` seconds it lets one probe
+through (half-open); a healthy probe closes it, an unhealthy one opens it again.
+Only partner *health* failures count (network errors, timeouts, 5xx): a declined
+card or a 429 says nothing about whether the partner is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import structlog
+
+from proxy.errors import PartnerError, PartnerTimeout, PartnerUnavailable
+from proxy.partners.base import Partner, PartnerBankAccount, PartnerCard
+
+if TYPE_CHECKING:
+    from proxy.accounts import BankAccountRequest
+    from proxy.metrics import Metrics
+    from proxy.validation import CardRequest
+
+T = TypeVar("T")
+_log = structlog.get_logger("tokenproxy.partner")
+
+
+def new_partner_key() -> str:
+    """A per-request partner idempotency key for calls that came without a client key.
+
+    It lives only for one request, but makes the proxy's own retries of that request
+    safe: the partner replays its first answer rather than create a second card.
+    """
+    return "tp_" + secrets.token_hex(16)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how long to retry a partner call."""
+
+    max_retries: int = 2
+    budget: float = 20.0
+    backoff_base: float = 0.2
+    backoff_max: float = 2.0
+
+    def delay(self, retry: int, retry_after: float | None) -> float:
+        """The sleep before retry number ``retry`` (0-based): full jitter, at least Retry-After."""
+        cap = min(self.backoff_max, self.backoff_base * (2**retry))
+        jitter = random.uniform(0, cap)  # noqa: S311 - jitter, not a secret
+        return max(jitter, retry_after or 0.0)
+
+
+class CircuitState(enum.IntEnum):
+    """Gauge values of ``tokenproxy_partner_circuit_state``."""
+
+    CLOSED = 0
+    OPEN = 1
+    HALF_OPEN = 2
+
+
+class CircuitBreaker:
+    """Consecutive-failure circuit breaker with a single half-open probe."""
+
+    def __init__(
+        self,
+        *,
+        failures: int = 5,
+        reset_after: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[CircuitState], None] | None = None,
+    ) -> None:
+        self.failures = failures
+        self.reset_after = reset_after
+        self._clock = clock
+        self._on_change = on_change
+        self._state = CircuitState.CLOSED
+        self._consecutive = 0
+        self._opened_at = 0.0
+        self._probing = False
+
+    @property
+    def state(self) -> CircuitState:
+        """The current state (an open breaker past its reset time reads as half-open)."""
+        if self._state is CircuitState.OPEN and self._clock() - self._opened_at >= self.reset_after:
+            self._set(CircuitState.HALF_OPEN)
+        return self._state
+
+    def retry_in(self) -> float:
+        """Seconds until an open breaker lets a probe through."""
+        return max(0.0, self.reset_after - (self._clock() - self._opened_at))
+
+    def acquire(self) -> bool:
+        """May a call go out now? In half-open state only one probe at a time may."""
+        state = self.state
+        if state is CircuitState.CLOSED:
+            return True
+        if state is CircuitState.HALF_OPEN and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def success(self) -> None:
+        """A healthy answer: close the breaker."""
+        self._probing = False
+        self._consecutive = 0
+        if self._state is not CircuitState.CLOSED:
+            self._set(CircuitState.CLOSED)
+
+    def failure(self) -> None:
+        """An unhealthy answer: count it; open on the threshold or a failed probe."""
+        self._consecutive += 1
+        if self._state is CircuitState.HALF_OPEN or self._consecutive >= self.failures:
+            self._probing = False
+            self._opened_at = self._clock()
+            self._set(CircuitState.OPEN)
+
+    def release(self) -> None:
+        """A call that said nothing about health (a decline, a 429): free the probe slot."""
+        self._probing = False
+
+    def _set(self, state: CircuitState) -> None:
+        if state is not self._state:
+            self._state = state
+            _log.warning("partner_circuit", state=state.name.lower())
+        if self._on_change is not None:
+            self._on_change(state)
+
+
+def _unhealthy(exc: PartnerError) -> bool:
+    """Failures that say the partner is down or broken (not a decline, not rate limiting)."""
+    return isinstance(exc, PartnerTimeout) or (
+        exc.retryable and exc.code not in {"partner_rate_limited"}
+    )
+
+
+class ResilientPartner:
+    """A Partner that retries by Stripe's rules and trips a circuit breaker; wraps any Partner."""
+
+    def __init__(
+        self,
+        inner: Partner,
+        *,
+        policy: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        metrics: Metrics | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.policy = policy or RetryPolicy()
+        self.breaker = breaker or CircuitBreaker()
+        self._metrics = metrics
+        self._sleep = sleep
+        if metrics is not None:
+            gauge = metrics.partner_circuit_state.labels(self.name)
+            gauge.set(int(self.breaker.state))
+            self.breaker._on_change = lambda state: gauge.set(int(state))
+
+    async def create_card(
+        self, card: CardRequest, *, idempotency_key: str | None = None
+    ) -> PartnerCard:
+        """Create a card at the partner, retrying with one idempotency key for all attempts."""
+        key = idempotency_key or new_partner_key()
+        return await self._call(
+            "create_card", lambda: self.inner.create_card(card, idempotency_key=key)
+        )
+
+    async def create_sepa_debit(
+        self, account: BankAccountRequest, *, idempotency_key: str | None = None
+    ) -> PartnerBankAccount:
+        """Create a SEPA debit method, one idempotency key for all attempts."""
+        key = idempotency_key or new_partner_key()
+        return await self._call(
+            "create_sepa_debit",
+            lambda: self.inner.create_sepa_debit(account, idempotency_key=key),
+        )
+
+    async def create_customer(self, *, idempotency_key: str | None = None) -> str:
+        """Create a partner customer, one idempotency key for all attempts."""
+        key = idempotency_key or new_partner_key()
+        return await self._call(
+            "create_customer", lambda: self.inner.create_customer(idempotency_key=key)
+        )
+
+    # Attach, detach and delete are safe to repeat: attaching to the same customer again
+    # changes nothing, and a repeated detach or delete finds the object already gone,
+    # which the adapters report as False rather than an error.
+    async def delete_customer(self, reference: str) -> bool:
+        """Delete a partner customer."""
+        return await self._call("delete_customer", lambda: self.inner.delete_customer(reference))
+
+    async def attach(self, payment_method: str, customer: str) -> None:
+        """Attach a payment method to a customer."""
+        await self._call("attach", lambda: self.inner.attach(payment_method, customer))
+
+    async def detach(self, payment_method: str) -> bool:
+        """Detach a payment method."""
+        return await self._call("detach", lambda: self.inner.detach(payment_method))
+
+    async def _call(self, operation: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        started = time.monotonic()
+        retry = 0
+        while True:
+            if not self.breaker.acquire():
+                self._count(operation, "circuit_open")
+                raise PartnerUnavailable(
+                    "The payment partner is failing; the proxy is not sending it requests for now.",
+                    code="partner_circuit_open",
+                    headers={"Retry-After": str(max(1, round(self.breaker.retry_in())))},
+                )
+            try:
+                result = await attempt()
+            except PartnerError as exc:
+                if _unhealthy(exc):
+                    self.breaker.failure()
+                else:
+                    self.breaker.release()
+                self._count(operation, exc.code)
+                if not exc.retryable or retry >= self.policy.max_retries:
+                    raise
+                delay = self.policy.delay(retry, exc.retry_after)
+                if time.monotonic() - started + delay > self.policy.budget:
+                    # Out of time: give the client the partner's own hint, if any.
+                    raise
+                retry += 1
+                if self._metrics is not None:
+                    self._metrics.partner_retries.labels(self.name, operation, exc.code).inc()
+                _log.info("partner_retry", operation=operation, code=exc.code, retry=retry)
+                await self._sleep(delay)
+            else:
+                self.breaker.success()
+                self._count(operation, "ok")
+                return result
+
+    def _count(self, operation: str, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.partner_attempts.labels(self.name, operation, outcome).inc()
+
+    async def close(self) -> None:
+        """Close the wrapped adapter."""
+        await self.inner.close()

@@ -1,0 +1,162 @@
+"""The vault's idempotency store: takeover rules, expiry and purge, sealing, keyed hashes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.backends import RawRows
+from vault import (
+    Claim,
+    DecryptionFailed,
+    IdempotencyBusy,
+    IdempotencyMismatch,
+    IdempotencyStore,
+    LocalKekProvider,
+    Owner,
+    Replay,
+    Vault,
+)
+
+BODY = b'{"number": "4242424242424242", "cvc": "123"}'
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+async def test_resume_after_owner_died_returns_partner_result(vault: Vault) -> None:
+    """A row whose owner process is gone is taken over, with the partner's answer kept."""
+    dead = IdempotencyStore(vault, owner=Owner(socket.gethostname(), dead_pid(), "old"))
+    claim = await dead.begin("checkout", "k1", BODY)
+    assert isinstance(claim, Claim)
+    await dead.record_partner(claim, {"reference": "pm_1", "token": "vtok_card_x"})
+    alive = IdempotencyStore(vault)
+    resumed = await alive.begin("checkout", "k1", BODY)
+    assert isinstance(resumed, Claim)
+    assert resumed.resumed
+    assert resumed.partner_result == {"reference": "pm_1", "token": "vtok_card_x"}
+    assert resumed.partner_key == claim.partner_key
+    await alive.complete(resumed, 201, b'{"ok": true}')
+    assert await alive.begin("checkout", "k1", BODY) == Replay(201, b'{"ok": true}')
+
+
+async def test_live_owner_elsewhere_blocks_until_stale(vault: Vault) -> None:
+    """An owner on another host holds the key until the row has been silent too long."""
+    remote = IdempotencyStore(vault, owner=Owner("other-host", 1, "boot"))
+    assert isinstance(await remote.begin("checkout", "k2", BODY), Claim)
+    patient = IdempotencyStore(vault, stale_after=3600)
+    with pytest.raises(IdempotencyBusy):
+        await patient.begin("checkout", "k2", BODY)
+    impatient = IdempotencyStore(vault, stale_after=0.05)
+    await asyncio.sleep(0.1)
+    taken = await impatient.begin("checkout", "k2", BODY)
+    assert isinstance(taken, Claim)
+    assert taken.resumed
+
+
+async def test_racing_inserts_from_separate_connections_claim_once(
+    vault: Vault, vault_url: str, keyring_path: Path
+) -> None:
+    """Replicas racing on one new key, each on its own connection: exactly one claims it."""
+    vaults = [vault] + [
+        await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path)) for _ in range(3)
+    ]
+    try:
+        for round_ in range(5):
+            key = f"race-{round_}"
+            stores = [
+                IdempotencyStore(v, owner=Owner(f"replica-{i}", 1, "boot"), stale_after=3600)
+                for i, v in enumerate(vaults * 2)
+            ]
+            outcomes = await asyncio.gather(
+                *(s.begin("checkout", key, BODY) for s in stores), return_exceptions=True
+            )
+            claims = [o for o in outcomes if isinstance(o, Claim)]
+            assert len(claims) == 1, outcomes
+            assert all(isinstance(o, (Claim, IdempotencyBusy)) for o in outcomes), outcomes
+    finally:
+        for v in vaults[1:]:
+            await v.close()
+
+
+async def test_other_body_is_a_mismatch_even_while_in_flight(vault: Vault) -> None:
+    """Another body under the same key is refused whatever the row's state."""
+    store = IdempotencyStore(vault)
+    assert isinstance(await store.begin("checkout", "k3", BODY), Claim)
+    with pytest.raises(IdempotencyMismatch):
+        await store.begin("checkout", "k3", BODY + b" ")
+
+
+async def test_released_key_is_resumed_at_once(vault: Vault) -> None:
+    """A key released after a transient failure is taken over by the next attempt."""
+    store = IdempotencyStore(vault, stale_after=3600)
+    claim = await store.begin("checkout", "k4", BODY)
+    assert isinstance(claim, Claim)
+    with pytest.raises(IdempotencyBusy):
+        await store.begin("checkout", "k4", BODY)
+    await store.release(claim)
+    again = await store.begin("checkout", "k4", BODY)
+    assert isinstance(again, Claim)
+    assert again.resumed
+
+
+async def test_expired_keys_are_purged_and_reusable(vault: Vault) -> None:
+    """After the TTL a key is purged and starts afresh, even with another body."""
+    store = IdempotencyStore(vault, ttl=0.05)
+    claim = await store.begin("checkout", "k5", BODY)
+    assert isinstance(claim, Claim)
+    await store.complete(claim, 201, b"{}")
+    await asyncio.sleep(0.1)
+    fresh = await store.begin("checkout", "k5", b"{}")
+    assert isinstance(fresh, Claim)
+    assert not fresh.resumed
+    await store.complete(fresh, 201, b"{}")
+    await asyncio.sleep(0.1)
+    assert await store.purge_expired() == 1
+    assert await store.purge_expired() == 0
+
+
+async def test_tampered_response_fails_closed(vault: Vault, raw_rows: RawRows) -> None:
+    """A stored answer moved from another row does not decrypt: no replay of foreign data."""
+    store = IdempotencyStore(vault)
+    for key in ("a", "b"):
+        claim = await store.begin("checkout", key, BODY)
+        assert isinstance(claim, Claim)
+        await store.complete(claim, 201, key.encode())
+    a_idx, b_idx = store.key_index("checkout", "a"), store.key_index("checkout", "b")
+    await raw_rows.query(
+        "UPDATE idempotency_keys SET response ="
+        " (SELECT response FROM idempotency_keys WHERE key_idx = ?) WHERE key_idx = ?",
+        (a_idx, b_idx),
+    )
+    with pytest.raises(DecryptionFailed):
+        await store.begin("checkout", "b", BODY)
+
+
+async def test_hashes_are_keyed_and_scoped(vault: Vault) -> None:
+    """The body hash is an HMAC (not SHA-256), and key indexes differ per client."""
+    store = IdempotencyStore(vault)
+    assert store.request_mac(BODY) != hashlib.sha256(BODY).hexdigest()
+    assert store.key_index("a", "k") != store.key_index("b", "k")
+    assert store.partner_key("a", "k") != store.partner_key("b", "k")
+    assert store.partner_key("a", "k").startswith("tp_")
+
+
+def test_owner_round_trips_and_detects_dead_processes() -> None:
+    """An owner string parses back; a reaped pid on this host counts as gone."""
+    me = Owner.current()
+    assert Owner.parse(str(me)) == me
+    assert Owner.parse("nonsense") is None
+    assert me.is_gone(Owner(me.host, dead_pid(), "x"))
+    assert me.is_gone(Owner(me.host, me.pid, "earlier-boot"))
+    assert not me.is_gone(Owner("elsewhere", 1, "x"))
+    assert not me.is_gone(Owner(me.host, 1, "x"))

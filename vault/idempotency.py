@@ -1,0 +1,309 @@
+"""Idempotency keys: exactly-once creation across retries, crashes and replicas.
+
+A row is written *before* the partner call (durably, like a token), holding:
+
+* ``key_idx`` — a blind index (HMAC under the key ring's index key) of client and key:
+  keys are scoped per client, and the key a client chose is never stored in clear;
+* ``request_mac`` — HMAC-SHA256 of the raw request body under a key derived from the
+  index key. Not a bare SHA-256: the body holds a PAN, and a PAN has little entropy
+  once its BIN, last four and the Luhn digit are known (about 10^6 to 10^9
+  candidates, times 10^3 CVCs) — a plain hash in the database would be brute-forced
+  offline in minutes. PCI DSS 3.5.1.1 asks for keyed hashes of PANs for this reason;
+* ``state`` (``in_flight`` / ``done``) and the ``owner`` process (host/pid/boot nonce);
+* the partner's answer and the pre-chosen token (``partner_result``) as soon as the
+  partner answers, and the final response once the token is stored — both sealed
+  with AES-256-GCM under a per-row data key wrapped by the key ring, with associated
+  data binding each ciphertext to its row and purpose.
+
+The partner idempotency key is derived, never stored: ``tp_`` + HMAC(index-derived
+key, client, key). Every attempt for one client key — retries, a takeover after a
+crash — sends the same partner key, so the partner replays its first answer and never
+creates a second payment method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from vault.backends.base import IdempotencyRow
+from vault.crypto import Sealer, _frame, dek_aad, derive_subkey, new_key
+from vault.errors import VaultError
+from vault.records import iso, utcnow
+from vault.store import Vault
+
+__all__ = [
+    "Claim",
+    "IdempotencyBusy",
+    "IdempotencyMismatch",
+    "IdempotencyOwnershipLost",
+    "IdempotencyStore",
+    "Owner",
+    "Replay",
+]
+
+_AAD_LABEL = b"tokenproxy/idempotency/v1\x00"
+IN_FLIGHT = "in_flight"
+DONE = "done"
+
+
+class IdempotencyMismatch(VaultError):
+    """The key was first used with another request body."""
+
+
+class IdempotencyBusy(VaultError):
+    """The key's first request is still being processed by a live owner."""
+
+
+class IdempotencyOwnershipLost(VaultError):
+    """Another process took this in-flight row over (this one was thought dead)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Which process holds an in-flight row: host, pid and a nonce fresh at each start."""
+
+    host: str
+    pid: int
+    boot: str
+
+    @classmethod
+    def current(cls) -> Owner:
+        """This process."""
+        return cls(socket.gethostname(), os.getpid(), secrets.token_hex(8))
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.pid}/{self.boot}"
+
+    @staticmethod
+    def parse(text: str) -> Owner | None:
+        """The owner a column names, or None when it is not one of ours."""
+        host, _, rest = text.rpartition("/")
+        host, _, pid = host.rpartition("/")
+        if not host or not pid.isdigit():
+            return None
+        return Owner(host, int(pid), rest)
+
+    def is_gone(self, other: Owner) -> bool:
+        """Whether ``other``'s process has certainly died, as seen from this one.
+
+        Only provable on the same host: its pid runs nothing, or runs this process
+        under another boot nonce (pid reuse, e.g. pid 1 in a restarted container).
+        Elsewhere the caller falls back on the row's age.
+        """
+        if other.host != self.host:
+            return False
+        if other.pid == self.pid:
+            return other.boot != self.boot
+        try:
+            os.kill(other.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """The stored final answer of a completed key."""
+
+    status: int
+    body: bytes
+
+
+@dataclass(slots=True)
+class Claim:
+    """This process now owns an in-flight key; ``partner_result`` is set when resuming."""
+
+    key_idx: str
+    request_mac: str
+    partner_key: str
+    sealer: Sealer
+    partner_result: dict[str, Any] | None
+    resumed: bool
+
+
+class IdempotencyStore:
+    """Begin, advance and finish idempotent requests in the vault's database."""
+
+    def __init__(
+        self,
+        vault: Vault,
+        *,
+        ttl: float = 24 * 3600.0,
+        stale_after: float = 60.0,
+        owner: Owner | None = None,
+    ) -> None:
+        self.vault = vault
+        self.backend: Any = vault.backend
+        self.ttl = ttl
+        self.stale_after = stale_after
+        self.owner = owner or Owner.current()
+        self._owner_text = str(self.owner)
+        index_key = vault.keys.index_key
+        self._body_key = derive_subkey(index_key, "idempotency-request-body")
+        self._partner_key = derive_subkey(index_key, "idempotency-partner-key")
+        # Keys this process is working on right now: a row owned by us but not in
+        # here was abandoned (its request failed half-way) and may be taken over.
+        self._active: set[str] = set()
+
+    # -- derivations ----------------------------------------------------------
+
+    def key_index(self, client: str, key: str) -> str:
+        """Blind index of (client, key): one client can never see another's key."""
+        return self.vault.index("idempotency-key", f"{client}\x00{key}")
+
+    def request_mac(self, body: bytes) -> str:
+        """Keyed hash of a request body (see the module docstring for why it is keyed)."""
+        return hmac.new(self._body_key, body, hashlib.sha256).hexdigest()
+
+    def partner_key(self, client: str, key: str) -> str:
+        """The idempotency key sent to the partner for (client, key): stable across retries."""
+        mac = hmac.new(self._partner_key, _frame(b"", client, key), hashlib.sha256)
+        return "tp_" + mac.hexdigest()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def begin(self, client: str, key: str, body: bytes) -> Claim | Replay:
+        """Record the key before any side effect, or answer from what is recorded.
+
+        Returns a Claim when this process must do the work (fresh, or taking over a
+        stale in-flight row), a Replay when the key is done. Raises IdempotencyMismatch for
+        another body, IdempotencyBusy while a live owner works on it.
+        """
+        key_idx = self.key_index(client, key)
+        mac = self.request_mac(body)
+        now = utcnow()
+        dek = new_key()
+        active = self.vault.keys.active_version
+        version, wrapped = self.vault.keys.wrap(dek, dek_aad(_dek_id(key_idx), active))
+        row = IdempotencyRow(
+            key_idx=key_idx,
+            request_mac=mac,
+            state=IN_FLIGHT,
+            owner=self._owner_text,
+            kek_version=version,
+            wrapped_dek=wrapped,
+            partner_result=None,
+            response=None,
+            created_at=iso(now),
+            updated_at=iso(now),
+            expires_at=iso(now + timedelta(seconds=self.ttl)),
+        )
+        partner_key = self.partner_key(client, key)
+        existing = await self.backend.idempotency_insert(row)
+        if existing is None:
+            # Marked active in the same event-loop step the insert's result arrives in:
+            # a concurrent request of this process that sees the row sees it active.
+            self._active.add(key_idx)
+            return Claim(key_idx, mac, partner_key, Sealer(dek), None, resumed=False)
+        if not hmac.compare_digest(existing.request_mac, mac):
+            raise IdempotencyMismatch("idempotency key reused with another request")
+        sealer = self._unwrap(existing)
+        if existing.state == DONE:
+            if existing.response is None:  # pragma: no cover - written together with state
+                raise VaultError("completed idempotency row without a response")
+            return _replay(sealer.open(existing.response, _aad(key_idx, "response", mac)))
+        if not self._stale(existing):
+            raise IdempotencyBusy("idempotency key in use")
+        took = await self.backend.idempotency_claim(
+            key_idx,
+            owner_was=existing.owner,
+            updated_was=existing.updated_at,
+            owner=self._owner_text,
+            now=iso(utcnow()),
+        )
+        if not took:
+            raise IdempotencyBusy("idempotency key in use")
+        self._active.add(key_idx)
+        result = None
+        if existing.partner_result is not None:
+            plain = sealer.open(existing.partner_result, _aad(key_idx, "partner", mac))
+            result = json.loads(plain)
+        return Claim(key_idx, mac, partner_key, sealer, result, resumed=True)
+
+    async def record_partner(self, claim: Claim, result: dict[str, Any]) -> None:
+        """Durably keep what the partner answered (and the token to use) before the vault write."""
+        aad = _aad(claim.key_idx, "partner", claim.request_mac)
+        blob = claim.sealer.seal(json.dumps(result).encode(), aad)
+        ok = await self.backend.idempotency_update(
+            claim.key_idx, owner=self._owner_text, now=iso(utcnow()), partner_result=blob
+        )
+        if not ok:
+            raise IdempotencyOwnershipLost("idempotency row taken over")
+        claim.partner_result = result
+
+    async def complete(self, claim: Claim, status: int, response: bytes) -> None:
+        """Store the final answer (sealed) and end the flight; later requests replay it."""
+        plain = json.dumps({"status": status, "body": response.decode()}).encode()
+        blob = claim.sealer.seal(plain, _aad(claim.key_idx, "response", claim.request_mac))
+        try:
+            ok = await self.backend.idempotency_update(
+                claim.key_idx, owner=self._owner_text, now=iso(utcnow()), response=blob
+            )
+        finally:
+            self._active.discard(claim.key_idx)
+        if not ok:
+            raise IdempotencyOwnershipLost("idempotency row taken over")
+
+    async def release(self, claim: Claim) -> None:
+        """Give the row up after a failure whose outcome is unknown, so a retry resumes it now."""
+        self._active.discard(claim.key_idx)
+        await self.backend.idempotency_update(
+            claim.key_idx, owner=self._owner_text, now=iso(utcnow()), release=True
+        )
+
+    def abandon(self, claim: Claim) -> None:
+        """Forget a claim without writing (the write itself failed); it reads as stale to us."""
+        self._active.discard(claim.key_idx)
+
+    async def purge_expired(self) -> int:
+        """Delete expired keys; returns how many."""
+        count: int = await self.backend.idempotency_purge(iso(utcnow()))
+        return count
+
+    # -- helpers --------------------------------------------------------------
+
+    def _unwrap(self, row: IdempotencyRow) -> Sealer:
+        key = self.vault.keys.unwrap(
+            row.kek_version, row.wrapped_dek, dek_aad(_dek_id(row.key_idx), row.kek_version)
+        )
+        return Sealer(key)
+
+    def _stale(self, row: IdempotencyRow) -> bool:
+        """May this in-flight row be taken over? Released, owner dead, or silent too long."""
+        if row.owner is None:
+            return True
+        if row.owner == self._owner_text:
+            return row.key_idx not in self._active
+        other = Owner.parse(row.owner)
+        if other is not None and self.owner.is_gone(other):
+            return True
+        age = utcnow() - _parse_iso(row.updated_at)
+        return age.total_seconds() > self.stale_after
+
+
+def _dek_id(key_idx: str) -> str:
+    return "idem_" + key_idx
+
+
+def _aad(key_idx: str, purpose: str, request_mac: str) -> bytes:
+    """Binds a sealed blob to its row, its purpose and the request it answers."""
+    return _frame(_AAD_LABEL, key_idx, purpose, request_mac)
+
+
+def _replay(plain: bytes) -> Replay:
+    stored = json.loads(plain)
+    return Replay(int(stored["status"]), str(stored["body"]).encode())
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)
