@@ -147,6 +147,43 @@ class RawRows:
         finally:
             await conn.close()
 
+    async def backup_copy(self, target: Path) -> tuple[str, str | None]:
+        """A consistent copy of the whole vault, as a backup job takes it; returns its URL.
+
+        SQLite: an online backup into ``target``. PostgreSQL: every table of the schema
+        copied, in one repeatable-read snapshot, into a fresh schema, whose name is
+        returned second (the caller drops it with ``drop_schema``).
+        """
+        if self.backend == "sqlite":
+            assert self._path is not None
+            src, dst = sqlite3.connect(self._path), sqlite3.connect(target)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+                src.close()
+            return f"sqlite:///{target}", None
+        assert self._url is not None
+        schema, url = create_schema()
+        conn = await asyncpg.connect(self._url, timeout=5)
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=False):
+                tables = [
+                    row[0]
+                    for row in await conn.fetch(
+                        "SELECT table_name FROM information_schema.tables"
+                        " WHERE table_schema = current_schema()"
+                    )
+                ]
+                for table in tables:
+                    await conn.execute(
+                        f"CREATE TABLE {schema}.{table} (LIKE {table} INCLUDING ALL);"  # noqa: S608
+                        f" INSERT INTO {schema}.{table} SELECT * FROM {table}"
+                    )
+        finally:
+            await conn.close()
+        return url, schema
+
     async def deks_by_version(self) -> dict[int, int]:
         """Data keys per KEK version, counted straight from the table."""
         rows = await self.query("SELECT kek_version, count(*) FROM deks GROUP BY kek_version")

@@ -16,6 +16,7 @@ from proxy.app import create_app, create_ops_app
 from proxy.metrics import Metrics
 from proxy.sandbox import SANDBOX_API_KEY, Localstripe, free_port
 from proxy.settings import Settings
+from tests.ibans import VALID
 from tests.partner_tap import PartnerTap
 from tests.tcpgate import TcpGate
 
@@ -166,4 +167,28 @@ async def test_tokenizing_recovers_without_a_readiness_probe(gated_proxy: GatedP
     # No readiness probe in between: the tokenization itself re-checks and goes through.
     status, _, _ = await p.call("POST", "/v1/cards", "checkout", CARD)
     assert status == 201
+    assert partner_creates(p.tap) == 2
+
+
+async def test_every_partner_create_is_refused_while_the_vault_is_down(
+    gated_proxy: GatedProxy,
+) -> None:
+    """Known outage: idempotent cards and bank accounts are refused before the partner too."""
+    p = gated_proxy
+    await p.gate.cut()
+    status, _, _ = await p.call("GET", "/v1/tokens/vtok_card_" + "A" * 32, "billing")
+    assert status == 503
+    headers = {"Authorization": f"Bearer {p.keys['checkout']}", "Idempotency-Key": "outage-1"}
+    async with p.http.post(p.base + "/v1/cards", json=CARD, headers=headers) as r:
+        assert (r.status, (await r.json())["error"]["code"]) == (503, "vault_unavailable")
+    bank = {"iban": VALID[0].iban, "holder_name": "Jane Doe"}
+    status, body, _ = await p.call("POST", "/v1/bank-accounts", "checkout", bank)
+    assert (status, body["error"]["code"]) == (503, "vault_unavailable")  # type: ignore[index]
+    assert partner_creates(p.tap) == 0
+
+    await p.gate.open()
+    async with p.http.post(p.base + "/v1/cards", json=CARD, headers=headers) as r:
+        assert r.status == 201, await r.text()
+    status, body, _ = await p.call("POST", "/v1/bank-accounts", "checkout", bank)
+    assert status == 201, body
     assert partner_creates(p.tap) == 2

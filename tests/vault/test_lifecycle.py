@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.backends import RawRows
+from tests.backends import RawRows, drop_schema
 from vault import (
     DecryptionFailed,
     Kind,
@@ -52,15 +51,6 @@ def invoice(customer: str) -> NewRecord:
         details={"invoice_number": "F-1", "amount": 100, "currency": "SEK"},
         customer_ref=customer,
     )
-
-
-def backup(live: Path, target: Path) -> None:
-    """Copy the live database (WAL included) the way an operator's backup would."""
-    src = sqlite3.connect(live)
-    dst = sqlite3.connect(target)
-    src.backup(dst)
-    dst.close()
-    src.close()
 
 
 async def test_erasure_shreds_key_and_precopied_ciphertext_is_unreadable(
@@ -107,48 +97,55 @@ async def test_erasure_shreds_key_and_precopied_ciphertext_is_unreadable(
 
 
 async def test_backup_copy_dies_with_the_kek_version_that_wrapped_its_key(
-    vault_path: Path, keyring_path: Path, tmp_path: Path
+    vault_url: str, raw_rows: RawRows, keyring_path: Path, tmp_path: Path
 ) -> None:
     """A pre-erasure copy still holds the wrapped DEK; after rotate, rewrap and retiring
     the old KEK version it decrypts nothing of the erased customer, while the live vault
-    keeps serving everyone else (this is what makes crypto-shredding reach backups)."""
-    url = f"sqlite:///{vault_path}"
-    vault = await Vault.open(url, LocalKekProvider.from_file(keyring_path))
+    keeps serving everyone else (this is what makes crypto-shredding reach backups).
+    On PostgreSQL the copy is another schema, as a pg_dump restored elsewhere would be."""
+    vault = await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path))
     record = await vault.put(card("cus-backup"))
     survivor = await vault.put(card("cus-survivor", "pm_survivor"))
-    copy = tmp_path / "backup.db"
-    backup(vault_path, copy)
-    await vault.erase_customer("cus-backup")
-    await vault.close()
-
-    old = await Vault.open(f"sqlite:///{copy}", LocalKekProvider.from_file(keyring_path))
+    copy_url, copy_schema = await raw_rows.backup_copy(tmp_path / "backup.db")
     try:
-        # Honest limit: with the KEK that wrapped it still in the ring, the copy opens.
-        assert (await old.get(record.token)).partner_reference == "pm_lifecycle1"
-    finally:
-        await old.close()
-
-    rotate_keyring(keyring_path)
-    vault = await Vault.open(url, LocalKekProvider.from_file(keyring_path))
-    try:
-        progress = await rewrap(vault)
-        assert progress.failed == 0
-        assert await rewrap_remaining(vault) == 0
-    finally:
+        await vault.erase_customer("cus-backup")
         await vault.close()
-    retire_key(keyring_path, 1, in_use=0)
 
-    vault = await Vault.open(url, LocalKekProvider.from_file(keyring_path))
-    try:
-        assert (await vault.get(survivor.token)).partner_reference == "pm_survivor"
+        old = await Vault.open(copy_url, LocalKekProvider.from_file(keyring_path))
+        try:
+            # Honest limit: with the KEK that wrapped it still in the ring, the copy opens.
+            assert (await old.get(record.token)).partner_reference == "pm_lifecycle1"
+        finally:
+            await old.close()
+
+        rotate_keyring(keyring_path)
+        vault = await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path))
+        try:
+            progress = await rewrap(vault)
+            assert progress.failed == 0
+            assert await rewrap_remaining(vault) == 0
+        finally:
+            await vault.close()
+        retire_key(keyring_path, 1, in_use=0)
+
+        vault = await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path))
+        try:
+            assert (await vault.get(survivor.token)).partner_reference == "pm_survivor"
+        finally:
+            await vault.close()
+        old = await Vault.open(copy_url, LocalKekProvider.from_file(keyring_path))
+        try:
+            with pytest.raises(VaultError):
+                await old.get(record.token)
+            # The survivor's copy in the backup is gone too: the whole copy predates the
+            # rewrap, so a backup is only as readable as the KEK versions still held.
+            with pytest.raises(VaultError):
+                await old.get(survivor.token)
+        finally:
+            await old.close()
     finally:
-        await vault.close()
-    old = await Vault.open(f"sqlite:///{copy}", LocalKekProvider.from_file(keyring_path))
-    try:
-        with pytest.raises(VaultError):
-            await old.get(record.token)
-    finally:
-        await old.close()
+        if copy_schema is not None:
+            drop_schema(copy_schema)
 
 
 async def test_erasure_keeps_what_it_is_told_and_the_key_they_need(vault: Vault) -> None:
