@@ -37,6 +37,7 @@ bench: $(STAMP)
 		|| echo "wrk could not be installed: using the Python load generator"
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.rewrap
+	$(BIN)/python -m bench.postgres
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage

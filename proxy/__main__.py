@@ -140,7 +140,13 @@ def _with_vault(
     async def run() -> T:
         keys = load_provider(settings)
         vault = await Vault.open(
-            settings.vault_url, keys, migrate=migrate and settings.migrate_on_start
+            settings.vault_url,
+            keys,
+            migrate=migrate and settings.migrate_on_start,
+            # CLI commands run one statement at a time: no idle connections up front.
+            pool_min=0,
+            pool_max=2,
+            db_timeout=settings.db_timeout,
         )
         try:
             return await work(vault, keys)

@@ -15,7 +15,7 @@ from typing import Any, Final
 from proxy.customers import partner_call, store_payment_method
 from proxy.errors import InvalidRequest, ValidationFailed
 from proxy.hazmat import Iban
-from proxy.service import Services
+from proxy.service import Services, ensure_vault_up
 from proxy.validation import _echoable, iban_like, pan_like, parse_iban, validate_customer_ref
 from vault import Kind, NewRecord, iso
 
@@ -126,6 +126,7 @@ async def tokenize_bank_account(services: Services, body: object) -> dict[str, A
     """Validate an IBAN, create a SEPA debit method at the partner, store it; return the token."""
     account = parse_bank_account_request(body)
     partner = services.partner
+    await ensure_vault_up(services)
     created = await partner_call(services, "create_sepa_debit", partner.create_sepa_debit(account))
     details = {
         "country": account.iban.country,

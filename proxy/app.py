@@ -63,6 +63,9 @@ def create_app(
                 settings.vault_url,
                 keys,
                 migrate=settings.migrate_on_start,
+                pool_min=settings.db_pool_min,
+                pool_max=settings.db_pool_max,
+                db_timeout=settings.db_timeout,
                 retention=settings.retention_policy(),
             )
         try:

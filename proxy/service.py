@@ -70,8 +70,20 @@ async def tokenize_card(services: Services, body: object, *, today: date) -> dic
     return card_response(record)
 
 
+async def ensure_vault_up(services: Services) -> None:
+    """Refuse (503) before a partner call while the vault is known to be down.
+
+    A payment method created at the partner that we then cannot store is an orphan, so
+    while the vault's last call failed we re-check it first. Free while healthy (a
+    flag); one ping while down, which also marks it healthy again once it answers.
+    """
+    if not services.vault.healthy:
+        await _vault_call(services, "ping", services.vault.ping())
+
+
 async def create_at_partner(services: Services, card: CardRequest, partner_key: str) -> PartnerCard:
-    """The partner call for a card, timed and counted by outcome."""
+    """The partner call for a card, timed and counted; refused while the vault is down."""
+    await ensure_vault_up(services)
     partner = services.partner
     metrics = services.metrics
     started = time.perf_counter()

@@ -80,6 +80,9 @@ class Settings:
     log_level: str = "info"
     log_json: bool | None = None
     migrate_on_start: bool = True
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    db_timeout: float = 5.0
     shutdown_grace: float = 10.0
     # Retention (days; 0 keeps forever): cards and banks since last use, invoices since creation.
     retention_card_days: int = 0
@@ -168,6 +171,18 @@ class Settings:
             if flag not in {"true", "false", "1", "0"}:
                 raise SettingsError("TOKENPROXY_MIGRATE_ON_START must be true or false")
             kwargs["migrate_on_start"] = flag in {"true", "1"}
+        if "TOKENPROXY_DB_POOL_MIN" in env:
+            kwargs["db_pool_min"] = _int(
+                "TOKENPROXY_DB_POOL_MIN", env["TOKENPROXY_DB_POOL_MIN"], minimum=0
+            )
+        if "TOKENPROXY_DB_POOL_MAX" in env:
+            kwargs["db_pool_max"] = _int(
+                "TOKENPROXY_DB_POOL_MAX", env["TOKENPROXY_DB_POOL_MAX"], minimum=1
+            )
+        if "TOKENPROXY_DB_TIMEOUT" in env:
+            kwargs["db_timeout"] = _float(
+                "TOKENPROXY_DB_TIMEOUT", env["TOKENPROXY_DB_TIMEOUT"], minimum=0.1
+            )
         if "TOKENPROXY_SHUTDOWN_GRACE" in env:
             kwargs["shutdown_grace"] = _float(
                 "TOKENPROXY_SHUTDOWN_GRACE", env["TOKENPROXY_SHUTDOWN_GRACE"], minimum=0
@@ -207,6 +222,8 @@ class Settings:
             )
         kwargs.update(_kek_settings(env))
         settings = cls(**kwargs)  # type: ignore[arg-type]
+        if settings.db_pool_min > settings.db_pool_max:
+            raise SettingsError("TOKENPROXY_DB_POOL_MIN must not exceed TOKENPROXY_DB_POOL_MAX")
         if settings.stripe_api_key is None and "TOKENPROXY_STRIPE_API_BASE" not in env:
             raise SettingsError(
                 "STRIPE_API_KEY (or STRIPE_API_KEY_FILE) is required unless "
@@ -233,6 +250,7 @@ class Settings:
             "stripe_api_base": self.stripe_api_base,
             "stripe_api_key_set": self.stripe_api_key is not None,
             "partner_timeout": self.partner_timeout,
+            "db_pool": f"{self.db_pool_min}-{self.db_pool_max}",
             "retention_days": {
                 "card": self.retention_card_days,
                 "bank": self.retention_bank_days,

@@ -21,6 +21,14 @@ from proxy.metrics import Metrics
 from proxy.partners.stripe import StripePartner
 from proxy.sandbox import SANDBOX_API_KEY, Localstripe, free_port
 from proxy.settings import Settings
+from tests.backends import (
+    PG_HOST,
+    PG_URL,
+    RawRows,
+    create_schema,
+    drop_schema,
+    pg_unreachable_reason,
+)
 from vault import LocalKekProvider, Vault
 from vault.keyring import init_keyring
 
@@ -68,10 +76,52 @@ def vault_path(tmp_path: Path) -> Path:
     return tmp_path / "vault.db"
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The PostgreSQL test server's URL: skipped when unreachable, a failure in CI."""
+    reason = pg_unreachable_reason(PG_URL)
+    if reason is not None:
+        message = f"PostgreSQL at {PG_HOST} unreachable: {reason}"
+        if ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return PG_URL
+
+
 @pytest.fixture
-async def vault(vault_path: Path, keyring_path: Path) -> AsyncIterator[Vault]:
-    """An open SQLite vault with migrations applied."""
-    v = await Vault.open(f"sqlite:///{vault_path}", LocalKekProvider.from_file(keyring_path))
+def pg_schema_url(postgres_url: str) -> Iterator[str]:
+    """A vault URL on a fresh, uniquely named schema, dropped after the test."""
+    schema, url = create_schema(postgres_url)
+    yield url
+    drop_schema(schema, postgres_url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """Which storage backend the test runs on: every vault test runs on both."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def vault_url(backend_name: str, vault_path: Path, request: pytest.FixtureRequest) -> str:
+    """A vault URL of the test's backend: a fresh SQLite file or a fresh PostgreSQL schema."""
+    if backend_name == "sqlite":
+        return f"sqlite:///{vault_path}"
+    url: str = request.getfixturevalue("pg_schema_url")
+    return url
+
+
+@pytest.fixture
+def raw_rows(backend_name: str, vault_path: Path, vault_url: str) -> RawRows:
+    """Direct row access to the test's vault database, behind the vault's back."""
+    return RawRows(backend_name, path=vault_path, url=vault_url)
+
+
+@pytest.fixture
+async def vault(vault_url: str, keyring_path: Path) -> AsyncIterator[Vault]:
+    """An open vault (SQLite, then PostgreSQL) with migrations applied."""
+    v = await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path))
     yield v
     await v.close()
 

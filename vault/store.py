@@ -27,17 +27,28 @@ _DEK_CACHE_SIZE = 4096
 _INSERT_ATTEMPTS = 3
 
 
-def open_backend(url: str) -> Backend:
-    """Build the backend a vault URL names: ``sqlite:///path`` or ``postgresql://…``."""
+def open_backend(
+    url: str, *, pool_min: int = 1, pool_max: int = 10, db_timeout: float = 5.0
+) -> Backend:
+    """Build the backend a vault URL names: ``sqlite:///path`` or ``postgresql://…``.
+
+    ``pool_min``/``pool_max`` size PostgreSQL's connection pool; ``db_timeout`` bounds its
+    connects and statements (seconds). SQLite ignores them.
+    """
     if url.startswith("sqlite:///"):
         from vault.backends.sqlite import SqliteBackend
 
         return SqliteBackend(url.removeprefix("sqlite://"))
     if url.startswith(("postgresql://", "postgres://")):
-        from vault.backends.postgres import PostgresBackend  # type: ignore[import-not-found,unused-ignore]
+        from vault.backends.postgres import PostgresBackend
 
-        backend: Backend = PostgresBackend(url)
-        return backend
+        return PostgresBackend(
+            url,
+            pool_min=pool_min,
+            pool_max=pool_max,
+            command_timeout=db_timeout,
+            connect_timeout=db_timeout,
+        )
     raise VaultError("vault URL must start with sqlite:/// or postgresql://")
 
 
@@ -75,10 +86,13 @@ class Vault(VaultLifecycle):
         keys: KekProvider,
         *,
         migrate: bool = True,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        db_timeout: float = 5.0,
         retention: RetentionPolicy | None = None,
     ) -> Vault:
         """Open the backend ``url`` names and, unless told not to, run migrations."""
-        backend = open_backend(url)
+        backend = open_backend(url, pool_min=pool_min, pool_max=pool_max, db_timeout=db_timeout)
         if migrate:
             try:
                 await backend.migrate()
@@ -218,6 +232,11 @@ class Vault(VaultLifecycle):
         if token_kind(token) is None:
             return False
         return await self.backend.delete_record(token)
+
+    @property
+    def healthy(self) -> bool:
+        """False after the backend last failed to reach its database; ``ping`` re-checks."""
+        return self.backend.healthy
 
     async def ping(self) -> None:
         """Raise StorageUnavailable unless the backend answers."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from tests.backends import REFUSED, RawRows
 from vault import Kind, LocalKekProvider, Vault, new_token
 from vault.audit import AuditLog, EventType, Outcome, link_hash
 from vault.backends.base import AUDIT_GENESIS
@@ -27,17 +27,6 @@ async def append_n(vault: Vault, n: int, *, actor: str = "billing") -> None:
             origin="127.0.0.1",
             resource=new_token(Kind.CARD),
         )
-
-
-def tamper(path: Path, *statements: str) -> None:
-    """Run SQL against the file the way an attacker with file access would (triggers off)."""
-    db = sqlite3.connect(path)
-    db.execute("DROP TRIGGER audit_events_no_update")
-    db.execute("DROP TRIGGER audit_events_no_delete")
-    for statement in statements:
-        db.execute(statement)
-    db.commit()
-    db.close()
 
 
 async def test_events_chain_and_verify(vault: Vault) -> None:
@@ -72,9 +61,9 @@ async def test_concurrent_appends_keep_one_chain(vault: Vault) -> None:
     assert report.events == 200
 
 
-async def test_two_writers_on_one_file_keep_one_chain(vault: Vault, vault_path: Path) -> None:
+async def test_two_writers_on_one_file_keep_one_chain(vault: Vault, vault_url: str) -> None:
     """Appends from two independent connections (as from two processes) interleave validly."""
-    other = await Vault.open(f"sqlite:///{vault_path}", vault.keys)
+    other = await Vault.open(vault_url, vault.keys)
     try:
         await asyncio.gather(
             *(
@@ -91,31 +80,30 @@ async def test_two_writers_on_one_file_keep_one_chain(vault: Vault, vault_path: 
     assert report.events == 100
 
 
-async def test_edited_event_is_named(vault: Vault, vault_path: Path) -> None:
+async def test_edited_event_is_named(vault: Vault, raw_rows: RawRows) -> None:
     """Changing a field of event 3 makes verify report event 3 as edited."""
     await append_n(vault, 5)
-    tamper(vault_path, "UPDATE audit_events SET actor = 'nobody' WHERE seq = 3")
+    await raw_rows.tamper_audit("UPDATE audit_events SET actor = 'nobody' WHERE seq = 3")
     report = await vault.audit.verify()
     assert report.first_break is not None
     assert (report.first_break.seq, report.first_break.kind) == (3, "edited")
     assert "event 3" in report.first_break.message
 
 
-async def test_deleted_event_is_named(vault: Vault, vault_path: Path) -> None:
+async def test_deleted_event_is_named(vault: Vault, raw_rows: RawRows) -> None:
     """Deleting event 2 makes verify report event 2 missing."""
     await append_n(vault, 5)
-    tamper(vault_path, "DELETE FROM audit_events WHERE seq = 2")
+    await raw_rows.tamper_audit("DELETE FROM audit_events WHERE seq = 2")
     report = await vault.audit.verify()
     assert report.first_break is not None
     assert (report.first_break.seq, report.first_break.kind) == (2, "deleted")
     assert "event 2 missing" in report.first_break.message
 
 
-async def test_reordered_events_are_named(vault: Vault, vault_path: Path) -> None:
+async def test_reordered_events_are_named(vault: Vault, raw_rows: RawRows) -> None:
     """Swapping events 3 and 4 makes verify report event 3 out of order."""
     await append_n(vault, 5)
-    tamper(
-        vault_path,
+    await raw_rows.tamper_audit(
         "UPDATE audit_events SET seq = -1 WHERE seq = 3",
         "UPDATE audit_events SET seq = 3 WHERE seq = 4",
         "UPDATE audit_events SET seq = 4 WHERE seq = -1",
@@ -126,42 +114,33 @@ async def test_reordered_events_are_named(vault: Vault, vault_path: Path) -> Non
     assert "follows event 3" not in report.first_break.message
 
 
-async def test_rehashed_edit_without_the_key_is_caught(vault: Vault, vault_path: Path) -> None:
+async def test_rehashed_edit_without_the_key_is_caught(vault: Vault, raw_rows: RawRows) -> None:
     """An attacker who edits an event and recomputes hashes with a guessed key is caught."""
     await append_n(vault, 3)
     events = await vault.audit.events()
     forged = AuditLog(vault.backend, b"\x00" * 32)._link(events[1].prev_hash, events[1].entry)
     assert all(c in "0123456789abcdef" for c in forged)
-    tamper(vault_path, f"UPDATE audit_events SET hash = '{forged}' WHERE seq = 2")  # noqa: S608
+    await raw_rows.tamper_audit(f"UPDATE audit_events SET hash = '{forged}' WHERE seq = 2")  # noqa: S608
     report = await vault.audit.verify()
     assert report.first_break is not None
     assert report.first_break.seq == 2
 
 
-async def test_triggers_refuse_update_and_delete(vault: Vault, vault_path: Path) -> None:
+async def test_triggers_refuse_update_and_delete(vault: Vault, raw_rows: RawRows) -> None:
     """Without dropping the triggers, events cannot be changed or removed."""
     await append_n(vault, 1)
-    db = sqlite3.connect(vault_path)
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.execute("UPDATE audit_events SET actor = 'x'")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.execute("DELETE FROM audit_events")
-    db.close()
+    with pytest.raises(REFUSED, match="append-only"):
+        await raw_rows.query("UPDATE audit_events SET actor = 'x'")
+    with pytest.raises(REFUSED, match="append-only"):
+        await raw_rows.query("DELETE FROM audit_events")
 
 
-async def test_append_fails_closed_when_storage_refuses(vault: Vault, vault_path: Path) -> None:
+async def test_append_fails_closed_when_storage_refuses(vault: Vault, raw_rows: RawRows) -> None:
     """When the table refuses inserts, append raises AuditUnavailable and writes nothing."""
-    db = sqlite3.connect(vault_path)
-    db.execute(
-        "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_events"
-        " BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
-    )
-    db.commit()
+    await raw_rows.break_audit_inserts()
     with pytest.raises(AuditUnavailable):
         await vault.audit.append("token.resolve", outcome=True, actor="a", origin=None)
-    db.execute("DROP TABLE audit_events")
-    db.commit()
-    db.close()
+    await raw_rows.query("DROP TABLE audit_events")
     with pytest.raises(AuditUnavailable):
         await vault.audit.append("token.resolve", outcome=True, actor="a", origin=None)
 
@@ -210,9 +189,7 @@ async def test_export_writes_json_lines_since(vault: Vault) -> None:
     assert await vault.audit.export(everything.append) == 3
 
 
-async def test_chain_key_comes_from_the_key_ring(
-    vault: Vault, vault_path: Path, tmp_path: Path
-) -> None:
+async def test_chain_key_comes_from_the_key_ring(vault: Vault, tmp_path: Path) -> None:
     """A vault opened with another key ring cannot verify the chain (the HMAC key differs)."""
     from vault.keyring import init_keyring
 

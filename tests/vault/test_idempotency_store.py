@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.backends import RawRows
 from vault import (
     Claim,
     DecryptionFailed,
     IdempotencyBusy,
     IdempotencyMismatch,
     IdempotencyStore,
+    LocalKekProvider,
     Owner,
     Replay,
     Vault,
@@ -62,6 +63,31 @@ async def test_live_owner_elsewhere_blocks_until_stale(vault: Vault) -> None:
     assert taken.resumed
 
 
+async def test_racing_inserts_from_separate_connections_claim_once(
+    vault: Vault, vault_url: str, keyring_path: Path
+) -> None:
+    """Replicas racing on one new key, each on its own connection: exactly one claims it."""
+    vaults = [vault] + [
+        await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path)) for _ in range(3)
+    ]
+    try:
+        for round_ in range(5):
+            key = f"race-{round_}"
+            stores = [
+                IdempotencyStore(v, owner=Owner(f"replica-{i}", 1, "boot"), stale_after=3600)
+                for i, v in enumerate(vaults * 2)
+            ]
+            outcomes = await asyncio.gather(
+                *(s.begin("checkout", key, BODY) for s in stores), return_exceptions=True
+            )
+            claims = [o for o in outcomes if isinstance(o, Claim)]
+            assert len(claims) == 1, outcomes
+            assert all(isinstance(o, (Claim, IdempotencyBusy)) for o in outcomes), outcomes
+    finally:
+        for v in vaults[1:]:
+            await v.close()
+
+
 async def test_other_body_is_a_mismatch_even_while_in_flight(vault: Vault) -> None:
     """Another body under the same key is refused whatever the row's state."""
     store = IdempotencyStore(vault)
@@ -99,22 +125,19 @@ async def test_expired_keys_are_purged_and_reusable(vault: Vault) -> None:
     assert await store.purge_expired() == 0
 
 
-async def test_tampered_response_fails_closed(vault: Vault, vault_path: Path) -> None:
+async def test_tampered_response_fails_closed(vault: Vault, raw_rows: RawRows) -> None:
     """A stored answer moved from another row does not decrypt: no replay of foreign data."""
     store = IdempotencyStore(vault)
     for key in ("a", "b"):
         claim = await store.begin("checkout", key, BODY)
         assert isinstance(claim, Claim)
         await store.complete(claim, 201, key.encode())
-    db = sqlite3.connect(vault_path)
     a_idx, b_idx = store.key_index("checkout", "a"), store.key_index("checkout", "b")
-    db.execute(
+    await raw_rows.query(
         "UPDATE idempotency_keys SET response ="
         " (SELECT response FROM idempotency_keys WHERE key_idx = ?) WHERE key_idx = ?",
         (a_idx, b_idx),
     )
-    db.commit()
-    db.close()
     with pytest.raises(DecryptionFailed):
         await store.begin("checkout", "b", BODY)
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.backends import RawRows, drop_schema
 from vault import (
     DecryptionFailed,
     Kind,
@@ -52,30 +53,20 @@ def invoice(customer: str) -> NewRecord:
     )
 
 
-def backup(live: Path, target: Path) -> None:
-    """Copy the live database (WAL included) the way an operator's backup would."""
-    src = sqlite3.connect(live)
-    dst = sqlite3.connect(target)
-    src.backup(dst)
-    dst.close()
-    src.close()
-
-
-def db_bytes(path: Path) -> bytes:
-    """Every byte of the database file and its -wal/-shm companions."""
-    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
-
-
 async def test_erasure_shreds_key_and_precopied_ciphertext_is_unreadable(
-    vault: Vault, vault_path: Path, keyring_path: Path, tmp_path: Path
+    vault: Vault, raw_rows: RawRows, keyring_path: Path
 ) -> None:
     """After erase_customer, ciphertext from a pre-erasure copy opens with no key in the ring."""
     stored = [await vault.put(card("cus-shred", f"pm_shred{i}")) for i in range(3)]
     stored.append(await vault.put(invoice("cus-shred")))
     await vault.put_partner_customer("cus-shred", "stripe", "cus_partner1")
     other = await vault.put(card("cus-other"))
-    copy = tmp_path / "backup.db"
-    backup(vault_path, copy)
+    # What a backup taken now holds of the customer: their rows and their wrapped key.
+    rows = await raw_rows.query(
+        "SELECT token, kind, dek_id, ciphertext FROM records WHERE token IN (?, ?, ?, ?)",
+        tuple(r.token for r in stored),
+    )
+    ((wrapped,),) = await raw_rows.query("SELECT wrapped FROM deks WHERE dek_id = ?", (rows[0][2],))
 
     erasure = await vault.erase_customer("cus-shred")
 
@@ -87,15 +78,7 @@ async def test_erasure_shreds_key_and_precopied_ciphertext_is_unreadable(
     assert await vault.get_partner_customer("cus-shred") is None
     assert await vault.get(other.token) == other
 
-    old = sqlite3.connect(copy)
-    rows = old.execute(
-        "SELECT token, kind, dek_id, ciphertext FROM records WHERE token IN (?, ?, ?, ?)",
-        [r.token for r in stored],
-    ).fetchall()
-    (wrapped,) = old.execute("SELECT wrapped FROM deks WHERE dek_id = ?", (rows[0][2],)).fetchone()
-    old.close()
     assert len(rows) == 4
-    live = sqlite3.connect(vault_path)
     ring = KeyRing.load(keyring_path)
     for token, kind, dek_id, ciphertext in rows:
         # The key ring's KEKs never sealed records directly ...
@@ -103,62 +86,66 @@ async def test_erasure_shreds_key_and_precopied_ciphertext_is_unreadable(
             with pytest.raises(DecryptionFailed):
                 Sealer(ring.kek(info.version)).open(ciphertext, record_aad(token, kind, dek_id))
         # ... and restoring the row into the live vault finds its data key gone.
-        live.execute(
-            "INSERT INTO records (token, kind, dek_id, ciphertext, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (token, kind, dek_id, ciphertext, iso(utcnow())),
-        )
-        live.commit()
+        # (The key row is gone, so the foreign key must not be checked for this insert.)
+        await raw_rows.insert_orphan_record(token, kind, dek_id, ciphertext, iso(utcnow()))
         with pytest.raises(DecryptionFailed):
             await vault.get(token)
-    live.close()
-    # The wrapped key is physically gone from our files (secure_delete + checkpoint).
-    assert wrapped not in db_bytes(vault_path)
+    # SQLite: the wrapped key is physically gone from our files (secure_delete +
+    # checkpoint). PostgreSQL: gone from every row; its dead tuple waits for VACUUM,
+    # which is why shredding relies on retiring the KEK version (test below).
+    assert wrapped not in await raw_rows.stored_bytes()
 
 
 async def test_backup_copy_dies_with_the_kek_version_that_wrapped_its_key(
-    vault_path: Path, keyring_path: Path, tmp_path: Path
+    vault_url: str, raw_rows: RawRows, keyring_path: Path, tmp_path: Path
 ) -> None:
     """A pre-erasure copy still holds the wrapped DEK; after rotate, rewrap and retiring
     the old KEK version it decrypts nothing of the erased customer, while the live vault
-    keeps serving everyone else (this is what makes crypto-shredding reach backups)."""
-    url = f"sqlite:///{vault_path}"
-    vault = await Vault.open(url, LocalKekProvider.from_file(keyring_path))
+    keeps serving everyone else (this is what makes crypto-shredding reach backups).
+    On PostgreSQL the copy is another schema, as a pg_dump restored elsewhere would be."""
+    vault = await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path))
     record = await vault.put(card("cus-backup"))
     survivor = await vault.put(card("cus-survivor", "pm_survivor"))
-    copy = tmp_path / "backup.db"
-    backup(vault_path, copy)
-    await vault.erase_customer("cus-backup")
-    await vault.close()
-
-    old = await Vault.open(f"sqlite:///{copy}", LocalKekProvider.from_file(keyring_path))
+    copy_url, copy_schema = await raw_rows.backup_copy(tmp_path / "backup.db")
     try:
-        # Honest limit: with the KEK that wrapped it still in the ring, the copy opens.
-        assert (await old.get(record.token)).partner_reference == "pm_lifecycle1"
-    finally:
-        await old.close()
-
-    rotate_keyring(keyring_path)
-    vault = await Vault.open(url, LocalKekProvider.from_file(keyring_path))
-    try:
-        progress = await rewrap(vault)
-        assert progress.failed == 0
-        assert await rewrap_remaining(vault) == 0
-    finally:
+        await vault.erase_customer("cus-backup")
         await vault.close()
-    retire_key(keyring_path, 1, in_use=0)
 
-    vault = await Vault.open(url, LocalKekProvider.from_file(keyring_path))
-    try:
-        assert (await vault.get(survivor.token)).partner_reference == "pm_survivor"
+        old = await Vault.open(copy_url, LocalKekProvider.from_file(keyring_path))
+        try:
+            # Honest limit: with the KEK that wrapped it still in the ring, the copy opens.
+            assert (await old.get(record.token)).partner_reference == "pm_lifecycle1"
+        finally:
+            await old.close()
+
+        rotate_keyring(keyring_path)
+        vault = await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path))
+        try:
+            progress = await rewrap(vault)
+            assert progress.failed == 0
+            assert await rewrap_remaining(vault) == 0
+        finally:
+            await vault.close()
+        retire_key(keyring_path, 1, in_use=0)
+
+        vault = await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path))
+        try:
+            assert (await vault.get(survivor.token)).partner_reference == "pm_survivor"
+        finally:
+            await vault.close()
+        old = await Vault.open(copy_url, LocalKekProvider.from_file(keyring_path))
+        try:
+            with pytest.raises(VaultError):
+                await old.get(record.token)
+            # The survivor's copy in the backup is gone too: the whole copy predates the
+            # rewrap, so a backup is only as readable as the KEK versions still held.
+            with pytest.raises(VaultError):
+                await old.get(survivor.token)
+        finally:
+            await old.close()
     finally:
-        await vault.close()
-    old = await Vault.open(f"sqlite:///{copy}", LocalKekProvider.from_file(keyring_path))
-    try:
-        with pytest.raises(VaultError):
-            await old.get(record.token)
-    finally:
-        await old.close()
+        if copy_schema is not None:
+            drop_schema(copy_schema)
 
 
 async def test_erasure_keeps_what_it_is_told_and_the_key_they_need(vault: Vault) -> None:
@@ -197,25 +184,22 @@ async def test_concurrent_first_use_stores_one_partner_customer(vault: Vault) ->
 
 
 async def test_partner_customer_is_sealed_under_the_customer_key(
-    vault: Vault, vault_path: Path
+    vault: Vault, raw_rows: RawRows
 ) -> None:
-    """The partner customer id is not readable in the file, and a row moved between
+    """The partner customer id is not readable in storage, and a row moved between
     customers does not open."""
     await vault.put_partner_customer("cus-seal-a", "stripe", "cus_sealedA")
     await vault.put_partner_customer("cus-seal-b", "stripe", "cus_sealedB")
     await vault.backend.checkpoint()
-    assert b"cus_sealed" not in db_bytes(vault_path)
-    db = sqlite3.connect(vault_path)
-    (blob,) = db.execute(
+    assert b"cus_sealed" not in await raw_rows.stored_bytes()
+    ((blob,),) = await raw_rows.query(
         "SELECT ciphertext FROM customers WHERE customer_idx = ?",
         (vault.index("customer", "cus-seal-a"),),
-    ).fetchone()
-    db.execute(
+    )
+    await raw_rows.query(
         "UPDATE customers SET ciphertext = ? WHERE customer_idx = ?",
         (blob, vault.index("customer", "cus-seal-b")),
     )
-    db.commit()
-    db.close()
     with pytest.raises(DecryptionFailed):
         await vault.get_partner_customer("cus-seal-b")
 
@@ -250,18 +234,40 @@ async def test_listing_pages_through_every_record_once(vault: Vault) -> None:
     assert seen == [r.token for r in sorted(made, key=lambda r: (r.created_at, r.token))]
 
 
-async def test_listing_is_one_indexed_query(vault: Vault) -> None:
-    """The page query searches records_customer rather than scanning the table."""
-    db = vault.backend._reader  # type: ignore[attr-defined]
-    plan = db.execute(
-        "EXPLAIN QUERY PLAN SELECT token FROM records WHERE customer_idx = ?"
-        " AND (created_at, token) > (?, ?) AND NOT (kind = ? AND created_at < ?)"
-        " ORDER BY created_at, token LIMIT 21",
-        ("x", "2020", "vtok", "invoice", "2020"),
-    ).fetchall()
-    detail = " ".join(str(row[-1]) for row in plan)
-    assert "USING INDEX records_customer" in detail
-    assert "TEMP B-TREE" not in detail
+_PAGE_QUERY = (
+    "SELECT token FROM records WHERE customer_idx = ?"
+    " AND (created_at, token) > (?, ?) AND NOT (kind = ? AND created_at < ?)"
+    " ORDER BY created_at, token LIMIT 21"
+)
+_PAGE_ARGS = ("x", "2020", "vtok", "invoice", "2020")
+
+
+async def test_listing_is_one_indexed_query(
+    vault: Vault, backend_name: str, vault_url: str
+) -> None:
+    """The page query searches records_customer in order rather than scanning and sorting."""
+    if backend_name == "sqlite":
+        db = vault.backend._reader  # type: ignore[attr-defined]
+        plan = db.execute("EXPLAIN QUERY PLAN " + _PAGE_QUERY, _PAGE_ARGS).fetchall()
+        detail = " ".join(str(row[-1]) for row in plan)
+        assert "USING INDEX records_customer" in detail
+        assert "TEMP B-TREE" not in detail
+        return
+    for i in range(200):
+        await vault.put(card(f"cus-plan{i % 20}", f"pm_plan{i}"))
+    conn = await asyncpg.connect(vault_url)
+    try:
+        await conn.execute("ANALYZE records")
+        # A table this small is cheaper to scan than any index: ask for the plan the
+        # planner picks once scanning is the expensive choice it is in production.
+        await conn.execute("SET enable_seqscan = off")
+        n = iter(range(1, 6))
+        sql = "".join(f"${next(n)}" if c == "?" else c for c in _PAGE_QUERY)
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *_PAGE_ARGS))
+    finally:
+        await conn.close()
+    assert "Index Scan using records_customer" in plan
+    assert "Sort" not in plan
 
 
 @given(
@@ -290,35 +296,34 @@ def test_foreign_cursors_are_refused(text: str) -> None:
         return
 
 
-def age(vault_path: Path, token: str, *, created_days: int, used_days: int | None = None) -> None:
+async def age(
+    raw_rows: RawRows, token: str, *, created_days: int, used_days: int | None = None
+) -> None:
     """Move a record's timestamps into the past, as time would."""
-    db = sqlite3.connect(vault_path)
     now = utcnow()
     used = iso(now - timedelta(days=used_days)) if used_days is not None else None
-    db.execute(
+    await raw_rows.query(
         "UPDATE records SET created_at = ?, last_used_at = ? WHERE token = ?",
         (iso(now - timedelta(days=created_days)), used, token),
     )
-    db.commit()
-    db.close()
 
 
-async def test_retention_expiry_and_purge(vault_path: Path, keyring_path: Path) -> None:
+async def test_retention_expiry_and_purge(
+    vault_url: str, raw_rows: RawRows, keyring_path: Path
+) -> None:
     """Expired records read as missing before the sweep; dry run counts; purge deletes only them."""
     policy = RetentionPolicy(card_days=30, invoice_days=365)
-    vault = await Vault.open(
-        f"sqlite:///{vault_path}", LocalKekProvider.from_file(keyring_path), retention=policy
-    )
+    vault = await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path), retention=policy)
     try:
         stale = await vault.put(card("cus-ret", "pm_stale"))
         used = await vault.put(card("cus-ret", "pm_used"))
         fresh = await vault.put(card(None, "pm_fresh"))
         old_invoice = await vault.put(invoice("cus-ret"))
         new_invoice = await vault.put(invoice("cus-ret"))
-        age(vault_path, stale.token, created_days=40)
-        age(vault_path, used.token, created_days=400, used_days=5)
-        age(vault_path, old_invoice.token, created_days=400)
-        age(vault_path, new_invoice.token, created_days=300)
+        await age(raw_rows, stale.token, created_days=40)
+        await age(raw_rows, used.token, created_days=400, used_days=5)
+        await age(raw_rows, old_invoice.token, created_days=400)
+        await age(raw_rows, new_invoice.token, created_days=300)
 
         for gone in (stale, old_invoice):
             with pytest.raises(RecordNotFound):
@@ -343,38 +348,38 @@ async def test_retention_expiry_and_purge(vault_path: Path, keyring_path: Path) 
         await vault.close()
 
 
-async def test_last_use_is_batched_and_throttled(vault: Vault, vault_path: Path) -> None:
+async def test_last_use_is_batched_and_throttled(vault: Vault, raw_rows: RawRows) -> None:
     """Marks wait in memory, land in one flush, and a recently used token is not re-marked."""
     a = await vault.put(card(None, "pm_use_a"))
     b = await vault.put(card(None, "pm_use_b"))
     for _ in range(5):
         vault.mark_used(await vault.get(a.token))
     vault.mark_used(await vault.get(b.token))
-    db = sqlite3.connect(vault_path)
-    assert db.execute("SELECT COUNT(*) FROM records WHERE last_used_at IS NOT NULL").fetchone() == (
-        0,
-    )
+    assert await raw_rows.count("records", "last_used_at IS NOT NULL") == 0
     assert await vault.flush_usage() == 2
-    assert db.execute("SELECT COUNT(*) FROM records WHERE last_used_at IS NOT NULL").fetchone() == (
-        2,
-    )
-    db.close()
+    assert await raw_rows.count("records", "last_used_at IS NOT NULL") == 2
+    used = await raw_rows.column_by_token("last_used_at")
+    # A flush never moves a mark backwards (an older time for the same token is ignored).
+    assert await vault.backend.touch({a.token: "2000-01-01T00:00:00.000000Z"}) == 0
+    assert (await raw_rows.column_by_token("last_used_at"))[a.token] == used[a.token]
     vault.mark_used(await vault.get(a.token))
     assert vault.pending_use(a.token) is None
     assert await vault.flush_usage() == 0
 
 
-async def test_pending_use_keeps_a_token_alive(vault_path: Path, keyring_path: Path) -> None:
+async def test_pending_use_keeps_a_token_alive(
+    vault_url: str, raw_rows: RawRows, keyring_path: Path
+) -> None:
     """A token used since the last flush is neither expired on read nor purged."""
     vault = await Vault.open(
-        f"sqlite:///{vault_path}",
+        vault_url,
         LocalKekProvider.from_file(keyring_path),
         retention=RetentionPolicy(card_days=30),
     )
     try:
         record = await vault.put(card(None, "pm_alive"))
         vault.mark_used(await vault.get(record.token))
-        age(vault_path, record.token, created_days=40)
+        await age(raw_rows, record.token, created_days=40)
         assert (await vault.get(record.token)).token == record.token
         assert await vault.purge_expired() == {"card": 0}
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.backends import RawRows
 from vault import (
     DecryptionFailed,
     KeyInUse,
@@ -50,21 +50,12 @@ def provider_of(vault: Vault) -> LocalKekProvider:
     return vault.keys
 
 
-def deks_by_version(path: Path) -> dict[int, int]:
-    """Count data keys per version straight from the file, independent of the backend."""
-    db = sqlite3.connect(path)
-    try:
-        return dict(db.execute("SELECT kek_version, count(*) FROM deks GROUP BY 1").fetchall())
-    finally:
-        db.close()
-
-
 async def test_rewrap_moves_every_key_and_records_still_read(
-    vault: Vault, vault_path: Path
+    vault: Vault, raw_rows: RawRows
 ) -> None:
     """After rotate + rewrap every DEK is on the new version and every record reads back."""
     stored = [await vault.put(record(f"cus-{i % 4}" if i % 2 else None)) for i in range(30)]
-    assert deks_by_version(vault_path) == {1: 17}
+    assert await raw_rows.deks_by_version() == {1: 17}
     provider_of(vault).rotate()
     assert await rewrap_remaining(vault) == 17
     seen: list[int] = []
@@ -72,13 +63,13 @@ async def test_rewrap_moves_every_key_and_records_still_read(
     assert (progress.rewrapped, progress.failed, progress.remaining) == (17, 0, 0)
     assert seen == sorted(seen, reverse=True)
     assert len(seen) == 5
-    assert deks_by_version(vault_path) == {2: 17}
+    assert await raw_rows.deks_by_version() == {2: 17}
     fresh = Vault(vault.backend, LocalKekProvider.from_file(provider_of(vault).ring.path))
     for r in stored:
         assert await fresh.get(r.token) == r
 
 
-async def test_rewrap_resumes_after_interruption(vault: Vault, vault_path: Path) -> None:
+async def test_rewrap_resumes_after_interruption(vault: Vault, raw_rows: RawRows) -> None:
     """A rewrap stopped after two batches leaves a mix; running again finishes the rest."""
     for _ in range(12):
         await vault.put(record())
@@ -93,11 +84,11 @@ async def test_rewrap_resumes_after_interruption(vault: Vault, vault_path: Path)
 
     with pytest.raises(Stop):
         await rewrap(vault, batch_size=3, on_batch=stop_after_two)
-    assert deks_by_version(vault_path) == {1: 6, 2: 6}
+    assert await raw_rows.deks_by_version() == {1: 6, 2: 6}
     progress = await rewrap(vault, batch_size=3)
     assert progress.total == 6
     assert progress.rewrapped == 6
-    assert deks_by_version(vault_path) == {2: 12}
+    assert await raw_rows.deks_by_version() == {2: 12}
     assert (await rewrap(vault)).rewrapped == 0
 
 
@@ -116,22 +107,19 @@ async def test_rewrap_compare_and_set_skips_changed_rows(vault: Vault) -> None:
 
 
 async def test_rewrap_leaves_unreadable_keys_and_reports_them(
-    vault: Vault, vault_path: Path
+    vault: Vault, raw_rows: RawRows
 ) -> None:
     """A tampered wrapped DEK is counted as failed and left alone; the others move."""
     for _ in range(5):
         await vault.put(record())
-    db = sqlite3.connect(vault_path)
-    (dek_id, wrapped) = db.execute("SELECT dek_id, wrapped FROM deks LIMIT 1").fetchone()
+    ((dek_id, wrapped),) = await raw_rows.query("SELECT dek_id, wrapped FROM deks LIMIT 1")
     flipped = bytearray(wrapped)
     flipped[-1] ^= 1
-    db.execute("UPDATE deks SET wrapped = ? WHERE dek_id = ?", (bytes(flipped), dek_id))
-    db.commit()
-    db.close()
+    await raw_rows.set_dek(dek_id, "wrapped", bytes(flipped))
     provider_of(vault).rotate()
     progress = await rewrap(vault, batch_size=2)
     assert (progress.rewrapped, progress.failed, progress.remaining) == (4, 1, 1)
-    assert deks_by_version(vault_path) == {1: 1, 2: 4}
+    assert await raw_rows.deks_by_version() == {1: 1, 2: 4}
 
 
 async def test_retire_refused_until_rewrapped(vault: Vault) -> None:
@@ -190,19 +178,15 @@ async def test_refresh_ignores_a_corrupted_ring(vault: Vault, keyring_path: Path
 
 
 async def test_coverage_check_refuses_retired_and_unknown_versions(
-    vault: Vault, vault_path: Path, tmp_path: Path
+    vault: Vault, raw_rows: RawRows, tmp_path: Path
 ) -> None:
     """DEKs under a version the ring lacks or retired make the start-up check fail."""
     await vault.put(record())
     await check_key_coverage(vault)
-    db = sqlite3.connect(vault_path)
-    db.execute("UPDATE deks SET kek_version = 7")
-    db.commit()
+    await raw_rows.query("UPDATE deks SET kek_version = 7")
     with pytest.raises(KeyRingError, match="version 7 is not in the key ring"):
         await check_key_coverage(vault)
-    db.execute("UPDATE deks SET kek_version = 1")
-    db.commit()
-    db.close()
+    await raw_rows.query("UPDATE deks SET kek_version = 1")
     provider = provider_of(vault)
     provider.rotate()
     provider.retire(1, in_use=0)  # bypassing the count, as a hand-edited ring would
@@ -210,20 +194,17 @@ async def test_coverage_check_refuses_retired_and_unknown_versions(
         await check_key_coverage(vault)
 
 
-async def test_wrong_key_version_on_a_dek_fails(vault: Vault, vault_path: Path) -> None:
+async def test_wrong_key_version_on_a_dek_fails(vault: Vault, raw_rows: RawRows) -> None:
     """Relabelling a DEK's version (to another existing key) fails authentication."""
     stored = await vault.put(record())
     provider_of(vault).rotate()
-    db = sqlite3.connect(vault_path)
-    db.execute("UPDATE deks SET kek_version = 2")
-    db.commit()
-    db.close()
+    await raw_rows.query("UPDATE deks SET kek_version = 2")
     vault.forget_dek((await vault.backend.get_record(stored.token)).dek_id)  # type: ignore[union-attr]
     with pytest.raises(DecryptionFailed):
         await vault.get(stored.token)
 
 
-async def test_retired_key_cannot_open_its_deks(vault: Vault, vault_path: Path) -> None:
+async def test_retired_key_cannot_open_its_deks(vault: Vault, raw_rows: RawRows) -> None:
     """A DEK left on a retired version is an error, never data."""
     stored = await vault.put(record())
     provider = provider_of(vault)
@@ -234,34 +215,28 @@ async def test_retired_key_cannot_open_its_deks(vault: Vault, vault_path: Path) 
         await vault.get(stored.token)
 
 
-async def test_wrapped_dek_moved_between_rows_fails(vault: Vault, vault_path: Path) -> None:
+async def test_wrapped_dek_moved_between_rows_fails(vault: Vault, raw_rows: RawRows) -> None:
     """A wrapped DEK copied onto another DEK row fails (its AAD names its own id)."""
     a = await vault.put(record("cus-a"))
     await vault.put(record("cus-b"))
-    db = sqlite3.connect(vault_path)
-    rows = db.execute("SELECT dek_id, wrapped FROM deks ORDER BY customer_idx").fetchall()
-    db.execute("UPDATE deks SET wrapped = ? WHERE dek_id = ?", (rows[1][1], rows[0][0]))
-    db.execute("UPDATE deks SET wrapped = ? WHERE dek_id = ?", (rows[0][1], rows[1][0]))
-    db.commit()
-    db.close()
+    rows = await raw_rows.query("SELECT dek_id, wrapped FROM deks ORDER BY customer_idx")
+    await raw_rows.set_dek(rows[0][0], "wrapped", rows[1][1])
+    await raw_rows.set_dek(rows[1][0], "wrapped", rows[0][1])
     vault._deks.clear()
     with pytest.raises(DecryptionFailed):
         await vault.get(a.token)
 
 
 async def test_a_rewrapped_ciphertext_still_cannot_move_customers(
-    vault: Vault, vault_path: Path
+    vault: Vault, raw_rows: RawRows
 ) -> None:
     """After a rewrap, a record ciphertext moved to another customer's row still fails."""
     a = await vault.put(record("cus-a"))
     b = await vault.put(record("cus-b"))
     provider_of(vault).rotate()
     await rewrap(vault)
-    db = sqlite3.connect(vault_path)
-    (blob,) = db.execute("SELECT ciphertext FROM records WHERE token = ?", (a.token,)).fetchone()
-    db.execute("UPDATE records SET ciphertext = ? WHERE token = ?", (blob, b.token))
-    db.commit()
-    db.close()
+    blob = await raw_rows.get(a.token, "ciphertext")
+    await raw_rows.set("ciphertext", blob, token=b.token)
     with pytest.raises(DecryptionFailed):
         await vault.get(b.token)
 

@@ -1,4 +1,4 @@
-"""The vault on its own: sealing, envelope keys, SQLite storage, failure modes."""
+"""The vault on its own: sealing, envelope keys, storage, failure modes (on both backends)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.backends import RawRows
 from vault import (
     DecryptionFailed,
     Kind,
@@ -57,37 +58,35 @@ async def test_unknown_and_malformed_tokens_not_found(vault: Vault) -> None:
         await vault.get("vtok_card_../../etc")
 
 
-async def test_customer_records_share_one_data_key(vault: Vault, vault_path: Path) -> None:
+async def test_customer_records_share_one_data_key(vault: Vault, raw_rows: RawRows) -> None:
     """Records of one customer use the customer's DEK; records without a customer get their own."""
     a = await vault.put(card_record("cus-9"))
     b = await vault.put(card_record("cus-9"))
     c = await vault.put(card_record(None))
     d = await vault.put(card_record(None))
-    db = sqlite3.connect(vault_path)
-    dek = dict(db.execute("SELECT token, dek_id FROM records").fetchall())
+    dek = await raw_rows.column_by_token("dek_id")
     assert dek[a.token] == dek[b.token]
     assert len({dek[a.token], dek[c.token], dek[d.token]}) == 3
-    assert db.execute("SELECT count(*) FROM deks WHERE customer_idx IS NOT NULL").fetchone() == (1,)
+    assert await raw_rows.count("deks", "customer_idx IS NOT NULL") == 1
 
 
 async def test_concurrent_first_writes_for_a_customer_create_one_key(
-    vault: Vault, vault_path: Path
+    vault: Vault, raw_rows: RawRows
 ) -> None:
     """Fifty concurrent puts for a new customer end with one DEK and fifty readable records."""
     stored = await asyncio.gather(*(vault.put(card_record("cus-race")) for _ in range(50)))
-    db = sqlite3.connect(vault_path)
-    assert db.execute("SELECT count(*) FROM deks").fetchone() == (1,)
+    assert await raw_rows.count("deks") == 1
     for record in stored:
         assert (await vault.get(record.token)).customer_ref == "cus-race"
 
 
-async def test_group_commit_is_durable_across_reopen(vault_path: Path, keyring_path: Path) -> None:
+async def test_group_commit_is_durable_across_reopen(vault_url: str, keyring_path: Path) -> None:
     """Hundreds of concurrent puts are all readable after the vault is closed and reopened."""
     keys = LocalKekProvider.from_file(keyring_path)
-    v = await Vault.open(f"sqlite:///{vault_path}", keys)
+    v = await Vault.open(vault_url, keys)
     stored = await asyncio.gather(*(v.put(card_record(ref=f"pm_{i}")) for i in range(300)))
     await v.close()
-    v = await Vault.open(f"sqlite:///{vault_path}", keys)
+    v = await Vault.open(vault_url, keys)
     try:
         for i, record in enumerate(stored):
             assert (await v.get(record.token)).partner_reference == f"pm_{i}"
@@ -95,68 +94,60 @@ async def test_group_commit_is_durable_across_reopen(vault_path: Path, keyring_p
         await v.close()
 
 
-async def test_clear_columns_hold_no_references(vault: Vault, vault_path: Path) -> None:
-    """Partner reference, customer ref, metadata and fingerprint are not in the database file."""
+async def test_clear_columns_hold_no_references(vault: Vault, raw_rows: RawRows) -> None:
+    """Partner reference, customer ref, metadata and fingerprint are nowhere in the database."""
     await vault.put(card_record("cus-secret-ref", ref="pm_visible_if_leaked"))
     await vault.close()
-    for path in vault_path.parent.glob(vault_path.name + "*"):
-        data = path.read_bytes()
-        for needle in (b"pm_visible_if_leaked", b"cus-secret-ref", b"A-1", b"fp_abc", b"4242"):
-            assert needle not in data, (path.name, needle)
+    data = await raw_rows.stored_bytes()
+    assert b"vtok_card_" in data  # the scan sees the stored rows
+    for needle in (b"pm_visible_if_leaked", b"cus-secret-ref", b"A-1", b"fp_abc", b"4242"):
+        assert needle not in data, needle
 
 
-async def test_tampered_ciphertext_raises(vault: Vault, vault_path: Path) -> None:
+async def test_tampered_ciphertext_raises(vault: Vault, raw_rows: RawRows) -> None:
     """Any changed byte of the ciphertext makes get() raise DecryptionFailed."""
     stored = await vault.put(card_record("cus-t"))
-    db = sqlite3.connect(vault_path)
-    (blob,) = db.execute("SELECT ciphertext FROM records").fetchone()
+    blob = await raw_rows.get(stored.token, "ciphertext")
     for position in (0, 5, len(blob) // 2, len(blob) - 1):
         changed = bytearray(blob)
         changed[position] ^= 0x80
-        db.execute("UPDATE records SET ciphertext = ?", (bytes(changed),))
-        db.commit()
+        await raw_rows.set("ciphertext", bytes(changed), token=stored.token)
         with pytest.raises(DecryptionFailed):
             await vault.get(stored.token)
 
 
-async def test_ciphertext_moved_between_customers_fails(vault: Vault, vault_path: Path) -> None:
+async def test_ciphertext_moved_between_customers_fails(vault: Vault, raw_rows: RawRows) -> None:
     """A ciphertext moved onto another customer's row (with or without its DEK id) fails."""
     a = await vault.put(card_record("cus-a"))
     b = await vault.put(card_record("cus-b"))
-    db = sqlite3.connect(vault_path)
-    blob, dek_a = db.execute(
-        "SELECT ciphertext, dek_id FROM records WHERE token = ?", (a.token,)
-    ).fetchone()
-    db.execute("UPDATE records SET ciphertext = ? WHERE token = ?", (blob, b.token))
-    db.commit()
+    blob = await raw_rows.get(a.token, "ciphertext")
+    dek_a = await raw_rows.get(a.token, "dek_id")
+    await raw_rows.set("ciphertext", blob, token=b.token)
     with pytest.raises(DecryptionFailed):
         await vault.get(b.token)
-    db.execute("UPDATE records SET dek_id = ? WHERE token = ?", (dek_a, b.token))
-    db.commit()
+    await raw_rows.set("dek_id", dek_a, token=b.token)
     with pytest.raises(DecryptionFailed):
         await vault.get(b.token)
 
 
-async def test_kind_column_changed_fails(vault: Vault, vault_path: Path) -> None:
+async def test_kind_column_changed_fails(vault: Vault, raw_rows: RawRows) -> None:
     """Relabelling a row's kind does not make it readable under another kind."""
     stored = await vault.put(card_record())
-    db = sqlite3.connect(vault_path)
-    db.execute("UPDATE records SET kind = 'bank'")
-    db.commit()
+    await raw_rows.set("kind", "bank")
     with pytest.raises(DecryptionFailed):
         await vault.get(stored.token)
 
 
 async def test_wrong_key_ring_cannot_read(
-    vault_path: Path, keyring_path: Path, tmp_path: Path
+    vault_url: str, keyring_path: Path, tmp_path: Path
 ) -> None:
     """A vault opened with another key ring fails authentication instead of returning data."""
-    v = await Vault.open(f"sqlite:///{vault_path}", LocalKekProvider.from_file(keyring_path))
+    v = await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path))
     stored = await v.put(card_record("cus-k"))
     await v.close()
     other = tmp_path / "other" / "keyring.json"
     init_keyring(other)
-    v = await Vault.open(f"sqlite:///{vault_path}", LocalKekProvider.from_file(other))
+    v = await Vault.open(vault_url, LocalKekProvider.from_file(other))
     try:
         with pytest.raises(DecryptionFailed):
             await v.get(stored.token)
@@ -164,15 +155,25 @@ async def test_wrong_key_ring_cannot_read(
         await v.close()
 
 
-async def test_delete_removes_record_and_its_own_key(vault: Vault, vault_path: Path) -> None:
+async def test_delete_removes_record_and_its_own_key(vault: Vault, raw_rows: RawRows) -> None:
     """Deleting a customer-less record also deletes its DEK; a second delete reports False."""
     stored = await vault.put(card_record())
     assert await vault.delete(stored.token) is True
     assert await vault.delete(stored.token) is False
     with pytest.raises(RecordNotFound):
         await vault.get(stored.token)
-    db = sqlite3.connect(vault_path)
-    assert db.execute("SELECT count(*) FROM deks").fetchone() == (0,)
+    assert await raw_rows.count("deks") == 0
+
+
+async def test_delete_keeps_a_customer_key_other_records_use(
+    vault: Vault, raw_rows: RawRows
+) -> None:
+    """Deleting one of a customer's records keeps the customer's DEK and the other record."""
+    a = await vault.put(card_record("cus-keep"))
+    b = await vault.put(card_record("cus-keep"))
+    assert await vault.delete(a.token) is True
+    assert await raw_rows.count("deks") == 1
+    assert (await vault.get(b.token)).customer_ref == "cus-keep"
 
 
 async def test_migrations_are_idempotent(vault: Vault) -> None:
@@ -181,9 +182,13 @@ async def test_migrations_are_idempotent(vault: Vault) -> None:
     assert await vault.backend.migrate() == first >= 1
 
 
-async def test_database_uses_wal_and_full_sync(vault: Vault, vault_path: Path) -> None:
-    """The file is in WAL mode; the writer commits with synchronous=FULL (2)."""
-    db = sqlite3.connect(vault_path)
-    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    backend = vault.backend
-    assert backend._writer.execute("PRAGMA synchronous").fetchone() == (2,)  # type: ignore[attr-defined]
+async def test_sqlite_database_uses_wal_and_full_sync(vault_path: Path, keyring_path: Path) -> None:
+    """SQLite only: the file is in WAL mode; the writer commits with synchronous=FULL (2)."""
+    vault = await Vault.open(f"sqlite:///{vault_path}", LocalKekProvider.from_file(keyring_path))
+    try:
+        db = sqlite3.connect(vault_path)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        backend = vault.backend
+        assert backend._writer.execute("PRAGMA synchronous").fetchone() == (2,)  # type: ignore[attr-defined]
+    finally:
+        await vault.close()

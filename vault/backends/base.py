@@ -118,6 +118,9 @@ class Backend(Protocol):
     """Storage for records and data keys; every method is one short transaction."""
 
     name: str
+    # False once an operation failed to reach the database (or a connection died),
+    # True again after one succeeds: lets callers skip irreversible work while down.
+    healthy: bool
 
     async def migrate(self) -> int:
         """Apply pending schema migrations; returns the schema version now in force."""

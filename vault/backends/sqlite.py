@@ -70,6 +70,8 @@ class SqliteBackend(SqliteLifecycleMixin):
     """The embedded default backend."""
 
     name = "sqlite"
+    # An embedded file has no outage to remember: every call reaches it directly.
+    healthy = True
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
         self.path = str(path)

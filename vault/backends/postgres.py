@@ -1,0 +1,384 @@
+"""PostgreSQL backend (asyncpg): one database shared by several proxy replicas.
+
+Why this shape:
+
+* Every request-path operation is one statement on one pooled connection: one round
+  trip, one implicit transaction. Inserting a record with its new data key is a single
+  ``WITH … INSERT`` so the pair is atomic without BEGIN/COMMIT round trips.
+* A token handed back must be durable: a PostgreSQL commit returns after its WAL is
+  flushed while ``synchronous_commit`` is on, and concurrent commits share one flush
+  (the server groups them). Sessions are opened with ``synchronous_commit=on`` unless
+  the URL asks for a stronger level (``remote_write``/``remote_apply``) or ``local``.
+* Outages must fail fast and be visible before the proxy spends a partner call:
+  ``healthy`` drops on any connection error and whenever a pooled connection dies,
+  and comes back with the next statement that succeeds (a ``ping`` included).
+* Library exceptions never leave this module: unique and foreign-key violations
+  become DuplicateRecord (as SQLite's IntegrityError does), everything else
+  StorageUnavailable with our own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+
+from vault.backends.base import (
+    AUDIT_GENESIS,
+    AuditEntry,
+    AuditLinker,
+    AuditRow,
+    DekRewrap,
+    DekRow,
+    RecordRow,
+)
+from vault.backends.postgres_idempotency import PostgresIdempotencyMixin
+from vault.backends.postgres_lifecycle import PostgresLifecycleMixin
+from vault.backends.sqlite import migration_scripts
+from vault.errors import DuplicateRecord, StorageUnavailable
+
+T = TypeVar("T")
+
+_RECORD_COLUMNS = (
+    "token, kind, dek_id, ciphertext, customer_idx, fingerprint_idx, created_at, last_used_at"
+)
+_DEK_COLUMNS = "dek_id, customer_idx, kek_version, wrapped, created_at"
+_AUDIT_COLUMNS = (
+    "seq, occurred_at, event_type, outcome, actor, origin, resource, detail, prev_hash, hash"
+)
+_DURABLE_LEVELS = frozenset({"on", "local", "remote_write", "remote_apply"})
+
+_INSERT_RECORD = f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"  # noqa: S608
+# One statement: the data key and the record commit together or not at all. The
+# foreign key is checked at the end of the statement, after both rows exist.
+_INSERT_DEK_AND_RECORD = (
+    f"WITH dek AS (INSERT INTO deks ({_DEK_COLUMNS}) VALUES ($9, $10, $11, $12, $13)) "  # noqa: S608
+    + _INSERT_RECORD
+)
+# The per-record data key goes with its record; a customer's key stays (other records,
+# later records) until the customer is erased. The sub-select sees the table as it was
+# before this statement, hence ``token <> $1``.
+_DELETE_RECORD = (
+    "WITH gone AS (DELETE FROM records WHERE token = $1 RETURNING dek_id),"
+    " dek AS (DELETE FROM deks WHERE dek_id IN (SELECT dek_id FROM gone)"
+    " AND customer_idx IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.dek_id = deks.dek_id AND r.token <> $1))"
+    " SELECT count(*) FROM gone"
+)
+# Migrations of one schema are serialised across processes; other schemas (other
+# tenants, parallel test runs) in the same database do not wait for each other.
+_MIGRATION_LOCK = (
+    "SELECT pg_advisory_xact_lock(hashtext('tokenproxy.migrate.' || current_schema()))"
+)
+
+# Every appender, in every process, takes this lock before reading the chain head, so
+# each event links to the one committed just before it.
+_AUDIT_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tokenproxy.audit.' || current_schema()))"
+# One statement: every compare-and-set of the batch commits together.
+_REWRAP = (
+    "UPDATE deks d SET kek_version = c.new_version, wrapped = c.new_wrapped"
+    " FROM unnest($1::text[], $2::int[], $3::bytea[], $4::int[], $5::bytea[])"
+    " AS c(dek_id, old_version, old_wrapped, new_version, new_wrapped)"
+    " WHERE d.dek_id = c.dek_id AND d.kek_version = c.old_version"
+    " AND d.wrapped = c.old_wrapped"
+)
+
+# What a broken or unreachable database raises through asyncpg: server errors, protocol
+# and connection-state errors, socket errors (refused, reset) and timeouts.
+_STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+
+def session_settings(url: str) -> dict[str, str]:
+    """Server settings for our sessions: ``synchronous_commit`` never weaker than local flush."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    wanted = query.get("synchronous_commit", ["on"])[-1]
+    return {"synchronous_commit": wanted if wanted in _DURABLE_LEVELS else "on"}
+
+
+class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
+    """The backend for several replicas on one PostgreSQL database."""
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        command_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if pool_max < 1 or pool_min > pool_max:
+            raise ValueError("pool sizes must satisfy 0 <= pool_min <= pool_max, pool_max >= 1")
+        self._url = url
+        self._pool_min = pool_min
+        self._pool_max = pool_max
+        self._command_timeout = command_timeout
+        self._connect_timeout = connect_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._closed = False
+        self.healthy = True
+
+    # -- connections ----------------------------------------------------------
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:
+            if self._closed:
+                raise StorageUnavailable("vault is closed")
+            if self._pool is None:
+                pool = asyncpg.create_pool(
+                    self._url,
+                    min_size=self._pool_min,
+                    max_size=self._pool_max,
+                    timeout=self._connect_timeout,
+                    command_timeout=self._command_timeout,
+                    server_settings=session_settings(self._url),
+                    init=self._init_connection,
+                )
+                try:
+                    await pool
+                except BaseException:
+                    # The pool is retried on the next call: a database that is down at
+                    # start-up must not leave the vault permanently broken.
+                    pool.terminate()
+                    raise
+                self._pool = pool
+        return self._pool
+
+    async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        conn.add_termination_listener(self._on_connection_lost)
+
+    def _on_connection_lost(self, conn: asyncpg.Connection) -> None:
+        # A pooled connection died (server gone, proxy cut, idle expiry): the next
+        # tokenization re-checks the database before it calls the partner.
+        if not self._closed:
+            self.healthy = False
+
+    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        if self._closed:
+            raise StorageUnavailable("vault is closed")
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=self._command_timeout) as conn:
+                result = await op(conn)
+        except asyncpg.IntegrityConstraintViolationError:
+            # Unique or foreign-key conflict, as SQLite's IntegrityError: the caller reloads
+            # and retries. The server's detail text names key values (tokens): dropped.
+            self.healthy = True
+            raise DuplicateRecord("row conflicts with a stored row") from None
+        except _STORAGE_ERRORS as exc:
+            self.healthy = False
+            raise StorageUnavailable(f"PostgreSQL unavailable ({type(exc).__name__})") from None
+        self.healthy = True
+        return result
+
+    # -- schema ---------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        """Apply pending migrations in one transaction under an advisory lock."""
+
+        async def run(conn: asyncpg.Connection) -> int:
+            async with conn.transaction():
+                await conn.execute(_MIGRATION_LOCK)
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations"
+                    " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+                )
+                done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                current = max(done, default=0)
+                for version, script in migration_scripts("postgres"):
+                    if version in done:
+                        continue
+                    await conn.execute(script)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations VALUES"
+                        " ($1, to_char(clock_timestamp() AT TIME ZONE 'UTC',"
+                        ' \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\'))',
+                        version,
+                    )
+                    current = version
+                return current
+
+        return await self._run(run)
+
+    # -- writes ---------------------------------------------------------------
+
+    async def insert(self, record: RecordRow, dek: DekRow | None) -> None:
+        """Insert a record and, when given, its new data key, in one statement."""
+        args: list[Any] = [
+            record.token,
+            record.kind,
+            record.dek_id,
+            record.ciphertext,
+            record.customer_idx,
+            record.fingerprint_idx,
+            record.created_at,
+            record.last_used_at,
+        ]
+        sql = _INSERT_RECORD
+        if dek is not None:
+            sql = _INSERT_DEK_AND_RECORD
+            args += [dek.dek_id, dek.customer_idx, dek.kek_version, dek.wrapped, dek.created_at]
+
+        async def run(conn: asyncpg.Connection) -> None:
+            await conn.execute(sql, *args)
+
+        await self._run(run)
+
+    async def delete_record(self, token: str) -> bool:
+        """Delete a record and its data key when no other record shares it."""
+
+        async def run(conn: asyncpg.Connection) -> bool:
+            deleted: int = await conn.fetchval(_DELETE_RECORD, token)
+            return deleted > 0
+
+        return await self._run(run)
+
+    async def rewrap_deks(self, changes: Sequence[DekRewrap]) -> int:
+        """Compare-and-set each data key's (version, wrapped) pair, all in one statement."""
+        if not changes:
+            return 0
+
+        async def run(conn: asyncpg.Connection) -> int:
+            status: str = await conn.execute(
+                _REWRAP,
+                [c.dek_id for c in changes],
+                [c.old_version for c in changes],
+                [c.old_wrapped for c in changes],
+                [c.new_version for c in changes],
+                [c.new_wrapped for c in changes],
+            )
+            return int(status.rsplit(" ", 1)[-1])
+
+        return await self._run(run)
+
+    async def append_audit(self, entry: AuditEntry, link: AuditLinker) -> AuditRow:
+        """Chain and insert one event under the schema's audit advisory lock."""
+
+        async def run(conn: asyncpg.Connection) -> AuditRow:
+            async with conn.transaction():
+                await conn.execute(_AUDIT_LOCK)
+                head = await conn.fetchrow(
+                    "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+                )
+                seq, prev_hash = (head[0] + 1, head[1]) if head else (1, AUDIT_GENESIS)
+                row = AuditRow(seq, entry, prev_hash, link(prev_hash, entry))
+                await conn.execute(
+                    f"INSERT INTO audit_events ({_AUDIT_COLUMNS})"  # noqa: S608
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    seq,
+                    entry.occurred_at,
+                    entry.event_type,
+                    entry.outcome,
+                    entry.actor,
+                    entry.origin,
+                    entry.resource,
+                    entry.detail,
+                    prev_hash,
+                    row.hash,
+                )
+                return row
+
+        return await self._run(run)
+
+    # -- reads ----------------------------------------------------------------
+
+    async def _fetch(self, sql: str, *args: object) -> list[Any]:
+        async def run(conn: asyncpg.Connection) -> list[Any]:
+            rows: list[Any] = await conn.fetch(sql, *args)
+            return rows
+
+        return await self._run(run)
+
+    async def count_deks_by_version(self) -> dict[int, int]:
+        """Data keys per KEK version (walks the kek_version index)."""
+        rows = await self._fetch("SELECT kek_version, count(*) FROM deks GROUP BY kek_version")
+        return {int(version): int(count) for version, count in rows}
+
+    async def deks_not_on_version(
+        self, version: int, *, after: str | None, limit: int
+    ) -> list[DekRow]:
+        """A page of data keys not on ``version``, in dek_id order (keyset pagination)."""
+        rows = await self._fetch(
+            f"SELECT {_DEK_COLUMNS} FROM deks WHERE kek_version <> $1 AND dek_id > $2"  # noqa: S608
+            " ORDER BY dek_id LIMIT $3",
+            version,
+            after or "",
+            limit,
+        )
+        return [DekRow(*row) for row in rows]
+
+    async def read_audit(
+        self, *, after_seq: int = 0, limit: int = 1000, since: str | None = None
+    ) -> list[AuditRow]:
+        """A page of audit events in chain order."""
+        rows = await self._fetch(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_events"  # noqa: S608
+            " WHERE seq > $1 AND occurred_at >= $2 ORDER BY seq LIMIT $3",
+            after_seq,
+            since or "",
+            limit,
+        )
+        return [
+            AuditRow(r[0], AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], r[7]), r[8], r[9])
+            for r in rows
+        ]
+
+    async def _fetchrow(self, sql: str, *args: object) -> Any:
+        async def run(conn: asyncpg.Connection) -> Any:
+            return await conn.fetchrow(sql, *args)
+
+        return await self._run(run)
+
+    async def get_record(self, token: str) -> RecordRow | None:
+        """Read one record by primary key."""
+        row = await self._fetchrow(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE token = $1",  # noqa: S608
+            token,
+        )
+        return RecordRow(*row) if row else None
+
+    async def get_dek(self, dek_id: str) -> DekRow | None:
+        """Read one wrapped data key by id."""
+        row = await self._fetchrow(
+            f"SELECT {_DEK_COLUMNS} FROM deks WHERE dek_id = $1",  # noqa: S608
+            dek_id,
+        )
+        return DekRow(*row) if row else None
+
+    async def get_customer_dek(self, customer_idx: str) -> DekRow | None:
+        """Read a customer's wrapped data key by the customer's blind index."""
+        row = await self._fetchrow(
+            f"SELECT {_DEK_COLUMNS} FROM deks WHERE customer_idx = $1",  # noqa: S608
+            customer_idx,
+        )
+        return DekRow(*row) if row else None
+
+    async def ping(self) -> None:
+        """Check the database answers a query (and mark the backend healthy when it does)."""
+        await self._fetchrow("SELECT 1")
+
+    async def close(self) -> None:
+        """Let borrowed connections finish, then close the pool."""
+        if self._closed:
+            return
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=self._command_timeout)
+        except _STORAGE_ERRORS:  # TimeoutError included
+            pool.terminate()
