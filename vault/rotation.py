@@ -22,6 +22,7 @@ from vault.backends.base import DekRewrap
 from vault.crypto import dek_aad
 from vault.errors import DecryptionFailed, KeyRingError
 from vault.keyring import KeyInfo
+from vault.records import iso, utcnow
 from vault.store import Vault
 
 __all__ = [
@@ -207,7 +208,14 @@ async def _rewrap_pass(
 
 
 async def retire_version(vault: Vault, admin: KeyAdmin, version: int) -> int:
-    """Retire ``version`` after counting its data keys in the vault; returns that count (0)."""
+    """Retire ``version`` once nothing in the vault needs it; returns the count (0).
+
+    Data keys are moved off a version by rewrap; idempotency rows are not rewrapped
+    (they live a day at most), so a version stays in use until the last live row
+    wrapped under it expires. Retiring earlier would make those stored answers
+    unreadable, and a client's retry would then fail instead of replaying.
+    """
     in_use = (await vault.backend.count_deks_by_version()).get(version, 0)
+    in_use += (await vault.backend.count_idempotency_by_version(iso(utcnow()))).get(version, 0)
     admin.retire(version, in_use=in_use)
     return in_use

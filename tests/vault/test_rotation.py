@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tests.backends import RawRows
 from vault import (
     DecryptionFailed,
+    IdempotencyStore,
     KeyInUse,
     KeyRingError,
     Kind,
@@ -120,6 +121,29 @@ async def test_rewrap_leaves_unreadable_keys_and_reports_them(
     progress = await rewrap(vault, batch_size=2)
     assert (progress.rewrapped, progress.failed, progress.remaining) == (4, 1, 1)
     assert await raw_rows.deks_by_version() == {1: 1, 2: 4}
+
+
+async def test_retire_waits_for_live_idempotency_rows(vault: Vault) -> None:
+    """A version still wrapping a live idempotency row is not retirable, even after rewrap."""
+    provider = provider_of(vault)
+    await IdempotencyStore(vault, ttl=3600).begin("checkout", "order-1", b"{}")
+    provider.rotate()
+    await rewrap(vault)
+    assert await rewrap_remaining(vault) == 0
+    with pytest.raises(KeyInUse):
+        await retire_version(vault, provider, 1)
+    # Once the row has expired and been purged, nothing holds version 1 any more.
+    await vault.backend.idempotency_purge("9999-12-31T00:00:00.000000Z")
+    assert await retire_version(vault, provider, 1) == 0
+
+
+async def test_only_unexpired_idempotency_rows_hold_a_version(vault: Vault) -> None:
+    """Expired rows (not yet purged) do not keep a key version in use."""
+    provider = provider_of(vault)
+    await IdempotencyStore(vault, ttl=0.1).begin("checkout", "order-3", b"{}")
+    provider.rotate()
+    await asyncio.sleep(0.3)
+    assert await retire_version(vault, provider, 1) == 0
 
 
 async def test_retire_refused_until_rewrapped(vault: Vault) -> None:

@@ -207,6 +207,10 @@ class Backend(Protocol):
         """How many data keys each KEK version wraps."""
         ...
 
+    async def count_idempotency_by_version(self, now: str) -> dict[int, int]:
+        """How many live (unexpired at ``now``) idempotency rows each KEK version wraps."""
+        ...
+
     async def deks_not_on_version(
         self, version: int, *, after: str | None, limit: int
     ) -> list[DekRow]:

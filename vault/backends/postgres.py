@@ -208,7 +208,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
                         ' \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\'))',
                         version,
                     )
-                    current = version
+                    current = max(current, version)
                 return current
 
         return await self._run(run)
@@ -305,6 +305,15 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
     async def count_deks_by_version(self) -> dict[int, int]:
         """Data keys per KEK version (walks the kek_version index)."""
         rows = await self._fetch("SELECT kek_version, count(*) FROM deks GROUP BY kek_version")
+        return {int(version): int(count) for version, count in rows}
+
+    async def count_idempotency_by_version(self, now: str) -> dict[int, int]:
+        """Live idempotency rows per KEK version (their stored answers need that key)."""
+        rows = await self._fetch(
+            "SELECT kek_version, count(*) FROM idempotency_keys WHERE expires_at > $1"
+            " GROUP BY kek_version",
+            now,
+        )
         return {int(version): int(count) for version, count in rows}
 
     async def deks_not_on_version(

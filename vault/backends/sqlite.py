@@ -179,7 +179,7 @@ class SqliteBackend(SqliteLifecycleMixin):
                     "INSERT INTO schema_migrations VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ'))",
                     (version,),
                 )
-                current = version
+                current = max(current, version)
             return current
 
         return await self._write(run)
@@ -385,6 +385,15 @@ class SqliteBackend(SqliteLifecycleMixin):
     async def count_deks_by_version(self) -> dict[int, int]:
         """Data keys per KEK version (walks the kek_version index)."""
         rows = self._read_all("SELECT kek_version, count(*) FROM deks GROUP BY kek_version", ())
+        return {int(version): int(count) for version, count in rows}
+
+    async def count_idempotency_by_version(self, now: str) -> dict[int, int]:
+        """Live idempotency rows per KEK version (their stored answers need that key)."""
+        rows = self._read_all(
+            "SELECT kek_version, count(*) FROM idempotency_keys WHERE expires_at > ?"
+            " GROUP BY kek_version",
+            (now,),
+        )
         return {int(version): int(count) for version, count in rows}
 
     async def deks_not_on_version(
