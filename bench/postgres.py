@@ -179,8 +179,10 @@ def wrk_result(proc: subprocess.Popen[str]) -> dict[str, float]:
     """req/s, p50 and p99 (seconds) and non-2xx count from a finished wrk."""
     out, _ = proc.communicate()
     rps_match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p50_match = re.search(r"50%\s+(\S+)", out)
-    p99_match = re.search(r"99%\s+(\S+)", out)
+    # Anchored to the latency-distribution lines: a Stdev column such as "68.50%" on the
+    # thread-stats lines also contains "50%".
+    p50_match = re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE)
+    p99_match = re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE)
     if rps_match is None or p50_match is None or p99_match is None:
         print("  wrk output not understood:\n" + out)
         return {"rps": 0.0, "p50": float("nan"), "p99": float("nan")}

@@ -41,10 +41,17 @@ LOG_STREAM = _Tee()
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _session_logging() -> _Tee:
-    """Route all structlog and stdlib logging of the session into one scannable buffer."""
+def _session_logging() -> Iterator[_Tee]:
+    """Route all structlog and stdlib logging of the session into one scannable buffer.
+
+    At the end it is kept as test-artifacts/session-log.jsonl, so a failure that only
+    shows under load (CI) leaves its server-side traceback behind.
+    """
     configure_logging(json=True, level="debug", stream=LOG_STREAM)
-    return LOG_STREAM
+    yield LOG_STREAM
+    artifacts = Path(__file__).resolve().parent.parent / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "session-log.jsonl").write_text(LOG_STREAM.getvalue())
 
 
 @pytest.fixture(scope="session")
