@@ -17,7 +17,7 @@ from proxy.errors import InvalidRequest, ValidationFailed
 from proxy.hazmat import Iban
 from proxy.service import Services, ensure_vault_up
 from proxy.validation import _echoable, iban_like, pan_like, parse_iban, validate_customer_ref
-from vault import Kind, NewRecord, iso
+from vault import RESOLVE_ONLY_DETAILS, Kind, NewRecord, iso
 
 _FIELDS: Final = frozenset({"iban", "holder_name", "email", "customer_ref"})
 _REQUIRED: Final = ("iban", "holder_name")
@@ -152,7 +152,8 @@ async def tokenize_bank_account(services: Services, body: object) -> dict[str, A
     return {
         "token": record.token,
         "kind": "bank",
-        **details,
+        # The mandate id is a partner reference: only `resolve` reads it, later.
+        **{k: v for k, v in details.items() if k not in RESOLVE_ONLY_DETAILS},
         "customer_ref": record.customer_ref,
         "created_at": iso(record.created_at),
     }

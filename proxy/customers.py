@@ -369,7 +369,8 @@ class ErasureIncomplete(PartnerError):
         body = super().body(request_id)
         error = body["error"]
         assert isinstance(error, dict)  # noqa: S101 - ProxyError.body's shape
-        error.update(self.report)
+        # Not the customer_ref: an error body echoes nothing the client sent (it knows).
+        error.update({k: v for k, v in self.report.items() if k != "customer_ref"})
         return body
 
 

@@ -76,6 +76,22 @@ def _translate_http(exc: web.HTTPException) -> ProxyError:
     return ProxyError("An internal error occurred.")
 
 
+# Query parameters each route takes; any other is refused rather than silently ignored
+# (a client's typo, e.g. `limt`, would otherwise look like it worked).
+_QUERY_PARAMETERS: dict[str, frozenset[str]] = {
+    "/v1/customers/{customer_ref}/tokens": frozenset({"limit", "starting_after"}),
+}
+
+
+def _check_query(request: web.Request) -> None:
+    route = route_template(request)
+    if route == _UNMATCHED:
+        return  # a 404 tells more than a complaint about the query
+    allowed = _QUERY_PARAMETERS.get(route, frozenset())
+    if not set(request.query) <= allowed:
+        raise InvalidRequest("This route takes no such query parameter.", code="unknown_parameter")
+
+
 def render_error(error: ProxyError, request_id: str) -> web.Response:
     """The JSON error response for ``error``."""
     response = web.json_response(error.body(request_id), status=error.status)
@@ -93,6 +109,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     error: ProxyError | None = None
     try:
         try:
+            if request.query_string:
+                _check_query(request)
             response = await handler(request)
         except ProxyError as exc:
             error = exc
@@ -166,6 +184,24 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     return client
 
 
+def refuse_customer_fields_from_publishable(client: Client, body: object) -> None:
+    """403 when a publishable key sends customer_ref or metadata.
+
+    A publishable key is in every shopper's page, and a script outside a browser can
+    send any Origin: taking customer_ref from it would let anyone attach their cards to
+    another customer's saved payment methods. Servers attach with secret keys.
+    """
+    if (
+        client.publishable
+        and isinstance(body, dict)
+        and ({"customer_ref", "metadata"} & body.keys())
+    ):
+        raise PermissionDenied(
+            "A publishable key cannot set customer_ref or metadata; do that from a server.",
+            code="publishable_key_restricted",
+        )
+
+
 async def read_json(request: web.Request) -> object:
     """The request body as JSON; 415 for another media type, 400 for bad or too deep JSON.
 
@@ -180,6 +216,14 @@ async def read_json(request: web.Request) -> object:
     except TimeoutError:
         raise RequestTimeout(
             "The request body did not arrive in time.", headers={"Connection": "close"}
+        ) from None
+    except (OSError, ValueError):
+        # A malformed chunked body surfaces half-way through the read, as a reset or a
+        # payload error: the client's fault, and nothing of it is quoted back.
+        raise InvalidRequest(
+            "The request body could not be read.",
+            code="malformed_request",
+            headers={"Connection": "close"},
         ) from None
     if json_too_deep(raw):
         raise InvalidRequest(

@@ -25,12 +25,22 @@ from vault.idempotency import (
 )
 from vault.keyring import KekProvider, KeyRing, LocalKekProvider
 from vault.lifecycle import MAX_PAGE, Erasure, Page, PartnerCustomer
-from vault.records import Kind, NewRecord, Record, iso, new_token, token_kind, utcnow
+from vault.records import (
+    RESOLVE_ONLY_DETAILS,
+    Kind,
+    NewRecord,
+    Record,
+    iso,
+    new_token,
+    token_kind,
+    utcnow,
+)
 from vault.retention import RetentionPolicy
 from vault.store import Vault, open_backend
 
 __all__ = [
     "MAX_PAGE",
+    "RESOLVE_ONLY_DETAILS",
     "AuditUnavailable",
     "Claim",
     "DecryptionFailed",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,6 +69,9 @@ class Erasure:
         return not self.remaining and not self.partner_customer_remaining and self.key_shredded
 
 
+_CURSOR_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
 def encode_cursor(row: RecordRow) -> str:
     """An opaque page cursor: the last row's (created_at, token), base64url."""
     raw = json.dumps([row.created_at, row.token], separators=(",", ":")).encode()
@@ -79,8 +83,15 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, token = json.loads(raw)
-        datetime.fromisoformat(created_at)
-        valid = token_kind(token) is not None
+        # Exactly the format iso() writes: fromisoformat alone takes any separator
+        # character (NUL included), which PostgreSQL then refuses as a storage error.
+        valid = (
+            isinstance(created_at, str)
+            and _CURSOR_TIME_RE.fullmatch(created_at) is not None
+            and token_kind(token) is not None
+        )
+        if valid:
+            datetime.fromisoformat(created_at)
     except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
         valid = False
     if not valid:

@@ -55,6 +55,10 @@ def iso(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# Details that are partner references (the design lets only `resolve` see those).
+RESOLVE_ONLY_DETAILS = frozenset({"mandate_reference"})
+
+
 @dataclass(frozen=True, slots=True)
 class NewRecord:
     """What a caller gives the vault to store; the vault adds the token and timestamps."""
@@ -84,9 +88,9 @@ class Record:
     last_used_at: datetime | None = None
 
     def masked_view(self) -> dict[str, Any]:
-        """What a `read` client may see: no partner reference."""
+        """What a `read` client may see: no partner reference (a SEPA mandate id is one)."""
         view: dict[str, Any] = {"token": self.token, "kind": str(self.kind)}
-        view.update(self.details)
+        view.update((k, v) for k, v in self.details.items() if k not in RESOLVE_ONLY_DETAILS)
         view["customer_ref"] = self.customer_ref
         view["metadata"] = self.metadata
         view["created_at"] = iso(self.created_at)
@@ -95,6 +99,7 @@ class Record:
     def resolved_view(self) -> dict[str, Any]:
         """What a `resolve` client may see: the masked view plus the partner reference."""
         view = self.masked_view()
+        view.update((k, v) for k, v in self.details.items() if k in RESOLVE_ONLY_DETAILS)
         view["partner"] = self.partner
         view["partner_reference"] = self.partner_reference
         return view

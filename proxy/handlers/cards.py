@@ -8,7 +8,13 @@ from aiohttp import web
 
 from proxy import idempotency, service
 from proxy.appkeys import SERVICES
-from proxy.middleware import REQUEST_ID_KEY, TOKEN_KEY, authenticate, read_json
+from proxy.middleware import (
+    REQUEST_ID_KEY,
+    TOKEN_KEY,
+    authenticate,
+    read_json,
+    refuse_customer_fields_from_publishable,
+)
 
 _SCOPES = frozenset({"tokenize"})
 
@@ -18,6 +24,7 @@ async def create_card(request: web.Request) -> web.Response:
     client = authenticate(request, _SCOPES)
     key = idempotency.idempotency_key(request)
     body = await read_json(request)
+    refuse_customer_fields_from_publishable(client, body)
     today = datetime.now(UTC).date()
     if key is None:
         result = await service.tokenize_card(request.app[SERVICES], body, today=today)

@@ -29,6 +29,14 @@ async def test_valid_iban_becomes_a_sepa_debit_token(
     assert created["bank_code"] == case.bank_code
     assert case.iban not in str(created)
     assert case.hidden not in str(created)
+    # The mandate id is a partner reference: not in the 201, not for `read`.
+    assert "mandate_reference" not in created
+    status, masked, _ = await proxy.request(
+        "GET", f"/v1/tokens/{created['token']}", client="orders"
+    )
+    assert status == 200
+    assert masked is not None
+    assert "mandate_reference" not in masked
 
     resolved = await resolve(proxy, created["token"])
     assert resolved["partner"] == "stripe"

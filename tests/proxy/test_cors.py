@@ -174,6 +174,33 @@ async def test_publishable_key_refused_from_other_origins(
     assert body["error"]["code"] == "origin_not_allowed"  # type: ignore[index]
 
 
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("/v1/cards", {"customer_ref": "victim-42"}),
+        ("/v1/cards", {"metadata": {"order": "A-1"}}),
+        ("/v1/bank-accounts", {"customer_ref": "victim-42"}),
+    ],
+)
+async def test_publishable_key_cannot_choose_a_customer(
+    proxy: RunningProxy, path: str, extra: dict[str, object]
+) -> None:
+    """A pk_ key (public, Origin forgeable off-browser) cannot attach to a customer: 403."""
+    body = card_body() if path == "/v1/cards" else {"iban": "DE89370400440532013000"}
+    status, answer, _ = await proxy.request(
+        "POST", path, client="shop", json={**body, **extra}, headers={"Origin": SHOP}
+    )
+    assert status == 403
+    assert answer is not None
+    assert answer["error"]["code"] == "publishable_key_restricted"  # type: ignore[index]
+    status, listing, _ = await proxy.request(
+        "GET", "/v1/customers/victim-42/tokens", client="orders"
+    )
+    assert status == 200
+    assert listing is not None
+    assert listing["data"] == []
+
+
 async def test_publishable_key_cannot_read(proxy: RunningProxy) -> None:
     """A pk_ key holds only tokenize: reading a token is 403 missing_scope."""
     status, body, _ = await proxy.request(

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.log import configure_logging, redact_processor, redact_text
+from tests.conftest import LOG_STREAM
 
 PAN = "4242424242424242"
 DIGITS = "0123456789"
@@ -54,6 +55,9 @@ def logging_to_buffer(*, json_lines: bool = True) -> Iterator[io.StringIO]:
                 root.removeHandler(handler)
         root.setLevel(level)
         access.setLevel(access_level)
+        # configure_logging replaced the session's handler: put the session's logging
+        # back, or later leak scans would read a buffer nothing writes to any more.
+        configure_logging(json=True, level="debug", stream=LOG_STREAM)
 
 
 def _raise(exc: Exception) -> None:

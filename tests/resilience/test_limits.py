@@ -44,6 +44,7 @@ async def test_body_over_limit_is_413(fproxy: RunningProxy) -> None:
 async def test_header_over_limit_is_refused_without_echo(make_proxy: MakeProxy) -> None:
     """A header over TOKENPROXY_MAX_HEADER_BYTES is a 4xx and its value is not echoed."""
     proxy = await make_proxy(TOKENPROXY_MAX_HEADER_BYTES="2048")
+    logged_before = LOG_STREAM.getvalue().count("http_protocol_error")
     secret = VISA.number * 200
     response = await raw_exchange(
         proxy,
@@ -56,6 +57,8 @@ async def test_header_over_limit_is_refused_without_echo(make_proxy: MakeProxy) 
     assert b"header_too_large" in response
     assert VISA.number.encode() not in response
     assert VISA.number[-10:] not in LOG_STREAM.getvalue()
+    # The error was logged into the buffer just scanned (it is live).
+    assert LOG_STREAM.getvalue().count("http_protocol_error") > logged_before
 
 
 async def test_header_under_limit_is_accepted(make_proxy: MakeProxy) -> None:

@@ -209,3 +209,17 @@ def test_link_hash_separates_none_from_empty() -> None:
     a = AuditEntry("t", "e", "success", None, "o", "r", "{}")
     b = AuditEntry("t", "e", "success", "", "o", "r", "{}")
     assert link_hash(b"k" * 32, AUDIT_GENESIS, a) != link_hash(b"k" * 32, AUDIT_GENESIS, b)
+
+
+async def test_blind_index_resources_with_chance_digit_runs_are_accepted(vault: Vault) -> None:
+    """A customer's blind index may hold a Luhn-valid digit run by chance; it is not card data."""
+    index = "4242424242424242" + "ab" * 24
+    assert len(index) == 64
+    row = await vault.audit.append(
+        "customer.erase", outcome=True, actor="eraser", origin=None, resource="customer:" + index
+    )
+    assert row.entry.resource == "customer:" + index
+    with pytest.raises(ValueError, match="card-number-like"):
+        await vault.audit.append(
+            "customer.erase", outcome=True, actor="x", origin=None, resource="4242424242424242"
+        )
