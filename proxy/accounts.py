@@ -17,7 +17,7 @@ from proxy.errors import InvalidRequest, ValidationFailed
 from proxy.hazmat import Iban
 from proxy.service import Services, ensure_vault_up
 from proxy.validation import _echoable, iban_like, pan_like, parse_iban, validate_customer_ref
-from vault import RESOLVE_ONLY_DETAILS, Kind, NewRecord, iso
+from vault import RESOLVE_ONLY_DETAILS, Kind, NewRecord, Record, iso
 
 _FIELDS: Final = frozenset({"iban", "holder_name", "email", "customer_ref"})
 _REQUIRED: Final = ("iban", "holder_name")
@@ -125,35 +125,64 @@ def parse_bank_account_request(body: object) -> BankAccountRequest:
 async def tokenize_bank_account(services: Services, body: object) -> dict[str, Any]:
     """Validate an IBAN, create a SEPA debit method at the partner, store it; return the token."""
     account = parse_bank_account_request(body)
-    partner = services.partner
+    created = await create_sepa_at_partner(services, account, None)
+    return bank_response(await store_bank_account(services, account, created, token=None))
+
+
+async def create_sepa_at_partner(
+    services: Services, account: BankAccountRequest, partner_key: str | None
+) -> dict[str, Any]:
+    """The partner call for a bank account; returns the storable answer as a plain dict."""
     await ensure_vault_up(services)
-    created = await partner_call(services, "create_sepa_debit", partner.create_sepa_debit(account))
+    created = await partner_call(
+        services,
+        "create_sepa_debit",
+        services.partner.create_sepa_debit(account, idempotency_key=partner_key),
+    )
+    return {
+        "reference": created.reference,
+        "fingerprint": created.fingerprint,
+        "last4": created.last4,
+        "mandate_reference": created.mandate_reference,
+    }
+
+
+async def store_bank_account(
+    services: Services, account: BankAccountRequest, created: dict[str, Any], *, token: str | None
+) -> Record:
+    """Seal the partner's answer under a new (or the reserved) token."""
     details = {
         "country": account.iban.country,
         # Ours, not the partner's: some partners (localstripe) report IBAN characters
         # 5-12 as the bank code, which with last4 can be nearly the whole account.
         "bank_code": national_bank_code(account.iban),
-        "last4": created.last4,
+        "last4": created["last4"],
         "masked": account.iban.masked,
-        "mandate_reference": created.mandate_reference,
+        "mandate_reference": created["mandate_reference"],
     }
     record = await store_payment_method(
         services,
         NewRecord(
             kind=Kind.BANK,
-            partner=partner.name,
-            partner_reference=created.reference,
+            partner=services.partner.name,
+            partner_reference=created["reference"],
             details=details,
             customer_ref=account.customer_ref,
-            fingerprint=created.fingerprint,
+            fingerprint=created["fingerprint"],
         ),
+        token=token,
     )
     services.metrics.tokens_created.labels("bank").inc()
+    return record
+
+
+def bank_response(record: Record) -> dict[str, Any]:
+    """The body of a 201 for a bank token."""
     return {
         "token": record.token,
         "kind": "bank",
         # The mandate id is a partner reference: only `resolve` reads it, later.
-        **{k: v for k, v in details.items() if k not in RESOLVE_ONLY_DETAILS},
+        **{k: v for k, v in record.details.items() if k not in RESOLVE_ONLY_DETAILS},
         "customer_ref": record.customer_ref,
         "created_at": iso(record.created_at),
     }

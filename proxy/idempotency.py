@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 from aiohttp import web
 
@@ -188,3 +190,93 @@ async def _run(
     body = json.dumps(card_response(record)).encode()
     await vault_call(services, "idempotency_complete", store.complete(claim, 201, body))
     return Answer(201, body)
+
+
+# -- bank accounts and invoices ------------------------------------------------------
+
+PartnerStep = Callable[[str], Awaitable[dict[str, Any]]]
+StoreStep = Callable[[dict[str, Any], str], Awaitable[Record]]
+Respond = Callable[[Record], dict[str, Any]]
+
+
+async def create_once(
+    services: Services,
+    *,
+    client: str,
+    key: str,
+    raw: bytes,
+    request_id: str,
+    kind: Kind,
+    partner_step: PartnerStep | None,
+    store_step: StoreStep,
+    respond: Respond,
+) -> Answer:
+    """Create a bank account or invoice at most once per (client, key), as cards are.
+
+    ``partner_step`` (given the partner idempotency key) returns the partner's storable
+    answer; it is recorded, with the token reserved for it, before ``store_step`` writes
+    the record, so a retry after a crash finishes the write instead of creating again.
+    """
+    store = _store(services)
+    begun = await _begin(services, store, client, key, raw)
+    if isinstance(begun, Replay):
+        return Answer(begun.status, begun.body, {REPLAYED_HEADER: "true"})
+    claim = begun
+    try:
+        if claim.partner_result is None:
+            try:
+                result = await partner_step(claim.partner_key) if partner_step else {}
+            except PartnerDeclined as exc:
+                rendered = json.dumps(exc.body(request_id)).encode()
+                await vault_call(
+                    services, "idempotency_complete", store.complete(claim, exc.status, rendered)
+                )
+                raise
+            result = {**result, "token": new_token(kind)}
+            await vault_call(services, "idempotency_partner", store.record_partner(claim, result))
+            existing: Record | None = None
+        else:
+            result = dict(claim.partner_result)
+            try:
+                existing = await vault_call(services, "get", services.vault.get(result["token"]))
+            except RecordNotFound:
+                existing = None
+        record = existing or await store_step(result, result["token"])
+        body = json.dumps(respond(record)).encode()
+        await vault_call(services, "idempotency_complete", store.complete(claim, 201, body))
+    except asyncio.CancelledError:
+        store.abandon(claim)
+        raise
+    except BaseException:
+        try:
+            await store.release(claim)
+        except Exception:  # noqa: BLE001 - the original error is what the client must see
+            store.abandon(claim)
+        raise
+    return Answer(201, body)
+
+
+async def _begin(
+    services: Services, store: IdempotencyStore, client: str, key: str, raw: bytes
+) -> Claim | Replay:
+    counter = services.metrics.idempotency
+    try:
+        begun = await vault_call(services, "idempotency_begin", store.begin(client, key, raw))
+    except IdempotencyMismatch:
+        counter.labels("reused").inc()
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was used with a different request body.", param=HEADER
+        ) from None
+    except IdempotencyBusy:
+        counter.labels("in_use").inc()
+        raise IdempotencyKeyInUse(
+            "A request with this Idempotency-Key is still being processed; retry later.",
+            param=HEADER,
+            headers={"Retry-After": "1"},
+        ) from None
+    if isinstance(begun, Replay):
+        counter.labels("replayed").inc()
+    else:
+        counter.labels("resumed" if begun.resumed else "started").inc()
+    result: Claim | Replay = begun
+    return result

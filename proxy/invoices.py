@@ -21,7 +21,7 @@ from proxy.validation import (
     validate_customer_ref,
     validate_ocr,
 )
-from vault import Kind, NewRecord, iso
+from vault import Kind, NewRecord, Record, iso
 
 # ISO 4217 list one (maintained by SIX), current codes as of 2025: ZWG replaced ZWL
 # (2024), HRK and SLL are withdrawn, ANG and XCG overlap during the Caribbean guilder
@@ -201,6 +201,13 @@ def parse_invoice_request(body: object, *, partners: frozenset[str]) -> InvoiceR
 async def create_invoice(services: Services, body: object) -> dict[str, Any]:
     """Validate and store an invoice reference; returns its token and masked view."""
     invoice = parse_invoice_request(body, partners=frozenset({services.partner.name}))
+    return invoice_response(await store_invoice(services, invoice, token=None))
+
+
+async def store_invoice(
+    services: Services, invoice: InvoiceRequest, *, token: str | None
+) -> Record:
+    """Seal an invoice reference under a new (or the reserved) token."""
     details: dict[str, Any] = {
         "invoice_number": invoice.invoice_number,
         "ocr_reference": invoice.ocr_reference,
@@ -208,7 +215,7 @@ async def create_invoice(services: Services, body: object) -> dict[str, Any]:
         "currency": invoice.currency,
         "due_date": invoice.due_date.isoformat(),
     }
-    record = await vault_call(
+    record: Record = await vault_call(
         services,
         "put",
         services.vault.put(
@@ -218,14 +225,20 @@ async def create_invoice(services: Services, body: object) -> dict[str, Any]:
                 partner_reference=invoice.partner_reference,
                 details=details,
                 customer_ref=invoice.customer_ref,
-            )
+            ),
+            token=token,
         ),
     )
     services.metrics.tokens_created.labels("invoice").inc()
+    return record
+
+
+def invoice_response(record: Record) -> dict[str, Any]:
+    """The body of a 201 for an invoice token."""
     return {
         "token": record.token,
         "kind": "invoice",
-        **details,
+        **record.details,
         "customer_ref": record.customer_ref,
         "created_at": iso(record.created_at),
     }

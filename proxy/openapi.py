@@ -6,6 +6,18 @@ from typing import Any
 
 from aiohttp import web
 
+_IDEMPOTENCY_KEY: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": "^[!-~]([ -~]*[!-~])?$",
+    },
+}
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -160,10 +172,12 @@ _LIFECYCLE_PATHS: dict[str, Any] = {
         "post": {
             "operationId": "createBankAccount",
             "summary": "Tokenize an IBAN as a SEPA debit payment method (scope: tokenize)",
+            "description": "Idempotency-Key: as on POST /v1/cards.",
+            "parameters": [_IDEMPOTENCY_KEY],
             "requestBody": _body("BankAccountRequest"),
             "responses": {
-                "201": _json("BankToken", "Tokenized"),
-                **_error_responses(400, 401, 402, 403, 413, 415, 422, 502, 503, 504),
+                "201": _json("BankToken", "Tokenized (or the replay of a stored answer)"),
+                **_error_responses(400, 401, 402, 403, 408, 409, 413, 415, 422, 429, 502, 503, 504),
             },
         }
     },
@@ -171,10 +185,12 @@ _LIFECYCLE_PATHS: dict[str, Any] = {
         "post": {
             "operationId": "createInvoice",
             "summary": "Store an invoice reference (scope: invoice)",
+            "description": "Idempotency-Key: as on POST /v1/cards.",
+            "parameters": [_IDEMPOTENCY_KEY],
             "requestBody": _body("InvoiceRequest"),
             "responses": {
-                "201": _json("InvoiceToken", "Stored"),
-                **_error_responses(400, 401, 403, 413, 415, 422, 503),
+                "201": _json("InvoiceToken", "Stored (or the replay of a stored answer)"),
+                **_error_responses(400, 401, 403, 408, 409, 413, 415, 422, 503),
             },
         }
     },
@@ -316,19 +332,7 @@ DOCUMENT: dict[str, Any] = {
                     " 409 idempotency_key_in_use. Keys are scoped per client and expire"
                     " after 24 h."
                 ),
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "schema": {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": 255,
-                            "pattern": "^[!-~]([ -~]*[!-~])?$",
-                        },
-                    }
-                ],
+                "parameters": [_IDEMPOTENCY_KEY],
                 "requestBody": {
                     "required": True,
                     "content": {

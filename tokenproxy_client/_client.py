@@ -143,7 +143,6 @@ class TokenProxyClient:
         payload: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
-        replay_safe: bool = True,
     ) -> Any:
         headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
         if method == "POST":
@@ -155,11 +154,6 @@ class TokenProxyClient:
                 return await self._once(method, url, headers, payload, params)
             except TokenProxyError as error:
                 if attempt >= self.retry.max_retries or not _retryable(error):
-                    raise
-                if not replay_safe and error.status != 429:
-                    # The server does not deduplicate this POST by Idempotency-Key yet: after
-                    # a lost answer or a 503 it may have created the object, so only a 429
-                    # (refused before any work) is retried.
                     raise
                 await asyncio.sleep(self.retry.delay(attempt, error))
                 attempt += 1
@@ -246,7 +240,6 @@ class TokenProxyClient:
             "/v1/bank-accounts",
             payload=body,
             idempotency_key=idempotency_key,
-            replay_safe=False,
         )
         return BankAccountToken.from_json(result)
 
@@ -343,7 +336,6 @@ class TokenProxyClient:
             "/v1/invoices",
             payload=body,
             idempotency_key=idempotency_key,
-            replay_safe=False,
         )
         return InvoiceToken.from_json(result)
 

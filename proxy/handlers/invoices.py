@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from proxy import idempotency
 from proxy.appkeys import SERVICES
-from proxy.invoices import create_invoice as store_invoice
-from proxy.middleware import TOKEN_KEY, authenticate, read_json
+from proxy.invoices import create_invoice as create_invoice_record
+from proxy.invoices import invoice_response, parse_invoice_request, store_invoice
+from proxy.middleware import REQUEST_ID_KEY, TOKEN_KEY, authenticate, read_json
+from vault import Kind, Record
 
 _SCOPES = frozenset({"invoice"})
 
 
 async def create_invoice(request: web.Request) -> web.Response:
     """POST /v1/invoices: store an invoice reference under a vtok_inv_ token."""
-    authenticate(request, _SCOPES)
+    client = authenticate(request, _SCOPES)
+    key = idempotency.idempotency_key(request)
     body = await read_json(request)
-    result = await store_invoice(request.app[SERVICES], body)
-    request[TOKEN_KEY] = result["token"]
-    return web.json_response(result, status=201)
+    services = request.app[SERVICES]
+    if key is None:
+        result = await create_invoice_record(services, body)
+        request[TOKEN_KEY] = result["token"]
+        return web.json_response(result, status=201)
+    invoice = parse_invoice_request(body, partners=frozenset({services.partner.name}))
+
+    async def store_step(_: dict[str, Any], token: str) -> Record:
+        return await store_invoice(services, invoice, token=token)
+
+    answer = await idempotency.create_once(
+        services,
+        client=client.name,
+        key=key,
+        raw=await request.read(),
+        request_id=request[REQUEST_ID_KEY],
+        kind=Kind.INVOICE,
+        partner_step=None,
+        store_step=store_step,
+        respond=invoice_response,
+    )
+    return answer.response()

@@ -309,22 +309,15 @@ async def test_service_unavailable_class(scripted: Scripted) -> None:
     assert exc.value.code == "record_unreadable"
 
 
-async def test_bank_account_post_is_not_replayed_after_a_503(scripted: Scripted) -> None:
-    """The server does not deduplicate bank accounts by key yet: a 503 is raised, not retried."""
-    scripted.script = [err(503, "api_error", "vault_unavailable"), (201, CARD_OK, {})]
-    async with TokenProxyClient(scripted.base, "tpk_x", retry=FAST) as client:
-        with pytest.raises(TokenProxyError):
-            await client.tokenize_bank_account("DE89370400440532013000", "Greta Garbo")
-    assert len(scripted.seen) == 1
-
-
-async def test_bank_account_post_is_retried_after_a_429(scripted: Scripted) -> None:
-    """A 429 means refused before any work, so even a non-deduplicated POST is retried."""
+async def test_bank_account_post_is_retried_with_the_same_key(scripted: Scripted) -> None:
+    """Bank-account POSTs are deduplicated by the proxy too: a 503 is retried, same key."""
     scripted.script = [
-        err(429, "rate_limit_error", "rate_limited", {"Retry-After": "0"}),
+        err(503, "api_error", "vault_unavailable"),
         err(400, "invalid_request_error", "missing_field"),
     ]
     async with TokenProxyClient(scripted.base, "tpk_x", retry=FAST) as client:
         with pytest.raises(TokenProxyError):
             await client.tokenize_bank_account("DE89370400440532013000", "Greta Garbo")
-    assert len(scripted.seen) == 2
+    keys = [s["headers"]["Idempotency-Key"] for s in scripted.seen]
+    assert len(keys) == 2
+    assert keys[0] == keys[1]
