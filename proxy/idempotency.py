@@ -112,26 +112,10 @@ async def tokenize_card_once(
     """Tokenize a card at most once per (client, key); replay the stored answer after that."""
     card = parse_card_request(body, today=today)
     store = _store(services)
-    counter = services.metrics.idempotency
-    try:
-        begun = await vault_call(services, "idempotency_begin", store.begin(client, key, raw))
-    except IdempotencyMismatch:
-        counter.labels("reused").inc()
-        raise IdempotencyKeyReused(
-            "This Idempotency-Key was used with a different request body.", param=HEADER
-        ) from None
-    except IdempotencyBusy:
-        counter.labels("in_use").inc()
-        raise IdempotencyKeyInUse(
-            "A request with this Idempotency-Key is still being processed; retry later.",
-            param=HEADER,
-            headers={"Retry-After": "1"},
-        ) from None
+    begun = await _begin(services, store, client, key, raw)
     if isinstance(begun, Replay):
-        counter.labels("replayed").inc()
         return Answer(begun.status, begun.body, {REPLAYED_HEADER: "true"})
     claim: Claim = begun
-    counter.labels("resumed" if claim.resumed else "started").inc()
     try:
         answer = await _run(services, store, claim, card, request_id)
     except asyncio.CancelledError:
