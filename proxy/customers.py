@@ -55,7 +55,7 @@ DEFAULT_PAGE = 20
 # What the partner keeps in place of what we do not store (the access report says so).
 PARTNER_HOLDS = {
     Kind.CARD: "the full card number, expiry date and any cardholder name given",
-    Kind.BANK: "the full IBAN and the account holder's name and email",
+    Kind.BANK: "the full IBAN, the account holder's name and, if one was given, an email",
 }
 
 

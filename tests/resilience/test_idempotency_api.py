@@ -110,11 +110,6 @@ async def test_bad_idempotency_key_header_is_400(
     response = await reader.read()
     writer.close()
     status_line, _, rest = response.partition(b"\r\n")
-    if key in {"", "a\tb"}:
-        # aiohttp strips surrounding whitespace; an empty or tab-split value is not a key.
-        assert status_line.split()[1] in {b"201", b"400"}
-        if status_line.split()[1] == b"201":
-            pytest.skip("the HTTP layer normalised this value into a valid key")
     assert status_line.split()[1] == b"400"
     assert b"invalid_idempotency_key" in rest
     assert VISA.number.encode() not in rest
