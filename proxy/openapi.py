@@ -179,7 +179,13 @@ _LIFECYCLE_PATHS: dict[str, Any] = {
                 "201": _json("BankToken", "Tokenized (or the replay of a stored answer)"),
                 **_error_responses(400, 401, 402, 403, 408, 409, 413, 415, 422, 429, 502, 503, 504),
             },
-        }
+        },
+        "options": {
+            "operationId": "createBankAccountPreflight",
+            "summary": "CORS preflight (origins from TOKENPROXY_CORS_ORIGINS)",
+            "security": [],
+            "responses": {"204": {"description": "Allowed"}, **_error_responses(403)},
+        },
     },
     "/v1/invoices": {
         "post": {
