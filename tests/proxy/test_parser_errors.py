@@ -42,3 +42,17 @@ async def test_parser_errors_are_json_and_echo_nothing(proxy: RunningProxy, payl
     assert VISA.middle.encode() not in answer
     error = json.loads(body)["error"]
     assert error["code"] in {"malformed_request", "header_too_large"}
+
+
+async def test_malformed_chunked_body_is_a_400(proxy: RunningProxy) -> None:
+    """A chunked body with a garbage chunk-size line is refused as malformed, never a 500."""
+    key = proxy.keys["checkout"]
+    payload = (
+        "POST /v1/cards HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        f"zz{VISA.number}\r\n{{}}\r\n0\r\n\r\n"
+    ).encode()
+    answer = await raw_exchange(proxy, payload)
+    status = int(answer.split(b" ", 2)[1])
+    assert 400 <= status < 500
+    assert VISA.number.encode() not in answer
