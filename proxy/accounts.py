@@ -12,12 +12,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy.customers import partner_call, store_payment_method
+from proxy.customers import store_payment_method
 from proxy.errors import InvalidRequest, ValidationFailed
 from proxy.hazmat import Iban
-from proxy.service import Services, ensure_vault_up
+from proxy.service import Services, created_response, ensure_vault_up, partner_call
 from proxy.validation import _echoable, iban_like, pan_like, parse_iban, validate_customer_ref
-from vault import RESOLVE_ONLY_DETAILS, Kind, NewRecord, Record, iso
+from vault import Kind, NewRecord, Record
 
 _FIELDS: Final = frozenset({"iban", "holder_name", "email", "customer_ref"})
 _REQUIRED: Final = ("iban", "holder_name")
@@ -126,7 +126,7 @@ async def tokenize_bank_account(services: Services, body: object) -> dict[str, A
     """Validate an IBAN, create a SEPA debit method at the partner, store it; return the token."""
     account = parse_bank_account_request(body)
     created = await create_sepa_at_partner(services, account, None)
-    return bank_response(await store_bank_account(services, account, created, token=None))
+    return created_response(await store_bank_account(services, account, created, token=None))
 
 
 async def create_sepa_at_partner(
@@ -172,17 +172,5 @@ async def store_bank_account(
         ),
         token=token,
     )
-    services.metrics.tokens_created.labels("bank").inc()
+    services.metrics.child(services.metrics.tokens_created, "bank").inc()
     return record
-
-
-def bank_response(record: Record) -> dict[str, Any]:
-    """The body of a 201 for a bank token."""
-    return {
-        "token": record.token,
-        "kind": "bank",
-        # The mandate id is a partner reference: only `resolve` reads it, later.
-        **{k: v for k, v in record.details.items() if k not in RESOLVE_ONLY_DETAILS},
-        "customer_ref": record.customer_ref,
-        "created_at": iso(record.created_at),
-    }

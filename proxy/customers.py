@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
@@ -32,13 +31,11 @@ from proxy.errors import (
     ProxyError,
     ValidationFailed,
 )
-from proxy.service import Services, vault_call
+from proxy.service import Services, partner_call, vault_call
 from proxy.validation import validate_customer_ref
 from vault import MAX_PAGE, Kind, NewRecord, PartnerCustomer, Record, RecordNotFound, iso, utcnow
 from vault.audit import EventType, Outcome
 from vault.retention import BASIS
-
-T = TypeVar("T")
 
 _log = structlog.get_logger("tokenproxy.customers")
 
@@ -57,23 +54,6 @@ PARTNER_HOLDS = {
     Kind.CARD: "the full card number, expiry date and any cardholder name given",
     Kind.BANK: "the full IBAN, the account holder's name and, if one was given, an email",
 }
-
-
-async def partner_call(services: Services, operation: str, call: Awaitable[T]) -> T:
-    """Await a partner coroutine, counting and timing it under ``operation``."""
-    partner, metrics = services.partner, services.metrics
-    started = time.perf_counter()
-    try:
-        result = await call
-    except PartnerError as exc:
-        metrics.partner_requests.labels(partner.name, operation, exc.code).inc()
-        raise
-    finally:
-        metrics.partner_duration.labels(partner.name, operation).observe(
-            time.perf_counter() - started
-        )
-    metrics.partner_requests.labels(partner.name, operation, "ok").inc()
-    return result
 
 
 async def _with_retries(services: Services, operation: str, make: Any) -> Any:

@@ -38,7 +38,7 @@ from proxy.errors import (
 )
 from proxy.partners.base import PartnerCard
 from proxy.service import Services, card_response, create_at_partner, store_card, vault_call
-from proxy.validation import CardRequest, parse_card_request
+from proxy.validation import parse_card_request
 from vault import (
     Claim,
     IdempotencyBusy,
@@ -111,72 +111,40 @@ async def tokenize_card_once(
 ) -> Answer:
     """Tokenize a card at most once per (client, key); replay the stored answer after that."""
     card = parse_card_request(body, today=today)
-    store = _store(services)
-    begun = await _begin(services, store, client, key, raw)
-    if isinstance(begun, Replay):
-        return Answer(begun.status, begun.body, {REPLAYED_HEADER: "true"})
-    claim: Claim = begun
-    try:
-        answer = await _run(services, store, claim, card, request_id)
-    except asyncio.CancelledError:
-        store.abandon(claim)
-        raise
-    except BaseException:
-        # Outcome unknown (partner timeout, vault failure): hand the key back so the
-        # client's retry resumes it at once, with the same partner key.
-        try:
-            await store.release(claim)
-        except Exception:  # noqa: BLE001 - the original error is what the client must see
-            store.abandon(claim)
-        raise
-    return answer
 
-
-async def _run(
-    services: Services, store: IdempotencyStore, claim: Claim, card: CardRequest, request_id: str
-) -> Answer:
-    existing: Record | None = None
-    if claim.partner_result is None:
-        try:
-            created = await create_at_partner(services, card, claim.partner_key)
-        except PartnerDeclined as exc:
-            # A decline is the final answer for this body: store it to replay, then let
-            # the middleware render it as usual.
-            rendered = json.dumps(exc.body(request_id)).encode()
-            await vault_call(
-                services, "idempotency_complete", store.complete(claim, exc.status, rendered)
-            )
-            raise
-        token = new_token(Kind.CARD)
-        result = {
+    async def partner_step(partner_key: str) -> dict[str, Any]:
+        created = await create_at_partner(services, card, partner_key)
+        return {
             "reference": created.reference,
             "fingerprint": created.fingerprint,
             "last4": created.last4,
             "partner_brand": created.partner_brand,
-            "token": token,
         }
-        await vault_call(services, "idempotency_partner", store.record_partner(claim, result))
-    else:
-        stored = claim.partner_result
+
+    async def store_step(stored: dict[str, Any], token: str) -> Record:
         created = PartnerCard(
             reference=stored["reference"],
             fingerprint=stored["fingerprint"],
             last4=stored["last4"],
             partner_brand=stored["partner_brand"],
         )
-        token = stored["token"]
-        try:
-            # The process that died may have stored the token already.
-            existing = await vault_call(services, "get", services.vault.get(token))
-        except RecordNotFound:
-            existing = None
-    record = existing or await store_card(services, card, created, token=token)
-    body = json.dumps(card_response(record)).encode()
-    await vault_call(services, "idempotency_complete", store.complete(claim, 201, body))
-    return Answer(201, body)
+        return await store_card(services, card, created, token=token)
+
+    return await create_once(
+        services,
+        client=client,
+        key=key,
+        raw=raw,
+        request_id=request_id,
+        kind=Kind.CARD,
+        partner_step=partner_step,
+        store_step=store_step,
+        respond=card_response,
+    )
 
 
-# -- bank accounts and invoices ------------------------------------------------------
+# -- the shared flow -------------------------------------------------------------------
+
 
 PartnerStep = Callable[[str], Awaitable[dict[str, Any]]]
 StoreStep = Callable[[dict[str, Any], str], Awaitable[Record]]
@@ -195,7 +163,7 @@ async def create_once(
     store_step: StoreStep,
     respond: Respond,
 ) -> Answer:
-    """Create a bank account or invoice at most once per (client, key), as cards are.
+    """Create a card, bank account or invoice at most once per (client, key).
 
     ``partner_step`` (given the partner idempotency key) returns the partner's storable
     answer; it is recorded, with the token reserved for it, before ``store_step`` writes
@@ -211,6 +179,8 @@ async def create_once(
             try:
                 result = await partner_step(claim.partner_key) if partner_step else {}
             except PartnerDeclined as exc:
+                # A decline is the final answer for this body: store it to replay, then
+                # let the middleware render it as usual.
                 rendered = json.dumps(exc.body(request_id)).encode()
                 await vault_call(
                     services, "idempotency_complete", store.complete(claim, exc.status, rendered)
@@ -222,6 +192,7 @@ async def create_once(
         else:
             result = dict(claim.partner_result)
             try:
+                # The process that died may have stored the token already.
                 existing = await vault_call(services, "get", services.vault.get(result["token"]))
             except RecordNotFound:
                 existing = None
@@ -232,6 +203,8 @@ async def create_once(
         store.abandon(claim)
         raise
     except BaseException:
+        # Outcome unknown (partner timeout, vault failure): hand the key back so the
+        # client's retry resumes it at once, with the same partner key.
         try:
             await store.release(claim)
         except Exception:  # noqa: BLE001 - the original error is what the client must see
@@ -247,20 +220,20 @@ async def _begin(
     try:
         begun = await vault_call(services, "idempotency_begin", store.begin(client, key, raw))
     except IdempotencyMismatch:
-        counter.labels("reused").inc()
+        services.metrics.child(counter, "reused").inc()
         raise IdempotencyKeyReused(
             "This Idempotency-Key was used with a different request body.", param=HEADER
         ) from None
     except IdempotencyBusy:
-        counter.labels("in_use").inc()
+        services.metrics.child(counter, "in_use").inc()
         raise IdempotencyKeyInUse(
             "A request with this Idempotency-Key is still being processed; retry later.",
             param=HEADER,
             headers={"Retry-After": "1"},
         ) from None
     if isinstance(begun, Replay):
-        counter.labels("replayed").inc()
+        services.metrics.child(counter, "replayed").inc()
     else:
-        counter.labels("resumed" if begun.resumed else "started").inc()
+        services.metrics.child(counter, "resumed" if begun.resumed else "started").inc()
     result: Claim | Replay = begun
     return result

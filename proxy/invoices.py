@@ -12,7 +12,7 @@ from datetime import date
 from typing import Any, Final
 
 from proxy.errors import InvalidRequest, ValidationFailed
-from proxy.service import Services, vault_call
+from proxy.service import Services, created_response, vault_call
 from proxy.validation import (
     _echoable,
     iban_like,
@@ -21,7 +21,7 @@ from proxy.validation import (
     validate_customer_ref,
     validate_ocr,
 )
-from vault import Kind, NewRecord, Record, iso
+from vault import Kind, NewRecord, Record
 
 # ISO 4217 list one (maintained by SIX), current codes as of 2025: ZWG replaced ZWL
 # (2024), HRK and SLL are withdrawn, ANG and XCG overlap during the Caribbean guilder
@@ -201,7 +201,7 @@ def parse_invoice_request(body: object, *, partners: frozenset[str]) -> InvoiceR
 async def create_invoice(services: Services, body: object) -> dict[str, Any]:
     """Validate and store an invoice reference; returns its token and masked view."""
     invoice = parse_invoice_request(body, partners=frozenset({services.partner.name}))
-    return invoice_response(await store_invoice(services, invoice, token=None))
+    return created_response(await store_invoice(services, invoice, token=None))
 
 
 async def store_invoice(
@@ -229,16 +229,5 @@ async def store_invoice(
             token=token,
         ),
     )
-    services.metrics.tokens_created.labels("invoice").inc()
+    services.metrics.child(services.metrics.tokens_created, "invoice").inc()
     return record
-
-
-def invoice_response(record: Record) -> dict[str, Any]:
-    """The body of a 201 for an invoice token."""
-    return {
-        "token": record.token,
-        "kind": "invoice",
-        **record.details,
-        "customer_ref": record.customer_ref,
-        "created_at": iso(record.created_at),
-    }

@@ -25,49 +25,45 @@ def free_port() -> int:
         return port
 
 
-def _executable() -> str:
-    beside = Path(sys.executable).with_name("localstripe")
+def executable(name: str) -> str:
+    """The console script ``name`` installed beside this interpreter (or on PATH)."""
+    beside = Path(sys.executable).with_name(name)
     if beside.exists():
         return str(beside)
-    found = shutil.which("localstripe")
+    found = shutil.which(name)
     if found is None:
-        raise RuntimeError("localstripe is not installed (pip install '.[dev]')")
+        raise RuntimeError(f"{name} is not installed (pip install '.[dev]')")
     return found
 
 
-class Localstripe:
-    """A running localstripe process on a free loopback port."""
+class HelperProcess:
+    """A helper server run as a separate process on loopback, polled until it answers."""
 
-    def __init__(self, port: int | None = None, *, log: Path | None = None) -> None:
-        self.port = port or free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+    name = "helper"
+
+    def __init__(
+        self, argv: list[str], *, log: Path | None, env: dict[str, str] | None = None
+    ) -> None:
         out: Any = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [_executable(), "--port", str(self.port), "--from-scratch"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
         if out is not subprocess.DEVNULL:
             out.close()
-        self._wait_ready()
 
-    def _wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, request: urllib.request.Request | str, timeout: float) -> None:
+        """Poll ``request`` until it succeeds; stop and raise if the process dies or is slow."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"localstripe exited with {self.process.returncode}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
             try:
-                request = urllib.request.Request(  # noqa: S310 - loopback URL we built
-                    self.base_url + "/v1/customers",
-                    headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
-                )
-                with urllib.request.urlopen(request, timeout=1):  # noqa: S310
+                with urllib.request.urlopen(request, timeout=1):  # noqa: S310 - loopback URL
                     return
             except (urllib.error.URLError, OSError):
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError("localstripe did not start in time")
+        raise RuntimeError(f"{self.name} did not start in time")
 
     def stop(self) -> None:
         """Terminate the process and wait for it."""
@@ -79,3 +75,25 @@ class Localstripe:
                 self.process.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.process.wait(timeout=5)
+
+
+class Localstripe(HelperProcess):
+    """A running localstripe process on a free loopback port."""
+
+    name = "localstripe"
+
+    def __init__(self, port: int | None = None, *, log: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            [executable("localstripe"), "--port", str(self.port), "--from-scratch"],
+            log=log,
+            env={"PYTHONUNBUFFERED": "1"},
+        )
+        self.wait_ready(
+            urllib.request.Request(  # noqa: S310 - loopback URL we built
+                self.base_url + "/v1/customers",
+                headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
+            ),
+            timeout=20.0,
+        )

@@ -7,9 +7,10 @@ directly with a real vault and a real (sandbox) partner.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -33,6 +34,7 @@ from vault import (
     iso,
 )
 
+T = TypeVar("T")
 _log = structlog.get_logger("tokenproxy.service")
 
 
@@ -84,20 +86,26 @@ async def ensure_vault_up(services: Services) -> None:
 async def create_at_partner(services: Services, card: CardRequest, partner_key: str) -> PartnerCard:
     """The partner call for a card, timed and counted; refused while the vault is down."""
     await ensure_vault_up(services)
-    partner = services.partner
-    metrics = services.metrics
+    return await partner_call(
+        services, "create_card", services.partner.create_card(card, idempotency_key=partner_key)
+    )
+
+
+async def partner_call(services: Services, operation: str, call: Awaitable[T]) -> T:
+    """Await a partner coroutine, counting and timing it under ``operation``."""
+    partner, metrics = services.partner, services.metrics
     started = time.perf_counter()
     try:
-        created = await partner.create_card(card, idempotency_key=partner_key)
+        result = await call
     except PartnerError as exc:
-        metrics.child(metrics.partner_requests, partner.name, "create_card", exc.code).inc()
+        metrics.child(metrics.partner_requests, partner.name, operation, exc.code).inc()
         raise
     finally:
-        metrics.child(metrics.partner_duration, partner.name, "create_card").observe(
+        metrics.child(metrics.partner_duration, partner.name, operation).observe(
             time.perf_counter() - started
         )
-    metrics.child(metrics.partner_requests, partner.name, "create_card", "ok").inc()
-    return created
+    metrics.child(metrics.partner_requests, partner.name, operation, "ok").inc()
+    return result
 
 
 async def store_card(
@@ -125,6 +133,13 @@ async def store_card(
     )
     services.metrics.child(services.metrics.tokens_created, "card").inc()
     return record
+
+
+def created_response(record: Record) -> dict[str, Any]:
+    """The body of a 201 for a bank or invoice token: the masked view without metadata."""
+    view = record.masked_view()
+    del view["metadata"]
+    return view
 
 
 def card_response(record: Record) -> dict[str, Any]:

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from proxy.sandbox import free_port
+from proxy.sandbox import HelperProcess, executable, free_port
 
 # moto accepts any credentials; these keep boto3 from looking for real ones.
 FAKE_AWS_ENV = {
@@ -24,45 +16,20 @@ FAKE_AWS_ENV = {
 }
 
 
-def _executable() -> str:
-    beside = Path(sys.executable).with_name("moto_server")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("moto_server")
-    if found is None:
-        raise RuntimeError("moto_server is not installed (pip install '.[dev]')")
-    return found
-
-
-class MotoKms:
+class MotoKms(HelperProcess):
     """A running moto_server; ``endpoint`` is what TOKENPROXY_KMS_ENDPOINT takes."""
+
+    name = "moto_server"
 
     def __init__(self, *, log: Path | None = None) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        out: Any = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - lives with the process
-        self.process = subprocess.Popen(
-            [_executable(), "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **FAKE_AWS_ENV},
+        super().__init__(
+            [executable("moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+            log=log,
+            env=FAKE_AWS_ENV,
         )
-        if out is not subprocess.DEVNULL:
-            out.close()
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {self.process.returncode}")
-            try:
-                with urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1):  # noqa: S310
-                    return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("moto_server did not start in time")
+        self.wait_ready(self.endpoint + "/moto-api/", timeout=30.0)
 
     def client(self) -> Any:
         """A boto3 KMS client for this server."""
@@ -78,14 +45,3 @@ class MotoKms:
             client.create_alias(AliasName=alias, TargetKeyId=key_id)
             return alias
         return key_id
-
-    def stop(self) -> None:
-        """Terminate the process and wait for it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.process.wait(timeout=5)

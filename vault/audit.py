@@ -53,7 +53,9 @@ __all__ = [
 _LABEL = b"tokenproxy/audit-chain/v1\x00"
 _EVENT_TYPE_RE = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)*$")
 # A card number (13-19 digits, perhaps spaced) must never reach the trail, even by mistake.
-_PAN_LIKE = re.compile(r"\d(?:[ -]?\d){12,18}")
+# Unbounded: a PAN inside a longer digit run must be found too; _holds_pan checks every
+# 13-19 digit window of the run.
+_PAN_LIKE = re.compile(r"\d(?:[ -]?\d){12,}")
 _MAX_FIELD = 200
 _PAGE = 1000
 

@@ -529,14 +529,12 @@ class LocalKekProvider:
     not parsed again until it changes once more.
     """
 
-    __slots__ = ("_bad_stamp", "_checked_at", "_ring", "_sealers", "_stamp")
+    __slots__ = ("_ring", "_sealers", "_watch")
 
     def __init__(self, ring: KeyRing) -> None:
         self._ring = ring
         self._sealers: dict[int, Sealer] = {}
-        self._stamp = _file_stamp(ring.path)
-        self._bad_stamp: tuple[int, int, int] | None = None
-        self._checked_at = time.monotonic()
+        self._watch = FileWatch(ring.path)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Self:
@@ -567,26 +565,23 @@ class LocalKekProvider:
 
     def refresh(self, *, force: bool = False) -> bool:
         """Reload the key ring if the file changed since it was read; True if reloaded."""
-        now = time.monotonic()
-        if not force and now - self._checked_at < RELOAD_CHECK_SECONDS:
-            return False
-        self._checked_at = now
-        stamp = _file_stamp(self._ring.path)
-        if stamp is None or stamp in (self._stamp, self._bad_stamp):
+        stamp = self._watch.changed(force=force)
+        if stamp is None:
             return False
         try:
             ring = KeyRing.load(self._ring.path)
         except KeyRingError:
             # Mid-life corruption must not take down a service whose validated ring still
             # works; `tokenproxy keys list` and the next start-up report the bad file.
-            self._bad_stamp = stamp
+            self._watch.reject(stamp)
             return False
         if ring.index_key != self._ring.index_key:
             # Another ring entirely (restored from the wrong backup?): blind indexes would
             # silently stop matching, so keep the one this process started with.
-            self._bad_stamp = stamp
+            self._watch.reject(stamp)
             return False
-        self._ring, self._stamp, self._sealers = ring, stamp, {}
+        self._ring, self._sealers = ring, {}
+        self._watch.accept(stamp)
         return True
 
     def rotate(self) -> int:
@@ -626,6 +621,42 @@ class LocalKekProvider:
             sealer = Sealer(self._ring.kek(version))
             self._sealers[version] = sealer
         return sealer
+
+
+class FileWatch:
+    """Throttled change detection for a key file a running process re-reads.
+
+    ``changed()`` stats the file at most every RELOAD_CHECK_SECONDS (unless forced) and
+    returns its new stamp when it differs from the accepted one and from one already
+    found bad; the caller loads the file and then calls ``accept`` or ``reject``.
+    """
+
+    __slots__ = ("_bad", "_checked_at", "_stamp", "path")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp = _file_stamp(path)
+        self._bad: tuple[int, int, int] | None = None
+        self._checked_at = time.monotonic()
+
+    def changed(self, *, force: bool = False) -> tuple[int, int, int] | None:
+        """The file's new stamp if it changed since the accepted load, else None."""
+        now = time.monotonic()
+        if not force and now - self._checked_at < RELOAD_CHECK_SECONDS:
+            return None
+        self._checked_at = now
+        stamp = _file_stamp(self.path)
+        if stamp is None or stamp in (self._stamp, self._bad):
+            return None
+        return stamp
+
+    def accept(self, stamp: tuple[int, int, int]) -> None:
+        """The file at ``stamp`` is now the one in force."""
+        self._stamp = stamp
+
+    def reject(self, stamp: tuple[int, int, int]) -> None:
+        """Ignore the file at ``stamp`` (bad or foreign) until it changes again."""
+        self._bad = stamp
 
 
 def _file_stamp(path: Path) -> tuple[int, int, int] | None:

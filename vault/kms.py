@@ -35,7 +35,6 @@ import base64
 import binascii
 import logging
 import os
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
@@ -43,12 +42,11 @@ from typing import Any, Self
 from vault.crypto import KEY_BYTES
 from vault.errors import DecryptionFailed, KeyInUse, KeyRingError, UnknownKeyVersion
 from vault.keyring import (
-    RELOAD_CHECK_SECONDS,
+    FileWatch,
     KeyInfo,
     KeyState,
     _check_fields,
     _error,
-    _file_stamp,
     _format_time,
     _is_version,
     _locked,
@@ -202,23 +200,13 @@ def init_kms_keyring(path: str | os.PathLike[str], client: Any, kms_key_id: str)
 class KmsKekProvider:
     """KekProvider whose KEKs live in AWS KMS (see the module docstring)."""
 
-    __slots__ = (
-        "_bad_stamp",
-        "_checked_at",
-        "_client",
-        "_index_key",
-        "_map",
-        "_rotate_to",
-        "_stamp",
-    )
+    __slots__ = ("_client", "_index_key", "_map", "_rotate_to", "_watch")
 
     def __init__(self, path: Path, client: Any, *, rotate_to: str | None = None) -> None:
         self._client = client
         self._rotate_to = rotate_to
         self._map = _load_map(path)
-        self._stamp = _file_stamp(path)
-        self._bad_stamp: tuple[int, int, int] | None = None
-        self._checked_at = time.monotonic()
+        self._watch = FileWatch(path)
         self._index_key = self._decrypt_index_key(self._map)
 
     @classmethod
@@ -272,19 +260,16 @@ class KmsKekProvider:
 
     def refresh(self, *, force: bool = False) -> bool:
         """Re-read the key map if the file changed (same rules as LocalKekProvider)."""
-        now = time.monotonic()
-        if not force and now - self._checked_at < RELOAD_CHECK_SECONDS:
-            return False
-        self._checked_at = now
-        stamp = _file_stamp(self._map.path)
-        if stamp is None or stamp in (self._stamp, self._bad_stamp):
+        stamp = self._watch.changed(force=force)
+        if stamp is None:
             return False
         try:
             keymap = _load_map(self._map.path)
         except KeyRingError:
-            self._bad_stamp = stamp
+            self._watch.reject(stamp)
             return False
-        self._map, self._stamp = keymap, stamp
+        self._map = keymap
+        self._watch.accept(stamp)
         return True
 
     def wrap(self, dek: bytes, aad: bytes) -> tuple[int, bytes]:

@@ -22,6 +22,14 @@ class Basis(StrEnum):
     CREATION = "creation"
 
 
+# The SQL each basis counts from, shared by both backends. These constants are the only
+# parts of a cutoff that reach SQL text, and they match the expressions of the
+# records_kind_activity / records_kind_created indexes exactly so the planner uses them.
+BASIS_SQL: dict[Basis, str] = {
+    Basis.LAST_USE: "COALESCE(last_used_at, created_at)",
+    Basis.CREATION: "created_at",
+}
+
 BASIS: dict[Kind, Basis] = {
     Kind.CARD: Basis.LAST_USE,
     Kind.BANK: Basis.LAST_USE,

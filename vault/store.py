@@ -133,6 +133,7 @@ class Vault(VaultLifecycle):
     async def _dek_by_id(self, dek_id: str) -> Sealer:
         sealer = self._deks.get(dek_id)
         if sealer is not None:
+            self._deks.move_to_end(dek_id)  # least recently used goes first, not oldest
             return sealer
         row = await self.backend.get_dek(dek_id)
         if row is None:
@@ -141,7 +142,7 @@ class Vault(VaultLifecycle):
         return self._unwrap(row)
 
     def forget_dek(self, dek_id: str) -> None:
-        """Drop a cached data key (after erasure or rewrap)."""
+        """Drop a cached data key (after erasure; a rewrap leaves the key itself unchanged)."""
         self._deks.pop(dek_id, None)
 
     # -- records --------------------------------------------------------------
@@ -209,17 +210,13 @@ class Vault(VaultLifecycle):
         row = await self.backend.get_record(token)
         if row is None:
             raise RecordNotFound("no such token")
-        if row.kind != kind:
-            raise DecryptionFailed("ciphertext failed authentication")
-        sealer = await self._dek_by_id(row.dek_id)
-        plaintext = sealer.open(row.ciphertext, record_aad(token, kind, row.dek_id))
-        record = _record_from(row, kind, plaintext)
+        record = await self._open_row(row)
         if not include_expired and self.is_expired(record):
             raise RecordNotFound("no such token")
         return record
 
     async def _open_row(self, row: RecordRow) -> Record:
-        """Decrypt a row read by a listing query."""
+        """Decrypt a row: its kind column must match the kind its token names."""
         kind = token_kind(row.token)
         if kind is None or row.kind != kind:
             raise DecryptionFailed("ciphertext failed authentication")

@@ -8,7 +8,6 @@ from aiohttp import web
 
 from proxy import idempotency
 from proxy.accounts import (
-    bank_response,
     create_sepa_at_partner,
     parse_bank_account_request,
     store_bank_account,
@@ -22,6 +21,7 @@ from proxy.middleware import (
     read_json,
     refuse_customer_fields_from_publishable,
 )
+from proxy.service import created_response
 from vault import Kind, Record
 
 _SCOPES = frozenset({"tokenize"})
@@ -56,6 +56,6 @@ async def create_bank_account(request: web.Request) -> web.Response:
         kind=Kind.BANK,
         partner_step=partner_step,
         store_step=store_step,
-        respond=bank_response,
+        respond=created_response,
     )
     return answer.response()

@@ -9,8 +9,9 @@ from aiohttp import web
 from proxy import idempotency
 from proxy.appkeys import SERVICES
 from proxy.invoices import create_invoice as create_invoice_record
-from proxy.invoices import invoice_response, parse_invoice_request, store_invoice
+from proxy.invoices import parse_invoice_request, store_invoice
 from proxy.middleware import REQUEST_ID_KEY, TOKEN_KEY, authenticate, read_json
+from proxy.service import created_response
 from vault import Kind, Record
 
 _SCOPES = frozenset({"invoice"})
@@ -40,6 +41,6 @@ async def create_invoice(request: web.Request) -> web.Response:
         kind=Kind.INVOICE,
         partner_step=None,
         store_step=store_step,
-        respond=invoice_response,
+        respond=created_response,
     )
     return answer.response()

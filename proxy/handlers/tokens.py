@@ -10,6 +10,7 @@ from proxy.audit import audited_resolve
 from proxy.middleware import TOKEN_KEY, authenticate
 
 _SCOPES = frozenset({"read", "resolve"})
+_DELETE = frozenset({"delete"})
 
 
 async def get_token(request: web.Request) -> web.Response:
@@ -29,7 +30,7 @@ async def get_token(request: web.Request) -> web.Response:
 
 async def delete_token(request: web.Request) -> web.Response:
     """DELETE /v1/tokens/{token}: delete one token, detaching it at the partner first."""
-    client = authenticate(request, frozenset({"delete"}))
+    client = authenticate(request, _DELETE)
     token = request.match_info["token"]
     result = await customers.audited_delete(
         request.app[SERVICES], token, actor=client.name, origin=request.remote

@@ -240,7 +240,9 @@ class ResilientPartner:
                     raise
                 retry += 1
                 if self._metrics is not None:
-                    self._metrics.partner_retries.labels(self.name, operation, exc.code).inc()
+                    self._metrics.child(
+                        self._metrics.partner_retries, self.name, operation, exc.code
+                    ).inc()
                 _log.info("partner_retry", operation=operation, code=exc.code, retry=retry)
                 await self._sleep(delay)
             else:
@@ -250,7 +252,7 @@ class ResilientPartner:
 
     def _count(self, operation: str, outcome: str) -> None:
         if self._metrics is not None:
-            self._metrics.partner_attempts.labels(self.name, operation, outcome).inc()
+            self._metrics.child(self._metrics.partner_attempts, self.name, operation, outcome).inc()
 
     async def close(self) -> None:
         """Close the wrapped adapter."""

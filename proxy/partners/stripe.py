@@ -255,10 +255,7 @@ class StripePartner:
                 partner_brand=details.get("brand"),
             )
         except (KeyError, TypeError):
-            raise PartnerError(
-                "The payment partner answered in an unexpected shape.",
-                code="partner_bad_response",
-            ) from None
+            raise _bad_response() from None
 
     async def create_sepa_debit(
         self, account: BankAccountRequest, *, idempotency_key: str | None = None

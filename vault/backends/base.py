@@ -7,7 +7,7 @@ Backends see only ciphertext, wrapped keys and blind indexes; encryption happens
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 from vault.retention import Cutoff
@@ -250,3 +250,17 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Flush pending writes and release connections."""
         ...
+
+
+def columns(row_type: type) -> str:
+    """The SQL column list of a row dataclass: its fields, in order (they are the table's)."""
+    return ", ".join(f.name for f in fields(row_type))
+
+
+RECORD_COLUMNS = columns(RecordRow)
+DEK_COLUMNS = columns(DekRow)
+CUSTOMER_COLUMNS = columns(CustomerRow)
+IDEMPOTENCY_COLUMNS = columns(IdempotencyRow)
+AUDIT_COLUMNS = (
+    "seq, occurred_at, event_type, outcome, actor, origin, resource, detail, prev_hash, hash"
+)

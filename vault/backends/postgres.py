@@ -28,7 +28,10 @@ from typing import Any, TypeVar
 import asyncpg
 
 from vault.backends.base import (
+    AUDIT_COLUMNS,
     AUDIT_GENESIS,
+    DEK_COLUMNS,
+    RECORD_COLUMNS,
     AuditEntry,
     AuditLinker,
     AuditRow,
@@ -43,20 +46,13 @@ from vault.errors import DuplicateRecord, StorageUnavailable
 
 T = TypeVar("T")
 
-_RECORD_COLUMNS = (
-    "token, kind, dek_id, ciphertext, customer_idx, fingerprint_idx, created_at, last_used_at"
-)
-_DEK_COLUMNS = "dek_id, customer_idx, kek_version, wrapped, created_at"
-_AUDIT_COLUMNS = (
-    "seq, occurred_at, event_type, outcome, actor, origin, resource, detail, prev_hash, hash"
-)
 _DURABLE_LEVELS = frozenset({"on", "local", "remote_write", "remote_apply"})
 
-_INSERT_RECORD = f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"  # noqa: S608
+_INSERT_RECORD = f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"  # noqa: S608
 # One statement: the data key and the record commit together or not at all. The
 # foreign key is checked at the end of the statement, after both rows exist.
 _INSERT_DEK_AND_RECORD = (
-    f"WITH dek AS (INSERT INTO deks ({_DEK_COLUMNS}) VALUES ($9, $10, $11, $12, $13)) "  # noqa: S608
+    f"WITH dek AS (INSERT INTO deks ({DEK_COLUMNS}) VALUES ($9, $10, $11, $12, $13)) "  # noqa: S608
     + _INSERT_RECORD
 )
 # The per-record data key goes with its record; a customer's key stays (other records,
@@ -318,7 +314,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
                 rows.append(row)
                 seq, prev_hash = seq + 1, row.hash
             await conn.executemany(
-                f"INSERT INTO audit_events ({_AUDIT_COLUMNS})"  # noqa: S608
+                f"INSERT INTO audit_events ({AUDIT_COLUMNS})"  # noqa: S608
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 [
                     (
@@ -366,7 +362,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
     ) -> list[DekRow]:
         """A page of data keys not on ``version``, in dek_id order (keyset pagination)."""
         rows = await self._fetch(
-            f"SELECT {_DEK_COLUMNS} FROM deks WHERE kek_version <> $1 AND dek_id > $2"  # noqa: S608
+            f"SELECT {DEK_COLUMNS} FROM deks WHERE kek_version <> $1 AND dek_id > $2"  # noqa: S608
             " ORDER BY dek_id LIMIT $3",
             version,
             after or "",
@@ -379,7 +375,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
     ) -> list[AuditRow]:
         """A page of audit events in chain order."""
         rows = await self._fetch(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_events"  # noqa: S608
+            f"SELECT {AUDIT_COLUMNS} FROM audit_events"  # noqa: S608
             " WHERE seq > $1 AND occurred_at >= $2 ORDER BY seq LIMIT $3",
             after_seq,
             since or "",
@@ -399,7 +395,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
     async def get_record(self, token: str) -> RecordRow | None:
         """Read one record by primary key."""
         row = await self._fetchrow(
-            f"SELECT {_RECORD_COLUMNS} FROM records WHERE token = $1",  # noqa: S608
+            f"SELECT {RECORD_COLUMNS} FROM records WHERE token = $1",  # noqa: S608
             token,
         )
         return RecordRow(*row) if row else None
@@ -407,7 +403,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
     async def get_dek(self, dek_id: str) -> DekRow | None:
         """Read one wrapped data key by id."""
         row = await self._fetchrow(
-            f"SELECT {_DEK_COLUMNS} FROM deks WHERE dek_id = $1",  # noqa: S608
+            f"SELECT {DEK_COLUMNS} FROM deks WHERE dek_id = $1",  # noqa: S608
             dek_id,
         )
         return DekRow(*row) if row else None
@@ -415,7 +411,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
     async def get_customer_dek(self, customer_idx: str) -> DekRow | None:
         """Read a customer's wrapped data key by the customer's blind index."""
         row = await self._fetchrow(
-            f"SELECT {_DEK_COLUMNS} FROM deks WHERE customer_idx = $1",  # noqa: S608
+            f"SELECT {DEK_COLUMNS} FROM deks WHERE customer_idx = $1",  # noqa: S608
             customer_idx,
         )
         return DekRow(*row) if row else None

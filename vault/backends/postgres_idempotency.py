@@ -18,17 +18,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from vault.backends.base import IdempotencyRow
+from vault.backends.base import IDEMPOTENCY_COLUMNS, IdempotencyRow
 
 T = TypeVar("T")
 
 _COLUMNS = IdempotencyRow.__slots__
-_IDEM_COLUMNS = ", ".join(_COLUMNS)
-_SELECT = f"SELECT {_IDEM_COLUMNS} FROM idempotency_keys WHERE key_idx = $1"  # noqa: S608
+_SELECT = f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE key_idx = $1"  # noqa: S608
 # An expired row is replaced in place (every column from the new row); a live one is
 # left alone and the statement returns nothing.
 _INSERT_UNLESS_LIVE = (
-    f"INSERT INTO idempotency_keys ({_IDEM_COLUMNS})"  # noqa: S608 - fixed fragments
+    f"INSERT INTO idempotency_keys ({IDEMPOTENCY_COLUMNS})"  # noqa: S608 - fixed fragments
     f" VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})"
     " ON CONFLICT (key_idx) DO UPDATE SET "
     + ", ".join(f"{name} = EXCLUDED.{name}" for name in _COLUMNS if name != "key_idx")

@@ -13,23 +13,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from vault.backends.base import CustomerRow, DekRow, ErasedRows, RecordRow
+from vault.backends.base import (
+    CUSTOMER_COLUMNS,
+    RECORD_COLUMNS,
+    CustomerRow,
+    DekRow,
+    ErasedRows,
+    RecordRow,
+)
 from vault.errors import StorageUnavailable
-from vault.retention import Basis, Cutoff
+from vault.retention import BASIS_SQL, Basis, Cutoff
 
 T = TypeVar("T")
 
-_RECORD_COLUMNS = (
-    "token, kind, dek_id, ciphertext, customer_idx, fingerprint_idx, created_at, last_used_at"
-)
-_CUSTOMER_COLUMNS = "customer_idx, dek_id, ciphertext, created_at"
-# Fixed SQL per basis: the only parts of a cutoff that reach SQL text are these constants.
-# They match the expressions of records_kind_activity / records_kind_created exactly, so
-# the planner can use those indexes.
-_BASIS_SQL = {
-    Basis.LAST_USE: "COALESCE(last_used_at, created_at)",
-    Basis.CREATION: "created_at",
-}
 
 # A customer's data key goes once no record and no mapping uses it. Rows deleted earlier
 # in the same transaction are already invisible to these sub-selects.
@@ -63,7 +59,7 @@ def _cutoff_sql(cutoffs: Sequence[Cutoff], first: int) -> tuple[str, list[str]]:
     args: list[str] = []
     n = first
     for cutoff in cutoffs:
-        clauses.append(f" AND NOT (kind = ${n} AND {_BASIS_SQL[cutoff.basis]} < ${n + 1})")
+        clauses.append(f" AND NOT (kind = ${n} AND {BASIS_SQL[cutoff.basis]} < ${n + 1})")
         args += [str(cutoff.kind), cutoff.before]
         n += 2
     return "".join(clauses), args
@@ -71,7 +67,7 @@ def _cutoff_sql(cutoffs: Sequence[Cutoff], first: int) -> tuple[str, list[str]]:
 
 def _purge_batch_sql(basis: Basis) -> str:
     """Delete one batch past a cutoff, with the per-record keys only they used."""
-    condition = f"kind = $1 AND {_BASIS_SQL[basis]} < $2"
+    condition = f"kind = $1 AND {BASIS_SQL[basis]} < $2"
     # FOR UPDATE: a row touched meanwhile is re-checked against the cutoff once its
     # lock is free, so a token used during the sweep is not deleted as unused.
     # Per-record keys die with their record; customer keys stay for the customer's
@@ -128,7 +124,7 @@ class PostgresLifecycleMixin:
 
         async def run(conn: asyncpg.Connection) -> None:
             await conn.execute(
-                f"INSERT INTO customers ({_CUSTOMER_COLUMNS}) VALUES ($1, $2, $3, $4)",  # noqa: S608
+                f"INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES ($1, $2, $3, $4)",  # noqa: S608
                 customer.customer_idx,
                 customer.dek_id,
                 customer.ciphertext,
@@ -140,7 +136,7 @@ class PostgresLifecycleMixin:
     async def get_customer(self, customer_idx: str) -> CustomerRow | None:
         """A customer's partner mapping row by blind index."""
         row = await self._fetchrow(
-            f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE customer_idx = $1",  # noqa: S608
+            f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_idx = $1",  # noqa: S608
             customer_idx,
         )
         return CustomerRow(*row) if row else None
@@ -163,7 +159,7 @@ class PostgresLifecycleMixin:
         args += cutoff_args
         args.append(limit)
         sql = (
-            f"SELECT {_RECORD_COLUMNS} FROM records"  # noqa: S608 - fixed fragments only
+            f"SELECT {RECORD_COLUMNS} FROM records"  # noqa: S608 - fixed fragments only
             f" WHERE customer_idx = $1{position}{where}"
             f" ORDER BY created_at, token LIMIT ${len(args)}"
         )
@@ -244,7 +240,7 @@ class PostgresLifecycleMixin:
             if dry_run:
                 row = await self._fetchrow(
                     "SELECT count(*) FROM records"  # noqa: S608 - fixed fragments only
-                    f" WHERE kind = $1 AND {_BASIS_SQL[cutoff.basis]} < $2",
+                    f" WHERE kind = $1 AND {BASIS_SQL[cutoff.basis]} < $2",
                     *args,
                 )
                 counts[str(cutoff.kind)] = int(row[0])

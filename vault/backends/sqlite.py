@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vault.backends.base import (
+    AUDIT_COLUMNS,
     AUDIT_GENESIS,
+    DEK_COLUMNS,
+    IDEMPOTENCY_COLUMNS,
+    RECORD_COLUMNS,
     AuditEntry,
     AuditLinker,
     AuditRow,
@@ -35,15 +39,6 @@ from vault.errors import DuplicateRecord, StorageUnavailable
 
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
-
-_RECORD_COLUMNS = (
-    "token, kind, dek_id, ciphertext, customer_idx, fingerprint_idx, created_at, last_used_at"
-)
-_DEK_COLUMNS = "dek_id, customer_idx, kek_version, wrapped, created_at"
-_AUDIT_COLUMNS = (
-    "seq, occurred_at, event_type, outcome, actor, origin, resource, detail, prev_hash, hash"
-)
-_IDEM_COLUMNS = ", ".join(IdempotencyRow.__slots__)
 
 
 def _connect(path: str, *, timeout_ms: int) -> sqlite3.Connection:
@@ -190,11 +185,11 @@ class SqliteBackend(SqliteLifecycleMixin):
         def run(conn: sqlite3.Connection) -> None:
             if dek is not None:
                 conn.execute(
-                    f"INSERT INTO deks ({_DEK_COLUMNS}) VALUES (?, ?, ?, ?, ?)",  # noqa: S608
+                    f"INSERT INTO deks ({DEK_COLUMNS}) VALUES (?, ?, ?, ?, ?)",  # noqa: S608
                     (dek.dek_id, dek.customer_idx, dek.kek_version, dek.wrapped, dek.created_at),
                 )
             conn.execute(
-                f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                f"INSERT INTO records ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                 (
                     record.token,
                     record.kind,
@@ -260,7 +255,7 @@ class SqliteBackend(SqliteLifecycleMixin):
             seq, prev_hash = (head[0] + 1, head[1]) if head else (1, AUDIT_GENESIS)
             row = AuditRow(seq, entry, prev_hash, link(prev_hash, entry))
             conn.execute(
-                f"INSERT INTO audit_events ({_AUDIT_COLUMNS})"  # noqa: S608
+                f"INSERT INTO audit_events ({AUDIT_COLUMNS})"  # noqa: S608
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     seq,
@@ -290,14 +285,14 @@ class SqliteBackend(SqliteLifecycleMixin):
 
         def run(conn: sqlite3.Connection) -> IdempotencyRow | None:
             found = conn.execute(
-                f"SELECT {_IDEM_COLUMNS} FROM idempotency_keys WHERE key_idx = ?",  # noqa: S608
+                f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE key_idx = ?",  # noqa: S608
                 (row.key_idx,),
             ).fetchone()
             if found is not None and found[-1] > row.created_at:
                 return IdempotencyRow(*found)
             conn.execute("DELETE FROM idempotency_keys WHERE key_idx = ?", (row.key_idx,))
             conn.execute(
-                f"INSERT INTO idempotency_keys ({_IDEM_COLUMNS})"  # noqa: S608
+                f"INSERT INTO idempotency_keys ({IDEMPOTENCY_COLUMNS})"  # noqa: S608
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 tuple(getattr(row, name) for name in IdempotencyRow.__slots__),
             )
@@ -358,7 +353,7 @@ class SqliteBackend(SqliteLifecycleMixin):
     async def idempotency_get(self, key_idx: str) -> IdempotencyRow | None:
         """One idempotency row by key index."""
         row = self._read_one(
-            f"SELECT {_IDEM_COLUMNS} FROM idempotency_keys WHERE key_idx = ?",  # noqa: S608
+            f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE key_idx = ?",  # noqa: S608
             (key_idx,),
         )
         return IdempotencyRow(*row) if row else None
@@ -401,7 +396,7 @@ class SqliteBackend(SqliteLifecycleMixin):
     ) -> list[DekRow]:
         """A page of data keys not on ``version``, in dek_id order (keyset pagination)."""
         rows = self._read_all(
-            f"SELECT {_DEK_COLUMNS} FROM deks WHERE kek_version != ? AND dek_id > ?"  # noqa: S608
+            f"SELECT {DEK_COLUMNS} FROM deks WHERE kek_version != ? AND dek_id > ?"  # noqa: S608
             " ORDER BY dek_id LIMIT ?",
             (version, after or "", limit),
         )
@@ -412,7 +407,7 @@ class SqliteBackend(SqliteLifecycleMixin):
     ) -> list[AuditRow]:
         """A page of audit events in chain order."""
         rows = self._read_all(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_events"  # noqa: S608
+            f"SELECT {AUDIT_COLUMNS} FROM audit_events"  # noqa: S608
             " WHERE seq > ? AND occurred_at >= ? ORDER BY seq LIMIT ?",
             (after_seq, since or "", limit),
         )
@@ -432,7 +427,7 @@ class SqliteBackend(SqliteLifecycleMixin):
     async def get_record(self, token: str) -> RecordRow | None:
         """Read one record by primary key, inline (see the module docstring)."""
         row = self._read_one(
-            f"SELECT {_RECORD_COLUMNS} FROM records WHERE token = ?",  # noqa: S608
+            f"SELECT {RECORD_COLUMNS} FROM records WHERE token = ?",  # noqa: S608
             (token,),
         )
         return RecordRow(*row) if row else None
@@ -440,7 +435,7 @@ class SqliteBackend(SqliteLifecycleMixin):
     async def get_dek(self, dek_id: str) -> DekRow | None:
         """Read one wrapped data key by id."""
         row = self._read_one(
-            f"SELECT {_DEK_COLUMNS} FROM deks WHERE dek_id = ?",  # noqa: S608
+            f"SELECT {DEK_COLUMNS} FROM deks WHERE dek_id = ?",  # noqa: S608
             (dek_id,),
         )
         return DekRow(*row) if row else None
@@ -448,7 +443,7 @@ class SqliteBackend(SqliteLifecycleMixin):
     async def get_customer_dek(self, customer_idx: str) -> DekRow | None:
         """Read a customer's wrapped data key by the customer's blind index."""
         row = self._read_one(
-            f"SELECT {_DEK_COLUMNS} FROM deks WHERE customer_idx = ?",  # noqa: S608
+            f"SELECT {DEK_COLUMNS} FROM deks WHERE customer_idx = ?",  # noqa: S608
             (customer_idx,),
         )
         return DekRow(*row) if row else None

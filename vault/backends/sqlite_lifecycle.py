@@ -13,21 +13,18 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from vault.backends.base import CustomerRow, DekRow, ErasedRows, RecordRow
+from vault.backends.base import (
+    CUSTOMER_COLUMNS,
+    RECORD_COLUMNS,
+    CustomerRow,
+    DekRow,
+    ErasedRows,
+    RecordRow,
+)
 from vault.errors import StorageUnavailable
-from vault.retention import Basis, Cutoff
+from vault.retention import BASIS_SQL, Cutoff
 
 T = TypeVar("T")
-
-_RECORD_COLUMNS = (
-    "token, kind, dek_id, ciphertext, customer_idx, fingerprint_idx, created_at, last_used_at"
-)
-_CUSTOMER_COLUMNS = "customer_idx, dek_id, ciphertext, created_at"
-# Fixed SQL per basis: the only parts of a cutoff that reach SQL text are these constants.
-_BASIS_SQL = {
-    Basis.LAST_USE: "COALESCE(last_used_at, created_at)",
-    Basis.CREATION: "created_at",
-}
 
 
 def _cutoff_sql(cutoffs: Sequence[Cutoff]) -> tuple[str, list[str]]:
@@ -35,7 +32,7 @@ def _cutoff_sql(cutoffs: Sequence[Cutoff]) -> tuple[str, list[str]]:
     clauses = []
     args: list[str] = []
     for cutoff in cutoffs:
-        clauses.append(f" AND NOT (kind = ? AND {_BASIS_SQL[cutoff.basis]} < ?)")
+        clauses.append(f" AND NOT (kind = ? AND {BASIS_SQL[cutoff.basis]} < ?)")
         args += [str(cutoff.kind), cutoff.before]
     return "".join(clauses), args
 
@@ -72,7 +69,7 @@ class SqliteLifecycleMixin:
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT INTO customers ({_CUSTOMER_COLUMNS}) VALUES (?, ?, ?, ?)",  # noqa: S608
+                f"INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES (?, ?, ?, ?)",  # noqa: S608
                 (customer.customer_idx, customer.dek_id, customer.ciphertext, customer.created_at),
             )
 
@@ -81,7 +78,7 @@ class SqliteLifecycleMixin:
     async def get_customer(self, customer_idx: str) -> CustomerRow | None:
         """A customer's partner mapping row by blind index."""
         row = self._read_one(
-            f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE customer_idx = ?",  # noqa: S608
+            f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_idx = ?",  # noqa: S608
             (customer_idx,),
         )
         return CustomerRow(*row) if row else None
@@ -102,7 +99,7 @@ class SqliteLifecycleMixin:
             position = " AND (created_at, token) > (?, ?)"
             cursor_args = [after[0], after[1]]
         sql = (
-            f"SELECT {_RECORD_COLUMNS} FROM records"  # noqa: S608 - fixed fragments only
+            f"SELECT {RECORD_COLUMNS} FROM records"  # noqa: S608 - fixed fragments only
             f" WHERE customer_idx = ?{position}{where}"
             " ORDER BY created_at, token LIMIT ?"
         )
@@ -177,7 +174,7 @@ class SqliteLifecycleMixin:
         """Delete expired records in batches of ``batch`` (one transaction each)."""
         counts: dict[str, int] = {}
         for cutoff in cutoffs:
-            condition = f"kind = ? AND {_BASIS_SQL[cutoff.basis]} < ?"
+            condition = f"kind = ? AND {BASIS_SQL[cutoff.basis]} < ?"
             args = (str(cutoff.kind), cutoff.before)
             if dry_run:
                 (count,) = self._read_one(
