@@ -8,18 +8,26 @@ partner's references, never the IBAN.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy.customers import store_payment_method
+from proxy.customers import SaveRequest, store_payment_method
 from proxy.errors import InvalidRequest, ValidationFailed
 from proxy.hazmat import Iban
+from proxy.partners.base import MandateAcceptance
 from proxy.service import Services, created_response, ensure_vault_up, partner_call
 from proxy.validation import _echoable, iban_like, pan_like, parse_iban, validate_customer_ref
 from vault import Kind, NewRecord, Record
 
-_FIELDS: Final = frozenset({"iban", "holder_name", "email", "customer_ref"})
+_FIELDS: Final = frozenset({"iban", "holder_name", "email", "customer_ref", "mandate_acceptance"})
+_ACCEPTANCE_FIELDS: Final = frozenset({"ip_address", "user_agent", "accepted_at"})
+_MAX_USER_AGENT: Final = 512
+# A mandate accepted longer ago than this is not "the moment they accepted" any more.
+_MAX_ACCEPTANCE_AGE: Final = 24 * 3600
+_CLOCK_SKEW: Final = 300
 _REQUIRED: Final = ("iban", "holder_name")
 # Deliberately loose (RFC 5322 is not worth matching): one @, a dot in the domain,
 # no spaces or controls; the partner checks deliverability.
@@ -61,12 +69,15 @@ class BankAccountRequest:
     holder_name: str
     email: str | None
     customer_ref: str | None
+    # How the shopper accepted the SEPA mandate; required with customer_ref.
+    mandate: MandateAcceptance | None = None
 
     def __repr__(self) -> str:
         # The holder's name and email are personal data: not for logs either.
         return (
             f"BankAccountRequest(iban={self.iban!r}, holder_name='***', "
-            f"email={'***' if self.email else None!r}, customer_ref={self.customer_ref!r})"
+            f"email={'***' if self.email else None!r}, customer_ref={self.customer_ref!r}, "
+            f"mandate={self.mandate!r})"
         )
 
     __str__ = __repr__
@@ -114,19 +125,95 @@ def parse_bank_account_request(body: object) -> BankAccountRequest:
             "email is not an email address.", code="invalid_email", param="email"
         )
     assert holder is not None  # noqa: S101 - required above
+    customer_ref = validate_customer_ref(body.get("customer_ref"))
+    raw_acceptance = body.get("mandate_acceptance")
+    if customer_ref is not None and raw_acceptance is None:
+        # A SEPA debit off-session needs a mandate, and a mandate needs the shopper's
+        # acceptance: saving the account without one would hand billing an unchargeable token.
+        raise InvalidRequest(
+            "mandate_acceptance is required with customer_ref.",
+            code="missing_field",
+            param="mandate_acceptance",
+        )
+    if customer_ref is None and raw_acceptance is not None:
+        raise InvalidRequest(
+            "mandate_acceptance needs a customer_ref to save the mandate on.",
+            code="invalid_request",
+            param="mandate_acceptance",
+        )
     return BankAccountRequest(
         iban=iban,
         holder_name=holder,
         email=email,
-        customer_ref=validate_customer_ref(body.get("customer_ref")),
+        customer_ref=customer_ref,
+        mandate=None if raw_acceptance is None else parse_mandate_acceptance(raw_acceptance),
     )
 
 
-async def tokenize_bank_account(services: Services, body: object) -> dict[str, Any]:
+def parse_mandate_acceptance(value: object, *, now: float | None = None) -> MandateAcceptance:
+    """Validate ``mandate_acceptance``: the shopper's IP address and user agent at acceptance.
+
+    ``accepted_at`` (Unix seconds) defaults to now; it may not lie in the future or more
+    than a day back.
+    """
+    param = "mandate_acceptance"
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{param} must be an object.", code="invalid_type", param=param)
+    for key in value:
+        if key not in _ACCEPTANCE_FIELDS:
+            raise InvalidRequest(
+                "Unknown field.", code="unknown_field", param=f"{param}.{_echoable(key)}"
+            )
+    raw_ip = value.get("ip_address")
+    try:
+        ip = str(ipaddress.ip_address(raw_ip)) if isinstance(raw_ip, str) else None
+    except ValueError:
+        ip = None
+    if ip is None:
+        raise ValidationFailed(
+            "ip_address must be the shopper's IPv4 or IPv6 address.",
+            code="invalid_ip_address",
+            param=f"{param}.ip_address",
+        )
+    agent = value.get("user_agent")
+    if (
+        not isinstance(agent, str)
+        or not 1 <= len(agent) <= _MAX_USER_AGENT
+        or not agent.isprintable()
+        or pan_like(agent)
+        or iban_like(agent)
+    ):
+        raise ValidationFailed(
+            f"user_agent must be the shopper's browser user agent, 1-{_MAX_USER_AGENT} "
+            "printable characters.",
+            code="invalid_user_agent",
+            param=f"{param}.user_agent",
+        )
+    current = time.time() if now is None else now
+    accepted_at = value.get("accepted_at", int(current))
+    if (
+        not isinstance(accepted_at, int)
+        or isinstance(accepted_at, bool)
+        or not current - _MAX_ACCEPTANCE_AGE <= accepted_at <= current + _CLOCK_SKEW
+    ):
+        raise ValidationFailed(
+            "accepted_at must be the Unix time of acceptance, within the last day.",
+            code="invalid_accepted_at",
+            param=f"{param}.accepted_at",
+        )
+    return MandateAcceptance(ip_address=ip, user_agent=agent, accepted_at=accepted_at)
+
+
+async def tokenize_bank_account(
+    services: Services, body: object, *, actor: str | None = None, origin: str | None = None
+) -> dict[str, Any]:
     """Validate an IBAN, create a SEPA debit method at the partner, store it; return the token."""
     account = parse_bank_account_request(body)
     created = await create_sepa_at_partner(services, account, None)
-    return created_response(await store_bank_account(services, account, created, token=None))
+    record = await store_bank_account(
+        services, account, created, token=None, actor=actor, origin=origin
+    )
+    return created_response(record)
 
 
 async def create_sepa_at_partner(
@@ -148,9 +235,19 @@ async def create_sepa_at_partner(
 
 
 async def store_bank_account(
-    services: Services, account: BankAccountRequest, created: dict[str, Any], *, token: str | None
+    services: Services,
+    account: BankAccountRequest,
+    created: dict[str, Any],
+    *,
+    token: str | None,
+    actor: str | None = None,
+    origin: str | None = None,
 ) -> Record:
-    """Seal the partner's answer under a new (or the reserved) token."""
+    """Seal the partner's answer under a new (or the reserved) token.
+
+    With a customer_ref the account is saved on the customer with a mandate made from
+    the shopper's acceptance; the mandate id (``mandate_…``) is kept for ``resolve``.
+    """
     details = {
         "country": account.iban.country,
         # Ours, not the partner's: some partners (localstripe) report IBAN characters
@@ -158,7 +255,9 @@ async def store_bank_account(
         "bank_code": national_bank_code(account.iban),
         "last4": created["last4"],
         "masked": account.iban.masked,
-        "mandate_reference": created["mandate_reference"],
+        # Set from the setup's mandate when saved on a customer; Stripe's sepa_debit
+        # PaymentMethod carries none of its own.
+        "mandate_reference": None,
     }
     record = await store_payment_method(
         services,
@@ -171,6 +270,7 @@ async def store_bank_account(
             fingerprint=created["fingerprint"],
         ),
         token=token,
+        save=SaveRequest(actor=actor, origin=origin, mandate=account.mandate),
     )
     services.metrics.child(services.metrics.tokens_created, "bank").inc()
     return record

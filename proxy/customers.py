@@ -3,7 +3,8 @@ reports, erasure and single-token deletion.
 
 Each customer_ref maps to one partner customer, created on first use and kept only
 inside the vault (sealed under the customer's data key). Card and bank payment
-methods are attached to it so the billing service can charge them off-session.
+methods are saved on it through the partner's off-session setup so the billing
+service can charge them off-session.
 
 Concurrency: first use is serialised per customer inside a process (``Services.locks``)
 and across processes by the vault's unique customer index (the loser reloads the
@@ -16,14 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 
 from proxy.audit import append_or_refuse, resource_of
 from proxy.errors import (
+    AuthenticationRequired,
     InvalidRequest,
     NotFound,
     PartnerDeclined,
@@ -31,9 +35,21 @@ from proxy.errors import (
     ProxyError,
     ValidationFailed,
 )
+from proxy.partners.base import MandateAcceptance, PartnerSetup
 from proxy.service import Services, partner_call, vault_call
 from proxy.validation import validate_customer_ref
-from vault import MAX_PAGE, Kind, NewRecord, PartnerCustomer, Record, RecordNotFound, iso, utcnow
+from vault import (
+    MAX_PAGE,
+    Kind,
+    NewRecord,
+    PartnerCustomer,
+    Record,
+    RecordNotFound,
+    VaultError,
+    iso,
+    new_token,
+    utcnow,
+)
 from vault.audit import EventType, Outcome
 from vault.retention import BASIS
 
@@ -128,17 +144,111 @@ async def _undo_first_use(services: Services, customer_ref: str, reference: str)
         )
 
 
-async def store_payment_method(
-    services: Services, new: NewRecord, *, token: str | None = None
-) -> Record:
-    """Store a card or bank record; with a customer_ref, attach it to the customer first.
+@dataclass(frozen=True, slots=True)
+class SaveRequest:
+    """What saving a payment method for off-session charges needs beyond its record.
 
-    A payment method the partner refuses to attach fails the request (402) and leaves
-    nothing in the vault; a partner customer created for this request is deleted again.
+    ``actor`` and ``origin`` name the client and its address for the audit trail;
+    ``mandate`` is the shopper's SEPA mandate acceptance; ``return_url`` is where the
+    partner sends a shopper back after authenticating a card.
+    """
+
+    actor: str | None = None
+    origin: str | None = None
+    mandate: MandateAcceptance | None = None
+    return_url: str | None = None
+
+
+# A pending card setup is handed to the checkout sealed, for this long.
+PENDING_SETUP_TTL = 3600
+_PENDING_PURPOSE = "card-setup\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSetup:
+    """A card awaiting its holder's authentication: what its record will be, and where."""
+
+    new: NewRecord
+    intent: str
+    customer: str
+
+
+def seal_pending(
+    services: Services, new: NewRecord, setup: PartnerSetup, customer: str, client: str | None
+) -> str:
+    """The opaque ``setup`` a checkout brings back to confirm a card after authentication.
+
+    Sealed by the vault (AES-GCM, bound to the client that made it), so the checkout can
+    neither read the masked card or partner ids in it nor forge one; it expires after
+    PENDING_SETUP_TTL. Nothing is stored for it: an abandoned setup leaves no row.
+    """
+    payload = {
+        "v": 1,
+        "expires": int(time.time()) + PENDING_SETUP_TTL,
+        "intent": setup.intent,
+        "customer": customer,
+        "kind": str(new.kind),
+        "partner": new.partner,
+        "reference": new.partner_reference,
+        "details": new.details,
+        "customer_ref": new.customer_ref,
+        "metadata": new.metadata,
+        "fingerprint": new.fingerprint,
+    }
+    return services.vault.seal_note(_PENDING_PURPOSE + (client or ""), json.dumps(payload).encode())
+
+
+def open_pending(services: Services, sealed: str, client: str | None) -> PendingSetup:
+    """The pending setup in ``sealed``; 400 when it is not one of this client's, or expired."""
+    try:
+        payload = json.loads(services.vault.open_note(_PENDING_PURPOSE + (client or ""), sealed))
+    except (VaultError, ValueError):
+        raise InvalidRequest(
+            "setup is not a pending card setup made for this client.",
+            code="invalid_setup",
+            param="setup",
+        ) from None
+    if payload.get("v") != 1 or payload["expires"] < time.time():
+        raise InvalidRequest(
+            "This card setup has expired; tokenize the card again.",
+            code="setup_expired",
+            param="setup",
+        )
+    new = NewRecord(
+        kind=Kind(payload["kind"]),
+        partner=payload["partner"],
+        partner_reference=payload["reference"],
+        details=payload["details"],
+        customer_ref=payload["customer_ref"],
+        metadata=payload["metadata"],
+        fingerprint=payload["fingerprint"],
+    )
+    return PendingSetup(new=new, intent=payload["intent"], customer=payload["customer"])
+
+
+# The partner's name for each kind of payment method a customer can be charged with.
+PARTNER_KIND = {Kind.CARD: "card", Kind.BANK: "sepa_debit"}
+
+
+async def store_payment_method(
+    services: Services,
+    new: NewRecord,
+    *,
+    token: str | None = None,
+    save: SaveRequest | None = None,
+) -> Record:
+    """Store a card or bank record; with a customer_ref, save it on the customer first.
+
+    Saving goes through the partner's off-session setup (a Stripe SetupIntent), which
+    attaches the method to the customer, sets a card up for merchant-initiated charges
+    under SCA and, for SEPA debit, creates the mandate from ``save.mandate``. The record
+    keeps the partner customer (and mandate) for ``resolve``.
+
+    A setup the partner refuses fails the request (402) and leaves nothing in the vault;
+    a partner customer created for this request is deleted again. A card that needs
+    its holder to authenticate raises AuthenticationRequired: nothing is stored and no
+    token exists until ``proxy.card_setup.confirm_card_setup`` sees the setup succeed.
     ``token`` is the token an idempotent request reserved before its partner call.
-    The unattached payment method stays at the partner: it belongs to no customer, can
-    be neither charged off-session nor attached later without its data, and the partner
-    offers no way to delete it.
     """
     vault, partner = services.vault, services.partner
     if new.customer_ref is None:
@@ -147,23 +257,100 @@ async def store_payment_method(
     reference = new.partner_reference
     if reference is None:  # pragma: no cover - adapters always return one
         raise ProxyError("The payment partner returned no reference.")
+    save = save or SaveRequest()
     async with services.locks.hold(new.customer_ref):
         customer, created = await ensure_partner_customer(services, new.customer_ref)
         try:
-            await partner_call(services, "attach", partner.attach(reference, customer.reference))
+            setup = await partner_call(
+                services,
+                "setup",
+                partner.setup_off_session(
+                    reference,
+                    customer.reference,
+                    kind=PARTNER_KIND[new.kind],
+                    mandate=save.mandate,
+                    return_url=save.return_url,
+                    # One setup per payment method, however often the request is resumed.
+                    idempotency_key="tokenproxy-setup-" + reference,
+                ),
+            )
         except PartnerError:
             if created:
                 await _undo_first_use(services, new.customer_ref, customer.reference)
             raise
-        try:
-            record = await vault_call(services, "put", vault.put(new, token=token))
-        except ProxyError:
-            # Not stored, so not kept attached either.
-            await _quietly(services, "detach", partner.detach(reference))
+        if not setup.succeeded:
+            if setup.status == "requires_action" and new.kind is Kind.CARD:
+                # The partner customer stays: the pending setup names it.
+                raise AuthenticationRequired(
+                    setup=seal_pending(services, new, setup, customer.reference, save.actor),
+                    next_action=setup.next_action,
+                )
             if created:
                 await _undo_first_use(services, new.customer_ref, customer.reference)
+            raise PartnerDeclined(
+                "The payment partner could not set the payment method up for later charges.",
+                code="setup_failed",
+            )
+        return await store_saved(
+            services, new, customer.reference, setup, token=token, save=save, created=created
+        )
+
+
+async def store_saved(
+    services: Services,
+    new: NewRecord,
+    customer: str,
+    setup: PartnerSetup,
+    *,
+    token: str | None,
+    save: SaveRequest,
+    created: bool = False,
+    undo_on_failure: bool = True,
+) -> Record:
+    """Seal a payment method whose setup succeeded, with what resolve hands to billing.
+
+    Call with ``services.locks`` held for the customer. Mandate acceptance goes to the
+    audit trail first (fail closed: no token for a mandate whose evidence is not kept).
+    """
+    vault, partner = services.vault, services.partner
+    assert new.customer_ref is not None  # noqa: S101 - only saved with a customer
+    assert new.partner_reference is not None  # noqa: S101 - adapters always return one
+    details = {**new.details, "partner_customer": customer}
+    if new.kind is Kind.BANK:
+        details["mandate_reference"] = setup.mandate
+    token = token or new_token(new.kind)
+    reference = new.partner_reference
+    try:
+        if save.mandate is not None:
+            await append_or_refuse(
+                vault,
+                services.metrics,
+                EventType.MANDATE_ACCEPT,
+                outcome=Outcome.SUCCESS,
+                actor=save.actor,
+                origin=save.origin,
+                resource=token,
+                # The shopper's device information is personal data: it lives here, under
+                # the audit trail's retention, and at the partner in the mandate, not in
+                # the record.
+                detail={
+                    "ip_address": save.mandate.ip_address,
+                    "user_agent": save.mandate.user_agent,
+                    "accepted_at": save.mandate.accepted_at,
+                },
+            )
+        record: Record = await vault_call(
+            services, "put", vault.put(replace(new, details=details), token=token)
+        )
+    except ProxyError:
+        if not undo_on_failure:
             raise
-        return record
+        # Not stored, so not kept saved either.
+        await _quietly(services, "detach", partner.detach(reference))
+        if created:
+            await _undo_first_use(services, new.customer_ref, customer)
+        raise
+    return record
 
 
 # -- listing and access report -----------------------------------------------------

@@ -18,6 +18,7 @@
     ├── RateLimited                 (429 rate_limit_error)
     ├── PartnerError                (502 partner_error)
     │   ├── PartnerDeclined         (402 card_error)
+    │   ├── AuthenticationRequired  (402 card_error: the shopper must authenticate first)
     │   ├── PartnerUnavailable      (503 partner_error)
     │   └── PartnerTimeout          (504 partner_error)
     └── ServiceUnavailable          (503 api_error)
@@ -178,6 +179,36 @@ class PartnerDeclined(PartnerError):
     status = 402
     type = "card_error"
     default_code = "card_declined"
+
+
+class AuthenticationRequired(PartnerError):
+    """Saving a card needs the cardholder to authenticate (3-D Secure) before it is usable.
+
+    Not a decline: no token is issued yet. The body carries the partner's ``next_action``
+    (reduced to fields without card data) and an opaque ``setup`` the checkout sends to
+    ``POST /v1/cards/confirm`` once the shopper has completed it.
+    """
+
+    status = 402
+    type = "card_error"
+    default_code = "authentication_required"
+
+    def __init__(self, *, setup: str, next_action: dict[str, object] | None) -> None:
+        super().__init__(
+            "The card issuer requires the cardholder to authenticate before the card is saved. "
+            "Complete next_action, then confirm the setup."
+        )
+        self.setup = setup
+        self.next_action = next_action
+
+    def body(self, request_id: str | None) -> dict[str, object]:
+        """The error body plus the setup to confirm and the partner's next action."""
+        body = super().body(request_id)
+        error = body["error"]
+        assert isinstance(error, dict)  # noqa: S101 - ProxyError.body's shape
+        error["setup"] = self.setup
+        error["next_action"] = self.next_action
+        return body
 
 
 class PartnerUnavailable(PartnerError):

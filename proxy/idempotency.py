@@ -128,7 +128,7 @@ async def tokenize_card_once(
             last4=stored["last4"],
             partner_brand=stored["partner_brand"],
         )
-        return await store_card(services, card, created, token=token)
+        return await store_card(services, card, created, token=token, actor=client)
 
     return await create_once(
         services,

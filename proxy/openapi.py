@@ -65,6 +65,37 @@ _LIFECYCLE_SCHEMAS: dict[str, Any] = {
             "holder_name": {"type": "string", "maxLength": 100},
             "email": {"type": "string", "maxLength": 254},
             "customer_ref": {"type": "string", "maxLength": 64},
+            "mandate_acceptance": {"$ref": "#/components/schemas/MandateAcceptance"},
+        },
+    },
+    "MandateAcceptance": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["ip_address", "user_agent"],
+        "description": (
+            "How the shopper accepted the SEPA Direct Debit mandate online; required with"
+            " customer_ref. The proxy creates the mandate at the partner from it and keeps"
+            " it in the audit trail (event mandate.accept), not in the token's record."
+        ),
+        "properties": {
+            "ip_address": {"type": "string", "description": "the shopper's IPv4/IPv6 address"},
+            "user_agent": {"type": "string", "maxLength": 512},
+            "accepted_at": {
+                "type": "integer",
+                "description": "Unix seconds of acceptance (default: now); within the last day",
+            },
+        },
+    },
+    "CardConfirmRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["setup"],
+        "properties": {
+            "setup": {
+                "type": "string",
+                "maxLength": 8192,
+                "description": "error.setup of the 402 authentication_required answer",
+            }
         },
     },
     "BankToken": {
@@ -269,6 +300,21 @@ DOCUMENT: dict[str, Any] = {
                             "message": {"type": "string"},
                             "param": {"type": ["string", "null"]},
                             "request_id": {"type": ["string", "null"]},
+                            "setup": {
+                                "type": "string",
+                                "description": (
+                                    "authentication_required only: opaque, for"
+                                    " POST /v1/cards/confirm (valid for an hour)"
+                                ),
+                            },
+                            "next_action": {
+                                "type": ["object", "null"],
+                                "description": (
+                                    "authentication_required only: the partner's next"
+                                    " action, e.g. {type: redirect_to_url, redirect_to_url:"
+                                    " {url, return_url}}; send the shopper to url"
+                                ),
+                            },
                         },
                     }
                 },
@@ -289,6 +335,14 @@ DOCUMENT: dict[str, Any] = {
                         "maxProperties": 20,
                         "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,40}$"},
                         "additionalProperties": {"type": "string", "maxLength": 500},
+                    },
+                    "return_url": {
+                        "type": "string",
+                        "maxLength": 2048,
+                        "description": (
+                            "with customer_ref: where the partner sends the shopper back"
+                            " after authenticating the card (3-D Secure)"
+                        ),
                     },
                 },
             },
@@ -319,7 +373,22 @@ DOCUMENT: dict[str, Any] = {
                     "partner": {"type": ["string", "null"], "description": "resolve scope only"},
                     "partner_reference": {
                         "type": ["string", "null"],
-                        "description": "resolve scope only",
+                        "description": "resolve scope only: the payment method (pm_…)",
+                    },
+                    "partner_customer": {
+                        "type": "string",
+                        "description": (
+                            "resolve scope only: the partner customer (cus_…) the payment"
+                            " method is saved on; absent when it is saved on none. Name it"
+                            " as customer on an off-session PaymentIntent."
+                        ),
+                    },
+                    "mandate_reference": {
+                        "type": ["string", "null"],
+                        "description": (
+                            "resolve scope only, bank tokens: the SEPA mandate (mandate_…)"
+                            " for an off-session debit; null when none was made"
+                        ),
                     },
                 },
             },
@@ -336,7 +405,11 @@ DOCUMENT: dict[str, Any] = {
                     " replayed for the same key and body, marked Idempotent-Replayed: true;"
                     " another body is 422 idempotency_key_reused, a key still in flight"
                     " 409 idempotency_key_in_use. Keys are scoped per client and expire"
-                    " after 24 h."
+                    " after 24 h. With customer_ref the card is saved on the customer for"
+                    " off-session charges; when its issuer wants the cardholder to"
+                    " authenticate the answer is 402 authentication_required with"
+                    " error.next_action and error.setup, and no token: send the shopper"
+                    " through next_action, then POST /v1/cards/confirm."
                 ),
                 "parameters": [_IDEMPOTENCY_KEY],
                 "requestBody": {
@@ -371,6 +444,42 @@ DOCUMENT: dict[str, Any] = {
                 "security": [],
                 "responses": {"204": {"description": "Allowed"}, **_error_responses(403)},
             },
+        },
+        "/v1/cards/confirm": {
+            "post": {
+                "operationId": "confirmCard",
+                "summary": "Token of a card whose holder completed authentication (tokenize)",
+                "description": (
+                    "Send error.setup from a 402 authentication_required answer once the"
+                    " shopper is back from next_action. The proxy asks the partner: 201 with"
+                    " the card token when the setup succeeded; 402 authentication_required"
+                    " again while it has not; 402 setup_failed when it failed; 400"
+                    " invalid_setup/setup_expired; 409 customer_changed when the customer"
+                    " was erased meanwhile. Idempotency-Key: as on POST /v1/cards."
+                ),
+                "parameters": [_IDEMPOTENCY_KEY],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/CardConfirmRequest"}
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {
+                        "description": "The card's token",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/CardToken"}
+                            }
+                        },
+                    },
+                    **_error_responses(
+                        400, 401, 402, 403, 405, 408, 409, 413, 415, 422, 429, 502, 503, 504
+                    ),
+                },
+            }
         },
         "/v1/tokens/{token}": {
             "get": {

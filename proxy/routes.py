@@ -9,6 +9,7 @@ from proxy.handlers import bank_accounts, cards, customers, elements, invoices, 
 
 ROUTES: list[web.RouteDef] = [
     web.post("/v1/cards", cards.create_card, name="create_card"),
+    web.post("/v1/cards/confirm", cards.confirm_card, name="confirm_card"),
     web.get("/v1/tokens/{token}", tokens.get_token, name="get_token", allow_head=False),
     web.delete("/v1/tokens/{token}", tokens.delete_token, name="delete_token"),
     web.post("/v1/bank-accounts", bank_accounts.create_bank_account, name="create_bank_account"),

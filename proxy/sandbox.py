@@ -78,22 +78,51 @@ class HelperProcess:
 
 
 class Localstripe(HelperProcess):
-    """A running localstripe process on a free loopback port."""
+    """A running localstripe process on a free loopback port, behind the Stripe-rules front.
+
+    ``base_url`` is the front (``proxy.sandbox_stripe``): what the proxy, the tests and
+    a billing service in the dev stack talk to. ``upstream_url`` is localstripe itself.
+    """
 
     name = "localstripe"
 
     def __init__(self, port: int | None = None, *, log: Path | None = None) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        upstream_port = free_port()
+        self.upstream_url = f"http://127.0.0.1:{upstream_port}"
         super().__init__(
-            [executable("localstripe"), "--port", str(self.port), "--from-scratch"],
+            [executable("localstripe"), "--port", str(upstream_port), "--from-scratch"],
             log=log,
             env={"PYTHONUNBUFFERED": "1"},
         )
-        self.wait_ready(
-            urllib.request.Request(  # noqa: S310 - loopback URL we built
-                self.base_url + "/v1/customers",
-                headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
-            ),
-            timeout=20.0,
+        self.front = HelperProcess(
+            [
+                sys.executable,
+                "-m",
+                "proxy.sandbox_stripe",
+                "--port",
+                str(self.port),
+                "--upstream",
+                self.upstream_url,
+            ],
+            log=log,
         )
+        self.front.name = "localstripe front"
+        try:
+            for helper, url in ((self, self.upstream_url), (self.front, self.base_url)):
+                helper.wait_ready(
+                    urllib.request.Request(  # noqa: S310 - loopback URL we built
+                        url + "/v1/customers",
+                        headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
+                    ),
+                    timeout=20.0,
+                )
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the front and localstripe."""
+        self.front.stop()
+        super().stop()

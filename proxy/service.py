@@ -51,7 +51,9 @@ class Services:
     locks: KeyedLocks = field(default_factory=KeyedLocks)
 
 
-async def tokenize_card(services: Services, body: object, *, today: date) -> dict[str, Any]:
+async def tokenize_card(
+    services: Services, body: object, *, today: date, actor: str | None = None
+) -> dict[str, Any]:
     """Validate a card, hand it to the partner, store the partner's reference; return the token.
 
     Without an Idempotency-Key the partner call still carries a per-request partner key,
@@ -61,7 +63,7 @@ async def tokenize_card(services: Services, body: object, *, today: date) -> dic
     partner_key = new_partner_key()
     created = await create_at_partner(services, card, partner_key)
     try:
-        record = await store_card(services, card, created)
+        record = await store_card(services, card, created, actor=actor)
     except ServiceUnavailable:
         # The partner holds a card we could not link: no retry can find it again (the
         # client sent no key). Count it and log the partner key, which the partner's
@@ -109,13 +111,19 @@ async def partner_call(services: Services, operation: str, call: Awaitable[T]) -
 
 
 async def store_card(
-    services: Services, card: CardRequest, created: PartnerCard, *, token: str | None = None
+    services: Services,
+    card: CardRequest,
+    created: PartnerCard,
+    *,
+    token: str | None = None,
+    actor: str | None = None,
 ) -> Record:
     """Seal the partner's answer into the vault under a new (or the given) token.
 
-    With a customer_ref the card is first attached to the customer's partner customer.
+    With a customer_ref the card is first saved on the customer's partner customer for
+    off-session charges (which may need the cardholder: AuthenticationRequired).
     """
-    from proxy.customers import store_payment_method  # proxy.customers imports this module
+    from proxy.customers import SaveRequest, store_payment_method  # imports this module
 
     details = {"brand": card.brand, "last4": card.number.last4, "masked": card.number.masked}
     record = await store_payment_method(
@@ -130,6 +138,7 @@ async def store_card(
             fingerprint=created.fingerprint,
         ),
         token=token,
+        save=SaveRequest(actor=actor, return_url=card.return_url),
     )
     services.metrics.child(services.metrics.tokens_created, "card").inc()
     return record
@@ -153,16 +162,29 @@ def card_response(record: Record) -> dict[str, Any]:
 
 
 async def read_token(services: Services, token: str, *, resolve: bool) -> dict[str, Any]:
-    """The masked view of a token, or with ``resolve`` also its partner reference."""
+    """The masked view of a token, or with ``resolve`` what an off-session charge needs."""
     try:
         record = await _vault_call(services, "get", services.vault.get(token))
     except RecordNotFound:
         raise NotFound("No such token.", param="token") from None
-    if resolve:
-        # Resolving is use (the billing service is about to charge): retention counts
-        # from here. Marks are batched in memory and flushed in one write.
-        services.vault.mark_used(record)
-    view: dict[str, Any] = record.resolved_view() if resolve else record.masked_view()
+    if not resolve:
+        masked: dict[str, Any] = record.masked_view()
+        return masked
+    # Resolving is use (the billing service is about to charge): retention counts
+    # from here. Marks are batched in memory and flushed in one write.
+    services.vault.mark_used(record)
+    view: dict[str, Any] = record.resolved_view()
+    if (
+        record.customer_ref is not None
+        and record.kind in (Kind.CARD, Kind.BANK)
+        and "partner_customer" not in view
+    ):
+        # Saved before records kept their partner customer: the mapping names it.
+        customer = await _vault_call(
+            services, "get_customer", services.vault.get_partner_customer(record.customer_ref)
+        )
+        if customer is not None and customer.partner == record.partner:
+            view["partner_customer"] = customer.reference
     return view
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "validate_customer_ref",
     "validate_metadata",
     "validate_ocr",
+    "validate_return_url",
 ]
 
 # --------------------------------------------------------------------------- Luhn
@@ -590,6 +591,8 @@ class CardRequest:
     holder_name: str | None
     customer_ref: str | None
     metadata: dict[str, str]
+    # Where the partner sends the shopper back after authenticating a card being saved.
+    return_url: str | None = None
 
     def __repr__(self) -> str:
         # Expiry is card data too, and the holder name is personal data.
@@ -604,8 +607,45 @@ class CardRequest:
 
 
 _CARD_FIELDS: Final = frozenset(
-    {"number", "exp_month", "exp_year", "cvc", "holder_name", "customer_ref", "metadata"}
+    {
+        "number",
+        "exp_month",
+        "exp_year",
+        "cvc",
+        "holder_name",
+        "customer_ref",
+        "metadata",
+        "return_url",
+    }
 )
+_MAX_URL = 2048
+
+
+def validate_return_url(value: object) -> str | None:
+    """An absolute http(s) URL the partner may send the shopper back to, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(
+            "return_url must be a string.", code="invalid_type", param="return_url"
+        )
+    # The partner puts it in a redirect: no controls, no card number typed in the wrong
+    # field, and only web schemes (a javascript: URL would run in the checkout's page).
+    if (
+        len(value) > _MAX_URL
+        or not value.isprintable()
+        or " " in value
+        or not re.match(r"https?://[^/?#\s]+", value)
+        or pan_like(value)
+    ):
+        raise ValidationFailed(
+            f"return_url must be an absolute http(s) URL of at most {_MAX_URL} characters.",
+            code="invalid_return_url",
+            param="return_url",
+        )
+    return value
+
+
 _REQUIRED_CARD_FIELDS: Final = ("number", "exp_month", "exp_year", "cvc")
 
 
@@ -678,4 +718,5 @@ def parse_card_request(body: object, *, today: date) -> CardRequest:
         holder_name=_validate_holder_name(body.get("holder_name")),
         customer_ref=validate_customer_ref(body.get("customer_ref")),
         metadata=validate_metadata(body.get("metadata")),
+        return_url=validate_return_url(body.get("return_url")),
     )

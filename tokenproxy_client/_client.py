@@ -248,7 +248,7 @@ class TokenProxyClient:
         return TokenView.from_json(await self._request("GET", _path("v1", "tokens", token)))
 
     async def resolve(self, token: str) -> ResolvedToken:
-        """GET /v1/tokens/{token} with the resolve scope: the view plus the partner reference."""
+        """GET /v1/tokens/{token} with the resolve scope: what an off-session charge needs."""
         body = await self._request("GET", _path("v1", "tokens", token))
         reference = body.get("partner_reference")
         if not isinstance(reference, str):
@@ -256,10 +256,13 @@ class TokenProxyClient:
             raise PermissionDeniedError(
                 "This client key lacks the resolve scope.", code="missing_scope", status=403
             )
+        customer, mandate = body.get("partner_customer"), body.get("mandate_reference")
         return ResolvedToken(
             view=TokenView.from_json(body),
             partner=str(body.get("partner") or ""),
             partner_reference=reference,
+            partner_customer=customer if isinstance(customer, str) else None,
+            mandate_reference=mandate if isinstance(mandate, str) else None,
         )
 
     async def delete(self, token: str) -> Deletion:

@@ -126,11 +126,19 @@ class TokenView:
 
 @dataclass(frozen=True, slots=True)
 class ResolvedToken:
-    """A token resolved for charging: the masked view plus the partner's reference."""
+    """A token resolved for charging: everything an off-session charge at the partner needs.
+
+    For Stripe: ``partner_reference`` is the PaymentMethod (``pm_…``) and
+    ``partner_customer`` the Customer (``cus_…``) it is saved on, to pass as
+    ``payment_method`` and ``customer`` of a PaymentIntent; ``mandate_reference`` is the
+    SEPA Direct Debit Mandate (``mandate_…``) of a bank token, passed as ``mandate``.
+    """
 
     view: TokenView
     partner: str
     partner_reference: str
+    partner_customer: str | None = None
+    mandate_reference: str | None = None
 
     @property
     def token(self) -> str:

@@ -79,6 +79,7 @@ class EventType(enum.StrEnum):
     KEY_REWRAP = "key.rewrap"
     KEY_RETIRE = "key.retire"
     AUTH_FAILURE = "auth.failure"
+    MANDATE_ACCEPT = "mandate.accept"
 
 
 def audit_key(index_key: bytes) -> bytes:

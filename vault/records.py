@@ -55,8 +55,9 @@ def iso(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-# Details that are partner references (the design lets only `resolve` see those).
-RESOLVE_ONLY_DETAILS = frozenset({"mandate_reference"})
+# Details that are partner references (the design lets only `resolve` see those): the
+# SEPA mandate (`mandate_…`) and the partner customer the method is saved on (`cus_…`).
+RESOLVE_ONLY_DETAILS = frozenset({"mandate_reference", "partner_customer"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,11 @@ class Record:
         return view
 
     def resolved_view(self) -> dict[str, Any]:
-        """What a `resolve` client may see: the masked view plus the partner reference."""
+        """What a `resolve` client may see: the masked view plus the partner references.
+
+        That is everything an off-session charge needs: the payment method, the partner
+        customer it is saved on (absent when none) and, for SEPA debit, the mandate.
+        """
         view = self.masked_view()
         view.update((k, v) for k, v in self.details.items() if k in RESOLVE_ONLY_DETAILS)
         view["partner"] = self.partner

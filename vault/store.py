@@ -8,6 +8,8 @@ another row or another customer's key fails authentication instead of decrypting
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import secrets
 from collections import OrderedDict
@@ -16,7 +18,7 @@ from typing import Any
 
 from vault.audit import AuditLog
 from vault.backends.base import Backend, DekRow, RecordRow
-from vault.crypto import Sealer, blind_index, dek_aad, new_key, record_aad
+from vault.crypto import Sealer, blind_index, dek_aad, derive_subkey, new_key, record_aad
 from vault.errors import DecryptionFailed, DuplicateRecord, RecordNotFound, VaultError
 from vault.keyring import KekProvider
 from vault.lifecycle import VaultLifecycle
@@ -70,6 +72,7 @@ class Vault(VaultLifecycle):
         self.touch_granularity = touch_granularity
         self._used: dict[str, str] = {}
         self._index_key = keys.index_key
+        self._notes: Sealer | None = None
         # The audit trail (vault.audit): append / verify / export; erasure and delete
         # routes call `vault.audit.append(...)` before answering.
         self.audit = AuditLog(backend, keys.index_key)
@@ -104,6 +107,29 @@ class Vault(VaultLifecycle):
     def index(self, domain: str, value: str) -> str:
         """Keyed blind index of ``value`` (customer refs, partner fingerprints)."""
         return blind_index(self._index_key, domain, value)
+
+    def seal_note(self, purpose: str, payload: bytes) -> str:
+        """Seal a short-lived note the caller holds for us (URL-safe text).
+
+        For state a client must bring back (a card setup awaiting authentication)
+        without the vault keeping a row for it. ``purpose`` is bound as associated
+        data, so a note made for one purpose or holder opens for no other.
+        """
+        blob = self._note_sealer().seal(payload, b"note\x00" + purpose.encode())
+        return base64.urlsafe_b64encode(blob).decode().rstrip("=")
+
+    def open_note(self, purpose: str, note: str) -> bytes:
+        """Open a note made by :meth:`seal_note` for ``purpose``; DecryptionFailed otherwise."""
+        try:
+            blob = base64.urlsafe_b64decode(note + "=" * (-len(note) % 4))
+        except (binascii.Error, ValueError):
+            raise DecryptionFailed("the note could not be opened") from None
+        return self._note_sealer().open(blob, b"note\x00" + purpose.encode())
+
+    def _note_sealer(self) -> Sealer:
+        if self._notes is None:
+            self._notes = Sealer(derive_subkey(self._index_key, "notes/v1"))
+        return self._notes
 
     # -- data keys ------------------------------------------------------------
 

@@ -35,7 +35,9 @@ async def create_bank_account(request: web.Request) -> web.Response:
     refuse_customer_fields_from_publishable(client, body)
     services = request.app[SERVICES]
     if key is None:
-        result = await tokenize_bank_account(services, body)
+        result = await tokenize_bank_account(
+            services, body, actor=client.name, origin=request.remote
+        )
         request[TOKEN_KEY] = result["token"]
         return web.json_response(result, status=201)
     # Validated before the key is recorded: a fixed body may reuse the key.
@@ -45,7 +47,9 @@ async def create_bank_account(request: web.Request) -> web.Response:
         return await create_sepa_at_partner(services, account, partner_key)
 
     async def store_step(created: dict[str, Any], token: str) -> Record:
-        return await store_bank_account(services, account, created, token=token)
+        return await store_bank_account(
+            services, account, created, token=token, actor=client.name, origin=request.remote
+        )
 
     answer = await idempotency.create_once(
         services,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
 from proxy import idempotency, service
 from proxy.appkeys import SERVICES
+from proxy.card_setup import confirm_card_setup, parse_confirm_request
 from proxy.middleware import (
     REQUEST_ID_KEY,
     TOKEN_KEY,
@@ -15,6 +17,7 @@ from proxy.middleware import (
     read_json,
     refuse_customer_fields_from_publishable,
 )
+from vault import Kind, Record
 
 _SCOPES = frozenset({"tokenize"})
 
@@ -27,7 +30,9 @@ async def create_card(request: web.Request) -> web.Response:
     refuse_customer_fields_from_publishable(client, body)
     today = datetime.now(UTC).date()
     if key is None:
-        result = await service.tokenize_card(request.app[SERVICES], body, today=today)
+        result = await service.tokenize_card(
+            request.app[SERVICES], body, today=today, actor=client.name
+        )
         request[TOKEN_KEY] = result["token"]
         return web.json_response(result, status=201)
     answer = await idempotency.tokenize_card_once(
@@ -38,5 +43,33 @@ async def create_card(request: web.Request) -> web.Response:
         body=body,
         today=today,
         request_id=request[REQUEST_ID_KEY],
+    )
+    return answer.response()
+
+
+async def confirm_card(request: web.Request) -> web.Response:
+    """POST /v1/cards/confirm: the token of a card whose holder completed authentication."""
+    client = authenticate(request, _SCOPES)
+    key = idempotency.idempotency_key(request)
+    sealed = parse_confirm_request(await read_json(request))
+    services = request.app[SERVICES]
+    if key is None:
+        record = await confirm_card_setup(services, sealed, client=client.name)
+        request[TOKEN_KEY] = record.token
+        return web.json_response(service.card_response(record), status=201)
+
+    async def store_step(_result: dict[str, Any], token: str) -> Record:
+        return await confirm_card_setup(services, sealed, client=client.name, token=token)
+
+    answer = await idempotency.create_once(
+        services,
+        client=client.name,
+        key=key,
+        raw=await request.read(),  # cached by read_json: the bytes the key is bound to
+        request_id=request[REQUEST_ID_KEY],
+        kind=Kind.CARD,
+        partner_step=None,
+        store_step=store_step,
+        respond=service.card_response,
     )
     return answer.response()

@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, TypeVar
 import structlog
 
 from proxy.errors import PartnerError, PartnerTimeout, PartnerUnavailable
-from proxy.partners.base import Partner, PartnerBankAccount, PartnerCard
+from proxy.partners.base import (
+    MandateAcceptance,
+    Partner,
+    PartnerBankAccount,
+    PartnerCard,
+    PartnerSetup,
+)
 
 if TYPE_CHECKING:
     from proxy.accounts import BankAccountRequest
@@ -208,6 +214,34 @@ class ResilientPartner:
     async def attach(self, payment_method: str, customer: str) -> None:
         """Attach a payment method to a customer."""
         await self._call("attach", lambda: self.inner.attach(payment_method, customer))
+
+    async def setup_off_session(
+        self,
+        payment_method: str,
+        customer: str,
+        *,
+        kind: str,
+        mandate: MandateAcceptance | None = None,
+        return_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> PartnerSetup:
+        """Set a payment method up for off-session use, one idempotency key for all attempts."""
+        key = idempotency_key or new_partner_key()
+        return await self._call(
+            "setup",
+            lambda: self.inner.setup_off_session(
+                payment_method,
+                customer,
+                kind=kind,
+                mandate=mandate,
+                return_url=return_url,
+                idempotency_key=key,
+            ),
+        )
+
+    async def get_setup(self, intent: str) -> PartnerSetup:
+        """Read a setup's state (a read: safe to repeat)."""
+        return await self._call("get_setup", lambda: self.inner.get_setup(intent))
 
     async def detach(self, payment_method: str) -> bool:
         """Detach a payment method."""

@@ -24,14 +24,17 @@ from proxy.errors import (
     PartnerTimeout,
     PartnerUnavailable,
 )
-from proxy.partners.base import PartnerBankAccount, PartnerCard
+from proxy.partners.base import MandateAcceptance, PartnerBankAccount, PartnerCard, PartnerSetup
+from proxy.validation import pan_like
 
 if TYPE_CHECKING:
     from proxy.accounts import BankAccountRequest
     from proxy.validation import CardRequest
 
 # Partner object ids go into URL paths: only Stripe's id alphabet may.
-_OBJECT_ID_RE = re.compile(r"(pm|cus|card|src)_[A-Za-z0-9]{1,64}")
+_OBJECT_ID_RE = re.compile(r"(pm|cus|card|src|seti)_[A-Za-z0-9]{1,64}")
+_MANDATE_ID_RE = re.compile(r"mandate_[A-Za-z0-9]{1,64}")
+_WORD_RE = re.compile(r"[a-z][a-z_]{0,39}")
 # Answers that mean "already done" for detach/delete, so erasure can be repeated.
 _GONE_CODES = frozenset({"resource_missing", "payment_method_unexpected_state"})
 
@@ -48,6 +51,8 @@ _CARD_CODES = frozenset(
         "invalid_number",
         "processing_error",
         "card_not_supported",
+        "authentication_required",
+        "setup_intent_authentication_failure",
     }
 )
 _DECLINE_CODES = frozenset(
@@ -304,6 +309,54 @@ class StripePartner:
             None,
         )
 
+    async def setup_off_session(
+        self,
+        payment_method: str,
+        customer: str,
+        *,
+        kind: str,
+        mandate: MandateAcceptance | None = None,
+        return_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> PartnerSetup:
+        """Confirm a SetupIntent (usage off_session) that saves the method on the customer.
+
+        Stripe attaches the payment method to the customer once the setup succeeds and,
+        with ``mandate_data``, creates the SEPA mandate an off-session debit needs
+        (https://docs.stripe.com/api/setup_intents/create,
+        https://docs.stripe.com/payments/sepa-debit/set-up-payment). A card whose issuer
+        wants the cardholder comes back ``requires_action``; with a ``return_url`` its
+        ``next_action`` is a page to send the shopper to.
+        """
+        params: dict[str, Any] = {
+            "customer": _object_id(customer),
+            "payment_method": _object_id(payment_method),
+            "payment_method_types": [kind],
+            "usage": "off_session",
+            "confirm": True,
+        }
+        if mandate is not None:
+            params["mandate_data"] = {
+                "customer_acceptance": {
+                    "type": "online",
+                    "accepted_at": mandate.accepted_at,
+                    "online": {"ip_address": mandate.ip_address, "user_agent": mandate.user_agent},
+                }
+            }
+        if return_url is not None:
+            params["return_url"] = return_url
+        return _setup(await self._post("/v1/setup_intents", params, idempotency_key))
+
+    async def get_setup(self, intent: str) -> PartnerSetup:
+        """Retrieve a SetupIntent, e.g. after the shopper completed its next_action."""
+        try:
+            response = await self._client.raw_request_async(
+                "get", f"/v1/setup_intents/{_object_id(intent)}"
+            )
+        except stripe.StripeError as exc:
+            raise translate_error(exc) from None
+        return _setup(response.data)
+
     async def detach(self, payment_method: str) -> bool:
         """Detach a PaymentMethod; False when it is gone or no longer attached."""
         return await self._post_or_gone(
@@ -321,6 +374,71 @@ def _object_id(reference: str) -> str:
     if not _OBJECT_ID_RE.fullmatch(reference):
         raise PartnerError("A stored partner reference is malformed.", code="partner_bad_reference")
     return reference
+
+
+def _setup(data: Any) -> PartnerSetup:
+    """A SetupIntent as our storable view; anything off-shape is a bad response."""
+    if not isinstance(data, dict):
+        raise _bad_response()
+    intent, status = data.get("id"), data.get("status")
+    mandate = data.get("mandate")
+    if isinstance(mandate, dict):  # expanded
+        mandate = mandate.get("id")
+    if (
+        not isinstance(intent, str)
+        or not _OBJECT_ID_RE.fullmatch(intent)
+        or not isinstance(status, str)
+        or not _WORD_RE.fullmatch(status)
+        or (
+            mandate is not None
+            and not (isinstance(mandate, str) and _MANDATE_ID_RE.fullmatch(mandate))
+        )
+    ):
+        raise _bad_response()
+    return PartnerSetup(
+        intent=intent,
+        status=status,
+        payment_method=_ref(data.get("payment_method")),
+        customer=_ref(data.get("customer")),
+        mandate=mandate,
+        next_action=_next_action(data.get("next_action")) if status == "requires_action" else None,
+    )
+
+
+def _ref(value: Any) -> str | None:
+    """An object id, whether the field was expanded or not."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and _OBJECT_ID_RE.fullmatch(value) else None
+
+
+def _next_action(raw: Any) -> dict[str, Any] | None:
+    """The partner's next_action reduced to its type and, for a redirect, the two URLs.
+
+    Only fields we name pass: the rest of a next_action (SDK payloads, client secrets)
+    is not the checkout's business, and a URL holding a card-number-like run is dropped
+    rather than handed on.
+    """
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        return None
+    kind = raw["type"]
+    if not _WORD_RE.fullmatch(kind):
+        return None
+    action: dict[str, Any] = {"type": kind}
+    redirect = raw.get("redirect_to_url")
+    if kind == "redirect_to_url" and isinstance(redirect, dict):
+        urls = {
+            name: value
+            for name in ("url", "return_url")
+            if isinstance(value := redirect.get(name), str)
+            and value.startswith(("https://", "http://"))
+            and len(value) <= 2048
+            and not pan_like(value)
+        }
+        if "url" not in urls:
+            return None
+        action["redirect_to_url"] = urls
+    return action
 
 
 def _bad_response() -> PartnerError:

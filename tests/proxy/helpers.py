@@ -33,7 +33,17 @@ def bank_body(case: IbanCase = VALID[0], **overrides: object) -> dict[str, objec
         "email": "greta@example.se",
     }
     body.update(overrides)
+    if body.get("customer_ref") is not None and "mandate_acceptance" not in body:
+        # Saving on a customer needs the shopper's mandate acceptance.
+        body["mandate_acceptance"] = dict(MANDATE_ACCEPTANCE)
     return body
+
+
+# What a checkout passes with a bank account it saves: the shopper's address and browser.
+MANDATE_ACCEPTANCE: dict[str, object] = {
+    "ip_address": "203.0.113.7",
+    "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+}
 
 
 async def create(

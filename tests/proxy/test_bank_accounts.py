@@ -41,7 +41,9 @@ async def test_valid_iban_becomes_a_sepa_debit_token(
     resolved = await resolve(proxy, created["token"])
     assert resolved["partner"] == "stripe"
     assert resolved["partner_reference"].startswith("pm_")
-    assert resolved["mandate_reference"]
+    # No customer, so nothing saved for later: a SEPA PaymentMethod has no mandate of its own.
+    assert resolved["mandate_reference"] is None
+    assert "partner_customer" not in resolved
     status, pm = await partner_get(
         localstripe, f"/v1/payment_methods/{resolved['partner_reference']}"
     )

@@ -120,7 +120,7 @@ async def test_declined_attach_for_new_customer_leaves_nothing(
         assert rows(proxy.vault_path, f"SELECT COUNT(*) FROM {table}") == [(0,)]  # noqa: S608
     assert await partner_customer_count(localstripe) == before
     assert (
-        'tokenproxy_partner_requests_total{operation="attach",outcome="card_declined",'
+        'tokenproxy_partner_requests_total{operation="setup",outcome="card_declined",'
         'partner="stripe"} 1.0' in await metrics_text(proxy)
     )
 
