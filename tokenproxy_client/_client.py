@@ -206,16 +206,21 @@ class TokenProxyClient:
         holder_name: str | None = None,
         customer_ref: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        return_url: str | None = None,
         idempotency_key: str | None = None,
     ) -> CardToken:
-        """POST /v1/cards (scope tokenize). For server-side use and tests; browsers use elements."""
+        """POST /v1/cards (scope tokenize). For server-side use and tests; browsers use elements.
+
+        With ``customer_ref`` the card is saved for off-session charges; if its issuer
+        wants the cardholder, CardError ``authentication_required`` (see ``confirm_card``).
+        """
         body: dict[str, Any] = {
             "number": number,
             "exp_month": exp_month,
             "exp_year": exp_year,
             "cvc": cvc,
         }
-        _put(body, holder_name=holder_name, customer_ref=customer_ref)
+        _put(body, holder_name=holder_name, customer_ref=customer_ref, return_url=return_url)
         if metadata is not None:
             body["metadata"] = dict(metadata)
         result = await self._request(
@@ -230,11 +235,19 @@ class TokenProxyClient:
         *,
         email: str | None = None,
         customer_ref: str | None = None,
+        mandate_acceptance: Mapping[str, str | int] | None = None,
         idempotency_key: str | None = None,
     ) -> BankAccountToken:
-        """POST /v1/bank-accounts (scope tokenize): a SEPA debit account."""
+        """POST /v1/bank-accounts (scope tokenize): a SEPA debit account.
+
+        With ``customer_ref`` it is saved with a SEPA mandate, which needs
+        ``mandate_acceptance``: ``{"ip_address", "user_agent"[, "accepted_at"]}`` of the
+        shopper when they accepted the mandate.
+        """
         body: dict[str, Any] = {"iban": iban, "holder_name": holder_name}
         _put(body, email=email, customer_ref=customer_ref)
+        if mandate_acceptance is not None:
+            body["mandate_acceptance"] = dict(mandate_acceptance)
         result = await self._request(
             "POST",
             "/v1/bank-accounts",
@@ -242,6 +255,16 @@ class TokenProxyClient:
             idempotency_key=idempotency_key,
         )
         return BankAccountToken.from_json(result)
+
+    async def confirm_card(self, setup: str, *, idempotency_key: str | None = None) -> CardToken:
+        """POST /v1/cards/confirm: the token of a card whose holder has authenticated.
+
+        ``setup`` is ``CardError.setup`` of the ``authentication_required`` answer.
+        """
+        result = await self._request(
+            "POST", "/v1/cards/confirm", payload={"setup": setup}, idempotency_key=idempotency_key
+        )
+        return CardToken.from_json(result)
 
     async def read(self, token: str) -> TokenView:
         """GET /v1/tokens/{token}: the masked view (scope read or resolve)."""

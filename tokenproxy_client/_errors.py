@@ -92,7 +92,15 @@ class IdempotencyError(ConflictError):
 
 
 class CardError(TokenProxyError):
-    """The card was refused: by our validation (422) or declined by the partner (402)."""
+    """The card was refused: by our validation (422) or declined by the partner (402).
+
+    With ``code == "authentication_required"`` the card is not refused but waits for its
+    holder: send the shopper to ``next_action`` (``redirect_to_url.url``), then call
+    ``confirm_card(setup)``.
+    """
+
+    setup: str | None = None
+    next_action: dict[str, Any] | None = None
 
 
 class AuthenticationError(TokenProxyError):
@@ -174,7 +182,7 @@ def error_for(status: int, body: Any, headers: dict[str, str]) -> TokenProxyErro
     elif status == 409 and (kind == "idempotency_error" or "idempotency" in str(error.get("code"))):
         cls = IdempotencyError
     message = error.get("message")
-    return cls(
+    exc = cls(
         message if isinstance(message, str) else f"tokenproxy answered HTTP {status}",
         status=status,
         type=kind,
@@ -183,6 +191,11 @@ def error_for(status: int, body: Any, headers: dict[str, str]) -> TokenProxyErro
         request_id=_str_or_none(error.get("request_id")) or headers.get("X-Request-Id"),
         headers=headers,
     )
+    if isinstance(exc, CardError):
+        exc.setup = _str_or_none(error.get("setup"))
+        action = error.get("next_action")
+        exc.next_action = action if isinstance(action, dict) else None
+    return exc
 
 
 def _str_or_none(value: object) -> str | None:
