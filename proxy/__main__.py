@@ -95,6 +95,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
         sandbox = Localstripe(log=var / "localstripe.log")
         os.environ["STRIPE_API_KEY"] = SANDBOX_API_KEY
         os.environ["TOKENPROXY_STRIPE_API_BASE"] = sandbox.base_url
+        # For a billing service tried against the dev stack (docs/billing.md): the sandbox
+        # partner's address changes per run.
+        (var / "dev-partner.url").write_text(sandbox.base_url + "\n")
     try:
         settings = _settings()
         configure_logging(json=settings.log_json, level=settings.log_level)
