@@ -286,6 +286,16 @@
       .join("");
   }
 
+  function nextAction(action) {
+    if (!action || typeof action.type !== "string") return null;
+    var picked = { type: action.type };
+    var redirect = action.redirect_to_url;
+    if (action.type === "redirect_to_url" && redirect && /^https?:\/\//.test(redirect.url)) {
+      picked.redirect_to_url = { url: redirect.url, return_url: redirect.return_url || null };
+    }
+    return picked;
+  }
+
   function fail(error) {
     tell({ type: "tokenproxy:error", error: error });
   }
@@ -361,13 +371,22 @@
         }
         var err = (result.payload && result.payload.error) || {};
         status.textContent = err.message || "The card could not be saved.";
-        fail({
+        var failure = {
           type: err.type || "api_error",
           code: err.code || "http_" + result.status,
           param: err.param || null,
           message: err.message || "The card could not be saved.",
           request_id: err.request_id || null
-        });
+        };
+        if (err.code === "authentication_required") {
+          // The issuer wants the cardholder: the page goes through next_action (a 3-D
+          // Secure page opens in the top window, not in this frame), and its server
+          // confirms the setup. Only the named fields pass; no card data is in them.
+          status.textContent = "Your bank needs to confirm it is you.";
+          failure.setup = typeof err.setup === "string" ? err.setup : null;
+          failure.next_action = nextAction(err.next_action);
+        }
+        fail(failure);
       })
       .catch(function () {
         status.textContent = "The card could not be saved. Check your connection.";

@@ -7,6 +7,8 @@
  *     onToken: function (result) { ... result.token, result.brand, result.last4 ... },
  *     onError: function (error) { ... error.type, error.code, error.message ... }
  *   });
+ *   // error.code "authentication_required": error.nextAction says where to send the
+ *   // shopper (redirect_to_url.url); error.setup goes to POST /v1/cards/confirm after.
  *   payButton.onclick = function () { card.submit(); };   // also returns a Promise
  *
  * The card fields live in an iframe served by the proxy. Card data is typed into
@@ -30,6 +32,11 @@
     this.param = error.param || null;
     this.message = error.message || "The card could not be saved.";
     this.requestId = error.request_id || null;
+    // code "authentication_required": the card waits for its holder (3-D Secure). Send
+    // the shopper to nextAction.redirect_to_url.url in the top window, then have the
+    // checkout server post `setup` to POST /v1/cards/confirm for the token.
+    this.nextAction = error.next_action || null;
+    this.setup = error.setup || null;
   }
   TokenProxyError.prototype = Object.create(Error.prototype);
   TokenProxyError.prototype.constructor = TokenProxyError;

@@ -110,6 +110,7 @@ CHECKOUT_PAGE = """<!doctype html>
 <script>
   window.received = [];
   window.errors = [];
+  window.actions = [];
   window.messages = [];
   window.addEventListener("message", function (e) {{
     window.messages.push({{ origin: e.origin, data: JSON.stringify(e.data) }});
@@ -122,6 +123,7 @@ CHECKOUT_PAGE = """<!doctype html>
     }},
     onError: function (e) {{
       window.errors.push({{ type: e.type, code: e.code }});
+      if (e.nextAction) window.actions.push({{ nextAction: e.nextAction, setup: e.setup }});
       document.getElementById("result").textContent = "error " + e.code;
     }}
   }});

@@ -213,3 +213,62 @@ async def test_frame_rules_match_server_rules(browser: Any, proxy: RunningProxy)
     assert await page.locator("#number").is_disabled()
     await page.close()
     await asyncio.sleep(0)
+
+
+async def test_authentication_required_reaches_the_page_with_next_action_only(
+    browser: Any, checkout: CheckoutSite, proxy: RunningProxy
+) -> None:
+    """A 402 authentication_required gives onError its code, setup and named next_action."""
+    page = await browser.new_page()
+    answer = {
+        "error": {
+            "type": "card_error",
+            "code": "authentication_required",
+            "message": "The card issuer requires the cardholder to authenticate.",
+            "param": None,
+            "request_id": "req_test",
+            "setup": "sealed-setup",
+            "next_action": {
+                "type": "redirect_to_url",
+                "redirect_to_url": {
+                    "url": "https://hooks.example/3ds/seti_1",
+                    "return_url": "https://shop.example/return",
+                    "client_secret": "seti_1_secret_x",
+                },
+                "use_stripe_sdk": {"stripe_js": "https://js.example"},
+            },
+        }
+    }
+
+    async def answer_402(route: Any) -> None:
+        await route.fulfill(
+            status=402,
+            content_type="application/json",
+            body=json.dumps(answer),
+            headers={"Access-Control-Allow-Origin": "*"},
+        )
+
+    await page.route("**/v1/cards", answer_402)
+    await page.goto(checkout.allowed + "/")
+    frame = await type_card(page, VISA.number, "1234", VISA.cvc)
+    await page.click("#pay")
+    await page.wait_for_function("window.errors.length === 1", timeout=10000)
+    assert await page.evaluate("window.errors") == [
+        {"type": "card_error", "code": "authentication_required"}
+    ]
+    assert await page.evaluate("window.actions") == [
+        {
+            "setup": "sealed-setup",
+            "nextAction": {
+                "type": "redirect_to_url",
+                "redirect_to_url": {
+                    "url": "https://hooks.example/3ds/seti_1",
+                    "return_url": "https://shop.example/return",
+                },
+            },
+        }
+    ]
+    assert await frame.locator("#form-status").text_content() == (
+        "Your bank needs to confirm it is you."
+    )
+    await page.close()
