@@ -230,7 +230,6 @@ async def create_sepa_at_partner(
         "reference": created.reference,
         "fingerprint": created.fingerprint,
         "last4": created.last4,
-        "mandate_reference": created.mandate_reference,
     }
 
 

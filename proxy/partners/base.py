@@ -34,7 +34,6 @@ class PartnerBankAccount:
     country: str
     bank_code: str | None
     last4: str
-    mandate_reference: str | None
 
 
 @dataclass(frozen=True, slots=True)

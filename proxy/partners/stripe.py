@@ -283,7 +283,6 @@ class StripePartner:
                 country=str(details.get("country") or account.iban.country),
                 bank_code=details.get("bank_code"),
                 last4=str(details["last4"]),
-                mandate_reference=details.get("mandate_reference"),
             )
         except (KeyError, TypeError):
             raise _bad_response() from None
