@@ -182,6 +182,9 @@ async def test_sepa_account_saved_with_mandate_and_debited_off_session(
     assert MANDATE_ACCEPTANCE["user_agent"] in (accepted[0].entry.detail or "")
     record = await billing_proxy.app[SERVICES].vault.get(bank.token)
     assert MANDATE_ACCEPTANCE["ip_address"] not in str(record.payload())
+    # One resolve, one audit event: it covers the method, the customer and the mandate.
+    resolves = [e for e in events if e.entry.event_type == EventType.RESOLVE]
+    assert [e.entry.resource for e in resolves] == [bank.token]
 
 
 async def test_read_scope_sees_no_partner_ids(billing_proxy: RunningProxy) -> None:
@@ -317,3 +320,47 @@ async def test_a_setup_opens_only_for_the_client_that_made_it(
         assert status == 400, body
         assert body is not None
         assert body["error"]["code"] == "invalid_setup"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("backend_name", ["sqlite"], indirect=True)
+async def test_authentication_required_with_idempotency_keys(
+    billing_proxy: RunningProxy,
+) -> None:
+    """With Idempotency-Keys: the 402 leaves the key free, and confirm answers once per key."""
+    body = {
+        "number": NEEDS_3DS,
+        "exp_month": 12,
+        "exp_year": 2030,
+        "cvc": "123",
+        "customer_ref": "cus-3ds-idem",
+        "return_url": RETURN_URL,
+    }
+    headers = {"Idempotency-Key": "save-3ds-1"}
+    answers = []
+    for _ in range(2):
+        status, answer, _ = await billing_proxy.request(
+            "POST", "/v1/cards", client="checkout", json=body, headers=headers
+        )
+        assert status == 402, answer
+        assert answer is not None
+        answers.append(answer["error"])
+    assert answers[0]["code"] == answers[1]["code"] == "authentication_required"
+    setup = answers[0]["setup"]
+    await visit(answers[0]["next_action"]["redirect_to_url"]["url"])
+    tokens = set()
+    for _ in range(2):
+        status, card, _ = await billing_proxy.request(
+            "POST",
+            "/v1/cards/confirm",
+            client="checkout",
+            json={"setup": setup},
+            headers={"Idempotency-Key": "confirm-3ds-1"},
+        )
+        assert status == 201, card
+        assert card is not None
+        tokens.add(card["token"])
+    assert len(tokens) == 1
+    vault = billing_proxy.app[SERVICES].vault
+    assert [r.token for r in (await vault.list_customer("cus-3ds-idem", limit=10)).records] == [
+        tokens.pop()
+    ]
