@@ -1,5 +1,9 @@
 """A fault-injection HTTP proxy for tests: sits on loopback between tokenproxy and localstripe.
 
+Its upstream is the sandbox partner (``Localstripe.base_url``): localstripe behind the
+front that keeps Stripe's documented rules (``proxy.sandbox_stripe``: SetupIntents with
+mandates, customers required on PaymentIntents), so faults apply on top of those rules.
+
 Faults are switched at run time, per test: a script of faults for the next requests,
 then a default for the rest. Each fault models one way a network or partner fails:
 
