@@ -20,7 +20,7 @@ from proxy.appkeys import METRICS, SERVICES
 from proxy.errors import ProxyError, ServiceUnavailable
 from proxy.metrics import Metrics
 from proxy.service import Services
-from vault import Vault, token_kind
+from vault import Vault
 from vault.audit import EventType, Outcome
 from vault.errors import AuditUnavailable
 
@@ -29,11 +29,15 @@ AUDIT_TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("audit_tasks", set
 _log = structlog.get_logger("tokenproxy.audit")
 
 
-def resource_of(token: str) -> str:
-    """A token as an audit resource; anything not token-shaped is not recorded verbatim."""
-    # The path segment is attacker-controlled and could even be a card number typed in
-    # the wrong field: only a well-formed token (random, data-free) goes into the trail.
-    return token if token_kind(token) is not None else "(malformed token)"
+def resource_of(vault: Vault, token: str, *, found: bool) -> str:
+    """A token as an audit resource: verbatim only once the vault has shown it holds it.
+
+    The path segment is client-chosen and may even be shaped like a token around a card
+    number (``vtok_card_4242…``): until the vault has found it, it is not one of ours,
+    so only its keyed digest is recorded. A token the vault holds was minted from
+    ``secrets`` and carries no client data.
+    """
+    return token if found else vault.audit.digest("token", token)
 
 
 async def append_or_refuse(
@@ -68,7 +72,6 @@ async def audited_resolve(
     services: Services, token: str, *, actor: str, origin: str | None
 ) -> dict[str, Any]:
     """Resolve ``token`` and record it; no partner reference leaves without its event."""
-    resource = resource_of(token)
     try:
         view = await service.read_token(services, token, resolve=True)
     except ProxyError as exc:
@@ -79,7 +82,7 @@ async def audited_resolve(
             outcome=Outcome.FAILURE,
             actor=actor,
             origin=origin,
-            resource=resource,
+            resource=resource_of(services.vault, token, found=False),
             detail={"error": exc.code},
         )
         raise
@@ -90,7 +93,7 @@ async def audited_resolve(
         outcome=Outcome.SUCCESS,
         actor=actor,
         origin=origin,
-        resource=resource,
+        resource=resource_of(services.vault, token, found=True),
     )
     return view
 

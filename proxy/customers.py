@@ -466,12 +466,12 @@ async def delete_token(services: Services, token: str) -> dict[str, Any]:
 
 
 def customer_resource(services: Services, customer_ref: str) -> str:
-    """A customer as an audit resource: its keyed blind index, never the ref itself.
+    """A customer as an audit resource: its keyed digest, never the ref itself.
 
-    The trail outlives the erasure it records; a blind index lets an operator holding
+    The trail outlives the erasure it records; a keyed digest lets an operator holding
     the key ring confirm "this customer was erased" without the trail keeping the ref.
     """
-    return "customer:" + services.vault.index("customer", customer_ref)
+    return services.vault.audit.digest("customer", customer_ref)
 
 
 async def _audited(
@@ -479,12 +479,18 @@ async def _audited(
     event_type: str,
     resource: str,
     *,
+    failed_resource: str | None = None,
     actor: str,
     origin: str | None,
     call: Awaitable[dict[str, Any]],
     summary: Any,
 ) -> dict[str, Any]:
-    """Run ``call`` and write its audit event, success or failure; 503 if it cannot be."""
+    """Run ``call`` and write its audit event, success or failure; 503 if it cannot be.
+
+    ``failed_resource`` names the resource on failure, when the call's success is what
+    shows ``resource`` to be safe to record (a token the vault found).
+    """
+    failed = resource if failed_resource is None else failed_resource
     try:
         result = await call
     except ErasureIncomplete as exc:
@@ -496,7 +502,7 @@ async def _audited(
             outcome=Outcome.FAILURE,
             actor=actor,
             origin=origin,
-            resource=resource,
+            resource=failed,
             detail={**detail, **summary(exc.report)},
         )
         raise
@@ -508,7 +514,7 @@ async def _audited(
             outcome=Outcome.FAILURE,
             actor=actor,
             origin=origin,
-            resource=resource,
+            resource=failed,
             detail={"error": exc.code},
         )
         raise
@@ -555,7 +561,8 @@ async def audited_delete(
     return await _audited(
         services,
         EventType.DELETE,
-        resource_of(token),
+        resource_of(services.vault, token, found=True),
+        failed_resource=resource_of(services.vault, token, found=False),
         actor=actor,
         origin=origin,
         call=delete_token(services, token),

@@ -45,6 +45,7 @@ __all__ = [
     "EventType",
     "Outcome",
     "audit_key",
+    "digest_resource",
     "link_hash",
     "parse_since",
     "row_to_json",
@@ -84,6 +85,26 @@ class EventType(enum.StrEnum):
 def audit_key(index_key: bytes) -> bytes:
     """The chain's HMAC key: a subkey of the index key, so no extra secret to manage."""
     return derive_subkey(index_key, "audit-chain/v1")
+
+
+_DIGEST_LABEL = b"tokenproxy/audit-resource/v1\x00"
+# Hex digits spelled as the letters a-p: a digest of only letters can never look like a
+# card number to any scan, so recording it can never make an audited action fail.
+_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
+
+
+def digest_resource(index_key: bytes, what: str, value: str) -> str:
+    """``what:`` and a keyed digest of ``value``: names a client-chosen value without holding it.
+
+    Text a client chose (an unknown token, a customer ref) must not enter the trail as
+    sent, yet an operator holding the key ring can still match events to a value by
+    computing its digest (``tokenproxy audit digest``).
+    """
+    key = derive_subkey(index_key, "audit-resource/v1")
+    # surrogatepass: a path segment may carry lone surrogates, and a digest never fails.
+    message = _DIGEST_LABEL + what.encode() + b"\x00" + value.encode("utf-8", "surrogatepass")
+    mac = hmac.new(key, message, hashlib.sha256)
+    return f"{what}:{mac.hexdigest()[:32].translate(_LETTERS)}"
 
 
 def link_hash(key: bytes, prev_hash: str, entry: AuditEntry) -> str:
@@ -140,6 +161,11 @@ class AuditLog:
     def __init__(self, backend: Backend, index_key: bytes) -> None:
         self._backend = backend
         self._key = audit_key(index_key)
+        self._index_key = index_key
+
+    def digest(self, what: str, value: str) -> str:
+        """A client-chosen ``value`` as an audit resource (see :func:`digest_resource`)."""
+        return digest_resource(self._index_key, what, value)
 
     def _link(self, prev_hash: str, entry: AuditEntry) -> str:
         return link_hash(self._key, prev_hash, entry)

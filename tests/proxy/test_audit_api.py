@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
+import pytest
+
 from proxy.appkeys import SERVICES
 from proxy.audit import AUDIT_TASKS
 from tests.conftest import RunningProxy
@@ -65,16 +67,50 @@ async def test_failed_resolve_is_recorded_as_failure(proxy: RunningProxy) -> Non
     missing = "vtok_card_" + "A" * 32
     status, _, _ = await proxy.request("GET", f"/v1/tokens/{missing}", client="billing")
     assert status == 404
+    digest = proxy.app[SERVICES].vault.audit.digest("token", missing)
     assert audit_rows(proxy) == [
         (
             "token.resolve",
             "failure",
             "billing",
             "127.0.0.1",
-            missing,
+            digest,
             '{"error":"resource_missing"}',
         )
     ]
+
+
+# Client-chosen path segments: token-shaped around a card number, malformed, odd bytes.
+CHOSEN_TOKENS = [
+    "vtok_card_4242424242424242AAAAAAAAAAAAAAAA",
+    "vtok_bank_AAAAAAAAAAAAAAAA4000056655665556",
+    "vtok_inv_4242-4242-4242-4242_AAAAAAAAAAAAAAA",
+    "4242424242424242",
+    "vtok_card_short4242424242424242",
+    "vtok_card_%E2%80%8B4242424242424242AAAAAAAAAAAAAAA",
+    "clientchosen%00text",
+]
+
+
+@pytest.mark.parametrize("client", ["billing", "eraser", "orders"])
+@pytest.mark.parametrize("chosen", CHOSEN_TOKENS)
+async def test_client_chosen_token_never_enters_the_trail(
+    proxy: RunningProxy, chosen: str, client: str
+) -> None:
+    """A token path the vault does not hold is recorded only as a keyed digest."""
+    method = "DELETE" if client == "eraser" else "GET"
+    status, _, _ = await proxy.request(method, f"/v1/tokens/{chosen}", client=client)
+    assert status == 404
+    await settle(proxy)
+    trail = "".join(str(field) for row in audit_rows(proxy) for field in row)
+    assert "4242" not in trail
+    assert "5556" not in trail
+    assert "clientchosen" not in trail
+    assert "vtok_" not in trail
+    if client != "orders":  # a masked read is not audited at all
+        (row,) = audit_rows(proxy)
+        assert str(row[4]).startswith("token:")
+        assert not any(c.isdigit() for c in str(row[4]))
 
 
 async def test_failed_authentications_are_recorded(proxy: RunningProxy) -> None:

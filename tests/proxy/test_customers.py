@@ -440,7 +440,7 @@ async def test_deletion_and_erasure_write_audit_events(
     proxy: RunningProxy, dead_partner: StripePartner
 ) -> None:
     """Token deletion and customer erasure each leave an event (failures too), naming the
-    token or the customer's blind index, never the customer_ref or a partner reference."""
+    token or the customer's keyed digest, never the customer_ref or a partner reference."""
     card = await add_card(proxy, "cus-audited")
     other = await add_card(proxy, "cus-audited", PARTNER_CARDS[1])
     status, _, _ = await proxy.request("DELETE", f"/v1/tokens/{card['token']}", client="eraser")
@@ -462,7 +462,7 @@ async def test_deletion_and_erasure_write_audit_events(
     ]
     erasures = audit_events(proxy, "customer.erase")
     assert [(e[0], e[1]) for e in erasures] == [("failure", "eraser"), ("success", "eraser")]
-    resource = "customer:" + services.vault.index("customer", "cus-audited")
+    resource = services.vault.audit.digest("customer", "cus-audited")
     assert {e[2] for e in erasures} == {resource}
     assert '"error":"erasure_incomplete"' in erasures[0][3]
     assert '"deleted_card":1' in erasures[1][3]

@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.backends import REFUSED, RawRows
 from vault import Kind, LocalKekProvider, Vault, new_token
-from vault.audit import AuditLog, EventType, Outcome, link_hash
+from vault.audit import AuditLog, EventType, Outcome, digest_resource, link_hash
 from vault.backends.base import AUDIT_GENESIS
 from vault.errors import AuditUnavailable
 
@@ -223,3 +225,29 @@ async def test_blind_index_resources_with_chance_digit_runs_are_accepted(vault: 
         await vault.audit.append(
             "customer.erase", outcome=True, actor="x", origin=None, resource="4242424242424242"
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(), other=st.text())
+def test_resource_digest_holds_no_digits_and_names_one_value(value: str, other: str) -> None:
+    """A digest resource is digit-free, keyed, and differs for different values."""
+    key = b"k" * 32
+    digest = digest_resource(key, "token", value)
+    assert digest.startswith("token:")
+    assert not any(c.isdigit() for c in digest)
+    assert len(digest) == len("token:") + 32
+    assert digest == digest_resource(key, "token", value)
+    assert digest != digest_resource(b"j" * 32, "token", value)
+    assert digest != digest_resource(key, "customer", value).replace("customer:", "token:")
+    if other != value:
+        assert digest != digest_resource(key, "token", other)
+
+
+async def test_resource_digest_of_card_shaped_text_is_recorded(vault: Vault) -> None:
+    """The digest of text holding a card number is accepted by append and holds none of it."""
+    resource = vault.audit.digest("token", "vtok_card_4242424242424242AAAAAAAAAAAAAAAA")
+    row = await vault.audit.append(
+        "token.resolve", outcome=False, actor="billing", origin=None, resource=resource
+    )
+    assert row.entry.resource == resource
+    assert "4242" not in resource
