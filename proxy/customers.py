@@ -54,6 +54,7 @@ PARTNER_HOLDS = {
     Kind.CARD: "the full card number, expiry date and any cardholder name given",
     Kind.BANK: "the full IBAN, the account holder's name and, if one was given, an email",
 }
+_INVOICE_HOLDS = "the invoice this token's reference names, as the partner issued it"
 
 
 async def _with_retries(services: Services, operation: str, make: Any) -> Any:
@@ -244,11 +245,24 @@ async def _all_records(
         cursor = page.next_cursor
 
 
+def _held_summary(record: Record) -> str:
+    """What a partner object is, in words an access report can show: never its id."""
+    details = record.details
+    if record.kind is Kind.CARD:
+        brand = details.get("brand") or "card"
+        return f"{record.partner}: payment method for {brand} card …{details.get('last4', '')}"
+    if record.kind is Kind.BANK:
+        return f"{record.partner}: SEPA debit payment method for IBAN {details.get('masked', '')}"
+    return f"{record.partner}: invoice {details.get('invoice_number', '')}".rstrip()
+
+
 async def export_customer(services: Services, customer_ref: str) -> dict[str, Any]:
     """The data-subject access report: everything the vault holds about a customer.
 
     Records past retention but not yet swept are included (flagged ``expired``): they
-    are still held, and an access report lists what is held.
+    are still held, and an access report lists what is held. It names which partner
+    holds what, never the partner's ids (``pm_…``, ``cus_…``, mandate and invoice
+    references): those reach only `resolve` clients, each behind its audit event.
     """
     ref = _customer_ref(customer_ref)
     vault = services.vault
@@ -262,7 +276,6 @@ async def export_customer(services: Services, customer_ref: str) -> dict[str, An
         counts[str(record.kind)] = counts.get(str(record.kind), 0) + 1
         entry = _listed(record)
         entry["partner"] = record.partner
-        entry["partner_reference"] = record.partner_reference
         entry["expired"] = vault.is_expired(record, now)
         days = vault.retention.days(record.kind)
         entry["retention"] = {
@@ -270,14 +283,14 @@ async def export_customer(services: Services, customer_ref: str) -> dict[str, An
             "counted_from": str(BASIS[record.kind]) if days else None,
         }
         entries.append(entry)
-        if record.kind in PARTNER_HOLDS and record.partner_reference:
+        if record.partner and record.partner_reference:
             held.append(
                 {
                     "partner": record.partner,
-                    "object": "payment_method",
-                    "reference": record.partner_reference,
+                    "object": "payment_method" if record.kind in PARTNER_HOLDS else "invoice",
                     "token": record.token,
-                    "holds": PARTNER_HOLDS[record.kind],
+                    "summary": _held_summary(record),
+                    "holds": PARTNER_HOLDS.get(record.kind, _INVOICE_HOLDS),
                 }
             )
     if customer is not None:
@@ -285,7 +298,7 @@ async def export_customer(services: Services, customer_ref: str) -> dict[str, An
             {
                 "partner": customer.partner,
                 "object": "customer",
-                "reference": customer.reference,
+                "summary": f"{customer.partner}: customer object",
                 "holds": "a customer object without personal fields; the payment methods"
                 " above are attached to it",
             }
@@ -298,11 +311,7 @@ async def export_customer(services: Services, customer_ref: str) -> dict[str, An
         "records": entries,
         "partner_customer": None
         if customer is None
-        else {
-            "partner": customer.partner,
-            "reference": customer.reference,
-            "created_at": iso(customer.created_at),
-        },
+        else {"partner": customer.partner, "created_at": iso(customer.created_at)},
         "held_by_partner": held,
         "never_stored": "Card numbers, expiry dates, security codes, full IBANs, account"
         " holder names and emails are never stored by this service; the payment partner"

@@ -137,7 +137,13 @@ _LIFECYCLE_SCHEMAS: dict[str, Any] = {
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "records": {"type": "array", "items": {"type": "object"}},
             "partner_customer": {"type": ["object", "null"]},
-            "held_by_partner": {"type": "array", "items": {"type": "object"}},
+            "held_by_partner": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "which partner holds what (e.g. 'stripe: payment method for"
+                " visa card …4242'); never the partner's ids, which only an audited resolve"
+                " hands out",
+            },
             "never_stored": {"type": "string"},
         },
     },
