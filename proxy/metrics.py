@@ -113,6 +113,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.auth_throttled = Counter(
+            "tokenproxy_auth_throttled",
+            "Requests refused with 429 because their source address failed authentication"
+            " too often (TOKENPROXY_AUTH_FAILURE_LIMIT per TOKENPROXY_AUTH_FAILURE_WINDOW).",
+            registry=r,
+        )
         self.ready = Gauge(
             "tokenproxy_ready",
             "1 when the service is ready (vault reachable), else 0.",
