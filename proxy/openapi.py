@@ -22,12 +22,14 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
 def _error_responses(*statuses: int) -> dict[str, Any]:
+    # Every authenticated route may answer 429 auth_throttled (proxy.authguard).
+    codes = sorted({*statuses, 429}) if 401 in statuses else statuses
     return {
         str(s): {
             "description": "Error",
             "content": {"application/json": {"schema": _ERROR}},
         }
-        for s in statuses
+        for s in codes
     }
 
 
