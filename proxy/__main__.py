@@ -306,6 +306,17 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return _with_vault(settings, work)
 
 
+def cmd_audit_digest(args: argparse.Namespace) -> int:
+    """Print the keyed digest the audit trail records for a token or customer ref."""
+    settings = _settings(need_partner=False)
+
+    async def work(vault: Vault, keys: AdminProvider) -> int:
+        print(vault.audit.digest(args.what, args.value))
+        return 0
+
+    return _with_vault(settings, work)
+
+
 def cmd_audit_export(args: argparse.Namespace) -> int:
     """Write audit events as JSON lines to stdout."""
     settings = _settings(need_partner=False)
@@ -470,6 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="audit_command", required=True
     )
     audit.add_parser("verify", help="check the hash chain").set_defaults(func=cmd_audit_verify)
+    digest = audit.add_parser(
+        "digest", help="the keyed digest the trail records for a token or customer ref"
+    )
+    digest.add_argument("what", choices=["token", "customer"])
+    digest.add_argument("value")
+    digest.set_defaults(func=cmd_audit_digest)
     export = audit.add_parser("export", help="write events as JSON lines")
     export.add_argument("--since", help="ISO-8601 time; events at or after it")
     export.set_defaults(func=cmd_audit_export)

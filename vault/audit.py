@@ -325,7 +325,7 @@ class AuditLog:
         """
         first_seq = 1
         expected_seq = 1
-        prev_hash = AUDIT_GENESIS
+        prev_hash = start_prev = AUDIT_GENESIS
         hashes: dict[str, int] = {}
         checkpoints: list[tuple[int, int, str]] = []  # (its seq, covers_seq, covers_hash)
         count = 0
@@ -333,7 +333,7 @@ class AuditLog:
             for row in page:
                 if count == 0 and row.seq > 1:
                     first_seq = expected_seq = row.seq
-                    prev_hash = row.prev_hash
+                    prev_hash = start_prev = row.prev_hash
                 broken = self._check_row(row, expected_seq, prev_hash, hashes)
                 if broken is not None:
                     return AuditReport(count, prev_hash, broken, first_seq)
@@ -347,7 +347,6 @@ class AuditLog:
                 count += 1
         if first_seq == 1:
             return AuditReport(count, prev_hash, None)
-        start_prev = (await self._backend.read_audit(after_seq=0, limit=1))[0].prev_hash
         for seq, covers_seq, covers_hash in reversed(checkpoints):
             if (covers_seq == first_seq - 1 and covers_hash == start_prev) or (
                 covers_seq >= first_seq and hashes.get(covers_hash) == covers_seq

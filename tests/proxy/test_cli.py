@@ -196,3 +196,25 @@ def test_serve_refuses_bad_setting(env: Path) -> None:
     assert result.returncode == 2
     assert "TOKENPROXY_LISTEN" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_audit_digest_matches_what_the_trail_records(
+    ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`audit digest` prints the same keyed digest the proxy records for a customer ref."""
+    capsys.readouterr()
+    assert main(["audit", "digest", "customer", "cus-1001"]) == 0
+    printed = capsys.readouterr().out.strip()
+
+    async def expected() -> str:
+        vault = await Vault.open(
+            f"sqlite:///{ring / 'vault.db'}", LocalKekProvider.from_file(ring / "keyring.json")
+        )
+        try:
+            return vault.audit.digest("customer", "cus-1001")
+        finally:
+            await vault.close()
+
+    assert printed == asyncio.run(expected())
+    assert printed.startswith("customer:")
+    assert "cus-1001" not in printed
