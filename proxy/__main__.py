@@ -373,11 +373,13 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     settings = _settings(need_partner=False)
 
     async def work(vault: Vault, keys: AdminProvider) -> int:
-        resource = f"client:{args.name}"[:200]
+        resource = f"client:{args.name}"
         try:
             scopes, lines = _add_client(settings, args)
         except ValueError as exc:
-            await _audit(vault, EventType.CLIENT_ADD, ok=False, resource=resource)
+            # A refused name may be anything typed, a card number even: only its digest.
+            refused = vault.audit.digest("client", args.name)
+            await _audit(vault, EventType.CLIENT_ADD, ok=False, resource=refused)
             return _fail(str(exc))
         detail: dict[str, str | int | bool | None] = {
             "scopes": scopes,

@@ -551,7 +551,21 @@ async def audited_erase(
     services: Services, customer_ref: str, *, actor: str, origin: str | None
 ) -> dict[str, Any]:
     """Erase a customer and record it (outcome, counts; never the customer_ref)."""
-    ref = _customer_ref(customer_ref)
+    try:
+        ref = _customer_ref(customer_ref)
+    except ProxyError as exc:
+        # A refused erasure is still an attempt to delete: recorded, by digest only.
+        await append_or_refuse(
+            services.vault,
+            services.metrics,
+            EventType.ERASURE,
+            outcome=Outcome.FAILURE,
+            actor=actor,
+            origin=origin,
+            resource=customer_resource(services, customer_ref),
+            detail={"error": exc.code},
+        )
+        raise
     return await _audited(
         services,
         EventType.ERASURE,

@@ -162,3 +162,16 @@ async def test_key_gauges_on_metrics(proxy: RunningProxy) -> None:
         text = await resp.text()
     assert 'tokenproxy_deks{key_version="1"} 2.0' in text
     assert "tokenproxy_rewrap_remaining 0.0" in text
+
+
+@pytest.mark.parametrize("ref", ["4242424242424242", "cus 4242-4242-4242-4242", "a" * 300])
+async def test_refused_erasure_is_recorded_by_digest(proxy: RunningProxy, ref: str) -> None:
+    """An erasure refused for its customer_ref is recorded as a failure, by digest only."""
+    status, _, _ = await proxy.request("DELETE", f"/v1/customers/{ref}", client="eraser")
+    assert status == 422
+    rows = audit_rows(proxy)
+    ((event_type, outcome, actor, _, resource, detail),) = rows
+    assert (event_type, outcome, actor) == ("customer.erase", "failure", "eraser")
+    assert resource == proxy.app[SERVICES].vault.audit.digest("customer", ref)
+    assert "4242" not in str(rows)
+    assert "error" in str(detail)
