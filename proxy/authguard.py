@@ -11,7 +11,9 @@ Two bounds stop that:
   guess inside the window cannot succeed either. Only unauthenticated failures count
   (a missing or unknown key): a known client lacking a scope is named in the trail
   already. The table is an LRU capped at ``TOKENPROXY_AUTH_FAILURE_MAX_SOURCES``: a
-  flood from many addresses evicts the oldest entries instead of growing memory.
+  flood from many addresses evicts the oldest entries instead of growing memory. The
+  table is per process (each replica counts on its own), and the source is the TCP
+  peer: behind a reverse proxy every request shares the proxy's address.
 - **Aggregated audit events.** Refusals are tallied per (source, client) and written as
   one ``auth.failure`` event per tally every ``TOKENPROXY_AUTH_FAILURE_AUDIT_INTERVAL``
   seconds, with counts per reason, so a flood costs a bounded number of rows. Sources

@@ -98,7 +98,7 @@ class Metrics:
         )
         self.retention_purged = Counter(
             "tokenproxy_retention_purged",
-            "Tokens deleted by the retention sweeper, by kind.",
+            "Tokens deleted by the retention sweeper, by kind (audit_event: audit events pruned).",
             ["kind"],
             registry=r,
         )

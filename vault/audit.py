@@ -17,6 +17,11 @@ reordered one (intact, but not following the event before it). Removing the newe
 events leaves a shorter valid chain: compare the head hash `audit verify` prints with one
 recorded elsewhere (the SIEM that takes `audit export`) to catch that.
 
+Retention (PCI DSS 10.5.1 keeps at least 12 months): :meth:`AuditLog.prune` deletes the
+oldest events behind an ``audit.checkpoint`` event that names the last deleted event and
+its hash; the delete triggers allow exactly the events a checkpoint covers to go, and
+:func:`verify` starts from the oldest kept event only when a kept checkpoint vouches for it.
+
 Fail closed: :class:`AuditUnavailable` when an event cannot be written, and the caller
 refuses the audited action (the proxy answers 503 to a resolve it could not audit).
 """
