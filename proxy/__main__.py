@@ -26,6 +26,7 @@ from proxy.clients import (
 )
 from proxy.kek import AdminProvider, init_keys, load_provider
 from proxy.log import configure_logging
+from proxy.retention import AUDIT_KIND, audit_cutoff
 from proxy.settings import Settings, SettingsError
 from vault import Vault, VaultError
 from vault.audit import EventType, Outcome, parse_since
@@ -296,7 +297,24 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         if report.first_break is not None:
             print(f"tokenproxy: audit chain broken: {report.first_break.message}", file=sys.stderr)
             return 1
-        print(f"audit chain intact: {report.events} events, head {report.head}")
+        since = ""
+        if report.checkpoint_seq is not None:
+            since = (
+                f" from event {report.first_seq}"
+                f" (older events pruned behind checkpoint event {report.checkpoint_seq})"
+            )
+        print(f"audit chain intact: {report.events} events{since}, head {report.head}")
+        return 0
+
+    return _with_vault(settings, work)
+
+
+def cmd_audit_digest(args: argparse.Namespace) -> int:
+    """Print the keyed digest the audit trail records for a token or customer ref."""
+    settings = _settings(need_partner=False)
+
+    async def work(vault: Vault, keys: AdminProvider) -> int:
+        print(vault.audit.digest(args.what, args.value))
         return 0
 
     return _with_vault(settings, work)
@@ -358,11 +376,13 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     settings = _settings(need_partner=False)
 
     async def work(vault: Vault, keys: AdminProvider) -> int:
-        resource = f"client:{args.name}"[:200]
+        resource = f"client:{args.name}"
         try:
             scopes, lines = _add_client(settings, args)
         except ValueError as exc:
-            await _audit(vault, EventType.CLIENT_ADD, ok=False, resource=resource)
+            # A refused name may be anything typed, a card number even: only its digest.
+            refused = vault.audit.digest("client", args.name)
+            await _audit(vault, EventType.CLIENT_ADD, ok=False, resource=refused)
             return _fail(str(exc))
         detail: dict[str, str | int | bool | None] = {
             "scopes": scopes,
@@ -388,7 +408,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    """Delete (or with --dry-run count) every token past the retention policy."""
+    """Delete (or with --dry-run count) every token and audit event past retention."""
     from prometheus_client import write_to_textfile
 
     from proxy.metrics import Metrics
@@ -396,12 +416,18 @@ def cmd_purge(args: argparse.Namespace) -> int:
     settings = _settings(need_partner=False)
     policy = settings.retention_policy()
     if not policy.active:
-        print("retention: every kind is kept (no TOKENPROXY_RETENTION_*_DAYS set); nothing to do")
-        return 0
+        print("retention: every token kind is kept (no TOKENPROXY_RETENTION_*_DAYS set)")
 
     async def work(vault: Vault, keys: AdminProvider) -> dict[str, int]:
         vault.retention = policy
-        counts = await vault.purge_expired(dry_run=args.dry_run)
+        counts = await vault.purge_expired(dry_run=args.dry_run) if policy.active else {}
+        pruned = await vault.audit.prune(
+            audit_cutoff(settings.audit_retention_days),
+            actor=_actor(),
+            origin=_origin(),
+            dry_run=args.dry_run,
+        )
+        counts[AUDIT_KIND] = pruned.pruned
         if not args.dry_run:
             await _audit(vault, "retention.purge", ok=True, resource=None, detail=dict(counts))
         return counts
@@ -432,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the proxy").set_defaults(func=cmd_serve)
     sub.add_parser("dev", help="run locally with a sandbox partner").set_defaults(func=cmd_dev)
     sub.add_parser("migrate", help="apply schema migrations").set_defaults(func=cmd_migrate)
-    purge = sub.add_parser("purge", help="delete tokens past the retention policy")
+    purge = sub.add_parser("purge", help="delete tokens and audit events past the retention policy")
     purge.add_argument("--dry-run", action="store_true", help="count only; change nothing")
     purge.add_argument(
         "--metrics-file", type=Path, help="write tokenproxy_retention_purged_total here (.prom)"
@@ -460,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="audit_command", required=True
     )
     audit.add_parser("verify", help="check the hash chain").set_defaults(func=cmd_audit_verify)
+    digest = audit.add_parser(
+        "digest", help="the keyed digest the trail records for a token or customer ref"
+    )
+    digest.add_argument("what", choices=["token", "customer"])
+    digest.add_argument("value")
+    digest.set_defaults(func=cmd_audit_digest)
     export = audit.add_parser("export", help="write events as JSON lines")
     export.add_argument("--since", help="ISO-8601 time; events at or after it")
     export.set_defaults(func=cmd_audit_export)

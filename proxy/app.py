@@ -11,9 +11,8 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy import cors, publishable, retention
+from proxy import authguard, cors, publishable, retention
 from proxy.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
-from proxy.audit import AUDIT_TASKS, drain_audit
 from proxy.clients import ClientRegistry
 from proxy.kek import load_provider
 from proxy.keystatus import refresh_key_metrics
@@ -48,10 +47,10 @@ def create_app(
     app[METRICS] = metrics or Metrics(version=VERSION)
     app[CLIENTS] = clients if clients is not None else ClientRegistry.load(settings.clients_path)
     app[_READY] = asyncio.Event()
-    app[AUDIT_TASKS] = set()
     app.add_routes(ROUTES)
     cors.install(app)
     publishable.install(app)
+    authguard.install(app)
 
     async def dependencies(app: web.Application) -> AsyncIterator[None]:
         own_vault = vault is None
@@ -98,7 +97,6 @@ def create_app(
             purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
-            await drain_audit(app)
             if own_partner:
                 await the_partner.close()
         finally:
@@ -108,6 +106,8 @@ def create_app(
     app.cleanup_ctx.append(dependencies)
     # After dependencies: stops (with a last flush of last-use marks) before the vault closes.
     app.cleanup_ctx.append(retention.background)
+    # Last, so its final flush of auth-failure events runs before the vault closes.
+    app.cleanup_ctx.append(authguard.background)
     return app
 
 

@@ -70,6 +70,7 @@ PARTNER_HOLDS = {
     Kind.CARD: "the full card number, expiry date and any cardholder name given",
     Kind.BANK: "the full IBAN, the account holder's name and, if one was given, an email",
 }
+_INVOICE_HOLDS = "the invoice this token's reference names, as the partner issued it"
 
 
 async def _with_retries(services: Services, operation: str, make: Any) -> Any:
@@ -431,11 +432,24 @@ async def _all_records(
         cursor = page.next_cursor
 
 
+def _held_summary(record: Record) -> str:
+    """What a partner object is, in words an access report can show: never its id."""
+    details = record.details
+    if record.kind is Kind.CARD:
+        brand = details.get("brand") or "card"
+        return f"{record.partner}: payment method for {brand} card …{details.get('last4', '')}"
+    if record.kind is Kind.BANK:
+        return f"{record.partner}: SEPA debit payment method for IBAN {details.get('masked', '')}"
+    return f"{record.partner}: invoice {details.get('invoice_number', '')}".rstrip()
+
+
 async def export_customer(services: Services, customer_ref: str) -> dict[str, Any]:
     """The data-subject access report: everything the vault holds about a customer.
 
     Records past retention but not yet swept are included (flagged ``expired``): they
-    are still held, and an access report lists what is held.
+    are still held, and an access report lists what is held. It names which partner
+    holds what, never the partner's ids (``pm_…``, ``cus_…``, mandate and invoice
+    references): those reach only `resolve` clients, each behind its audit event.
     """
     ref = _customer_ref(customer_ref)
     vault = services.vault
@@ -449,7 +463,6 @@ async def export_customer(services: Services, customer_ref: str) -> dict[str, An
         counts[str(record.kind)] = counts.get(str(record.kind), 0) + 1
         entry = _listed(record)
         entry["partner"] = record.partner
-        entry["partner_reference"] = record.partner_reference
         entry["expired"] = vault.is_expired(record, now)
         days = vault.retention.days(record.kind)
         entry["retention"] = {
@@ -457,14 +470,14 @@ async def export_customer(services: Services, customer_ref: str) -> dict[str, An
             "counted_from": str(BASIS[record.kind]) if days else None,
         }
         entries.append(entry)
-        if record.kind in PARTNER_HOLDS and record.partner_reference:
+        if record.partner and record.partner_reference:
             held.append(
                 {
                     "partner": record.partner,
-                    "object": "payment_method",
-                    "reference": record.partner_reference,
+                    "object": "payment_method" if record.kind in PARTNER_HOLDS else "invoice",
                     "token": record.token,
-                    "holds": PARTNER_HOLDS[record.kind],
+                    "summary": _held_summary(record),
+                    "holds": PARTNER_HOLDS.get(record.kind, _INVOICE_HOLDS),
                 }
             )
     if customer is not None:
@@ -472,7 +485,7 @@ async def export_customer(services: Services, customer_ref: str) -> dict[str, An
             {
                 "partner": customer.partner,
                 "object": "customer",
-                "reference": customer.reference,
+                "summary": f"{customer.partner}: customer object",
                 "holds": "a customer object without personal fields; the payment methods"
                 " above are attached to it",
             }
@@ -485,11 +498,7 @@ async def export_customer(services: Services, customer_ref: str) -> dict[str, An
         "records": entries,
         "partner_customer": None
         if customer is None
-        else {
-            "partner": customer.partner,
-            "reference": customer.reference,
-            "created_at": iso(customer.created_at),
-        },
+        else {"partner": customer.partner, "created_at": iso(customer.created_at)},
         "held_by_partner": held,
         "never_stored": "Card numbers, expiry dates, security codes, full IBANs, account"
         " holder names and emails are never stored by this service; the payment partner"
@@ -653,12 +662,12 @@ async def delete_token(services: Services, token: str) -> dict[str, Any]:
 
 
 def customer_resource(services: Services, customer_ref: str) -> str:
-    """A customer as an audit resource: its keyed blind index, never the ref itself.
+    """A customer as an audit resource: its keyed digest, never the ref itself.
 
-    The trail outlives the erasure it records; a blind index lets an operator holding
+    The trail outlives the erasure it records; a keyed digest lets an operator holding
     the key ring confirm "this customer was erased" without the trail keeping the ref.
     """
-    return "customer:" + services.vault.index("customer", customer_ref)
+    return services.vault.audit.digest("customer", customer_ref)
 
 
 async def _audited(
@@ -666,12 +675,18 @@ async def _audited(
     event_type: str,
     resource: str,
     *,
+    failed_resource: str | None = None,
     actor: str,
     origin: str | None,
     call: Awaitable[dict[str, Any]],
     summary: Any,
 ) -> dict[str, Any]:
-    """Run ``call`` and write its audit event, success or failure; 503 if it cannot be."""
+    """Run ``call`` and write its audit event, success or failure; 503 if it cannot be.
+
+    ``failed_resource`` names the resource on failure, when the call's success is what
+    shows ``resource`` to be safe to record (a token the vault found).
+    """
+    failed = resource if failed_resource is None else failed_resource
     try:
         result = await call
     except ErasureIncomplete as exc:
@@ -683,7 +698,7 @@ async def _audited(
             outcome=Outcome.FAILURE,
             actor=actor,
             origin=origin,
-            resource=resource,
+            resource=failed,
             detail={**detail, **summary(exc.report)},
         )
         raise
@@ -695,7 +710,7 @@ async def _audited(
             outcome=Outcome.FAILURE,
             actor=actor,
             origin=origin,
-            resource=resource,
+            resource=failed,
             detail={"error": exc.code},
         )
         raise
@@ -723,7 +738,21 @@ async def audited_erase(
     services: Services, customer_ref: str, *, actor: str, origin: str | None
 ) -> dict[str, Any]:
     """Erase a customer and record it (outcome, counts; never the customer_ref)."""
-    ref = _customer_ref(customer_ref)
+    try:
+        ref = _customer_ref(customer_ref)
+    except ProxyError as exc:
+        # A refused erasure is still an attempt to delete: recorded, by digest only.
+        await append_or_refuse(
+            services.vault,
+            services.metrics,
+            EventType.ERASURE,
+            outcome=Outcome.FAILURE,
+            actor=actor,
+            origin=origin,
+            resource=customer_resource(services, customer_ref),
+            detail={"error": exc.code},
+        )
+        raise
     return await _audited(
         services,
         EventType.ERASURE,
@@ -742,7 +771,8 @@ async def audited_delete(
     return await _audited(
         services,
         EventType.DELETE,
-        resource_of(token),
+        resource_of(services.vault, token, found=True),
+        failed_resource=resource_of(services.vault, token, found=False),
         actor=actor,
         origin=origin,
         call=delete_token(services, token),

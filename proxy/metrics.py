@@ -98,7 +98,7 @@ class Metrics:
         )
         self.retention_purged = Counter(
             "tokenproxy_retention_purged",
-            "Tokens deleted by the retention sweeper, by kind.",
+            "Tokens deleted by the retention sweeper, by kind (audit_event: audit events pruned).",
             ["kind"],
             registry=r,
         )
@@ -111,6 +111,12 @@ class Metrics:
             "tokenproxy_auth_failures",
             "Requests refused for a missing or bad key (401) or a missing scope (403).",
             ["reason"],
+            registry=r,
+        )
+        self.auth_throttled = Counter(
+            "tokenproxy_auth_throttled",
+            "Requests refused with 429 because their source address failed authentication"
+            " too often (TOKENPROXY_AUTH_FAILURE_LIMIT per TOKENPROXY_AUTH_FAILURE_WINDOW).",
             registry=r,
         )
         self.ready = Gauge(

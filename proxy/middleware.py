@@ -16,9 +16,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from proxy import publishable
+from proxy import authguard, publishable
 from proxy.appkeys import CLIENTS, METRICS, SETTINGS
-from proxy.audit import audit_auth_failure
 from proxy.clients import Client
 from proxy.errors import (
     AuthenticationFailed,
@@ -153,12 +152,13 @@ def _finish(request: web.Request, started: float, status: int, error: ProxyError
 
 def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     """The client behind the bearer key, if it holds one of ``scopes``; else 401/403."""
+    authguard.check(request)
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     metrics = request.app[METRICS]
     if scheme.lower() != "bearer" or not key:
         metrics.auth_failures.labels("missing_key").inc()
-        audit_auth_failure(request, "missing_key")
+        authguard.failed(request, "missing_key")
         raise AuthenticationFailed(
             "Authentication required: send Authorization: Bearer <client key>.",
             code="missing_api_key",
@@ -167,7 +167,7 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     client = request.app[CLIENTS].authenticate(key.strip())
     if client is None:
         metrics.auth_failures.labels("invalid_key").inc()
-        audit_auth_failure(request, "invalid_key")
+        authguard.failed(request, "invalid_key")
         raise AuthenticationFailed(
             "The client key is not valid.",
             headers={"WWW-Authenticate": 'Bearer realm="tokenproxy", error="invalid_token"'},
@@ -175,7 +175,7 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     request[CLIENT_KEY] = client
     if not client.scopes & scopes:
         metrics.auth_failures.labels("missing_scope").inc()
-        audit_auth_failure(request, "missing_scope", actor=client.name)
+        authguard.failed(request, "missing_scope", actor=client.name)
         raise PermissionDenied(
             f"This client lacks the scope this route needs ({' or '.join(sorted(scopes))})."
         )

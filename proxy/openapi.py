@@ -22,12 +22,14 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
 def _error_responses(*statuses: int) -> dict[str, Any]:
+    # Every authenticated route may answer 429 auth_throttled (proxy.authguard).
+    codes = sorted({*statuses, 429}) if 401 in statuses else statuses
     return {
         str(s): {
             "description": "Error",
             "content": {"application/json": {"schema": _ERROR}},
         }
-        for s in statuses
+        for s in codes
     }
 
 
@@ -168,7 +170,13 @@ _LIFECYCLE_SCHEMAS: dict[str, Any] = {
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "records": {"type": "array", "items": {"type": "object"}},
             "partner_customer": {"type": ["object", "null"]},
-            "held_by_partner": {"type": "array", "items": {"type": "object"}},
+            "held_by_partner": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "which partner holds what (e.g. 'stripe: payment method for"
+                " visa card …4242'); never the partner's ids, which only an audited resolve"
+                " hands out",
+            },
             "never_stored": {"type": "string"},
         },
     },

@@ -1,7 +1,9 @@
 """Retention sweeps and last-use flushing: the background work of `serve`, and `purge`.
 
 Both are plain functions over ``Services`` (the CLI and tests call them directly);
-:func:`background` runs them periodically inside the API app.
+:func:`background` runs them periodically inside the API app. A sweep also prunes the
+audit trail past TOKENPROXY_AUDIT_RETENTION_DAYS, behind a checkpoint event (PCI DSS
+10.5.1: at least 12 months kept; the settings refuse less).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
 
 import structlog
 from aiohttp import web
@@ -18,15 +21,42 @@ from proxy.errors import ProxyError
 from proxy.service import Services, vault_call
 from vault.audit import Outcome
 from vault.errors import AuditUnavailable
+from vault.records import utcnow
 
 _log = structlog.get_logger("tokenproxy.retention")
 
 
-async def purge(services: Services, *, dry_run: bool = False) -> dict[str, int]:
-    """Delete (or with ``dry_run`` count) every token past retention; counts per kind."""
+AUDIT_KIND = "audit_event"
+
+
+def audit_cutoff(days: int, now: datetime | None = None) -> datetime:
+    """Audit events older than this are past a ``days``-day retention."""
+    return (now or utcnow()) - timedelta(days=days)
+
+
+async def purge(
+    services: Services, *, dry_run: bool = False, audit_retention_days: int | None = None
+) -> dict[str, int]:
+    """Delete (or with ``dry_run`` count) every token past retention; counts per kind.
+
+    With ``audit_retention_days``, audit events older than that are pruned too (counted
+    as ``audit_event``).
+    """
     counts: dict[str, int] = await vault_call(
         services, "purge", services.vault.purge_expired(dry_run=dry_run)
     )
+    if audit_retention_days is not None:
+        pruned = await vault_call(
+            services,
+            "audit_prune",
+            services.vault.audit.prune(
+                audit_cutoff(audit_retention_days),
+                actor="tokenproxy:sweeper",
+                origin=None,
+                dry_run=dry_run,
+            ),
+        )
+        counts[AUDIT_KIND] = pruned.pruned
     if not dry_run:
         for kind, count in counts.items():
             services.metrics.retention_purged.labels(kind).inc(count)
@@ -74,7 +104,13 @@ async def background(app: web.Application) -> AsyncIterator[None]:
     ]
     if settings.purge_interval > 0:
         tasks.append(
-            asyncio.create_task(_every(settings.purge_interval, lambda: purge(services), "purge"))
+            asyncio.create_task(
+                _every(
+                    settings.purge_interval,
+                    lambda: purge(services, audit_retention_days=settings.audit_retention_days),
+                    "purge",
+                )
+            )
         )
     yield
     for task in tasks:

@@ -107,6 +107,12 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     publishable_rate_per_minute: float = 30.0
     publishable_burst: int = 10
+    # Failed authentications and the audit trail (see proxy.authguard, vault.audit).
+    auth_failure_limit: int = 30
+    auth_failure_window: float = 60.0
+    auth_failure_max_sources: int = 10_000
+    auth_failure_audit_interval: float = 60.0
+    audit_retention_days: int = 365
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -221,6 +227,7 @@ class Settings:
                 "TOKENPROXY_PUBLISHABLE_BURST", env["TOKENPROXY_PUBLISHABLE_BURST"], minimum=1
             )
         kwargs.update(_kek_settings(env))
+        kwargs.update(_audit_settings(env))
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError("TOKENPROXY_DB_POOL_MIN must not exceed TOKENPROXY_DB_POOL_MAX")
@@ -315,3 +322,39 @@ def _kek_settings(env: Mapping[str, str]) -> dict[str, object]:
     if env.get("TOKENPROXY_KMS_REGION"):
         kwargs["kms_region"] = env["TOKENPROXY_KMS_REGION"]
     return kwargs
+
+
+# PCI DSS 10.5.1: audit logs are retained for at least 12 months.
+MIN_AUDIT_RETENTION_DAYS = 365
+
+
+def _audit_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """The auth-failure throttle, its audit aggregation and the audit trail's retention."""
+    out: dict[str, object] = {}
+    if "TOKENPROXY_AUTH_FAILURE_LIMIT" in env:
+        out["auth_failure_limit"] = _int(
+            "TOKENPROXY_AUTH_FAILURE_LIMIT", env["TOKENPROXY_AUTH_FAILURE_LIMIT"], minimum=1
+        )
+    if "TOKENPROXY_AUTH_FAILURE_WINDOW" in env:
+        out["auth_failure_window"] = _float(
+            "TOKENPROXY_AUTH_FAILURE_WINDOW", env["TOKENPROXY_AUTH_FAILURE_WINDOW"], minimum=1
+        )
+    if "TOKENPROXY_AUTH_FAILURE_MAX_SOURCES" in env:
+        out["auth_failure_max_sources"] = _int(
+            "TOKENPROXY_AUTH_FAILURE_MAX_SOURCES",
+            env["TOKENPROXY_AUTH_FAILURE_MAX_SOURCES"],
+            minimum=1,
+        )
+    if "TOKENPROXY_AUTH_FAILURE_AUDIT_INTERVAL" in env:
+        out["auth_failure_audit_interval"] = _float(
+            "TOKENPROXY_AUTH_FAILURE_AUDIT_INTERVAL",
+            env["TOKENPROXY_AUTH_FAILURE_AUDIT_INTERVAL"],
+            minimum=1,
+        )
+    if "TOKENPROXY_AUDIT_RETENTION_DAYS" in env:
+        out["audit_retention_days"] = _int(
+            "TOKENPROXY_AUDIT_RETENTION_DAYS",
+            env["TOKENPROXY_AUDIT_RETENTION_DAYS"],
+            minimum=MIN_AUDIT_RETENTION_DAYS,
+        )
+    return out

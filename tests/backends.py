@@ -193,9 +193,12 @@ class RawRows:
         """Run SQL on the audit table as an attacker with owner rights would (guards dropped)."""
         if self.backend == "sqlite":
             await self.query("DROP TRIGGER audit_events_no_update")
-            await self.query("DROP TRIGGER audit_events_no_delete")
+            await self.query("DROP TRIGGER audit_events_prune_only_behind_checkpoint")
         else:
-            await self.query("DROP TRIGGER audit_events_no_update_or_delete ON audit_events")
+            await self.query("DROP TRIGGER audit_events_no_update ON audit_events")
+            await self.query(
+                "DROP TRIGGER audit_events_prune_only_behind_checkpoint ON audit_events"
+            )
         for statement in statements:
             await self.query(statement)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -73,14 +74,20 @@ def test_clients_add_prints_key_once_and_stores_only_digest(
     [
         (["clients", "add", "x", "--scopes", "tokenize,superuser"], "scopes"),
         (["clients", "add", "Bad Name!", "--scopes", "read"], "client name"),
+        (["clients", "add", "4242424242424242", "--scopes", "read"], "card number"),
+        (["clients", "add", "4242-4242-4242-4242", "--scopes", "read"], "card number"),
     ],
 )
 def test_clients_add_rejects_bad_input(
     ring: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    """Unknown scopes and bad names are refused with a clear message."""
+    """Unknown scopes and bad names (card-number-like ones too) are refused with a clear
+    message, and the refusal is audited without the name as typed."""
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+    trail = sqlite3.connect(ring / "vault.db").execute("SELECT * FROM audit_events").fetchall()
+    assert trail[-1][2] == "client.add"
+    assert argv[2] not in str(trail)
 
 
 def test_duplicate_client_name_refused(ring: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -196,3 +203,25 @@ def test_serve_refuses_bad_setting(env: Path) -> None:
     assert result.returncode == 2
     assert "TOKENPROXY_LISTEN" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_audit_digest_matches_what_the_trail_records(
+    ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`audit digest` prints the same keyed digest the proxy records for a customer ref."""
+    capsys.readouterr()
+    assert main(["audit", "digest", "customer", "cus-1001"]) == 0
+    printed = capsys.readouterr().out.strip()
+
+    async def expected() -> str:
+        vault = await Vault.open(
+            f"sqlite:///{ring / 'vault.db'}", LocalKekProvider.from_file(ring / "keyring.json")
+        )
+        try:
+            return vault.audit.digest("customer", "cus-1001")
+        finally:
+            await vault.close()
+
+    assert printed == asyncio.run(expected())
+    assert printed.startswith("customer:")
+    assert "cus-1001" not in printed

@@ -220,10 +220,15 @@ async def test_listing_scope_and_unknown_customer(proxy: RunningProxy) -> None:
 
 
 async def test_export_is_a_complete_access_report(proxy: RunningProxy) -> None:
-    """The admin export lists every record with references, and what the partner holds."""
+    """The admin export lists every record and what each partner holds, without its ids."""
     card = await add_card(proxy, "cus-export")
     bank = await create(proxy, "/v1/bank-accounts", bank_body(customer_ref="cus-export"))
-    inv = await create(proxy, "/v1/invoices", invoice_body(customer_ref="cus-export"), "invoicer")
+    inv = await create(
+        proxy,
+        "/v1/invoices",
+        invoice_body(customer_ref="cus-export", partner="stripe", partner_reference="in_1Exp"),
+        "invoicer",
+    )
     for client in ("orders", "billing", "eraser"):
         status, _, _ = await proxy.request("GET", "/v1/customers/cus-export/export", client=client)
         assert status == 403
@@ -233,17 +238,43 @@ async def test_export_is_a_complete_access_report(proxy: RunningProxy) -> None:
     assert report["counts"] == {"card": 1, "bank": 1, "invoice": 1}
     by_token = {r["token"]: r for r in report["records"]}  # type: ignore[union-attr]
     assert set(by_token) == {card["token"], bank["token"], inv["token"]}
-    assert by_token[card["token"]]["partner_reference"] == await pm_of(proxy, card["token"])
+    assert by_token[card["token"]]["partner"] == "stripe"
     assert by_token[bank["token"]]["masked"] == VALID[0].masked
     assert by_token[inv["token"]]["invoice_number"] == "F-2025-0042"
     assert all(r["expired"] is False for r in by_token.values())
-    partner_customer = report["partner_customer"]
-    assert partner_customer["reference"].startswith("cus_")  # type: ignore[index]
+    assert report["partner_customer"]["partner"] == "stripe"  # type: ignore[index]
     held = report["held_by_partner"]
-    assert {h["object"] for h in held} == {"payment_method", "customer"}  # type: ignore[union-attr]
+    assert {h["object"] for h in held} == {"payment_method", "customer", "invoice"}  # type: ignore[union-attr]
     assert any("IBAN" in h["holds"] for h in held)  # type: ignore[union-attr]
+    summaries = {h.get("token"): h["summary"] for h in held}  # type: ignore[union-attr]
+    assert summaries[card["token"]] == f"stripe: payment method for visa card …{card['last4']}"
+    assert summaries[None] == "stripe: customer object"
     assert VALID[0].iban not in str(report)
     assert VISA.number not in str(report)
+
+
+async def test_no_partner_id_leaves_without_a_resolve_event(proxy: RunningProxy) -> None:
+    """Only an audited resolve hands out pm_/cus_/mandate/invoice ids; every other answer
+    about a customer (create, read, list, export, delete, erase) holds none of them."""
+    card = await add_card(proxy, "cus-ids")
+    bank = await create(proxy, "/v1/bank-accounts", bank_body(customer_ref="cus-ids"))
+    await create(
+        proxy,
+        "/v1/invoices",
+        invoice_body(customer_ref="cus-ids", partner="stripe", partner_reference="in_1Ids"),
+        "invoicer",
+    )
+    for token in (card["token"], bank["token"]):
+        await proxy.request("GET", f"/v1/tokens/{token}", client="orders")
+    await proxy.request("GET", "/v1/customers/cus-ids/tokens", client="orders")
+    await proxy.request("GET", "/v1/customers/cus-ids/export", client="ops")
+    await proxy.request("DELETE", f"/v1/tokens/{card['token']}", client="eraser")
+    status, _, _ = await proxy.request("DELETE", "/v1/customers/cus-ids", client="eraser")
+    assert status == 200
+    answers = b"".join(proxy.responses)
+    for marker in (b"pm_", b"cus_", b"in_1Ids", b"mandate_reference", b"partner_reference"):
+        assert marker not in answers, marker
+    assert audit_events(proxy, "token.resolve") == []
 
 
 def backup(live: Path, target: Path) -> None:
@@ -440,7 +471,7 @@ async def test_deletion_and_erasure_write_audit_events(
     proxy: RunningProxy, dead_partner: StripePartner
 ) -> None:
     """Token deletion and customer erasure each leave an event (failures too), naming the
-    token or the customer's blind index, never the customer_ref or a partner reference."""
+    token or the customer's keyed digest, never the customer_ref or a partner reference."""
     card = await add_card(proxy, "cus-audited")
     other = await add_card(proxy, "cus-audited", PARTNER_CARDS[1])
     status, _, _ = await proxy.request("DELETE", f"/v1/tokens/{card['token']}", client="eraser")
@@ -462,7 +493,7 @@ async def test_deletion_and_erasure_write_audit_events(
     ]
     erasures = audit_events(proxy, "customer.erase")
     assert [(e[0], e[1]) for e in erasures] == [("failure", "eraser"), ("success", "eraser")]
-    resource = "customer:" + services.vault.index("customer", "cus-audited")
+    resource = services.vault.audit.digest("customer", "cus-audited")
     assert {e[2] for e in erasures} == {resource}
     assert '"error":"erasure_incomplete"' in erasures[0][3]
     assert '"deleted_card":1' in erasures[1][3]

@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -181,12 +181,12 @@ async def test_purge_cli(tmp_path: Path, keyring_path: Path) -> None:
 
     result = await asyncio.to_thread(_purge, tmp_path, keyring_path)
     assert result.returncode == 0
-    assert "nothing to do" in result.stdout
+    assert "every token kind is kept" in result.stdout
 
     env = {"TOKENPROXY_RETENTION_CARD_DAYS": "90"}
     result = await asyncio.to_thread(_purge, tmp_path, keyring_path, "--dry-run", **env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "would purge: card=2"
+    assert result.stdout.strip() == "would purge: audit_event=0 card=2"
     assert rows(tmp_path / "vault.db", "SELECT COUNT(*) FROM records") == [(3,)]
 
     prom = tmp_path / "purge.prom"
@@ -194,7 +194,7 @@ async def test_purge_cli(tmp_path: Path, keyring_path: Path) -> None:
         _purge, tmp_path, keyring_path, "--metrics-file", str(prom), **env
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "purged: card=2"
+    assert result.stdout.strip() == "purged: audit_event=0 card=2"
     assert rows(tmp_path / "vault.db", "SELECT token FROM records") == [(made[2].token,)]
     assert 'tokenproxy_retention_purged_total{kind="card"} 2.0' in prom.read_text()
 
@@ -227,3 +227,74 @@ def test_retention_settings_build_the_policy() -> None:
     policy = settings.retention_policy()
     assert (policy.card_days, policy.bank_days, policy.invoice_days) == (180, 0, 2555)
     assert settings.purge_interval == 3600
+
+
+async def old_audit_events(path: Path, keyring: Path, ages_in_days: list[int]) -> None:
+    """Append resolve events dated ``ages_in_days`` ago to the vault at ``path``."""
+    vault = await Vault.open(f"sqlite:///{path}", LocalKekProvider.from_file(keyring))
+    try:
+        for days in ages_in_days:
+            await vault.audit.append(
+                "token.resolve",
+                outcome=True,
+                actor="billing",
+                origin="127.0.0.1",
+                occurred_at=datetime.now(UTC) - timedelta(days=days),
+            )
+    finally:
+        await vault.close()
+
+
+async def test_purge_cli_prunes_the_audit_trail_behind_a_checkpoint(
+    tmp_path: Path, keyring_path: Path
+) -> None:
+    """`purge` deletes audit events past TOKENPROXY_AUDIT_RETENTION_DAYS (default 365) behind
+    a checkpoint, and `audit verify` proves the rest from it."""
+    await old_audit_events(tmp_path / "vault.db", keyring_path, [900, 400, 366, 300, 1])
+    env = {"TOKENPROXY_AUDIT_RETENTION_DAYS": "365"}
+    result = await asyncio.to_thread(_purge, tmp_path, keyring_path, "--dry-run", **env)
+    assert result.stdout.strip().endswith("would purge: audit_event=3"), result.stderr
+    result = await asyncio.to_thread(_purge, tmp_path, keyring_path)
+    assert result.stdout.strip().endswith("purged: audit_event=3"), result.stderr
+    kept = rows(tmp_path / "vault.db", "SELECT seq, event_type FROM audit_events ORDER BY seq")
+    assert kept == [
+        (4, "token.resolve"),
+        (5, "token.resolve"),
+        (6, "audit.checkpoint"),
+        (7, "retention.purge"),
+    ]
+    verify = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "proxy", "audit", "verify"],
+        env={
+            **os.environ,
+            "TOKENPROXY_VAULT_URL": f"sqlite:///{tmp_path / 'vault.db'}",
+            "TOKENPROXY_KEYRING": str(keyring_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert "4 events from event 4" in verify.stdout
+    assert "checkpoint event 6" in verify.stdout
+    result = await asyncio.to_thread(_purge, tmp_path, keyring_path, "--dry-run")
+    assert result.stdout.strip().endswith("would purge: audit_event=0")
+
+
+async def test_sweeper_prunes_audit_events_past_retention(retaining_proxy: RunningProxy) -> None:
+    """The retention sweep prunes audit events older than the audit retention, counted."""
+    proxy = retaining_proxy
+    services = proxy.app[SERVICES]
+    await services.vault.audit.append(
+        "token.resolve",
+        outcome=True,
+        actor="billing",
+        origin=None,
+        occurred_at=datetime.now(UTC) - timedelta(days=400),
+    )
+    counts = await retention.purge(services, audit_retention_days=365)
+    assert counts["audit_event"] == 1
+    assert (await services.vault.audit.verify()).ok
+    assert 'tokenproxy_retention_purged_total{kind="audit_event"} 1.0' in await metrics_text(proxy)

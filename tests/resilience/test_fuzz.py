@@ -69,7 +69,13 @@ def fuzz_server(
     tmp_path_factory: pytest.TempPathFactory, localstripe: Localstripe
 ) -> Iterator[ServerProcess]:
     """A real `python -m proxy serve` process for the fuzzer (partner: localstripe)."""
-    server = ServerProcess(tmp_path_factory.mktemp("fuzz"), localstripe.base_url)
+    # One fuzzing source sends thousands of deliberately unauthenticated requests (the
+    # ignored_auth check): with the default throttle it would soon see only 429s.
+    server = ServerProcess(
+        tmp_path_factory.mktemp("fuzz"),
+        localstripe.base_url,
+        TOKENPROXY_AUTH_FAILURE_LIMIT="1000000",
+    )
     asyncio.run(server.start())
     yield server
     server.terminate()

@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.backends import REFUSED, RawRows
 from vault import Kind, LocalKekProvider, Vault, new_token
-from vault.audit import AuditLog, EventType, Outcome, link_hash
+from vault.audit import AuditLog, AuditPrune, EventType, Outcome, digest_resource, link_hash
 from vault.backends.base import AUDIT_GENESIS
 from vault.errors import AuditUnavailable
 
@@ -223,3 +225,157 @@ async def test_blind_index_resources_with_chance_digit_runs_are_accepted(vault: 
         await vault.audit.append(
             "customer.erase", outcome=True, actor="x", origin=None, resource="4242424242424242"
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(), other=st.text())
+def test_resource_digest_holds_no_digits_and_names_one_value(value: str, other: str) -> None:
+    """A digest resource is digit-free, keyed, and differs for different values."""
+    key = b"k" * 32
+    digest = digest_resource(key, "token", value)
+    assert digest.startswith("token:")
+    assert not any(c.isdigit() for c in digest)
+    assert len(digest) == len("token:") + 32
+    assert digest == digest_resource(key, "token", value)
+    assert digest != digest_resource(b"j" * 32, "token", value)
+    assert digest != digest_resource(key, "customer", value).replace("customer:", "token:")
+    if other != value:
+        assert digest != digest_resource(key, "token", other)
+
+
+async def test_resource_digest_of_card_shaped_text_is_recorded(vault: Vault) -> None:
+    """The digest of text holding a card number is accepted by append and holds none of it."""
+    resource = vault.audit.digest("token", "vtok_card_4242424242424242AAAAAAAAAAAAAAAA")
+    row = await vault.audit.append(
+        "token.resolve", outcome=False, actor="billing", origin=None, resource=resource
+    )
+    assert row.entry.resource == resource
+    assert "4242" not in resource
+
+
+async def append_aged(vault: Vault, ages_in_days: list[int]) -> None:
+    """Append one resolve event per age, oldest first, dated that many days ago."""
+    now = datetime.now(UTC)
+    for days in ages_in_days:
+        await vault.audit.append(
+            EventType.RESOLVE,
+            outcome=Outcome.SUCCESS,
+            actor="billing",
+            origin="127.0.0.1",
+            resource=new_token(Kind.CARD),
+            occurred_at=now - timedelta(days=days),
+        )
+
+
+def year_ago() -> datetime:
+    """The retention cut-off a 365-day policy uses."""
+    return datetime.now(UTC) - timedelta(days=365)
+
+
+async def test_prune_removes_old_events_behind_a_checkpoint(vault: Vault) -> None:
+    """Events older than the cut-off go, a checkpoint records the chain state, and verify
+    proves what remains from that checkpoint."""
+    await append_aged(vault, [800, 500, 400, 100, 10])
+    result = await vault.audit.prune(year_ago(), actor="cli:ops", origin="host")
+    assert (result.pruned, result.through_seq, result.checkpoint_seq) == (3, 3, 6)
+    events = await vault.audit.events()
+    assert [e.seq for e in events] == [4, 5, 6]
+    checkpoint = events[-1]
+    assert checkpoint.entry.event_type == "audit.checkpoint"
+    detail = json.loads(checkpoint.entry.detail)
+    assert detail["covers_seq"] == 3
+    assert detail["events"] == 3
+    report = await vault.audit.verify()
+    assert report.ok, report.first_break
+    assert (report.events, report.first_seq, report.checkpoint_seq) == (3, 4, 6)
+    assert report.head == checkpoint.hash
+
+
+async def test_prune_again_covers_the_earlier_checkpoint(vault: Vault) -> None:
+    """A second prune may remove the first checkpoint; its own checkpoint vouches instead."""
+    await append_aged(vault, [800, 400])
+    first = await vault.audit.prune(year_ago(), actor=None, origin=None)
+    assert first.pruned == 2
+    # Nothing is older now but the first checkpoint, which was written just now.
+    assert (await vault.audit.prune(year_ago(), actor=None, origin=None)).pruned == 0
+    later = datetime.now(UTC) + timedelta(days=1)
+    await append_aged(vault, [-2])
+    second = await vault.audit.prune(later, actor=None, origin=None)
+    assert second.pruned == 1  # the first checkpoint, seq 3
+    report = await vault.audit.verify()
+    assert report.ok, report.first_break
+    assert report.first_seq == 4
+
+
+async def test_prune_dry_run_and_nothing_to_prune(vault: Vault) -> None:
+    """A dry run counts and changes nothing; with nothing old, no checkpoint is written."""
+    await append_aged(vault, [400, 10])
+    dry = await vault.audit.prune(year_ago(), actor=None, origin=None, dry_run=True)
+    assert (dry.pruned, dry.checkpoint_seq) == (1, None)
+    assert len(await vault.audit.events()) == 2
+    fresh = await vault.audit.prune(
+        datetime.now(UTC) - timedelta(days=500), actor=None, origin=None
+    )
+    assert fresh == AuditPrune(0, None, None)
+    assert len(await vault.audit.events()) == 2
+
+
+async def test_triggers_allow_deleting_only_what_a_checkpoint_covers(
+    vault: Vault, raw_rows: RawRows
+) -> None:
+    """After a prune, events past the checkpoint's cover, and the checkpoint, stay put."""
+    await append_aged(vault, [800, 400, 10, 5])
+    await vault.audit.prune(year_ago(), actor=None, origin=None)
+    for seq in (3, 4, 5):  # 5 is the checkpoint
+        with pytest.raises(REFUSED, match="append-only"):
+            await raw_rows.query(f"DELETE FROM audit_events WHERE seq = {seq}")  # noqa: S608
+    with pytest.raises(REFUSED, match="append-only"):
+        await raw_rows.query("UPDATE audit_events SET actor = 'x' WHERE seq = 3")
+    assert (await vault.audit.verify()).ok
+
+
+async def test_checkpoints_are_written_by_prune_only(vault: Vault) -> None:
+    """A caller cannot append a checkpoint (which would let the triggers delete events)."""
+    with pytest.raises(ValueError, match="checkpoint"):
+        await vault.audit.append(
+            "audit.checkpoint", outcome=True, actor="x", origin=None, detail={"covers_seq": 9}
+        )
+
+
+async def test_deleting_past_the_checkpoint_is_caught(vault: Vault, raw_rows: RawRows) -> None:
+    """An attacker deleting more than the checkpoint covers leaves a gap verify names."""
+    await append_aged(vault, [800, 400, 10, 5])
+    await vault.audit.prune(year_ago(), actor=None, origin=None)
+    await raw_rows.tamper_audit("DELETE FROM audit_events WHERE seq = 3")
+    report = await vault.audit.verify()
+    assert report.first_break is not None
+    assert (report.first_break.seq, report.first_break.kind) == (3, "deleted")
+    assert "no checkpoint covers" in report.first_break.message
+
+
+async def test_deleting_the_oldest_without_a_checkpoint_is_caught(
+    vault: Vault, raw_rows: RawRows
+) -> None:
+    """Deleting the oldest events without a checkpoint is a deletion, not a retention."""
+    await append_n(vault, 4)
+    await raw_rows.tamper_audit("DELETE FROM audit_events WHERE seq <= 2")
+    report = await vault.audit.verify()
+    assert report.first_break is not None
+    assert (report.first_break.seq, report.first_break.kind) == (1, "deleted")
+
+
+async def test_forged_checkpoint_is_caught(vault: Vault, raw_rows: RawRows) -> None:
+    """A checkpoint inserted without the chain key is an edit, so it vouches for nothing."""
+    await append_n(vault, 4)
+    events = await vault.audit.events()
+    # Everything right but the HMAC: it names event 2's real hash, spelled in letters.
+    covers = events[1].hash.translate(str.maketrans("0123456789abcdef", "abcdefghijklmnop"))
+    detail = json.dumps({"covers_seq": 2, "covers_hash": covers}, separators=(",", ":"))
+    await raw_rows.tamper_audit(
+        "INSERT INTO audit_events VALUES (5, '2030-01-01T00:00:00.000000Z', 'audit.checkpoint',"  # noqa: S608
+        f" 'success', NULL, NULL, NULL, '{detail}', '{events[-1].hash}', '{'f' * 64}')",
+        "DELETE FROM audit_events WHERE seq <= 2",
+    )
+    report = await vault.audit.verify()
+    assert report.first_break is not None
+    assert (report.first_break.seq, report.first_break.kind) == (5, "edited")

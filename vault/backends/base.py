@@ -243,6 +243,21 @@ class Backend(Protocol):
         """Audit events with seq > ``after_seq`` (and occurred_at >= ``since``), by seq."""
         ...
 
+    async def audit_prune_point(self, before: str) -> AuditRow | None:
+        """The newest event that, with every event before it, is older than ``before``.
+
+        That is the event just before the first one at or after ``before`` in chain
+        order (the head when all are older); None when the oldest event is not older.
+        """
+        ...
+
+    async def prune_audit(self, through_seq: int, *, batch: int = 5000) -> int:
+        """Delete events with seq <= ``through_seq``, oldest first, in batches; returns how many.
+
+        The delete trigger allows it only behind a checkpoint event covering that seq.
+        """
+        ...
+
     async def ping(self) -> None:
         """Raise StorageUnavailable unless the database answers."""
         ...

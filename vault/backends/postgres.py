@@ -386,6 +386,37 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
             for r in rows
         ]
 
+    async def audit_prune_point(self, before: str) -> AuditRow | None:
+        """The newest event that, with every event before it, is older than ``before``."""
+        young = await self._fetchrow(
+            "SELECT seq FROM audit_events WHERE occurred_at >= $1 ORDER BY seq LIMIT 1", before
+        )
+        r = await self._fetchrow(
+            f"SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq < $1"  # noqa: S608
+            " ORDER BY seq DESC LIMIT 1",
+            young[0] if young else 2**63 - 1,
+        )
+        if r is None:
+            return None
+        return AuditRow(r[0], AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], r[7]), r[8], r[9])
+
+    async def prune_audit(self, through_seq: int, *, batch: int = 5000) -> int:
+        """Delete events with seq <= ``through_seq``, oldest first, one batch per transaction."""
+
+        async def run(conn: asyncpg.Connection) -> int:
+            status = await conn.execute(
+                "DELETE FROM audit_events WHERE seq IN"
+                " (SELECT seq FROM audit_events WHERE seq <= $1 ORDER BY seq LIMIT $2)",
+                through_seq,
+                batch,
+            )
+            return int(status.rsplit(" ", 1)[-1])
+
+        total = 0
+        while deleted := await self._run(run):
+            total += deleted
+        return total
+
     async def _fetchrow(self, sql: str, *args: object) -> Any:
         async def run(conn: asyncpg.Connection) -> Any:
             return await conn.fetchrow(sql, *args)

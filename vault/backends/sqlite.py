@@ -416,6 +416,40 @@ class SqliteBackend(SqliteLifecycleMixin):
             for r in rows
         ]
 
+    async def audit_prune_point(self, before: str) -> AuditRow | None:
+        """The newest event that, with every event before it, is older than ``before``."""
+        # "+occurred_at" keeps SQLite on the primary key: walk from the oldest event and
+        # stop at the first young one, instead of reading every young one by time.
+        young = self._read_one(
+            "SELECT seq FROM audit_events WHERE +occurred_at >= ? ORDER BY seq LIMIT 1",
+            (before,),
+        )
+        row = self._read_one(
+            f"SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq < ?"  # noqa: S608
+            " ORDER BY seq DESC LIMIT 1",
+            (young[0] if young else 2**63 - 1,),
+        )
+        if row is None:
+            return None
+        entry = AuditEntry(row[1], row[2], row[3], row[4], row[5], row[6], row[7])
+        return AuditRow(row[0], entry, row[8], row[9])
+
+    async def prune_audit(self, through_seq: int, *, batch: int = 5000) -> int:
+        """Delete events with seq <= ``through_seq``, oldest first, one batch per transaction."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "DELETE FROM audit_events WHERE seq IN"
+                " (SELECT seq FROM audit_events WHERE seq <= ? ORDER BY seq LIMIT ?)",
+                (through_seq, batch),
+            )
+            return cursor.rowcount
+
+        total = 0
+        while deleted := await self._write(run):
+            total += deleted
+        return total
+
     def _read_one(self, sql: str, args: tuple[Any, ...]) -> Any:
         if self._closed:
             raise StorageUnavailable("vault is closed")
