@@ -23,6 +23,7 @@ from proxy.validation import CardRequest, parse_card_request
 from vault import (
     DecryptionFailed,
     IdempotencyBusy,
+    IdempotencyErased,
     IdempotencyMismatch,
     IdempotencyStore,
     Kind,
@@ -109,11 +110,18 @@ async def partner_call(services: Services, operation: str, call: Awaitable[T]) -
 
 
 async def store_card(
-    services: Services, card: CardRequest, created: PartnerCard, *, token: str | None = None
+    services: Services,
+    card: CardRequest,
+    created: PartnerCard,
+    *,
+    token: str | None = None,
+    fingerprint_idx: str | None = None,
 ) -> Record:
     """Seal the partner's answer into the vault under a new (or the given) token.
 
     With a customer_ref the card is first attached to the customer's partner customer.
+    ``fingerprint_idx`` stands in for ``created.fingerprint`` when only its blind index
+    was kept (an idempotent request resuming from its stored partner answer).
     """
     from proxy.customers import store_payment_method  # proxy.customers imports this module
 
@@ -128,6 +136,7 @@ async def store_card(
             customer_ref=card.customer_ref,
             metadata=card.metadata,
             fingerprint=created.fingerprint,
+            fingerprint_idx=fingerprint_idx,
         ),
         token=token,
     )
@@ -172,7 +181,7 @@ async def _vault_call(services: Services, operation: str, call: Any) -> Any:
     started = time.perf_counter()
     try:
         return await call
-    except (RecordNotFound, IdempotencyMismatch, IdempotencyBusy):
+    except (RecordNotFound, IdempotencyMismatch, IdempotencyBusy, IdempotencyErased):
         raise
     except DecryptionFailed:
         metrics.decryption_failures.inc()

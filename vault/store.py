@@ -105,6 +105,10 @@ class Vault(VaultLifecycle):
         """Keyed blind index of ``value`` (customer refs, partner fingerprints)."""
         return blind_index(self._index_key, domain, value)
 
+    def fingerprint_index(self, kind: Kind, fingerprint: str) -> str:
+        """The keyed blind index a record of ``kind`` keeps of a partner fingerprint."""
+        return self.index(f"fingerprint:{kind}", fingerprint)
+
     # -- data keys ------------------------------------------------------------
 
     def _new_dek(self, customer_idx: str | None) -> tuple[DekRow, Sealer]:
@@ -156,8 +160,8 @@ class Vault(VaultLifecycle):
         if token is not None and token_kind(token) != new.kind:
             raise VaultError("token does not match the record kind")
         customer_idx = self.index("customer", new.customer_ref) if new.customer_ref else None
-        fingerprint_idx = (
-            self.index(f"fingerprint:{new.kind}", new.fingerprint) if new.fingerprint else None
+        fingerprint_idx = new.fingerprint_idx or (
+            self.fingerprint_index(new.kind, new.fingerprint) if new.fingerprint else None
         )
         for _ in range(_INSERT_ATTEMPTS):
             dek_row: DekRow | None = None

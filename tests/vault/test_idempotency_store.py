@@ -14,13 +14,17 @@ from tests.backends import RawRows
 from vault import (
     Claim,
     DecryptionFailed,
+    ErasureStatus,
     IdempotencyBusy,
+    IdempotencyErased,
     IdempotencyMismatch,
     IdempotencyStore,
     LocalKekProvider,
     Owner,
     Replay,
     Vault,
+    iso,
+    utcnow,
 )
 
 BODY = b'{"number": "4242424242424242", "cvc": "123"}'
@@ -160,3 +164,91 @@ def test_owner_round_trips_and_detects_dead_processes() -> None:
     assert me.is_gone(Owner(me.host, me.pid, "earlier-boot"))
     assert not me.is_gone(Owner("elsewhere", 1, "x"))
     assert not me.is_gone(Owner(me.host, 1, "x"))
+
+
+async def test_erasure_deletes_the_customers_keys_and_leaves_a_tombstone(
+    vault: Vault, raw_rows: RawRows
+) -> None:
+    """Erasing a customer deletes every idempotency row naming it (done or in flight, made
+    before the customer had any record), keeps others, and a retry of an erased key raises
+    IdempotencyErased instead of replaying or running again."""
+    store = IdempotencyStore(vault)
+    done = await store.begin("checkout", "done", BODY, customer_ref="cus-idem")
+    assert isinstance(done, Claim)
+    await store.record_partner(done, {"reference": "pm_idem", "token": "vtok_card_idem"})
+    await store.complete(done, 201, b'{"token": "vtok_card_idem"}')
+    flying = await store.begin("checkout", "flying", BODY, customer_ref="cus-idem")
+    assert isinstance(flying, Claim)
+    other = await store.begin("checkout", "other", BODY + b"\n", customer_ref="cus-else")
+    assert isinstance(other, Claim)
+    await store.complete(other, 201, b'{"token": "vtok_card_else"}')
+    sealed = await raw_rows.query(
+        "SELECT key_idx, wrapped_dek, response, partner_result, request_mac"
+        " FROM idempotency_keys WHERE key_idx = ?",
+        (done.key_idx,),
+    )
+
+    erasure = await vault.erase_customer("cus-idem")
+
+    assert erasure.idempotency_keys == 2
+    assert erasure.status == ErasureStatus.ERASED
+    left = await raw_rows.query("SELECT key_idx FROM idempotency_keys")
+    assert left == [(other.key_idx,)]
+    for key in ("done", "flying"):
+        with pytest.raises(IdempotencyErased):
+            await store.begin("checkout", key, BODY, customer_ref="cus-idem")
+        # Another body gets the same answer: the tombstone holds no request hash to compare.
+        with pytest.raises(IdempotencyErased):
+            await store.begin("checkout", key, BODY + b" ", customer_ref="cus-idem")
+    assert await store.begin("checkout", "other", BODY + b"\n") == Replay(
+        201, b'{"token": "vtok_card_else"}'
+    )
+    # Nothing the erased row held survives anywhere in the database (key, answers, MAC).
+    ((_, wrapped, response, partner, mac),) = sealed
+    stored = await raw_rows.stored_bytes()
+    for value in (wrapped, response, partner, mac.encode()):
+        assert value not in stored
+    tombstones = await raw_rows.query("SELECT * FROM idempotency_erased ORDER BY key_idx")
+    assert sorted(t[0] for t in tombstones) == sorted([done.key_idx, flying.key_idx])
+    assert all(len(t) == 2 for t in tombstones)
+
+
+async def test_erased_key_is_fresh_again_after_its_ttl(vault: Vault, raw_rows: RawRows) -> None:
+    """A tombstone lasts as long as the row would have; past that the key starts afresh and
+    the purge removes the tombstone with the expired rows."""
+    store = IdempotencyStore(vault)
+    claim = await store.begin("checkout", "short", BODY, customer_ref="cus-ttl")
+    assert isinstance(claim, Claim)
+    await store.complete(claim, 201, b"{}")
+    ((expires,),) = await raw_rows.query("SELECT expires_at FROM idempotency_keys")
+    await vault.erase_customer("cus-ttl")
+    assert await raw_rows.query("SELECT expires_at FROM idempotency_erased") == [(expires,)]
+    with pytest.raises(IdempotencyErased):
+        await store.begin("checkout", "short", BODY)
+    # Time passes beyond the key's expiry (moved back rather than waited for).
+    await raw_rows.query("UPDATE idempotency_erased SET expires_at = ?", (iso(utcnow()),))
+    assert isinstance(await store.begin("checkout", "short", BODY), Claim)
+    assert await store.purge_expired() == 0
+    assert await raw_rows.query("SELECT count(*) FROM idempotency_erased") == [(0,)]
+
+
+async def test_rows_without_a_customer_are_not_erased(vault: Vault) -> None:
+    """A key whose request named no customer is nobody's to erase: it still replays."""
+    store = IdempotencyStore(vault)
+    claim = await store.begin("checkout", "anon", BODY)
+    assert isinstance(claim, Claim)
+    await store.complete(claim, 201, b'{"a": 1}')
+    erasure = await vault.erase_customer("cus-nobody")
+    assert erasure.status == ErasureStatus.NOT_FOUND
+    assert await store.begin("checkout", "anon", BODY) == Replay(201, b'{"a": 1}')
+
+
+async def test_stored_answer_keeps_its_headers(vault: Vault) -> None:
+    """A final answer's headers are sealed with it and come back on replay."""
+    store = IdempotencyStore(vault)
+    claim = await store.begin("checkout", "hdr", BODY)
+    assert isinstance(claim, Claim)
+    await store.complete(claim, 402, b'{"error": {}}', {"Retry-After": "3"})
+    assert await store.begin("checkout", "hdr", BODY) == Replay(
+        402, b'{"error": {}}', {"Retry-After": "3"}
+    )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from vault.backends.base import IDEMPOTENCY_COLUMNS, IdempotencyRow
+from vault.backends.base import IDEMPOTENCY_COLUMNS, IdempotencyRow, erased_idempotency_row
 
 T = TypeVar("T")
 
@@ -33,6 +33,7 @@ _INSERT_UNLESS_LIVE = (
     + ", ".join(f"{name} = EXCLUDED.{name}" for name in _COLUMNS if name != "key_idx")
     + " WHERE idempotency_keys.expires_at <= EXCLUDED.created_at RETURNING key_idx"
 )
+_ERASED = "SELECT expires_at FROM idempotency_erased WHERE key_idx = $1 AND expires_at > $2"
 _CLAIM = (
     "UPDATE idempotency_keys SET owner = $1, updated_at = $2"
     " WHERE key_idx = $3 AND state = 'in_flight' AND owner IS NOT DISTINCT FROM $4"
@@ -60,6 +61,11 @@ class PostgresIdempotencyMixin:
         values = tuple(getattr(row, name) for name in _COLUMNS)
 
         async def run(conn: asyncpg.Connection) -> tuple[bool, IdempotencyRow | None]:
+            # Checked again on every attempt: an erasure deletes the live row and writes
+            # the tombstone in one transaction, so a row that vanished may now be one.
+            erased = await conn.fetchval(_ERASED, row.key_idx, row.created_at)
+            if erased is not None:
+                return False, erased_idempotency_row(row.key_idx, erased)
             if await conn.fetchval(_INSERT_UNLESS_LIVE, *values) is not None:
                 return True, None
             # A live row blocked us. Read it in a new statement (a new snapshot), so a
@@ -130,9 +136,11 @@ class PostgresIdempotencyMixin:
         """Delete every row whose expiry has passed; returns how many."""
 
         async def run(conn: asyncpg.Connection) -> int:
-            status: str = await conn.execute(
-                "DELETE FROM idempotency_keys WHERE expires_at <= $1", now
-            )
+            async with conn.transaction():
+                status: str = await conn.execute(
+                    "DELETE FROM idempotency_keys WHERE expires_at <= $1", now
+                )
+                await conn.execute("DELETE FROM idempotency_erased WHERE expires_at <= $1", now)
             return int(status.rsplit(maxsplit=1)[-1])
 
         return await self._run(run)

@@ -33,6 +33,7 @@ from vault.backends.base import (
     DekRow,
     IdempotencyRow,
     RecordRow,
+    erased_idempotency_row,
 )
 from vault.backends.sqlite_lifecycle import SqliteLifecycleMixin
 from vault.errors import DuplicateRecord, StorageUnavailable
@@ -288,12 +289,18 @@ class SqliteBackend(SqliteLifecycleMixin):
                 f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE key_idx = ?",  # noqa: S608
                 (row.key_idx,),
             ).fetchone()
-            if found is not None and found[-1] > row.created_at:
+            if found is not None and IdempotencyRow(*found).expires_at > row.created_at:
                 return IdempotencyRow(*found)
+            erased = conn.execute(
+                "SELECT expires_at FROM idempotency_erased WHERE key_idx = ? AND expires_at > ?",
+                (row.key_idx, row.created_at),
+            ).fetchone()
+            if erased is not None:
+                return erased_idempotency_row(row.key_idx, erased[0])
             conn.execute("DELETE FROM idempotency_keys WHERE key_idx = ?", (row.key_idx,))
             conn.execute(
                 f"INSERT INTO idempotency_keys ({IDEMPOTENCY_COLUMNS})"  # noqa: S608
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f" VALUES ({', '.join('?' for _ in IdempotencyRow.__slots__)})",
                 tuple(getattr(row, name) for name in IdempotencyRow.__slots__),
             )
             return None
@@ -363,6 +370,7 @@ class SqliteBackend(SqliteLifecycleMixin):
 
         def run(conn: sqlite3.Connection) -> int:
             cur = conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM idempotency_erased WHERE expires_at <= ?", (now,))
             return cur.rowcount
 
         return await self._write(run)
