@@ -30,6 +30,7 @@ from vault import (
     NewRecord,
     Record,
     RecordNotFound,
+    UnknownKeyVersion,
     Vault,
     VaultError,
     iso,
@@ -183,7 +184,9 @@ async def _vault_call(services: Services, operation: str, call: Any) -> Any:
         return await call
     except (RecordNotFound, IdempotencyMismatch, IdempotencyBusy, IdempotencyErased):
         raise
-    except DecryptionFailed:
+    except (DecryptionFailed, UnknownKeyVersion):
+        # A data key wrapped under a version this ring lacks is as unreadable as one that
+        # fails authentication: say so, rather than blame the vault's availability.
         metrics.decryption_failures.inc()
         metrics.vault_errors.labels(operation, "decryption_failed").inc()
         # A record that fails authentication is tampered with or its key is gone: an

@@ -193,24 +193,35 @@ async def test_erasing_an_unknown_customer_says_so(proxy: RunningProxy) -> None:
     assert 'tokenproxy_customer_erasures_total{outcome="already_erased"} 1.0' in text
 
 
+@pytest.mark.parametrize("damage", ["ciphertext", "key_version"])
 async def test_erasure_with_an_unreadable_record_deletes_nothing(
-    proxy: RunningProxy, raw_rows: RawRows
+    proxy: RunningProxy, raw_rows: RawRows, damage: str
 ) -> None:
-    """A customer record the vault cannot open fails the erasure (503 record_unreadable)
-    before anything is detached or deleted: it is never reported erased."""
+    """A customer record the vault cannot open (its ciphertext fails authentication, or its
+    data key names a version the key ring lacks) fails the erasure with 503
+    record_unreadable before anything is detached or deleted: it is never reported erased."""
     a = await create(proxy, "/v1/cards", card_body(customer_ref="cus-broken"))
     b = await create(proxy, "/v1/invoices", invoice_body(customer_ref="cus-broken"), "invoicer")
-    ((ciphertext,),) = await raw_rows.query(
-        "SELECT ciphertext FROM records WHERE token = ?", (b["token"],)
-    )
-    flipped = bytes([ciphertext[0] ^ 1]) + ciphertext[1:]
-    await raw_rows.query("UPDATE records SET ciphertext = ? WHERE token = ?", (flipped, b["token"]))
+    if damage == "ciphertext":
+        ((ciphertext,),) = await raw_rows.query(
+            "SELECT ciphertext FROM records WHERE token = ?", (b["token"],)
+        )
+        flipped = bytes([ciphertext[0] ^ 1]) + ciphertext[1:]
+        await raw_rows.query(
+            "UPDATE records SET ciphertext = ? WHERE token = ?", (flipped, b["token"])
+        )
+    else:
+        await raw_rows.query("UPDATE deks SET kek_version = 99")
+    services = proxy.app[SERVICES]
+    services.vault._deks.clear()  # as a freshly started process holds no unwrapped key
 
     status, body = await erase(proxy, "cus-broken")
     assert status == 503
     assert body["error"]["code"] == "record_unreadable"
     assert await raw_rows.query("SELECT count(*) FROM records") == [(2,)]
-    assert (await resolve(proxy, a["token"]))["customer_ref"] == "cus-broken"
+    assert await raw_rows.query("SELECT count(*) FROM deks") == [(1,)]
+    if damage == "ciphertext":
+        assert (await resolve(proxy, a["token"]))["customer_ref"] == "cus-broken"
 
 
 async def test_keys_hold_a_fingerprint_index_never_the_fingerprint(
