@@ -6,9 +6,12 @@ import asyncio
 import hashlib
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.backends import RawRows
 from vault import (
@@ -26,6 +29,7 @@ from vault import (
     iso,
     utcnow,
 )
+from vault.keyring import init_keyring
 
 BODY = b'{"number": "4242424242424242", "cvc": "123"}'
 
@@ -252,3 +256,46 @@ async def test_stored_answer_keeps_its_headers(vault: Vault) -> None:
     assert await store.begin("checkout", "hdr", BODY) == Replay(
         402, b'{"error": {}}', {"Retry-After": "3"}
     )
+
+
+CUSTOMERS = st.sampled_from([None, "cus-a", "cus-b", "cus-ä ü", "cus-4242"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    owners=st.lists(CUSTOMERS, min_size=1, max_size=6),
+    erased=CUSTOMERS.filter(lambda c: c is not None),
+)
+def test_erasure_removes_exactly_the_customers_keys(owners: list[str | None], erased: str) -> None:
+    """Whatever keys name whichever customers, erasing one customer makes exactly its keys
+    refuse (with any body) and leaves every other key replaying its own answer."""
+
+    async def scenario(directory: Path) -> None:
+        ring = directory / "keyring.json"
+        init_keyring(ring)
+        vault = await Vault.open(
+            f"sqlite:///{directory / 'vault.db'}", LocalKekProvider.from_file(ring)
+        )
+        try:
+            store = IdempotencyStore(vault)
+            for i, owner in enumerate(owners):
+                claim = await store.begin("c", f"k{i}", BODY, customer_ref=owner)
+                assert isinstance(claim, Claim)
+                await store.complete(claim, 201, f'{{"i": {i}}}'.encode())
+            erasure = await vault.erase_customer(erased)
+            mine = [i for i, owner in enumerate(owners) if owner == erased]
+            assert erasure.idempotency_keys == len(mine)
+            expected = ErasureStatus.ERASED if mine else ErasureStatus.NOT_FOUND
+            assert erasure.status == expected
+            for i, owner in enumerate(owners):
+                if owner == erased:
+                    with pytest.raises(IdempotencyErased):
+                        await store.begin("c", f"k{i}", BODY + b"x", customer_ref=owner)
+                else:
+                    answer = await store.begin("c", f"k{i}", BODY, customer_ref=owner)
+                    assert answer == Replay(201, f'{{"i": {i}}}'.encode())
+        finally:
+            await vault.close()
+
+    with tempfile.TemporaryDirectory() as directory:
+        asyncio.run(scenario(Path(directory)))
