@@ -18,7 +18,9 @@
 * A replay carries the first answer's status, bytes, Content-Type and error headers.
 * A key whose customer was erased: ``410 idempotency_key_erased`` until the key would
   have expired (the erased answer is never replayed, and the request is not run
-  again: the partner would hand back the payment method the erasure detached).
+  again: the partner would hand back the payment method the erasure detached). A
+  request the erasure overtakes mid-flight answers the same, and a record it wrote
+  for the erased customer is deleted again: its token was never handed out.
 
 Crash recovery: the partner's answer and the token to use are stored (sealed) before
 the vault write, so a retry after the process died between the two finishes the
@@ -34,8 +36,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import structlog
 from aiohttp import web
 
+from proxy.customers import delete_token
 from proxy.errors import (
     JSON_CHARSET,
     JSON_CONTENT_TYPE,
@@ -43,6 +47,7 @@ from proxy.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     InvalidRequest,
+    NotFound,
     ProxyError,
     ServiceUnavailable,
 )
@@ -60,7 +65,10 @@ from vault import (
     RecordNotFound,
     Replay,
     new_token,
+    token_kind,
 )
+
+_log = structlog.get_logger("tokenproxy.idempotency")
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -206,6 +214,12 @@ async def create_once(
     except asyncio.CancelledError:
         store.abandon(claim)
         raise
+    except IdempotencyErased:
+        # The customer's erasure overtook this request: what it stored belongs to the
+        # erased customer under a token nobody was given, so it goes too.
+        await _forget_overtaken(services, claim)
+        services.metrics.child(services.metrics.idempotency, "erased").inc()
+        raise _erased_error() from None
     except ProxyError as exc:
         if not exc.final:
             await _release(store, claim)
@@ -224,6 +238,30 @@ async def create_once(
         await _release(store, claim)
         raise
     return Answer(201, body)
+
+
+async def _forget_overtaken(services: Services, claim: Claim) -> None:
+    """Delete (and detach) the record a request overtaken by an erasure stored, if any."""
+    token = (claim.partner_result or {}).get("token")
+    if not token:
+        return
+    try:
+        await delete_token(services, token)
+    except NotFound:
+        return
+    except ProxyError as exc:
+        # Left for the next erasure of the customer, which finds it by its blind index.
+        _log.warning("overtaken_record_kept", error_code=exc.code)
+        return
+    _log.info("overtaken_record_deleted", kind=str(token_kind(token)))
+
+
+def _erased_error() -> IdempotencyKeyErased:
+    return IdempotencyKeyErased(
+        "This Idempotency-Key's request belonged to a customer that has since been"
+        " erased; its answer is gone. Use a new key.",
+        param=HEADER,
+    )
 
 
 async def _release(store: IdempotencyStore, claim: Claim) -> None:
@@ -287,11 +325,7 @@ async def _begin(
         )
     except IdempotencyErased:
         services.metrics.child(counter, "erased").inc()
-        raise IdempotencyKeyErased(
-            "This Idempotency-Key's request belonged to a customer that has since been"
-            " erased; its answer is gone. Use a new key.",
-            param=HEADER,
-        ) from None
+        raise _erased_error() from None
     except IdempotencyMismatch:
         services.metrics.child(counter, "reused").inc()
         raise IdempotencyKeyReused(

@@ -37,7 +37,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from vault.backends.base import IDEMPOTENCY_ERASED, IdempotencyRow
 from vault.crypto import Sealer, _frame, dek_aad, derive_subkey, new_key
@@ -250,14 +250,18 @@ class IdempotencyStore:
         return Claim(key_idx, mac, partner_key, sealer, result, resumed=True)
 
     async def record_partner(self, claim: Claim, result: dict[str, Any]) -> None:
-        """Durably keep what the partner answered (and the token to use) before the vault write."""
+        """Durably keep what the partner answered (and the token to use) before the vault write.
+
+        Raises IdempotencyErased when the customer's erasure removed the row meanwhile,
+        IdempotencyOwnershipLost when another process took it over.
+        """
         aad = _aad(claim.key_idx, "partner", claim.request_mac)
         blob = claim.sealer.seal(json.dumps(result).encode(), aad)
         ok = await self.backend.idempotency_update(
             claim.key_idx, owner=self._owner_text, now=iso(utcnow()), partner_result=blob
         )
         if not ok:
-            raise IdempotencyOwnershipLost("idempotency row taken over")
+            await self._lost(claim)
         claim.partner_result = result
 
     async def complete(
@@ -267,7 +271,10 @@ class IdempotencyStore:
         response: bytes,
         headers: dict[str, str] | None = None,
     ) -> None:
-        """Store the final answer (sealed) and end the flight; later requests replay it."""
+        """Store the final answer (sealed) and end the flight; later requests replay it.
+
+        Raises as :meth:`record_partner` does when the row is no longer this claim's.
+        """
         stored: dict[str, Any] = {"status": status, "body": response.decode()}
         if headers:
             stored["headers"] = headers
@@ -280,7 +287,7 @@ class IdempotencyStore:
         finally:
             self._active.discard(claim.key_idx)
         if not ok:
-            raise IdempotencyOwnershipLost("idempotency row taken over")
+            await self._lost(claim)
 
     async def release(self, claim: Claim) -> None:
         """Give the row up after a failure whose outcome is unknown, so a retry resumes it now."""
@@ -299,6 +306,13 @@ class IdempotencyStore:
         return count
 
     # -- helpers --------------------------------------------------------------
+
+    async def _lost(self, claim: Claim) -> NoReturn:
+        """The row is no longer ours: erased with its customer, or taken over."""
+        self._active.discard(claim.key_idx)
+        if await self.backend.idempotency_tombstoned(claim.key_idx, iso(utcnow())):
+            raise IdempotencyErased("idempotency key erased with its customer")
+        raise IdempotencyOwnershipLost("idempotency row taken over")
 
     def _unwrap(self, row: IdempotencyRow) -> Sealer:
         key = self.vault.keys.unwrap(

@@ -26,6 +26,7 @@ from proxy.idempotency import REPLAYED_HEADER, Answer, create_once
 from proxy.metrics import Metrics
 from proxy.partners.stripe import StripePartner
 from proxy.service import Services, created_response
+from tests.backends import RawRows
 from vault import IdempotencyStore, Kind, NewRecord, Record, Vault
 
 INVOICE = NewRecord(
@@ -132,9 +133,47 @@ async def test_transient_errors_are_not_stored(services: Services, error: ProxyE
 
 async def test_erased_key_is_refused_not_rerun(services: Services) -> None:
     """After the customer's erasure the key answers 410 and neither step runs again."""
-    flow = Flow(services, PartnerDeclined("declined"), at="none")
+    flow = Flow(services, PartnerDeclined("never raised"), at="nowhere")
     assert (await flow.run("req_first")).status == 201
     await services.vault.erase_customer("cus-flow")
     with pytest.raises(IdempotencyKeyErased):
         await flow.run("req_second")
     assert (flow.partner_calls, flow.store_calls) == (1, 1)
+
+
+class ErasedMidFlight(Flow):
+    """A request whose customer is erased while it runs: before or after its vault write."""
+
+    def __init__(self, services: Services, *, erase_at: str) -> None:
+        super().__init__(services, PartnerDeclined("never raised"), at="nowhere")
+        self.erase_at = erase_at
+
+    async def partner_step(self, partner_key: str) -> dict[str, Any]:
+        """The partner call, during which the erasure lands when placed here."""
+        result = await super().partner_step(partner_key)
+        if self.erase_at == "partner":
+            await self.services.vault.erase_customer("cus-flow")
+        return result
+
+    async def store_step(self, stored: dict[str, Any], token: str) -> Record:
+        """The vault write, after which the erasure lands when placed here."""
+        record = await super().store_step(stored, token)
+        if self.erase_at == "store":
+            await self.services.vault.erase_customer("cus-flow")
+        return record
+
+
+@pytest.mark.parametrize("at", ["partner", "store"])
+async def test_request_overtaken_by_erasure_is_410_and_leaves_nothing(
+    services: Services, raw_rows: RawRows, at: str
+) -> None:
+    """An erasure landing mid-request wins: the request answers 410, a record it wrote for the
+    erased customer is deleted again (its token was never handed out), the retry is 410."""
+    flow = ErasedMidFlight(services, erase_at=at)
+    with pytest.raises(IdempotencyKeyErased):
+        await flow.run("req_first")
+    assert await raw_rows.query("SELECT count(*) FROM records") == [(0,)]
+    assert await raw_rows.query("SELECT count(*) FROM idempotency_keys") == [(0,)]
+    with pytest.raises(IdempotencyKeyErased):
+        await flow.run("req_second")
+    assert flow.store_calls == (1 if at == "store" else 0)

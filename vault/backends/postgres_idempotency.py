@@ -132,6 +132,10 @@ class PostgresIdempotencyMixin:
         found = await self._fetchrow(_SELECT, key_idx)
         return IdempotencyRow(*found) if found is not None else None
 
+    async def idempotency_tombstoned(self, key_idx: str, now: str) -> bool:
+        """Whether an erasure removed this key's row and its tombstone is still live."""
+        return await self._fetchrow(_ERASED, key_idx, now) is not None
+
     async def idempotency_purge(self, now: str) -> int:
         """Delete every row whose expiry has passed; returns how many."""
 

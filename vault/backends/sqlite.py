@@ -365,6 +365,14 @@ class SqliteBackend(SqliteLifecycleMixin):
         )
         return IdempotencyRow(*row) if row else None
 
+    async def idempotency_tombstoned(self, key_idx: str, now: str) -> bool:
+        """Whether an erasure removed this key's row and its tombstone is still live."""
+        row = self._read_one(
+            "SELECT 1 FROM idempotency_erased WHERE key_idx = ? AND expires_at > ?",
+            (key_idx, now),
+        )
+        return row is not None
+
     async def idempotency_purge(self, now: str) -> int:
         """Delete every row whose expiry has passed; returns how many."""
 
