@@ -2,8 +2,9 @@
 
 Mixed into :class:`vault.Vault`. Crypto-shredding: every record of a customer, and
 the customer's partner mapping, is sealed under that customer's one data key (DEK).
-:meth:`VaultLifecycle.erase_customer` deletes the rows and the DEK in one transaction,
-then checkpoints the database so no copy of the wrapped DEK stays in our files. A
+:meth:`VaultLifecycle.erase_customer` deletes the rows, the customer's idempotency keys
+(each with its own wrapped key and sealed answers) and the DEK in one transaction, then
+checkpoints the database so no copy of the wrapped DEK stays in our files. A
 ciphertext that survives elsewhere (a backup, a copied file) names a DEK the live
 vault no longer has, so the key ring cannot open it through the vault. A backup also
 holds the wrapped DEK itself; that copy dies when the KEK version that wrapped it is
