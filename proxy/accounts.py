@@ -226,9 +226,13 @@ async def create_sepa_at_partner(
         "create_sepa_debit",
         services.partner.create_sepa_debit(account, idempotency_key=partner_key),
     )
+    fingerprint = created.fingerprint
     return {
         "reference": created.reference,
-        "fingerprint": created.fingerprint,
+        # An idempotent request stores this dict in its key's row: the blind index only.
+        "fingerprint_idx": (
+            services.vault.fingerprint_index(Kind.BANK, fingerprint) if fingerprint else None
+        ),
         "last4": created.last4,
     }
 
@@ -266,7 +270,7 @@ async def store_bank_account(
             partner_reference=created["reference"],
             details=details,
             customer_ref=account.customer_ref,
-            fingerprint=created["fingerprint"],
+            fingerprint_idx=created.get("fingerprint_idx"),
         ),
         token=token,
         save=SaveRequest(actor=actor, origin=origin, mandate=account.mandate),

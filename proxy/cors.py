@@ -20,7 +20,8 @@ from proxy.errors import PermissionDenied
 # route table does not have (yet) is simply skipped.
 CORS_PATHS: Final = frozenset({"/v1/cards", "/v1/bank-accounts"})
 ALLOWED_HEADERS: Final = ("Authorization", "Content-Type", "Idempotency-Key")
-EXPOSED_HEADERS: Final = ("X-Request-Id", "Retry-After")
+# Idempotent-Replayed tells a checkout page its retry got the stored answer.
+EXPOSED_HEADERS: Final = ("X-Request-Id", "Retry-After", "Idempotent-Replayed")
 MAX_AGE_SECONDS: Final = 600
 _VARY_PREFLIGHT: Final = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 

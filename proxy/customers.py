@@ -40,6 +40,7 @@ from proxy.service import Services, partner_call, vault_call
 from proxy.validation import validate_customer_ref
 from vault import (
     MAX_PAGE,
+    ErasureStatus,
     Kind,
     NewRecord,
     PartnerCustomer,
@@ -569,10 +570,14 @@ async def erase_customer(services: Services, customer_ref: str) -> dict[str, Any
     """Erase a customer: detach at the partner, delete the partner customer, crypto-shred.
 
     Idempotent. Every payment method is detached and the partner customer deleted
-    (each with bounded retries) before the vault deletes the customer's rows and data
-    key in one transaction. A record whose detach failed, and the mapping when the
-    partner customer could not be deleted, are kept (with the key they need) so a
-    repeated request can finish; the result lists them and raises ErasureIncomplete.
+    (each with bounded retries) before the vault deletes the customer's rows, data
+    key and idempotency keys in one transaction. A record whose detach failed, and the
+    mapping when the partner customer could not be deleted, are kept (with the key they
+    need) so a repeated request can finish; the result lists them and raises
+    ErasureIncomplete. It reports only what it saw: a repeat answers
+    ``already_erased``; a customer_ref the vault holds nothing under is 404
+    ``customer_not_found``; a record it cannot read fails the request (503
+    ``record_unreadable``) before anything is deleted.
     """
     ref = _customer_ref(customer_ref)
     vault, partner = services.vault, services.partner
@@ -606,11 +611,19 @@ async def erase_customer(services: Services, customer_ref: str) -> dict[str, Any
                 keep_partner_customer=not customer_deleted,
             ),
         )
+    if erasure.status is ErasureStatus.NOT_FOUND:
+        services.metrics.erasures.labels("not_found").inc()
+        raise NotFound(
+            "The vault holds nothing under this customer_ref and has no erasure of it on record.",
+            code="customer_not_found",
+            param="customer_ref",
+        )
     for kind, count in erasure.deleted.items():
         services.metrics.tokens_deleted.labels(kind, "erasure").inc(count)
     report: dict[str, Any] = {
         "customer_ref": ref,
         "deleted": erasure.deleted,
+        "idempotency_keys_deleted": erasure.idempotency_keys,
         "partner": {
             "payment_methods_detached": detached,
             "customer_deleted": customer is not None and customer_deleted,
@@ -622,8 +635,10 @@ async def erase_customer(services: Services, customer_ref: str) -> dict[str, Any
         services.metrics.erasures.labels("incomplete").inc()
         _log.warning("erasure_incomplete", remaining=len(remaining))
         raise ErasureIncomplete(report)
-    services.metrics.erasures.labels("complete").inc()
-    return {"object": "customer_erasure", "status": "erased", **report}
+    services.metrics.erasures.labels(
+        "complete" if erasure.status is ErasureStatus.ERASED else str(erasure.status)
+    ).inc()
+    return {"object": "customer_erasure", "status": str(erasure.status), **report}
 
 
 async def delete_token(services: Services, token: str) -> dict[str, Any]:
@@ -730,6 +745,7 @@ async def _audited(
 def _erasure_summary(report: dict[str, Any]) -> dict[str, int | bool]:
     summary: dict[str, int | bool] = {f"deleted_{k}": v for k, v in report["deleted"].items()}
     summary["key_shredded"] = bool(report["key_shredded"])
+    summary["idempotency_keys_deleted"] = int(report.get("idempotency_keys_deleted", 0))
     summary["partner_detached"] = int(report["partner"]["payment_methods_detached"])
     return summary
 

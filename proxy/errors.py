@@ -15,6 +15,7 @@
     ├── Conflict                    (409 invalid_request_error / conflict)
     │   └── IdempotencyKeyInUse     (409 idempotency_error: the key's first request still runs)
     ├── IdempotencyKeyReused        (422 idempotency_error)
+    ├── IdempotencyKeyErased        (410 idempotency_error: its customer was erased)
     ├── RateLimited                 (429 rate_limit_error)
     ├── PartnerError                (502 partner_error)
     │   ├── PartnerDeclined         (402 card_error)
@@ -29,7 +30,15 @@ written by us where raised and never carry submitted values or library text.
 
 from __future__ import annotations
 
+import json
 from typing import ClassVar
+
+# The one media type of every JSON answer, fresh or replayed, success or error.
+JSON_CONTENT_TYPE = "application/json"
+JSON_CHARSET = "utf-8"
+# 4xx answers a retry of the same request can change: a body that arrived too slowly,
+# a key still in flight, a rate limit. Every other 4xx is the request's final answer.
+_TRANSIENT_4XX = frozenset({408, 409, 429})
 
 
 class ProxyError(Exception):
@@ -64,6 +73,19 @@ class ProxyError(Exception):
                 "request_id": request_id,
             }
         }
+
+    def rendered(self, request_id: str | None) -> bytes:
+        """The response body as sent: the one rendering, so a stored copy is byte-identical."""
+        return json.dumps(self.body(request_id)).encode()
+
+    @property
+    def final(self) -> bool:
+        """Whether the same request would get this answer again (idempotent replays keep it).
+
+        Client errors are final (a decline, a refused value), except the transient ones;
+        5xx never are: the partner or the vault may answer differently on a retry.
+        """
+        return 400 <= self.status < 500 and self.status not in _TRANSIENT_4XX
 
 
 class InvalidRequest(ProxyError):
@@ -139,6 +161,14 @@ class IdempotencyKeyReused(ProxyError):
     status = 422
     type = "idempotency_error"
     default_code = "idempotency_key_reused"
+
+
+class IdempotencyKeyErased(ProxyError):
+    """The key's request belonged to a customer since erased: its answer is gone for good."""
+
+    status = 410
+    type = "idempotency_error"
+    default_code = "idempotency_key_erased"
 
 
 class RateLimited(ProxyError):

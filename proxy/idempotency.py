@@ -8,10 +8,19 @@
 * Key still being processed: ``409 idempotency_key_in_use``.
 * Validation errors (400/422) are answered before the key is recorded, as Stripe
   does: fixing the body and retrying with the same key works.
-* Final answers stored: 201 and card declines (402). Transient failures (partner
-  unreachable or timing out, vault down) are not stored: the key is released and the
+* Every final answer given after the key is recorded is stored and replayed: 201, and
+  any client error the request ends in, wherever it arises (a decline when the card is
+  created, a decline when it is attached to the customer's partner customer, a value
+  refused after the partner answered). Transient failures (partner unreachable or
+  timing out, vault down, 408/409/429) are not stored: the key is released and the
   retry runs again, with the same partner idempotency key, so it completes the first
   attempt rather than repeating it.
+* A replay carries the first answer's status, bytes, Content-Type and error headers.
+* A key whose customer was erased: ``410 idempotency_key_erased`` until the key would
+  have expired (the erased answer is never replayed, and the request is not run
+  again: the partner would hand back the payment method the erasure detached). A
+  request the erasure overtakes mid-flight answers the same, and a record it wrote
+  for the erased customer is deleted again: its token was never handed out.
 
 Crash recovery: the partner's answer and the token to use are stored (sealed) before
 the vault write, so a retry after the process died between the two finishes the
@@ -27,13 +36,19 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import structlog
 from aiohttp import web
 
+from proxy.customers import delete_token
 from proxy.errors import (
+    JSON_CHARSET,
+    JSON_CONTENT_TYPE,
+    IdempotencyKeyErased,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     InvalidRequest,
-    PartnerDeclined,
+    NotFound,
+    ProxyError,
     ServiceUnavailable,
 )
 from proxy.partners.base import PartnerCard
@@ -42,6 +57,7 @@ from proxy.validation import parse_card_request
 from vault import (
     Claim,
     IdempotencyBusy,
+    IdempotencyErased,
     IdempotencyMismatch,
     IdempotencyStore,
     Kind,
@@ -49,7 +65,10 @@ from vault import (
     RecordNotFound,
     Replay,
     new_token,
+    token_kind,
 )
+
+_log = structlog.get_logger("tokenproxy.idempotency")
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -65,11 +84,12 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
     def response(self) -> web.Response:
-        """As an aiohttp response."""
+        """As an aiohttp response (the same Content-Type as every other JSON answer)."""
         return web.Response(
             status=self.status,
             body=self.body,
-            content_type="application/json",
+            content_type=JSON_CONTENT_TYPE,
+            charset=JSON_CHARSET,
             headers=self.headers,
         )
 
@@ -116,7 +136,8 @@ async def tokenize_card_once(
         created = await create_at_partner(services, card, partner_key)
         return {
             "reference": created.reference,
-            "fingerprint": created.fingerprint,
+            # Stored in the key's row: the blind index, never the fingerprint itself.
+            "fingerprint_idx": fingerprint_index(services, Kind.CARD, created.fingerprint),
             "last4": created.last4,
             "partner_brand": created.partner_brand,
         }
@@ -124,11 +145,18 @@ async def tokenize_card_once(
     async def store_step(stored: dict[str, Any], token: str) -> Record:
         created = PartnerCard(
             reference=stored["reference"],
-            fingerprint=stored["fingerprint"],
+            fingerprint=None,
             last4=stored["last4"],
             partner_brand=stored["partner_brand"],
         )
-        return await store_card(services, card, created, token=token, actor=client)
+        return await store_card(
+            services,
+            card,
+            created,
+            token=token,
+            actor=client,
+            fingerprint_idx=stored.get("fingerprint_idx"),
+        )
 
     return await create_once(
         services,
@@ -136,6 +164,7 @@ async def tokenize_card_once(
         key=key,
         raw=raw,
         request_id=request_id,
+        customer_ref=card.customer_ref,
         kind=Kind.CARD,
         partner_step=partner_step,
         store_step=store_step,
@@ -158,6 +187,7 @@ async def create_once(
     key: str,
     raw: bytes,
     request_id: str,
+    customer_ref: str | None,
     kind: Kind,
     partner_step: PartnerStep | None,
     store_step: StoreStep,
@@ -168,57 +198,139 @@ async def create_once(
     ``partner_step`` (given the partner idempotency key) returns the partner's storable
     answer; it is recorded, with the token reserved for it, before ``store_step`` writes
     the record, so a retry after a crash finishes the write instead of creating again.
+    Whatever final error either step ends in is stored and replayed like a 201.
+    ``customer_ref`` is the customer the request names: erasing it removes the key.
     """
     store = _store(services)
-    begun = await _begin(services, store, client, key, raw)
+    begun = await _begin(services, store, client, key, raw, customer_ref=customer_ref)
     if isinstance(begun, Replay):
-        return Answer(begun.status, begun.body, {REPLAYED_HEADER: "true"})
+        return Answer(begun.status, begun.body, {**begun.headers, REPLAYED_HEADER: "true"})
     claim = begun
     try:
-        if claim.partner_result is None:
-            try:
-                result = await partner_step(claim.partner_key) if partner_step else {}
-            except PartnerDeclined as exc:
-                # A decline is the final answer for this body: store it to replay, then
-                # let the middleware render it as usual.
-                rendered = json.dumps(exc.body(request_id)).encode()
-                await vault_call(
-                    services, "idempotency_complete", store.complete(claim, exc.status, rendered)
-                )
-                raise
-            result = {**result, "token": new_token(kind)}
-            await vault_call(services, "idempotency_partner", store.record_partner(claim, result))
-            existing: Record | None = None
-        else:
-            result = dict(claim.partner_result)
-            try:
-                # The process that died may have stored the token already.
-                existing = await vault_call(services, "get", services.vault.get(result["token"]))
-            except RecordNotFound:
-                existing = None
-        record = existing or await store_step(result, result["token"])
-        body = json.dumps(respond(record)).encode()
-        await vault_call(services, "idempotency_complete", store.complete(claim, 201, body))
+        body = await _run_claim(
+            services,
+            store,
+            claim,
+            kind=kind,
+            partner_step=partner_step,
+            store_step=store_step,
+            respond=respond,
+        )
     except asyncio.CancelledError:
         store.abandon(claim)
         raise
-    except BaseException:
-        # Outcome unknown (partner timeout, vault failure): hand the key back so the
-        # client's retry resumes it at once, with the same partner key.
+    except IdempotencyErased:
+        # The customer's erasure overtook this request: what it stored belongs to the
+        # erased customer under a token nobody was given, so it goes too.
+        await _forget_overtaken(services, claim)
+        services.metrics.child(services.metrics.idempotency, "erased").inc()
+        raise _erased_error() from None
+    except ProxyError as exc:
+        if not exc.final:
+            await _release(store, claim)
+            raise
+        # The request's final answer, wherever it arose (a decline at creation or at
+        # attach, a value refused after the partner answered): store it to replay, then
+        # let the middleware render it, from the same bytes.
+        stored = store.complete(claim, exc.status, exc.rendered(request_id), exc.headers)
         try:
-            await store.release(claim)
-        except Exception:  # noqa: BLE001 - the original error is what the client must see
-            store.abandon(claim)
+            await vault_call(services, "idempotency_complete", stored)
+        except BaseException:
+            await _release(store, claim)
+            raise
+        raise
+    except BaseException:
+        await _release(store, claim)
         raise
     return Answer(201, body)
 
 
+async def _forget_overtaken(services: Services, claim: Claim) -> None:
+    """Delete (and detach) the record a request overtaken by an erasure stored, if any."""
+    token = (claim.partner_result or {}).get("token")
+    if not token:
+        return
+    try:
+        await delete_token(services, token)
+    except NotFound:
+        return
+    except ProxyError as exc:
+        # Left for the next erasure of the customer, which finds it by its blind index.
+        _log.warning("overtaken_record_kept", error_code=exc.code)
+        return
+    _log.info("overtaken_record_deleted", kind=str(token_kind(token)))
+
+
+def _erased_error() -> IdempotencyKeyErased:
+    return IdempotencyKeyErased(
+        "This Idempotency-Key's request belonged to a customer that has since been"
+        " erased; its answer is gone. Use a new key.",
+        param=HEADER,
+    )
+
+
+async def _release(store: IdempotencyStore, claim: Claim) -> None:
+    """Outcome unknown (partner timeout, vault failure): hand the key back so the client's
+    retry resumes it at once, with the same partner key."""
+    try:
+        await store.release(claim)
+    except Exception:  # noqa: BLE001 - the original error is what the client must see
+        store.abandon(claim)
+
+
+async def _run_claim(
+    services: Services,
+    store: IdempotencyStore,
+    claim: Claim,
+    *,
+    kind: Kind,
+    partner_step: PartnerStep | None,
+    store_step: StoreStep,
+    respond: Respond,
+) -> bytes:
+    """Do (or finish) the claimed work and store the 201; returns its body."""
+    if claim.partner_result is None:
+        result = await partner_step(claim.partner_key) if partner_step else {}
+        result = {**result, "token": new_token(kind)}
+        await vault_call(services, "idempotency_partner", store.record_partner(claim, result))
+        existing: Record | None = None
+    else:
+        result = dict(claim.partner_result)
+        try:
+            # The process that died may have stored the token already.
+            existing = await vault_call(services, "get", services.vault.get(result["token"]))
+        except RecordNotFound:
+            existing = None
+    record = existing or await store_step(result, result["token"])
+    body = json.dumps(respond(record)).encode()
+    await vault_call(services, "idempotency_complete", store.complete(claim, 201, body))
+    return body
+
+
+def fingerprint_index(services: Services, kind: Kind, fingerprint: str | None) -> str | None:
+    """The keyed blind index of a partner fingerprint, as an idempotency row may hold it."""
+    return services.vault.fingerprint_index(kind, fingerprint) if fingerprint else None
+
+
 async def _begin(
-    services: Services, store: IdempotencyStore, client: str, key: str, raw: bytes
+    services: Services,
+    store: IdempotencyStore,
+    client: str,
+    key: str,
+    raw: bytes,
+    *,
+    customer_ref: str | None,
 ) -> Claim | Replay:
     counter = services.metrics.idempotency
     try:
-        begun = await vault_call(services, "idempotency_begin", store.begin(client, key, raw))
+        begun = await vault_call(
+            services,
+            "idempotency_begin",
+            store.begin(client, key, raw, customer_ref=customer_ref),
+        )
+    except IdempotencyErased:
+        services.metrics.child(counter, "erased").inc()
+        raise _erased_error() from None
     except IdempotencyMismatch:
         services.metrics.child(counter, "reused").inc()
         raise IdempotencyKeyReused(

@@ -92,7 +92,7 @@ class Metrics:
         )
         self.erasures = Counter(
             "tokenproxy_customer_erasures",
-            "Customer erasures, by outcome (complete, incomplete).",
+            "Customer erasures, by outcome (complete, incomplete, already_erased, not_found).",
             ["outcome"],
             registry=r,
         )
@@ -165,7 +165,7 @@ class Metrics:
         self.idempotency = Counter(
             "tokenproxy_idempotency_requests",
             "Requests with an Idempotency-Key, by outcome (started, replayed, resumed,"
-            " in_use, reused).",
+            " in_use, reused, erased).",
             ["outcome"],
             registry=r,
         )

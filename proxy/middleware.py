@@ -20,6 +20,8 @@ from proxy import authguard, publishable
 from proxy.appkeys import CLIENTS, METRICS, SETTINGS
 from proxy.clients import Client
 from proxy.errors import (
+    JSON_CHARSET,
+    JSON_CONTENT_TYPE,
     AuthenticationFailed,
     InvalidRequest,
     MethodNotAllowed,
@@ -93,7 +95,12 @@ def _check_query(request: web.Request) -> None:
 
 def render_error(error: ProxyError, request_id: str) -> web.Response:
     """The JSON error response for ``error``."""
-    response = web.json_response(error.body(request_id), status=error.status)
+    response = web.Response(
+        body=error.rendered(request_id),
+        status=error.status,
+        content_type=JSON_CONTENT_TYPE,
+        charset=JSON_CHARSET,
+    )
     response.headers.update(error.headers)
     return response
 

@@ -185,10 +185,11 @@ _LIFECYCLE_SCHEMAS: dict[str, Any] = {
         "required": ["status", "deleted", "partner", "key_shredded", "remaining"],
         "properties": {
             "object": {"const": "customer_erasure"},
-            "status": {"const": "erased"},
+            "status": {"enum": ["erased", "already_erased"]},
             "customer_ref": {"type": "string"},
             "deleted": {"type": "object", "additionalProperties": {"type": "integer"}},
             "partner": {"type": "object"},
+            "idempotency_keys_deleted": {"type": "integer"},
             "key_shredded": {"type": "boolean"},
             "remaining": {"type": "array", "maxItems": 0},
         },
@@ -216,7 +217,9 @@ _LIFECYCLE_PATHS: dict[str, Any] = {
             "requestBody": _body("BankAccountRequest"),
             "responses": {
                 "201": _json("BankToken", "Tokenized (or the replay of a stored answer)"),
-                **_error_responses(400, 401, 402, 403, 408, 409, 413, 415, 422, 429, 502, 503, 504),
+                **_error_responses(
+                    400, 401, 402, 403, 408, 409, 410, 413, 415, 422, 429, 502, 503, 504
+                ),
             },
         },
         "options": {
@@ -235,7 +238,7 @@ _LIFECYCLE_PATHS: dict[str, Any] = {
             "requestBody": _body("InvoiceRequest"),
             "responses": {
                 "201": _json("InvoiceToken", "Stored (or the replay of a stored answer)"),
-                **_error_responses(400, 401, 403, 408, 409, 413, 415, 422, 503),
+                **_error_responses(400, 401, 403, 408, 409, 410, 413, 415, 422, 503),
             },
         }
     },
@@ -273,13 +276,16 @@ _LIFECYCLE_PATHS: dict[str, Any] = {
         "delete": {
             "operationId": "eraseCustomer",
             "summary": "Erase a customer: detach at the partner, crypto-shred (scope: delete)",
-            "description": "Idempotent. 502 erasure_incomplete carries `deleted` and a "
-            "`remaining` list (tokens and/or the partner customer the partner did not "
-            "confirm); repeat the request to finish.",
+            "description": "Idempotent: a repeat answers status already_erased; a "
+            "customer_ref the vault holds nothing under is 404 customer_not_found; a "
+            "record the vault cannot read is 503 record_unreadable, nothing deleted. "
+            "502 erasure_incomplete carries `deleted` and a `remaining` list (tokens "
+            "and/or the partner customer the partner did not confirm); repeat the "
+            "request to finish.",
             "parameters": [_CUSTOMER_REF],
             "responses": {
-                "200": _json("Erasure", "Erased"),
-                **_error_responses(401, 403, 422, 502, 503),
+                "200": _json("Erasure", "Erased (or already erased)"),
+                **_error_responses(401, 403, 404, 422, 502, 503),
             },
         }
     },
@@ -409,10 +415,12 @@ DOCUMENT: dict[str, Any] = {
                 "operationId": "createCard",
                 "summary": "Tokenize a card (scope: tokenize)",
                 "description": (
-                    "With an Idempotency-Key the first answer (201 or 402) is stored and"
-                    " replayed for the same key and body, marked Idempotent-Replayed: true;"
-                    " another body is 422 idempotency_key_reused, a key still in flight"
-                    " 409 idempotency_key_in_use. Keys are scoped per client and expire"
+                    "With an Idempotency-Key the final answer (201, or a client error such"
+                    " as a 402 decline at creation or while saving) is stored and replayed"
+                    " for the same key and body, byte for byte, marked Idempotent-Replayed:"
+                    " true; another body is 422 idempotency_key_reused, a key still in"
+                    " flight 409 idempotency_key_in_use, a key whose customer was erased"
+                    " 410 idempotency_key_erased. Keys are scoped per client and expire"
                     " after 24 h. With customer_ref the card is saved on the customer for"
                     " off-session charges; when its issuer wants the cardholder to"
                     " authenticate the answer is 402 authentication_required with"
@@ -442,7 +450,7 @@ DOCUMENT: dict[str, Any] = {
                         },
                     },
                     **_error_responses(
-                        400, 401, 402, 403, 405, 408, 409, 413, 415, 422, 429, 502, 503, 504
+                        400, 401, 402, 403, 405, 408, 409, 410, 413, 415, 422, 429, 502, 503, 504
                     ),
                 },
             },

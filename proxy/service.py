@@ -23,12 +23,14 @@ from proxy.validation import CardRequest, parse_card_request
 from vault import (
     DecryptionFailed,
     IdempotencyBusy,
+    IdempotencyErased,
     IdempotencyMismatch,
     IdempotencyStore,
     Kind,
     NewRecord,
     Record,
     RecordNotFound,
+    UnknownKeyVersion,
     Vault,
     VaultError,
     iso,
@@ -117,11 +119,14 @@ async def store_card(
     *,
     token: str | None = None,
     actor: str | None = None,
+    fingerprint_idx: str | None = None,
 ) -> Record:
     """Seal the partner's answer into the vault under a new (or the given) token.
 
     With a customer_ref the card is first saved on the customer's partner customer for
     off-session charges (which may need the cardholder: AuthenticationRequired).
+    ``fingerprint_idx`` stands in for ``created.fingerprint`` when only its blind index
+    was kept (an idempotent request resuming from its stored partner answer).
     """
     from proxy.customers import SaveRequest, store_payment_method  # imports this module
 
@@ -136,6 +141,7 @@ async def store_card(
             customer_ref=card.customer_ref,
             metadata=card.metadata,
             fingerprint=created.fingerprint,
+            fingerprint_idx=fingerprint_idx,
         ),
         token=token,
         save=SaveRequest(actor=actor, return_url=card.return_url),
@@ -194,9 +200,11 @@ async def _vault_call(services: Services, operation: str, call: Any) -> Any:
     started = time.perf_counter()
     try:
         return await call
-    except (RecordNotFound, IdempotencyMismatch, IdempotencyBusy):
+    except (RecordNotFound, IdempotencyMismatch, IdempotencyBusy, IdempotencyErased):
         raise
-    except DecryptionFailed:
+    except (DecryptionFailed, UnknownKeyVersion):
+        # A data key wrapped under a version this ring lacks is as unreadable as one that
+        # fails authentication: say so, rather than blame the vault's availability.
         metrics.decryption_failures.inc()
         metrics.vault_errors.labels(operation, "decryption_failed").inc()
         # A record that fails authentication is tampered with or its key is gone: an

@@ -5,11 +5,12 @@
     TokenProxyError                     (any failure; status/type/code/request_id when known)
     ├── APIConnectionError              (no HTTP answer: refused, reset, DNS)
     │   └── APITimeoutError             (no answer in time)
-    ├── InvalidRequestError             (400, 405, 413, 415 invalid_request_error)
+    ├── InvalidRequestError             (400, 405, 410, 413, 415 invalid_request_error)
     │   ├── NotFoundError               (404)
     │   ├── ValidationError             (422)
     │   └── ConflictError               (409)
-    │       └── IdempotencyError        (409 idempotency_error: key reused / in use)
+    │       └── IdempotencyError        (409/410 idempotency_error: key reused / in use /
+    │                                    erased with its customer: use a new key)
     ├── CardError                       (402 declined, 422 card_error)
     ├── AuthenticationError             (401)
     ├── PermissionDeniedError           (403)
@@ -158,6 +159,7 @@ _BY_STATUS: dict[int, type[TokenProxyError]] = {
     404: NotFoundError,
     405: InvalidRequestError,
     409: ConflictError,
+    410: InvalidRequestError,
     413: InvalidRequestError,
     415: InvalidRequestError,
     422: ValidationError,
@@ -179,7 +181,9 @@ def error_for(status: int, body: Any, headers: dict[str, str]) -> TokenProxyErro
         cls = CardError
     elif status == 503 and kind == "partner_error":
         cls = PartnerUnavailableError
-    elif status == 409 and (kind == "idempotency_error" or "idempotency" in str(error.get("code"))):
+    elif status in {409, 410} and (
+        kind == "idempotency_error" or "idempotency" in str(error.get("code"))
+    ):
         cls = IdempotencyError
     message = error.get("message")
     exc = cls(

@@ -17,6 +17,7 @@ from vault.errors import (
 from vault.idempotency import (
     Claim,
     IdempotencyBusy,
+    IdempotencyErased,
     IdempotencyMismatch,
     IdempotencyOwnershipLost,
     IdempotencyStore,
@@ -24,7 +25,7 @@ from vault.idempotency import (
     Replay,
 )
 from vault.keyring import KekProvider, KeyRing, LocalKekProvider
-from vault.lifecycle import MAX_PAGE, Erasure, Page, PartnerCustomer
+from vault.lifecycle import MAX_PAGE, Erasure, ErasureStatus, Page, PartnerCustomer
 from vault.records import (
     RESOLVE_ONLY_DETAILS,
     Kind,
@@ -46,7 +47,9 @@ __all__ = [
     "DecryptionFailed",
     "DuplicateRecord",
     "Erasure",
+    "ErasureStatus",
     "IdempotencyBusy",
+    "IdempotencyErased",
     "IdempotencyMismatch",
     "IdempotencyOwnershipLost",
     "IdempotencyStore",

@@ -13,7 +13,13 @@ A row is written *before* the partner call (durably, like a token), holding:
 * the partner's answer and the pre-chosen token (``partner_result``) as soon as the
   partner answers, and the final response once the token is stored — both sealed
   with AES-256-GCM under a per-row data key wrapped by the key ring, with associated
-  data binding each ciphertext to its row and purpose.
+  data binding each ciphertext to its row and purpose. The partner's fingerprint is
+  never among them in clear: callers store its keyed blind index (``Vault.fingerprint_index``);
+* ``customer_idx`` — the blind index of the customer the request names, if any.
+  Erasing the customer deletes the row (and so its data key and sealed answers) and
+  leaves a tombstone of the key's blind index until the row would have expired: a
+  retry with the key raises :class:`IdempotencyErased` rather than running again,
+  since the partner would replay the payment method the erasure detached.
 
 The partner idempotency key is derived, never stored: ``tp_`` + HMAC(index-derived
 key, client, key). Every attempt for one client key — retries, a takeover after a
@@ -29,11 +35,11 @@ import json
 import os
 import secrets
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
-from vault.backends.base import IdempotencyRow
+from vault.backends.base import IDEMPOTENCY_ERASED, IdempotencyRow
 from vault.crypto import Sealer, _frame, dek_aad, derive_subkey, new_key
 from vault.errors import VaultError
 from vault.records import iso, utcnow
@@ -42,6 +48,7 @@ from vault.store import Vault
 __all__ = [
     "Claim",
     "IdempotencyBusy",
+    "IdempotencyErased",
     "IdempotencyMismatch",
     "IdempotencyOwnershipLost",
     "IdempotencyStore",
@@ -60,6 +67,10 @@ class IdempotencyMismatch(VaultError):
 
 class IdempotencyBusy(VaultError):
     """The key's first request is still being processed by a live owner."""
+
+
+class IdempotencyErased(VaultError):
+    """The key's request belonged to a customer since erased; its answer is gone."""
 
 
 class IdempotencyOwnershipLost(VaultError):
@@ -113,10 +124,11 @@ class Owner:
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """The stored final answer of a completed key."""
+    """The stored final answer of a completed key (headers: those the answer carried)."""
 
     status: int
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -172,12 +184,16 @@ class IdempotencyStore:
 
     # -- lifecycle ------------------------------------------------------------
 
-    async def begin(self, client: str, key: str, body: bytes) -> Claim | Replay:
+    async def begin(
+        self, client: str, key: str, body: bytes, *, customer_ref: str | None = None
+    ) -> Claim | Replay:
         """Record the key before any side effect, or answer from what is recorded.
 
         Returns a Claim when this process must do the work (fresh, or taking over a
         stale in-flight row), a Replay when the key is done. Raises IdempotencyMismatch for
-        another body, IdempotencyBusy while a live owner works on it.
+        another body, IdempotencyBusy while a live owner works on it, IdempotencyErased
+        when an erasure removed the key's row. ``customer_ref`` (the customer the request
+        names) lets erasing that customer find the row, whether or not it exists yet.
         """
         key_idx = self.key_index(client, key)
         mac = self.request_mac(body)
@@ -197,6 +213,7 @@ class IdempotencyStore:
             created_at=iso(now),
             updated_at=iso(now),
             expires_at=iso(now + timedelta(seconds=self.ttl)),
+            customer_idx=self.vault.index("customer", customer_ref) if customer_ref else None,
         )
         partner_key = self.partner_key(client, key)
         existing = await self.backend.idempotency_insert(row)
@@ -205,6 +222,8 @@ class IdempotencyStore:
             # a concurrent request of this process that sees the row sees it active.
             self._active.add(key_idx)
             return Claim(key_idx, mac, partner_key, Sealer(dek), None, resumed=False)
+        if existing.state == IDEMPOTENCY_ERASED:
+            raise IdempotencyErased("idempotency key erased with its customer")
         if not hmac.compare_digest(existing.request_mac, mac):
             raise IdempotencyMismatch("idempotency key reused with another request")
         sealer = self._unwrap(existing)
@@ -231,19 +250,35 @@ class IdempotencyStore:
         return Claim(key_idx, mac, partner_key, sealer, result, resumed=True)
 
     async def record_partner(self, claim: Claim, result: dict[str, Any]) -> None:
-        """Durably keep what the partner answered (and the token to use) before the vault write."""
+        """Durably keep what the partner answered (and the token to use) before the vault write.
+
+        Raises IdempotencyErased when the customer's erasure removed the row meanwhile,
+        IdempotencyOwnershipLost when another process took it over.
+        """
         aad = _aad(claim.key_idx, "partner", claim.request_mac)
         blob = claim.sealer.seal(json.dumps(result).encode(), aad)
         ok = await self.backend.idempotency_update(
             claim.key_idx, owner=self._owner_text, now=iso(utcnow()), partner_result=blob
         )
         if not ok:
-            raise IdempotencyOwnershipLost("idempotency row taken over")
+            await self._lost(claim)
         claim.partner_result = result
 
-    async def complete(self, claim: Claim, status: int, response: bytes) -> None:
-        """Store the final answer (sealed) and end the flight; later requests replay it."""
-        plain = json.dumps({"status": status, "body": response.decode()}).encode()
+    async def complete(
+        self,
+        claim: Claim,
+        status: int,
+        response: bytes,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Store the final answer (sealed) and end the flight; later requests replay it.
+
+        Raises as :meth:`record_partner` does when the row is no longer this claim's.
+        """
+        stored: dict[str, Any] = {"status": status, "body": response.decode()}
+        if headers:
+            stored["headers"] = headers
+        plain = json.dumps(stored).encode()
         blob = claim.sealer.seal(plain, _aad(claim.key_idx, "response", claim.request_mac))
         try:
             ok = await self.backend.idempotency_update(
@@ -252,7 +287,7 @@ class IdempotencyStore:
         finally:
             self._active.discard(claim.key_idx)
         if not ok:
-            raise IdempotencyOwnershipLost("idempotency row taken over")
+            await self._lost(claim)
 
     async def release(self, claim: Claim) -> None:
         """Give the row up after a failure whose outcome is unknown, so a retry resumes it now."""
@@ -271,6 +306,13 @@ class IdempotencyStore:
         return count
 
     # -- helpers --------------------------------------------------------------
+
+    async def _lost(self, claim: Claim) -> NoReturn:
+        """The row is no longer ours: erased with its customer, or taken over."""
+        self._active.discard(claim.key_idx)
+        if await self.backend.idempotency_tombstoned(claim.key_idx, iso(utcnow())):
+            raise IdempotencyErased("idempotency key erased with its customer")
+        raise IdempotencyOwnershipLost("idempotency row taken over")
 
     def _unwrap(self, row: IdempotencyRow) -> Sealer:
         key = self.vault.keys.unwrap(
@@ -302,7 +344,8 @@ def _aad(key_idx: str, purpose: str, request_mac: str) -> bytes:
 
 def _replay(plain: bytes) -> Replay:
     stored = json.loads(plain)
-    return Replay(int(stored["status"]), str(stored["body"]).encode())
+    headers = {str(k): str(v) for k, v in stored.get("headers", {}).items()}
+    return Replay(int(stored["status"]), str(stored["body"]).encode(), headers)
 
 
 def _parse_iso(text: str) -> datetime:

@@ -2,8 +2,9 @@
 
 Mixed into :class:`vault.Vault`. Crypto-shredding: every record of a customer, and
 the customer's partner mapping, is sealed under that customer's one data key (DEK).
-:meth:`VaultLifecycle.erase_customer` deletes the rows and the DEK in one transaction,
-then checkpoints the database so no copy of the wrapped DEK stays in our files. A
+:meth:`VaultLifecycle.erase_customer` deletes the rows, the customer's idempotency keys
+(each with its own wrapped key and sealed answers) and the DEK in one transaction, then
+checkpoints the database so no copy of the wrapped DEK stays in our files. A
 ciphertext that survives elsewhere (a backup, a copied file) names a DEK the live
 vault no longer has, so the key ring cannot open it through the vault. A backup also
 holds the wrapped DEK itself; that copy dies when the KEK version that wrapped it is
@@ -18,6 +19,7 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from vault.backends.base import CustomerRow, DekRow, RecordRow
@@ -54,6 +56,14 @@ class Page:
     next_cursor: str | None
 
 
+class ErasureStatus(StrEnum):
+    """What an erasure found: the vault never reports erased for what it did not see."""
+
+    ERASED = "erased"  # the customer's data was found and erased now
+    ALREADY_ERASED = "already_erased"  # nothing left; an earlier erasure is recorded
+    NOT_FOUND = "not_found"  # nothing held under this customer_ref, and no erasure recorded
+
+
 @dataclass(frozen=True, slots=True)
 class Erasure:
     """What an erasure removed and, when it had to keep something, what remains."""
@@ -62,6 +72,8 @@ class Erasure:
     remaining: list[str] = field(default_factory=list)
     partner_customer_remaining: bool = False
     key_shredded: bool = True
+    status: ErasureStatus = ErasureStatus.ERASED
+    idempotency_keys: int = 0
 
     @property
     def complete(self) -> bool:
@@ -233,18 +245,30 @@ class VaultLifecycle:
         """Crypto-shred a customer: delete their records, mapping and data key.
 
         Records in ``keep`` (and the mapping with ``keep_partner_customer``) stay, and
-        so does the key they need; the result says what remains. Idempotent: erasing an
-        unknown or already erased customer deletes nothing and reports completion.
+        so does the key they need; the result says what remains. The customer's
+        idempotency keys go too (a retry with one is refused, never replayed).
+
+        Idempotent, and honest about what it saw: a repeated erasure deletes nothing
+        and says ``already_erased``; a customer_ref the vault holds nothing under (never
+        used, or indexed under another key ring) says ``not_found``, with
+        ``key_shredded`` false: no key was seen, so none can be claimed shredded.
         """
         customer_idx = self.index("customer", customer_ref)
         dek = await self.backend.get_customer_dek(customer_idx)
         rows = await self.backend.erase_customer(
-            customer_idx, keep=keep, keep_customer=keep_partner_customer
+            customer_idx, keep=keep, keep_customer=keep_partner_customer, now=iso(utcnow())
         )
-        shredded = dek is None or rows.dek_deleted
+        if rows.found:
+            status = ErasureStatus.ERASED
+        elif rows.previously_erased:
+            status = ErasureStatus.ALREADY_ERASED
+        else:
+            status = ErasureStatus.NOT_FOUND
+        # With no key to delete, "shredded" holds only if the customer was seen at all.
+        shredded = rows.dek_deleted if dek is not None else status is not ErasureStatus.NOT_FOUND
         if dek is not None and rows.dek_deleted:
             self.forget_dek(dek.dek_id)
-        if shredded and (rows.deleted or rows.dek_deleted):
+        if shredded and (rows.deleted or rows.dek_deleted or rows.idempotency_deleted):
             await self.backend.checkpoint()
         still_mapped = keep_partner_customer and (
             await self.backend.get_customer(customer_idx) is not None
@@ -254,6 +278,8 @@ class VaultLifecycle:
             remaining=list(rows.remaining),
             partner_customer_remaining=still_mapped,
             key_shredded=shredded,
+            status=status,
+            idempotency_keys=rows.idempotency_deleted,
         )
 
     # -- last use and retention -----------------------------------------------

@@ -72,6 +72,9 @@ class NewRecord:
     metadata: dict[str, str] = field(default_factory=dict)
     # The partner's fingerprint of the underlying card/account: kept only as a blind index.
     fingerprint: str | None = None
+    # That blind index made earlier (Vault.fingerprint_index), for callers that must
+    # hold on to it across a crash without keeping the fingerprint itself.
+    fingerprint_idx: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

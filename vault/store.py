@@ -131,6 +131,10 @@ class Vault(VaultLifecycle):
             self._notes = Sealer(derive_subkey(self._index_key, "notes/v1"))
         return self._notes
 
+    def fingerprint_index(self, kind: Kind, fingerprint: str) -> str:
+        """The keyed blind index a record of ``kind`` keeps of a partner fingerprint."""
+        return self.index(f"fingerprint:{kind}", fingerprint)
+
     # -- data keys ------------------------------------------------------------
 
     def _new_dek(self, customer_idx: str | None) -> tuple[DekRow, Sealer]:
@@ -182,8 +186,8 @@ class Vault(VaultLifecycle):
         if token is not None and token_kind(token) != new.kind:
             raise VaultError("token does not match the record kind")
         customer_idx = self.index("customer", new.customer_ref) if new.customer_ref else None
-        fingerprint_idx = (
-            self.index(f"fingerprint:{new.kind}", new.fingerprint) if new.fingerprint else None
+        fingerprint_idx = new.fingerprint_idx or (
+            self.fingerprint_index(new.kind, new.fingerprint) if new.fingerprint else None
         )
         for _ in range(_INSERT_ATTEMPTS):
             dek_row: DekRow | None = None

@@ -57,6 +57,7 @@ async def create_bank_account(request: web.Request) -> web.Response:
         key=key,
         raw=await request.read(),  # cached by read_json: the bytes the key is bound to
         request_id=request[REQUEST_ID_KEY],
+        customer_ref=account.customer_ref,
         kind=Kind.BANK,
         partner_step=partner_step,
         store_step=store_step,

@@ -10,6 +10,7 @@ from aiohttp import web
 from proxy import idempotency, service
 from proxy.appkeys import SERVICES
 from proxy.card_setup import confirm_card_setup, parse_confirm_request
+from proxy.customers import open_pending
 from proxy.middleware import (
     REQUEST_ID_KEY,
     TOKEN_KEY,
@@ -61,12 +62,17 @@ async def confirm_card(request: web.Request) -> web.Response:
     async def store_step(_result: dict[str, Any], token: str) -> Record:
         return await confirm_card_setup(services, sealed, client=client.name, token=token)
 
+    # Opening the setup first refuses a foreign or expired one before the key is recorded,
+    # and names the customer whose erasure must take this key with it.
+    customer_ref = open_pending(services, sealed, client.name).new.customer_ref
+
     answer = await idempotency.create_once(
         services,
         client=client.name,
         key=key,
         raw=await request.read(),  # cached by read_json: the bytes the key is bound to
         request_id=request[REQUEST_ID_KEY],
+        customer_ref=customer_ref,
         kind=Kind.CARD,
         partner_step=None,
         store_step=store_step,

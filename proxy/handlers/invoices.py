@@ -38,6 +38,7 @@ async def create_invoice(request: web.Request) -> web.Response:
         key=key,
         raw=await request.read(),
         request_id=request[REQUEST_ID_KEY],
+        customer_ref=invoice.customer_ref,
         kind=Kind.INVOICE,
         partner_step=None,
         store_step=store_step,

@@ -223,11 +223,12 @@ async def test_post_retried_with_same_idempotency_key(
         (err(402, "card_error", "card_declined"), CardError),
         (err(409, "idempotency_error", "idempotency_key_reused"), IdempotencyError),
         (err(409, "invalid_request_error", "conflict"), ConflictError),
+        (err(410, "idempotency_error", "idempotency_key_erased"), IdempotencyError),
         (err(502, "partner_error", "partner_auth_failed"), PartnerError),
         (err(504, "partner_error", "partner_timeout"), PartnerError),
         (err(500, "api_error", "internal_error"), TokenProxyError),
     ],
-    ids=["400", "402", "409-reused", "409", "502", "504", "500"],
+    ids=["400", "402", "409-reused", "409", "410-erased", "502", "504", "500"],
 )
 async def test_unsafe_answers_are_not_retried(
     scripted: Scripted, answer: tuple[int, dict[str, Any], dict[str, str]], exc: type[Exception]

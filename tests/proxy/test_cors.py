@@ -150,6 +150,25 @@ async def test_publishable_key_tokenizes_from_its_origin(proxy: RunningProxy) ->
     assert str(view["partner_reference"]).startswith("pm_")
 
 
+async def test_browser_sees_a_replay_as_a_replay(proxy: RunningProxy) -> None:
+    """A checkout page retrying with its Idempotency-Key may read Idempotent-Replayed, and the
+    replay has the fresh answer's Content-Type and bytes."""
+    headers = {"Origin": SHOP, "Idempotency-Key": "checkout-retry-1"}
+    answers = []
+    for _ in range(2):
+        status, _, resp = await proxy.request(
+            "POST", "/v1/cards", client="shop", json=card_body(), headers=headers
+        )
+        assert status == 201
+        answers.append((proxy.responses[-1], resp.headers))
+    (first, fresh), (again, replay) = answers
+    assert again == first
+    assert replay["Idempotent-Replayed"] == "true"
+    exposed = {h.strip() for h in replay["Access-Control-Expose-Headers"].split(",")}
+    assert "Idempotent-Replayed" in exposed
+    assert replay["Content-Type"] == fresh["Content-Type"]
+
+
 @pytest.mark.parametrize(
     "headers",
     [

@@ -344,13 +344,15 @@ async def test_erasure_detaches_deletes_and_shreds(
     assert body["error"]["code"] == "record_unreadable"  # type: ignore[index]
     assert pms[0] not in str(body)
 
-    # Idempotent: a repeat reports completion and deletes nothing more.
+    # Idempotent: a repeat says it was already erased and deletes nothing more.
     status, again, _ = await proxy.request("DELETE", "/v1/customers/cus-erase", client="eraser")
     assert status == 200
     assert again is not None
+    assert again["status"] == "already_erased"
     assert again["partner"] == {"payment_methods_detached": 0, "customer_deleted": False}
     text = await metrics_text(proxy)
-    assert 'tokenproxy_customer_erasures_total{outcome="complete"} 2.0' in text
+    assert 'tokenproxy_customer_erasures_total{outcome="complete"} 1.0' in text
+    assert 'tokenproxy_customer_erasures_total{outcome="already_erased"} 1.0' in text
     assert 'tokenproxy_tokens_deleted_total{kind="card",reason="erasure"} 2.0' in text
 
 

@@ -6,22 +6,30 @@ import asyncio
 import hashlib
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.backends import RawRows
 from vault import (
     Claim,
     DecryptionFailed,
+    ErasureStatus,
     IdempotencyBusy,
+    IdempotencyErased,
     IdempotencyMismatch,
     IdempotencyStore,
     LocalKekProvider,
     Owner,
     Replay,
     Vault,
+    iso,
+    utcnow,
 )
+from vault.keyring import init_keyring
 
 BODY = b'{"number": "4242424242424242", "cvc": "123"}'
 
@@ -160,3 +168,134 @@ def test_owner_round_trips_and_detects_dead_processes() -> None:
     assert me.is_gone(Owner(me.host, me.pid, "earlier-boot"))
     assert not me.is_gone(Owner("elsewhere", 1, "x"))
     assert not me.is_gone(Owner(me.host, 1, "x"))
+
+
+async def test_erasure_deletes_the_customers_keys_and_leaves_a_tombstone(
+    vault: Vault, raw_rows: RawRows
+) -> None:
+    """Erasing a customer deletes every idempotency row naming it (done or in flight, made
+    before the customer had any record), keeps others, and a retry of an erased key raises
+    IdempotencyErased instead of replaying or running again."""
+    store = IdempotencyStore(vault)
+    done = await store.begin("checkout", "done", BODY, customer_ref="cus-idem")
+    assert isinstance(done, Claim)
+    await store.record_partner(done, {"reference": "pm_idem", "token": "vtok_card_idem"})
+    await store.complete(done, 201, b'{"token": "vtok_card_idem"}')
+    flying = await store.begin("checkout", "flying", BODY, customer_ref="cus-idem")
+    assert isinstance(flying, Claim)
+    other = await store.begin("checkout", "other", BODY + b"\n", customer_ref="cus-else")
+    assert isinstance(other, Claim)
+    await store.complete(other, 201, b'{"token": "vtok_card_else"}')
+    sealed = await raw_rows.query(
+        "SELECT key_idx, wrapped_dek, response, partner_result, request_mac"
+        " FROM idempotency_keys WHERE key_idx = ?",
+        (done.key_idx,),
+    )
+
+    erasure = await vault.erase_customer("cus-idem")
+
+    assert erasure.idempotency_keys == 2
+    assert erasure.status == ErasureStatus.ERASED
+    left = await raw_rows.query("SELECT key_idx FROM idempotency_keys")
+    assert left == [(other.key_idx,)]
+    for key in ("done", "flying"):
+        with pytest.raises(IdempotencyErased):
+            await store.begin("checkout", key, BODY, customer_ref="cus-idem")
+        # Another body gets the same answer: the tombstone holds no request hash to compare.
+        with pytest.raises(IdempotencyErased):
+            await store.begin("checkout", key, BODY + b" ", customer_ref="cus-idem")
+    assert await store.begin("checkout", "other", BODY + b"\n") == Replay(
+        201, b'{"token": "vtok_card_else"}'
+    )
+    # Nothing the erased row held survives anywhere in the database (key, answers, MAC).
+    ((_, wrapped, response, partner, mac),) = sealed
+    stored = await raw_rows.stored_bytes()
+    for value in (wrapped, response, partner, mac.encode()):
+        assert value not in stored
+    tombstones = await raw_rows.query("SELECT * FROM idempotency_erased ORDER BY key_idx")
+    assert sorted(t[0] for t in tombstones) == sorted([done.key_idx, flying.key_idx])
+    assert all(len(t) == 2 for t in tombstones)
+
+
+async def test_erased_key_is_fresh_again_after_its_ttl(vault: Vault, raw_rows: RawRows) -> None:
+    """A tombstone lasts as long as the row would have; past that the key starts afresh and
+    the purge removes the tombstone with the expired rows."""
+    store = IdempotencyStore(vault)
+    claim = await store.begin("checkout", "short", BODY, customer_ref="cus-ttl")
+    assert isinstance(claim, Claim)
+    await store.complete(claim, 201, b"{}")
+    ((expires,),) = await raw_rows.query("SELECT expires_at FROM idempotency_keys")
+    await vault.erase_customer("cus-ttl")
+    assert await raw_rows.query("SELECT expires_at FROM idempotency_erased") == [(expires,)]
+    with pytest.raises(IdempotencyErased):
+        await store.begin("checkout", "short", BODY)
+    # Time passes beyond the key's expiry (moved back rather than waited for).
+    await raw_rows.query("UPDATE idempotency_erased SET expires_at = ?", (iso(utcnow()),))
+    assert isinstance(await store.begin("checkout", "short", BODY), Claim)
+    assert await store.purge_expired() == 0
+    assert await raw_rows.query("SELECT count(*) FROM idempotency_erased") == [(0,)]
+
+
+async def test_rows_without_a_customer_are_not_erased(vault: Vault) -> None:
+    """A key whose request named no customer is nobody's to erase: it still replays."""
+    store = IdempotencyStore(vault)
+    claim = await store.begin("checkout", "anon", BODY)
+    assert isinstance(claim, Claim)
+    await store.complete(claim, 201, b'{"a": 1}')
+    erasure = await vault.erase_customer("cus-nobody")
+    assert erasure.status == ErasureStatus.NOT_FOUND
+    assert await store.begin("checkout", "anon", BODY) == Replay(201, b'{"a": 1}')
+
+
+async def test_stored_answer_keeps_its_headers(vault: Vault) -> None:
+    """A final answer's headers are sealed with it and come back on replay."""
+    store = IdempotencyStore(vault)
+    claim = await store.begin("checkout", "hdr", BODY)
+    assert isinstance(claim, Claim)
+    await store.complete(claim, 402, b'{"error": {}}', {"Retry-After": "3"})
+    assert await store.begin("checkout", "hdr", BODY) == Replay(
+        402, b'{"error": {}}', {"Retry-After": "3"}
+    )
+
+
+CUSTOMERS = st.sampled_from([None, "cus-a", "cus-b", "cus-ä ü", "cus-4242"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    owners=st.lists(CUSTOMERS, min_size=1, max_size=6),
+    erased=CUSTOMERS.filter(lambda c: c is not None),
+)
+def test_erasure_removes_exactly_the_customers_keys(owners: list[str | None], erased: str) -> None:
+    """Whatever keys name whichever customers, erasing one customer makes exactly its keys
+    refuse (with any body) and leaves every other key replaying its own answer."""
+
+    async def scenario(directory: Path) -> None:
+        ring = directory / "keyring.json"
+        init_keyring(ring)
+        vault = await Vault.open(
+            f"sqlite:///{directory / 'vault.db'}", LocalKekProvider.from_file(ring)
+        )
+        try:
+            store = IdempotencyStore(vault)
+            for i, owner in enumerate(owners):
+                claim = await store.begin("c", f"k{i}", BODY, customer_ref=owner)
+                assert isinstance(claim, Claim)
+                await store.complete(claim, 201, f'{{"i": {i}}}'.encode())
+            erasure = await vault.erase_customer(erased)
+            mine = [i for i, owner in enumerate(owners) if owner == erased]
+            assert erasure.idempotency_keys == len(mine)
+            expected = ErasureStatus.ERASED if mine else ErasureStatus.NOT_FOUND
+            assert erasure.status == expected
+            for i, owner in enumerate(owners):
+                if owner == erased:
+                    with pytest.raises(IdempotencyErased):
+                        await store.begin("c", f"k{i}", BODY + b"x", customer_ref=owner)
+                else:
+                    answer = await store.begin("c", f"k{i}", BODY, customer_ref=owner)
+                    assert answer == Replay(201, f'{{"i": {i}}}'.encode())
+        finally:
+            await vault.close()
+
+    with tempfile.TemporaryDirectory() as directory:
+        asyncio.run(scenario(Path(directory)))

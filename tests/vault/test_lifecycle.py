@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tests.backends import RawRows, drop_schema
 from vault import (
     DecryptionFailed,
+    ErasureStatus,
     Kind,
     LocalKekProvider,
     NewRecord,
@@ -22,11 +23,12 @@ from vault import (
     Vault,
     VaultError,
     iso,
+    open_backend,
     token_kind,
     utcnow,
 )
 from vault.crypto import Sealer, record_aad
-from vault.keyring import KeyRing, retire_key, rotate_keyring
+from vault.keyring import KeyRing, init_keyring, retire_key, rotate_keyring
 from vault.lifecycle import decode_cursor, encode_cursor
 from vault.rotation import rewrap, rewrap_remaining
 
@@ -401,3 +403,44 @@ def test_retention_policy_rules() -> None:
     assert not RetentionPolicy().active
     with pytest.raises(ValueError, match="negative"):
         RetentionPolicy(card_days=-1)
+
+
+async def test_erasure_reports_only_what_it_saw(vault: Vault) -> None:
+    """A customer never held is not_found (no key claimed shredded); a repeat of a real
+    erasure is already_erased; a customer held again after an erasure is erased again."""
+    never = await vault.erase_customer("cus-never")
+    assert never.status == ErasureStatus.NOT_FOUND
+    assert not never.key_shredded
+    assert never.deleted == {}
+
+    await vault.put(card("cus-twice"))
+    first = await vault.erase_customer("cus-twice")
+    assert first.status == ErasureStatus.ERASED
+    assert first.key_shredded
+    again = await vault.erase_customer("cus-twice")
+    assert again.status == ErasureStatus.ALREADY_ERASED
+    assert again.key_shredded
+    assert again.deleted == {}
+    await vault.put(card("cus-twice", "pm_back"))
+    back = await vault.erase_customer("cus-twice")
+    assert back.status == ErasureStatus.ERASED
+    assert back.deleted == {"card": 1}
+
+
+async def test_erasure_under_a_foreign_index_key_is_not_found_and_keeps_the_data(
+    vault_url: str, vault: Vault, tmp_path: Path
+) -> None:
+    """With a key ring whose index key is not the vault's, the customer's rows are invisible:
+    erasure says not_found (never erased, never key_shredded) and the data stays intact.
+    (Built past any start-up check of the ring: erasure must be honest on its own.)"""
+    record = await vault.put(card("cus-foreign"))
+    other_ring = tmp_path / "other" / "keyring.json"
+    init_keyring(other_ring)
+    stranger = Vault(open_backend(vault_url), LocalKekProvider.from_file(other_ring))
+    try:
+        erasure = await stranger.erase_customer("cus-foreign")
+    finally:
+        await stranger.close()
+    assert erasure.status == ErasureStatus.NOT_FOUND
+    assert not erasure.key_shredded
+    assert await vault.get(record.token) == record

@@ -56,6 +56,20 @@ class ErasedRows:
     remaining: Sequence[str]  # tokens still stored for the customer
     customer_row_deleted: bool
     dek_deleted: bool
+    idempotency_deleted: int = 0  # the customer's idempotency rows (now tombstones)
+    # Nothing of the customer was found this time, and an earlier erasure is recorded.
+    previously_erased: bool = False
+
+    @property
+    def found(self) -> bool:
+        """Whether the transaction saw anything of the customer (deleted or kept)."""
+        return bool(
+            self.deleted
+            or self.remaining
+            or self.customer_row_deleted
+            or self.dek_deleted
+            or self.idempotency_deleted
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +113,11 @@ AUDIT_GENESIS = "0" * 64
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyRow:
-    """One row of ``idempotency_keys`` (column order = field order; expiry last)."""
+    """One row of ``idempotency_keys`` (column order = field order).
+
+    ``customer_idx`` is the blind index of the customer the request named, so that
+    erasing the customer finds and deletes the row; None for requests without one.
+    """
 
     key_idx: str
     request_mac: str
@@ -112,6 +130,29 @@ class IdempotencyRow:
     created_at: str
     updated_at: str
     expires_at: str
+    customer_idx: str | None = None
+
+
+# The state a backend reports for a key whose row an erasure deleted (a tombstone: only
+# the key's blind index and expiry are kept, so no other column holds anything).
+IDEMPOTENCY_ERASED = "erased"
+
+
+def erased_idempotency_row(key_idx: str, expires_at: str) -> IdempotencyRow:
+    """What ``idempotency_insert`` returns for a key that an erasure tombstoned."""
+    return IdempotencyRow(
+        key_idx=key_idx,
+        request_mac="",
+        state=IDEMPOTENCY_ERASED,
+        owner=None,
+        kek_version=0,
+        wrapped_dek=b"",
+        partner_result=None,
+        response=None,
+        created_at=expires_at,
+        updated_at=expires_at,
+        expires_at=expires_at,
+    )
 
 
 class Backend(Protocol):
@@ -180,10 +221,15 @@ class Backend(Protocol):
         ...
 
     async def erase_customer(
-        self, customer_idx: str, *, keep: Collection[str], keep_customer: bool
+        self, customer_idx: str, *, keep: Collection[str], keep_customer: bool, now: str
     ) -> ErasedRows:
         """In one transaction: delete the customer's records except ``keep``, its mapping
-        unless ``keep_customer``, and its data key once nothing uses it."""
+        unless ``keep_customer``, its data key once nothing uses it, and its idempotency
+        rows (each leaving a tombstone until its expiry).
+
+        When anything was found the customer is recorded as erased; when nothing was,
+        ``previously_erased`` says whether such a record exists from an earlier erasure.
+        """
         ...
 
     async def drop_customer_if_empty(self, customer_idx: str) -> bool:

@@ -18,21 +18,42 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from vault.backends.base import IDEMPOTENCY_COLUMNS, IdempotencyRow
+from vault.backends.base import IDEMPOTENCY_COLUMNS, IdempotencyRow, erased_idempotency_row
 
 T = TypeVar("T")
 
 _COLUMNS = IdempotencyRow.__slots__
 _SELECT = f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE key_idx = $1"  # noqa: S608
-# An expired row is replaced in place (every column from the new row); a live one is
-# left alone and the statement returns nothing.
+# Column types, for the casts an INSERT … SELECT needs (its parameters have no column
+# to take a type from). Every column of IdempotencyRow must be here.
+_TYPES = {
+    "key_idx": "text",
+    "request_mac": "text",
+    "state": "text",
+    "owner": "text",
+    "kek_version": "integer",
+    "wrapped_dek": "bytea",
+    "partner_result": "bytea",
+    "response": "bytea",
+    "created_at": "text",
+    "updated_at": "text",
+    "expires_at": "text",
+    "customer_idx": "text",
+}
+_CAST = ", ".join(f"${i}::{_TYPES[name]}" for i, name in enumerate(_COLUMNS, start=1))
+_CREATED = f"${_COLUMNS.index('created_at') + 1}::text"
+# One statement, one round trip: nothing is inserted while an erasure's tombstone of the
+# key is live; an expired row is replaced in place (every column from the new row); a
+# live one is left alone. Returns the key only when this statement wrote the row.
 _INSERT_UNLESS_LIVE = (
     f"INSERT INTO idempotency_keys ({IDEMPOTENCY_COLUMNS})"  # noqa: S608 - fixed fragments
-    f" VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})"
+    f" SELECT {_CAST} WHERE NOT EXISTS (SELECT 1 FROM idempotency_erased"
+    f" WHERE key_idx = $1::text AND expires_at > {_CREATED})"
     " ON CONFLICT (key_idx) DO UPDATE SET "
     + ", ".join(f"{name} = EXCLUDED.{name}" for name in _COLUMNS if name != "key_idx")
     + " WHERE idempotency_keys.expires_at <= EXCLUDED.created_at RETURNING key_idx"
 )
+_ERASED = "SELECT expires_at FROM idempotency_erased WHERE key_idx = $1 AND expires_at > $2"
 _CLAIM = (
     "UPDATE idempotency_keys SET owner = $1, updated_at = $2"
     " WHERE key_idx = $3 AND state = 'in_flight' AND owner IS NOT DISTINCT FROM $4"
@@ -62,10 +83,17 @@ class PostgresIdempotencyMixin:
         async def run(conn: asyncpg.Connection) -> tuple[bool, IdempotencyRow | None]:
             if await conn.fetchval(_INSERT_UNLESS_LIVE, *values) is not None:
                 return True, None
-            # A live row blocked us. Read it in a new statement (a new snapshot), so a
-            # row committed by a concurrent inserter after our statement began is seen.
+            # A live row or a tombstone blocked us. Read it in a new statement (a new
+            # snapshot), so a row committed by a concurrent inserter after our statement
+            # began is seen; an erasure deletes the row and writes the tombstone in one
+            # transaction, so a row that vanished may now be a tombstone.
             found = await conn.fetchrow(_SELECT, row.key_idx)
-            return False, IdempotencyRow(*found) if found is not None else None
+            if found is not None:
+                return False, IdempotencyRow(*found)
+            erased = await conn.fetchval(_ERASED, row.key_idx, row.created_at)
+            if erased is not None:
+                return False, erased_idempotency_row(row.key_idx, erased)
+            return False, None
 
         for _ in range(_INSERT_ATTEMPTS):
             inserted, live = await self._run(run)
@@ -126,13 +154,19 @@ class PostgresIdempotencyMixin:
         found = await self._fetchrow(_SELECT, key_idx)
         return IdempotencyRow(*found) if found is not None else None
 
+    async def idempotency_tombstoned(self, key_idx: str, now: str) -> bool:
+        """Whether an erasure removed this key's row and its tombstone is still live."""
+        return await self._fetchrow(_ERASED, key_idx, now) is not None
+
     async def idempotency_purge(self, now: str) -> int:
         """Delete every row whose expiry has passed; returns how many."""
 
         async def run(conn: asyncpg.Connection) -> int:
-            status: str = await conn.execute(
-                "DELETE FROM idempotency_keys WHERE expires_at <= $1", now
-            )
+            async with conn.transaction():
+                status: str = await conn.execute(
+                    "DELETE FROM idempotency_keys WHERE expires_at <= $1", now
+                )
+                await conn.execute("DELETE FROM idempotency_erased WHERE expires_at <= $1", now)
             return int(status.rsplit(maxsplit=1)[-1])
 
         return await self._run(run)

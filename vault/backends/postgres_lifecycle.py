@@ -9,6 +9,7 @@ Every method is one statement on one pooled connection, except ``erase_customer`
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
@@ -33,6 +34,16 @@ _DELETE_CUSTOMER_DEK = (
     "DELETE FROM deks WHERE customer_idx = $1"
     " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.dek_id = deks.dek_id)"
     " AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.dek_id = deks.dek_id)"
+)
+# An erased idempotency key keeps only its blind index and expiry (vault.idempotency).
+_TOMBSTONE_IDEMPOTENCY = (
+    "INSERT INTO idempotency_erased (key_idx, expires_at)"
+    " SELECT key_idx, expires_at FROM idempotency_keys WHERE customer_idx = $1"
+    " ON CONFLICT (key_idx) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+)
+_MARK_ERASED = (
+    "INSERT INTO erased_customers (customer_idx, erased_at) VALUES ($1, $2)"
+    " ON CONFLICT (customer_idx) DO UPDATE SET erased_at = EXCLUDED.erased_at"
 )
 # One statement: the mapping and the key go only when the customer has no record. The
 # sub-selects see the table as it was before the statement, hence the explicit checks.
@@ -167,7 +178,7 @@ class PostgresLifecycleMixin:
         return [RecordRow(*row) for row in rows]
 
     async def erase_customer(
-        self, customer_idx: str, *, keep: Collection[str], keep_customer: bool
+        self, customer_idx: str, *, keep: Collection[str], keep_customer: bool, now: str
     ) -> ErasedRows:
         """Delete a customer's rows and, once nothing uses it, its data key, atomically."""
         keep_list = sorted(set(keep))
@@ -205,7 +216,25 @@ class PostgresLifecycleMixin:
                     )
                     customer_deleted = _rowcount(status) > 0
                 status = await conn.execute(_DELETE_CUSTOMER_DEK, customer_idx)
-                return ErasedRows(deleted, remaining, customer_deleted, _rowcount(status) > 0)
+                dek_deleted = _rowcount(status) > 0
+                await conn.execute(_TOMBSTONE_IDEMPOTENCY, customer_idx)
+                status = await conn.execute(
+                    "DELETE FROM idempotency_keys WHERE customer_idx = $1", customer_idx
+                )
+                erased = ErasedRows(
+                    deleted,
+                    remaining,
+                    customer_deleted,
+                    dek_deleted,
+                    idempotency_deleted=_rowcount(status),
+                )
+                if erased.found:
+                    await conn.execute(_MARK_ERASED, customer_idx, now)
+                    return erased
+                before = await conn.fetchval(
+                    "SELECT 1 FROM erased_customers WHERE customer_idx = $1", customer_idx
+                )
+                return replace(erased, previously_erased=before is not None)
 
         return await self._run(run)
 

@@ -33,6 +33,7 @@ from vault.backends.base import (
     DekRow,
     IdempotencyRow,
     RecordRow,
+    erased_idempotency_row,
 )
 from vault.backends.sqlite_lifecycle import SqliteLifecycleMixin
 from vault.errors import DuplicateRecord, StorageUnavailable
@@ -288,12 +289,18 @@ class SqliteBackend(SqliteLifecycleMixin):
                 f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE key_idx = ?",  # noqa: S608
                 (row.key_idx,),
             ).fetchone()
-            if found is not None and found[-1] > row.created_at:
+            if found is not None and IdempotencyRow(*found).expires_at > row.created_at:
                 return IdempotencyRow(*found)
+            erased = conn.execute(
+                "SELECT expires_at FROM idempotency_erased WHERE key_idx = ? AND expires_at > ?",
+                (row.key_idx, row.created_at),
+            ).fetchone()
+            if erased is not None:
+                return erased_idempotency_row(row.key_idx, erased[0])
             conn.execute("DELETE FROM idempotency_keys WHERE key_idx = ?", (row.key_idx,))
             conn.execute(
                 f"INSERT INTO idempotency_keys ({IDEMPOTENCY_COLUMNS})"  # noqa: S608
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f" VALUES ({', '.join('?' for _ in IdempotencyRow.__slots__)})",
                 tuple(getattr(row, name) for name in IdempotencyRow.__slots__),
             )
             return None
@@ -358,11 +365,20 @@ class SqliteBackend(SqliteLifecycleMixin):
         )
         return IdempotencyRow(*row) if row else None
 
+    async def idempotency_tombstoned(self, key_idx: str, now: str) -> bool:
+        """Whether an erasure removed this key's row and its tombstone is still live."""
+        row = self._read_one(
+            "SELECT 1 FROM idempotency_erased WHERE key_idx = ? AND expires_at > ?",
+            (key_idx, now),
+        )
+        return row is not None
+
     async def idempotency_purge(self, now: str) -> int:
         """Delete every row whose expiry has passed; returns how many."""
 
         def run(conn: sqlite3.Connection) -> int:
             cur = conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM idempotency_erased WHERE expires_at <= ?", (now,))
             return cur.rowcount
 
         return await self._write(run)

@@ -11,6 +11,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vault.backends.base import (
@@ -107,7 +108,7 @@ class SqliteLifecycleMixin:
         return [RecordRow(*row) for row in rows]
 
     async def erase_customer(
-        self, customer_idx: str, *, keep: Collection[str], keep_customer: bool
+        self, customer_idx: str, *, keep: Collection[str], keep_customer: bool, now: str
     ) -> ErasedRows:
         """Delete a customer's rows and, once nothing uses it, its data key, atomically."""
         keep_set = frozenset(keep)
@@ -134,7 +135,30 @@ class SqliteLifecycleMixin:
                 " AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.dek_id = deks.dek_id)",
                 (customer_idx,),
             )
-            return ErasedRows(deleted, remaining, customer_deleted, cur.rowcount > 0)
+            dek_deleted = cur.rowcount > 0
+            conn.execute(
+                "INSERT INTO idempotency_erased (key_idx, expires_at)"
+                " SELECT key_idx, expires_at FROM idempotency_keys WHERE customer_idx = ?"
+                " ON CONFLICT (key_idx) DO UPDATE SET expires_at = excluded.expires_at",
+                (customer_idx,),
+            )
+            cur = conn.execute(
+                "DELETE FROM idempotency_keys WHERE customer_idx = ?", (customer_idx,)
+            )
+            erased = ErasedRows(
+                deleted, remaining, customer_deleted, dek_deleted, idempotency_deleted=cur.rowcount
+            )
+            if erased.found:
+                conn.execute(
+                    "INSERT INTO erased_customers (customer_idx, erased_at) VALUES (?, ?)"
+                    " ON CONFLICT (customer_idx) DO UPDATE SET erased_at = excluded.erased_at",
+                    (customer_idx, now),
+                )
+                return erased
+            before = conn.execute(
+                "SELECT 1 FROM erased_customers WHERE customer_idx = ?", (customer_idx,)
+            ).fetchone()
+            return replace(erased, previously_erased=before is not None)
 
         return await self._write(run)
 
