@@ -214,16 +214,19 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    """Show every key version with its state and how many data keys it wraps."""
+    """Show every key version, its state and what it wraps (what `keys retire` counts)."""
     settings = _settings(need_partner=False)
 
     async def work(vault: Vault, keys: AdminProvider) -> int:
         status = await key_status(vault)
-        print(f"{'version':>7}  {'created':20}  {'state':12}  {'deks':>10}")
+        print(f"{'version':>7}  {'created':20}  {'state':12}  {'deks':>10}  {'idempotency':>11}")
         for s in status:
             created = s.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if s.created_at else "-"
-            print(f"{s.version:>7}  {created:20}  {s.state:12}  {s.deks:>10}")
-        remaining = sum(s.deks for s in status if s.version != keys.active_version)
+            print(
+                f"{s.version:>7}  {created:20}  {s.state:12}  {s.deks:>10}  "
+                f"{s.idempotency_keys:>11}"
+            )
+        remaining = sum(s.in_use for s in status if s.version != keys.active_version)
         print(f"rewrap remaining: {remaining}")
         return 0
 

@@ -16,7 +16,7 @@ import pytest
 
 from proxy.__main__ import main
 from proxy.clients import ClientRegistry
-from vault import Kind, LocalKekProvider, NewRecord, Vault
+from vault import IdempotencyStore, Kind, LocalKekProvider, NewRecord, Vault
 from vault.backends.sqlite import migration_scripts
 from vault.keyring import init_keyring
 
@@ -196,3 +196,51 @@ def test_serve_refuses_bad_setting(env: Path) -> None:
     assert result.returncode == 2
     assert "TOKENPROXY_LISTEN" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _begin_idempotency_row(env_dir: Path, key: str) -> None:
+    """Leave one live idempotency row wrapped under the active version, as a request would."""
+
+    async def run() -> None:
+        vault = await Vault.open(
+            f"sqlite:///{env_dir / 'vault.db'}",
+            LocalKekProvider.from_file(env_dir / "keyring.json"),
+        )
+        try:
+            await IdempotencyStore(vault).begin("checkout", key, b"{}")
+        finally:
+            await vault.close()
+
+    asyncio.run(run())
+
+
+def _list_row(out: str, version: int) -> list[str]:
+    """The `keys list` row of ``version``, split into columns."""
+    for line in out.splitlines():
+        cells = line.split()
+        if cells and cells[0] == str(version):
+            return cells
+    raise AssertionError(f"no row for version {version} in {out!r}")
+
+
+def test_retire_succeeds_after_rewrap_and_list_agrees(
+    ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After rotate + rewrap, keys list shows 0 for the old version and retire succeeds."""
+    _store_one_record(ring)
+    _begin_idempotency_row(ring, "order-1")
+    assert main(["keys", "rotate"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list"]) == 0
+    assert _list_row(capsys.readouterr().out, 1)[-2:] == ["1", "1"]
+    assert main(["keys", "retire", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "1 record data key(s) and 1 idempotency key(s)" in err
+    assert main(["keys", "rewrap"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list"]) == 0
+    out = capsys.readouterr().out
+    assert _list_row(out, 1)[-2:] == ["0", "0"]
+    assert "rewrap remaining: 0" in out
+    assert main(["keys", "retire", "1"]) == 0
+    assert "retired key version 1" in capsys.readouterr().out

@@ -70,6 +70,15 @@ class DekRewrap:
 
 
 @dataclass(frozen=True, slots=True)
+class IdempotencyKeyWrap:
+    """The wrapped data key of one live idempotency row, as rewrap reads and moves it."""
+
+    key_idx: str
+    kek_version: int
+    wrapped: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One audit event before it joins the chain (PCI DSS 10.2.2 fields)."""
 
@@ -209,6 +218,20 @@ class Backend(Protocol):
 
     async def count_idempotency_by_version(self, now: str) -> dict[int, int]:
         """How many live (unexpired at ``now``) idempotency rows each KEK version wraps."""
+        ...
+
+    async def idempotency_keys_not_on_version(
+        self, version: int, *, now: str, after: str | None, limit: int
+    ) -> list[IdempotencyKeyWrap]:
+        """Up to ``limit`` live idempotency rows' keys not wrapped by ``version``, by key_idx."""
+        ...
+
+    async def rewrap_idempotency_keys(self, changes: Sequence[DekRewrap]) -> int:
+        """As ``rewrap_deks`` for idempotency rows (``DekRewrap.dek_id`` holds the key_idx).
+
+        Only ``kek_version`` and ``wrapped_dek`` change, so a concurrent update of the
+        row's answer is neither lost nor blocks the move.
+        """
         ...
 
     async def deks_not_on_version(

@@ -37,6 +37,7 @@ from vault.backends.base import (
     AuditRow,
     DekRewrap,
     DekRow,
+    IdempotencyKeyWrap,
     RecordRow,
 )
 from vault.backends.postgres_idempotency import PostgresIdempotencyMixin
@@ -81,6 +82,13 @@ _REWRAP = (
     " AS c(dek_id, old_version, old_wrapped, new_version, new_wrapped)"
     " WHERE d.dek_id = c.dek_id AND d.kek_version = c.old_version"
     " AND d.wrapped = c.old_wrapped"
+)
+_REWRAP_IDEMPOTENCY = (
+    "UPDATE idempotency_keys k SET kek_version = c.new_version, wrapped_dek = c.new_wrapped"
+    " FROM unnest($1::text[], $2::int[], $3::bytea[], $4::int[], $5::bytea[])"
+    " AS c(key_idx, old_version, old_wrapped, new_version, new_wrapped)"
+    " WHERE k.key_idx = c.key_idx AND k.kek_version = c.old_version"
+    " AND k.wrapped_dek = c.old_wrapped"
 )
 
 # What a broken or unreachable database raises through asyncpg: server errors, protocol
@@ -247,12 +255,19 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
 
     async def rewrap_deks(self, changes: Sequence[DekRewrap]) -> int:
         """Compare-and-set each data key's (version, wrapped) pair, all in one statement."""
+        return await self._rewrap(_REWRAP, changes)
+
+    async def rewrap_idempotency_keys(self, changes: Sequence[DekRewrap]) -> int:
+        """Compare-and-set each idempotency row's (version, wrapped key), in one statement."""
+        return await self._rewrap(_REWRAP_IDEMPOTENCY, changes)
+
+    async def _rewrap(self, sql: str, changes: Sequence[DekRewrap]) -> int:
         if not changes:
             return 0
 
         async def run(conn: asyncpg.Connection) -> int:
             status: str = await conn.execute(
-                _REWRAP,
+                sql,
                 [c.dek_id for c in changes],
                 [c.old_version for c in changes],
                 [c.old_wrapped for c in changes],
@@ -369,6 +384,21 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
             limit,
         )
         return [DekRow(*row) for row in rows]
+
+    async def idempotency_keys_not_on_version(
+        self, version: int, *, now: str, after: str | None, limit: int
+    ) -> list[IdempotencyKeyWrap]:
+        """A page of live idempotency rows' keys not on ``version``, in key_idx order."""
+        rows = await self._fetch(
+            "SELECT key_idx, kek_version, wrapped_dek FROM idempotency_keys"
+            " WHERE kek_version <> $1 AND expires_at > $2 AND key_idx > $3"
+            " ORDER BY key_idx LIMIT $4",
+            version,
+            now,
+            after or "",
+            limit,
+        )
+        return [IdempotencyKeyWrap(*row) for row in rows]
 
     async def read_audit(
         self, *, after_seq: int = 0, limit: int = 1000, since: str | None = None

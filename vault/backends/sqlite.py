@@ -31,6 +31,7 @@ from vault.backends.base import (
     AuditRow,
     DekRewrap,
     DekRow,
+    IdempotencyKeyWrap,
     IdempotencyRow,
     RecordRow,
 )
@@ -239,6 +240,24 @@ class SqliteBackend(SqliteLifecycleMixin):
 
         return await self._write(run)
 
+    async def rewrap_idempotency_keys(self, changes: Sequence[DekRewrap]) -> int:
+        """Compare-and-set each idempotency row's (version, wrapped key); one transaction."""
+        if not changes:
+            return 0
+
+        def run(conn: sqlite3.Connection) -> int:
+            cursor = conn.executemany(
+                "UPDATE idempotency_keys SET kek_version = ?, wrapped_dek = ?"
+                " WHERE key_idx = ? AND kek_version = ? AND wrapped_dek = ?",
+                [
+                    (c.new_version, c.new_wrapped, c.dek_id, c.old_version, c.old_wrapped)
+                    for c in changes
+                ],
+            )
+            return cursor.rowcount
+
+        return await self._write(run)
+
     async def append_audit(self, entry: AuditEntry, link: AuditLinker) -> AuditRow:
         """Chain and insert one event; the head is read inside the writer's transaction.
 
@@ -401,6 +420,18 @@ class SqliteBackend(SqliteLifecycleMixin):
             (version, after or "", limit),
         )
         return [DekRow(*row) for row in rows]
+
+    async def idempotency_keys_not_on_version(
+        self, version: int, *, now: str, after: str | None, limit: int
+    ) -> list[IdempotencyKeyWrap]:
+        """A page of live idempotency rows' keys not on ``version``, in key_idx order."""
+        rows = self._read_all(
+            "SELECT key_idx, kek_version, wrapped_dek FROM idempotency_keys"
+            " WHERE kek_version != ? AND expires_at > ? AND key_idx > ?"
+            " ORDER BY key_idx LIMIT ?",
+            (version, now, after or "", limit),
+        )
+        return [IdempotencyKeyWrap(*row) for row in rows]
 
     async def read_audit(
         self, *, after_seq: int = 0, limit: int = 1000, since: str | None = None
