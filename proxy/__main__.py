@@ -129,13 +129,23 @@ def _origin() -> str:
     return socket.gethostname()[:200]
 
 
+def _ring(settings: Settings) -> str:
+    """How messages name the configured key ring."""
+    return f"key ring {settings.keyring_path}"
+
+
 def _with_vault(
     settings: Settings,
     work: Callable[[Vault, AdminProvider], Awaitable[T]],
     *,
     migrate: bool = True,
 ) -> T:
-    """Run ``work`` with the configured vault and key provider, then close the vault."""
+    """Run ``work`` with the configured vault and key provider, then close the vault.
+
+    The key ring is checked against the vault first (``Vault.check_key_ring``): a ring
+    that is not the vault's own is refused before any command reads or writes anything.
+    ``migrate=False`` leaves migrations and that check to ``work``.
+    """
 
     async def run() -> T:
         keys = load_provider(settings)
@@ -143,6 +153,8 @@ def _with_vault(
             settings.vault_url,
             keys,
             migrate=migrate and settings.migrate_on_start,
+            check_keys=migrate,
+            source=_ring(settings),
             # CLI commands run one statement at a time: no idle connections up front.
             pool_min=0,
             pool_max=2,
@@ -195,6 +207,8 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         old = keys.active_version
         try:
             new = keys.rotate()
+            # Record the new version's check value now: servers adopt it within seconds.
+            await vault.check_key_ring(source=_ring(settings))
         except VaultError:
             await _audit(vault, EventType.KEY_ROTATE, ok=False, resource=f"key_version:{old}")
             raise
@@ -380,7 +394,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(need_partner=False)
 
     async def work(vault: Vault, keys: AdminProvider) -> int:
-        return await vault.backend.migrate()
+        # The check needs the schema: a vault older than its table gets it here first.
+        version = await vault.backend.migrate()
+        await vault.check_key_ring(source=_ring(settings))
+        return version
 
     version = _with_vault(settings, work, migrate=False)
     print(f"vault schema at version {version}")

@@ -154,7 +154,7 @@ def _retire_version_1_by_hand(doc: dict[str, Any]) -> None:
         ("truncated", "truncated"),
         ("wrong-active", "version 1 is decrypt_only"),
         ("retired-in-use", "version 1 is retired but still wraps 1 data key"),
-        ("other-ring", "version 2 is not in the key ring"),
+        ("other-ring", "does not belong to this vault: its index key"),
     ],
 )
 def test_serve_refuses_to_start_with_a_bad_key_ring(env: Path, problem: str, expected: str) -> None:

@@ -104,6 +104,8 @@ class AuditRow:
 # (prev_hash, entry) -> this event's hash; supplied by vault.audit, which holds the key.
 AuditLinker = Callable[[str, AuditEntry], str]
 AUDIT_GENESIS = "0" * 64
+# Said when a query meets a schema older than the code (migrations not yet applied).
+SCHEMA_OUTDATED = "vault schema is out of date: run `tokenproxy migrate`"
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +249,31 @@ class Backend(Protocol):
         the batch is one durable transaction. Returns how many rows changed; the rest were
         deleted or rewrapped by someone else meanwhile.
         """
+        ...
+
+    # -- key ring check values (migration 0006) --------------------------------
+
+    async def key_checks(self) -> dict[int, bytes]:
+        """Every recorded check value: 0 is the index key's, N is KEK version N's.
+
+        Raises StorageUnavailable naming ``tokenproxy migrate`` when the table is missing.
+        """
+        ...
+
+    async def add_key_check(self, version: int, value: bytes, created_at: str) -> bytes:
+        """Record ``value`` for ``version`` unless one is recorded; returns the stored one."""
+        ...
+
+    async def delete_key_check(self, version: int) -> None:
+        """Forget the check value of ``version`` (it was retired)."""
+        ...
+
+    async def dek_on_version(self, version: int) -> DekRow | None:
+        """One data key wrapped by ``version``, or None."""
+        ...
+
+    async def customer_record_sample(self) -> RecordRow | None:
+        """One record that belongs to a customer, or None."""
         ...
 
     async def append_audit(self, entry: AuditEntry, link: AuditLinker) -> AuditRow:

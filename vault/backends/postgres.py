@@ -32,6 +32,7 @@ from vault.backends.base import (
     AUDIT_GENESIS,
     DEK_COLUMNS,
     RECORD_COLUMNS,
+    SCHEMA_OUTDATED,
     AuditEntry,
     AuditLinker,
     AuditRow,
@@ -445,6 +446,62 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
             customer_idx,
         )
         return DekRow(*row) if row else None
+
+    async def key_checks(self) -> dict[int, bytes]:
+        """Every recorded key ring check value, by version (0: the index key)."""
+
+        async def run(conn: asyncpg.Connection) -> dict[int, bytes] | None:
+            try:
+                rows = await conn.fetch("SELECT kek_version, check_value FROM key_checks")
+            except asyncpg.UndefinedTableError:
+                return None
+            return {int(version): bytes(value) for version, value in rows}
+
+        checks = await self._run(run)
+        if checks is None:
+            raise StorageUnavailable(SCHEMA_OUTDATED)
+        return checks
+
+    async def add_key_check(self, version: int, value: bytes, created_at: str) -> bytes:
+        """Insert unless present; returns the stored value (a racing inserter's, if it won)."""
+
+        async def run(conn: asyncpg.Connection) -> bytes:
+            await conn.execute(
+                "INSERT INTO key_checks VALUES ($1, $2, $3) ON CONFLICT (kek_version) DO NOTHING",
+                version,
+                value,
+                created_at,
+            )
+            stored: bytes = await conn.fetchval(
+                "SELECT check_value FROM key_checks WHERE kek_version = $1", version
+            )
+            return stored
+
+        return await self._run(run)
+
+    async def delete_key_check(self, version: int) -> None:
+        """Delete one check value."""
+
+        async def run(conn: asyncpg.Connection) -> None:
+            await conn.execute("DELETE FROM key_checks WHERE kek_version = $1", version)
+
+        await self._run(run)
+
+    async def dek_on_version(self, version: int) -> DekRow | None:
+        """One data key wrapped by ``version`` (walks the kek_version index)."""
+        row = await self._fetchrow(
+            f"SELECT {DEK_COLUMNS} FROM deks WHERE kek_version = $1 LIMIT 1",  # noqa: S608
+            version,
+        )
+        return DekRow(*row) if row else None
+
+    async def customer_record_sample(self) -> RecordRow | None:
+        """One record with a customer (walks the customer index)."""
+        row = await self._fetchrow(
+            f"SELECT {RECORD_COLUMNS} FROM records"  # noqa: S608
+            " WHERE customer_idx IS NOT NULL LIMIT 1"
+        )
+        return RecordRow(*row) if row else None
 
     async def ping(self) -> None:
         """Check the database answers a query (and mark the backend healthy when it does)."""
