@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from vault.audit import audit_key, link_hash
 from vault.crypto import dek_aad, key_check_mac
-from vault.errors import DecryptionFailed, KeyRingMismatch
+from vault.errors import DecryptionFailed, KeyRingError, KeyRingMismatch
 from vault.keyring import KeyState
 from vault.records import iso, utcnow
 
@@ -94,7 +94,7 @@ class KeyCheckMixin:
                 raise _mismatch(source, f"it lacks key version {version}, which the vault recorded")
             if info.state is KeyState.RETIRED:
                 continue
-            if not self.keys.matches_check(version, value):
+            if not self._matches(version, value, source):
                 raise _mismatch(
                     source, f"its key version {version} is not the one the vault recorded"
                 )
@@ -109,7 +109,7 @@ class KeyCheckMixin:
                 raise _mismatch(source, "its index key is not the one the vault recorded")
         for version in missing:
             stored = await self.backend.add_key_check(version, self.keys.check_value(version), now)
-            if not self.keys.matches_check(version, stored):
+            if not self._matches(version, stored, source):
                 raise _mismatch(
                     source, f"its key version {version} is not the one the vault recorded"
                 )
@@ -121,6 +121,15 @@ class KeyCheckMixin:
         """Drop the recorded check value of a version just retired."""
         await self.backend.delete_key_check(version)
         self._key_check_seen = None
+
+    def _matches(self, version: int, value: bytes, source: str) -> bool:
+        try:
+            return self.keys.matches_check(version, value)
+        except KeyRingMismatch:
+            raise
+        except KeyRingError as exc:
+            # Undecidable (a key service unreachable or refusing): still no start, but say so.
+            raise KeyRingError(f"{source}: {exc}") from None
 
     def _seen(self, rows: dict[int, bytes]) -> _Seen:
         versions = tuple((info.version, info.state.value) for info in self.keys.versions())
