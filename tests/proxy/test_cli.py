@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import stat
@@ -155,6 +156,8 @@ def _retire_version_1_by_hand(doc: dict[str, Any]) -> None:
         ("wrong-active", "version 1 is decrypt_only"),
         ("retired-in-use", "version 1 is retired but still wraps 1 data key"),
         ("other-ring", "does not belong to this vault: its index key"),
+        ("other-index-key", "does not belong to this vault: its index key"),
+        ("other-kek", "does not belong to this vault: its key version 1"),
     ],
 )
 def test_serve_refuses_to_start_with_a_bad_key_ring(env: Path, problem: str, expected: str) -> None:
@@ -182,6 +185,12 @@ def test_serve_refuses_to_start_with_a_bad_key_ring(env: Path, problem: str, exp
         assert main(["keys", "rewrap"]) == 0
         ring.unlink()
         init_keyring(ring)  # a fresh ring: version 1 only, while the data keys are on 2
+    elif problem == "other-index-key":
+        _edit_ring(ring, lambda doc: doc.update(index_key=base64.b64encode(b"i" * 32).decode()))
+    elif problem == "other-kek":
+        _edit_ring(
+            ring, lambda doc: doc["keys"][0].update(key=base64.b64encode(b"k" * 32).decode())
+        )
     result = _serve(env, {})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
