@@ -98,8 +98,8 @@ class KeyCheckMixin:
                 raise _mismatch(
                     source, f"its key version {version} is not the one the vault recorded"
                 )
-        missing = [v for v, info in sorted(infos.items()) if info.state is not KeyState.RETIRED]
-        missing = [v for v in missing if v not in rows]
+        live = [v for v, info in sorted(infos.items()) if info.state is not KeyState.RETIRED]
+        missing = [v for v in live if v not in rows]
         for version in missing:
             await self._prove_version(version, source)
         now = iso(utcnow())
