@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 from pathlib import Path
 
@@ -279,7 +280,7 @@ _payload = st.fixed_dictionaries(
 def test_round_trip_survives_rotations_and_rewraps(
     payloads: list[dict[str, object]], rotations: int
 ) -> None:
-    """Whatever is stored reads back identical through any number of rotate + rewrap."""
+    """Records and stored answers read back through any rotate + rewrap; old versions retire."""
 
     async def run(folder: Path) -> None:
         ring = folder / "ring.json"
@@ -287,7 +288,11 @@ def test_round_trip_survives_rotations_and_rewraps(
         v = await Vault.open(f"sqlite:///{folder / 'v.db'}", LocalKekProvider.from_file(ring))
         try:
             stored = []
-            for p in payloads:
+            answers = IdempotencyStore(v, ttl=3600)
+            for i, p in enumerate(payloads):
+                claim = await answers.begin("checkout", f"key-{i}", str(p["ref"]).encode())
+                assert isinstance(claim, Claim)
+                await answers.complete(claim, 201, json.dumps(p["meta"]).encode())
                 new = NewRecord(
                     kind=Kind.CARD,
                     partner="stripe",
@@ -299,10 +304,17 @@ def test_round_trip_survives_rotations_and_rewraps(
             for _ in range(rotations):
                 provider_of(v).rotate()
                 assert (await rewrap(v, batch_size=2)).failed == 0
+            assert await rewrap_remaining(v) == 0
+            for old in range(1, rotations + 1):
+                await retire_version(v, provider_of(v), old)
             reader = Vault(v.backend, LocalKekProvider.from_file(ring))
             for r in stored:
                 assert await reader.get(r.token) == r
-            assert await rewrap_remaining(v) == 0
+            replayer = IdempotencyStore(reader)
+            for i, p in enumerate(payloads):
+                replay = await replayer.begin("checkout", f"key-{i}", str(p["ref"]).encode())
+                assert isinstance(replay, Replay)
+                assert json.loads(replay.body) == p["meta"]
         finally:
             await v.close()
 
