@@ -133,13 +133,23 @@ def _origin() -> str:
     return socket.gethostname()[:200]
 
 
+def _ring(settings: Settings) -> str:
+    """How messages name the configured key ring."""
+    return f"key ring {settings.keyring_path}"
+
+
 def _with_vault(
     settings: Settings,
     work: Callable[[Vault, AdminProvider], Awaitable[T]],
     *,
     migrate: bool = True,
 ) -> T:
-    """Run ``work`` with the configured vault and key provider, then close the vault."""
+    """Run ``work`` with the configured vault and key provider, then close the vault.
+
+    The key ring is checked against the vault first (``Vault.check_key_ring``): a ring
+    that is not the vault's own is refused before any command reads or writes anything.
+    ``migrate=False`` leaves migrations and that check to ``work``.
+    """
 
     async def run() -> T:
         keys = load_provider(settings)
@@ -147,6 +157,8 @@ def _with_vault(
             settings.vault_url,
             keys,
             migrate=migrate and settings.migrate_on_start,
+            check_keys=migrate,
+            source=_ring(settings),
             # CLI commands run one statement at a time: no idle connections up front.
             pool_min=0,
             pool_max=2,
@@ -199,6 +211,8 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         old = keys.active_version
         try:
             new = keys.rotate()
+            # Record the new version's check value now: servers adopt it within seconds.
+            await vault.check_key_ring(source=_ring(settings))
         except VaultError:
             await _audit(vault, EventType.KEY_ROTATE, ok=False, resource=f"key_version:{old}")
             raise
@@ -218,16 +232,19 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    """Show every key version with its state and how many data keys it wraps."""
+    """Show every key version, its state and what it wraps (what `keys retire` counts)."""
     settings = _settings(need_partner=False)
 
     async def work(vault: Vault, keys: AdminProvider) -> int:
         status = await key_status(vault)
-        print(f"{'version':>7}  {'created':20}  {'state':12}  {'deks':>10}")
+        print(f"{'version':>7}  {'created':20}  {'state':12}  {'deks':>10}  {'idempotency':>11}")
         for s in status:
             created = s.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if s.created_at else "-"
-            print(f"{s.version:>7}  {created:20}  {s.state:12}  {s.deks:>10}")
-        remaining = sum(s.deks for s in status if s.version != keys.active_version)
+            print(
+                f"{s.version:>7}  {created:20}  {s.state:12}  {s.deks:>10}  "
+                f"{s.idempotency_keys:>11}"
+            )
+        remaining = sum(s.in_use for s in status if s.version != keys.active_version)
         print(f"rewrap remaining: {remaining}")
         return 0
 
@@ -400,7 +417,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(need_partner=False)
 
     async def work(vault: Vault, keys: AdminProvider) -> int:
-        return await vault.backend.migrate()
+        # The check needs the schema: a vault older than its table gets it here first.
+        version = await vault.backend.migrate()
+        await vault.check_key_ring(source=_ring(settings))
+        return version
 
     version = _with_vault(settings, work, migrate=False)
     print(f"vault schema at version {version}")

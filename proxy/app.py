@@ -25,7 +25,14 @@ from proxy.partners.stripe import StripePartner
 from proxy.routes import ROUTES
 from proxy.service import Services
 from proxy.settings import Settings
-from vault import IdempotencyStore, StorageUnavailable, Vault, VaultError
+from vault import (
+    IdempotencyStore,
+    KeyRingError,
+    KeyRingMismatch,
+    StorageUnavailable,
+    Vault,
+    VaultError,
+)
 from vault.rotation import check_key_coverage
 
 _log = structlog.get_logger("tokenproxy")
@@ -56,6 +63,7 @@ def create_app(
         own_vault = vault is None
         own_partner = partner is None
         the_vault = vault
+        source = f"key ring {settings.keyring_path}"
         if the_vault is None:
             keys = load_provider(settings)
             the_vault = await Vault.open(
@@ -66,10 +74,13 @@ def create_app(
                 pool_max=settings.db_pool_max,
                 db_timeout=settings.db_timeout,
                 retention=settings.retention_policy(),
+                source=source,
             )
         try:
-            # Fail closed: data keys under a retired or unknown version mean a wrong ring.
-            await check_key_coverage(the_vault, source=f"key ring {settings.keyring_path}")
+            # Fail closed: a ring that is not the one the vault recorded opens nothing, and
+            # data keys under a retired or unknown version mean a wrong or stale ring.
+            await the_vault.check_key_ring(source=source)
+            await check_key_coverage(the_vault, source=source)
             the_partner = partner
             if the_partner is None:
                 the_partner = StripePartner(
@@ -164,11 +175,23 @@ def create_ops_app(api: web.Application) -> web.Application:
         if not api[_READY].is_set() or SERVICES not in api:
             metrics.ready.set(0)
             return web.json_response({"status": "starting"}, status=503)
+        vault = api[SERVICES].vault
         try:
-            await api[SERVICES].vault.ping()
+            await vault.ping()
+            # One small query while nothing changed; a rotation adopted since start-up is
+            # verified (and its check value recorded if the CLI has not yet) here.
+            await vault.check_key_ring(source=f"key ring {api[SETTINGS].keyring_path}")
         except StorageUnavailable:
             metrics.ready.set(0)
             return web.json_response({"status": "vault_unavailable"}, status=503)
+        except KeyRingMismatch as exc:
+            metrics.ready.set(0)
+            _log.error("key_ring_mismatch", problem=str(exc))
+            return web.json_response({"status": "key_ring_mismatch"}, status=503)
+        except KeyRingError:
+            # Undecidable (the key service is unreachable): not ready, but not a mismatch.
+            metrics.ready.set(0)
+            return web.json_response({"status": "key_ring_unavailable"}, status=503)
         metrics.ready.set(1)
         return web.json_response({"status": "ready"})
 

@@ -31,4 +31,4 @@ async def refresh_key_metrics(
     metrics.deks.clear()
     for version in status:
         metrics.deks.labels(str(version.version)).set(version.deks)
-    metrics.rewrap_remaining.set(sum(v.deks for v in status if v.version != active))
+    metrics.rewrap_remaining.set(sum(v.in_use for v in status if v.version != active))

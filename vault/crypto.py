@@ -28,6 +28,7 @@ __all__ = [
     "blind_index",
     "dek_aad",
     "derive_subkey",
+    "key_check_mac",
     "new_key",
     "open_sealed",
     "record_aad",
@@ -49,6 +50,7 @@ _RECORD_AAD_LABEL = b"tokenproxy/record/v1\x00"
 _DEK_AAD_LABEL = b"tokenproxy/dek/v1\x00"
 _BLIND_INDEX_LABEL = b"tokenproxy/blind-index/v1\x00"
 _SUBKEY_LABEL = b"tokenproxy/subkey/v1\x00"
+_KEY_CHECK_LABEL = b"tokenproxy/key-check/v1\x00"
 _U64_MAX = 2**64 - 1
 
 
@@ -153,3 +155,13 @@ def derive_subkey(master: bytes, label: str) -> bytes:
         info=_frame(_SUBKEY_LABEL, label),
     )
     return hkdf.derive(master)
+
+
+def key_check_mac(key: bytes, *fields: str) -> bytes:
+    """A key check value: HMAC-SHA256 of ``fields`` under a subkey of ``key``.
+
+    Proves which key a party holds without revealing it, and is useless for anything
+    else: the subkey is derived for this purpose only.
+    """
+    subkey = derive_subkey(key, "key-check/v1")
+    return hmac.new(subkey, _frame(_KEY_CHECK_LABEL, *fields), hashlib.sha256).digest()

@@ -7,6 +7,7 @@
     ├── DecryptionFailed      a ciphertext or wrapped key failed authentication
     ├── KeyRingError          key ring missing, unreadable, badly permissioned or corrupt
     │   ├── KeyInUse          a key version still wraps data keys and cannot be retired
+    │   ├── KeyRingMismatch   the key ring is not the one the vault recorded (wrong ring)
     │   └── UnknownKeyVersion a data key names a version this key ring does not hold
     ├── AuditUnavailable      an audit event could not be written (the audited action is refused)
     ├── DuplicateRecord       a token or idempotency key already exists
@@ -34,6 +35,10 @@ class KeyRingError(VaultError):
 
 class KeyInUse(KeyRingError):
     """A key version still wraps data keys."""
+
+
+class KeyRingMismatch(KeyRingError):
+    """The key ring does not match the check values the vault recorded: another vault's ring."""
 
 
 class UnknownKeyVersion(KeyRingError):

@@ -337,6 +337,11 @@ def _dek_id(key_idx: str) -> str:
     return "idem_" + key_idx
 
 
+def row_key_aad(key_idx: str, kek_version: int) -> bytes:
+    """Associated data of an idempotency row's wrapped data key (rewrap moves it too)."""
+    return dek_aad(_dek_id(key_idx), kek_version)
+
+
 def _aad(key_idx: str, purpose: str, request_mac: str) -> bytes:
     """Binds a sealed blob to its row, its purpose and the request it answers."""
     return _frame(_AAD_LABEL, key_idx, purpose, request_mac)

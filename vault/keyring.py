@@ -19,7 +19,9 @@ import binascii
 import contextlib
 import enum
 import fcntl
+import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -31,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, Protocol, Self, runtime_checkable
 
-from vault.crypto import KEY_BYTES, Sealer, new_key
+from vault.crypto import KEY_BYTES, Sealer, key_check_mac, new_key
 from vault.errors import KeyInUse, KeyRingError, UnknownKeyVersion
 
 __all__ = [
@@ -55,6 +57,7 @@ _MAX_FILE_BYTES = 1 << 20
 # Field names are echoed in errors only when they look like identifiers, so a stray key
 # pasted as a JSON name (44 base64 characters) can never reach a log line.
 _ECHOABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
+_log = logging.getLogger("vault.keyring")
 
 
 class KeyState(enum.StrEnum):
@@ -502,10 +505,25 @@ class KekProvider(Protocol):
         """Every version the provider knows, oldest first, without key material."""
         ...
 
+    def check_value(self, version: int) -> bytes:
+        """A value the vault records to recognise ``version``'s key later (vault.keycheck)."""
+        ...
+
+    def matches_check(self, version: int, value: bytes) -> bool:
+        """Whether ``value`` was made by :meth:`check_value` with this very key and index key.
+
+        False for a value made with another key; KeyRingError when it cannot be decided
+        (the key service is unreachable).
+        """
+        ...
+
     def refresh(self, *, force: bool = False) -> bool:
         """Re-read the key source if it changed (another process rotated); True if reloaded.
 
-        Unless ``force``, it looks at most every :data:`RELOAD_CHECK_SECONDS`.
+        Unless ``force``, it looks at most every :data:`RELOAD_CHECK_SECONDS`. A changed
+        source is adopted only if it continues the one in force: it may add versions and
+        retire them, but every version in force stays, with the same key unless retired,
+        and the index key stays.
         """
         ...
 
@@ -526,7 +544,10 @@ class LocalKekProvider:
     wrote it, so one look is enough). The
     file is re-parsed only when its identity (inode, size, mtime) changed; a changed file
     that fails validation is ignored (the ring validated earlier stays in force) and is
-    not parsed again until it changes once more.
+    not parsed again until it changes once more. So is a file that does not continue the
+    ring in force (see :meth:`KekProvider.refresh`): another ring entirely, or a version
+    whose key changed, would make the data keys this process wraps unreadable to the ring
+    the vault recorded; the process keeps the ring it verified at start and logs why.
     """
 
     __slots__ = ("_ring", "_sealers", "_watch")
@@ -575,14 +596,30 @@ class LocalKekProvider:
             # works; `tokenproxy keys list` and the next start-up report the bad file.
             self._watch.reject(stamp)
             return False
-        if ring.index_key != self._ring.index_key:
+        problem = _discontinuity(self._ring, ring)
+        if problem is not None:
             # Another ring entirely (restored from the wrong backup?): blind indexes would
-            # silently stop matching, so keep the one this process started with.
+            # silently stop matching and new data keys would be wrapped under a key the
+            # vault's own ring lacks, so keep the one this process verified.
+            _log.warning(
+                "key ring %s changed into a ring this process refuses (%s); keeping the "
+                "ring in force",
+                _shown(self._ring.path),
+                problem,
+            )
             self._watch.reject(stamp)
             return False
         self._ring, self._sealers = ring, {}
         self._watch.accept(stamp)
         return True
+
+    def check_value(self, version: int) -> bytes:
+        """HMAC under a key derived from ``version``'s KEK (a classic key check value)."""
+        return key_check_mac(self._ring.kek(version), "kek", str(version))
+
+    def matches_check(self, version: int, value: bytes) -> bool:
+        """Whether ``value`` is this ring's check value of ``version`` (constant time)."""
+        return hmac.compare_digest(self.check_value(version), value)
 
     def rotate(self) -> int:
         """Add a version to the file and make it active here too; returns it."""
@@ -657,6 +694,29 @@ class FileWatch:
     def reject(self, stamp: tuple[int, int, int]) -> None:
         """Ignore the file at ``stamp`` (bad or foreign) until it changes again."""
         self._bad = stamp
+
+
+def _discontinuity(current: KeyRing, candidate: KeyRing) -> str | None:
+    """Why ``candidate`` may not replace ``current`` in a running process, or None."""
+    if not hmac.compare_digest(candidate.index_key, current.index_key):
+        return "its index key differs"
+    offered = {info.version: info for info in candidate._infos}
+    for info in current._infos:
+        other = offered.get(info.version)
+        if other is None:
+            return f"key version {info.version} is missing"
+        if info.state is KeyState.RETIRED:
+            if other.state is not KeyState.RETIRED:
+                return f"key version {info.version} was retired"
+            continue
+        if other.state is KeyState.RETIRED:
+            continue
+        same = hmac.compare_digest(
+            current._material.keks[info.version], candidate._material.keks[info.version]
+        )
+        if not same:
+            return f"key version {info.version} holds another key"
+    return None
 
 
 def _file_stamp(path: Path) -> tuple[int, int, int] | None:

@@ -14,6 +14,9 @@ Design:
   EncryptionContext carrying the DEK's associated data (its id and our version), so a
   wrapped key moved to another row fails at KMS exactly as the local AES-GCM wrap fails.
   ``Decrypt`` is also pinned to the version's KeyId, so a blob from another key is refused.
+* **Check values** (recorded in the vault, see ``vault.keycheck``): per version, a KMS
+  ``Encrypt`` of an HMAC of the version under the index key; it matches only when that
+  version's KMS key decrypts it *and* the plaintext is what this index key makes.
 * **The blind-index key** is a KMS data key (``GenerateDataKey``) made once at
   ``keys init``; the file stores only its KMS ciphertext, and every process decrypts it
   once at start. It stays wrapped under the active version's KMS key (re-encrypted at
@@ -33,13 +36,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
 
-from vault.crypto import KEY_BYTES
+from vault.crypto import KEY_BYTES, key_check_mac
 from vault.errors import DecryptionFailed, KeyInUse, KeyRingError, UnknownKeyVersion
 from vault.keyring import (
     FileWatch,
@@ -63,6 +67,12 @@ KMS_KEYRING_FORMAT = "tokenproxy-kms-keyring/1"
 _TOP_FIELDS = frozenset({"format", "active", "index_key_wrapped", "keys"})
 _KEY_FIELDS = frozenset({"version", "created_at", "state", "kms_key_id"})
 _INDEX_CONTEXT = {"tokenproxy:purpose": "index-key"}
+# What a KMS answer says when a ciphertext was not made by that key and context: a
+# mismatch, as opposed to KMS being unreachable or the key disabled (undecidable).
+_NOT_OURS = frozenset(
+    {"InvalidCiphertextException", "IncorrectKeyException", "ValidationException"}
+)
+_log = logging.getLogger("vault.kms")
 _MAX_KEY_ID = 2048
 
 
@@ -90,6 +100,10 @@ def kms_client(*, endpoint_url: str | None = None, region: str | None = None) ->
         region_name=region or os.environ.get("AWS_REGION"),
         config=config,
     )
+
+
+def _check_context(version: int) -> dict[str, str]:
+    return {"tokenproxy:purpose": "key-check", "tokenproxy:version": str(version)}
 
 
 def _dek_context(aad: bytes) -> dict[str, str]:
@@ -258,6 +272,37 @@ class KmsKekProvider:
         """The KMS key a version maps to."""
         return self._map.entry(version).kms_key_id
 
+    def check_value(self, version: int) -> bytes:
+        """KMS ciphertext, under ``version``'s key, of an HMAC under the index key."""
+        entry = self._map.entry(version)
+        try:
+            answer = self._client.encrypt(
+                KeyId=entry.kms_key_id,
+                Plaintext=key_check_mac(self._index_key, "kek", str(version)),
+                EncryptionContext=_check_context(version),
+            )
+        except Exception:  # noqa: BLE001 - no library text in our errors
+            raise KeyRingError(f"KMS refused to make a check value of version {version}") from None
+        blob: bytes = answer["CiphertextBlob"]
+        return blob
+
+    def matches_check(self, version: int, value: bytes) -> bool:
+        """Whether ``version``'s KMS key decrypts ``value`` to this index key's HMAC."""
+        entry = self._map.entry(version)
+        try:
+            answer = self._client.decrypt(
+                KeyId=entry.kms_key_id,
+                CiphertextBlob=value,
+                EncryptionContext=_check_context(version),
+            )
+        except Exception as exc:  # noqa: BLE001 - translated below, never echoed
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code in _NOT_OURS:
+                return False
+            raise KeyRingError(f"KMS could not check key version {version}") from None
+        expected = key_check_mac(self._index_key, "kek", str(version))
+        return hmac.compare_digest(answer["Plaintext"], expected)
+
     def refresh(self, *, force: bool = False) -> bool:
         """Re-read the key map if the file changed (same rules as LocalKekProvider)."""
         stamp = self._watch.changed(force=force)
@@ -266,6 +311,15 @@ class KmsKekProvider:
         try:
             keymap = _load_map(self._map.path)
         except KeyRingError:
+            self._watch.reject(stamp)
+            return False
+        problem = _discontinuity(self._map, keymap)
+        if problem is not None:
+            _log.warning(
+                "key map %s changed into one this process refuses (%s); keeping the map in force",
+                self._map.path,
+                problem,
+            )
             self._watch.reject(stamp)
             return False
         self._map = keymap
@@ -365,3 +419,24 @@ class KmsKekProvider:
             )
             _write_document(path, replace(keymap, entries=entries).document())
         self.refresh(force=True)
+
+
+def _discontinuity(current: _KeyMap, candidate: _KeyMap) -> str | None:
+    """Why ``candidate`` may not replace ``current`` in a running process, or None.
+
+    As for the local ring: versions may be added and retired, never dropped, revived or
+    moved to another KMS key (the index key is decrypted once per process and stays).
+    """
+    offered = {e.info.version: e for e in candidate.entries}
+    for entry in current.entries:
+        version = entry.info.version
+        other = offered.get(version)
+        if other is None:
+            return f"key version {version} is missing"
+        if entry.info.state is KeyState.RETIRED:
+            if other.info.state is not KeyState.RETIRED:
+                return f"key version {version} was retired"
+            continue
+        if other.info.state is not KeyState.RETIRED and other.kms_key_id != entry.kms_key_id:
+            return f"key version {version} names another KMS key"
+    return None

@@ -20,6 +20,7 @@ from vault.audit import AuditLog
 from vault.backends.base import Backend, DekRow, RecordRow
 from vault.crypto import Sealer, blind_index, dek_aad, derive_subkey, new_key, record_aad
 from vault.errors import DecryptionFailed, DuplicateRecord, RecordNotFound, VaultError
+from vault.keycheck import KeyCheckMixin
 from vault.keyring import KekProvider
 from vault.lifecycle import VaultLifecycle
 from vault.records import Kind, NewRecord, Record, iso, new_token, token_kind, utcnow
@@ -54,7 +55,7 @@ def open_backend(
     raise VaultError("vault URL must start with sqlite:/// or postgresql://")
 
 
-class Vault(VaultLifecycle):
+class Vault(VaultLifecycle, KeyCheckMixin):
     """Encrypted token store over a backend and a key-encryption-key provider."""
 
     def __init__(
@@ -89,20 +90,30 @@ class Vault(VaultLifecycle):
         keys: KekProvider,
         *,
         migrate: bool = True,
+        check_keys: bool = True,
         pool_min: int = 1,
         pool_max: int = 10,
         db_timeout: float = 5.0,
         retention: RetentionPolicy | None = None,
+        source: str = "key ring",
     ) -> Vault:
-        """Open the backend ``url`` names and, unless told not to, run migrations."""
+        """Open the backend ``url`` names, run migrations and check the key ring.
+
+        ``migrate=False`` skips migrations; ``check_keys=False`` skips the key ring check
+        (``check_key_ring``, which raises KeyRingMismatch naming ``source``) for a caller
+        that runs it itself after migrating.
+        """
         backend = open_backend(url, pool_min=pool_min, pool_max=pool_max, db_timeout=db_timeout)
-        if migrate:
-            try:
+        vault = cls(backend, keys, retention=retention)
+        try:
+            if migrate:
                 await backend.migrate()
-            except BaseException:
-                await backend.close()
-                raise
-        return cls(backend, keys, retention=retention)
+            if check_keys:
+                await vault.check_key_ring(source=source)
+        except BaseException:
+            await backend.close()
+            raise
+        return vault
 
     def index(self, domain: str, value: str) -> str:
         """Keyed blind index of ``value`` (customer refs, partner fingerprints)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sqlite3
@@ -17,7 +18,7 @@ import pytest
 
 from proxy.__main__ import main
 from proxy.clients import ClientRegistry
-from vault import Kind, LocalKekProvider, NewRecord, Vault
+from vault import IdempotencyStore, Kind, LocalKekProvider, NewRecord, Vault
 from vault.backends.sqlite import migration_scripts
 from vault.keyring import init_keyring
 
@@ -161,7 +162,9 @@ def _retire_version_1_by_hand(doc: dict[str, Any]) -> None:
         ("truncated", "truncated"),
         ("wrong-active", "version 1 is decrypt_only"),
         ("retired-in-use", "version 1 is retired but still wraps 1 data key"),
-        ("other-ring", "version 2 is not in the key ring"),
+        ("other-ring", "does not belong to this vault: its index key"),
+        ("other-index-key", "does not belong to this vault: its index key"),
+        ("other-kek", "does not belong to this vault: its key version 1"),
     ],
 )
 def test_serve_refuses_to_start_with_a_bad_key_ring(env: Path, problem: str, expected: str) -> None:
@@ -189,6 +192,12 @@ def test_serve_refuses_to_start_with_a_bad_key_ring(env: Path, problem: str, exp
         assert main(["keys", "rewrap"]) == 0
         ring.unlink()
         init_keyring(ring)  # a fresh ring: version 1 only, while the data keys are on 2
+    elif problem == "other-index-key":
+        _edit_ring(ring, lambda doc: doc.update(index_key=base64.b64encode(b"i" * 32).decode()))
+    elif problem == "other-kek":
+        _edit_ring(
+            ring, lambda doc: doc["keys"][0].update(key=base64.b64encode(b"k" * 32).decode())
+        )
     result = _serve(env, {})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -225,3 +234,51 @@ def test_audit_digest_matches_what_the_trail_records(
     assert printed == asyncio.run(expected())
     assert printed.startswith("customer:")
     assert "cus-1001" not in printed
+
+
+def _begin_idempotency_row(env_dir: Path, key: str) -> None:
+    """Leave one live idempotency row wrapped under the active version, as a request would."""
+
+    async def run() -> None:
+        vault = await Vault.open(
+            f"sqlite:///{env_dir / 'vault.db'}",
+            LocalKekProvider.from_file(env_dir / "keyring.json"),
+        )
+        try:
+            await IdempotencyStore(vault).begin("checkout", key, b"{}")
+        finally:
+            await vault.close()
+
+    asyncio.run(run())
+
+
+def _list_row(out: str, version: int) -> list[str]:
+    """The `keys list` row of ``version``, split into columns."""
+    for line in out.splitlines():
+        cells = line.split()
+        if cells and cells[0] == str(version):
+            return cells
+    raise AssertionError(f"no row for version {version} in {out!r}")
+
+
+def test_retire_succeeds_after_rewrap_and_list_agrees(
+    ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After rotate + rewrap, keys list shows 0 for the old version and retire succeeds."""
+    _store_one_record(ring)
+    _begin_idempotency_row(ring, "order-1")
+    assert main(["keys", "rotate"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list"]) == 0
+    assert _list_row(capsys.readouterr().out, 1)[-2:] == ["1", "1"]
+    assert main(["keys", "retire", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "1 record data key(s) and 1 idempotency key(s)" in err
+    assert main(["keys", "rewrap"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list"]) == 0
+    out = capsys.readouterr().out
+    assert _list_row(out, 1)[-2:] == ["0", "0"]
+    assert "rewrap remaining: 0" in out
+    assert main(["keys", "retire", "1"]) == 0
+    assert "retired key version 1" in capsys.readouterr().out

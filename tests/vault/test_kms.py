@@ -15,7 +15,16 @@ import pytest
 from proxy.__main__ import main
 from proxy.sandbox import free_port
 from tests.motokms import FAKE_AWS_ENV, MotoKms
-from vault import DecryptionFailed, KeyInUse, KeyRingError, Kind, NewRecord, Vault, VaultError
+from vault import (
+    DecryptionFailed,
+    KeyInUse,
+    KeyRingError,
+    KeyRingMismatch,
+    Kind,
+    NewRecord,
+    Vault,
+    VaultError,
+)
 from vault.crypto import dek_aad, new_key
 from vault.keyring import KekProvider
 from vault.kms import KmsKekProvider, init_kms_keyring
@@ -213,3 +222,50 @@ def test_vault_error_tree_covers_kms_failures() -> None:
     """KMS failures surface as vault errors the proxy already renders (503, never text)."""
     assert issubclass(KeyRingError, VaultError)
     assert issubclass(DecryptionFailed, VaultError)
+
+
+async def test_kms_check_values_recognise_their_own_key_map_only(
+    kms_ring: Path, moto: MotoKms, tmp_path: Path
+) -> None:
+    """A KMS key map is checked like a local ring: another index key or KMS key is refused."""
+    url = f"sqlite:///{tmp_path / 'vault.db'}"
+    keys = provider(kms_ring, moto, rotate_to=moto.create_key())
+    vault = await Vault.open(url, keys)
+    try:
+        await vault.put(NewRecord(kind=Kind.CARD, partner="stripe", partner_reference="pm_c"))
+        assert keys.rotate() == 2
+        await vault.check_key_ring()  # records version 2's check value
+    finally:
+        await vault.close()
+    await (await Vault.open(url, provider(kms_ring, moto))).close()
+    # Same KMS key for version 1, but a map made by another `keys init`: its own index key.
+    doc = json.loads(kms_ring.read_text())  # noqa: ASYNC240 - a test's setup step
+    other = tmp_path / "other" / "kms.json"
+    init_kms_keyring(other, moto.client(), doc["keys"][0]["kms_key_id"])
+    with pytest.raises(KeyRingMismatch, match="index key"):
+        await Vault.open(url, provider(other, moto))
+    # The right index key, but version 2 pointed at another KMS key.
+    doc["keys"][1]["kms_key_id"] = moto.create_key()
+    moved = tmp_path / "moved" / "kms.json"
+    moved.parent.mkdir()
+    moved.write_text(json.dumps(doc))
+    moved.chmod(0o600)
+    # KMS refuses to decrypt under the other key (AWS: IncorrectKeyException, moto: access
+    # denied): either way the start is refused, naming the file and the version.
+    with pytest.raises(KeyRingError, match=f"key ring {moved}.*key version 2"):
+        await Vault.open(url, provider(moved, moto), source=f"key ring {moved}")
+
+
+def test_kms_check_value_needs_the_version_key_and_the_index_key(
+    kms_ring: Path, moto: MotoKms
+) -> None:
+    """A KMS check value matches its own version only; a flipped byte never matches."""
+    keys = provider(kms_ring, moto, rotate_to=moto.create_key())
+    keys.rotate()
+    one, two = keys.check_value(1), keys.check_value(2)
+    assert keys.matches_check(1, one)
+    assert keys.matches_check(2, two)
+    assert not keys.matches_check(2, one)
+    flipped = bytearray(one)
+    flipped[len(flipped) // 2] ^= 1
+    assert not keys.matches_check(1, bytes(flipped))

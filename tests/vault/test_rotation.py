@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from vault import (
     VaultError,
 )
 from vault.backends.base import DekRewrap
+from vault.idempotency import Claim, Replay
 from vault.keyring import init_keyring
 from vault.rotation import (
     RewrapProgress,
@@ -124,12 +126,11 @@ async def test_rewrap_leaves_unreadable_keys_and_reports_them(
 
 
 async def test_retire_waits_for_live_idempotency_rows(vault: Vault) -> None:
-    """A version still wrapping a live idempotency row is not retirable, even after rewrap."""
+    """A version still wrapping a live idempotency row is not retirable until it moves."""
     provider = provider_of(vault)
     await IdempotencyStore(vault, ttl=3600).begin("checkout", "order-1", b"{}")
     provider.rotate()
-    await rewrap(vault)
-    assert await rewrap_remaining(vault) == 0
+    assert await rewrap_remaining(vault) == 1
     with pytest.raises(KeyInUse):
         await retire_version(vault, provider, 1)
     # Once the row has expired and been purged, nothing holds version 1 any more.
@@ -151,7 +152,7 @@ async def test_retire_refused_until_rewrapped(vault: Vault) -> None:
     stored = await vault.put(record("cus-r"))
     provider = provider_of(vault)
     provider.rotate()
-    with pytest.raises(KeyInUse, match="still wraps 1 data key"):
+    with pytest.raises(KeyInUse, match="still wraps 1 record data key"):
         await retire_version(vault, provider, 1)
     await rewrap(vault)
     assert await retire_version(vault, provider, 1) == 0
@@ -279,7 +280,7 @@ _payload = st.fixed_dictionaries(
 def test_round_trip_survives_rotations_and_rewraps(
     payloads: list[dict[str, object]], rotations: int
 ) -> None:
-    """Whatever is stored reads back identical through any number of rotate + rewrap."""
+    """Records and stored answers read back through any rotate + rewrap; old versions retire."""
 
     async def run(folder: Path) -> None:
         ring = folder / "ring.json"
@@ -287,7 +288,11 @@ def test_round_trip_survives_rotations_and_rewraps(
         v = await Vault.open(f"sqlite:///{folder / 'v.db'}", LocalKekProvider.from_file(ring))
         try:
             stored = []
-            for p in payloads:
+            answers = IdempotencyStore(v, ttl=3600)
+            for i, p in enumerate(payloads):
+                claim = await answers.begin("checkout", f"key-{i}", str(p["ref"]).encode())
+                assert isinstance(claim, Claim)
+                await answers.complete(claim, 201, json.dumps(p["meta"]).encode())
                 new = NewRecord(
                     kind=Kind.CARD,
                     partner="stripe",
@@ -299,10 +304,17 @@ def test_round_trip_survives_rotations_and_rewraps(
             for _ in range(rotations):
                 provider_of(v).rotate()
                 assert (await rewrap(v, batch_size=2)).failed == 0
+            assert await rewrap_remaining(v) == 0
+            for old in range(1, rotations + 1):
+                await retire_version(v, provider_of(v), old)
             reader = Vault(v.backend, LocalKekProvider.from_file(ring))
             for r in stored:
                 assert await reader.get(r.token) == r
-            assert await rewrap_remaining(v) == 0
+            replayer = IdempotencyStore(reader)
+            for i, p in enumerate(payloads):
+                replay = await replayer.begin("checkout", f"key-{i}", str(p["ref"]).encode())
+                assert isinstance(replay, Replay)
+                assert json.loads(replay.body) == p["meta"]
         finally:
             await v.close()
 
@@ -328,3 +340,55 @@ def test_wrap_unwrap_round_trip_across_versions(dek: bytes, dek_id: str) -> None
             later.unwrap(version, wrapped, dek_aad(dek_id + "x", version))
         with pytest.raises(VaultError):
             later.unwrap(2, wrapped, dek_aad(dek_id, 2))
+
+
+async def test_rewrap_moves_idempotency_keys_so_retire_succeeds(vault: Vault) -> None:
+    """Rewrap moves live idempotency rows' data keys too: list shows 0, then retire succeeds."""
+    provider = provider_of(vault)
+    store = IdempotencyStore(vault, ttl=3600)
+    stored = await vault.put(record("cus-i"))
+    done = await store.begin("checkout", "order-a", b"{}")
+    assert isinstance(done, Claim)
+    await store.complete(done, 201, b'{"ok":true}')
+    await store.begin("checkout", "order-b", b"{}")
+    provider.rotate()
+    before = {s.version: (s.deks, s.idempotency_keys, s.in_use) for s in await key_status(vault)}
+    assert before[1] == (1, 2, 3)
+    progress = await rewrap(vault, batch_size=1)
+    assert (progress.total, progress.rewrapped, progress.failed, progress.remaining) == (3, 3, 0, 0)
+    status = {s.version: (s.deks, s.idempotency_keys, s.in_use) for s in await key_status(vault)}
+    assert status[1] == (0, 0, 0)
+    assert await rewrap_remaining(vault) == 0
+    assert await retire_version(vault, provider, 1) == 0
+    # Everything moved still opens with version 1 destroyed.
+    fresh = Vault(vault.backend, LocalKekProvider.from_file(provider.ring.path))
+    assert await fresh.get(stored.token) == stored
+    replay = await IdempotencyStore(fresh).begin("checkout", "order-a", b"{}")
+    assert isinstance(replay, Replay)
+    assert replay.body == b'{"ok":true}'
+    resumed = await IdempotencyStore(fresh).begin("checkout", "order-b", b"{}")
+    assert isinstance(resumed, Claim)
+    assert resumed.resumed
+
+
+async def test_retire_message_matches_key_list(vault: Vault) -> None:
+    """retire refuses naming the same per-version counts that keys list shows."""
+    provider = provider_of(vault)
+    await vault.put(record())
+    await IdempotencyStore(vault, ttl=3600).begin("checkout", "order-m", b"{}")
+    provider.rotate()
+    (old,) = [s for s in await key_status(vault) if s.version == 1]
+    assert (old.deks, old.idempotency_keys) == (1, 1)
+    with pytest.raises(KeyInUse, match=r"1 record data key\(s\) and 1 idempotency key"):
+        await retire_version(vault, provider, 1)
+
+
+async def test_rewrap_skips_expired_idempotency_rows(vault: Vault, raw_rows: RawRows) -> None:
+    """Expired idempotency rows are neither counted nor rewrapped: nothing reads them again."""
+    provider = provider_of(vault)
+    await IdempotencyStore(vault, ttl=3600).begin("checkout", "order-x", b"{}")
+    await raw_rows.query("UPDATE idempotency_keys SET expires_at = '2000-01-01T00:00:00.000000Z'")
+    provider.rotate()
+    assert {s.version: s.in_use for s in await key_status(vault)} == {1: 0, 2: 0}
+    assert (await rewrap(vault)).rewrapped == 0
+    assert await retire_version(vault, provider, 1) == 0

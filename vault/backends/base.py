@@ -84,6 +84,15 @@ class DekRewrap:
 
 
 @dataclass(frozen=True, slots=True)
+class IdempotencyKeyWrap:
+    """The wrapped data key of one live idempotency row, as rewrap reads and moves it."""
+
+    key_idx: str
+    kek_version: int
+    wrapped: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One audit event before it joins the chain (PCI DSS 10.2.2 fields)."""
 
@@ -109,6 +118,8 @@ class AuditRow:
 # (prev_hash, entry) -> this event's hash; supplied by vault.audit, which holds the key.
 AuditLinker = Callable[[str, AuditEntry], str]
 AUDIT_GENESIS = "0" * 64
+# Said when a query meets a schema older than the code (migrations not yet applied).
+SCHEMA_OUTDATED = "vault schema is out of date: run `tokenproxy migrate`"
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +268,20 @@ class Backend(Protocol):
         """How many live (unexpired at ``now``) idempotency rows each KEK version wraps."""
         ...
 
+    async def idempotency_keys_not_on_version(
+        self, version: int, *, now: str, after: str | None, limit: int
+    ) -> list[IdempotencyKeyWrap]:
+        """Up to ``limit`` live idempotency rows' keys not wrapped by ``version``, by key_idx."""
+        ...
+
+    async def rewrap_idempotency_keys(self, changes: Sequence[DekRewrap]) -> int:
+        """As ``rewrap_deks`` for idempotency rows (``DekRewrap.dek_id`` holds the key_idx).
+
+        Only ``kek_version`` and ``wrapped_dek`` change, so a concurrent update of the
+        row's answer is neither lost nor blocks the move.
+        """
+        ...
+
     async def deks_not_on_version(
         self, version: int, *, after: str | None, limit: int
     ) -> list[DekRow]:
@@ -270,6 +295,31 @@ class Backend(Protocol):
         the batch is one durable transaction. Returns how many rows changed; the rest were
         deleted or rewrapped by someone else meanwhile.
         """
+        ...
+
+    # -- key ring check values (migration 0006) --------------------------------
+
+    async def key_checks(self) -> dict[int, bytes]:
+        """Every recorded check value: 0 is the index key's, N is KEK version N's.
+
+        Raises StorageUnavailable naming ``tokenproxy migrate`` when the table is missing.
+        """
+        ...
+
+    async def add_key_check(self, version: int, value: bytes, created_at: str) -> bytes:
+        """Record ``value`` for ``version`` unless one is recorded; returns the stored one."""
+        ...
+
+    async def delete_key_check(self, version: int) -> None:
+        """Forget the check value of ``version`` (it was retired)."""
+        ...
+
+    async def dek_on_version(self, version: int) -> DekRow | None:
+        """One data key wrapped by ``version``, or None."""
+        ...
+
+    async def customer_record_sample(self) -> RecordRow | None:
+        """One record that belongs to a customer, or None."""
         ...
 
     async def append_audit(self, entry: AuditEntry, link: AuditLinker) -> AuditRow:

@@ -32,11 +32,13 @@ from vault.backends.base import (
     AUDIT_GENESIS,
     DEK_COLUMNS,
     RECORD_COLUMNS,
+    SCHEMA_OUTDATED,
     AuditEntry,
     AuditLinker,
     AuditRow,
     DekRewrap,
     DekRow,
+    IdempotencyKeyWrap,
     RecordRow,
 )
 from vault.backends.postgres_idempotency import PostgresIdempotencyMixin
@@ -81,6 +83,13 @@ _REWRAP = (
     " AS c(dek_id, old_version, old_wrapped, new_version, new_wrapped)"
     " WHERE d.dek_id = c.dek_id AND d.kek_version = c.old_version"
     " AND d.wrapped = c.old_wrapped"
+)
+_REWRAP_IDEMPOTENCY = (
+    "UPDATE idempotency_keys k SET kek_version = c.new_version, wrapped_dek = c.new_wrapped"
+    " FROM unnest($1::text[], $2::int[], $3::bytea[], $4::int[], $5::bytea[])"
+    " AS c(key_idx, old_version, old_wrapped, new_version, new_wrapped)"
+    " WHERE k.key_idx = c.key_idx AND k.kek_version = c.old_version"
+    " AND k.wrapped_dek = c.old_wrapped"
 )
 
 # What a broken or unreachable database raises through asyncpg: server errors, protocol
@@ -247,12 +256,19 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
 
     async def rewrap_deks(self, changes: Sequence[DekRewrap]) -> int:
         """Compare-and-set each data key's (version, wrapped) pair, all in one statement."""
+        return await self._rewrap(_REWRAP, changes)
+
+    async def rewrap_idempotency_keys(self, changes: Sequence[DekRewrap]) -> int:
+        """Compare-and-set each idempotency row's (version, wrapped key), in one statement."""
+        return await self._rewrap(_REWRAP_IDEMPOTENCY, changes)
+
+    async def _rewrap(self, sql: str, changes: Sequence[DekRewrap]) -> int:
         if not changes:
             return 0
 
         async def run(conn: asyncpg.Connection) -> int:
             status: str = await conn.execute(
-                _REWRAP,
+                sql,
                 [c.dek_id for c in changes],
                 [c.old_version for c in changes],
                 [c.old_wrapped for c in changes],
@@ -370,6 +386,21 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
         )
         return [DekRow(*row) for row in rows]
 
+    async def idempotency_keys_not_on_version(
+        self, version: int, *, now: str, after: str | None, limit: int
+    ) -> list[IdempotencyKeyWrap]:
+        """A page of live idempotency rows' keys not on ``version``, in key_idx order."""
+        rows = await self._fetch(
+            "SELECT key_idx, kek_version, wrapped_dek FROM idempotency_keys"
+            " WHERE kek_version <> $1 AND expires_at > $2 AND key_idx > $3"
+            " ORDER BY key_idx LIMIT $4",
+            version,
+            now,
+            after or "",
+            limit,
+        )
+        return [IdempotencyKeyWrap(*row) for row in rows]
+
     async def read_audit(
         self, *, after_seq: int = 0, limit: int = 1000, since: str | None = None
     ) -> list[AuditRow]:
@@ -446,6 +477,62 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
             customer_idx,
         )
         return DekRow(*row) if row else None
+
+    async def key_checks(self) -> dict[int, bytes]:
+        """Every recorded key ring check value, by version (0: the index key)."""
+
+        async def run(conn: asyncpg.Connection) -> dict[int, bytes] | None:
+            try:
+                rows = await conn.fetch("SELECT kek_version, check_value FROM key_checks")
+            except asyncpg.UndefinedTableError:
+                return None
+            return {int(version): bytes(value) for version, value in rows}
+
+        checks = await self._run(run)
+        if checks is None:
+            raise StorageUnavailable(SCHEMA_OUTDATED)
+        return checks
+
+    async def add_key_check(self, version: int, value: bytes, created_at: str) -> bytes:
+        """Insert unless present; returns the stored value (a racing inserter's, if it won)."""
+
+        async def run(conn: asyncpg.Connection) -> bytes:
+            await conn.execute(
+                "INSERT INTO key_checks VALUES ($1, $2, $3) ON CONFLICT (kek_version) DO NOTHING",
+                version,
+                value,
+                created_at,
+            )
+            stored: bytes = await conn.fetchval(
+                "SELECT check_value FROM key_checks WHERE kek_version = $1", version
+            )
+            return stored
+
+        return await self._run(run)
+
+    async def delete_key_check(self, version: int) -> None:
+        """Delete one check value."""
+
+        async def run(conn: asyncpg.Connection) -> None:
+            await conn.execute("DELETE FROM key_checks WHERE kek_version = $1", version)
+
+        await self._run(run)
+
+    async def dek_on_version(self, version: int) -> DekRow | None:
+        """One data key wrapped by ``version`` (walks the kek_version index)."""
+        row = await self._fetchrow(
+            f"SELECT {DEK_COLUMNS} FROM deks WHERE kek_version = $1 LIMIT 1",  # noqa: S608
+            version,
+        )
+        return DekRow(*row) if row else None
+
+    async def customer_record_sample(self) -> RecordRow | None:
+        """One record with a customer (walks the customer index)."""
+        row = await self._fetchrow(
+            f"SELECT {RECORD_COLUMNS} FROM records"  # noqa: S608
+            " WHERE customer_idx IS NOT NULL LIMIT 1"
+        )
+        return RecordRow(*row) if row else None
 
     async def ping(self) -> None:
         """Check the database answers a query (and mark the backend healthy when it does)."""

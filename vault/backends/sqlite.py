@@ -26,11 +26,13 @@ from vault.backends.base import (
     DEK_COLUMNS,
     IDEMPOTENCY_COLUMNS,
     RECORD_COLUMNS,
+    SCHEMA_OUTDATED,
     AuditEntry,
     AuditLinker,
     AuditRow,
     DekRewrap,
     DekRow,
+    IdempotencyKeyWrap,
     IdempotencyRow,
     RecordRow,
     erased_idempotency_row,
@@ -240,6 +242,24 @@ class SqliteBackend(SqliteLifecycleMixin):
 
         return await self._write(run)
 
+    async def rewrap_idempotency_keys(self, changes: Sequence[DekRewrap]) -> int:
+        """Compare-and-set each idempotency row's (version, wrapped key); one transaction."""
+        if not changes:
+            return 0
+
+        def run(conn: sqlite3.Connection) -> int:
+            cursor = conn.executemany(
+                "UPDATE idempotency_keys SET kek_version = ?, wrapped_dek = ?"
+                " WHERE key_idx = ? AND kek_version = ? AND wrapped_dek = ?",
+                [
+                    (c.new_version, c.new_wrapped, c.dek_id, c.old_version, c.old_wrapped)
+                    for c in changes
+                ],
+            )
+            return cursor.rowcount
+
+        return await self._write(run)
+
     async def append_audit(self, entry: AuditEntry, link: AuditLinker) -> AuditRow:
         """Chain and insert one event; the head is read inside the writer's transaction.
 
@@ -418,6 +438,18 @@ class SqliteBackend(SqliteLifecycleMixin):
         )
         return [DekRow(*row) for row in rows]
 
+    async def idempotency_keys_not_on_version(
+        self, version: int, *, now: str, after: str | None, limit: int
+    ) -> list[IdempotencyKeyWrap]:
+        """A page of live idempotency rows' keys not on ``version``, in key_idx order."""
+        rows = self._read_all(
+            "SELECT key_idx, kek_version, wrapped_dek FROM idempotency_keys"
+            " WHERE kek_version != ? AND expires_at > ? AND key_idx > ?"
+            " ORDER BY key_idx LIMIT ?",
+            (version, now, after or "", limit),
+        )
+        return [IdempotencyKeyWrap(*row) for row in rows]
+
     async def read_audit(
         self, *, after_seq: int = 0, limit: int = 1000, since: str | None = None
     ) -> list[AuditRow]:
@@ -497,6 +529,57 @@ class SqliteBackend(SqliteLifecycleMixin):
             (customer_idx,),
         )
         return DekRow(*row) if row else None
+
+    async def key_checks(self) -> dict[int, bytes]:
+        """Every recorded key ring check value, by version (0: the index key)."""
+        if self._closed:
+            raise StorageUnavailable("vault is closed")
+        try:
+            rows = self._reader.execute("SELECT kek_version, check_value FROM key_checks")
+            return {int(version): bytes(value) for version, value in rows.fetchall()}
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                raise StorageUnavailable(SCHEMA_OUTDATED) from None
+            raise StorageUnavailable("database read failed") from exc
+
+    async def add_key_check(self, version: int, value: bytes, created_at: str) -> bytes:
+        """Insert unless present, in one write transaction; returns the stored value."""
+
+        def run(conn: sqlite3.Connection) -> bytes:
+            conn.execute(
+                "INSERT OR IGNORE INTO key_checks VALUES (?, ?, ?)", (version, value, created_at)
+            )
+            row = conn.execute(
+                "SELECT check_value FROM key_checks WHERE kek_version = ?", (version,)
+            ).fetchone()
+            return bytes(row[0])
+
+        return await self._write(run)
+
+    async def delete_key_check(self, version: int) -> None:
+        """Delete one check value."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM key_checks WHERE kek_version = ?", (version,))
+
+        await self._write(run)
+
+    async def dek_on_version(self, version: int) -> DekRow | None:
+        """One data key wrapped by ``version`` (walks the kek_version index)."""
+        row = self._read_one(
+            f"SELECT {DEK_COLUMNS} FROM deks WHERE kek_version = ? LIMIT 1",  # noqa: S608
+            (version,),
+        )
+        return DekRow(*row) if row else None
+
+    async def customer_record_sample(self) -> RecordRow | None:
+        """One record with a customer (walks the customer index)."""
+        row = self._read_one(
+            f"SELECT {RECORD_COLUMNS} FROM records"  # noqa: S608
+            " WHERE customer_idx IS NOT NULL LIMIT 1",
+            (),
+        )
+        return RecordRow(*row) if row else None
 
     async def ping(self) -> None:
         """Check the database file answers a query."""
