@@ -17,7 +17,7 @@ from proxy.audit import AUDIT_TASKS, drain_audit
 from proxy.clients import ClientRegistry
 from proxy.kek import load_provider
 from proxy.keystatus import refresh_key_metrics
-from proxy.limits import ApiRunner, server_options
+from proxy.limits import ApiRunner, ops_server_options, server_options
 from proxy.metrics import Metrics
 from proxy.middleware import request_middleware
 from proxy.partners.base import Partner
@@ -186,8 +186,11 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     """Run the API and ops listeners until SIGTERM/SIGINT (or ``stop``), then drain."""
     api = create_app(settings)
     ops = create_ops_app(api)
-    api_runner = ApiRunner(api, access_log=None, **server_options(settings))
-    ops_runner = ApiRunner(ops, access_log=None)
+    metrics = api[METRICS]
+    api_runner = ApiRunner(api, access_log=None, **server_options(settings, metrics.closer("api")))
+    ops_runner = ApiRunner(
+        ops, access_log=None, **ops_server_options(settings, metrics.closer("ops"))
+    )
     await api_runner.setup()
     try:
         await ops_runner.setup()

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 
 from proxy import publishable
 from proxy.appkeys import CLIENTS, METRICS, SETTINGS
@@ -153,10 +154,18 @@ def _finish(request: web.Request, started: float, status: int, error: ProxyError
 
 def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     """The client behind the bearer key, if it holds one of ``scopes``; else 401/403."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
+    headers = request.headers.getall("Authorization", [])
+    scheme, _, key = headers[0].partition(" ") if headers else ("", "", "")
     metrics = request.app[METRICS]
-    if scheme.lower() != "bearer" or not key:
+    if len(headers) > 1:
+        # Two credentials are ambiguous (a proxy in front may check one, we another).
+        metrics.auth_failures.labels("invalid_key").inc()
+        audit_auth_failure(request, "invalid_key")
+        raise AuthenticationFailed(
+            "Send exactly one Authorization header.",
+            headers={"WWW-Authenticate": 'Bearer realm="tokenproxy", error="invalid_request"'},
+        )
+    if scheme.lower() != "bearer" or not key.strip():
         metrics.auth_failures.labels("missing_key").inc()
         audit_auth_failure(request, "missing_key")
         raise AuthenticationFailed(
@@ -202,6 +211,32 @@ def refuse_customer_fields_from_publishable(client: Client, body: object) -> Non
         )
 
 
+# What aiohttp decodes; it passes any other coding through undecoded, so a body labelled
+# e.g. "gzip, gzip" would be read as something else than what its sender meant.
+_CONTENT_ENCODINGS = frozenset({"identity", "gzip", "deflate"})
+
+
+def _check_content_encoding(request: web.Request) -> None:
+    values = request.headers.getall("Content-Encoding", [])
+    if not values:
+        return
+    # Several headers are ambiguous: aiohttp's two parsers do not even pick the same one.
+    if len(values) > 1 or not values[0].isascii() or values[0].lower() not in _CONTENT_ENCODINGS:
+        raise UnsupportedMediaType(
+            "Content-Encoding must be one of identity, gzip or deflate.",
+            code="unsupported_content_encoding",
+            headers={"Connection": "close"},
+        )
+
+
+def _unreadable_body() -> InvalidRequest:
+    return InvalidRequest(
+        "The request body could not be read.",
+        code="malformed_request",
+        headers={"Connection": "close"},
+    )
+
+
 async def read_json(request: web.Request) -> object:
     """The request body as JSON; 415 for another media type, 400 for bad or too deep JSON.
 
@@ -210,6 +245,7 @@ async def read_json(request: web.Request) -> object:
     """
     if request.content_type != "application/json":
         raise UnsupportedMediaType("Send the body as application/json.")
+    _check_content_encoding(request)
     try:
         async with asyncio.timeout(request.app[SETTINGS].body_read_timeout):
             raw = await request.read()
@@ -217,14 +253,18 @@ async def read_json(request: web.Request) -> object:
         raise RequestTimeout(
             "The request body did not arrive in time.", headers={"Connection": "close"}
         ) from None
+    except web.RequestPayloadError as exc:
+        # A body that does not decode as its Content-Encoding says, or a malformed chunked
+        # body, surfaces half-way through the read: the client's fault, never quoted back.
+        if isinstance(exc.__cause__, ContentEncodingError):
+            raise InvalidRequest(
+                "The request body is not valid for its Content-Encoding.",
+                code="invalid_content_encoding",
+                headers={"Connection": "close"},
+            ) from None
+        raise _unreadable_body() from None
     except (OSError, ValueError):
-        # A malformed chunked body surfaces half-way through the read, as a reset or a
-        # payload error: the client's fault, and nothing of it is quoted back.
-        raise InvalidRequest(
-            "The request body could not be read.",
-            code="malformed_request",
-            headers={"Connection": "close"},
-        ) from None
+        raise _unreadable_body() from None
     if json_too_deep(raw):
         raise InvalidRequest(
             f"JSON may nest at most {MAX_JSON_DEPTH} levels deep.", code="json_too_deep"

@@ -104,6 +104,8 @@ class Settings:
     breaker_reset: float = 30.0
     body_read_timeout: float = 10.0
     max_header_bytes: int = 8190
+    header_timeout: float = 10.0
+    max_connections: int = 1024
     cors_origins: tuple[str, ...] = ()
     publishable_rate_per_minute: float = 30.0
     publishable_burst: int = 10
@@ -282,11 +284,13 @@ def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
         "TOKENPROXY_PARTNER_BACKOFF_MAX": ("partner_backoff_max", 0.0),
         "TOKENPROXY_BREAKER_RESET": ("breaker_reset", 0.05),
         "TOKENPROXY_BODY_READ_TIMEOUT": ("body_read_timeout", 0.1),
+        "TOKENPROXY_HEADER_TIMEOUT": ("header_timeout", 0.1),
     }
     ints = {
         "TOKENPROXY_PARTNER_MAX_RETRIES": ("partner_max_retries", 0),
         "TOKENPROXY_BREAKER_FAILURES": ("breaker_failures", 1),
         "TOKENPROXY_MAX_HEADER_BYTES": ("max_header_bytes", 1024),
+        "TOKENPROXY_MAX_CONNECTIONS": ("max_connections", 1),
     }
     out: dict[str, object] = {}
     for name, (attr, minimum) in floats.items():
