@@ -275,6 +275,22 @@ class Settings:
         return self.partner_retry_budget + self.partner_timeout + 30.0
 
 
+def listen_addresses(env: Mapping[str, str] | None = None) -> tuple[HostPort, HostPort]:
+    """The API and ops listen addresses alone, read as ``Settings.from_env`` reads them.
+
+    ``dev`` binds both before it writes or prints anything, and before the rest of the
+    settings can be read (its sandbox partner sets some of them).
+    """
+    env = os.environ if env is None else env
+    defaults = Settings()
+    api, ops = defaults.listen, defaults.ops_listen
+    if "TOKENPROXY_LISTEN" in env:
+        api = _host_port("TOKENPROXY_LISTEN", env["TOKENPROXY_LISTEN"])
+    if "TOKENPROXY_OPS_LISTEN" in env:
+        ops = _host_port("TOKENPROXY_OPS_LISTEN", env["TOKENPROXY_OPS_LISTEN"])
+    return api, ops
+
+
 def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
     """The idempotency, retry, breaker and request-limit settings (issue 6)."""
     floats = {
