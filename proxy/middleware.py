@@ -33,6 +33,7 @@ from proxy.errors import (
     UnsupportedMediaType,
 )
 from proxy.limits import MAX_JSON_DEPTH, json_too_deep
+from proxy.validation import _echoable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -89,8 +90,16 @@ def _check_query(request: web.Request) -> None:
     if route == _UNMATCHED:
         return  # a 404 tells more than a complaint about the query
     allowed = _QUERY_PARAMETERS.get(route, frozenset())
-    if not set(request.query) <= allowed:
-        raise InvalidRequest("This route takes no such query parameter.", code="unknown_parameter")
+    unknown = sorted(set(request.query) - allowed)
+    if unknown:
+        # The name is the client's text (it could be a card number): only a short plain
+        # name is echoed, and none when no unknown name is one.
+        named = [name for name in map(_echoable, unknown) if name]
+        raise InvalidRequest(
+            "This route takes no such query parameter.",
+            code="unknown_parameter",
+            param=named[0] if named else None,
+        )
 
 
 def render_error(error: ProxyError, request_id: str) -> web.Response:
