@@ -21,7 +21,7 @@ from proxy.kek import load_provider
 from proxy.keystatus import refresh_key_metrics
 from proxy.limits import ApiRunner, ops_server_options, server_options
 from proxy.metrics import Metrics
-from proxy.middleware import request_middleware
+from proxy.middleware import ops_error_middleware, request_middleware
 from proxy.partners.base import Partner
 from proxy.partners.resilience import CircuitBreaker, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
@@ -150,7 +150,7 @@ async def _purge_idempotency_keys(services: Services, settings: Settings) -> Non
 
 def create_ops_app(api: web.Application) -> web.Application:
     """The ops listener: /metrics, /healthz (process alive), /readyz (vault answers)."""
-    ops = web.Application()
+    ops = web.Application(middlewares=[ops_error_middleware])
     metrics = api[METRICS]
 
     async def metrics_handler(request: web.Request) -> web.Response:

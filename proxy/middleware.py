@@ -141,6 +141,24 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         structlog.contextvars.unbind_contextvars("request_id")
 
 
+@web.middleware
+async def ops_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The ops listener's errors (unknown route, wrong method) as our JSON error."""
+    try:
+        return await handler(request)
+    except ProxyError as exc:
+        error = exc
+    except web.HTTPException as exc:
+        error = _translate_http(exc)
+    except Exception:  # noqa: BLE001 - as on the API: a fixed 500, the exception logged scrubbed
+        _log.exception("unhandled_error")
+        error = ProxyError("An internal error occurred.")
+    request_id = new_request_id()
+    response = render_error(error, request_id)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
 def _finish(request: web.Request, started: float, status: int, error: ProxyError | None) -> None:
     duration = time.perf_counter() - started
     route = route_template(request)
