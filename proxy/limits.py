@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
-from proxy.errors import InvalidRequest, ProxyError
+from proxy.errors import ExpectationFailed, InvalidRequest, ProxyError
 from proxy.settings import Settings
 
 _log = structlog.get_logger("tokenproxy.http")
@@ -144,13 +144,41 @@ class _QuietRequestHandler(RequestHandler):
             error = InvalidRequest("The request could not be parsed.", code="malformed_request")
         else:
             error = ProxyError("An internal error occurred.")
-        response = web.Response(
-            status=error.status,
-            body=json.dumps(error.body(None)).encode(),
-            content_type="application/json",
-        )
+        response = _json_error(error)
         response.force_close()
         return response
+
+    async def _handle_request(
+        self,
+        request: BaseRequest,
+        start_time: float | None,
+        request_handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+    ) -> tuple[web.StreamResponse, bool]:
+        async def answered_our_way(request: BaseRequest) -> web.StreamResponse:
+            try:
+                return await request_handler(request)
+            except web.HTTPException as exc:
+                # Only what aiohttp raises before the middleware reaches here: its Expect
+                # handler's 417 quotes the header ("Unknown Expect: 4242…").
+                return _json_error(_outside_middleware(exc))
+
+        return await super()._handle_request(request, start_time, answered_our_way)
+
+
+def _outside_middleware(exc: web.HTTPException) -> ProxyError:
+    if exc.status == ExpectationFailed.status:
+        return ExpectationFailed("Only Expect: 100-continue is supported.")
+    if 400 <= exc.status < 500:
+        return InvalidRequest("The request could not be processed.")
+    return ProxyError("An internal error occurred.")
+
+
+def _json_error(error: ProxyError) -> web.Response:
+    return web.Response(
+        status=error.status,
+        body=json.dumps(error.body(None)).encode(),
+        content_type="application/json",
+    )
 
 
 class _GuardedRequestHandler(_QuietRequestHandler):
@@ -200,14 +228,21 @@ class _GuardedRequestHandler(_QuietRequestHandler):
         if self._request_count != parsed:
             self._stop_header_clock()
 
-    async def _handle_request(self, *args: Any, **kwargs: Any) -> tuple[web.StreamResponse, bool]:
+    async def _handle_request(
+        self,
+        request: BaseRequest,
+        start_time: float | None,
+        request_handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+    ) -> tuple[web.StreamResponse, bool]:
         try:
-            return await super()._handle_request(*args, **kwargs)
+            return await super()._handle_request(request, start_time, request_handler)
         finally:
             self._start_header_clock()
 
     def _start_header_clock(self) -> None:
         self._stop_header_clock()
+        if self.transport is None:
+            return  # closed while the last request was handled: nothing left to time
         self._header_timer = self._loop.call_later(
             self._limits.header_timeout, self._header_deadline
         )

@@ -264,11 +264,26 @@ def cases(key: bytes, reader: bytes, pk: bytes) -> dict[str, bytes]:
         "target-authority": request(method=b"CONNECT", target=PAN + b":443", body=b""),
         "target-asterisk": request(method=b"OPTIONS", target=b"*", body=b""),
         "method-unknown": request(method=b"BREW", headers=[JSON, auth]),
+        "method-card-number": request(method=PAN, headers=[JSON, auth]),
+        # Protocol switches and pipelining.
+        "upgrade-websocket": request(
+            headers=[JSON, auth, b"Upgrade: websocket", b"Connection: Upgrade"]
+        ),
+        "upgrade-h2c": request(headers=[JSON, auth, b"Upgrade: h2c", b"Connection: Upgrade"]),
+        "expect-unknown": request(headers=[JSON, auth, b"Expect: " + PAN]),
+        "http-1.0-no-host": b"GET /v1/tokens/" + PAN + b" HTTP/1.0\r\n" + read + b"\r\n\r\n",
+        "pipelined-garbage": request(method=b"GET", target=b"/v1/nothing", body=b"")[:-4].replace(
+            b"Connection: close", b"Connection: keep-alive"
+        )
+        + b"\r\n\r\n"
+        + PAN
+        + b" / HTTP/1.1\r\n\r\n",
     }
 
 
-# Not malformed: an absolute-form target is legal HTTP/1.1, and a charset is not ours to read.
-ACCEPTED = {"content-type-bad-charset", "target-absolute"}
+# Not malformed: an absolute-form target is legal HTTP/1.1, a charset is not ours to read, and
+# a server may ignore an Upgrade it does not offer.
+ACCEPTED = {"content-type-bad-charset", "target-absolute", "upgrade-h2c", "upgrade-websocket"}
 
 
 async def test_malformed_requests_are_4xx_without_echo(proxy: RunningProxy) -> None:
@@ -339,3 +354,42 @@ def test_authenticate_never_raises_on_any_header_text(key: str) -> None:
     registry = ClientRegistry([])
     assert registry.authenticate(key) is None
     assert len(digest(key)) == 64
+
+
+@pytest.mark.parametrize(
+    ("listener", "target"),
+    [("listen", b"/v1/cards"), ("listen", b"/v1/nothing"), ("ops_listen", b"/healthz")],
+)
+async def test_unknown_expectation_is_our_417_without_echo(
+    proxy: RunningProxy, listener: str, target: bytes
+) -> None:
+    """An Expect other than 100-continue is our 417 JSON on both listeners, never quoted back."""
+    address = getattr(proxy.settings, listener)
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    try:
+        writer.write(request(method=b"GET", target=target, headers=[b"Expect: " + PAN], body=b""))
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    assert statuses(answer) == [417]
+    assert PAN not in answer
+    assert json.loads(first_body(answer))["error"]["code"] == "expectation_failed"
+
+
+async def test_expect_100_continue_still_works(proxy: RunningProxy) -> None:
+    """A client that waits for 100 Continue before its body gets it, then its answer."""
+    key = bearer(proxy.keys["checkout"].encode())
+    payload = request(headers=[JSON, key, b"Expect: 100-continue"])
+    head, _, body = payload.partition(b"\r\n\r\n")
+    reader, writer = await asyncio.open_connection(
+        proxy.settings.listen.host, proxy.settings.listen.port
+    )
+    try:
+        writer.write(head + b"\r\n\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        writer.write(body)
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    assert statuses(interim) == [100]
+    assert statuses(answer) == [201]
