@@ -100,6 +100,15 @@ def _check_query(request: web.Request) -> None:
             code="unknown_parameter",
             param=named[0] if named else None,
         )
+    # Which of two values counts would be the reader's choice (aiohttp takes the first, a
+    # proxy in front may take the last): refuse instead of guessing.
+    repeated = sorted({name for name in request.query if len(request.query.getall(name)) > 1})
+    if repeated:
+        raise InvalidRequest(
+            "A query parameter may be given once.",
+            code="duplicate_parameter",
+            param=_echoable(repeated[0]),
+        )
 
 
 def render_error(error: ProxyError, request_id: str) -> web.Response:

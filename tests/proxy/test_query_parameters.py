@@ -70,3 +70,12 @@ async def test_route_without_query_parameters_names_the_unknown_one(proxy: Runni
     assert status == 400
     assert body is not None
     assert body["error"]["param"] == "expand"  # type: ignore[index]
+
+
+async def test_repeated_parameter_is_refused_and_named(proxy: RunningProxy) -> None:
+    """A query parameter given twice is refused (which one counts is ambiguous) and named."""
+    status, body, _ = await proxy.request("GET", f"{TOKENS}?limit=1&limit=50", client="orders")
+    assert status == 400
+    assert body is not None
+    assert body["error"]["code"] == "duplicate_parameter"  # type: ignore[index]
+    assert body["error"]["param"] == "limit"  # type: ignore[index]
