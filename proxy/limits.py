@@ -79,7 +79,8 @@ class ConnectionLimits:
 
     header_timeout: float = 10.0
     max_connections: int = 1024
-    # Called with the reason ("header_timeout", "connection_limit") of each close.
+    # Called with the reason of each close: "header_timeout", "connection_limit", or
+    # "malformed_request" (a request line or headers aiohttp could not parse).
     on_close: Callable[[str], None] = field(default=lambda reason: None)
     open: int = 0
 
@@ -238,6 +239,18 @@ class _GuardedRequestHandler(_QuietRequestHandler):
             return await super()._handle_request(request, start_time, request_handler)
         finally:
             self._start_header_clock()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Our JSON error (see the base class); an unparsable request is counted, then closed."""
+        if 400 <= status < 500:
+            self._limits.on_close("malformed_request")
+        return super().handle_error(request, status, exc, message)
 
     def _start_header_clock(self) -> None:
         self._stop_header_clock()

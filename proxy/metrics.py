@@ -174,7 +174,7 @@ class Metrics:
         self.connections_closed = Counter(
             "tokenproxy_connections_closed",
             "Connections the server closed on its own, by listener (api, ops) and reason"
-            " (header_timeout, connection_limit).",
+            " (header_timeout, connection_limit, malformed_request).",
             ["listener", "reason"],
             registry=r,
         )
