@@ -27,7 +27,7 @@ from proxy.clients import (
 from proxy.kek import AdminProvider, init_keys, load_provider
 from proxy.log import configure_logging
 from proxy.retention import AUDIT_KIND, audit_cutoff
-from proxy.settings import Settings, SettingsError
+from proxy.settings import Settings, SettingsError, listen_addresses
 from vault import Vault, VaultError
 from vault.audit import EventType, Outcome, parse_since
 from vault.keyring import init_keyring
@@ -58,19 +58,21 @@ def _settings(*, need_partner: bool = True) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the proxy with settings from the environment."""
-    from proxy.app import serve
+    from proxy.app import bind_listeners, serve
 
     settings = _settings()
+    sockets = bind_listeners(settings.listen, settings.ops_listen)
     configure_logging(json=settings.log_json, level=settings.log_level)
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, sockets=sockets))
     return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """`make run`: a local vault, key ring and client under var/, localstripe when no key."""
-    from proxy.app import serve
+    from proxy.app import bind_listeners, serve
     from proxy.sandbox import SANDBOX_API_KEY, Localstripe
 
+    sockets = bind_listeners(*listen_addresses())
     var = Path(os.environ.get("TOKENPROXY_DEV_DIR", "var"))
     var.mkdir(mode=0o700, exist_ok=True)
     os.environ.setdefault("TOKENPROXY_VAULT_URL", f"sqlite:///{var / 'vault.db'}")
@@ -114,7 +116,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"  curl -s {base}/v1/tokens/TOKEN -H 'Authorization: Bearer {key}'",
             flush=True,
         )
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, sockets=sockets))
     finally:
         if sandbox is not None:
             sandbox.stop()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
+import socket
 from collections.abc import AsyncIterator
 
 import structlog
@@ -16,15 +18,15 @@ from proxy.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.clients import ClientRegistry
 from proxy.kek import load_provider
 from proxy.keystatus import refresh_key_metrics
-from proxy.limits import ApiRunner, server_options
+from proxy.limits import ApiRunner, ops_server_options, server_options
 from proxy.metrics import Metrics
-from proxy.middleware import request_middleware
+from proxy.middleware import ops_error_middleware, request_middleware
 from proxy.partners.base import Partner
 from proxy.partners.resilience import CircuitBreaker, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
 from proxy.routes import ROUTES
 from proxy.service import Services
-from proxy.settings import Settings
+from proxy.settings import HostPort, Settings, SettingsError
 from vault import (
     IdempotencyStore,
     KeyRingError,
@@ -159,7 +161,7 @@ async def _purge_idempotency_keys(services: Services, settings: Settings) -> Non
 
 def create_ops_app(api: web.Application) -> web.Application:
     """The ops listener: /metrics, /healthz (process alive), /readyz (vault answers)."""
-    ops = web.Application()
+    ops = web.Application(middlewares=[ops_error_middleware])
     metrics = api[METRICS]
 
     async def metrics_handler(request: web.Request) -> web.Response:
@@ -205,17 +207,64 @@ def create_ops_app(api: web.Application) -> web.Application:
     return ops
 
 
-async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    """Run the API and ops listeners until SIGTERM/SIGINT (or ``stop``), then drain."""
+class ListenError(SettingsError):
+    """A listen address cannot be bound; the one-line message names it and its setting."""
+
+
+def bind_listeners(api: HostPort, ops: HostPort) -> tuple[socket.socket, socket.socket]:
+    """Listening sockets for the API and ops addresses, or ListenError naming the first failing.
+
+    Bound before anything is written or printed, so a busy port costs one line and no
+    half-started state (a new dev key, a banner for a server that never runs).
+    """
+    bound: list[socket.socket] = []
+    try:
+        for address, setting in ((api, "TOKENPROXY_LISTEN"), (ops, "TOKENPROXY_OPS_LISTEN")):
+            bound.append(_bind(address, setting))
+    except ListenError:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound[0], bound[1]
+
+
+def _bind(address: HostPort, setting: str) -> socket.socket:
+    try:
+        family = socket.getaddrinfo(
+            address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0][0]
+        return socket.create_server((address.host, address.port), family=family, backlog=128)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = "address in use"
+        else:
+            reason = (exc.strerror or type(exc).__name__).lower()
+        raise ListenError(f"cannot listen on {address} ({reason}); set {setting}") from None
+
+
+async def serve(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    sockets: tuple[socket.socket, socket.socket] | None = None,
+) -> None:
+    """Run the API and ops listeners until SIGTERM/SIGINT (or ``stop``), then drain.
+
+    ``sockets`` are the listeners from ``bind_listeners``; bound here when not given.
+    """
+    api_socket, ops_socket = sockets or bind_listeners(settings.listen, settings.ops_listen)
     api = create_app(settings)
     ops = create_ops_app(api)
-    api_runner = ApiRunner(api, access_log=None, **server_options(settings))
-    ops_runner = ApiRunner(ops, access_log=None)
+    metrics = api[METRICS]
+    api_runner = ApiRunner(api, access_log=None, **server_options(settings, metrics.closer("api")))
+    ops_runner = ApiRunner(
+        ops, access_log=None, **ops_server_options(settings, metrics.closer("ops"))
+    )
     await api_runner.setup()
     try:
         await ops_runner.setup()
-        await web.TCPSite(api_runner, settings.listen.host, settings.listen.port).start()
-        await web.TCPSite(ops_runner, settings.ops_listen.host, settings.ops_listen.port).start()
+        await web.SockSite(api_runner, api_socket).start()
+        await web.SockSite(ops_runner, ops_socket).start()
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -59,9 +59,15 @@ class Client:
         return f"Client({self.name!r}, scopes={sorted(self.scopes)}{kind})"
 
 
+# Issued keys are a prefix and 43 URL-safe characters; anything much longer is not a key.
+_MAX_KEY_LENGTH = 256
+
+
 def digest(key: str) -> str:
-    """SHA-256 hex digest of a client key."""
-    return hashlib.sha256(key.encode()).hexdigest()
+    """SHA-256 hex digest of a client key (any string, even one with undecodable bytes)."""
+    # aiohttp decodes header bytes that are not UTF-8 into lone surrogates; strict
+    # encoding would raise on them, so hash the bytes the client actually sent.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class ClientRegistry:
@@ -76,7 +82,9 @@ class ClientRegistry:
         return cls(_read(path))
 
     def authenticate(self, key: str) -> Client | None:
-        """The client holding ``key``, or None."""
+        """The client holding ``key``, or None (also for anything that cannot be a key)."""
+        if not (0 < len(key) <= _MAX_KEY_LENGTH and key.isascii() and key.isprintable()):
+            return None
         wanted = digest(key)
         client = self._by_digest.get(wanted)
         # The dict lookup is on the digest, not the key; the final comparison is

@@ -6,6 +6,7 @@
     ├── InvalidRequest              (400 invalid_request_error)
     │   ├── RequestTimeout          (408: the body arrived too slowly)
     │   ├── UnsupportedMediaType    (415)
+    │   ├── ExpectationFailed       (417: an Expect other than 100-continue)
     │   ├── PayloadTooLarge         (413)
     │   └── ValidationFailed        (422; card_error for card fields)
     ├── AuthenticationFailed        (401 authentication_error)
@@ -102,6 +103,11 @@ class RequestTimeout(InvalidRequest):
 class UnsupportedMediaType(InvalidRequest):
     status = 415
     default_code = "unsupported_media_type"
+
+
+class ExpectationFailed(InvalidRequest):
+    status = 417
+    default_code = "expectation_failed"
 
 
 class PayloadTooLarge(InvalidRequest):

@@ -6,6 +6,7 @@ operation, outcome, kind. Never a token, key, customer or card value.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -176,7 +177,18 @@ class Metrics:
             ["partner"],
             registry=r,
         )
+        self.connections_closed = Counter(
+            "tokenproxy_connections_closed",
+            "Connections the server closed on its own, by listener (api, ops) and reason"
+            " (header_timeout, connection_limit, malformed_request).",
+            ["listener", "reason"],
+            registry=r,
+        )
         Info("tokenproxy_build", "Build information.", registry=r).info({"version": version})
+
+    def closer(self, listener: str) -> Callable[[str], None]:
+        """A callback counting connections ``listener`` closes, by reason."""
+        return lambda reason: self.child(self.connections_closed, listener, reason).inc()
 
     def child(self, metric: MetricWrapperBase, *values: str) -> Any:
         """``metric.labels(*values)``, cached; values must come from a bounded set."""

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 
 from proxy import authguard, publishable
 from proxy.appkeys import CLIENTS, METRICS, SETTINGS
@@ -33,6 +34,7 @@ from proxy.errors import (
     UnsupportedMediaType,
 )
 from proxy.limits import MAX_JSON_DEPTH, json_too_deep
+from proxy.validation import _echoable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -89,8 +91,25 @@ def _check_query(request: web.Request) -> None:
     if route == _UNMATCHED:
         return  # a 404 tells more than a complaint about the query
     allowed = _QUERY_PARAMETERS.get(route, frozenset())
-    if not set(request.query) <= allowed:
-        raise InvalidRequest("This route takes no such query parameter.", code="unknown_parameter")
+    unknown = sorted(set(request.query) - allowed)
+    if unknown:
+        # The name is the client's text (it could be a card number): only a short plain
+        # name is echoed, and none when no unknown name is one.
+        named = [name for name in map(_echoable, unknown) if name]
+        raise InvalidRequest(
+            "This route takes no such query parameter.",
+            code="unknown_parameter",
+            param=named[0] if named else None,
+        )
+    # Which of two values counts would be the reader's choice (aiohttp takes the first, a
+    # proxy in front may take the last): refuse instead of guessing.
+    repeated = sorted({name for name in request.query if len(request.query.getall(name)) > 1})
+    if repeated:
+        raise InvalidRequest(
+            "A query parameter may be given once.",
+            code="duplicate_parameter",
+            param=_echoable(repeated[0]),
+        )
 
 
 def render_error(error: ProxyError, request_id: str) -> web.Response:
@@ -137,6 +156,24 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         structlog.contextvars.unbind_contextvars("request_id")
 
 
+@web.middleware
+async def ops_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The ops listener's errors (unknown route, wrong method) as our JSON error."""
+    try:
+        return await handler(request)
+    except ProxyError as exc:
+        error = exc
+    except web.HTTPException as exc:
+        error = _translate_http(exc)
+    except Exception:  # noqa: BLE001 - as on the API: a fixed 500, the exception logged scrubbed
+        _log.exception("unhandled_error")
+        error = ProxyError("An internal error occurred.")
+    request_id = new_request_id()
+    response = render_error(error, request_id)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
 def _finish(request: web.Request, started: float, status: int, error: ProxyError | None) -> None:
     duration = time.perf_counter() - started
     route = route_template(request)
@@ -160,10 +197,18 @@ def _finish(request: web.Request, started: float, status: int, error: ProxyError
 def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     """The client behind the bearer key, if it holds one of ``scopes``; else 401/403."""
     authguard.check(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
+    headers = request.headers.getall("Authorization", [])
+    scheme, _, key = headers[0].partition(" ") if headers else ("", "", "")
     metrics = request.app[METRICS]
-    if scheme.lower() != "bearer" or not key:
+    if len(headers) > 1:
+        # Two credentials are ambiguous (a proxy in front may check one, we another).
+        metrics.auth_failures.labels("invalid_key").inc()
+        authguard.failed(request, "invalid_key")
+        raise AuthenticationFailed(
+            "Send exactly one Authorization header.",
+            headers={"WWW-Authenticate": 'Bearer realm="tokenproxy", error="invalid_request"'},
+        )
+    if scheme.lower() != "bearer" or not key.strip():
         metrics.auth_failures.labels("missing_key").inc()
         authguard.failed(request, "missing_key")
         raise AuthenticationFailed(
@@ -209,6 +254,32 @@ def refuse_customer_fields_from_publishable(client: Client, body: object) -> Non
         )
 
 
+# What aiohttp decodes; it passes any other coding through undecoded, so a body labelled
+# e.g. "gzip, gzip" would be read as something else than what its sender meant.
+_CONTENT_ENCODINGS = frozenset({"identity", "gzip", "deflate"})
+
+
+def _check_content_encoding(request: web.Request) -> None:
+    values = request.headers.getall("Content-Encoding", [])
+    if not values:
+        return
+    # Several headers are ambiguous: aiohttp's two parsers do not even pick the same one.
+    if len(values) > 1 or not values[0].isascii() or values[0].lower() not in _CONTENT_ENCODINGS:
+        raise UnsupportedMediaType(
+            "Content-Encoding must be one of identity, gzip or deflate.",
+            code="unsupported_content_encoding",
+            headers={"Connection": "close"},
+        )
+
+
+def _unreadable_body() -> InvalidRequest:
+    return InvalidRequest(
+        "The request body could not be read.",
+        code="malformed_request",
+        headers={"Connection": "close"},
+    )
+
+
 async def read_json(request: web.Request) -> object:
     """The request body as JSON; 415 for another media type, 400 for bad or too deep JSON.
 
@@ -217,6 +288,7 @@ async def read_json(request: web.Request) -> object:
     """
     if request.content_type != "application/json":
         raise UnsupportedMediaType("Send the body as application/json.")
+    _check_content_encoding(request)
     try:
         async with asyncio.timeout(request.app[SETTINGS].body_read_timeout):
             raw = await request.read()
@@ -224,14 +296,18 @@ async def read_json(request: web.Request) -> object:
         raise RequestTimeout(
             "The request body did not arrive in time.", headers={"Connection": "close"}
         ) from None
+    except web.RequestPayloadError as exc:
+        # A body that does not decode as its Content-Encoding says, or a malformed chunked
+        # body, surfaces half-way through the read: the client's fault, never quoted back.
+        if isinstance(exc.__cause__, ContentEncodingError):
+            raise InvalidRequest(
+                "The request body is not valid for its Content-Encoding.",
+                code="invalid_content_encoding",
+                headers={"Connection": "close"},
+            ) from None
+        raise _unreadable_body() from None
     except (OSError, ValueError):
-        # A malformed chunked body surfaces half-way through the read, as a reset or a
-        # payload error: the client's fault, and nothing of it is quoted back.
-        raise InvalidRequest(
-            "The request body could not be read.",
-            code="malformed_request",
-            headers={"Connection": "close"},
-        ) from None
+        raise _unreadable_body() from None
     if json_too_deep(raw):
         raise InvalidRequest(
             f"JSON may nest at most {MAX_JSON_DEPTH} levels deep.", code="json_too_deep"

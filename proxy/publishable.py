@@ -89,17 +89,24 @@ def install(app: web.Application) -> None:
 
 def calling_origin(request: web.Request) -> str | None:
     """The origin of the page that made ``request`` (see the module docstring), normalised."""
-    origin = request.headers.get("Origin")
+    origin = _single(request, "Origin")
     if origin is None:
         return None
     if _from_own_page(request, origin):
-        origin = request.headers.get(CHECKOUT_ORIGIN_HEADER)
+        origin = _single(request, CHECKOUT_ORIGIN_HEADER)
         if origin is None:
             return None
     try:
         return parse_origin(origin)
     except OriginError:
         return None
+
+
+def _single(request: web.Request, name: str) -> str | None:
+    # A browser sends one Origin; two are a script's, and which one counts would depend
+    # on who reads them (CORS answers the first): no origin is then proven.
+    values = request.headers.getall(name, [])
+    return values[0] if len(values) == 1 else None
 
 
 def _from_own_page(request: web.Request, origin: str) -> bool:

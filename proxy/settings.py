@@ -104,6 +104,8 @@ class Settings:
     breaker_reset: float = 30.0
     body_read_timeout: float = 10.0
     max_header_bytes: int = 8190
+    header_timeout: float = 10.0
+    max_connections: int = 1024
     cors_origins: tuple[str, ...] = ()
     publishable_rate_per_minute: float = 30.0
     publishable_burst: int = 10
@@ -280,6 +282,22 @@ class Settings:
         return self.partner_retry_budget + self.partner_timeout + 30.0
 
 
+def listen_addresses(env: Mapping[str, str] | None = None) -> tuple[HostPort, HostPort]:
+    """The API and ops listen addresses alone, read as ``Settings.from_env`` reads them.
+
+    ``dev`` binds both before it writes or prints anything, and before the rest of the
+    settings can be read (its sandbox partner sets some of them).
+    """
+    env = os.environ if env is None else env
+    defaults = Settings()
+    api, ops = defaults.listen, defaults.ops_listen
+    if "TOKENPROXY_LISTEN" in env:
+        api = _host_port("TOKENPROXY_LISTEN", env["TOKENPROXY_LISTEN"])
+    if "TOKENPROXY_OPS_LISTEN" in env:
+        ops = _host_port("TOKENPROXY_OPS_LISTEN", env["TOKENPROXY_OPS_LISTEN"])
+    return api, ops
+
+
 def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
     """The idempotency, retry, breaker and request-limit settings (issue 6)."""
     floats = {
@@ -289,11 +307,13 @@ def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
         "TOKENPROXY_PARTNER_BACKOFF_MAX": ("partner_backoff_max", 0.0),
         "TOKENPROXY_BREAKER_RESET": ("breaker_reset", 0.05),
         "TOKENPROXY_BODY_READ_TIMEOUT": ("body_read_timeout", 0.1),
+        "TOKENPROXY_HEADER_TIMEOUT": ("header_timeout", 0.1),
     }
     ints = {
         "TOKENPROXY_PARTNER_MAX_RETRIES": ("partner_max_retries", 0),
         "TOKENPROXY_BREAKER_FAILURES": ("breaker_failures", 1),
         "TOKENPROXY_MAX_HEADER_BYTES": ("max_header_bytes", 1024),
+        "TOKENPROXY_MAX_CONNECTIONS": ("max_connections", 1),
     }
     out: dict[str, object] = {}
     for name, (attr, minimum) in floats.items():

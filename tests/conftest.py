@@ -14,8 +14,9 @@ import pytest
 from aiohttp import web
 
 from proxy.app import create_app, create_ops_app
+from proxy.appkeys import METRICS
 from proxy.clients import ClientRegistry, add_client, parse_scopes
-from proxy.limits import ApiRunner
+from proxy.limits import ApiRunner, ops_server_options, server_options
 from proxy.log import configure_logging
 from proxy.metrics import Metrics
 from proxy.partners.stripe import StripePartner
@@ -222,8 +223,11 @@ async def running_proxy(
     """Serve the full proxy with ``settings`` on loopback until the block ends."""
     app = create_app(settings, metrics=Metrics())
     ops = create_ops_app(app)
-    runner = ApiRunner(app, access_log=None)
-    ops_runner = ApiRunner(ops, access_log=None)
+    metrics = app[METRICS]
+    runner = ApiRunner(app, access_log=None, **server_options(settings, metrics.closer("api")))
+    ops_runner = ApiRunner(
+        ops, access_log=None, **ops_server_options(settings, metrics.closer("ops"))
+    )
     await runner.setup()
     await ops_runner.setup()
     try:

@@ -56,3 +56,14 @@ async def test_malformed_chunked_body_is_a_400(proxy: RunningProxy) -> None:
     status = int(answer.split(b" ", 2)[1])
     assert 400 <= status < 500
     assert VISA.number.encode() not in answer
+
+
+async def test_unparsable_requests_are_counted(proxy: RunningProxy) -> None:
+    """A request aiohttp cannot parse is counted as a malformed request closed by the server."""
+    for _ in range(2):
+        await raw_exchange(proxy, f"{VISA.number} / HTTP/1.1\r\n\r\n".encode())
+    async with proxy.http.get(proxy.ops + "/metrics") as resp:
+        text = await resp.text()
+    assert (
+        'tokenproxy_connections_closed_total{listener="api",reason="malformed_request"} 2.0' in text
+    )

@@ -18,6 +18,7 @@ def test_defaults_are_loopback_and_sqlite() -> None:
     assert str(s.ops_listen) == "127.0.0.1:9090"
     assert s.vault_url.startswith("sqlite:///")
     assert s.max_body_bytes == 16 * 1024
+    assert (s.header_timeout, s.max_connections) == (10.0, 1024)
 
 
 @pytest.mark.parametrize(
@@ -31,6 +32,8 @@ def test_defaults_are_loopback_and_sqlite() -> None:
         ({"TOKENPROXY_MAX_BODY_BYTES": "-1"}, "TOKENPROXY_MAX_BODY_BYTES"),
         ({"STRIPE_API_KEY": "pk_live_public"}, "STRIPE_API_KEY"),
         ({"STRIPE_API_KEY_FILE": "/nonexistent/key"}, "STRIPE_API_KEY_FILE"),
+        ({"TOKENPROXY_HEADER_TIMEOUT": "0"}, "TOKENPROXY_HEADER_TIMEOUT"),
+        ({"TOKENPROXY_MAX_CONNECTIONS": "0"}, "TOKENPROXY_MAX_CONNECTIONS"),
     ],
 )
 def test_bad_setting_names_itself_in_one_line(env: dict[str, str], names: str) -> None:
