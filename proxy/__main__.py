@@ -102,6 +102,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         partner = f"localstripe at {sandbox.base_url}" if sandbox else settings.stripe_api_base
         print(
             f"tokenproxy (dev) on {base}, ops on http://{settings.ops_listen}, partner: {partner}\n"
+            f"vault: {settings.vault_location} (key ring {settings.keyring_path.absolute()})\n"
             f"dev client key (all scopes; also in {dev_key_file}):\n  {key}\n"
             "try:\n"
             f"  curl -s {base}/v1/cards -H 'Authorization: Bearer {key}' "

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy.origins import OriginError, parse_origin_list
+from vault.errors import VaultUrlError
 from vault.retention import RetentionPolicy
+from vault.urls import check_vault_url, describe_vault_url
 
 
 class SettingsError(Exception):
@@ -119,14 +121,13 @@ class Settings:
             kwargs["ops_listen"] = _host_port("TOKENPROXY_OPS_LISTEN", env["TOKENPROXY_OPS_LISTEN"])
         if "TOKENPROXY_VAULT_URL" in env:
             url = env["TOKENPROXY_VAULT_URL"]
-            if not (
-                (url.startswith("sqlite:///") and len(url) > len("sqlite:///"))
-                or url.startswith(("postgresql://", "postgres://"))
-            ):
+            try:
+                check_vault_url(url)
+            except VaultUrlError as exc:
+                # Only the scheme is echoed: a PostgreSQL URL may carry a password.
                 raise SettingsError(
-                    "TOKENPROXY_VAULT_URL must be sqlite:///PATH or postgresql://..., "
-                    f"got a value starting {url[:12]!r}"
-                )
+                    f"TOKENPROXY_VAULT_URL: {exc}; got a value starting {url[:12]!r}"
+                ) from None
             kwargs["vault_url"] = url
         if "TOKENPROXY_KEYRING" in env:
             kwargs["keyring_path"] = Path(env["TOKENPROXY_KEYRING"])
@@ -239,12 +240,18 @@ class Settings:
             invoice_days=self.retention_invoice_days,
         )
 
+    @property
+    def vault_location(self) -> str:
+        """Where the vault lives, safe to log: the absolute SQLite file or the server."""
+        return describe_vault_url(self.vault_url)
+
     def strip_hazmat(self) -> dict[str, object]:
         """A copy safe to log: no secrets."""
         return {
             "listen": str(self.listen),
             "ops_listen": str(self.ops_listen),
             "vault_backend": self.vault_url.split(":", 1)[0],
+            "vault": self.vault_location,
             "keyring_path": str(self.keyring_path),
             "clients_path": str(self.clients_path),
             "stripe_api_base": self.stripe_api_base,
