@@ -74,6 +74,7 @@ class Settings:
     vault_url: str = "sqlite:///var/vault.db"
     keyring_path: Path = Path("var/keyring.json")
     clients_path: Path = Path("var/clients.json")
+    clients_reload_interval: float = 2.0  # seconds between clients-file looks; 0: SIGHUP only
     stripe_api_key: str | None = field(default=None, repr=False)
     stripe_api_base: str = "https://api.stripe.com"
     partner_timeout: float = 10.0
@@ -133,6 +134,12 @@ class Settings:
             kwargs["keyring_path"] = Path(env["TOKENPROXY_KEYRING"])
         if "TOKENPROXY_CLIENTS" in env:
             kwargs["clients_path"] = Path(env["TOKENPROXY_CLIENTS"])
+        if "TOKENPROXY_CLIENTS_RELOAD_INTERVAL" in env:
+            kwargs["clients_reload_interval"] = _float(
+                "TOKENPROXY_CLIENTS_RELOAD_INTERVAL",
+                env["TOKENPROXY_CLIENTS_RELOAD_INTERVAL"],
+                minimum=0.0,
+            )
         key = _secret(env, "STRIPE_API_KEY")
         if key is not None:
             if not key.startswith(("sk_", "rk_")):
