@@ -115,10 +115,9 @@ def _index(entries: Iterable[ClientEntry | Client]) -> _KeyIndex:
 
 @dataclass(frozen=True, slots=True)
 class Reload:
-    """What a reload found: ``ok`` with the clients now in force, or the file's problem."""
+    """What a reload found: ``ok``, or the file's problem (the last good clients stay)."""
 
     ok: bool
-    clients: int = 0
     problem: str | None = None
 
 
@@ -133,21 +132,20 @@ class ClientRegistry:
     """
 
     def __init__(
-        self,
-        clients: Iterable[ClientEntry | Client],
-        *,
-        path: Path | None = None,
-        clock: Callable[[], float] = time.time,
+        self, clients: Iterable[ClientEntry | Client], *, clock: Callable[[], float] = time.time
     ) -> None:
-        self.path = path
+        self.path: Path | None = None
+        self._watch: FileWatch | None = None
         self._clock = clock
         self._keys = _index(clients)
-        # Stat before the caller read the file: a write racing that read shows as a change.
-        self._watch = FileWatch(path) if path is not None else None
 
     @classmethod
     def load(cls, path: Path, *, clock: Callable[[], float] = time.time) -> ClientRegistry:
-        """Read the clients file, failing with one line that names it and the problem."""
+        """Read the clients file, failing with one line that names it and the problem.
+
+        ``clock`` (Unix seconds) decides when a previous key's time has come.
+        """
+        # Stat before reading: a write racing the read then shows as a change at the next look.
         watch = FileWatch(path)
         registry = cls(read_entries(path), clock=clock)
         registry.path, registry._watch = path, watch
@@ -185,7 +183,7 @@ class ClientRegistry:
             return Reload(ok=False, problem=str(exc))
         self._keys = _index(entries)
         self._watch.accept(stamp)
-        return Reload(ok=True, clients=len(entries))
+        return Reload(ok=True)
 
     def __len__(self) -> int:
         return len({client.name for _, client, _ in self._keys.values()})
