@@ -202,14 +202,14 @@ async def test_client_sends_only_what_the_server_takes(proxy: RunningProxy) -> N
             metadata={"order": "A-1"},
             idempotency_key="drift-card",
         )
-        await client("checkout").tokenize_bank_account(
+        bank = await client("checkout").tokenize_bank_account(
             "DE89370400440532013000",
             "Greta Garbo",
             email="greta@example.com",
             customer_ref="cus-drift",
             idempotency_key="drift-bank",
         )
-        await client("invoicer").create_invoice(
+        invoice = await client("invoicer").create_invoice(
             "cus-drift",
             "INV-2001",
             12900,
@@ -221,13 +221,35 @@ async def test_client_sends_only_what_the_server_takes(proxy: RunningProxy) -> N
             partner_reference="in_drift",
             idempotency_key="drift-invoice",
         )
-        await client("orders").read(card.token)
-        await client("billing").resolve(card.token)
-        await client("orders").list_customer_tokens("cus-drift", page_size=1)
-        await client("ops").export_customer("cus-drift")
-        await client("eraser").delete(card.token)
-        await client("eraser").erase_customer("cus-drift")
+        view = await client("orders").read(card.token)
+        resolved = await client("billing").resolve(card.token)
+        listed = await client("orders").list_customer_tokens("cus-drift", page_size=1)
+        export = await client("ops").export_customer("cus-drift")
+        deletion = await client("eraser").delete(card.token)
+        erasure = await client("eraser").erase_customer("cus-drift")
     assert len(sent.requests) >= 10
+    # Every field the typed results read is one the server fills.
+    assert card.brand == "visa"
+    assert card.last4 == VISA.number[-4:]
+    assert card.masked
+    assert card.created_at is not None
+    assert bank.last4 == "3000"
+    assert bank.masked
+    assert bank.country == "DE"
+    assert bank.created_at is not None
+    assert invoice.token.startswith("vtok_inv_")
+    assert invoice.created_at is not None
+    assert (view.brand, view.last4, view.masked) == (card.brand, card.last4, card.masked)
+    assert view.customer_ref == "cus-drift"
+    assert view.metadata == {"order": "A-1"}
+    assert view.created_at == card.created_at
+    assert resolved.partner == "stripe"
+    assert resolved.partner_reference
+    assert {v.token for v in listed} >= {card.token, bank.token}
+    assert export.customer_ref == "cus-drift"
+    assert deletion.deleted
+    assert deletion.token == card.token
+    assert erasure.complete
     for method, path, query, body in sent.requests:
         operation = _operation(spec, method, path)
         declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
