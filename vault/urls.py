@@ -9,9 +9,9 @@ SQLite URLs follow SQLAlchemy's convention, so a URL means what people expect:
 Refused, with a message naming the form: ``sqlite://`` and ``sqlite:///`` and
 ``sqlite:///:memory:`` (an in-memory vault loses every token at exit, and each of the
 backend's connections would see a different empty database), a host (``sqlite://h/x``),
-and a query string (``?mode=ro`` and friends: no SQLite option is supported, and taking
-``?`` literally would name a file nobody meant). The path is otherwise taken literally:
-no percent-decoding and no ``~`` expansion.
+a directory (a trailing slash), and a query string (``?mode=ro`` and friends: no SQLite
+option is supported, and taking ``?`` literally would name a file nobody meant). The
+path is otherwise taken literally: no percent-decoding and no ``~`` expansion.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def sqlite_path(url: str) -> Path:
         raise VaultUrlError("a SQLite vault URL takes no query string (no option is supported)")
     if not path or path == _MEMORY:
         raise VaultUrlError(_no_memory())
+    if path.endswith("/"):
+        raise VaultUrlError("a SQLite vault URL names a file, not a directory")
     # abspath, not resolve(): a symlinked data directory is logged as the operator wrote it.
     return Path(os.path.abspath(path))
 

@@ -24,6 +24,8 @@ REFUSED = [
     "sqlite:///:memory:",
     "sqlite://:memory:",
     "sqlite://host/vault.db",
+    "sqlite:////",
+    "sqlite:///var/",
     "sqlite:///vault.db?mode=ro",
     "sqlite:////srv/vault.db?cache=shared",
 ]
