@@ -14,15 +14,22 @@ import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 from proxy.clients import (
     PUBLISHABLE_SCOPES,
+    SCOPES,
     ClientsFileError,
     add_client,
+    parse_grace,
     parse_origins,
     parse_scopes,
+    parse_time,
+    read_entries,
+    remove_client,
+    rotate_client,
 )
 from proxy.kek import AdminProvider, init_keys, load_provider
 from proxy.log import configure_logging
@@ -108,6 +115,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         partner = f"localstripe at {sandbox.base_url}" if sandbox else settings.stripe_api_base
         print(
             f"tokenproxy (dev) on {base}, ops on http://{settings.ops_listen}, partner: {partner}\n"
+            f"vault: {settings.vault_location} (key ring {settings.keyring_path.absolute()})\n"
             f"dev client key (all scopes; also in {dev_key_file}):\n  {key}\n"
             "try:\n"
             f"  curl -s {base}/v1/cards -H 'Authorization: Bearer {key}' "
@@ -414,6 +422,85 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     return _with_vault(settings, work)
 
 
+def cmd_clients_list(args: argparse.Namespace) -> int:
+    """Print every client: name, kind, scopes, created, and previous keys' end; never a key."""
+    settings = _settings(need_partner=False)
+    entries = read_entries(settings.clients_path)
+    now = datetime.now(UTC)
+    rows = [("NAME", "KIND", "SCOPES", "CREATED", "PREVIOUS KEY VALID UNTIL")]
+    for entry in entries:
+        client = entry.client
+        live = sorted(p.valid_until for p in entry.previous if p.valid_until > now)
+        rows.append(
+            (
+                client.name,
+                "publishable" if client.publishable else "secret",
+                ",".join(sorted(client.scopes)),
+                entry.created_at or "-",
+                ", ".join(t.astimezone(UTC).isoformat(timespec="seconds") for t in live) or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def cmd_clients_remove(args: argparse.Namespace) -> int:
+    """Remove a client and all its keys (and record it in the audit trail)."""
+    settings = _settings(need_partner=False)
+
+    async def work(vault: Vault, keys: AdminProvider) -> int:
+        resource = f"client:{args.name}"[:200]
+        try:
+            remove_client(settings.clients_path, args.name)
+        except ValueError as exc:
+            await _audit(vault, EventType.CLIENT_REMOVE, ok=False, resource=resource)
+            return _fail(str(exc))
+        await _audit(vault, EventType.CLIENT_REMOVE, ok=True, resource=resource)
+        print(
+            f"client {args.name!r} removed; a serving proxy refuses its keys after its next look."
+        )
+        return 0
+
+    return _with_vault(settings, work)
+
+
+def cmd_clients_rotate(args: argparse.Namespace) -> int:
+    """Give a client a new key, print it once; the old key works until the given time."""
+    settings = _settings(need_partner=False)
+
+    async def work(vault: Vault, keys: AdminProvider) -> int:
+        resource = f"client:{args.name}"[:200]
+        try:
+            if args.old_valid_until is not None:
+                until = parse_time(args.old_valid_until)
+            else:
+                until = datetime.now(UTC) + parse_grace(args.grace)
+            key = rotate_client(settings.clients_path, args.name, old_valid_until=until)
+        except ValueError as exc:
+            await _audit(vault, EventType.CLIENT_ROTATE, ok=False, resource=resource)
+            return _fail(str(exc))
+        stamp = until.astimezone(UTC).isoformat(timespec="seconds")
+        detail: dict[str, str | int | bool | None] = {"old_valid_until": stamp}
+        await _audit(vault, EventType.CLIENT_ROTATE, ok=True, resource=resource, detail=detail)
+        old = (
+            f"the old key works until {stamp}"
+            if until > datetime.now(UTC)
+            else "the old key no longer works"
+        )
+        print(
+            f"client {args.name!r} has a new key; {old}.\n"
+            "The new key is shown only this once; store it in the service's secret store:\n"
+            f"{key}"
+        )
+        return 0
+
+    return _with_vault(settings, work)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending schema migrations to the configured vault."""
     settings = _settings(need_partner=False)
@@ -523,7 +610,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = clients.add_parser("add", help="add a client and print its key once")
     add.add_argument("name")
-    add.add_argument("--scopes", help="e.g. tokenize,read")
+    add.add_argument(
+        "--scopes",
+        help=f"comma-separated, from: {', '.join(sorted(SCOPES))} (e.g. tokenize,read)",
+    )
     add.add_argument(
         "--publishable",
         action="store_true",
@@ -531,6 +621,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--origins", help="comma-separated origins, e.g. https://shop.example")
     add.set_defaults(func=cmd_clients_add)
+    clients.add_parser(
+        "list", help="names, kinds, scopes and creation times (never keys)"
+    ).set_defaults(func=cmd_clients_list)
+    remove = clients.add_parser("remove", help="remove a client and every key it holds")
+    remove.add_argument("name")
+    remove.set_defaults(func=cmd_clients_remove)
+    rotate = clients.add_parser(
+        "rotate", help="issue a new key and print it once; the old key works for a while"
+    )
+    rotate.add_argument("name")
+    until = rotate.add_mutually_exclusive_group()
+    until.add_argument(
+        "--old-valid-until",
+        metavar="TIME",
+        help="ISO-8601 time with a zone (e.g. 2030-01-31T12:00:00Z) until which the old key works",
+    )
+    until.add_argument(
+        "--grace",
+        default="24h",
+        metavar="DURATION",
+        help="how long the old key keeps working: 90s, 30m, 24h, 7d; 0 ends it now (default 24h)",
+    )
+    rotate.set_defaults(func=cmd_clients_rotate)
     return parser
 
 

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy import authguard, cors, publishable, retention
 from proxy.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
+from proxy.clientreload import follow_clients_file, reload_clients
 from proxy.clients import ClientRegistry
 from proxy.kek import load_provider
 from proxy.keystatus import refresh_key_metrics
@@ -117,6 +118,7 @@ def create_app(
                 await the_vault.close()
 
     app.cleanup_ctx.append(dependencies)
+    app.cleanup_ctx.append(follow_clients_file)
     # After dependencies: stops (with a last flush of last-use marks) before the vault closes.
     app.cleanup_ctx.append(retention.background)
     # Last, so its final flush of auth-failure events runs before the vault closes.
@@ -269,6 +271,7 @@ async def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload_clients, api)
         _log.info("started", **settings.strip_hazmat())
         await stop.wait()
         _log.info("stopping", grace_seconds=settings.shutdown_grace)

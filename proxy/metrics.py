@@ -184,6 +184,23 @@ class Metrics:
             ["listener", "reason"],
             registry=r,
         )
+        self.clients_reloads = Counter(
+            "tokenproxy_clients_reload",
+            "Re-reads of a changed clients file, by outcome (success, failure: the last"
+            " good clients stay in force).",
+            ["outcome"],
+            registry=r,
+        )
+        self.clients_reload_last_success = Gauge(
+            "tokenproxy_clients_reload_last_success_timestamp_seconds",
+            "Unix time the clients in force were read (start-up or the last good reload).",
+            registry=r,
+        )
+        self.clients_loaded = Gauge(
+            "tokenproxy_clients_loaded",
+            "Clients in force (each may hold a previous key during a rotation).",
+            registry=r,
+        )
         Info("tokenproxy_build", "Build information.", registry=r).info({"version": version})
 
     def closer(self, listener: str) -> Callable[[str], None]:

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy.origins import OriginError, parse_origin_list
+from vault.errors import VaultUrlError
 from vault.retention import RetentionPolicy
+from vault.urls import check_vault_url, describe_vault_url
 
 
 class SettingsError(Exception):
@@ -72,6 +74,7 @@ class Settings:
     vault_url: str = "sqlite:///var/vault.db"
     keyring_path: Path = Path("var/keyring.json")
     clients_path: Path = Path("var/clients.json")
+    clients_reload_interval: float = 2.0  # seconds between clients-file looks; 0: SIGHUP only
     stripe_api_key: str | None = field(default=None, repr=False)
     stripe_api_base: str = "https://api.stripe.com"
     partner_timeout: float = 10.0
@@ -127,19 +130,24 @@ class Settings:
             kwargs["ops_listen"] = _host_port("TOKENPROXY_OPS_LISTEN", env["TOKENPROXY_OPS_LISTEN"])
         if "TOKENPROXY_VAULT_URL" in env:
             url = env["TOKENPROXY_VAULT_URL"]
-            if not (
-                (url.startswith("sqlite:///") and len(url) > len("sqlite:///"))
-                or url.startswith(("postgresql://", "postgres://"))
-            ):
+            try:
+                check_vault_url(url)
+            except VaultUrlError as exc:
+                # Only the scheme is echoed: a PostgreSQL URL may carry a password.
                 raise SettingsError(
-                    "TOKENPROXY_VAULT_URL must be sqlite:///PATH or postgresql://..., "
-                    f"got a value starting {url[:12]!r}"
-                )
+                    f"TOKENPROXY_VAULT_URL: {exc}; got a value starting {url[:12]!r}"
+                ) from None
             kwargs["vault_url"] = url
         if "TOKENPROXY_KEYRING" in env:
             kwargs["keyring_path"] = Path(env["TOKENPROXY_KEYRING"])
         if "TOKENPROXY_CLIENTS" in env:
             kwargs["clients_path"] = Path(env["TOKENPROXY_CLIENTS"])
+        if "TOKENPROXY_CLIENTS_RELOAD_INTERVAL" in env:
+            kwargs["clients_reload_interval"] = _float(
+                "TOKENPROXY_CLIENTS_RELOAD_INTERVAL",
+                env["TOKENPROXY_CLIENTS_RELOAD_INTERVAL"],
+                minimum=0.0,
+            )
         key = _secret(env, "STRIPE_API_KEY")
         if key is not None:
             if not key.startswith(("sk_", "rk_")):
@@ -248,12 +256,18 @@ class Settings:
             invoice_days=self.retention_invoice_days,
         )
 
+    @property
+    def vault_location(self) -> str:
+        """Where the vault lives, safe to log: the absolute SQLite file or the server."""
+        return describe_vault_url(self.vault_url)
+
     def strip_hazmat(self) -> dict[str, object]:
         """A copy safe to log: no secrets."""
         return {
             "listen": str(self.listen),
             "ops_listen": str(self.ops_listen),
             "vault_backend": self.vault_url.split(":", 1)[0],
+            "vault": self.vault_location,
             "keyring_path": str(self.keyring_path),
             "clients_path": str(self.clients_path),
             "stripe_api_base": self.stripe_api_base,

@@ -218,10 +218,14 @@ def make_settings(
 
 @contextlib.asynccontextmanager
 async def running_proxy(
-    tmp_path: Path, keys: dict[str, str], settings: Settings
+    tmp_path: Path,
+    keys: dict[str, str],
+    settings: Settings,
+    *,
+    clients: ClientRegistry | None = None,
 ) -> AsyncIterator[RunningProxy]:
-    """Serve the full proxy with ``settings`` on loopback until the block ends."""
-    app = create_app(settings, metrics=Metrics())
+    """Serve the full proxy with ``settings`` (and ``clients`` if given) until the block ends."""
+    app = create_app(settings, metrics=Metrics(), clients=clients)
     ops = create_ops_app(app)
     metrics = app[METRICS]
     runner = ApiRunner(app, access_log=None, **server_options(settings, metrics.closer("api")))

@@ -38,6 +38,8 @@ from tokenproxy_client._models import (
 # use by a request still running (a reused key with another body is a real conflict).
 DEFAULT_RETRY_STATUSES: Final = frozenset({429, 503})
 _IN_USE_CODES: Final = frozenset({"idempotency_key_in_use", "request_in_progress"})
+# The server's largest page (GET /v1/customers/{ref}/tokens?limit=).
+MAX_PAGE_SIZE: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,27 +298,38 @@ class TokenProxyClient:
     # ---------------------------------------------------------------- customers
 
     async def iter_customer_tokens(
-        self, customer_ref: str, *, page_size: int = 100
+        self, customer_ref: str, *, page_size: int = MAX_PAGE_SIZE
     ) -> AsyncIterator[TokenView]:
-        """Every token of a customer (masked views), following the pages."""
+        """Every token of a customer (masked views), following the pages.
+
+        ``page_size`` is 1-100 (the server's bound); each page's ``next_cursor`` goes back
+        as ``starting_after``, the only cursor parameter the server takes.
+        """
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1-{MAX_PAGE_SIZE}")
         path = _path("v1", "customers", customer_ref, "tokens")
         params: dict[str, str] = {"limit": str(page_size)}
         while True:
             body = await self._request("GET", path, params=params)
-            items = body.get("data", [])
-            for item in items:
+            for item in body.get("data", []):
                 yield TokenView.from_json(item)
-            cursor = body.get("next_cursor")
-            if isinstance(cursor, str) and cursor:
-                params = {"limit": str(page_size), "cursor": cursor}
-            elif body.get("has_more") and items:
-                params = {"limit": str(page_size), "starting_after": items[-1]["token"]}
-            else:
+            if not body.get("has_more"):
                 return
+            cursor = body.get("next_cursor")
+            if not isinstance(cursor, str) or not cursor:
+                # Guessing a cursor (the last token, say) would restart or skip pages.
+                raise APIError(
+                    "tokenproxy said more pages follow but gave no next_cursor",
+                    status=200,
+                    request_id=None,
+                )
+            params = {"limit": str(page_size), "starting_after": cursor}
 
-    async def list_customer_tokens(self, customer_ref: str) -> list[TokenView]:
+    async def list_customer_tokens(
+        self, customer_ref: str, *, page_size: int = MAX_PAGE_SIZE
+    ) -> list[TokenView]:
         """GET /v1/customers/{ref}/tokens (scope read), all pages."""
-        return [view async for view in self.iter_customer_tokens(customer_ref)]
+        return [view async for view in self.iter_customer_tokens(customer_ref, page_size=page_size)]
 
     async def export_customer(self, customer_ref: str) -> CustomerExport:
         """GET /v1/customers/{ref}/export (scope admin): the data-subject access report."""
@@ -339,11 +352,16 @@ class TokenProxyClient:
         due_date: date | str,
         *,
         ocr_reference: str | None = None,
+        ocr_length_digit: bool | None = None,
         partner: str | None = None,
         partner_reference: str | None = None,
         idempotency_key: str | None = None,
     ) -> InvoiceToken:
-        """POST /v1/invoices: store an invoice reference (amount in minor units)."""
+        """POST /v1/invoices: store an invoice reference (amount in minor units).
+
+        ``ocr_length_digit`` says the OCR reference carries a length digit before its check
+        digit (the server verifies both).
+        """
         body: dict[str, Any] = {
             "customer_ref": customer_ref,
             "invoice_number": invoice_number,
@@ -357,6 +375,8 @@ class TokenProxyClient:
             partner=partner,
             partner_reference=partner_reference,
         )
+        if ocr_length_digit is not None:
+            body["ocr_length_digit"] = ocr_length_digit
         result = await self._request(
             "POST",
             "/v1/invoices",

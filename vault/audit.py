@@ -81,6 +81,8 @@ class EventType(enum.StrEnum):
     DELETE = "token.delete"
     ERASURE = "customer.erase"
     CLIENT_ADD = "client.add"
+    CLIENT_REMOVE = "client.remove"
+    CLIENT_ROTATE = "client.rotate"
     KEY_INIT = "key.init"
     KEY_ROTATE = "key.rotate"
     KEY_REWRAP = "key.rewrap"

@@ -11,7 +11,8 @@
     │   └── UnknownKeyVersion a data key names a version this key ring does not hold
     ├── AuditUnavailable      an audit event could not be written (the audited action is refused)
     ├── DuplicateRecord       a token or idempotency key already exists
-    └── StorageUnavailable    the database cannot be reached or answered with an error
+    ├── StorageUnavailable    the database cannot be reached or answered with an error
+    └── VaultUrlError         a vault URL this code cannot open (the message names the form)
 """
 
 from __future__ import annotations
@@ -55,3 +56,7 @@ class DuplicateRecord(VaultError):
 
 class StorageUnavailable(VaultError):
     """The storage backend failed; the operation may be retried later."""
+
+
+class VaultUrlError(VaultError):
+    """A vault URL this code cannot open; the message names the expected form, not the URL."""

@@ -19,12 +19,23 @@ from typing import Any
 from vault.audit import AuditLog
 from vault.backends.base import Backend, DekRow, RecordRow
 from vault.crypto import Sealer, blind_index, dek_aad, derive_subkey, new_key, record_aad
-from vault.errors import DecryptionFailed, DuplicateRecord, RecordNotFound, VaultError
+from vault.errors import (
+    DecryptionFailed,
+    DuplicateRecord,
+    RecordNotFound,
+    VaultError,
+    VaultUrlError,
+)
 from vault.keycheck import KeyCheckMixin
 from vault.keyring import KekProvider
 from vault.lifecycle import VaultLifecycle
 from vault.records import Kind, NewRecord, Record, iso, new_token, token_kind, utcnow
 from vault.retention import RetentionPolicy
+from vault.urls import (
+    POSTGRES_PREFIXES,
+    SQLITE_PREFIX,
+    sqlite_path,
+)
 
 _DEK_CACHE_SIZE = 4096
 _INSERT_ATTEMPTS = 3
@@ -35,14 +46,15 @@ def open_backend(
 ) -> Backend:
     """Build the backend a vault URL names: ``sqlite:///path`` or ``postgresql://…``.
 
+    SQLite paths follow :mod:`vault.urls` (three slashes relative, four absolute).
     ``pool_min``/``pool_max`` size PostgreSQL's connection pool; ``db_timeout`` bounds its
     connects and statements (seconds). SQLite ignores them.
     """
-    if url.startswith("sqlite:///"):
+    if url.startswith(SQLITE_PREFIX):
         from vault.backends.sqlite import SqliteBackend
 
-        return SqliteBackend(url.removeprefix("sqlite://"))
-    if url.startswith(("postgresql://", "postgres://")):
+        return SqliteBackend(str(sqlite_path(url)))
+    if url.startswith(POSTGRES_PREFIXES):
         from vault.backends.postgres import PostgresBackend
 
         return PostgresBackend(
@@ -52,7 +64,9 @@ def open_backend(
             command_timeout=db_timeout,
             connect_timeout=db_timeout,
         )
-    raise VaultError("vault URL must start with sqlite:/// or postgresql://")
+    raise VaultUrlError(
+        "the vault URL must be sqlite:///relative/path, sqlite:////absolute/path or postgresql://..."
+    )
 
 
 class Vault(VaultLifecycle, KeyCheckMixin):

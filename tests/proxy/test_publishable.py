@@ -16,6 +16,7 @@ from proxy.clients import (
     ClientsFileError,
     add_client,
     parse_scopes,
+    read_entries,
 )
 from proxy.origins import OriginError, parse_origin, parse_origin_list
 from proxy.publishable import TokenBucketLimiter
@@ -238,7 +239,8 @@ def test_clients_file_without_kind_reads_as_secret(tmp_path: Path) -> None:
             }
         )
     )
-    (client,) = ClientRegistry.load(path)._by_digest.values()
+    (entry,) = read_entries(path)
+    client = entry.client
     assert not client.publishable
     assert client.origins == frozenset()
 
