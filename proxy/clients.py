@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.origins import OriginError, parse_origin
+from vault.detect import holds_pan
 
 # invoice: store invoice references (POST /v1/invoices) without being able to send card data.
 SCOPES = frozenset({"tokenize", "read", "resolve", "delete", "admin", "invoice"})
@@ -162,8 +163,12 @@ def add_client(
     origins: frozenset[str] = frozenset(),
 ) -> str:
     """Add a client to the file (creating it) and return its key; the key is not stored."""
-    if not _NAME_RE.match(name):
-        raise ValueError("client name must be 1-63 of a-z 0-9 _ . - starting with a letter/digit")
+    # The name is written to the clients file, every log line and every audit event.
+    if not _NAME_RE.match(name) or holds_pan(name):
+        raise ValueError(
+            "client name must be 1-63 of a-z 0-9 _ . - starting with a letter/digit"
+            " and must not be a card number"
+        )
     if publishable and (scopes != PUBLISHABLE_SCOPES or not origins):
         raise ValueError("a publishable client has only the tokenize scope and at least one origin")
     if not publishable and origins:
