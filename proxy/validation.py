@@ -414,6 +414,8 @@ def validate_ocr(raw: object, *, param: str = "ocr_reference") -> str:
 _METADATA_MAX_KEYS: Final = 20
 _METADATA_MAX_VALUE: Final = 500
 _METADATA_KEY_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+# Key characters that can sit inside a written number: digits and the separators keys allow.
+_JOINING: Final = frozenset("0123456789_.-")
 _CUSTOMER_REF_RE: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 _SAFE_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 _CAMEL_RE: Final = re.compile(r"([a-z0-9])([A-Z])")
@@ -499,8 +501,11 @@ def validate_metadata(value: object) -> dict[str, str]:
             )
         result[key] = item
     # A number split across a key and its value, or a value and the next key, reads as
-    # one in the JSON a read client gets back ("4242 4242":"4242 4242").
-    if len(result) > 0 and pan_like(json.dumps(result, ensure_ascii=False, separators=(",", ":"))):
+    # one in the JSON a read client gets back ("4242":"4242 4242 4242"). Only a key that
+    # begins or ends with a digit or separator can join a number across entries.
+    if any(key[0] in _JOINING or key[-1] in _JOINING for key in result) and pan_like(
+        json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+    ):
         raise _metadata_card_number("metadata")
     return result
 

@@ -74,8 +74,13 @@ _HEX_WORD_MIN: Final = 40
 _ENOUGH_DIGITS: Final = re.compile(rf"(?:[^\d{_OTHER_DIGITS}]*{_DIGIT}){{{MIN_DIGITS}}}")
 # A candidate number: digits joined by gaps of at most three non-alphanumerics, with at
 # least 13 digits. Gap characters and digits are disjoint classes, so matching does not
-# backtrack beyond one gap.
-_NUMBER: Final = re.compile(rf"{_DIGIT}(?:[\W_]{{0,{_MAX_GAP}}}{_DIGIT}){{{MIN_DIGITS - 1},}}")
+# backtrack beyond one gap, and each number is tried from its first digit only.
+_NUMBER: Final = re.compile(
+    # Only where a number begins (no digit, with or without a gap, right before it), so
+    # that a number too short to matter is tried once rather than from each of its digits.
+    rf"(?<!{_DIGIT})(?<!{_DIGIT}[\W_])(?<!{_DIGIT}[\W_]{{2}})(?<!{_DIGIT}[\W_]{{3}})"
+    rf"{_DIGIT}(?:[\W_]{{0,{_MAX_GAP}}}{_DIGIT}){{{MIN_DIGITS - 1},}}"
+)
 _HEX_WORD: Final = re.compile(rf"(?<![^\W_])[0-9A-Fa-f]{{{_HEX_WORD_MIN},}}(?![^\W_])")
 _GAPS: Final = re.compile(r"([^0-9]+)")
 _SPACE: Final = re.compile(r"\s+")
@@ -231,14 +236,18 @@ def _number_holds_pan(number: str) -> bool:
     if _LONG_GROUP.search(raw) is not None:
         return True
     digits = raw.translate(None, _NOT_DIGITS)
-    if len(digits) == len(raw) and len(digits) <= MAX_DIGITS:
+    if len(digits) == len(raw):
         # One group of 13-19 digits (the common case): Luhn on the whole of it.
-        return (
-            sum(digits[-1::-2].translate(_VALUE)) + sum(digits[-2::-2].translate(_DOUBLE))
-        ) % 10 == 0
+        return _luhn(digits)
     bounds = _boundaries(raw)
     punctuation = set(number) - _NEUTRAL
     if len(punctuation) <= 1:
+        if len(digits) <= MAX_DIGITS:
+            # Few stretches to try (whole groups dropped from either end): try each.
+            at = [offset for offset, flag in enumerate(bounds) if flag]
+            return any(
+                _luhn(digits[start:end]) for start in at for end in at if end - start >= MIN_DIGITS
+            )
         return _stretch_passes_luhn(digits, bounds)
     parts = _GAPS.split(number)
     ends = list(accumulate(map(len, parts[0::2])))
@@ -250,6 +259,13 @@ def _number_holds_pan(number: str) -> bool:
         for first, last in _consistent_runs(parts[1::2])
         if ends[last] - starts[first] >= MIN_DIGITS
     )
+
+
+def _luhn(digits: bytes) -> bool:
+    """Whether ASCII digits pass the Luhn check."""
+    return (
+        sum(digits[-1::-2].translate(_VALUE)) + sum(digits[-2::-2].translate(_DOUBLE))
+    ) % 10 == 0
 
 
 def _boundaries(raw: bytes) -> bytes:
