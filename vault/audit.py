@@ -157,7 +157,14 @@ class AuditLog:
         # Every field, whatever its shape: a token-shaped value can be one a client
         # made up. The detector reads long hexadecimal words (blind indexes, digests)
         # as hexadecimal, so their chance digit runs are not taken for card numbers.
-        for value in (actor, origin, resource, detail_json):
+        # The detail is read as written, not as JSON escapes ("\uff14", "\t") would hide it.
+        details = dict(detail or {})
+        scanned = [
+            json.dumps(details, ensure_ascii=False, separators=(",", ":")),
+            *details,
+            *(str(v) for v in details.values() if v is not None),
+        ]
+        for value in (actor, origin, resource, *scanned):
             if value is not None and holds_pan(value, hex_words=True):
                 raise ValueError("audit fields must not hold card-number-like digit runs")
         for value in (actor, origin, resource):
