@@ -178,7 +178,7 @@ def pan_spans(text: str, *, hex_words: bool = False) -> list[tuple[int, int]]:
     """
     if not may_hold_pan(text):
         return []
-    if text.isascii() or not any(map(_is_invisible, text)):
+    if text.isascii() or len(text.translate(_STRIP_INVISIBLE)) == len(text):
         return _numbers_with_pan(text, hex_words=hex_words)
     # Offsets of the visible characters in text, to map spans back.
     origin = [i for i, char in enumerate(text) if not _is_invisible(char)]
