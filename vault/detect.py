@@ -75,12 +75,20 @@ _ENOUGH_DIGITS: Final = re.compile(rf"(?:[^\d{_OTHER_DIGITS}]*{_DIGIT}){{{MIN_DI
 # A candidate number: digits joined by gaps of at most three non-alphanumerics, with at
 # least 13 digits. Gap characters and digits are disjoint classes, so matching does not
 # backtrack beyond one gap, and each number is tried from its first digit only.
-_NUMBER: Final = re.compile(
-    # Only where a number begins (no digit, with or without a gap, right before it), so
-    # that a number too short to matter is tried once rather than from each of its digits.
-    rf"(?<!{_DIGIT})(?<!{_DIGIT}[\W_])(?<!{_DIGIT}[\W_]{{2}})(?<!{_DIGIT}[\W_]{{3}})"
-    rf"{_DIGIT}(?:[\W_]{{0,{_MAX_GAP}}}{_DIGIT}){{{MIN_DIGITS - 1},}}"
-)
+
+
+def _number_pattern(digit: str, gap: str) -> re.Pattern[str]:
+    return re.compile(
+        # Only where a number begins (no digit, with or without a gap, right before it), so
+        # a number too short to matter is tried once rather than from each of its digits.
+        rf"(?<!{digit})(?<!{digit}{gap})(?<!{digit}{gap}{{2}})(?<!{digit}{gap}{{3}})"
+        rf"{digit}(?:{gap}{{0,{_MAX_GAP}}}{digit}){{{MIN_DIGITS - 1},}}"
+    )
+
+
+_NUMBER: Final = _number_pattern(_DIGIT, r"[\W_]")
+# The same on ASCII text, where simple classes match twice as fast.
+_ASCII_NUMBER: Final = _number_pattern("[0-9]", "[^0-9A-Za-z]")
 _HEX_WORD: Final = re.compile(rf"(?<![^\W_])[0-9A-Fa-f]{{{_HEX_WORD_MIN},}}(?![^\W_])")
 _GAPS: Final = re.compile(r"([^0-9]+)")
 _SPACE: Final = re.compile(r"\s+")
@@ -206,7 +214,8 @@ def redact_pans(text: str, placeholder: str = PLACEHOLDER) -> str:
 
 def _numbers_with_pan(visible: str, *, hex_words: bool) -> list[tuple[int, int]]:
     """Spans of the numbers in ``visible`` (no invisible characters) that hold a PAN."""
-    found = [m.span() for m in _NUMBER.finditer(visible) if _number_holds_pan(m.group())]
+    numbers = _ASCII_NUMBER if visible.isascii() else _NUMBER
+    found = [m.span() for m in numbers.finditer(visible) if _number_holds_pan(m.group())]
     # Reading long hexadecimal words as letters only ever removes numbers, so the text
     # is masked (and scanned again) only when the first scan found something.
     if (
@@ -216,7 +225,7 @@ def _numbers_with_pan(visible: str, *, hex_words: bool) -> list[tuple[int, int]]
         and _HEX_WORD.search(visible) is not None
     ):
         masked = _HEX_WORD.sub(_hex_as_letters, visible)
-        found = [m.span() for m in _NUMBER.finditer(masked) if _number_holds_pan(m.group())]
+        found = [m.span() for m in numbers.finditer(masked) if _number_holds_pan(m.group())]
     return found
 
 
@@ -243,11 +252,8 @@ def _number_holds_pan(number: str) -> bool:
     punctuation = set(number) - _NEUTRAL
     if len(punctuation) <= 1:
         if len(digits) <= MAX_DIGITS:
-            # Few stretches to try (whole groups dropped from either end): try each.
-            at = [offset for offset, flag in enumerate(bounds) if flag]
-            return any(
-                _luhn(digits[start:end]) for start in at for end in at if end - start >= MIN_DIGITS
-            )
+            # At most 19 digits: few stretches (whole groups dropped from either end).
+            return _short_number_holds_pan(digits, bounds)
         return _stretch_passes_luhn(digits, bounds)
     parts = _GAPS.split(number)
     ends = list(accumulate(map(len, parts[0::2])))
@@ -259,6 +265,20 @@ def _number_holds_pan(number: str) -> bool:
         for first, last in _consistent_runs(parts[1::2])
         if ends[last] - starts[first] >= MIN_DIGITS
     )
+
+
+def _short_number_holds_pan(digits: bytes, bounds: bytes) -> bool:
+    """Whether some 13+ digit stretch of whole groups of a <= 19 digit number passes Luhn."""
+    at = [offset for offset, flag in enumerate(bounds) if flag]
+    for start in at:
+        if len(digits) - start < MIN_DIGITS:
+            break
+        for end in reversed(at):
+            if end - start < MIN_DIGITS:
+                break
+            if _luhn(digits[start:end]):
+                return True
+    return False
 
 
 def _luhn(digits: bytes) -> bool:
