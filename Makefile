@@ -36,6 +36,7 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| echo "wrk could not be installed: using the Python load generator"
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.detect
 	$(BIN)/python -m bench.rewrap
 	$(BIN)/python -m bench.postgres
 

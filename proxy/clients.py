@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.origins import OriginError, parse_origin
-from proxy.validation import pan_like
+from vault.detect import holds_pan
 from vault.keyring import FileWatch
 
 # invoice: store invoice references (POST /v1/invoices) without being able to send card data.
@@ -256,7 +256,7 @@ def _entry(path: Path, entry: Any) -> Client:
         client = Client(entry["name"], scopes, entry["key_sha256"], kind == "publishable", origins)
         if not scopes <= SCOPES or not re.fullmatch(r"[0-9a-f]{64}", client.key_digest):
             raise malformed
-        if not isinstance(client.name, str) or pan_like(client.name):
+        if not isinstance(client.name, str) or holds_pan(client.name):
             raise malformed
         if kind == "publishable":
             # A publishable key is public: anything beyond tokenize would be a leak of power.
@@ -298,11 +298,12 @@ def add_client(
     origins: frozenset[str] = frozenset(),
 ) -> str:
     """Add a client to the file (creating it) and return its key; the key is not stored."""
-    if not _NAME_RE.match(name):
-        raise ValueError("client name must be 1-63 of a-z 0-9 _ . - starting with a letter/digit")
-    if pan_like(name):
-        # The name is the actor of every audit event the client causes, kept for good.
-        raise ValueError("client name must not look like a card number")
+    # The name is written to the clients file, every log line and every audit event.
+    if not _NAME_RE.match(name) or holds_pan(name):
+        raise ValueError(
+            "client name must be 1-63 of a-z 0-9 _ . - starting with a letter/digit"
+            " and must not be a card number"
+        )
     if publishable and (scopes != PUBLISHABLE_SCOPES or not origins):
         raise ValueError("a publishable client has only the tokenize scope and at least one origin")
     if not publishable and origins:

@@ -122,7 +122,11 @@ _LIFECYCLE_SCHEMAS: dict[str, Any] = {
         "properties": {
             "customer_ref": {"type": "string", "maxLength": 64},
             "invoice_number": {"type": "string", "maxLength": 64},
-            "ocr_reference": {"type": "string", "description": "Swedish OCR, mod-10 check"},
+            "ocr_reference": {
+                "type": "string",
+                "description": "Swedish OCR, mod-10 check; one a card brand could have issued"
+                " is refused (ocr_reference_card_like)",
+            },
             "ocr_length_digit": {"type": "boolean", "default": False},
             "amount": {"type": "integer", "minimum": 0, "description": "minor units"},
             "currency": {"type": "string", "description": "ISO 4217, e.g. SEK"},

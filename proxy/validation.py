@@ -15,11 +15,13 @@ Codes raised here:
 - ``ValidationFailed`` (422): ``invalid_customer_ref``, ``metadata_too_many_keys``,
   ``metadata_invalid_key``, ``metadata_forbidden_key``, ``metadata_value_too_long``,
   ``metadata_contains_card_number``, ``invalid_iban``, ``unsupported_country``,
-  ``invalid_iban_length``, ``invalid_iban_checksum``, ``invalid_ocr_reference``.
+  ``invalid_iban_length``, ``invalid_iban_checksum``, ``invalid_ocr_reference``,
+  ``ocr_reference_card_like``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -27,6 +29,8 @@ from typing import Final
 
 from proxy.errors import CardValidationFailed, InvalidRequest, ValidationFailed
 from proxy.hazmat import CardNumber, Cvc, Iban
+from vault.detect import holds_pan
+from vault.detect import redact_pans as detect_redact_pans
 
 __all__ = [
     "IBAN_LENGTHS",
@@ -240,78 +244,15 @@ def parse_expiry(exp_month: object, exp_year: object, *, today: date) -> tuple[i
 
 # ------------------------------------------------------------- PAN-like content
 
-# A "group" is a maximal run of digits where single spaces or dashes may sit
-# between digits (how people write card numbers). Only groups of 13+ digits can
-# hold a PAN, so this pattern is also the fast path: no match, no PAN.
-_GROUP_RE: Final = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,}")
-# Necessary for a group: 13 characters in a row from digits, spaces, dashes.
-_MAYBE_GROUP_RE: Final = re.compile(r"[0-9 -]{13}")
-_SEP_RE: Final = re.compile(r"[ -]")
-# Beyond this, some 13-19 digit window of a run is Luhn-valid with probability
-# ~1 anyway (1 - 0.9**(7*n)); deciding without scanning bounds the work.
-_LONG_RUN: Final = 64
-
-
-def _run_has_pan(run: str) -> bool:
-    """Whether an unseparated digit run is, or for 20+ digits contains, a Luhn-valid PAN."""
-    n = len(run)
-    if n < 13:
-        return False
-    if n <= 19:
-        # Whole run only: a 16-digit order id must not be redacted because some
-        # 13-digit window of it happens to pass Luhn (which 1 in 10 do).
-        return luhn_valid(run)
-    if n > _LONG_RUN:
-        return True
-    # Longer than any PAN: could be a PAN glued to an expiry or CVC.
-    return any(
-        luhn_valid(run[start : start + length])
-        for length in range(13, 20)
-        for start in range(n - length + 1)
-    )
-
-
-def _group_has_pan(group: str) -> bool:
-    """Whether a digit group holds a Luhn-valid 13-19 digit PAN on chunk boundaries."""
-    chunks = _SEP_RE.split(group)
-    if len(chunks) == 1:
-        return _run_has_pan(group)
-    # Try every span of whole chunks: "qty 2 4242 4242 4242 4242" must still be
-    # caught even though the leading "2" joins the group.
-    for i in range(len(chunks)):
-        count = 0
-        for j in range(i, len(chunks)):
-            count += len(chunks[j])
-            if count > 19:
-                break
-            if count >= 13 and luhn_valid("".join(chunks[i : j + 1])):
-                return True
-    return any(len(chunk) > 19 and _run_has_pan(chunk) for chunk in chunks)
-
 
 def pan_like(text: str) -> bool:
-    """Whether text contains a Luhn-valid 13-19 digit number (spaces/dashes allowed).
-
-    Digits are grouped as written: a PAN glued to other digits into one run of
-    at most 19 digits is not recognised (runs longer than 19 are searched).
-    """
-    if len(text) < 13:
-        return False
-    return any(_group_has_pan(m.group()) for m in _GROUP_RE.finditer(text))
-
-
-def _redact_group(match: re.Match[str]) -> str:
-    group = match.group()
-    return "[REDACTED_PAN]" if _group_has_pan(group) else group
+    """Whether text holds a card number, however written (see :mod:`vault.detect`)."""
+    return holds_pan(text)
 
 
 def redact_pans(text: str) -> str:
-    """Text with every digit group that holds a PAN replaced by ``[REDACTED_PAN]``."""
-    # Measured: a plain character-class scan is about twice as fast as the
-    # group pattern (and than counting digits), and most log strings fail it.
-    if len(text) < 13 or _MAYBE_GROUP_RE.search(text) is None or _GROUP_RE.search(text) is None:
-        return text
-    return _GROUP_RE.sub(_redact_group, text)
+    """Text with every written number that holds a PAN replaced by ``[REDACTED_PAN]``."""
+    return detect_redact_pans(text)
 
 
 # -------------------------------------------------------------------------- IBAN
@@ -457,6 +398,15 @@ def validate_ocr(raw: object, *, param: str = "ocr_reference") -> str:
         raise ValidationFailed(
             "The OCR reference is invalid.", code="invalid_ocr_reference", param=param
         )
+    # An OCR reference is Luhn-checked like a PAN, so a card number typed into the
+    # wrong field passes the OCR rules: one a card brand could have issued (its IIN
+    # range and length) is refused rather than stored and shown to read clients.
+    if detect_brand(ref) is not None:
+        raise ValidationFailed(
+            "The OCR reference has the form of a card number.",
+            code="ocr_reference_card_like",
+            param=param,
+        )
     return ref
 
 
@@ -465,6 +415,8 @@ def validate_ocr(raw: object, *, param: str = "ocr_reference") -> str:
 _METADATA_MAX_KEYS: Final = 20
 _METADATA_MAX_VALUE: Final = 500
 _METADATA_KEY_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+# Key characters that can sit inside a written number: digits and the separators keys allow.
+_JOINING: Final = frozenset("0123456789_.-")
 _CUSTOMER_REF_RE: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 _SAFE_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 _CAMEL_RE: Final = re.compile(r"([a-z0-9])([A-Z])")
@@ -513,16 +465,14 @@ def validate_metadata(value: object) -> dict[str, str]:
         )
     result: dict[str, str] = {}
     for key, item in value.items():
+        # Keys are echoed to read clients just like values: a card number in a key is
+        # refused as one, whatever else is wrong with the key.
+        if isinstance(key, str) and pan_like(key):
+            raise _metadata_card_number("metadata")
         if not isinstance(key, str) or _METADATA_KEY_RE.fullmatch(key) is None:
             raise ValidationFailed(
                 "metadata keys must be 1-40 characters of letters, digits, '_', '.' or '-'.",
                 code="metadata_invalid_key",
-                param="metadata",
-            )
-        if pan_like(key):
-            raise ValidationFailed(
-                "metadata must not contain card numbers.",
-                code="metadata_contains_card_number",
                 param="metadata",
             )
         param = f"metadata.{_echoable(key)}" if _echoable(key) else "metadata"
@@ -543,11 +493,7 @@ def validate_metadata(value: object) -> dict[str, str]:
                 param=param,
             )
         if pan_like(item):
-            raise ValidationFailed(
-                "metadata must not contain card numbers.",
-                code="metadata_contains_card_number",
-                param=param,
-            )
+            raise _metadata_card_number(param)
         if iban_like(item):
             raise ValidationFailed(
                 "metadata must not contain bank account numbers.",
@@ -555,7 +501,22 @@ def validate_metadata(value: object) -> dict[str, str]:
                 param=param,
             )
         result[key] = item
+    # A number split across a key and its value, or a value and the next key, reads as
+    # one in the JSON a read client gets back ("4242":"4242 4242 4242"). Only a key that
+    # begins or ends with a digit or separator can join a number across entries.
+    if any(key[0] in _JOINING or key[-1] in _JOINING for key in result) and pan_like(
+        json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+    ):
+        raise _metadata_card_number("metadata")
     return result
+
+
+def _metadata_card_number(param: str) -> ValidationFailed:
+    return ValidationFailed(
+        "metadata must not contain card numbers.",
+        code="metadata_contains_card_number",
+        param=param,
+    )
 
 
 def validate_customer_ref(value: object) -> str | None:

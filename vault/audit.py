@@ -4,8 +4,8 @@ Each event records who (``actor``: client name or ``cli:<user>``), what (``event
 when (``occurred_at``), whether it worked (``outcome``), from where (``origin``: remote
 address or host) and on what (``resource``: a token, key version or client name), plus a
 small ``detail`` map. Never card data and never a partner reference: callers pass only
-those fields, and :meth:`AuditLog.append` refuses any value holding a Luhn-valid run of
-13-19 digits.
+those fields, and :meth:`AuditLog.append` refuses any field holding a card number as
+:mod:`vault.detect` reads one (any digits, any short separators).
 
 Chaining: an event's hash is HMAC-SHA256 over the previous event's hash and every field
 of the event, keyed by a subkey derived from the key ring's index key. The HMAC (rather
@@ -40,8 +40,9 @@ from datetime import UTC, datetime
 
 from vault.backends.base import AUDIT_GENESIS, AuditEntry, AuditRow, Backend
 from vault.crypto import derive_subkey
+from vault.detect import holds_pan
 from vault.errors import AuditUnavailable, VaultError
-from vault.records import iso, token_kind, utcnow
+from vault.records import iso, utcnow
 
 __all__ = [
     "AuditBreak",
@@ -59,10 +60,6 @@ __all__ = [
 
 _LABEL = b"tokenproxy/audit-chain/v1\x00"
 _EVENT_TYPE_RE = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)*$")
-# A card number (13-19 digits, perhaps spaced) must never reach the trail, even by mistake.
-# Unbounded: a PAN inside a longer digit run must be found too; _holds_pan checks every
-# 13-19 digit window of the run.
-_PAN_LIKE = re.compile(r"\d(?:[ -]?\d){12,}")
 _MAX_FIELD = 200
 _PAGE = 1000
 
@@ -182,10 +179,6 @@ def _unletters(text: str) -> str:
     return text.translate(_UNLETTERS)
 
 
-# "<what>:<blind index>", as the proxy names customers: a keyed HMAC in hex.
-_BLIND_INDEX_RE = re.compile(r"^[a-z_]{1,32}:[0-9a-f]{64}$")
-
-
 class AuditLog:
     """Append to, verify and export the vault's audit trail."""
 
@@ -242,15 +235,18 @@ class AuditLog:
         if not _EVENT_TYPE_RE.match(event_type) or len(event_type) > 64:
             raise ValueError("event_type must be a dotted lowercase name")
         detail_json = json.dumps(dict(detail or {}), sort_keys=True, separators=(",", ":"))
-        # A well-formed token or blind index is random and holds no card data: any digit
-        # run in it is chance (a 64-hex index holds a Luhn-valid 16-digit run about once
-        # in a hundred customers), so neither is scanned.
-        random_resource = resource is not None and (
-            token_kind(resource) is not None or _BLIND_INDEX_RE.match(resource) is not None
-        )
-        checked = (actor, origin, None if random_resource else resource)
-        for value in (*checked, detail_json):
-            if value is not None and _holds_pan(value):
+        # Every field, whatever its shape: a token-shaped value can be one a client
+        # made up. The detector reads long hexadecimal words (blind indexes, digests)
+        # as hexadecimal, so their chance digit runs are not taken for card numbers.
+        # The detail is read as written, not as JSON escapes ("\uff14", "\t") would hide it.
+        details = dict(detail or {})
+        scanned = [
+            json.dumps(details, ensure_ascii=False, separators=(",", ":")),
+            *details,
+            *(str(v) for v in details.values() if v is not None),
+        ]
+        for value in (actor, origin, resource, *scanned):
+            if value is not None and holds_pan(value, hex_words=True):
                 raise ValueError("audit fields must not hold card-number-like digit runs")
         for value in (actor, origin, resource):
             if value is not None and len(value) > _MAX_FIELD:
@@ -428,25 +424,6 @@ def _covered(row: AuditRow) -> tuple[int, str] | None:
     if covers_seq >= row.seq:  # a checkpoint vouches only for what came before it
         return None
     return covers_seq, _unletters(covers_hash)
-
-
-def _holds_pan(text: str) -> bool:
-    """True if ``text`` holds a Luhn-valid run of 13-19 digits (spaces or dashes allowed)."""
-    for match in _PAN_LIKE.finditer(text):
-        digits = [int(c) for c in match.group() if c.isdigit()]
-        for start in range(len(digits) - 12):
-            for end in range(start + 13, min(len(digits), start + 19) + 1):
-                if _luhn(digits[start:end]):
-                    return True
-    return False
-
-
-def _luhn(digits: list[int]) -> bool:
-    total = 0
-    for position, digit in enumerate(reversed(digits)):
-        doubled = digit * 2 if position % 2 else digit
-        total += doubled - 9 if doubled > 9 else doubled
-    return total % 10 == 0
 
 
 class _PageIterator:

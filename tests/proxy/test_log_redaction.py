@@ -285,3 +285,30 @@ def test_card_fields_inside_text_are_redacted(text: str) -> None:
     assert "731" not in out
     assert "[REDACTED]" in out
     assert "4242424242424242" not in out
+
+
+_DISGUISED = [
+    "\uff14\uff12" * 8,  # full-width
+    "\u0664\u0662" * 8,  # Arabic-Indic
+    "4242\u200b4242\u200b4242\u200b4242",  # zero-width spaces
+    "4242.4242.4242.4242",
+    "4242/4242/4242/4242",
+    "4242_4242_4242_4242",
+    "4242:4242:4242:4242",
+    "4242\u20134242\u20134242\u20134242",  # en dash
+    "4242\u00a04242\u00a04242\u00a04242",  # no-break space
+]
+
+
+@pytest.mark.parametrize("disguised", _DISGUISED)
+def test_disguised_pans_are_redacted(disguised: str) -> None:
+    """Log redaction uses the card-number detector: any digits, any short separators."""
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info("paid", note=f"card {disguised} ok", items=[disguised])
+        logging.getLogger("lib").warning("card %s", disguised)
+    text = buffer.getvalue()
+    for line in _lines(buffer):
+        assert "[REDACTED_PAN]" in json.dumps(line, ensure_ascii=False)
+    assert disguised not in text
+    assert disguised not in json.loads(json.dumps(text))
+    assert "4242" not in text.replace("\\u200b", "")

@@ -379,3 +379,38 @@ async def test_forged_checkpoint_is_caught(vault: Vault, raw_rows: RawRows) -> N
     report = await vault.audit.verify()
     assert report.first_break is not None
     assert (report.first_break.seq, report.first_break.kind) == (5, "edited")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("resource", "vtok_card_4242424242424242" + "A" * 16),
+        ("resource", "vtok_card_" + "4242424242424242" * 2),
+        ("resource", "vtok_inv_4242.4242.4242.4242_abcdefghijklm"),
+        ("actor", "4242.4242.4242.4242"),
+        ("origin", "4242_4242_4242_4242"),
+        ("resource", "customer:4242\u200b4242\u200b4242\u200b4242"),
+    ],
+    ids=["token-padded", "token-of-digits", "token-dotted", "actor", "origin", "zero-width"],
+)
+async def test_every_field_is_checked_for_card_numbers(
+    vault: Vault, field: str, value: str
+) -> None:
+    """No field is exempt from the card-number check, token-shaped or not, however written."""
+    fields: dict[str, str | None] = {"actor": "billing", "origin": None, "resource": None}
+    fields[field] = value
+    with pytest.raises(ValueError, match="card-number-like"):
+        await vault.audit.append("token.resolve", outcome=False, **fields)
+    assert await vault.audit.events() == []
+
+
+async def test_detail_values_are_checked_for_card_numbers(vault: Vault) -> None:
+    """A card number in the detail map, in any script, is refused like any other field."""
+    with pytest.raises(ValueError, match="card-number-like"):
+        await vault.audit.append(
+            "token.resolve",
+            outcome=False,
+            actor="billing",
+            origin=None,
+            detail={"note": "\uff14\uff12\uff14\uff12" * 4},
+        )
