@@ -1,7 +1,6 @@
 """tokenproxy_client's customer, invoice and delete methods against the real proxy.
 
-These routes come from issue 5; each test skips, naming the route, while the proxy
-does not serve it.
+Each test skips, naming the route, when the proxy does not serve it.
 """
 
 from __future__ import annotations
