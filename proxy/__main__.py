@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    """`make run`: a local vault, key ring and client under var/, localstripe when no key."""
+    """`make run`: vault, key ring and clients under var/, localstripe, the demo checkout page."""
     from proxy import devmode
     from proxy.app import serve
     from proxy.sandbox import SANDBOX_API_KEY, Localstripe
@@ -103,7 +103,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             settings.clients_path, var / devmode.DEMO_KEY_FILE, demo_origin
         )
         settings = devmode.with_demo_origin(settings, demo_origin)
-        demo_sock = devmode.bind(settings.demo_listen)
+        demo_sock = devmode.bind_demo(settings)
         partner = f"localstripe at {sandbox.base_url}" if sandbox else settings.stripe_api_base
         print(
             devmode.banner(
@@ -112,6 +112,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 dev_key_file=dev_key_file,
                 demo_url=demo_origin + "/" if demo_sock is not None else None,
                 state_dir=var,
+                sandbox=sandbox is not None,
             ),
             flush=True,
         )

@@ -128,8 +128,15 @@ def create_demo_app(proxy_origin: str, publishable_key: str, dev_key_file: str) 
     return app
 
 
-def bind(listen: HostPort) -> socket.socket | None:
-    """A listening socket on ``listen``, or None when the address is taken or unusable."""
+def bind_demo(settings: Settings) -> socket.socket | None:
+    """A listening socket for the demo page, or None when its address is taken or unusable.
+
+    The proxy's own addresses count as taken: binding one of them first would make the
+    proxy, not the demo, fail to start.
+    """
+    listen = settings.demo_listen
+    if listen in (settings.listen, settings.ops_listen):
+        return None
     try:
         infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)
         family, kind, proto, _, address = infos[0]
@@ -165,9 +172,11 @@ def banner(
     dev_key_file: Path,
     demo_url: str | None,
     state_dir: Path,
+    sandbox: bool,
 ) -> str:
     """What `make run` prints first: where things are and commands that work as pasted."""
     api = browser_origin(settings.listen)
+    fresh = "the sandbox partner starts empty on each run; " if sandbox else ""
     demo = (
         f"card fields demo: {demo_url} (open it in a browser)"
         if demo_url is not None
@@ -178,7 +187,7 @@ def banner(
         [
             f"tokenproxy (dev) on {api}, ops on http://{settings.ops_listen}, partner: {partner}",
             demo,
-            f"state in {state_dir}/ (stop, then remove it to start over); "
+            f"state in {state_dir}/ ({fresh}to start over, stop and remove {state_dir}/); "
             f"dev client key (every scope) in {dev_key_file}",
             "try, from this directory:",
             f"  KEY=$(cat {dev_key_file})",

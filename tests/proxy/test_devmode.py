@@ -19,6 +19,7 @@ import pytest
 from proxy.clients import ClientRegistry, add_client, parse_scopes
 from proxy.devmode import (
     banner,
+    bind_demo,
     browser_origin,
     demo_csp,
     ensure_demo_key,
@@ -142,12 +143,36 @@ def test_banner_says_when_the_demo_did_not_start() -> None:
         dev_key_file=Path("var/dev-client.key"),
         demo_url=None,
         state_dir=Path("var"),
+        sandbox=True,
     )
     lines = [line for line in text.splitlines() if "demo" in line]
     assert lines == [
         "card fields demo not started: 127.0.0.1:8081 is in use "
         "(set TOKENPROXY_DEMO_LISTEN to another HOST:PORT)"
     ]
+
+
+def test_demo_never_takes_the_proxy_addresses() -> None:
+    """A demo address equal to the API or ops listener is treated as taken, never bound."""
+    for same in ("TOKENPROXY_LISTEN", "TOKENPROXY_OPS_LISTEN"):
+        port = free_port()
+        settings = Settings.from_env(
+            {
+                "TOKENPROXY_STRIPE_API_BASE": "http://127.0.0.1:1",
+                same: f"127.0.0.1:{port}",
+                "TOKENPROXY_DEMO_LISTEN": f"127.0.0.1:{port}",
+            }
+        )
+        assert bind_demo(settings) is None
+    free = Settings.from_env(
+        {
+            "TOKENPROXY_STRIPE_API_BASE": "http://127.0.0.1:1",
+            "TOKENPROXY_DEMO_LISTEN": f"127.0.0.1:{free_port()}",
+        }
+    )
+    sock = bind_demo(free)
+    assert sock is not None
+    sock.close()
 
 
 @pytest.fixture(scope="module")
