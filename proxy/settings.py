@@ -65,7 +65,7 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Every setting of the service; see the README table and deploy/env.example."""
+    """Every setting of the service; see docs/operations.md and deploy/env.example."""
 
     listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 8080))
     ops_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9090))
