@@ -75,7 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    """`make run`: a local vault, key ring and client under var/, localstripe when no key."""
+    """`make run`: vault, key ring and clients under var/, localstripe, the demo checkout page."""
+    from proxy import devmode
     from proxy.app import bind_listeners, serve
     from proxy.sandbox import SANDBOX_API_KEY, Localstripe
 
@@ -99,7 +100,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
         fd = os.open(dev_key_file, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(key + "\n")
-    key = dev_key_file.read_text().strip()
     sandbox: Localstripe | None = None
     if not os.environ.get("STRIPE_API_KEY") and not os.environ.get("STRIPE_API_KEY_FILE"):
         sandbox = Localstripe(log=var / "localstripe.log")
@@ -111,20 +111,31 @@ def cmd_dev(args: argparse.Namespace) -> int:
     try:
         settings = _settings()
         configure_logging(json=settings.log_json, level=settings.log_level)
-        base = f"http://{settings.listen}"
+        demo_origin = devmode.browser_origin(settings.demo_listen)
+        demo_key = devmode.ensure_demo_key(
+            settings.clients_path, var / devmode.DEMO_KEY_FILE, demo_origin
+        )
+        settings = devmode.with_demo_origin(settings, demo_origin)
+        demo_sock = devmode.bind_demo(settings)
         partner = f"localstripe at {sandbox.base_url}" if sandbox else settings.stripe_api_base
         print(
-            f"tokenproxy (dev) on {base}, ops on http://{settings.ops_listen}, partner: {partner}\n"
-            f"vault: {settings.vault_location} (key ring {settings.keyring_path.absolute()})\n"
-            f"dev client key (all scopes; also in {dev_key_file}):\n  {key}\n"
-            "try:\n"
-            f"  curl -s {base}/v1/cards -H 'Authorization: Bearer {key}' "
-            "-H 'Content-Type: application/json' "
-            '-d \'{"number":"4242 4242 4242 4242","exp_month":12,"exp_year":2030,"cvc":"123"}\'\n'
-            f"  curl -s {base}/v1/tokens/TOKEN -H 'Authorization: Bearer {key}'",
+            devmode.banner(
+                settings,
+                partner=partner,
+                dev_key_file=dev_key_file,
+                demo_url=demo_origin + "/" if demo_sock is not None else None,
+                state_dir=var,
+                sandbox=sandbox is not None,
+            ),
             flush=True,
         )
-        asyncio.run(serve(settings, sockets=sockets))
+        if demo_sock is None:
+            asyncio.run(serve(settings, sockets=sockets))
+        else:
+            demo = devmode.create_demo_app(
+                devmode.browser_origin(settings.listen), demo_key, str(dev_key_file)
+            )
+            asyncio.run(devmode.serve_with_demo(settings, demo, demo_sock, sockets=sockets))
     finally:
         if sandbox is not None:
             sandbox.stop()

@@ -144,7 +144,7 @@ class Metrics:
         )
         # When the key gauges were last read from the vault (see proxy.keystatus).
         self.key_metrics_at = float("-inf")
-        # Resilience (issue 6).
+        # Resilience: partner retries, circuit breaker, idempotency.
         self.partner_attempts = Counter(
             "tokenproxy_partner_attempts",
             "Single attempts at the payment partner (retries included), by outcome.",

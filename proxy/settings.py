@@ -67,10 +67,12 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Every setting of the service; see the README table and deploy/env.example."""
+    """Every setting of the service; see docs/operations.md and deploy/env.example."""
 
     listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 8080))
     ops_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9090))
+    # `tokenproxy dev` only: the demo checkout page's own origin (`serve` never listens here).
+    demo_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 8081))
     vault_url: str = "sqlite:///var/vault.db"
     keyring_path: Path = Path("var/keyring.json")
     clients_path: Path = Path("var/clients.json")
@@ -97,7 +99,7 @@ class Settings:
     kms_key_id: str | None = None
     kms_endpoint: str | None = None
     kms_region: str | None = None
-    # Resilience (issue 6): idempotency, partner retries, circuit breaker, request limits.
+    # Resilience: idempotency, partner retries, circuit breaker, request limits.
     idempotency_ttl: float = 24 * 3600.0
     partner_max_retries: int = 2
     partner_retry_budget: float = 20.0
@@ -128,6 +130,10 @@ class Settings:
             kwargs["listen"] = _host_port("TOKENPROXY_LISTEN", env["TOKENPROXY_LISTEN"])
         if "TOKENPROXY_OPS_LISTEN" in env:
             kwargs["ops_listen"] = _host_port("TOKENPROXY_OPS_LISTEN", env["TOKENPROXY_OPS_LISTEN"])
+        if "TOKENPROXY_DEMO_LISTEN" in env:
+            kwargs["demo_listen"] = _host_port(
+                "TOKENPROXY_DEMO_LISTEN", env["TOKENPROXY_DEMO_LISTEN"]
+            )
         if "TOKENPROXY_VAULT_URL" in env:
             url = env["TOKENPROXY_VAULT_URL"]
             try:
@@ -313,7 +319,7 @@ def listen_addresses(env: Mapping[str, str] | None = None) -> tuple[HostPort, Ho
 
 
 def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
-    """The idempotency, retry, breaker and request-limit settings (issue 6)."""
+    """The idempotency, retry, breaker and request-limit settings."""
     floats = {
         "TOKENPROXY_IDEMPOTENCY_TTL": ("idempotency_ttl", 60.0),
         "TOKENPROXY_PARTNER_RETRY_BUDGET": ("partner_retry_budget", 0.0),

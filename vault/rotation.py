@@ -1,6 +1,6 @@
 """Key lifecycle over a live vault: status, online rewrap, retirement, start-up coverage check.
 
-Runbook (README "Key management"): ``keys rotate`` adds a KEK version and makes it active;
+Runbook (docs/keys-and-audit.md): ``keys rotate`` adds a KEK version and makes it active;
 serving processes pick it up within seconds (see ``LocalKekProvider``); ``keys rewrap``
 re-wraps every data key still on an older version; ``keys retire V`` destroys version V
 once no data key uses it (records' data keys and live idempotency rows' keys alike, as

@@ -92,7 +92,7 @@ async def test_export_then_erase_customer(proxy: RunningProxy) -> None:
 async def test_create_invoice(proxy: RunningProxy) -> None:
     """An invoice reference is stored under a vtok_inv_ token."""
     require_route(proxy, "POST", "/v1/invoices")
-    # POST /v1/invoices takes the dedicated invoice scope (README), not tokenize.
+    # POST /v1/invoices takes the dedicated invoice scope (docs/api.md), not tokenize.
     async with client_for(proxy, "invoicer") as client:
         invoice = await client.create_invoice("cus-inv", "INV-1001", 12900, "SEK", "2030-01-31")
     assert invoice.token.startswith("vtok_inv_")

@@ -1,4 +1,4 @@
-"""PostgreSQL storage for idempotency keys (issue 6), shared by every replica.
+"""PostgreSQL storage for idempotency keys, shared by every replica.
 
 A mixin of :class:`vault.backends.postgres.PostgresBackend`, mirroring the
 ``idempotency_*`` methods of :mod:`vault.backends.sqlite` with the same semantics;
