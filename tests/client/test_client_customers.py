@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -207,6 +208,11 @@ async def test_client_sends_only_what_the_server_takes(proxy: RunningProxy) -> N
             "Greta Garbo",
             email="greta@example.com",
             customer_ref="cus-drift",
+            mandate_acceptance={
+                "ip_address": "203.0.113.7",
+                "user_agent": "Mozilla/5.0",
+                "accepted_at": int(time.time()),
+            },
             idempotency_key="drift-bank",
         )
         invoice = await client("invoicer").create_invoice(

@@ -56,7 +56,7 @@ async def partner_count(proxy: RunningProxy, operation: str, outcome: str) -> st
 
 
 async def test_attach_decline_is_stored_and_replayed(proxy: RunningProxy) -> None:
-    """A decline when attaching to the customer's partner customer is the key's final answer:
+    """A decline when saving on the customer's partner customer is the key's final answer:
     the retry gets the same bytes and headers, marked replayed, with no partner round trip."""
     body = card_body(number=DECLINED_ON_ATTACH, cvc="123", customer_ref="cus-attach")
     first = await post(proxy, "/v1/cards", body, "attach-declined", "checkout")
@@ -67,7 +67,7 @@ async def test_attach_decline_is_stored_and_replayed(proxy: RunningProxy) -> Non
     assert again[2].get("Idempotent-Replayed") == "true"
     assert "Idempotent-Replayed" not in first[2]
     assert first[2]["Content-Type"] == again[2]["Content-Type"] == JSON
-    assert await partner_count(proxy, "attach", "card_declined") == "1.0"
+    assert await partner_count(proxy, "setup", "card_declined") == "1.0"
     assert await partner_count(proxy, "create_card", "ok") == "1.0"
     assert DECLINED_ON_ATTACH.encode() not in first[1]
 
