@@ -28,7 +28,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # wrk drives the load (Debian package); without it bench falls back to bench/loadgen.py.
-# More schemathesis cases than the suite runs (which runs 2,200).
+# More schemathesis cases than the suite runs (which runs about 1,200).
 fuzz: $(STAMP)
 	TOKENPROXY_FUZZ_EXAMPLES=$${TOKENPROXY_FUZZ_EXAMPLES:-20000} $(BIN)/pytest -p no:cacheprovider tests/resilience/test_fuzz.py
 

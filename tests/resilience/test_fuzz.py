@@ -26,7 +26,9 @@ from proxy.routes import ROUTES
 from proxy.sandbox import Localstripe
 from tests.resilience.serverproc import ServerProcess
 
-EXAMPLES = int(os.environ.get("TOKENPROXY_FUZZ_EXAMPLES", "1100"))
+# About 1,200 cases: enough to sweep every operation and mode inside a suite that stays
+# well under ten minutes; `make fuzz` runs 20,000.
+EXAMPLES = int(os.environ.get("TOKENPROXY_FUZZ_EXAMPLES", "600"))
 CASES: list[str] = []
 
 
@@ -150,10 +152,10 @@ def _fuzz_operation(server: ServerProcess, operation: Any, mode: GenerationMode)
 
 
 def test_fuzz_ran_enough_cases_without_crashes(fuzz_server: ServerProcess) -> None:
-    """The fuzz run covered ≥ 2,000 cases and the server logged no unhandled exception."""
+    """The fuzz run covered ≥ 1,000 cases and the server logged no unhandled exception."""
     if not CASES:
         pytest.skip("the fuzz test did not run in this session")
-    assert len(CASES) >= 2000 or EXAMPLES < 1100
+    assert len(CASES) >= 1000 or EXAMPLES < 600
     log = Path(fuzz_server.log).read_text()
     assert "unhandled_error" not in log
     assert "Traceback" not in log
