@@ -46,31 +46,24 @@ async def append_event(
     decimal-looking groups can pass for a card number, and must neither enter the trail
     nor make the audited action fail. AuditUnavailable when the event cannot be written.
     """
-    try:
-        await vault.audit.append(
-            event_type,
-            outcome=outcome,
-            actor=actor,
-            origin=origin,
-            resource=resource,
-            detail=detail,
-        )
-    except ValueError:
-        if origin is None:
-            raise AuditUnavailable("the audit event was refused") from None
-    else:
+    for digested in (False, True):
+        if digested and origin is None:
+            break
+        # The digest is made only after a refusal: resolves pay no HMAC for it.
+        attempt = vault.audit.digest("origin", origin) if digested and origin else origin
+        try:
+            await vault.audit.append(
+                event_type,
+                outcome=outcome,
+                actor=actor,
+                origin=attempt,
+                resource=resource,
+                detail=detail,
+            )
+        except ValueError:
+            continue
         return
-    try:
-        await vault.audit.append(
-            event_type,
-            outcome=outcome,
-            actor=actor,
-            origin=vault.audit.digest("origin", origin),
-            resource=resource,
-            detail=detail,
-        )
-    except ValueError:
-        raise AuditUnavailable("the audit event was refused") from None
+    raise AuditUnavailable("the audit event was refused")
 
 
 async def append_or_refuse(

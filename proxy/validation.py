@@ -502,7 +502,7 @@ def validate_metadata(value: object) -> dict[str, str]:
             )
         result[key] = item
     # A number split across a key and its value, or a value and the next key, reads as
-    # one in the JSON a read client gets back ("4242":"4242 4242 4242"). Only a key that
+    # one in the JSON a read client gets back ("dddd":"dddd dddd dddd"). Only a key that
     # begins or ends with a digit or separator can join a number across entries.
     if any(key[0] in _JOINING or key[-1] in _JOINING for key in result) and pan_like(
         json.dumps(result, ensure_ascii=False, separators=(",", ":"))

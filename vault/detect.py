@@ -10,15 +10,15 @@ What counts as a card number written in text
   Devanagari, mathematical, superscript, circled... each by its digit value.
 - **Invisible characters** are ignored as if absent: format characters (zero-width
   spaces and joiners, soft hyphens, bidi controls, BOM), combining marks and the Hangul
-  fillers. ``4242<ZWSP>4242`` is ``42424242``.
+  fillers. ``12<ZWSP>34`` is ``1234``.
 - **Letters break a number**: a number is made of digit *groups* separated only by
   *gaps*, and a gap is a run of 1-3 characters that are neither letters nor digits
   (spaces, tabs, newlines, no-break spaces, dots, slashes, underscores, colons, commas,
   dashes of any kind, quotes...). A longer run ends the number. A group glued to a
-  letter still counts (``card4242424242424242``); the letter only ends the number.
+  letter still counts (``card`` followed by a card number); the letter only ends the number.
 - **One kind of punctuation per number**: whitespace may sit in any gap, but the other
-  characters of the gaps must be the same throughout one number (``4242.4242.4242.4242``,
-  ``4242 - 4242 - 4242``, ``4242:4242 4242:4242``). Mixing them (``2026-12-02 15:39:15.123``,
+  characters of the gaps must be the same throughout one number (``dddd.dddd.dddd.dddd``,
+  ``dddd - dddd - dddd``, ``dddd:dddd dddd:dddd``). Mixing them (``2026-12-02 15:39:15.123``,
   ``59.329345, 18.068581``) starts a new number, which keeps timestamps, decimals and
   coordinates from being read as one long digit string.
 - **Hexadecimal words**, on request (``hex_words=True``, for text the system writes

@@ -1,4 +1,4 @@
--- Mirrors sqlite/0003_idempotency.sql. Idempotency keys (issue 6): one row per (client,
+-- Mirrors sqlite/0003_idempotency.sql. Idempotency keys: one row per (client,
 -- Idempotency-Key), found by a blind index of both; the request body is kept only as an
 -- HMAC, the partner's answer and the final response are sealed under a per-row data key.
 -- Timestamps compare as bytes (COLLATE "C"), as SQLite compares them, whatever the

@@ -1,4 +1,4 @@
--- Idempotency keys (issue 6). One row per (client, Idempotency-Key), found by a blind
+-- Idempotency keys. One row per (client, Idempotency-Key), found by a blind
 -- index of both: the key a client chose is never stored in clear. The request body is
 -- kept only as an HMAC (it holds card data); the partner's answer and the final
 -- response are sealed under a per-row data key wrapped by the key ring, like records.
