@@ -12,6 +12,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY vault ./vault
+COPY pandetect ./pandetect
 # No compilers in either stage (a dependency without a wheel fails the build); byte-compiled here because the runtime
 # root filesystem is read-only; pip itself is not needed at run time.
 RUN python -m venv /opt/tokenproxy \

@@ -21,8 +21,8 @@ test: $(STAMP) lint typecheck
 	$(BIN)/pytest --cov --cov-report=term:skip-covered
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy vault tokenproxy_client tests $(wildcard bench)
-	$(BIN)/ruff format --check proxy vault tokenproxy_client tests $(wildcard bench)
+	$(BIN)/ruff check proxy vault pandetect sandbox tokenproxy_client tests $(wildcard bench)
+	$(BIN)/ruff format --check proxy vault pandetect sandbox tokenproxy_client tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

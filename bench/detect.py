@@ -15,8 +15,8 @@ import argparse
 import time
 from collections.abc import Callable
 
-from proxy.validation import validate_metadata
-from vault.detect import holds_pan
+from pandetect import holds_pan
+from proxy.domain.validation import validate_metadata
 
 _VALUE = 500
 _KEYS = 20

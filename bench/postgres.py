@@ -32,11 +32,11 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from proxy.clients import add_client, parse_scopes
-from proxy.sandbox import free_port
+from proxy.infra.clients import add_client, parse_scopes
+from sandbox.launcher import free_port
 from vault import Kind, LocalKekProvider, NewRecord, Record, Vault, iso, new_token, utcnow
 from vault.crypto import record_aad
-from vault.keyring import init_keyring
+from vault.keys.ring import init_keyring
 
 ADMIN_URL = os.environ.get("TOKENPROXY_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DATABASE = "tp_postgres_bench"

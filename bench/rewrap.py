@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vault import LocalKekProvider, Vault
 from vault.crypto import dek_aad, new_key
-from vault.keyring import init_keyring
+from vault.keys.ring import init_keyring
 from vault.rotation import rewrap
 
 

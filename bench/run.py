@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy.clients import add_client, parse_scopes
-from proxy.sandbox import free_port
+from proxy.infra.clients import add_client, parse_scopes
+from sandbox.launcher import free_port
 from vault import Kind, LocalKekProvider, NewRecord, Vault
-from vault.keyring import init_keyring
+from vault.keys.ring import init_keyring
 
 CONNECTIONS = 64
 SEED_TOKENS = 2000

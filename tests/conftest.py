@@ -13,15 +13,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.app import create_app, create_ops_app
-from proxy.appkeys import METRICS
-from proxy.clients import ClientRegistry, add_client, parse_scopes
-from proxy.limits import ApiRunner, ops_server_options, server_options
-from proxy.log import configure_logging
-from proxy.metrics import Metrics
+from proxy.infra.clients import ClientRegistry, add_client, parse_scopes
+from proxy.infra.log import configure_logging
+from proxy.infra.metrics import Metrics
+from proxy.infra.settings import Settings
 from proxy.partners.stripe import StripePartner
-from proxy.sandbox import SANDBOX_API_KEY, Localstripe, free_port
-from proxy.settings import Settings
+from proxy.web.app import create_app, create_ops_app
+from proxy.web.appkeys import METRICS
+from proxy.web.limits import ApiRunner, ops_server_options, server_options
+from sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 from tests.backends import (
     PG_HOST,
     PG_URL,
@@ -31,7 +31,7 @@ from tests.backends import (
     pg_unreachable_reason,
 )
 from vault import LocalKekProvider, Vault
-from vault.keyring import init_keyring
+from vault.keys.ring import init_keyring
 
 
 class _Tee(io.StringIO):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from proxy.sandbox import free_port
+from sandbox.launcher import free_port
 
 _HOP_BY_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 

@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def settings_read() -> set[str]:
-    """Every environment variable proxy/settings.py reads by a literal name."""
-    source = (ROOT / "proxy" / "settings.py").read_text()
+    """Every environment variable proxy/infra/settings.py reads by a literal name."""
+    source = (ROOT / "proxy" / "infra" / "settings.py").read_text()
     names = set(re.findall(r'"(TOKENPROXY_[A-Z_]+)"', source))
     names.update(f"{n}_FILE" for n in re.findall(r'_secret\(env, "([A-Z_]+)"\)', source))
     names.update(re.findall(r'_secret\(env, "([A-Z_]+)"\)', source))

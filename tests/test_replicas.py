@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from proxy.sandbox import SANDBOX_API_KEY, Localstripe, free_port
+from sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 from tests.faultproxy import FaultProxy
 from vault import IdempotencyStore, LocalKekProvider, Vault
 

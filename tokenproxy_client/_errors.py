@@ -1,4 +1,4 @@
-"""The client's exceptions, mirroring the proxy's error tree (proxy/errors.py).
+"""The client's exceptions, mirroring the proxy's error tree (proxy/domain/errors.py).
 
 ::
 

@@ -25,7 +25,7 @@ from vault.idempotency import (
     Owner,
     Replay,
 )
-from vault.keyring import KekProvider, KeyRing, LocalKekProvider
+from vault.keys.ring import KekProvider, KeyRing, LocalKekProvider
 from vault.lifecycle import MAX_PAGE, Erasure, ErasureStatus, Page, PartnerCustomer
 from vault.records import (
     RESOLVE_ONLY_DETAILS,

@@ -5,7 +5,7 @@ when (``occurred_at``), whether it worked (``outcome``), from where (``origin``:
 address or host) and on what (``resource``: a token, key version or client name), plus a
 small ``detail`` map. Never card data and never a partner reference: callers pass only
 those fields, and :meth:`AuditLog.append` refuses any field holding a card number as
-:mod:`vault.detect` reads one (any digits, any short separators).
+:mod:`pandetect` reads one (any digits, any short separators).
 
 Chaining: an event's hash is HMAC-SHA256 over the previous event's hash and every field
 of the event, keyed by a subkey derived from the key ring's index key. The HMAC (rather
@@ -38,9 +38,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from pandetect import holds_pan
 from vault.backends.base import AUDIT_GENESIS, AuditEntry, AuditRow, Backend
 from vault.crypto import derive_subkey
-from vault.detect import holds_pan
 from vault.errors import AuditUnavailable, VaultError
 from vault.records import iso, utcnow
 

@@ -23,7 +23,7 @@ from vault.backends.base import DekRewrap
 from vault.crypto import dek_aad
 from vault.errors import DecryptionFailed, KeyInUse, KeyRingError
 from vault.idempotency import row_key_aad
-from vault.keyring import KeyInfo
+from vault.keys.ring import KeyInfo
 from vault.records import iso, utcnow
 from vault.store import Vault
 

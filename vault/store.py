@@ -26,8 +26,8 @@ from vault.errors import (
     VaultError,
     VaultUrlError,
 )
-from vault.keycheck import KeyCheckMixin
-from vault.keyring import KekProvider
+from vault.keys.check import KeyCheckMixin
+from vault.keys.ring import KekProvider
 from vault.lifecycle import VaultLifecycle
 from vault.records import Kind, NewRecord, Record, iso, new_token, token_kind, utcnow
 from vault.retention import RetentionPolicy

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
-from proxy.errors import PartnerError, PartnerTimeout, PartnerUnavailable
-from proxy.partners.base import (
+from proxy.domain.errors import PartnerError, PartnerTimeout, PartnerUnavailable
+from proxy.partners.ports import (
     MandateAcceptance,
     Partner,
     PartnerBankAccount,
@@ -39,9 +39,9 @@ from proxy.partners.base import (
 )
 
 if TYPE_CHECKING:
-    from proxy.accounts import BankAccountRequest
-    from proxy.metrics import Metrics
-    from proxy.validation import CardRequest
+    from proxy.core.bank_accounts import BankAccountRequest
+    from proxy.domain.validation import CardRequest
+    from proxy.infra.metrics import Metrics
 
 T = TypeVar("T")
 _log = structlog.get_logger("tokenproxy.partner")

@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import stripe
 
-from proxy.errors import (
+from proxy.domain.errors import (
     PartnerDeclined,
     PartnerError,
     PartnerTimeout,
     PartnerUnavailable,
 )
-from proxy.partners.base import MandateAcceptance, PartnerBankAccount, PartnerCard, PartnerSetup
-from proxy.validation import pan_like
+from proxy.domain.validation import pan_like
+from proxy.partners.ports import MandateAcceptance, PartnerBankAccount, PartnerCard, PartnerSetup
 
 if TYPE_CHECKING:
-    from proxy.accounts import BankAccountRequest
-    from proxy.validation import CardRequest
+    from proxy.core.bank_accounts import BankAccountRequest
+    from proxy.domain.validation import CardRequest
 
 # Partner object ids go into URL paths: only Stripe's id alphabet may.
 _OBJECT_ID_RE = re.compile(r"(pm|cus|card|src|seti)_[A-Za-z0-9]{1,64}")

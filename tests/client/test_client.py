@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.sandbox import free_port
+from sandbox.launcher import free_port
 from tests.cards import VISA
 from tests.conftest import RunningProxy
 from tokenproxy_client import (

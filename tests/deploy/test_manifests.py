@@ -219,7 +219,7 @@ def test_network_policy_admits_only_the_callers_and_reaches_only_partner_db_dns(
 
 
 def _settings_read() -> set[str]:
-    source = (ROOT / "proxy" / "settings.py").read_text()
+    source = (ROOT / "proxy" / "infra" / "settings.py").read_text()
     names = set(re.findall(r'"(TOKENPROXY_[A-Z_]+)"', source))
     names.update(f"{n}_FILE" for n in re.findall(r'_secret\(env, "([A-Z_]+)"\)', source))
     return names

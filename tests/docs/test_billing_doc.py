@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from proxy.sandbox import SANDBOX_API_KEY, Localstripe
+from sandbox.launcher import SANDBOX_API_KEY, Localstripe
 from tests.conftest import RunningProxy
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "billing.md"

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from proxy.sandbox import SANDBOX_API_KEY, Localstripe
+from sandbox.launcher import SANDBOX_API_KEY, Localstripe
 from tests.conftest import RunningProxy
 from tests.ibans import VALID, IbanCase
 

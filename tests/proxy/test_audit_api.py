@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from proxy import authguard
-from proxy.appkeys import SERVICES
+from proxy.web import authguard
+from proxy.web.appkeys import SERVICES
 from tests.conftest import RunningProxy
 from vault import Kind, NewRecord
 

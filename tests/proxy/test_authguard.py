@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import authguard
-from proxy.audit import append_event
-from proxy.authguard import FailureTallies, FailureThrottle, Tally
-from proxy.settings import Settings, SettingsError
+from proxy.core.audit import append_event
+from proxy.infra.settings import Settings, SettingsError
+from proxy.web import authguard
+from proxy.web.authguard import FailureTallies, FailureThrottle, Tally
 from tests.conftest import RunningProxy, make_settings, running_proxy
 from vault import Vault
 

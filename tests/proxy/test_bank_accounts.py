@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.accounts import MIN_HIDDEN_CHARS, national_bank_code
-from proxy.hazmat import Iban
-from proxy.sandbox import Localstripe
-from proxy.validation import IBAN_LENGTHS
+from proxy.core.bank_accounts import MIN_HIDDEN_CHARS, national_bank_code
+from proxy.domain.hazmat import Iban
+from proxy.domain.validation import IBAN_LENGTHS
+from sandbox.launcher import Localstripe
 from tests.conftest import RunningProxy
 from tests.ibans import VALID, IbanCase, with_check_digits
 from tests.proxy.helpers import bank_body, create, metrics_text, partner_get, resolve

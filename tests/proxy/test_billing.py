@@ -2,7 +2,7 @@
 
 Real parts only: the proxy on loopback (SQLite and PostgreSQL vaults), the client
 library, the official stripe SDK, and the sandbox partner (localstripe behind the
-front that keeps Stripe's rules, ``proxy.sandbox_stripe``).
+front that keeps Stripe's rules, ``sandbox.front``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 import stripe
 
-from proxy.appkeys import SERVICES
-from proxy.customers import open_pending
-from proxy.errors import InvalidRequest
-from proxy.sandbox import SANDBOX_API_KEY, Localstripe
+from proxy.core.customers import open_pending
+from proxy.domain.errors import InvalidRequest
+from proxy.web.appkeys import SERVICES
+from sandbox.launcher import SANDBOX_API_KEY, Localstripe
 from tests.conftest import RunningProxy, make_settings, running_proxy
 from tests.proxy.helpers import MANDATE_ACCEPTANCE, partner_get
 from tokenproxy_client import CardError, PermissionDeniedError, ResolvedToken, TokenProxyClient

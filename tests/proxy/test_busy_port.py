@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.sandbox import free_port
+from sandbox.launcher import free_port
 
 
 @pytest.fixture

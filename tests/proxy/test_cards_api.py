@@ -7,7 +7,7 @@ import sqlite3
 import aiohttp
 import pytest
 
-from proxy.sandbox import SANDBOX_API_KEY, Localstripe
+from sandbox.launcher import SANDBOX_API_KEY, Localstripe
 from tests.cards import PARTNER_CARDS, VISA
 from tests.conftest import RunningProxy
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from proxy.__main__ import main
-from proxy.clients import ClientRegistry
+from proxy.cli.main import main
+from proxy.infra.clients import ClientRegistry
 from vault import IdempotencyStore, Kind, LocalKekProvider, NewRecord, Vault
 from vault.backends.sqlite import migration_scripts
-from vault.keyring import init_keyring
+from vault.keys.ring import init_keyring
 
 
 @pytest.fixture

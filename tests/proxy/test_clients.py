@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.__main__ import build_parser, main
-from proxy.clients import (
+from proxy.cli.main import build_parser, main
+from proxy.infra.clients import (
     SCOPES,
     ClientRegistry,
     ClientsFileError,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.sandbox import Localstripe
-from proxy.settings import HostPort
+from proxy.infra.settings import HostPort
+from sandbox.launcher import Localstripe
 from tests.cards import VISA
 from tests.conftest import RunningProxy, make_settings, running_proxy
 from tests.proxy.helpers import metrics_text

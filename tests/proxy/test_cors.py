@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.clients import PUBLISHABLE_SCOPES, add_client
+from proxy.infra.clients import PUBLISHABLE_SCOPES, add_client
 from tests.cards import VISA
 from tests.conftest import RunningProxy
 from tests.proxy.test_cards_api import card_body

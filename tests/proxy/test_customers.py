@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from proxy.appkeys import SERVICES
 from proxy.partners.stripe import StripePartner
-from proxy.sandbox import SANDBOX_API_KEY, Localstripe, free_port
+from proxy.web.appkeys import SERVICES
+from sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 from tests.cards import PARTNER_CARDS, VISA, luhn_complete
 from tests.conftest import RunningProxy
 from tests.ibans import VALID

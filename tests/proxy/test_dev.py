@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.sandbox import SANDBOX_API_KEY, free_port
+from sandbox.launcher import SANDBOX_API_KEY, free_port
 
 
 @pytest.fixture

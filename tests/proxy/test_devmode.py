@@ -16,8 +16,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.clients import ClientRegistry, add_client, parse_scopes
-from proxy.devmode import (
+from proxy.infra.clients import ClientRegistry, add_client, parse_scopes
+from proxy.infra.settings import HostPort, Settings
+from proxy.web.devmode import (
     banner,
     bind_demo,
     browser_origin,
@@ -26,8 +27,7 @@ from proxy.devmode import (
     render_demo_page,
     with_demo_origin,
 )
-from proxy.sandbox import Localstripe, free_port
-from proxy.settings import HostPort, Settings
+from sandbox.launcher import Localstripe, free_port
 from tests.devserver import DevServer, running_dev
 from tests.resilience.serverproc import ServerProcess
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.clients import add_client, parse_scopes
+from proxy.infra.clients import add_client, parse_scopes
 from tests.cards import luhn_complete
 from tests.conftest import RunningProxy
 from tests.proxy.helpers import bank_body, create

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from proxy.handlers.elements import content_security_policy, render_card_page
-from proxy.validation import brand_rules
+from proxy.domain.validation import brand_rules
+from proxy.web.handlers.elements import content_security_policy, render_card_page
 from tests.conftest import RunningProxy
 
 SHOP = "https://shop.example"

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.clients import PUBLISHABLE_SCOPES, ClientRegistry, add_client, digest
+from proxy.infra.clients import PUBLISHABLE_SCOPES, ClientRegistry, add_client, digest
 from tests.cards import VISA
 from tests.conftest import RunningProxy
 from tests.proxy.helpers import metrics_text

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from proxy.errors import (
+from proxy.core.idempotent import REPLAYED_HEADER, Answer, create_once
+from proxy.core.services import Services, created_response
+from proxy.domain.errors import (
     Conflict,
     IdempotencyKeyErased,
     InvalidRequest,
@@ -22,10 +24,8 @@ from proxy.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
-from proxy.idempotency import REPLAYED_HEADER, Answer, create_once
-from proxy.metrics import Metrics
+from proxy.infra.metrics import Metrics
 from proxy.partners.stripe import StripePartner
-from proxy.service import Services, created_response
 from tests.backends import RawRows
 from vault import IdempotencyStore, Kind, NewRecord, Record, Vault
 

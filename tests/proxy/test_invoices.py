@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.invoices import ISO_4217
+from proxy.core.invoices import ISO_4217
 from tests.cards import luhn_complete
 from tests.conftest import RunningProxy
 from tests.proxy.helpers import create, db_bytes, metrics_text, resolve, rows

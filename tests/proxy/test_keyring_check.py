@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from proxy.__main__ import main
-from proxy.appkeys import SERVICES
+from proxy.cli.main import main
+from proxy.web.appkeys import SERVICES
 from tests.conftest import RunningProxy
 from tests.proxy.test_rotation_load import cli
 from vault import LocalKekProvider
-from vault.keyring import init_keyring
+from vault.keys.ring import init_keyring
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
 

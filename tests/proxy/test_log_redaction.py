@@ -15,7 +15,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.log import configure_logging, redact_processor, redact_text
+from proxy.infra.log import configure_logging, redact_processor, redact_text
 from tests.conftest import LOG_STREAM
 
 PAN = "4242424242424242"
@@ -23,7 +23,7 @@ DIGITS = "0123456789"
 
 
 def _reference_luhn(number: str) -> bool:
-    """Textbook Luhn, written independently of proxy.validation."""
+    """Textbook Luhn, written independently of proxy.domain.validation."""
     total = 0
     for position, char in enumerate(reversed(number)):
         digit = int(char)

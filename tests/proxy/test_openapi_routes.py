@@ -7,8 +7,8 @@ import re
 
 from aiohttp import web
 
-from proxy.openapi import DOCUMENT
-from proxy.routes import ROUTES
+from proxy.web.openapi import DOCUMENT
+from proxy.web.routes import ROUTES
 from tests.ibans import VALID
 
 

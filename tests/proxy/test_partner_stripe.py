@@ -7,10 +7,10 @@ from datetime import date
 
 import pytest
 
-from proxy.errors import PartnerError, PartnerUnavailable
+from proxy.domain.errors import PartnerError, PartnerUnavailable
+from proxy.domain.validation import parse_card_request
 from proxy.partners.stripe import StripePartner, silence_sdk_logging
-from proxy.sandbox import SANDBOX_API_KEY, Localstripe, free_port
-from proxy.validation import parse_card_request
+from sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 from tests.cards import VISA
 
 TODAY = date(2026, 11, 25)

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.__main__ import main
-from proxy.clients import (
+from proxy.cli.main import main
+from proxy.domain.origins import OriginError, parse_origin, parse_origin_list
+from proxy.infra.clients import (
     PUBLISHABLE_SCOPES,
     ClientRegistry,
     ClientsFileError,
@@ -18,9 +19,8 @@ from proxy.clients import (
     parse_scopes,
     read_entries,
 )
-from proxy.origins import OriginError, parse_origin, parse_origin_list
-from proxy.publishable import TokenBucketLimiter
-from proxy.settings import Settings, SettingsError
+from proxy.infra.settings import Settings, SettingsError
+from proxy.web.publishable import TokenBucketLimiter
 
 # ------------------------------------------------------------------------ origins
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy import retention
-from proxy.appkeys import SERVICES
-from proxy.sandbox import Localstripe
-from proxy.settings import Settings, SettingsError
+from proxy.core import retention
+from proxy.infra.settings import Settings, SettingsError
+from proxy.web.appkeys import SERVICES
+from sandbox.launcher import Localstripe
 from tests.conftest import RunningProxy, make_settings, running_proxy
 from tests.proxy.helpers import create, metrics_text, resolve, rows
 from tests.proxy.test_cards_api import card_body

@@ -58,7 +58,8 @@ def deks_by_version(path: Path) -> dict[int, int]:
 async def seed(proxy: RunningProxy) -> list[str]:
     """Store records through a second vault on the same file, so the server has none cached."""
     vault = await Vault.open(
-        proxy.settings.vault_url, LocalKekProvider.from_file(proxy.settings.keyring_path)
+        proxy.settings.vault_url,
+        LocalKekProvider.from_file(proxy.settings.keyring_path),
     )
     try:
         records = await asyncio.gather(

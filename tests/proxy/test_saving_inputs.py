@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.accounts import parse_mandate_acceptance
-from proxy.errors import InvalidRequest
-from proxy.partners.base import MandateAcceptance
+from proxy.core.bank_accounts import parse_mandate_acceptance
+from proxy.domain.errors import InvalidRequest
+from proxy.domain.validation import pan_like, validate_return_url
+from proxy.partners.ports import MandateAcceptance
 from proxy.partners.stripe import _next_action
-from proxy.validation import pan_like, validate_return_url
 from tests.conftest import RunningProxy
 from tests.proxy.helpers import MANDATE_ACCEPTANCE, bank_body
 from tests.proxy.test_cards_api import card_body

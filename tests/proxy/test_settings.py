@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.settings import Settings, SettingsError
+from proxy.infra.settings import Settings, SettingsError
 
 BASE = {"TOKENPROXY_STRIPE_API_BASE": "http://127.0.0.1:12111"}
 

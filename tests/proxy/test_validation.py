@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.errors import CardValidationFailed, InvalidRequest, ProxyError, ValidationFailed
-from proxy.hazmat import CardNumber, Cvc, Iban
-from proxy.validation import (
+from proxy.domain.errors import CardValidationFailed, InvalidRequest, ProxyError, ValidationFailed
+from proxy.domain.hazmat import CardNumber, Cvc, Iban
+from proxy.domain.validation import (
     CardRequest,
     detect_brand,
     expected_cvc_length,
@@ -57,7 +57,7 @@ TEST_PANS = [
 
 
 def _reference_luhn(number: str) -> bool:
-    """Textbook Luhn, written independently of proxy.validation."""
+    """Textbook Luhn, written independently of proxy.domain.validation."""
     total = 0
     for position, char in enumerate(reversed(number)):
         digit = int(char)

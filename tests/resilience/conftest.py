@@ -9,12 +9,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.app import create_app, create_ops_app
-from proxy.clients import add_client, parse_scopes
-from proxy.limits import ApiRunner, server_options
-from proxy.metrics import Metrics
-from proxy.sandbox import SANDBOX_API_KEY, Localstripe, free_port
-from proxy.settings import Settings
+from proxy.infra.clients import add_client, parse_scopes
+from proxy.infra.metrics import Metrics
+from proxy.infra.settings import Settings
+from proxy.web.app import create_app, create_ops_app
+from proxy.web.limits import ApiRunner, server_options
+from sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 from tests.conftest import RunningProxy
 from tests.faultproxy import FaultProxy
 

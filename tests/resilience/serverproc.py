@@ -11,10 +11,10 @@ from pathlib import Path
 
 import aiohttp
 
-from proxy.clients import add_client, parse_scopes
-from proxy.sandbox import SANDBOX_API_KEY, free_port
+from proxy.infra.clients import add_client, parse_scopes
+from sandbox.launcher import SANDBOX_API_KEY, free_port
 from tests.resilience.conftest import FAST
-from vault.keyring import init_keyring
+from vault.keys.ring import init_keyring
 
 
 class ServerProcess:

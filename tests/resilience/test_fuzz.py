@@ -22,8 +22,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi import checks
 
-from proxy.routes import ROUTES
-from proxy.sandbox import Localstripe
+from proxy.web.routes import ROUTES
+from sandbox.launcher import Localstripe
 from tests.resilience.serverproc import ServerProcess
 
 # About 1,200 cases: enough to sweep every operation and mode inside a suite that stays
@@ -168,7 +168,7 @@ def test_document_matches_the_route_table() -> None:
 
     OPTIONS operations are CORS preflights answered by middleware, not by the route table.
     """
-    from proxy.openapi import DOCUMENT
+    from proxy.web.openapi import DOCUMENT
 
     served = {
         (r.method.lower(), re.sub(r"\{(\w+):[^}]*\}", r"{\1}", r.path))  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.limits import MAX_JSON_DEPTH, json_too_deep
+from proxy.web.limits import MAX_JSON_DEPTH, json_too_deep
 from tests.cards import VISA
 from tests.conftest import LOG_STREAM, RunningProxy
 from tests.proxy.test_cards_api import card_body

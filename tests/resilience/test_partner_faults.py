@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.errors import PartnerDeclined, PartnerError, PartnerTimeout, PartnerUnavailable
-from proxy.metrics import Metrics
+from proxy.domain.errors import PartnerDeclined, PartnerError, PartnerTimeout, PartnerUnavailable
+from proxy.domain.validation import CardRequest, parse_card_request
+from proxy.infra.metrics import Metrics
 from proxy.partners.resilience import CircuitBreaker, CircuitState, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
-from proxy.sandbox import SANDBOX_API_KEY
-from proxy.validation import CardRequest, parse_card_request
+from sandbox.launcher import SANDBOX_API_KEY
 from tests.conftest import RunningProxy
 from tests.faultproxy import Fault, FaultProxy
 from tests.proxy.test_cards_api import card_body

@@ -193,7 +193,7 @@ async def test_export_writes_json_lines_since(vault: Vault) -> None:
 
 async def test_chain_key_comes_from_the_key_ring(vault: Vault, tmp_path: Path) -> None:
     """A vault opened with another key ring cannot verify the chain (the HMAC key differs)."""
-    from vault.keyring import init_keyring
+    from vault.keys.ring import init_keyring
 
     await append_n(vault, 2)
     other = tmp_path / "other.json"

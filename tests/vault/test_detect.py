@@ -13,9 +13,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import pandetect as detect
+from pandetect import holds_pan, pan_spans, redact_pans
 from tests.cards import luhn_complete
-from vault import detect
-from vault.detect import holds_pan, pan_spans, redact_pans
 
 PAN = "4242424242424242"
 

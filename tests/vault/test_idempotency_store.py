@@ -29,7 +29,7 @@ from vault import (
     iso,
     utcnow,
 )
-from vault.keyring import init_keyring
+from vault.keys.ring import init_keyring
 
 BODY = b'{"number": "4242424242424242", "cvc": "123"}'
 

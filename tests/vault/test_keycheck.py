@@ -16,17 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.backends import RawRows
-from vault import (
-    IdempotencyStore,
-    KeyRingMismatch,
-    Kind,
-    LocalKekProvider,
-    NewRecord,
-    Vault,
-)
+from vault import IdempotencyStore, KeyRingMismatch, Kind, LocalKekProvider, NewRecord, Vault
 from vault.audit import EventType, Outcome
-from vault.keycheck import INDEX_CHECK
-from vault.keyring import init_keyring
+from vault.keys.check import INDEX_CHECK
+from vault.keys.ring import init_keyring
 from vault.rotation import retire_version, rewrap
 
 
@@ -316,7 +309,7 @@ def test_reload_refuses_a_ring_that_does_not_continue_the_one_in_force(
     staged = derived_ring(keyring_path, tmp_path / "staged.json", swap)
     before = provider.ring
     staged.replace(keyring_path)
-    with caplog.at_level("WARNING", logger="vault.keyring"):
+    with caplog.at_level("WARNING", logger="vault.keys.ring"):
         assert provider.refresh(force=True) is False
     assert provider.ring is before
     assert problem in caplog.text

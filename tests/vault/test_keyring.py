@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from vault.crypto import KEY_BYTES, dek_aad, new_key
 from vault.errors import DecryptionFailed, KeyInUse, KeyRingError
-from vault.keyring import (
+from vault.keys.ring import (
     KEYRING_FORMAT,
     KekProvider,
     KeyRing,

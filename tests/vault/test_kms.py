@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.__main__ import main
-from proxy.sandbox import free_port
+from proxy.cli.main import main
+from sandbox.launcher import free_port
 from tests.motokms import FAKE_AWS_ENV, MotoKms
 from vault import (
     DecryptionFailed,
@@ -26,8 +26,8 @@ from vault import (
     VaultError,
 )
 from vault.crypto import dek_aad, new_key
-from vault.keyring import KekProvider
-from vault.kms import KmsKekProvider, init_kms_keyring
+from vault.keys.kms import KmsKekProvider, init_kms_keyring
+from vault.keys.ring import KekProvider
 from vault.rotation import key_status, retire_version, rewrap
 
 

@@ -28,7 +28,7 @@ from vault import (
     utcnow,
 )
 from vault.crypto import Sealer, record_aad
-from vault.keyring import KeyRing, init_keyring, retire_key, rotate_keyring
+from vault.keys.ring import KeyRing, init_keyring, retire_key, rotate_keyring
 from vault.lifecycle import decode_cursor, encode_cursor
 from vault.rotation import rewrap, rewrap_remaining
 

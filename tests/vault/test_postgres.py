@@ -8,8 +8,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from proxy.__main__ import main as cli_main
-from proxy.sandbox import free_port
+from proxy.cli.main import main as cli_main
+from sandbox.launcher import free_port
 from tests.backends import with_query
 from tests.tcpgate import TcpGate
 from vault import LocalKekProvider, StorageUnavailable, Vault

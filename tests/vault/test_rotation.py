@@ -25,7 +25,7 @@ from vault import (
 )
 from vault.backends.base import DekRewrap
 from vault.idempotency import Claim, Replay
-from vault.keyring import init_keyring
+from vault.keys.ring import init_keyring
 from vault.rotation import (
     RewrapProgress,
     check_key_coverage,

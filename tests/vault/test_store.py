@@ -19,7 +19,7 @@ from vault import (
     Vault,
     token_kind,
 )
-from vault.keyring import init_keyring
+from vault.keys.ring import init_keyring
 
 
 def card_record(customer: str | None = None, ref: str = "pm_test_123") -> NewRecord:

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.settings import Settings, SettingsError
+from proxy.infra.settings import Settings, SettingsError
 from vault import LocalKekProvider, Vault, VaultError
-from vault.keyring import init_keyring
+from vault.keys.ring import init_keyring
 from vault.urls import describe_vault_url, sqlite_path
 
 BASE = {"TOKENPROXY_STRIPE_API_BASE": "http://127.0.0.1:12111"}

@@ -1,0 +1,263 @@
+"""The proxy's error tree: every failure a client can see, with its HTTP status.
+
+::
+
+    ProxyError                      (500 api_error / internal_error)
+    ├── InvalidRequest              (400 invalid_request_error)
+    │   ├── RequestTimeout          (408: the body arrived too slowly)
+    │   ├── UnsupportedMediaType    (415)
+    │   ├── ExpectationFailed       (417: an Expect other than 100-continue)
+    │   ├── PayloadTooLarge         (413)
+    │   └── ValidationFailed        (422; card_error for card fields)
+    ├── AuthenticationFailed        (401 authentication_error)
+    ├── PermissionDenied            (403 permission_error)
+    ├── NotFound                    (404 invalid_request_error)
+    ├── MethodNotAllowed            (405 invalid_request_error)
+    ├── Conflict                    (409 invalid_request_error / conflict)
+    │   └── IdempotencyKeyInUse     (409 idempotency_error: the key's first request still runs)
+    ├── IdempotencyKeyReused        (422 idempotency_error)
+    ├── IdempotencyKeyErased        (410 idempotency_error: its customer was erased)
+    ├── RateLimited                 (429 rate_limit_error)
+    ├── PartnerError                (502 partner_error)
+    │   ├── PartnerDeclined         (402 card_error)
+    │   ├── AuthenticationRequired  (402 card_error: the shopper must authenticate first)
+    │   ├── PartnerUnavailable      (503 partner_error)
+    │   └── PartnerTimeout          (504 partner_error)
+    └── ServiceUnavailable          (503 api_error)
+
+``proxy.web.middleware`` is the one place these become HTTP responses. Messages are
+written by us where raised and never carry submitted values or library text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+# The one media type of every JSON answer, fresh or replayed, success or error.
+JSON_CONTENT_TYPE = "application/json"
+JSON_CHARSET = "utf-8"
+# 4xx answers a retry of the same request can change: a body that arrived too slowly,
+# a key still in flight, a rate limit. Every other 4xx is the request's final answer.
+_TRANSIENT_4XX = frozenset({408, 409, 429})
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy renders; carries a stable code and an HTTP status."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "api_error"
+    default_code: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self, request_id: str | None) -> dict[str, object]:
+        """The JSON error body (without any submitted value)."""
+        return {
+            "error": {
+                "type": self.type,
+                "code": self.code,
+                "message": self.message,
+                "param": self.param,
+                "request_id": request_id,
+            }
+        }
+
+    def rendered(self, request_id: str | None) -> bytes:
+        """The response body as sent: the one rendering, so a stored copy is byte-identical."""
+        return json.dumps(self.body(request_id)).encode()
+
+    @property
+    def final(self) -> bool:
+        """Whether the same request would get this answer again (idempotent replays keep it).
+
+        Client errors are final (a decline, a refused value), except the transient ones;
+        5xx never are: the partner or the vault may answer differently on a retry.
+        """
+        return 400 <= self.status < 500 and self.status not in _TRANSIENT_4XX
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+    default_code = "invalid_request"
+
+
+class RequestTimeout(InvalidRequest):
+    status = 408
+    default_code = "request_timeout"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
+class ExpectationFailed(InvalidRequest):
+    status = 417
+    default_code = "expectation_failed"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    default_code = "payload_too_large"
+
+
+class ValidationFailed(InvalidRequest):
+    """Well-formed JSON whose values break a rule (Luhn, expiry, metadata, ...)."""
+
+    status = 422
+    default_code = "invalid_value"
+
+
+class CardValidationFailed(ValidationFailed):
+    type = "card_error"
+
+
+class AuthenticationFailed(ProxyError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(ProxyError):
+    status = 403
+    type = "permission_error"
+    default_code = "missing_scope"
+
+
+class NotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "resource_missing"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class Conflict(ProxyError):
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class IdempotencyKeyInUse(Conflict):
+    type = "idempotency_error"
+    default_code = "idempotency_key_in_use"
+
+
+class IdempotencyKeyReused(ProxyError):
+    """The Idempotency-Key was first used with another body (Stripe refuses this too)."""
+
+    status = 422
+    type = "idempotency_error"
+    default_code = "idempotency_key_reused"
+
+
+class IdempotencyKeyErased(ProxyError):
+    """The key's request belonged to a customer since erased: its answer is gone for good."""
+
+    status = 410
+    type = "idempotency_error"
+    default_code = "idempotency_key_erased"
+
+
+class RateLimited(ProxyError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limited"
+
+
+class PartnerError(ProxyError):
+    """The payment partner failed in a way the client cannot fix by changing input."""
+
+    status = 502
+    type = "partner_error"
+    default_code = "partner_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        partner_request_id: str | None = None,
+        decline_code: str | None = None,
+        headers: dict[str, str] | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, param=param, headers=headers)
+        self.partner_request_id = partner_request_id
+        self.decline_code = decline_code
+        # Stripe's rule: only network errors, 409, 429 and 5xx may be retried (with the
+        # same idempotency key). Card errors and other 4xx would fail the same way again.
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class PartnerDeclined(PartnerError):
+    status = 402
+    type = "card_error"
+    default_code = "card_declined"
+
+
+class AuthenticationRequired(PartnerError):
+    """Saving a card needs the cardholder to authenticate (3-D Secure) before it is usable.
+
+    Not a decline: no token is issued yet. The body carries the partner's ``next_action``
+    (reduced to fields without card data) and an opaque ``setup`` the checkout sends to
+    ``POST /v1/cards/confirm`` once the shopper has completed it.
+    """
+
+    status = 402
+    type = "card_error"
+    default_code = "authentication_required"
+
+    def __init__(self, *, setup: str, next_action: dict[str, object] | None) -> None:
+        super().__init__(
+            "The card issuer requires the cardholder to authenticate before the card is saved. "
+            "Complete next_action, then confirm the setup."
+        )
+        self.setup = setup
+        self.next_action = next_action
+
+    def body(self, request_id: str | None) -> dict[str, object]:
+        """The error body plus the setup to confirm and the partner's next action."""
+        body = super().body(request_id)
+        error = body["error"]
+        assert isinstance(error, dict)  # noqa: S101 - ProxyError.body's shape
+        error["setup"] = self.setup
+        error["next_action"] = self.next_action
+        return body
+
+
+class PartnerUnavailable(PartnerError):
+    status = 503
+    default_code = "partner_unavailable"
+
+
+class PartnerTimeout(PartnerError):
+    status = 504
+    default_code = "partner_timeout"
+
+
+class ServiceUnavailable(ProxyError):
+    status = 503
+    type = "api_error"
+    default_code = "service_unavailable"

@@ -1,1 +1,0 @@
-"""HTTP handlers: parse the request, call a plain function in proxy.service, render."""

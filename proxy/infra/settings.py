@@ -1,0 +1,400 @@
+"""Settings: read once from the environment, validated, frozen. The only reader of os.environ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proxy.domain.origins import OriginError, parse_origin_list
+from vault.errors import VaultUrlError
+from vault.retention import RetentionPolicy
+from vault.urls import check_vault_url, describe_vault_url
+
+
+class SettingsError(Exception):
+    """One bad setting; the message names it in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A listen address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _host_port(name: str, value: str) -> HostPort:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"{name} must be HOST:PORT, got {value!r}")
+    return HostPort(host.strip("[]"), int(port))
+
+
+def _float(name: str, value: str, *, minimum: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {value!r}") from None
+    if number < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value!r}")
+    return number
+
+
+def _int(name: str, value: str, *, minimum: int) -> int:
+    if not value.isdigit() or int(value) < minimum:
+        raise SettingsError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """A secret from ``NAME_FILE`` (preferred: no secret in the process environment) or ``NAME``."""
+    path = env.get(f"{name}_FILE")
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(f"{name}_FILE cannot be read: {path} ({exc.strerror})") from None
+        if not value:
+            raise SettingsError(f"{name}_FILE is empty: {path}")
+        return value
+    return env.get(name) or None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the service; see docs/operations.md and deploy/env.example."""
+
+    listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 8080))
+    ops_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 9090))
+    # `tokenproxy dev` only: the demo checkout page's own origin (`serve` never listens here).
+    demo_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 8081))
+    vault_url: str = "sqlite:///var/vault.db"
+    keyring_path: Path = Path("var/keyring.json")
+    clients_path: Path = Path("var/clients.json")
+    clients_reload_interval: float = 2.0  # seconds between clients-file looks; 0: SIGHUP only
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str = "https://api.stripe.com"
+    partner_timeout: float = 10.0
+    partner_connect_timeout: float = 3.0
+    max_body_bytes: int = 16 * 1024
+    log_level: str = "info"
+    log_json: bool | None = None
+    migrate_on_start: bool = True
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    db_timeout: float = 5.0
+    shutdown_grace: float = 10.0
+    # Retention (days; 0 keeps forever): cards and banks since last use, invoices since creation.
+    retention_card_days: int = 0
+    retention_bank_days: int = 0
+    retention_invoice_days: int = 0
+    purge_interval: float = 0.0  # seconds between sweeps inside `serve`; 0 = no sweeper
+    last_used_flush_interval: float = 10.0
+    kek_provider: str = "local"
+    kms_key_id: str | None = None
+    kms_endpoint: str | None = None
+    kms_region: str | None = None
+    # Resilience: idempotency, partner retries, circuit breaker, request limits.
+    idempotency_ttl: float = 24 * 3600.0
+    partner_max_retries: int = 2
+    partner_retry_budget: float = 20.0
+    partner_backoff_base: float = 0.2
+    partner_backoff_max: float = 2.0
+    breaker_failures: int = 5
+    breaker_reset: float = 30.0
+    body_read_timeout: float = 10.0
+    max_header_bytes: int = 8190
+    header_timeout: float = 10.0
+    max_connections: int = 1024
+    cors_origins: tuple[str, ...] = ()
+    publishable_rate_per_minute: float = 30.0
+    publishable_burst: int = 10
+    # Failed authentications and the audit trail (see proxy.web.authguard, vault.audit).
+    auth_failure_limit: int = 30
+    auth_failure_window: float = 60.0
+    auth_failure_max_sources: int = 10_000
+    auth_failure_audit_interval: float = 60.0
+    audit_retention_days: int = 365
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
+        """Build settings from ``env`` (default os.environ); SettingsError names a bad one."""
+        env = os.environ if env is None else env
+        kwargs: dict[str, object] = {}
+        if "TOKENPROXY_LISTEN" in env:
+            kwargs["listen"] = _host_port("TOKENPROXY_LISTEN", env["TOKENPROXY_LISTEN"])
+        if "TOKENPROXY_OPS_LISTEN" in env:
+            kwargs["ops_listen"] = _host_port("TOKENPROXY_OPS_LISTEN", env["TOKENPROXY_OPS_LISTEN"])
+        if "TOKENPROXY_DEMO_LISTEN" in env:
+            kwargs["demo_listen"] = _host_port(
+                "TOKENPROXY_DEMO_LISTEN", env["TOKENPROXY_DEMO_LISTEN"]
+            )
+        if "TOKENPROXY_VAULT_URL" in env:
+            url = env["TOKENPROXY_VAULT_URL"]
+            try:
+                check_vault_url(url)
+            except VaultUrlError as exc:
+                # Only the scheme is echoed: a PostgreSQL URL may carry a password.
+                raise SettingsError(
+                    f"TOKENPROXY_VAULT_URL: {exc}; got a value starting {url[:12]!r}"
+                ) from None
+            kwargs["vault_url"] = url
+        if "TOKENPROXY_KEYRING" in env:
+            kwargs["keyring_path"] = Path(env["TOKENPROXY_KEYRING"])
+        if "TOKENPROXY_CLIENTS" in env:
+            kwargs["clients_path"] = Path(env["TOKENPROXY_CLIENTS"])
+        if "TOKENPROXY_CLIENTS_RELOAD_INTERVAL" in env:
+            kwargs["clients_reload_interval"] = _float(
+                "TOKENPROXY_CLIENTS_RELOAD_INTERVAL",
+                env["TOKENPROXY_CLIENTS_RELOAD_INTERVAL"],
+                minimum=0.0,
+            )
+        key = _secret(env, "STRIPE_API_KEY")
+        if key is not None:
+            if not key.startswith(("sk_", "rk_")):
+                raise SettingsError("STRIPE_API_KEY must be a Stripe secret or restricted key")
+            kwargs["stripe_api_key"] = key
+        if "TOKENPROXY_STRIPE_API_BASE" in env:
+            base = env["TOKENPROXY_STRIPE_API_BASE"].rstrip("/")
+            if not base.startswith(("https://", "http://")):
+                raise SettingsError("TOKENPROXY_STRIPE_API_BASE must be an http(s) URL")
+            kwargs["stripe_api_base"] = base
+        if "TOKENPROXY_PARTNER_TIMEOUT" in env:
+            kwargs["partner_timeout"] = _float(
+                "TOKENPROXY_PARTNER_TIMEOUT", env["TOKENPROXY_PARTNER_TIMEOUT"], minimum=0.1
+            )
+        if "TOKENPROXY_PARTNER_CONNECT_TIMEOUT" in env:
+            kwargs["partner_connect_timeout"] = _float(
+                "TOKENPROXY_PARTNER_CONNECT_TIMEOUT",
+                env["TOKENPROXY_PARTNER_CONNECT_TIMEOUT"],
+                minimum=0.05,
+            )
+        if "TOKENPROXY_MAX_BODY_BYTES" in env:
+            kwargs["max_body_bytes"] = _int(
+                "TOKENPROXY_MAX_BODY_BYTES", env["TOKENPROXY_MAX_BODY_BYTES"], minimum=1024
+            )
+        if "TOKENPROXY_LOG_LEVEL" in env:
+            level = env["TOKENPROXY_LOG_LEVEL"].lower()
+            if level not in {"debug", "info", "warning", "error"}:
+                raise SettingsError("TOKENPROXY_LOG_LEVEL must be debug, info, warning or error")
+            kwargs["log_level"] = level
+        if "TOKENPROXY_LOG_FORMAT" in env:
+            fmt = env["TOKENPROXY_LOG_FORMAT"].lower()
+            if fmt not in {"json", "console", "auto"}:
+                raise SettingsError("TOKENPROXY_LOG_FORMAT must be json, console or auto")
+            kwargs["log_json"] = {"json": True, "console": False, "auto": None}[fmt]
+        if "TOKENPROXY_MIGRATE_ON_START" in env:
+            flag = env["TOKENPROXY_MIGRATE_ON_START"].lower()
+            if flag not in {"true", "false", "1", "0"}:
+                raise SettingsError("TOKENPROXY_MIGRATE_ON_START must be true or false")
+            kwargs["migrate_on_start"] = flag in {"true", "1"}
+        if "TOKENPROXY_DB_POOL_MIN" in env:
+            kwargs["db_pool_min"] = _int(
+                "TOKENPROXY_DB_POOL_MIN", env["TOKENPROXY_DB_POOL_MIN"], minimum=0
+            )
+        if "TOKENPROXY_DB_POOL_MAX" in env:
+            kwargs["db_pool_max"] = _int(
+                "TOKENPROXY_DB_POOL_MAX", env["TOKENPROXY_DB_POOL_MAX"], minimum=1
+            )
+        if "TOKENPROXY_DB_TIMEOUT" in env:
+            kwargs["db_timeout"] = _float(
+                "TOKENPROXY_DB_TIMEOUT", env["TOKENPROXY_DB_TIMEOUT"], minimum=0.1
+            )
+        if "TOKENPROXY_SHUTDOWN_GRACE" in env:
+            kwargs["shutdown_grace"] = _float(
+                "TOKENPROXY_SHUTDOWN_GRACE", env["TOKENPROXY_SHUTDOWN_GRACE"], minimum=0
+            )
+        for kind in ("CARD", "BANK", "INVOICE"):
+            name = f"TOKENPROXY_RETENTION_{kind}_DAYS"
+            if name in env:
+                kwargs[f"retention_{kind.lower()}_days"] = _int(name, env[name], minimum=0)
+        if "TOKENPROXY_PURGE_INTERVAL" in env:
+            interval = _float(
+                "TOKENPROXY_PURGE_INTERVAL", env["TOKENPROXY_PURGE_INTERVAL"], minimum=0
+            )
+            if 0 < interval < 1:
+                raise SettingsError("TOKENPROXY_PURGE_INTERVAL must be 0 (off) or at least 1")
+            kwargs["purge_interval"] = interval
+        if "TOKENPROXY_LAST_USED_FLUSH_INTERVAL" in env:
+            kwargs["last_used_flush_interval"] = _float(
+                "TOKENPROXY_LAST_USED_FLUSH_INTERVAL",
+                env["TOKENPROXY_LAST_USED_FLUSH_INTERVAL"],
+                minimum=0.05,
+            )
+        kwargs.update(_resilience_settings(env))
+        if "TOKENPROXY_CORS_ORIGINS" in env:
+            try:
+                kwargs["cors_origins"] = parse_origin_list(env["TOKENPROXY_CORS_ORIGINS"])
+            except OriginError as exc:
+                raise SettingsError(f"TOKENPROXY_CORS_ORIGINS: {exc}") from None
+        if "TOKENPROXY_PUBLISHABLE_RATE_PER_MINUTE" in env:
+            kwargs["publishable_rate_per_minute"] = _float(
+                "TOKENPROXY_PUBLISHABLE_RATE_PER_MINUTE",
+                env["TOKENPROXY_PUBLISHABLE_RATE_PER_MINUTE"],
+                minimum=0.1,
+            )
+        if "TOKENPROXY_PUBLISHABLE_BURST" in env:
+            kwargs["publishable_burst"] = _int(
+                "TOKENPROXY_PUBLISHABLE_BURST", env["TOKENPROXY_PUBLISHABLE_BURST"], minimum=1
+            )
+        kwargs.update(_kek_settings(env))
+        kwargs.update(_audit_settings(env))
+        settings = cls(**kwargs)  # type: ignore[arg-type]
+        if settings.db_pool_min > settings.db_pool_max:
+            raise SettingsError("TOKENPROXY_DB_POOL_MIN must not exceed TOKENPROXY_DB_POOL_MAX")
+        if settings.stripe_api_key is None and "TOKENPROXY_STRIPE_API_BASE" not in env:
+            raise SettingsError(
+                "STRIPE_API_KEY (or STRIPE_API_KEY_FILE) is required unless "
+                "TOKENPROXY_STRIPE_API_BASE points at a sandbox partner"
+            )
+        return settings
+
+    def retention_policy(self) -> RetentionPolicy:
+        """The vault's retention policy from these settings."""
+        return RetentionPolicy(
+            card_days=self.retention_card_days,
+            bank_days=self.retention_bank_days,
+            invoice_days=self.retention_invoice_days,
+        )
+
+    @property
+    def vault_location(self) -> str:
+        """Where the vault lives, safe to log: the absolute SQLite file or the server."""
+        return describe_vault_url(self.vault_url)
+
+    def strip_hazmat(self) -> dict[str, object]:
+        """A copy safe to log: no secrets."""
+        return {
+            "listen": str(self.listen),
+            "ops_listen": str(self.ops_listen),
+            "vault_backend": self.vault_url.split(":", 1)[0],
+            "vault": self.vault_location,
+            "keyring_path": str(self.keyring_path),
+            "clients_path": str(self.clients_path),
+            "stripe_api_base": self.stripe_api_base,
+            "stripe_api_key_set": self.stripe_api_key is not None,
+            "partner_timeout": self.partner_timeout,
+            "db_pool": f"{self.db_pool_min}-{self.db_pool_max}",
+            "retention_days": {
+                "card": self.retention_card_days,
+                "bank": self.retention_bank_days,
+                "invoice": self.retention_invoice_days,
+            },
+            "purge_interval": self.purge_interval,
+            "kek_provider": self.kek_provider,
+            "partner_max_retries": self.partner_max_retries,
+            "idempotency_ttl": self.idempotency_ttl,
+            "cors_origins": list(self.cors_origins),
+        }
+
+    @property
+    def idempotency_stale_after(self) -> float:
+        """How long an in-flight idempotency record may go untouched before a retry takes it over.
+
+        The owner's whole partner phase is bounded by the retry budget plus one more call's
+        timeout; the margin covers the vault writes around it and clock skew between replicas.
+        """
+        return self.partner_retry_budget + self.partner_timeout + 30.0
+
+
+def listen_addresses(env: Mapping[str, str] | None = None) -> tuple[HostPort, HostPort]:
+    """The API and ops listen addresses alone, read as ``Settings.from_env`` reads them.
+
+    ``dev`` binds both before it writes or prints anything, and before the rest of the
+    settings can be read (its sandbox partner sets some of them).
+    """
+    env = os.environ if env is None else env
+    defaults = Settings()
+    api, ops = defaults.listen, defaults.ops_listen
+    if "TOKENPROXY_LISTEN" in env:
+        api = _host_port("TOKENPROXY_LISTEN", env["TOKENPROXY_LISTEN"])
+    if "TOKENPROXY_OPS_LISTEN" in env:
+        ops = _host_port("TOKENPROXY_OPS_LISTEN", env["TOKENPROXY_OPS_LISTEN"])
+    return api, ops
+
+
+def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """The idempotency, retry, breaker and request-limit settings."""
+    floats = {
+        "TOKENPROXY_IDEMPOTENCY_TTL": ("idempotency_ttl", 60.0),
+        "TOKENPROXY_PARTNER_RETRY_BUDGET": ("partner_retry_budget", 0.0),
+        "TOKENPROXY_PARTNER_BACKOFF_BASE": ("partner_backoff_base", 0.0),
+        "TOKENPROXY_PARTNER_BACKOFF_MAX": ("partner_backoff_max", 0.0),
+        "TOKENPROXY_BREAKER_RESET": ("breaker_reset", 0.05),
+        "TOKENPROXY_BODY_READ_TIMEOUT": ("body_read_timeout", 0.1),
+        "TOKENPROXY_HEADER_TIMEOUT": ("header_timeout", 0.1),
+    }
+    ints = {
+        "TOKENPROXY_PARTNER_MAX_RETRIES": ("partner_max_retries", 0),
+        "TOKENPROXY_BREAKER_FAILURES": ("breaker_failures", 1),
+        "TOKENPROXY_MAX_HEADER_BYTES": ("max_header_bytes", 1024),
+        "TOKENPROXY_MAX_CONNECTIONS": ("max_connections", 1),
+    }
+    out: dict[str, object] = {}
+    for name, (attr, minimum) in floats.items():
+        if name in env:
+            out[attr] = _float(name, env[name], minimum=minimum)
+    for name, (attr, low) in ints.items():
+        if name in env:
+            out[attr] = _int(name, env[name], minimum=low)
+    return out
+
+
+def _kek_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """TOKENPROXY_KEK_PROVIDER and the KMS settings it needs."""
+    kwargs: dict[str, object] = {}
+    provider = env.get("TOKENPROXY_KEK_PROVIDER", "local").lower()
+    if provider not in {"local", "aws-kms"}:
+        raise SettingsError("TOKENPROXY_KEK_PROVIDER must be local or aws-kms")
+    kwargs["kek_provider"] = provider
+    if env.get("TOKENPROXY_KMS_KEY_ID"):
+        kwargs["kms_key_id"] = env["TOKENPROXY_KMS_KEY_ID"]
+    if env.get("TOKENPROXY_KMS_ENDPOINT"):
+        endpoint = env["TOKENPROXY_KMS_ENDPOINT"].rstrip("/")
+        if not endpoint.startswith(("https://", "http://")):
+            raise SettingsError("TOKENPROXY_KMS_ENDPOINT must be an http(s) URL")
+        kwargs["kms_endpoint"] = endpoint
+    if env.get("TOKENPROXY_KMS_REGION"):
+        kwargs["kms_region"] = env["TOKENPROXY_KMS_REGION"]
+    return kwargs
+
+
+# PCI DSS 10.5.1: audit logs are retained for at least 12 months.
+MIN_AUDIT_RETENTION_DAYS = 365
+
+
+def _audit_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """The auth-failure throttle, its audit aggregation and the audit trail's retention."""
+    out: dict[str, object] = {}
+    if "TOKENPROXY_AUTH_FAILURE_LIMIT" in env:
+        out["auth_failure_limit"] = _int(
+            "TOKENPROXY_AUTH_FAILURE_LIMIT", env["TOKENPROXY_AUTH_FAILURE_LIMIT"], minimum=1
+        )
+    if "TOKENPROXY_AUTH_FAILURE_WINDOW" in env:
+        out["auth_failure_window"] = _float(
+            "TOKENPROXY_AUTH_FAILURE_WINDOW", env["TOKENPROXY_AUTH_FAILURE_WINDOW"], minimum=1
+        )
+    if "TOKENPROXY_AUTH_FAILURE_MAX_SOURCES" in env:
+        out["auth_failure_max_sources"] = _int(
+            "TOKENPROXY_AUTH_FAILURE_MAX_SOURCES",
+            env["TOKENPROXY_AUTH_FAILURE_MAX_SOURCES"],
+            minimum=1,
+        )
+    if "TOKENPROXY_AUTH_FAILURE_AUDIT_INTERVAL" in env:
+        out["auth_failure_audit_interval"] = _float(
+            "TOKENPROXY_AUTH_FAILURE_AUDIT_INTERVAL",
+            env["TOKENPROXY_AUTH_FAILURE_AUDIT_INTERVAL"],
+            minimum=1,
+        )
+    if "TOKENPROXY_AUDIT_RETENTION_DAYS" in env:
+        out["audit_retention_days"] = _int(
+            "TOKENPROXY_AUDIT_RETENTION_DAYS",
+            env["TOKENPROXY_AUDIT_RETENTION_DAYS"],
+            minimum=MIN_AUDIT_RETENTION_DAYS,
+        )
+    return out

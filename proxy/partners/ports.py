@@ -1,0 +1,137 @@
+"""The interface a payment partner adapter implements.
+
+An adapter receives validated card data in hazmat wrappers, sends it to the partner
+and returns only what may be stored. It raises only ``proxy.domain.errors.PartnerError``
+subclasses, with messages of its own: never the partner's text, never input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from proxy.core.bank_accounts import BankAccountRequest
+    from proxy.domain.validation import CardRequest
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerCard:
+    """What the partner tells us about a card it now holds; all of it is storable."""
+
+    reference: str
+    fingerprint: str | None
+    last4: str
+    partner_brand: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerBankAccount:
+    """What the partner tells us about a SEPA debit account it now holds; all storable."""
+
+    reference: str
+    fingerprint: str | None
+    country: str
+    bank_code: str | None
+    last4: str
+
+
+@dataclass(frozen=True, slots=True)
+class MandateAcceptance:
+    """How the shopper accepted a SEPA mandate online: personal data, kept only in the trail."""
+
+    ip_address: str
+    user_agent: str
+    accepted_at: int  # Unix seconds
+
+    def __repr__(self) -> str:
+        # Device information is personal data: not for logs or tracebacks.
+        return (
+            f"MandateAcceptance(ip_address='***', user_agent='***', accepted_at={self.accepted_at})"
+        )
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerSetup:
+    """Where the partner's setup of a payment method for off-session use stands.
+
+    ``next_action`` is the partner's instruction for the shopper (e.g. a 3-D Secure page
+    to open), reduced to fields that hold no card data.
+    """
+
+    intent: str
+    status: str  # "succeeded", "requires_action", "processing" or a failure status
+    payment_method: str | None
+    customer: str | None
+    mandate: str | None = None
+    next_action: dict[str, Any] | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """True once the payment method can be charged off-session."""
+        return self.status in SETUP_USABLE
+
+
+# A SEPA setup may still be "processing" while its mandate is already active at the partner.
+SETUP_USABLE = frozenset({"succeeded", "processing"})
+
+
+class Partner(Protocol):
+    """A payment partner adapter."""
+
+    name: str
+
+    async def create_card(
+        self, card: CardRequest, *, idempotency_key: str | None = None
+    ) -> PartnerCard:
+        """Hand the card to the partner; returns its reference and storable details."""
+        ...
+
+    async def create_sepa_debit(
+        self, account: BankAccountRequest, *, idempotency_key: str | None = None
+    ) -> PartnerBankAccount:
+        """Hand the IBAN and holder details to the partner as a SEPA debit method."""
+        ...
+
+    async def create_customer(self, *, idempotency_key: str | None = None) -> str:
+        """Create a partner customer (no personal fields); returns its reference."""
+        ...
+
+    async def delete_customer(self, reference: str) -> bool:
+        """Delete a partner customer; False when it was already gone."""
+        ...
+
+    async def attach(self, payment_method: str, customer: str) -> None:
+        """Attach a payment method to a customer; PartnerDeclined when refused."""
+        ...
+
+    async def setup_off_session(
+        self,
+        payment_method: str,
+        customer: str,
+        *,
+        kind: str,
+        mandate: MandateAcceptance | None = None,
+        return_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> PartnerSetup:
+        """Save a payment method on a customer for off-session charges (SCA, SEPA mandate).
+
+        PartnerDeclined when refused; a setup needing the shopper comes back with status
+        ``requires_action`` and its ``next_action``.
+        """
+        ...
+
+    async def get_setup(self, intent: str) -> PartnerSetup:
+        """The current state of a setup made by :meth:`setup_off_session`."""
+        ...
+
+    async def detach(self, payment_method: str) -> bool:
+        """Detach a payment method from its customer; False when already gone or detached."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,1 @@
+"""HTTP handlers: parse the request, call a plain function in proxy.core.services, render."""

@@ -1,0 +1,46 @@
+"""Customers: token listing, access report, erasure."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.core import customers
+from proxy.web.appkeys import SERVICES
+from proxy.web.middleware import authenticate
+
+_READ = frozenset({"read"})
+_ADMIN = frozenset({"admin"})
+_DELETE = frozenset({"delete"})
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    """GET /v1/customers/{customer_ref}/tokens: masked views, paginated."""
+    authenticate(request, _READ)
+    result = await customers.list_tokens(
+        request.app[SERVICES],
+        request.match_info["customer_ref"],
+        limit=request.query.get("limit"),
+        starting_after=request.query.get("starting_after"),
+    )
+    return web.json_response(result)
+
+
+async def export_customer(request: web.Request) -> web.Response:
+    """GET /v1/customers/{customer_ref}/export: the data-subject access report."""
+    authenticate(request, _ADMIN)
+    result = await customers.export_customer(
+        request.app[SERVICES], request.match_info["customer_ref"]
+    )
+    return web.json_response(result)
+
+
+async def erase_customer(request: web.Request) -> web.Response:
+    """DELETE /v1/customers/{customer_ref}: erasure (detach, delete, crypto-shred)."""
+    client = authenticate(request, _DELETE)
+    result = await customers.audited_erase(
+        request.app[SERVICES],
+        request.match_info["customer_ref"],
+        actor=client.name,
+        origin=request.remote,
+    )
+    return web.json_response(result)

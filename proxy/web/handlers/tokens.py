@@ -1,0 +1,40 @@
+"""Reading tokens."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.core import customers
+from proxy.core import services as service
+from proxy.core.audit import audited_resolve
+from proxy.web.appkeys import SERVICES
+from proxy.web.middleware import TOKEN_KEY, authenticate
+
+_SCOPES = frozenset({"read", "resolve"})
+_DELETE = frozenset({"delete"})
+
+
+async def get_token(request: web.Request) -> web.Response:
+    """GET /v1/tokens/{token}: masked view for `read`, partner reference too for `resolve`."""
+    client = authenticate(request, _SCOPES)
+    token = request.match_info["token"]
+    if "resolve" in client.scopes:
+        # Fail closed: no partner reference leaves unless its audit event is durable.
+        result = await audited_resolve(
+            request.app[SERVICES], token, actor=client.name, origin=request.remote
+        )
+    else:
+        result = await service.read_token(request.app[SERVICES], token, resolve=False)
+    request[TOKEN_KEY] = token
+    return web.json_response(result)
+
+
+async def delete_token(request: web.Request) -> web.Response:
+    """DELETE /v1/tokens/{token}: delete one token, detaching it at the partner first."""
+    client = authenticate(request, _DELETE)
+    token = request.match_info["token"]
+    result = await customers.audited_delete(
+        request.app[SERVICES], token, actor=client.name, origin=request.remote
+    )
+    request[TOKEN_KEY] = token  # only once known to be a token: the path could hold anything
+    return web.json_response(result)

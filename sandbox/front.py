@@ -1,0 +1,374 @@
+"""The sandbox partner's front: localstripe, plus the Stripe rules it leaves out.
+
+localstripe (run as its own process, never imported: it is GPL) is lenient where the
+billing path depends on Stripe being strict, and lacks what saving a payment method for
+off-session use returns. This small HTTP front sits before it in the dev stack and the
+tests and behaves as Stripe documents, each rule citing the page it follows:
+
+* ``POST /v1/setup_intents`` with ``payment_method``, ``confirm``, ``mandate_data`` and
+  ``return_url`` (localstripe takes none of them at creation): created, then confirmed.
+  On success the payment method is attached to the SetupIntent's customer and, with
+  ``mandate_data``, a Mandate is made; with a ``return_url`` a card that needs 3-D
+  Secure gets a ``redirect_to_url`` next action whose page completes the authentication.
+* ``GET /v1/setup_intents/{id}`` carries its ``mandate``; ``GET /v1/mandates/{id}``.
+* ``POST /v1/payment_intents`` refuses a payment method that belongs to a customer
+  when ``customer`` names another or none, and checks ``mandate`` against the method.
+* ``sepa_debit`` PaymentMethods lose the legacy Sources fields ``mandate_reference`` and
+  ``mandate_url``, which Stripe's PaymentMethod object does not have.
+
+Run it as ``python -m sandbox.front --port P --upstream URL``; ``sandbox.launcher``
+starts it in front of localstripe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import aiohttp
+from aiohttp import web
+
+_HOP_BY_HOP = frozenset(
+    {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "upgrade"}
+)
+_CREATE_ONLY = ("customer", "usage", "metadata", "payment_method_types")
+_SANDBOX_AUTH = "Bearer sk_test_localstripe"
+
+
+@dataclass
+class _Setup:
+    customer: str | None
+    payment_method: str | None = None
+    mandate_data: dict[str, str] = field(default_factory=dict)
+    return_url: str | None = None
+    mandate: str | None = None
+
+
+@dataclass
+class StripeFront:
+    """The front's state: what localstripe cannot keep for us."""
+
+    upstream: str
+    base_url: str = ""
+    setups: dict[str, _Setup] = field(default_factory=dict)
+    mandates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    session: aiohttp.ClientSession | None = None
+
+    # -- plumbing ----------------------------------------------------------------
+
+    async def call(
+        self,
+        request: web.Request | None,
+        method: str,
+        path: str,
+        form: list[tuple[str, str]] | None,
+    ) -> tuple[int, Any]:
+        """Send one request to localstripe with the caller's auth; status and JSON body."""
+        assert self.session is not None  # noqa: S101 - set by the app's startup
+        auth = request.headers.get("Authorization", "") if request else _SANDBOX_AUTH
+        headers = {"Authorization": auth}
+        data = None
+        if form is not None:
+            data = urlencode(form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        async with self.session.request(
+            method, self.upstream + path, headers=headers, data=data
+        ) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def forward(self, request: web.Request) -> web.Response:
+        """Pass a request through unchanged, applying the response rules."""
+        assert self.session is not None  # noqa: S101
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        async with self.session.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=body
+        ) as resp:
+            payload = await resp.read()
+            status = resp.status
+        if request.path.startswith("/v1/payment_methods") and status == 200:
+            payload = json.dumps(_without_legacy_mandate(json.loads(payload))).encode()
+        return web.Response(status=status, body=payload, content_type="application/json")
+
+    # -- SetupIntents ------------------------------------------------------------
+
+    async def create_setup_intent(self, request: web.Request) -> web.Response:
+        """Create (and with ``confirm`` confirm) a SetupIntent as Stripe does.
+
+        https://docs.stripe.com/api/setup_intents/create: ``payment_method``,
+        ``confirm``, ``mandate_data`` ("can only be used with confirm=true") and
+        ``return_url`` are accepted at creation, and "if present, the SetupIntent's
+        payment method will be attached to the Customer on successful setup".
+        """
+        form = parse_qsl((await request.read()).decode(), keep_blank_values=True)
+        create = [(k, v) for k, v in form if k.split("[")[0] in _CREATE_ONLY]
+        params = dict(form)
+        mandate_data = {k: v for k, v in form if k.startswith("mandate_data[")}
+        confirm = params.get("confirm") == "true"
+        if mandate_data and not confirm:
+            return _error(400, "mandate_data can only be used with confirm=true.", "mandate_data")
+        if mandate_data and (problem := _acceptance_problem(mandate_data)):
+            return _error(400, problem, "mandate_data")
+        status, intent = await self.call(request, "POST", "/v1/setup_intents", create)
+        if status != 200:
+            return web.json_response(intent, status=status)
+        setup = _Setup(
+            customer=params.get("customer"),
+            mandate_data=mandate_data,
+            return_url=params.get("return_url"),
+        )
+        self.setups[intent["id"]] = setup
+        if not confirm:
+            return web.json_response(self.present(intent))
+        confirm_form = []
+        if "payment_method" in params:
+            confirm_form.append(("payment_method", params["payment_method"]))
+        return await self.confirm(request, intent["id"], confirm_form)
+
+    async def confirm_setup_intent(self, request: web.Request) -> web.Response:
+        """``POST /v1/setup_intents/{id}/confirm``, with the same success rules."""
+        form = parse_qsl((await request.read()).decode(), keep_blank_values=True)
+        intent_id = request.match_info["id"]
+        setup = self.setups.setdefault(intent_id, _Setup(customer=None))
+        extra = {k: v for k, v in form if k.startswith("mandate_data[")}
+        if extra:
+            if problem := _acceptance_problem(extra):
+                return _error(400, problem, "mandate_data")
+            setup.mandate_data = extra
+        if "return_url" in dict(form):
+            setup.return_url = dict(form)["return_url"]
+        passed = [(k, v) for k, v in form if k in ("payment_method", "client_secret")]
+        return await self.confirm(request, intent_id, passed)
+
+    async def confirm(
+        self, request: web.Request, intent_id: str, form: list[tuple[str, str]]
+    ) -> web.Response:
+        """Confirm at localstripe, then do what Stripe does on success."""
+        status, intent = await self.call(
+            request, "POST", f"/v1/setup_intents/{intent_id}/confirm", form
+        )
+        if status != 200:
+            return web.json_response(intent, status=status)
+        await self.on_status(request, intent)
+        return web.json_response(self.present(intent))
+
+    async def on_status(self, request: web.Request | None, intent: dict[str, Any]) -> None:
+        """Attach and make the mandate once succeeded (Stripe does both on success)."""
+        setup = self.setups[intent["id"]]
+        setup.payment_method = intent.get("payment_method")
+        if intent.get("status") != "succeeded" or setup.payment_method is None:
+            return
+        if setup.customer:
+            # https://docs.stripe.com/api/setup_intents/object#setup_intent_object-customer:
+            # "the SetupIntent's payment method will be attached to the Customer on
+            # successful setup".
+            await self.call(
+                request,
+                "POST",
+                f"/v1/payment_methods/{setup.payment_method}/attach",
+                [("customer", setup.customer)],
+            )
+        if setup.mandate_data and setup.mandate is None:
+            setup.mandate = self.make_mandate(setup)
+
+    def make_mandate(self, setup: _Setup) -> str:
+        """A Mandate as https://docs.stripe.com/api/mandates/object describes it."""
+        data = setup.mandate_data
+        prefix = "mandate_data[customer_acceptance]"
+        mandate_id = "mandate_" + secrets.token_hex(12)
+        reference = secrets.token_hex(8).upper()
+        self.mandates[mandate_id] = {
+            "id": mandate_id,
+            "object": "mandate",
+            "customer_acceptance": {
+                "type": data.get(f"{prefix}[type]"),
+                "accepted_at": int(data.get(f"{prefix}[accepted_at]") or time.time()),
+                "online": {
+                    "ip_address": data.get(f"{prefix}[online][ip_address]"),
+                    "user_agent": data.get(f"{prefix}[online][user_agent]"),
+                },
+            },
+            "livemode": False,
+            "multi_use": {},
+            "payment_method": setup.payment_method,
+            "payment_method_details": {
+                "type": "sepa_debit",
+                "sepa_debit": {
+                    "reference": reference,
+                    "url": f"{self.base_url}/mandates/{reference}",
+                },
+            },
+            "status": "active",
+            "type": "multi_use",
+        }
+        return mandate_id
+
+    def present(self, intent: dict[str, Any]) -> dict[str, Any]:
+        """The SetupIntent as Stripe shows it: its ``mandate`` and a redirect next action."""
+        setup = self.setups.get(intent["id"])
+        intent = dict(intent)
+        intent["mandate"] = setup.mandate if setup else None
+        if intent.get("status") == "requires_action" and setup and setup.return_url:
+            # https://docs.stripe.com/api/setup_intents/create#create_setup_intent-return_url:
+            # with a return_url, a card needing 3-D Secure is sent to a page, then back.
+            intent["next_action"] = {
+                "type": "redirect_to_url",
+                "redirect_to_url": {
+                    "url": f"{self.base_url}/_sandbox/authenticate/{intent['id']}",
+                    "return_url": setup.return_url,
+                },
+            }
+        return intent
+
+    async def get_setup_intent(self, request: web.Request) -> web.Response:
+        """``GET /v1/setup_intents/{id}`` with its mandate."""
+        status, intent = await self.call(request, "GET", request.path_qs, None)
+        if status != 200:
+            return web.json_response(intent, status=status)
+        self.setups.setdefault(intent["id"], _Setup(customer=intent.get("customer")))
+        return web.json_response(self.present(intent))
+
+    async def authenticate(self, request: web.Request) -> web.Response:
+        """The sandbox's 3-D Secure page: ``?result=fail`` fails, else it succeeds.
+
+        Success confirms the SetupIntent at localstripe (its way of completing
+        authentication) and redirects to the return_url, as Stripe's page does.
+        """
+        intent_id = request.match_info["id"]
+        setup = self.setups.get(intent_id)
+        if setup is None:
+            raise web.HTTPNotFound
+        # The shopper's browser holds no API key: the page acts with the sandbox's own.
+        if request.query.get("result") == "fail":
+            await self.call(None, "POST", f"/v1/setup_intents/{intent_id}/cancel", [])
+        else:
+            status, intent = await self.call(
+                None, "POST", f"/v1/setup_intents/{intent_id}/confirm", []
+            )
+            if status == 200:
+                await self.on_status(None, intent)
+        if setup.return_url:
+            raise web.HTTPFound(setup.return_url)
+        return web.Response(text="authenticated")
+
+    async def get_mandate(self, request: web.Request) -> web.Response:
+        """``GET /v1/mandates/{id}`` (https://docs.stripe.com/api/mandates/retrieve)."""
+        mandate = self.mandates.get(request.match_info["id"])
+        if mandate is None:
+            return _error(404, "No such mandate.", "mandate", code="resource_missing")
+        return web.json_response(mandate)
+
+    # -- PaymentIntents ----------------------------------------------------------
+
+    async def create_payment_intent(self, request: web.Request) -> web.Response:
+        """Refuse what Stripe refuses, then let localstripe charge.
+
+        https://docs.stripe.com/api/payment_intents/create#create_payment_intent-customer:
+        "Payment methods attached to other Customers cannot be used with this
+        PaymentIntent"; Stripe answers 400 asking for the customer. ``mandate``
+        (https://docs.stripe.com/api/payment_intents/create#create_payment_intent-mandate)
+        must be the payment method's; localstripe takes no such parameter.
+        """
+        form = parse_qsl((await request.read()).decode(), keep_blank_values=True)
+        params = dict(form)
+        method = params.get("payment_method")
+        if method:
+            status, pm = await self.call(request, "GET", f"/v1/payment_methods/{method}", None)
+            if status != 200:
+                return web.json_response(pm, status=status)
+            owner = pm.get("customer")
+            if owner and params.get("customer") != owner:
+                return _error(
+                    400,
+                    f"The `payment_method` parameter supplied {method} belongs to the Customer "
+                    f"{owner}. Please include the Customer in the `customer` parameter on "
+                    "the PaymentIntent.",
+                    "payment_method",
+                )
+        mandate = params.get("mandate")
+        if mandate is not None:
+            known = self.mandates.get(mandate)
+            if known is None or known["payment_method"] != method:
+                return _error(400, "No such mandate for this payment method.", "mandate")
+        passed = [(k, v) for k, v in form if k != "mandate"]
+        status, intent = await self.call(request, "POST", "/v1/payment_intents", passed)
+        return web.json_response(intent, status=status)
+
+
+def _acceptance_problem(data: dict[str, str]) -> str | None:
+    """What Stripe would refuse in ``mandate_data`` (online acceptance), or None.
+
+    https://docs.stripe.com/api/setup_intents/confirm#confirm_setup_intent-mandate_data:
+    ``customer_acceptance.type`` is required; ``online`` needs ``ip_address`` and
+    ``user_agent``.
+    """
+    prefix = "mandate_data[customer_acceptance]"
+    kind = data.get(f"{prefix}[type]")
+    if kind not in ("online", "offline"):
+        return "mandate_data[customer_acceptance][type] must be online or offline."
+    if kind == "online":
+        for name in ("ip_address", "user_agent"):
+            if not data.get(f"{prefix}[online][{name}]"):
+                return f"Missing required param: {prefix}[online][{name}]."
+    return None
+
+
+def _without_legacy_mandate(body: Any) -> Any:
+    """Drop the Sources-era mandate fields localstripe puts on sepa_debit methods.
+
+    https://docs.stripe.com/api/payment_methods/object#payment_method_object-sepa_debit
+    lists bank_code, branch_code, country, fingerprint, generated_from and last4 only.
+    """
+    items = body.get("data") if isinstance(body, dict) and body.get("object") == "list" else [body]
+    for item in items or []:
+        details = item.get("sepa_debit") if isinstance(item, dict) else None
+        if isinstance(details, dict):
+            details.pop("mandate_reference", None)
+            details.pop("mandate_url", None)
+    return body
+
+
+def _error(status: int, message: str, param: str, *, code: str | None = None) -> web.Response:
+    error: dict[str, Any] = {"type": "invalid_request_error", "message": message, "param": param}
+    if code:
+        error["code"] = code
+    return web.json_response({"error": error}, status=status)
+
+
+def make_app(front: StripeFront) -> web.Application:
+    """The front's aiohttp app: the rules above, everything else passed through."""
+    app = web.Application()
+
+    async def session(_app: web.Application) -> Any:
+        front.session = aiohttp.ClientSession()
+        yield
+        await front.session.close()
+
+    app.cleanup_ctx.append(session)
+    app.router.add_post("/v1/setup_intents", front.create_setup_intent)
+    app.router.add_post("/v1/setup_intents/{id}/confirm", front.confirm_setup_intent)
+    app.router.add_get("/v1/setup_intents/{id}", front.get_setup_intent)
+    app.router.add_get("/v1/mandates/{id}", front.get_mandate)
+    app.router.add_get("/_sandbox/authenticate/{id}", front.authenticate)
+    app.router.add_post("/v1/payment_intents", front.create_payment_intent)
+    app.router.add_route("*", "/{tail:.*}", front.forward)
+    return app
+
+
+def main() -> None:
+    """Serve the front on loopback until killed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True)
+    args = parser.parse_args()
+    front = StripeFront(upstream=args.upstream, base_url=f"http://127.0.0.1:{args.port}")
+    web.run_app(make_app(front), host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
