@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from pandetect import holds_pan
-from proxy.domain.validation import validate_metadata
+from proxy.domain.fields import validate_metadata
 
 _VALUE = 500
 _KEYS = 20

@@ -18,6 +18,7 @@ from typing import Any
 
 from vault.audit import AuditLog
 from vault.backends.base import Backend, DekRow, RecordRow
+from vault.backends.sqlite import SqliteBackend
 from vault.crypto import Sealer, blind_index, dek_aad, derive_subkey, new_key, record_aad
 from vault.errors import (
     DecryptionFailed,
@@ -51,10 +52,9 @@ def open_backend(
     connects and statements (seconds). SQLite ignores them.
     """
     if url.startswith(SQLITE_PREFIX):
-        from vault.backends.sqlite import SqliteBackend
-
         return SqliteBackend(str(sqlite_path(url)))
     if url.startswith(POSTGRES_PREFIXES):
+        # asyncpg is the optional `postgres` extra: imported only when a URL names it.
         from vault.backends.postgres import PostgresBackend
 
         return PostgresBackend(

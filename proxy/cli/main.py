@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from prometheus_client import write_to_textfile
+
 from proxy.core.retention import AUDIT_KIND, audit_cutoff
 from proxy.infra.clients import (
     PUBLISHABLE_SCOPES,
@@ -33,7 +35,10 @@ from proxy.infra.clients import (
 )
 from proxy.infra.keys import AdminProvider, init_keys, load_provider
 from proxy.infra.log import configure_logging
+from proxy.infra.metrics import Metrics
 from proxy.infra.settings import Settings, SettingsError, listen_addresses
+from proxy.web import devmode
+from proxy.web.app import bind_listeners, serve
 from vault import Vault, VaultError
 from vault.audit import EventType, Outcome, parse_since
 from vault.keys.ring import init_keyring
@@ -64,7 +69,6 @@ def _settings(*, need_partner: bool = True) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the proxy with settings from the environment."""
-    from proxy.web.app import bind_listeners, serve
 
     settings = _settings()
     sockets = bind_listeners(settings.listen, settings.ops_listen)
@@ -75,9 +79,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """`make run`: vault, key ring and clients under var/, localstripe, the demo checkout page."""
-    from proxy.web import devmode
-    from proxy.web.app import bind_listeners, serve
-    from sandbox.launcher import SANDBOX_API_KEY, Localstripe
+    # The sandbox partner is a development tool of the source tree, not of the wheel.
+    try:
+        from sandbox.launcher import SANDBOX_API_KEY, Localstripe
+    except ImportError:
+        print(
+            "tokenproxy: `dev` runs from a source checkout (make run); "
+            "production installs serve with `tokenproxy serve`",
+            file=sys.stderr,
+        )
+        return 2
 
     sockets = bind_listeners(*listen_addresses())
     var = Path(os.environ.get("TOKENPROXY_DEV_DIR", "var"))
@@ -528,9 +539,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     """Delete (or with --dry-run count) every token and audit event past retention."""
-    from prometheus_client import write_to_textfile
-
-    from proxy.infra.metrics import Metrics
 
     settings = _settings(need_partner=False)
     policy = settings.retention_policy()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.core import services as service
 from proxy.core.services import Services
+from proxy.core.tokens import read_token
 from proxy.domain.errors import ProxyError, ServiceUnavailable
 from proxy.infra.metrics import Metrics
 from vault import Vault
@@ -100,7 +100,7 @@ async def audited_resolve(
 ) -> dict[str, Any]:
     """Resolve ``token`` and record it; no partner reference leaves without its event."""
     try:
-        view = await service.read_token(services, token, resolve=True)
+        view = await read_token(services, token, resolve=True)
     except ProxyError as exc:
         await append_or_refuse(
             services.vault,

@@ -21,7 +21,7 @@ from proxy.domain.errors import (
     PartnerDeclined,
     PartnerError,
 )
-from proxy.domain.validation import _echoable
+from proxy.domain.fields import _echoable
 from vault import Record
 
 _MAX_SETUP = 8192

@@ -27,6 +27,7 @@ import structlog
 
 from proxy.core.audit import append_or_refuse, resource_of
 from proxy.core.services import Services, partner_call, vault_call
+from proxy.domain.bank import MandateAcceptance
 from proxy.domain.errors import (
     AuthenticationRequired,
     InvalidRequest,
@@ -36,8 +37,8 @@ from proxy.domain.errors import (
     ProxyError,
     ValidationFailed,
 )
-from proxy.domain.validation import validate_customer_ref
-from proxy.partners.ports import MandateAcceptance, PartnerSetup
+from proxy.domain.fields import validate_customer_ref
+from proxy.partners.ports import PartnerSetup
 from vault import (
     MAX_PAGE,
     ErasureStatus,

@@ -37,13 +37,11 @@ from datetime import date
 from typing import Any
 
 import structlog
-from aiohttp import web
 
+from proxy.core.cards import card_response, create_at_partner, store_card
 from proxy.core.customers import delete_token
-from proxy.core.services import Services, card_response, create_at_partner, store_card, vault_call
+from proxy.core.services import Services, vault_call
 from proxy.domain.errors import (
-    JSON_CHARSET,
-    JSON_CONTENT_TYPE,
     IdempotencyKeyErased,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
@@ -52,7 +50,7 @@ from proxy.domain.errors import (
     ProxyError,
     ServiceUnavailable,
 )
-from proxy.domain.validation import parse_card_request
+from proxy.domain.requests import parse_card_request
 from proxy.partners.ports import PartnerCard
 from vault import (
     Claim,
@@ -83,20 +81,10 @@ class Answer:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
 
-    def response(self) -> web.Response:
-        """As an aiohttp response (the same Content-Type as every other JSON answer)."""
-        return web.Response(
-            status=self.status,
-            body=self.body,
-            content_type=JSON_CONTENT_TYPE,
-            charset=JSON_CHARSET,
-            headers=self.headers,
-        )
 
-
-def idempotency_key(request: web.Request) -> str | None:
-    """The request's Idempotency-Key: None when absent; 400 unless 1-255 printable ASCII."""
-    values = request.headers.getall(HEADER, [])
+def idempotency_key(values: list[str]) -> str | None:
+    """The Idempotency-Key from the header's values: None when absent; 400 unless 1-255
+    printable ASCII characters in one header."""
     if not values:
         return None
     key = values[0]

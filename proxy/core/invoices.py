@@ -12,15 +12,11 @@ from datetime import date
 from typing import Any, Final
 
 from proxy.core.services import Services, created_response, vault_call
+from proxy.domain.card import pan_like
 from proxy.domain.errors import InvalidRequest, ValidationFailed
-from proxy.domain.validation import (
-    _echoable,
-    iban_like,
-    ocr_valid,
-    pan_like,
-    validate_customer_ref,
-    validate_ocr,
-)
+from proxy.domain.fields import _echoable, validate_customer_ref
+from proxy.domain.iban import iban_like
+from proxy.domain.invoice import ocr_valid, validate_ocr
 from vault import Kind, NewRecord, Record
 
 # ISO 4217 list one (maintained by SIX), current codes as of 2025: ZWG replaced ZWL

@@ -1,24 +1,18 @@
-"""Retention sweeps and last-use flushing: the background work of `serve`, and `purge`.
+"""Retention sweeps and last-use flushing: the work behind `purge` and `serve`'s background jobs.
 
 Both are plain functions over ``Services`` (the CLI and tests call them directly);
-:func:`background` runs them periodically inside the API app. A sweep also prunes the
+:mod:`proxy.web.background` runs them periodically inside the API app. A sweep also prunes the
 audit trail past TOKENPROXY_AUDIT_RETENTION_DAYS, behind a checkpoint event (PCI DSS
 10.5.1: at least 12 months kept; the settings refuse less).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 
 import structlog
-from aiohttp import web
 
 from proxy.core.services import Services, vault_call
-from proxy.domain.errors import ProxyError
-from proxy.web.appkeys import SERVICES, SETTINGS
 from vault.audit import Outcome
 from vault.errors import AuditUnavailable
 from vault.records import utcnow
@@ -82,41 +76,3 @@ async def flush_usage(services: Services) -> int:
     if written:
         services.metrics.usage_flushes.inc()
     return written
-
-
-async def _every(seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
-    while True:
-        await asyncio.sleep(seconds)
-        try:
-            await job()
-        except ProxyError as exc:
-            # The vault is down for a moment: try again next round, never die.
-            _log.warning("background_job_failed", job=name, error_code=exc.code)
-
-
-async def background(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: flush last-use marks, and sweep when TOKENPROXY_PURGE_INTERVAL is set."""
-    settings, services = app[SETTINGS], app[SERVICES]
-    tasks = [
-        asyncio.create_task(
-            _every(settings.last_used_flush_interval, lambda: flush_usage(services), "flush")
-        )
-    ]
-    if settings.purge_interval > 0:
-        tasks.append(
-            asyncio.create_task(
-                _every(
-                    settings.purge_interval,
-                    lambda: purge(services, audit_retention_days=settings.audit_retention_days),
-                    "purge",
-                )
-            )
-        )
-    yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    with contextlib.suppress(ProxyError):
-        await flush_usage(services)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NoReturn, Self
 
+from proxy.domain.card import detect_brand, mask_pan
+
 __all__ = ["CardNumber", "Cvc", "Iban"]
 
 
@@ -69,17 +71,12 @@ class CardNumber(_Hazmat):
 
     @property
     def masked(self) -> str:
-        """The PAN masked as PCI DSS 3.4.1 allows (see ``validation.mask_pan``)."""
-        # Imported here: proxy.domain.validation imports this module at load time.
-        from proxy.domain.validation import mask_pan
-
+        """The PAN masked as PCI DSS 3.4.1 allows (see ``card.mask_pan``)."""
         return mask_pan(self.digits)
 
     @property
     def brand(self) -> str | None:
         """The brand by IIN range and length, or None."""
-        from proxy.domain.validation import detect_brand  # see masked
-
         return detect_brand(self.digits)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from proxy.infra.settings import Settings
+from vault.errors import KeyRingError
+from vault.keys.kms import KmsKekProvider, init_kms_keyring, kms_client
 from vault.keys.ring import KekProvider, LocalKekProvider, init_keyring
 from vault.rotation import KeyAdmin
 
@@ -16,8 +18,6 @@ class AdminProvider(KekProvider, KeyAdmin, Protocol):
 def load_provider(settings: Settings) -> AdminProvider:
     """Load the configured provider; KeyRingError (one line) when it cannot be used."""
     if settings.kek_provider == "aws-kms":
-        from vault.keys.kms import KmsKekProvider
-
         return KmsKekProvider.from_file(
             settings.keyring_path,
             endpoint_url=settings.kms_endpoint,
@@ -30,9 +30,6 @@ def load_provider(settings: Settings) -> AdminProvider:
 def init_keys(settings: Settings) -> int:
     """Create the key ring (or KMS key map) the settings name; returns the active version."""
     if settings.kek_provider == "aws-kms":
-        from vault.errors import KeyRingError
-        from vault.keys.kms import init_kms_keyring, kms_client
-
         if not settings.kms_key_id:
             raise KeyRingError("TOKENPROXY_KMS_KEY_ID must name the KMS key for version 1")
         client = kms_client(endpoint_url=settings.kms_endpoint, region=settings.kms_region)

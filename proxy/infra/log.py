@@ -18,7 +18,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from pandetect import holds_pan, may_hold_pan, redact_pans
-from proxy.domain.validation import redact_ibans
+from proxy.domain.iban import redact_ibans
 
 __all__ = ["configure_logging", "redact_processor", "redact_text"]
 

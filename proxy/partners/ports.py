@@ -8,11 +8,10 @@ subclasses, with messages of its own: never the partner's text, never input.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from proxy.core.bank_accounts import BankAccountRequest
-    from proxy.domain.validation import CardRequest
+from proxy.domain.bank import BankAccountRequest, MandateAcceptance
+from proxy.domain.requests import CardRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,23 +33,6 @@ class PartnerBankAccount:
     country: str
     bank_code: str | None
     last4: str
-
-
-@dataclass(frozen=True, slots=True)
-class MandateAcceptance:
-    """How the shopper accepted a SEPA mandate online: personal data, kept only in the trail."""
-
-    ip_address: str
-    user_agent: str
-    accepted_at: int  # Unix seconds
-
-    def __repr__(self) -> str:
-        # Device information is personal data: not for logs or tracebacks.
-        return (
-            f"MandateAcceptance(ip_address='***', user_agent='***', accepted_at={self.accepted_at})"
-        )
-
-    __str__ = __repr__
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,23 +25,20 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import structlog
 
+from proxy.domain.bank import BankAccountRequest, MandateAcceptance
 from proxy.domain.errors import PartnerError, PartnerTimeout, PartnerUnavailable
+from proxy.domain.requests import CardRequest
+from proxy.infra.metrics import Metrics
 from proxy.partners.ports import (
-    MandateAcceptance,
     Partner,
     PartnerBankAccount,
     PartnerCard,
     PartnerSetup,
 )
-
-if TYPE_CHECKING:
-    from proxy.core.bank_accounts import BankAccountRequest
-    from proxy.domain.validation import CardRequest
-    from proxy.infra.metrics import Metrics
 
 T = TypeVar("T")
 _log = structlog.get_logger("tokenproxy.partner")

@@ -13,23 +13,21 @@ import asyncio
 import logging
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import stripe
 
+from proxy.domain.bank import BankAccountRequest, MandateAcceptance
+from proxy.domain.card import pan_like
 from proxy.domain.errors import (
     PartnerDeclined,
     PartnerError,
     PartnerTimeout,
     PartnerUnavailable,
 )
-from proxy.domain.validation import pan_like
-from proxy.partners.ports import MandateAcceptance, PartnerBankAccount, PartnerCard, PartnerSetup
-
-if TYPE_CHECKING:
-    from proxy.core.bank_accounts import BankAccountRequest
-    from proxy.domain.validation import CardRequest
+from proxy.domain.requests import CardRequest
+from proxy.partners.ports import PartnerBankAccount, PartnerCard, PartnerSetup
 
 # Partner object ids go into URL paths: only Stripe's id alphabet may.
 _OBJECT_ID_RE = re.compile(r"(pm|cus|card|src|seti)_[A-Za-z0-9]{1,64}")

@@ -13,7 +13,6 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.core import retention
 from proxy.core.services import Services
 from proxy.infra.clients import ClientRegistry
 from proxy.infra.keys import load_provider
@@ -23,7 +22,7 @@ from proxy.infra.settings import HostPort, Settings, SettingsError
 from proxy.partners.ports import Partner
 from proxy.partners.resilience import CircuitBreaker, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
-from proxy.web import authguard, cors, publishable
+from proxy.web import authguard, background, cors, publishable
 from proxy.web.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.web.clientreload import follow_clients_file, reload_clients
 from proxy.web.limits import ApiRunner, ops_server_options, server_options
@@ -121,7 +120,7 @@ def create_app(
     app.cleanup_ctx.append(dependencies)
     app.cleanup_ctx.append(follow_clients_file)
     # After dependencies: stops (with a last flush of last-use marks) before the vault closes.
-    app.cleanup_ctx.append(retention.background)
+    app.cleanup_ctx.append(background.retention_jobs)
     # Last, so its final flush of auth-failure events runs before the vault closes.
     app.cleanup_ctx.append(authguard.background)
     return app

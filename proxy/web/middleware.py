@@ -30,7 +30,7 @@ from proxy.domain.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
-from proxy.domain.validation import _echoable
+from proxy.domain.fields import _echoable
 from proxy.infra.clients import Client
 from proxy.web import authguard, publishable
 from proxy.web.appkeys import CLIENTS, METRICS, SETTINGS

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from proxy.domain.validation import detect_brand, luhn_valid
+from proxy.domain.card import detect_brand, luhn_valid
 from tests.browser.conftest import CheckoutSite
 from tests.cards import PARTNER_CARDS, VISA, luhn_complete
 from tests.conftest import RunningProxy
@@ -174,7 +174,7 @@ async def test_expired_card_and_short_cvc_flagged(
 
 
 async def test_frame_rules_match_server_rules(browser: Any, proxy: RunningProxy) -> None:
-    """The frame's Luhn and brand detection agree with proxy/domain/validation.py on many numbers."""
+    """The frame's Luhn and brand detection agree with proxy/domain/card.py on many numbers."""
     rng = random.Random(8)
     prefixes = [
         "4",

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.core.bank_accounts import MIN_HIDDEN_CHARS, national_bank_code
+from proxy.domain.bank import MIN_HIDDEN_CHARS, national_bank_code
 from proxy.domain.hazmat import Iban
-from proxy.domain.validation import IBAN_LENGTHS
+from proxy.domain.iban import IBAN_LENGTHS
 from sandbox.launcher import Localstripe
 from tests.conftest import RunningProxy
 from tests.ibans import VALID, IbanCase, with_check_digits

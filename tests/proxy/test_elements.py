@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from proxy.domain.validation import brand_rules
+from proxy.domain.card import brand_rules
 from proxy.web.handlers.elements import content_security_policy, render_card_page
 from tests.conftest import RunningProxy
 

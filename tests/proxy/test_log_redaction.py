@@ -23,7 +23,7 @@ DIGITS = "0123456789"
 
 
 def _reference_luhn(number: str) -> bool:
-    """Textbook Luhn, written independently of proxy.domain.validation."""
+    """Textbook Luhn, written independently of proxy.domain.card."""
     total = 0
     for position, char in enumerate(reversed(number)):
         digit = int(char)

@@ -8,7 +8,7 @@ from datetime import date
 import pytest
 
 from proxy.domain.errors import PartnerError, PartnerUnavailable
-from proxy.domain.validation import parse_card_request
+from proxy.domain.requests import parse_card_request
 from proxy.partners.stripe import StripePartner, silence_sdk_logging
 from sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 from tests.cards import VISA

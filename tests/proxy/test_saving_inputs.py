@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.core.bank_accounts import parse_mandate_acceptance
+from proxy.domain.bank import MandateAcceptance, parse_mandate_acceptance
+from proxy.domain.card import pan_like
 from proxy.domain.errors import InvalidRequest
-from proxy.domain.validation import pan_like, validate_return_url
-from proxy.partners.ports import MandateAcceptance
+from proxy.domain.fields import validate_return_url
 from proxy.partners.stripe import _next_action
 from tests.conftest import RunningProxy
 from tests.proxy.helpers import MANDATE_ACCEPTANCE, bank_body

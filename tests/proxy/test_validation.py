@@ -15,25 +15,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.domain.errors import CardValidationFailed, InvalidRequest, ProxyError, ValidationFailed
-from proxy.domain.hazmat import CardNumber, Cvc, Iban
-from proxy.domain.validation import (
-    CardRequest,
+from proxy.domain.card import (
     detect_brand,
     expected_cvc_length,
     luhn_valid,
     mask_pan,
     normalize_pan,
-    ocr_valid,
     pan_like,
-    parse_card_request,
     parse_expiry,
-    parse_iban,
     redact_pans,
-    validate_customer_ref,
-    validate_metadata,
-    validate_ocr,
 )
+from proxy.domain.errors import CardValidationFailed, InvalidRequest, ProxyError, ValidationFailed
+from proxy.domain.fields import validate_customer_ref, validate_metadata
+from proxy.domain.hazmat import CardNumber, Cvc, Iban
+from proxy.domain.iban import parse_iban
+from proxy.domain.invoice import ocr_valid, validate_ocr
+from proxy.domain.requests import CardRequest, parse_card_request
 
 TODAY = date(2026, 5, 15)
 DIGITS = "0123456789"
@@ -57,7 +54,7 @@ TEST_PANS = [
 
 
 def _reference_luhn(number: str) -> bool:
-    """Textbook Luhn, written independently of proxy.domain.validation."""
+    """Textbook Luhn, written independently of proxy.domain.card."""
     total = 0
     for position, char in enumerate(reversed(number)):
         digit = int(char)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.domain.errors import PartnerDeclined, PartnerError, PartnerTimeout, PartnerUnavailable
-from proxy.domain.validation import CardRequest, parse_card_request
+from proxy.domain.requests import CardRequest, parse_card_request
 from proxy.infra.metrics import Metrics
 from proxy.partners.resilience import CircuitBreaker, CircuitState, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner

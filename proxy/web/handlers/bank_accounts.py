@@ -9,11 +9,12 @@ from aiohttp import web
 from proxy.core import idempotent as idempotency
 from proxy.core.bank_accounts import (
     create_sepa_at_partner,
-    parse_bank_account_request,
     store_bank_account,
     tokenize_bank_account,
 )
 from proxy.core.services import created_response
+from proxy.domain.bank import parse_bank_account_request
+from proxy.web import render
 from proxy.web.appkeys import SERVICES
 from proxy.web.middleware import (
     REQUEST_ID_KEY,
@@ -30,7 +31,7 @@ _SCOPES = frozenset({"tokenize"})
 async def create_bank_account(request: web.Request) -> web.Response:
     """POST /v1/bank-accounts: tokenize an IBAN as a SEPA debit payment method."""
     client = authenticate(request, _SCOPES)
-    key = idempotency.idempotency_key(request)
+    key = render.idempotency_key(request)
     body = await read_json(request)
     refuse_customer_fields_from_publishable(client, body)
     services = request.app[SERVICES]
@@ -63,4 +64,4 @@ async def create_bank_account(request: web.Request) -> web.Response:
         store_step=store_step,
         respond=created_response,
     )
-    return answer.response()
+    return render.answer_response(answer)

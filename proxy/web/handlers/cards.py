@@ -7,10 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.core import cards
 from proxy.core import idempotent as idempotency
-from proxy.core import services as service
 from proxy.core.card_setup import confirm_card_setup, parse_confirm_request
 from proxy.core.customers import open_pending
+from proxy.web import render
 from proxy.web.appkeys import SERVICES
 from proxy.web.middleware import (
     REQUEST_ID_KEY,
@@ -27,12 +28,12 @@ _SCOPES = frozenset({"tokenize"})
 async def create_card(request: web.Request) -> web.Response:
     """POST /v1/cards: tokenize a card (at most once per Idempotency-Key)."""
     client = authenticate(request, _SCOPES)
-    key = idempotency.idempotency_key(request)
+    key = render.idempotency_key(request)
     body = await read_json(request)
     refuse_customer_fields_from_publishable(client, body)
     today = datetime.now(UTC).date()
     if key is None:
-        result = await service.tokenize_card(
+        result = await cards.tokenize_card(
             request.app[SERVICES], body, today=today, actor=client.name
         )
         request[TOKEN_KEY] = result["token"]
@@ -46,19 +47,19 @@ async def create_card(request: web.Request) -> web.Response:
         today=today,
         request_id=request[REQUEST_ID_KEY],
     )
-    return answer.response()
+    return render.answer_response(answer)
 
 
 async def confirm_card(request: web.Request) -> web.Response:
     """POST /v1/cards/confirm: the token of a card whose holder completed authentication."""
     client = authenticate(request, _SCOPES)
-    key = idempotency.idempotency_key(request)
+    key = render.idempotency_key(request)
     sealed = parse_confirm_request(await read_json(request))
     services = request.app[SERVICES]
     if key is None:
         record = await confirm_card_setup(services, sealed, client=client.name)
         request[TOKEN_KEY] = record.token
-        return web.json_response(service.card_response(record), status=201)
+        return web.json_response(cards.card_response(record), status=201)
 
     async def store_step(_result: dict[str, Any], token: str) -> Record:
         return await confirm_card_setup(services, sealed, client=client.name, token=token)
@@ -77,6 +78,6 @@ async def confirm_card(request: web.Request) -> web.Response:
         kind=Kind.CARD,
         partner_step=None,
         store_step=store_step,
-        respond=service.card_response,
+        respond=cards.card_response,
     )
-    return answer.response()
+    return render.answer_response(answer)

@@ -15,7 +15,7 @@ from typing import Final
 
 from aiohttp import web
 
-from proxy.domain.validation import brand_rules
+from proxy.domain.card import brand_rules
 from proxy.web.appkeys import SETTINGS
 
 

@@ -10,6 +10,7 @@ from proxy.core import idempotent as idempotency
 from proxy.core.invoices import create_invoice as create_invoice_record
 from proxy.core.invoices import parse_invoice_request, store_invoice
 from proxy.core.services import created_response
+from proxy.web import render
 from proxy.web.appkeys import SERVICES
 from proxy.web.middleware import REQUEST_ID_KEY, TOKEN_KEY, authenticate, read_json
 from vault import Kind, Record
@@ -20,7 +21,7 @@ _SCOPES = frozenset({"invoice"})
 async def create_invoice(request: web.Request) -> web.Response:
     """POST /v1/invoices: store an invoice reference under a vtok_inv_ token."""
     client = authenticate(request, _SCOPES)
-    key = idempotency.idempotency_key(request)
+    key = render.idempotency_key(request)
     body = await read_json(request)
     services = request.app[SERVICES]
     if key is None:
@@ -44,4 +45,4 @@ async def create_invoice(request: web.Request) -> web.Response:
         store_step=store_step,
         respond=created_response,
     )
-    return answer.response()
+    return render.answer_response(answer)

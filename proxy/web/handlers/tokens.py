@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.core import customers
-from proxy.core import services as service
+from proxy.core import customers, tokens
 from proxy.core.audit import audited_resolve
 from proxy.web.appkeys import SERVICES
 from proxy.web.middleware import TOKEN_KEY, authenticate
@@ -24,7 +23,7 @@ async def get_token(request: web.Request) -> web.Response:
             request.app[SERVICES], token, actor=client.name, origin=request.remote
         )
     else:
-        result = await service.read_token(request.app[SERVICES], token, resolve=False)
+        result = await tokens.read_token(request.app[SERVICES], token, resolve=False)
     request[TOKEN_KEY] = token
     return web.json_response(result)
 

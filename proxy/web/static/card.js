@@ -7,7 +7,7 @@
  * last4} is posted to the parent, with the parent's exact origin as the target.
  *
  * The brand rules (IIN ranges, lengths, CVC lengths) come from the server in
- * <body data-config>, so the frame and proxy/domain/validation.py never disagree.
+ * <body data-config>, so the frame and proxy/domain/card.py never disagree.
  * No inline script, no eval, no third-party code: the page's CSP forbids them.
  */
 (function () {
@@ -38,7 +38,7 @@
   }
 
   /* The brand whose IIN range the digits start with, ignoring length (ranges are
-     sorted longest prefix first, as in proxy/domain/validation.py). */
+     sorted longest prefix first, as in proxy/domain/card.py). */
   function brandForPrefix(digits) {
     for (var i = 0; i < RULES.ranges.length; i++) {
       var r = RULES.ranges[i];
@@ -158,7 +158,7 @@
   }
 
   // The frame's own global, never the checkout page's; the browser test compares
-  // these rules with proxy/domain/validation.py through it.
+  // these rules with proxy/domain/card.py through it.
   window.TokenProxyCardRules = {
     luhn: luhn,
     detectBrand: detectBrand,

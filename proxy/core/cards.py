@@ -1,0 +1,95 @@
+"""Card tokenization: validate, hand the card to the partner, seal the partner's answer."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import structlog
+
+from proxy.core.customers import SaveRequest, store_payment_method
+from proxy.core.services import Services, ensure_vault_up, partner_call
+from proxy.domain.errors import ServiceUnavailable
+from proxy.domain.requests import CardRequest, parse_card_request
+from proxy.partners.ports import PartnerCard
+from proxy.partners.resilience import new_partner_key
+from vault import Kind, NewRecord, Record, iso
+
+_log = structlog.get_logger("tokenproxy.service")
+
+
+async def tokenize_card(
+    services: Services, body: object, *, today: date, actor: str | None = None
+) -> dict[str, Any]:
+    """Validate a card, hand it to the partner, store the partner's reference; return the token.
+
+    Without an Idempotency-Key the partner call still carries a per-request partner key,
+    so the proxy's own retries cannot create a second payment method.
+    """
+    card = parse_card_request(body, today=today)
+    partner_key = new_partner_key()
+    created = await create_at_partner(services, card, partner_key)
+    try:
+        record = await store_card(services, card, created, actor=actor)
+    except ServiceUnavailable:
+        # The partner holds a card we could not link: no retry can find it again (the
+        # client sent no key). Count it and log the partner key, which the partner's
+        # request log is searchable by, so an operator can reconcile.
+        services.metrics.partner_orphans.labels(services.partner.name).inc()
+        _log.error("partner_reference_orphaned", partner_idempotency_key=partner_key)
+        raise
+    return card_response(record)
+
+
+async def create_at_partner(services: Services, card: CardRequest, partner_key: str) -> PartnerCard:
+    """The partner call for a card, timed and counted; refused while the vault is down."""
+    await ensure_vault_up(services)
+    return await partner_call(
+        services, "create_card", services.partner.create_card(card, idempotency_key=partner_key)
+    )
+
+
+async def store_card(
+    services: Services,
+    card: CardRequest,
+    created: PartnerCard,
+    *,
+    token: str | None = None,
+    actor: str | None = None,
+    fingerprint_idx: str | None = None,
+) -> Record:
+    """Seal the partner's answer into the vault under a new (or the given) token.
+
+    With a customer_ref the card is first saved on the customer's partner customer for
+    off-session charges (which may need the cardholder: AuthenticationRequired).
+    ``fingerprint_idx`` stands in for ``created.fingerprint`` when only its blind index
+    was kept (an idempotent request resuming from its stored partner answer).
+    """
+    details = {"brand": card.brand, "last4": card.number.last4, "masked": card.number.masked}
+    record = await store_payment_method(
+        services,
+        NewRecord(
+            kind=Kind.CARD,
+            partner=services.partner.name,
+            partner_reference=created.reference,
+            details=details,
+            customer_ref=card.customer_ref,
+            metadata=card.metadata,
+            fingerprint=created.fingerprint,
+            fingerprint_idx=fingerprint_idx,
+        ),
+        token=token,
+        save=SaveRequest(actor=actor, return_url=card.return_url),
+    )
+    services.metrics.child(services.metrics.tokens_created, "card").inc()
+    return record
+
+
+def card_response(record: Record) -> dict[str, Any]:
+    """The body of a 201 for a card token."""
+    return {
+        "token": record.token,
+        "kind": "card",
+        **{k: record.details[k] for k in ("brand", "last4", "masked")},
+        "created_at": iso(record.created_at),
+    }

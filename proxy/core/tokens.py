@@ -1,0 +1,36 @@
+"""Reading tokens: the masked view, and what an off-session charge needs (resolve)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.core.services import Services, vault_call
+from proxy.domain.errors import NotFound
+from vault import Kind, RecordNotFound
+
+
+async def read_token(services: Services, token: str, *, resolve: bool) -> dict[str, Any]:
+    """The masked view of a token, or with ``resolve`` what an off-session charge needs."""
+    try:
+        record = await vault_call(services, "get", services.vault.get(token))
+    except RecordNotFound:
+        raise NotFound("No such token.", param="token") from None
+    if not resolve:
+        masked: dict[str, Any] = record.masked_view()
+        return masked
+    # Resolving is use (the billing service is about to charge): retention counts
+    # from here. Marks are batched in memory and flushed in one write.
+    services.vault.mark_used(record)
+    view: dict[str, Any] = record.resolved_view()
+    if (
+        record.customer_ref is not None
+        and record.kind in (Kind.CARD, Kind.BANK)
+        and "partner_customer" not in view
+    ):
+        # Saved before records kept their partner customer: the mapping names it.
+        customer = await vault_call(
+            services, "get_customer", services.vault.get_partner_customer(record.customer_ref)
+        )
+        if customer is not None and customer.partner == record.partner:
+            view["partner_customer"] = customer.reference
+    return view

@@ -1,0 +1,144 @@
+"""Card request bodies: structure first, then the card rules of :mod:`proxy.domain.card`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Final
+
+from proxy.domain.card import (
+    _brand_for_prefix,
+    _invalid_number,
+    _is_ascii_digits,
+    detect_brand,
+    expected_cvc_length,
+    luhn_valid,
+    normalize_pan,
+    pan_like,
+    parse_expiry,
+)
+from proxy.domain.errors import CardValidationFailed, InvalidRequest
+from proxy.domain.fields import (
+    _echoable,
+    validate_customer_ref,
+    validate_metadata,
+    validate_return_url,
+)
+from proxy.domain.hazmat import CardNumber, Cvc
+
+# -------------------------------------------------------------------- card body
+
+
+@dataclass(frozen=True, slots=True)
+class CardRequest:
+    """A validated ``POST /v1/cards`` body; lives only for one request."""
+
+    number: CardNumber
+    exp_month: int
+    exp_year: int
+    cvc: Cvc
+    brand: str
+    holder_name: str | None
+    customer_ref: str | None
+    metadata: dict[str, str]
+    # Where the partner sends the shopper back after authenticating a card being saved.
+    return_url: str | None = None
+
+    def __repr__(self) -> str:
+        # Expiry is card data too, and the holder name is personal data.
+        holder = None if self.holder_name is None else "***"
+        return (
+            f"CardRequest(number={self.number!r}, exp=**/**, cvc={self.cvc!r}, "
+            f"brand={self.brand!r}, holder_name={holder!r}, "
+            f"customer_ref={self.customer_ref!r}, metadata_keys={sorted(self.metadata)!r})"
+        )
+
+    __str__ = __repr__
+
+
+_CARD_FIELDS: Final = frozenset(
+    {
+        "number",
+        "exp_month",
+        "exp_year",
+        "cvc",
+        "holder_name",
+        "customer_ref",
+        "metadata",
+        "return_url",
+    }
+)
+_REQUIRED_CARD_FIELDS: Final = ("number", "exp_month", "exp_year", "cvc")
+
+
+def _validate_holder_name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(
+            "holder_name must be a string.", code="invalid_type", param="holder_name"
+        )
+    name = value.strip()
+    # Control characters would let a name forge log lines downstream.
+    if len(name) > 100 or not name.isprintable() or pan_like(name):
+        raise CardValidationFailed(
+            "holder_name must be at most 100 printable characters and not a card number.",
+            code="invalid_holder_name",
+            param="holder_name",
+        )
+    return name or None
+
+
+def parse_card_request(body: object, *, today: date) -> CardRequest:
+    """Validate a card tokenization body: structure, then number, expiry and cvc.
+
+    A number that passes Luhn but starts with no known IIN range is refused as
+    ``unsupported_brand`` (we cannot pick the CVC length or tell the shopper what
+    we accept); one of a known range with the wrong length is ``invalid_number``.
+    """
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_body")
+    for key in body:
+        if key not in _CARD_FIELDS:
+            raise InvalidRequest("Unknown field.", code="unknown_field", param=_echoable(key))
+    for field in _REQUIRED_CARD_FIELDS:
+        if body.get(field) is None:
+            raise InvalidRequest(f"{field} is required.", code="missing_field", param=field)
+    raw_number, raw_cvc = body["number"], body["cvc"]
+    # Numbers as JSON numbers lose leading zeros and are easy to log by accident.
+    if not isinstance(raw_number, str):
+        raise InvalidRequest("number must be a string.", code="invalid_type", param="number")
+    if not isinstance(raw_cvc, str):
+        raise InvalidRequest("cvc must be a string.", code="invalid_type", param="cvc")
+
+    digits = normalize_pan(raw_number)
+    if not luhn_valid(digits):
+        raise _invalid_number()
+    brand = detect_brand(digits)
+    if brand is None:
+        if _brand_for_prefix(digits) is not None:
+            raise _invalid_number()
+        raise CardValidationFailed(
+            "This card brand is not supported.", code="unsupported_brand", param="number"
+        )
+
+    exp_month, exp_year = parse_expiry(body["exp_month"], body["exp_year"], today=today)
+
+    if not _is_ascii_digits(raw_cvc) or len(raw_cvc) != expected_cvc_length(brand):
+        raise CardValidationFailed(
+            "The security code has the wrong format for this card.",
+            code="invalid_cvc",
+            param="cvc",
+        )
+
+    return CardRequest(
+        number=CardNumber(digits),
+        exp_month=exp_month,
+        exp_year=exp_year,
+        cvc=Cvc(raw_cvc),
+        brand=brand,
+        holder_name=_validate_holder_name(body.get("holder_name")),
+        customer_ref=validate_customer_ref(body.get("customer_ref")),
+        metadata=validate_metadata(body.get("metadata")),
+        return_url=validate_return_url(body.get("return_url")),
+    )
