@@ -23,6 +23,7 @@ test: $(STAMP) lint typecheck
 lint: $(STAMP)
 	$(BIN)/ruff check proxy vault pandetect sandbox tokenproxy_client tests $(wildcard bench)
 	$(BIN)/ruff format --check proxy vault pandetect sandbox tokenproxy_client tests $(wildcard bench)
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
