@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from tokenproxy_sandbox.launcher import free_port
 
-from sandbox.launcher import free_port
 from tests.cards import VISA
 from tests.conftest import RunningProxy
 from tokenproxy_client import (
