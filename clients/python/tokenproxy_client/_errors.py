@@ -9,8 +9,8 @@
     │   ├── NotFoundError               (404)
     │   ├── ValidationError             (422)
     │   └── ConflictError               (409)
-    │       └── IdempotencyError        (409/410 idempotency_error: key reused / in use /
-    │                                    erased with its customer: use a new key)
+    │       └── IdempotencyError        (idempotency_error: 422 key reused with another body,
+    │                                    409 in use, 410 erased with its customer: use a new key)
     ├── CardError                       (402 declined, 422 card_error)
     ├── AuthenticationError             (401)
     ├── PermissionDeniedError           (403)
@@ -101,7 +101,8 @@ class ConflictError(InvalidRequestError):
 
 
 class IdempotencyError(ConflictError):
-    """An Idempotency-Key was reused with another body, or is in use by a concurrent request."""
+    """An Idempotency-Key was reused with another body (422), is in use by a concurrent
+    request (409), or belongs to an erased customer (410)."""
 
 
 class CardError(TokenProxyError):
@@ -195,8 +196,8 @@ def error_for(status: int, body: Any, headers: dict[str, str]) -> TokenProxyErro
         cls = CardError
     elif status == 503 and kind == PARTNER_ERROR:
         cls = PartnerUnavailableError
-    elif status in {409, 410} and (
-        kind == IDEMPOTENCY_ERROR or "idempotency" in str(error.get("code"))
+    elif kind == IDEMPOTENCY_ERROR or (
+        status in {409, 410} and "idempotency" in str(error.get("code"))
     ):
         cls = IdempotencyError
     message = error.get("message")
