@@ -15,7 +15,6 @@ so a partner that honours it (Stripe) hands both racers the same customer.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -57,14 +56,6 @@ from vault.retention import BASIS
 
 _log = structlog.get_logger("tokenproxy.customers")
 
-# Bounded retries for partner clean-up (detach, delete): a blip should not leave an
-# erasure incomplete, but a partner that stays down must not hold a request for long.
-PARTNER_ATTEMPTS = 3
-PARTNER_BACKOFF = 0.2  # seconds, doubled per attempt
-# Refusals that a retry cannot change.
-_FINAL_CODES = frozenset(
-    {"partner_rejected_request", "partner_auth_failed", "partner_bad_reference"}
-)
 DEFAULT_PAGE = 20
 
 # What the partner keeps in place of what we do not store (the access report says so).
@@ -73,22 +64,6 @@ PARTNER_HOLDS = {
     Kind.BANK: "the full IBAN, the account holder's name and, if one was given, an email",
 }
 _INVOICE_HOLDS = "the invoice this token's reference names, as the partner issued it"
-
-
-async def _with_retries(services: Services, operation: str, make: Any) -> Any:
-    """Call ``make()`` (a fresh coroutine per attempt) up to PARTNER_ATTEMPTS times."""
-    delay = PARTNER_BACKOFF
-    for attempt in range(1, PARTNER_ATTEMPTS + 1):
-        try:
-            return await partner_call(services, operation, make())
-        except PartnerDeclined:
-            raise
-        except PartnerError as exc:
-            if exc.code in _FINAL_CODES or attempt == PARTNER_ATTEMPTS:
-                raise
-            await asyncio.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _quietly(services: Services, operation: str, call: Awaitable[object]) -> None:
@@ -559,9 +534,8 @@ async def _detach(services: Services, record: Record) -> str | None:
         return None
     if record.partner != partner.name:
         return "partner_not_configured"
-    reference = record.partner_reference
     try:
-        await _with_retries(services, "detach", lambda: partner.detach(reference))
+        await partner_call(services, "detach", partner.detach(record.partner_reference))
     except PartnerError as exc:
         return exc.code
     return None
@@ -571,14 +545,14 @@ async def erase_customer(services: Services, customer_ref: str) -> dict[str, Any
     """Erase a customer: detach at the partner, delete the partner customer, crypto-shred.
 
     Idempotent. Every payment method is detached and the partner customer deleted
-    (each with bounded retries) before the vault deletes the customer's rows, data
-    key and idempotency keys in one transaction. A record whose detach failed, and the
-    mapping when the partner customer could not be deleted, are kept (with the key they
-    need) so a repeated request can finish; the result lists them and raises
-    ErasureIncomplete. It reports only what it saw: a repeat answers
-    ``already_erased``; a customer_ref the vault holds nothing under is 404
-    ``customer_not_found``; a record it cannot read fails the request (503
-    ``record_unreadable``) before anything is deleted.
+    (each call retried within bounds by the partner's resilience layer) before the
+    vault deletes the customer's rows, data key and idempotency keys in one
+    transaction. A record whose detach failed, and the mapping when the partner
+    customer could not be deleted, are kept (with the key they need) so a repeated
+    request can finish; the result lists them and raises ErasureIncomplete. It reports
+    only what it saw: a repeat answers ``already_erased``; a customer_ref the vault
+    holds nothing under is 404 ``customer_not_found``; a record it cannot read fails
+    the request (503 ``record_unreadable``) before anything is deleted.
     """
     ref = _customer_ref(customer_ref)
     vault, partner = services.vault, services.partner
@@ -595,10 +569,9 @@ async def erase_customer(services: Services, customer_ref: str) -> dict[str, Any
                 remaining.append(Remaining("token", reason, record.token, str(record.kind)))
         customer_deleted = customer is None
         if customer is not None:
-            cus = customer.reference
             try:
-                await _with_retries(
-                    services, "delete_customer", lambda: partner.delete_customer(cus)
+                await partner_call(
+                    services, "delete_customer", partner.delete_customer(customer.reference)
                 )
                 customer_deleted = True
             except PartnerError as exc:
@@ -658,9 +631,10 @@ async def delete_token(services: Services, token: str) -> dict[str, Any]:
         if record.kind in PARTNER_HOLDS and record.partner_reference:
             if record.partner != services.partner.name:
                 raise PartnerError("The token's payment partner is not configured.")
-            reference = record.partner_reference
             # A partner failure propagates as itself (503/504/502): nothing deleted, retry.
-            await _with_retries(services, "detach", lambda: services.partner.detach(reference))
+            await partner_call(
+                services, "detach", services.partner.detach(record.partner_reference)
+            )
         deleted = await vault_call(services, "delete", vault.delete(token))
     if not deleted:
         raise NotFound("No such token.", param="token")

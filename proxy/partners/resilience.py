@@ -1,5 +1,9 @@
 """Retries, backoff and a circuit breaker around any partner adapter.
 
+This is the proxy's one retry layer: a use case calls a partner operation once and
+leaves retrying to it, so the bounds below are the bounds of the whole request (a
+second loop above this one would multiply them).
+
 Stripe's rules are the anchor: a call may be retried only after a network error, a
 409, a 429 (after its Retry-After) or a 5xx, and every retry carries the *same*
 idempotency key so the partner replays its first answer instead of creating a second
@@ -201,9 +205,10 @@ class ResilientPartner:
             "create_customer", lambda: self.inner.create_customer(idempotency_key=key)
         )
 
-    # Attach, detach and delete are safe to repeat: attaching to the same customer again
-    # changes nothing, and a repeated detach or delete finds the object already gone,
-    # which the adapters report as False rather than an error.
+    # Attach, detach and delete carry no idempotency key and need none: attaching to the
+    # same customer again changes nothing, and a detach or delete repeated after a lost
+    # answer finds the object already gone, which the adapters report as False rather
+    # than an error. Erasure and token deletion rely on these retries.
     async def delete_customer(self, reference: str) -> bool:
         """Delete a partner customer."""
         return await self._call("delete_customer", lambda: self.inner.delete_customer(reference))

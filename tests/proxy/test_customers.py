@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 
+from proxy.partners.ports import Partner
+from proxy.partners.resilience import CircuitBreaker, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
-from proxy.web.appkeys import SERVICES
+from proxy.web.appkeys import METRICS, SERVICES
 from tests.cards import PARTNER_CARDS, VISA, luhn_complete
 from tests.conftest import RunningProxy
 from tests.ibans import VALID
@@ -50,15 +52,23 @@ async def partner_customer_count(localstripe: Localstripe) -> int:
 
 
 @pytest.fixture
-async def dead_partner() -> AsyncIterator[StripePartner]:
-    """A Stripe adapter pointed at a loopback port where nothing listens."""
+async def dead_partner(proxy: RunningProxy) -> AsyncIterator[Partner]:
+    """A Stripe adapter pointed at a loopback port where nothing listens, behind the retry
+    layer the app puts in front of every partner (with a breaker that stays closed)."""
     partner = StripePartner(
         SANDBOX_API_KEY,
         api_base=f"http://127.0.0.1:{free_port()}",
         timeout=2,
         connect_timeout=0.5,
     )
-    yield partner
+    yield ResilientPartner(
+        partner,
+        policy=RetryPolicy(
+            max_retries=proxy.settings.partner_max_retries, backoff_base=0.01, backoff_max=0.02
+        ),
+        breaker=CircuitBreaker(failures=100),
+        metrics=proxy.app[METRICS],
+    )
     await partner.close()
 
 
@@ -357,7 +367,7 @@ async def test_erasure_detaches_deletes_and_shreds(
 
 
 async def test_erasure_with_partner_down_reports_what_remains(
-    proxy: RunningProxy, localstripe: Localstripe, dead_partner: StripePartner
+    proxy: RunningProxy, localstripe: Localstripe, dead_partner: Partner
 ) -> None:
     """Partner failures are retried, then 502 erasure_incomplete lists what the vault kept;
     repeating the request once the partner is back finishes the erasure."""
@@ -386,7 +396,7 @@ async def test_erasure_with_partner_down_reports_what_remains(
     }
     assert all(r["reason"] == "partner_unavailable" for r in remaining)
     assert (
-        'tokenproxy_partner_requests_total{operation="detach",outcome="partner_unavailable",'
+        'tokenproxy_partner_attempts_total{operation="detach",outcome="partner_unavailable",'
         'partner="stripe"} 6.0' in await metrics_text(proxy)
     )
     # The kept cards are intact, the invoice is gone.
@@ -405,7 +415,7 @@ async def test_erasure_with_partner_down_reports_what_remains(
 
 
 async def test_delete_token_detaches_at_partner(
-    proxy: RunningProxy, localstripe: Localstripe, dead_partner: StripePartner
+    proxy: RunningProxy, localstripe: Localstripe, dead_partner: Partner
 ) -> None:
     """DELETE /v1/tokens/{t} detaches the PM, then deletes; a partner outage deletes nothing."""
     card = await add_card(proxy, "cus-del")
@@ -470,7 +480,7 @@ def audit_events(proxy: RunningProxy, event_type: str) -> list[tuple[Any, ...]]:
 
 
 async def test_deletion_and_erasure_write_audit_events(
-    proxy: RunningProxy, dead_partner: StripePartner
+    proxy: RunningProxy, dead_partner: Partner
 ) -> None:
     """Token deletion and customer erasure each leave an event (failures too), naming the
     token or the customer's keyed digest, never the customer_ref or a partner reference."""
