@@ -1,7 +1,9 @@
 """The `tokenproxy` command: serve, dev, keys, clients, audit, migrate, purge.
 
-Secrets never come from the command line (they would show in `ps` and shell
-history): keys are read from files named by settings, client keys are printed once.
+Each command parses its arguments, calls one function (the administrative ones live in
+:mod:`proxy.core.admin`) and prints the result. Secrets never come from the command
+line (they would show in `ps` and shell history): keys are read from files named by
+settings, client keys are printed once.
 """
 
 from __future__ import annotations
@@ -13,43 +15,23 @@ import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import TypeVar
 
 from prometheus_client import write_to_textfile
 
-from proxy.core.retention import AUDIT_KIND, audit_cutoff
-from proxy.infra.clients import (
-    PUBLISHABLE_SCOPES,
-    SCOPES,
-    ClientsFileError,
-    add_client,
-    parse_grace,
-    parse_origins,
-    parse_scopes,
-    parse_time,
-    read_entries,
-    remove_client,
-    rotate_client,
-)
-from proxy.infra.keys import AdminProvider, init_keys, load_provider
+from proxy.core import admin
+from proxy.infra.clients import SCOPES, ClientsFileError, add_client, parse_scopes
 from proxy.infra.log import configure_logging
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import Settings, SettingsError, listen_addresses
 from proxy.web import devmode
 from proxy.web.app import bind_listeners, serve
-from vault import Vault, VaultError
-from vault.audit import EventType, Outcome, parse_since
+from vault import VaultError
+from vault.audit import parse_since
 from vault.keys.ring import init_keyring
-from vault.rotation import (
-    DEFAULT_BATCH,
-    RewrapProgress,
-    key_status,
-    retire_version,
-    rewrap,
-    rewrap_remaining,
-)
+from vault.rotation import DEFAULT_BATCH, RewrapProgress
 
 T = TypeVar("T")
 
@@ -152,157 +134,66 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
-def _actor() -> str:
-    """Who runs an admin command, for the audit trail (PCI DSS 10.2.2: user id)."""
+def _operator() -> admin.Operator:
+    """Who runs this command, for the audit trail (PCI DSS 10.2.2: user id and origin)."""
     try:
-        return "cli:" + getpass.getuser()
+        actor = "cli:" + getpass.getuser()
     except (KeyError, OSError):
-        return f"cli:uid-{os.getuid()}"
+        actor = f"cli:uid-{os.getuid()}"
+    return admin.Operator(actor, socket.gethostname()[:200])
 
 
-def _origin() -> str:
-    return socket.gethostname()[:200]
-
-
-def _ring(settings: Settings) -> str:
-    """How messages name the configured key ring."""
-    return f"key ring {settings.keyring_path}"
-
-
-def _with_vault(
-    settings: Settings,
-    work: Callable[[Vault, AdminProvider], Awaitable[T]],
-    *,
-    migrate: bool = True,
+def _run(
+    settings: Settings, work: Callable[[admin.Admin], Awaitable[T]], *, migrate: bool = True
 ) -> T:
-    """Run ``work`` with the configured vault and key provider, then close the vault.
-
-    The key ring is checked against the vault first (``Vault.check_key_ring``): a ring
-    that is not the vault's own is refused before any command reads or writes anything.
-    ``migrate=False`` leaves migrations and that check to ``work``.
-    """
+    """Run ``work`` in an admin session on the configured vault (see ``admin.session``)."""
 
     async def run() -> T:
-        keys = load_provider(settings)
-        vault = await Vault.open(
-            settings.vault_url,
-            keys,
-            migrate=migrate and settings.migrate_on_start,
-            check_keys=migrate,
-            source=_ring(settings),
-            # CLI commands run one statement at a time: no idle connections up front.
-            pool_min=0,
-            pool_max=2,
-            db_timeout=settings.db_timeout,
-        )
-        try:
-            return await work(vault, keys)
-        finally:
-            await vault.close()
+        async with admin.session(settings, _operator(), migrate=migrate) as session:
+            return await work(session)
 
     return asyncio.run(run())
-
-
-async def _audit(
-    vault: Vault,
-    event_type: str,
-    *,
-    ok: bool,
-    resource: str | None,
-    detail: dict[str, str | int | bool | None] | None = None,
-) -> None:
-    await vault.audit.append(
-        event_type,
-        outcome=Outcome.SUCCESS if ok else Outcome.FAILURE,
-        actor=_actor(),
-        origin=_origin(),
-        resource=resource,
-        detail=detail,
-    )
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
     """Create a new key ring file, or KMS key map (refuses to overwrite one)."""
     settings = _settings(need_partner=False)
-    active = init_keys(settings)
-
-    async def record(vault: Vault, keys: AdminProvider) -> None:
-        await _audit(vault, EventType.KEY_INIT, ok=True, resource=f"key_version:{active}")
-
-    _with_vault(settings, record)
+    active = asyncio.run(admin.init_key_ring(settings, _operator()))
     print(f"created key ring {settings.keyring_path} (active version {active})")
     return 0
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     """Add a key version and make it active for new data keys."""
-    settings = _settings(need_partner=False)
-
-    async def work(vault: Vault, keys: AdminProvider) -> tuple[int, int, int]:
-        old = keys.active_version
-        try:
-            new = keys.rotate()
-            # Record the new version's check value now: servers adopt it within seconds.
-            await vault.check_key_ring(source=_ring(settings))
-        except VaultError:
-            await _audit(vault, EventType.KEY_ROTATE, ok=False, resource=f"key_version:{old}")
-            raise
-        await _audit(
-            vault,
-            EventType.KEY_ROTATE,
-            ok=True,
-            resource=f"key_version:{new}",
-            detail={"from": old},
-        )
-        return old, new, await rewrap_remaining(vault)
-
-    old, new, remaining = _with_vault(settings, work)
-    print(f"rotated: version {new} is active (was {old}); {remaining} data key(s) to rewrap")
-    print("next: tokenproxy keys rewrap, then tokenproxy keys retire " + str(old))
+    rotation = _run(_settings(need_partner=False), admin.rotate_keys)
+    print(
+        f"rotated: version {rotation.new} is active (was {rotation.old}); "
+        f"{rotation.to_rewrap} data key(s) to rewrap"
+    )
+    print("next: tokenproxy keys rewrap, then tokenproxy keys retire " + str(rotation.old))
     return 0
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     """Show every key version, its state and what it wraps (what `keys retire` counts)."""
-    settings = _settings(need_partner=False)
-
-    async def work(vault: Vault, keys: AdminProvider) -> int:
-        status = await key_status(vault)
-        print(f"{'version':>7}  {'created':20}  {'state':12}  {'deks':>10}  {'idempotency':>11}")
-        for s in status:
-            created = s.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if s.created_at else "-"
-            print(
-                f"{s.version:>7}  {created:20}  {s.state:12}  {s.deks:>10}  "
-                f"{s.idempotency_keys:>11}"
-            )
-        remaining = sum(s.in_use for s in status if s.version != keys.active_version)
-        print(f"rewrap remaining: {remaining}")
-        return 0
-
-    return _with_vault(settings, work)
+    report = _run(_settings(need_partner=False), admin.key_report)
+    print(f"{'version':>7}  {'created':20}  {'state':12}  {'deks':>10}  {'idempotency':>11}")
+    for s in report.versions:
+        created = s.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if s.created_at else "-"
+        print(f"{s.version:>7}  {created:20}  {s.state:12}  {s.deks:>10}  {s.idempotency_keys:>11}")
+    print(f"rewrap remaining: {report.to_rewrap}")
+    return 0
 
 
 def cmd_keys_retire(args: argparse.Namespace) -> int:
     """Retire a key version; refused while any data key still uses it."""
-    settings = _settings(need_partner=False)
-
-    async def work(vault: Vault, keys: AdminProvider) -> None:
-        resource = f"key_version:{args.version}"
-        try:
-            await retire_version(vault, keys, args.version)
-        except VaultError:
-            await _audit(vault, EventType.KEY_RETIRE, ok=False, resource=resource)
-            raise
-        await _audit(vault, EventType.KEY_RETIRE, ok=True, resource=resource)
-
-    _with_vault(settings, work)
+    _run(_settings(need_partner=False), lambda session: admin.retire_key(session, args.version))
     print(f"retired key version {args.version}")
     return 0
 
 
 def cmd_keys_rewrap(args: argparse.Namespace) -> int:
     """Re-wrap every data key on an older version with the active one; resumable."""
-    settings = _settings(need_partner=False)
 
     def show(p: RewrapProgress) -> None:
         print(
@@ -311,22 +202,10 @@ def cmd_keys_rewrap(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    async def work(vault: Vault, keys: AdminProvider) -> RewrapProgress:
-        try:
-            progress = await rewrap(vault, batch_size=args.batch_size, on_batch=show)
-        except VaultError:
-            await _audit(vault, EventType.KEY_REWRAP, ok=False, resource=None)
-            raise
-        await _audit(
-            vault,
-            EventType.KEY_REWRAP,
-            ok=progress.failed == 0,
-            resource=f"key_version:{progress.target_version}",
-            detail={"rewrapped": progress.rewrapped, "failed": progress.failed},
-        )
-        return progress
-
-    p = _with_vault(settings, work)
+    p = _run(
+        _settings(need_partner=False),
+        lambda session: admin.rewrap_keys(session, batch_size=args.batch_size, on_batch=show),
+    )
     print(
         f"rewrap done: {p.rewrapped} moved to version {p.target_version}, "
         f"{p.failed} failed, {p.remaining} remaining"
@@ -338,34 +217,28 @@ def cmd_keys_rewrap(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Walk the audit hash chain; exit 1 naming the first broken event."""
-    settings = _settings(need_partner=False)
-
-    async def work(vault: Vault, keys: AdminProvider) -> int:
-        report = await vault.audit.verify()
-        if report.first_break is not None:
-            print(f"tokenproxy: audit chain broken: {report.first_break.message}", file=sys.stderr)
-            return 1
-        since = ""
-        if report.checkpoint_seq is not None:
-            since = (
-                f" from event {report.first_seq}"
-                f" (older events pruned behind checkpoint event {report.checkpoint_seq})"
-            )
-        print(f"audit chain intact: {report.events} events{since}, head {report.head}")
-        return 0
-
-    return _with_vault(settings, work)
+    report = _run(_settings(need_partner=False), lambda session: session.vault.audit.verify())
+    if report.first_break is not None:
+        print(f"tokenproxy: audit chain broken: {report.first_break.message}", file=sys.stderr)
+        return 1
+    since = ""
+    if report.checkpoint_seq is not None:
+        since = (
+            f" from event {report.first_seq}"
+            f" (older events pruned behind checkpoint event {report.checkpoint_seq})"
+        )
+    print(f"audit chain intact: {report.events} events{since}, head {report.head}")
+    return 0
 
 
 def cmd_audit_digest(args: argparse.Namespace) -> int:
     """Print the keyed digest the audit trail records for a token or customer ref."""
-    settings = _settings(need_partner=False)
 
-    async def work(vault: Vault, keys: AdminProvider) -> int:
-        print(vault.audit.digest(args.what, args.value))
-        return 0
+    async def digest(session: admin.Admin) -> str:
+        return session.vault.audit.digest(args.what, args.value)
 
-    return _with_vault(settings, work)
+    print(_run(_settings(need_partner=False), digest))
+    return 0
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
@@ -375,90 +248,47 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         since = parse_since(args.since) if args.since else None
     except ValueError:
         return _fail("--since must be an ISO-8601 time, e.g. 2026-01-31T00:00:00Z")
-
-    async def work(vault: Vault, keys: AdminProvider) -> int:
-        return await vault.audit.export(sys.stdout.write, since=since)
-
-    _with_vault(settings, work)
+    _run(settings, lambda session: session.vault.audit.export(sys.stdout.write, since=since))
     return 0
-
-
-def _add_client(settings: Settings, args: argparse.Namespace) -> tuple[str, list[str]]:
-    """Add the client ``args`` describe; returns (scopes, lines to print). ValueError if bad."""
-    if args.publishable:
-        if args.scopes not in (None, "tokenize"):
-            raise ValueError("a publishable client holds only the tokenize scope")
-        if not args.origins:
-            raise ValueError("a publishable client needs --origins https://shop.example[,...]")
-        origins = parse_origins(args.origins)
-        key = add_client(
-            settings.clients_path,
-            args.name,
-            PUBLISHABLE_SCOPES,
-            publishable=True,
-            origins=origins,
-        )
-        lines = [f"publishable client {args.name!r} added for {', '.join(sorted(origins))}."]
-        missing = origins - set(settings.cors_origins)
-        if missing:
-            lines.append(
-                f"note: add {', '.join(sorted(missing))} to TOKENPROXY_CORS_ORIGINS as well."
-            )
-        lines += ["Its key is public by design (it goes in the checkout page):", key]
-        return ",".join(sorted(PUBLISHABLE_SCOPES)), lines
-    if args.scopes is None:
-        raise ValueError("--scopes is required (e.g. --scopes resolve)")
-    if args.origins:
-        raise ValueError("--origins applies to publishable clients only (add --publishable)")
-    scopes = parse_scopes(args.scopes)
-    key = add_client(settings.clients_path, args.name, scopes)
-    return ",".join(sorted(scopes)), [
-        f"client {args.name!r} added with scopes {','.join(sorted(scopes))}.",
-        "Its key is shown only this once; store it in the service's secret store:",
-        key,
-    ]
 
 
 def cmd_clients_add(args: argparse.Namespace) -> int:
     """Add a client and print its key once (and record the change in the audit trail)."""
-    settings = _settings(need_partner=False)
-
-    async def work(vault: Vault, keys: AdminProvider) -> int:
-        resource = f"client:{args.name}"
-        try:
-            scopes, lines = _add_client(settings, args)
-        except ValueError as exc:
-            # A refused name may be anything typed, a card number even: only its digest.
-            refused = vault.audit.digest("client", args.name)
-            await _audit(vault, EventType.CLIENT_ADD, ok=False, resource=refused)
-            return _fail(str(exc))
-        detail: dict[str, str | int | bool | None] = {
-            "scopes": scopes,
-            "publishable": bool(args.publishable),
-        }
-        await _audit(vault, EventType.CLIENT_ADD, ok=True, resource=resource, detail=detail)
-        print("\n".join(lines))
-        return 0
-
-    return _with_vault(settings, work)
+    new = admin.NewClient(args.name, args.scopes, args.publishable, args.origins)
+    try:
+        added = _run(_settings(need_partner=False), lambda session: admin.add(session, new))
+    except admin.Refused as exc:
+        return _fail(str(exc))
+    if added.publishable:
+        lines = [f"publishable client {added.name!r} added for {', '.join(sorted(added.origins))}."]
+        if added.origins_missing_from_cors:
+            missing = ", ".join(sorted(added.origins_missing_from_cors))
+            lines.append(f"note: add {missing} to TOKENPROXY_CORS_ORIGINS as well.")
+        lines.append("Its key is public by design (it goes in the checkout page):")
+    else:
+        lines = [
+            f"client {added.name!r} added with scopes {','.join(sorted(added.scopes))}.",
+            "Its key is shown only this once; store it in the service's secret store:",
+        ]
+    print("\n".join([*lines, added.key]))
+    return 0
 
 
 def cmd_clients_list(args: argparse.Namespace) -> int:
     """Print every client: name, kind, scopes, created, and previous keys' end; never a key."""
-    settings = _settings(need_partner=False)
-    entries = read_entries(settings.clients_path)
-    now = datetime.now(UTC)
     rows = [("NAME", "KIND", "SCOPES", "CREATED", "PREVIOUS KEY VALID UNTIL")]
-    for entry in entries:
-        client = entry.client
-        live = sorted(p.valid_until for p in entry.previous if p.valid_until > now)
+    for client in admin.list_clients(_settings(need_partner=False)):
         rows.append(
             (
                 client.name,
                 "publishable" if client.publishable else "secret",
                 ",".join(sorted(client.scopes)),
-                entry.created_at or "-",
-                ", ".join(t.astimezone(UTC).isoformat(timespec="seconds") for t in live) or "-",
+                client.created_at or "-",
+                ", ".join(
+                    t.astimezone(UTC).isoformat(timespec="seconds")
+                    for t in client.previous_keys_until
+                )
+                or "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -471,103 +301,58 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
 
 def cmd_clients_remove(args: argparse.Namespace) -> int:
     """Remove a client and all its keys (and record it in the audit trail)."""
-    settings = _settings(need_partner=False)
-
-    async def work(vault: Vault, keys: AdminProvider) -> int:
-        resource = f"client:{args.name}"[:200]
-        try:
-            remove_client(settings.clients_path, args.name)
-        except ValueError as exc:
-            await _audit(vault, EventType.CLIENT_REMOVE, ok=False, resource=resource)
-            return _fail(str(exc))
-        await _audit(vault, EventType.CLIENT_REMOVE, ok=True, resource=resource)
-        print(
-            f"client {args.name!r} removed; a serving proxy refuses its keys after its next look."
-        )
-        return 0
-
-    return _with_vault(settings, work)
+    try:
+        _run(_settings(need_partner=False), lambda session: admin.remove(session, args.name))
+    except admin.Refused as exc:
+        return _fail(str(exc))
+    print(f"client {args.name!r} removed; a serving proxy refuses its keys after its next look.")
+    return 0
 
 
 def cmd_clients_rotate(args: argparse.Namespace) -> int:
     """Give a client a new key, print it once; the old key works until the given time."""
-    settings = _settings(need_partner=False)
-
-    async def work(vault: Vault, keys: AdminProvider) -> int:
-        resource = f"client:{args.name}"[:200]
-        try:
-            if args.old_valid_until is not None:
-                until = parse_time(args.old_valid_until)
-            else:
-                until = datetime.now(UTC) + parse_grace(args.grace)
-            key = rotate_client(settings.clients_path, args.name, old_valid_until=until)
-        except ValueError as exc:
-            await _audit(vault, EventType.CLIENT_ROTATE, ok=False, resource=resource)
-            return _fail(str(exc))
-        stamp = until.astimezone(UTC).isoformat(timespec="seconds")
-        detail: dict[str, str | int | bool | None] = {"old_valid_until": stamp}
-        await _audit(vault, EventType.CLIENT_ROTATE, ok=True, resource=resource, detail=detail)
-        old = (
-            f"the old key works until {stamp}"
-            if until > datetime.now(UTC)
-            else "the old key no longer works"
+    try:
+        rotated = _run(
+            _settings(need_partner=False),
+            lambda session: admin.rotate(
+                session, args.name, old_valid_until=args.old_valid_until, grace=args.grace
+            ),
         )
-        print(
-            f"client {args.name!r} has a new key; {old}.\n"
-            "The new key is shown only this once; store it in the service's secret store:\n"
-            f"{key}"
-        )
-        return 0
-
-    return _with_vault(settings, work)
+    except admin.Refused as exc:
+        return _fail(str(exc))
+    stamp = rotated.old_valid_until.astimezone(UTC).isoformat(timespec="seconds")
+    old = (
+        f"the old key works until {stamp}"
+        if rotated.old_key_works
+        else "the old key no longer works"
+    )
+    print(
+        f"client {args.name!r} has a new key; {old}.\n"
+        "The new key is shown only this once; store it in the service's secret store:\n"
+        f"{rotated.key}"
+    )
+    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply pending schema migrations to the configured vault."""
-    settings = _settings(need_partner=False)
-
-    async def work(vault: Vault, keys: AdminProvider) -> int:
-        # The check needs the schema: a vault older than its table gets it here first.
-        version = await vault.backend.migrate()
-        await vault.check_key_ring(source=_ring(settings))
-        return version
-
-    version = _with_vault(settings, work, migrate=False)
+    version = _run(_settings(need_partner=False), admin.migrate, migrate=False)
     print(f"vault schema at version {version}")
     return 0
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
     """Delete (or with --dry-run count) every token and audit event past retention."""
-
     settings = _settings(need_partner=False)
-    policy = settings.retention_policy()
-    if not policy.active:
+    if not settings.retention_policy().active:
         print("retention: every token kind is kept (no TOKENPROXY_RETENTION_*_DAYS set)")
-
-    async def work(vault: Vault, keys: AdminProvider) -> dict[str, int]:
-        vault.retention = policy
-        counts = await vault.purge_expired(dry_run=args.dry_run) if policy.active else {}
-        pruned = await vault.audit.prune(
-            audit_cutoff(settings.audit_retention_days),
-            actor=_actor(),
-            origin=_origin(),
-            dry_run=args.dry_run,
-        )
-        counts[AUDIT_KIND] = pruned.pruned
-        if not args.dry_run:
-            await _audit(vault, "retention.purge", ok=True, resource=None, detail=dict(counts))
-        return counts
-
-    counts = _with_vault(settings, work)
+    metrics = Metrics()
+    counts = _run(settings, lambda session: admin.purge(session, metrics, dry_run=args.dry_run))
     verb = "would purge" if args.dry_run else "purged"
     print(f"{verb}: " + " ".join(f"{kind}={count}" for kind, count in sorted(counts.items())))
     if args.metrics_file and not args.dry_run:
         # A one-shot process has no /metrics: leave the counts for node_exporter's
         # textfile collector instead.
-        metrics = Metrics()
-        for kind, count in counts.items():
-            metrics.retention_purged.labels(kind).inc(count)
         write_to_textfile(str(args.metrics_file), metrics.registry)
     return 0
 

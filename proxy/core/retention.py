@@ -1,7 +1,8 @@
 """Retention sweeps and last-use flushing: the work behind `purge` and `serve`'s background jobs.
 
-Both are plain functions over ``Services`` (the CLI and tests call them directly);
-:mod:`proxy.web.background` runs them periodically inside the API app. A sweep also prunes the
+:func:`sweep` is the one purge, over a vault and metrics: `tokenproxy purge` runs it
+through :mod:`proxy.core.admin`, and :mod:`proxy.web.background` runs it periodically
+inside the API app through :func:`purge` (over ``Services``). A sweep also prunes the
 audit trail past TOKENPROXY_AUDIT_RETENTION_DAYS, behind a checkpoint event (PCI DSS
 10.5.1: at least 12 months kept; the settings refuse less).
 """
@@ -13,6 +14,8 @@ from datetime import datetime, timedelta
 import structlog
 
 from proxy.core.services import Services, vault_call
+from proxy.infra.metrics import Metrics
+from vault import Vault
 from vault.audit import Outcome
 from vault.errors import AuditUnavailable
 from vault.records import utcnow
@@ -21,6 +24,8 @@ _log = structlog.get_logger("tokenproxy.retention")
 
 
 AUDIT_KIND = "audit_event"
+# Who the background sweep is in the audit trail.
+SWEEPER = "tokenproxy:sweeper"
 
 
 def audit_cutoff(days: int, now: datetime | None = None) -> datetime:
@@ -28,44 +33,67 @@ def audit_cutoff(days: int, now: datetime | None = None) -> datetime:
     return (now or utcnow()) - timedelta(days=days)
 
 
-async def purge(
-    services: Services, *, dry_run: bool = False, audit_retention_days: int | None = None
+async def sweep(
+    vault: Vault,
+    metrics: Metrics,
+    *,
+    dry_run: bool = False,
+    audit_retention_days: int | None = None,
+    actor: str = SWEEPER,
+    origin: str | None = None,
+    tolerate_audit_gap: bool = False,
 ) -> dict[str, int]:
-    """Delete (or with ``dry_run`` count) every token past retention; counts per kind.
+    """Delete (or with ``dry_run`` count) every token past the vault's retention; counts
+    per kind.
 
     With ``audit_retention_days``, audit events older than that are pruned too (counted
-    as ``audit_event``).
+    as ``audit_event``). A real run counts what it deleted in ``metrics`` and records
+    itself in the audit trail as ``actor``. The deletions stand even when that event
+    cannot be written: ``tolerate_audit_gap`` counts and logs the gap (a background
+    sweep, which nobody watches fail) instead of raising AuditUnavailable (an operator's
+    command). Vault errors propagate as they are.
     """
-    counts: dict[str, int] = await vault_call(
-        services, "purge", services.vault.purge_expired(dry_run=dry_run)
-    )
+    counts = await vault.purge_expired(dry_run=dry_run)
     if audit_retention_days is not None:
-        pruned = await vault_call(
-            services,
-            "audit_prune",
-            services.vault.audit.prune(
-                audit_cutoff(audit_retention_days),
-                actor="tokenproxy:sweeper",
-                origin=None,
-                dry_run=dry_run,
-            ),
+        pruned = await vault.audit.prune(
+            audit_cutoff(audit_retention_days), actor=actor, origin=origin, dry_run=dry_run
         )
         counts[AUDIT_KIND] = pruned.pruned
     if not dry_run:
         for kind, count in counts.items():
-            services.metrics.retention_purged.labels(kind).inc(count)
+            metrics.retention_purged.labels(kind).inc(count)
         try:
-            await services.vault.audit.append(
+            await vault.audit.append(
                 "retention.purge",
                 outcome=Outcome.SUCCESS,
-                actor="tokenproxy:sweeper",
-                origin=None,
+                actor=actor,
+                origin=origin,
                 detail=dict(counts),
             )
         except AuditUnavailable:
+            if not tolerate_audit_gap:
+                raise
             # The deletions stand either way; the gap in the trail must be visible.
-            services.metrics.audit_failures.labels("retention.purge").inc()
+            metrics.audit_failures.labels("retention.purge").inc()
             _log.error("audit_write_failed", event_type="retention.purge")
+    return counts
+
+
+async def purge(
+    services: Services, *, dry_run: bool = False, audit_retention_days: int | None = None
+) -> dict[str, int]:
+    """The service's own sweep (see :func:`sweep`), as the background job runs it."""
+    counts: dict[str, int] = await vault_call(
+        services,
+        "purge",
+        sweep(
+            services.vault,
+            services.metrics,
+            dry_run=dry_run,
+            audit_retention_days=audit_retention_days,
+            tolerate_audit_gap=True,
+        ),
+    )
     _log.info("retention_purge", dry_run=dry_run, **counts)
     return counts
 
