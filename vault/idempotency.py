@@ -11,9 +11,10 @@ A row is written *before* the partner call (durably, like a token), holding:
   offline in minutes. PCI DSS 3.5.1.1 asks for keyed hashes of PANs for this reason;
 * ``state`` (``in_flight`` / ``done``) and the ``owner`` process (host/pid/boot nonce);
 * the partner's answer and the pre-chosen token (``partner_result``) as soon as the
-  partner answers, and the final response once the token is stored — both sealed
-  with AES-256-GCM under a per-row data key wrapped by the key ring, with associated
-  data binding each ciphertext to its row and purpose. The partner's fingerprint is
+  partner answers, and the caller's final answer once the token is stored (``response``:
+  opaque bytes the caller encodes and decodes; the vault knows nothing of HTTP) — both
+  sealed with AES-256-GCM under a per-row data key wrapped by the key ring, with
+  associated data binding each ciphertext to its row and purpose. The partner's fingerprint is
   never among them in clear: callers store its keyed blind index (``Vault.fingerprint_index``);
 * ``customer_idx`` — the blind index of the customer the request names, if any.
   Erasing the customer deletes the row (and so its data key and sealed answers) and
@@ -35,7 +36,7 @@ import json
 import os
 import secrets
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
@@ -124,11 +125,9 @@ class Owner:
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """The stored final answer of a completed key (headers: those the answer carried)."""
+    """A completed key: the final answer its first request stored, as it was given."""
 
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
+    answer: bytes
 
 
 @dataclass(slots=True)
@@ -230,7 +229,7 @@ class IdempotencyStore:
         if existing.state == DONE:
             if existing.response is None:  # pragma: no cover - written together with state
                 raise VaultError("completed idempotency row without a response")
-            return _replay(sealer.open(existing.response, _aad(key_idx, "response", mac)))
+            return Replay(sealer.open(existing.response, _aad(key_idx, "response", mac)))
         if not self._stale(existing):
             raise IdempotencyBusy("idempotency key in use")
         took = await self.backend.idempotency_claim(
@@ -264,22 +263,13 @@ class IdempotencyStore:
             await self._lost(claim)
         claim.partner_result = result
 
-    async def complete(
-        self,
-        claim: Claim,
-        status: int,
-        response: bytes,
-        headers: dict[str, str] | None = None,
-    ) -> None:
+    async def complete(self, claim: Claim, answer: bytes) -> None:
         """Store the final answer (sealed) and end the flight; later requests replay it.
 
+        ``answer`` is opaque here: what the caller needs to give the same answer again.
         Raises as :meth:`record_partner` does when the row is no longer this claim's.
         """
-        stored: dict[str, Any] = {"status": status, "body": response.decode()}
-        if headers:
-            stored["headers"] = headers
-        plain = json.dumps(stored).encode()
-        blob = claim.sealer.seal(plain, _aad(claim.key_idx, "response", claim.request_mac))
+        blob = claim.sealer.seal(answer, _aad(claim.key_idx, "response", claim.request_mac))
         try:
             ok = await self.backend.idempotency_update(
                 claim.key_idx, owner=self._owner_text, now=iso(utcnow()), response=blob
@@ -345,12 +335,6 @@ def row_key_aad(key_idx: str, kek_version: int) -> bytes:
 def _aad(key_idx: str, purpose: str, request_mac: str) -> bytes:
     """Binds a sealed blob to its row, its purpose and the request it answers."""
     return _frame(_AAD_LABEL, key_idx, purpose, request_mac)
-
-
-def _replay(plain: bytes) -> Replay:
-    stored = json.loads(plain)
-    headers = {str(k): str(v) for k, v in stored.get("headers", {}).items()}
-    return Replay(int(stored["status"]), str(stored["body"]).encode(), headers)
 
 
 def _parse_iso(text: str) -> datetime:

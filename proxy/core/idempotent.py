@@ -81,6 +81,25 @@ class Answer:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
 
+    def encode(self) -> bytes:
+        """The answer as the idempotency store keeps it (sealed, opaque to the vault).
+
+        JSON of status, body and (when any) headers: the form every version of the
+        proxy has stored, so replicas of two versions read each other's rows while an
+        upgrade rolls out, and a key in flight across the upgrade still replays.
+        """
+        stored: dict[str, Any] = {"status": self.status, "body": self.body.decode()}
+        if self.headers:
+            stored["headers"] = self.headers
+        return json.dumps(stored).encode()
+
+    @classmethod
+    def decode(cls, stored: bytes) -> Answer:
+        """The answer :meth:`encode` made."""
+        doc = json.loads(stored)
+        headers = {str(k): str(v) for k, v in doc.get("headers", {}).items()}
+        return cls(int(doc["status"]), str(doc["body"]).encode(), headers)
+
 
 def idempotency_key(values: list[str]) -> str | None:
     """The Idempotency-Key from the header's values: None when absent; 400 unless 1-255
@@ -192,7 +211,8 @@ async def create_once(
     store = _store(services)
     begun = await _begin(services, store, client, key, raw, customer_ref=customer_ref)
     if isinstance(begun, Replay):
-        return Answer(begun.status, begun.body, {**begun.headers, REPLAYED_HEADER: "true"})
+        first = Answer.decode(begun.answer)
+        return Answer(first.status, first.body, {**first.headers, REPLAYED_HEADER: "true"})
     claim = begun
     try:
         body = await _run_claim(
@@ -220,7 +240,8 @@ async def create_once(
         # The request's final answer, wherever it arose (a decline at creation or at
         # attach, a value refused after the partner answered): store it to replay, then
         # let the middleware render it, from the same bytes.
-        stored = store.complete(claim, exc.status, exc.rendered(request_id), exc.headers)
+        final = Answer(exc.status, exc.rendered(request_id), exc.headers)
+        stored = store.complete(claim, final.encode())
         try:
             await vault_call(services, "idempotency_complete", stored)
         except BaseException:
@@ -291,7 +312,9 @@ async def _run_claim(
             existing = None
     record = existing or await store_step(result, result["token"])
     body = json.dumps(respond(record)).encode()
-    await vault_call(services, "idempotency_complete", store.complete(claim, 201, body))
+    await vault_call(
+        services, "idempotency_complete", store.complete(claim, Answer(201, body).encode())
+    )
     return body
 
 

@@ -292,7 +292,7 @@ def test_round_trip_survives_rotations_and_rewraps(
             for i, p in enumerate(payloads):
                 claim = await answers.begin("checkout", f"key-{i}", str(p["ref"]).encode())
                 assert isinstance(claim, Claim)
-                await answers.complete(claim, 201, json.dumps(p["meta"]).encode())
+                await answers.complete(claim, json.dumps(p["meta"]).encode())
                 new = NewRecord(
                     kind=Kind.CARD,
                     partner="stripe",
@@ -314,7 +314,7 @@ def test_round_trip_survives_rotations_and_rewraps(
             for i, p in enumerate(payloads):
                 replay = await replayer.begin("checkout", f"key-{i}", str(p["ref"]).encode())
                 assert isinstance(replay, Replay)
-                assert json.loads(replay.body) == p["meta"]
+                assert json.loads(replay.answer) == p["meta"]
         finally:
             await v.close()
 
@@ -349,7 +349,7 @@ async def test_rewrap_moves_idempotency_keys_so_retire_succeeds(vault: Vault) ->
     stored = await vault.put(record("cus-i"))
     done = await store.begin("checkout", "order-a", b"{}")
     assert isinstance(done, Claim)
-    await store.complete(done, 201, b'{"ok":true}')
+    await store.complete(done, b'{"ok":true}')
     await store.begin("checkout", "order-b", b"{}")
     provider.rotate()
     before = {s.version: (s.deks, s.idempotency_keys, s.in_use) for s in await key_status(vault)}
@@ -365,7 +365,7 @@ async def test_rewrap_moves_idempotency_keys_so_retire_succeeds(vault: Vault) ->
     assert await fresh.get(stored.token) == stored
     replay = await IdempotencyStore(fresh).begin("checkout", "order-a", b"{}")
     assert isinstance(replay, Replay)
-    assert replay.body == b'{"ok":true}'
+    assert replay.answer == b'{"ok":true}'
     resumed = await IdempotencyStore(fresh).begin("checkout", "order-b", b"{}")
     assert isinstance(resumed, Claim)
     assert resumed.resumed
