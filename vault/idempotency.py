@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
-from vault.backends.base import IDEMPOTENCY_ERASED, IdempotencyRow
+from vault.backends.base import IDEMPOTENCY_ERASED, Backend, IdempotencyRow
 from vault.crypto import Sealer, _frame, dek_aad, derive_subkey, new_key
 from vault.errors import VaultError
 from vault.records import iso, utcnow
@@ -154,7 +154,7 @@ class IdempotencyStore:
         owner: Owner | None = None,
     ) -> None:
         self.vault = vault
-        self.backend: Any = vault.backend
+        self.backend: Backend = vault.backend
         self.ttl = ttl
         self.stale_after = stale_after
         self.owner = owner or Owner.current()

@@ -19,8 +19,8 @@ import pytest
 from proxy.cli.main import main
 from proxy.infra.clients import ClientRegistry
 from vault import IdempotencyStore, Kind, LocalKekProvider, NewRecord, Vault
-from vault.backends.sqlite import migration_scripts
 from vault.keys.ring import init_keyring
+from vault.migrations import migration_scripts
 
 
 @pytest.fixture

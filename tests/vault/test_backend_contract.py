@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+import vault as vault_package
 from vault import DuplicateRecord, Vault
-from vault.backends.base import DekRow, RecordRow
+from vault.backends.base import (
+    Backend,
+    DekRow,
+    IdempotencyRow,
+    RecordRow,
+    erased_idempotency_row,
+)
+from vault.backends.postgres import PostgresBackend
+from vault.backends.sqlite import SqliteBackend
+from vault.migrations import Statement, drive, migration_scripts, runner
 
 
 def dek(dek_id: str, customer_idx: str | None = None) -> DekRow:
@@ -84,3 +99,120 @@ async def test_ping_answers_and_backend_is_healthy(vault: Vault) -> None:
     """A reachable database answers ping and the backend reports healthy."""
     await vault.ping()
     assert vault.healthy is True
+
+
+def protocol_methods() -> dict[str, inspect.Signature]:
+    """Every method the Backend protocol declares, with its signature."""
+    return {
+        name: inspect.signature(member)
+        for name, member in vars(Backend).items()
+        if inspect.isfunction(member) and not name.startswith("_")
+    }
+
+
+def _shape(signature: inspect.Signature) -> list[tuple[str, object, object]]:
+    """Parameter names, kinds and defaults: what a caller relies on."""
+    return [(p.name, p.kind, p.default) for p in signature.parameters.values()]
+
+
+@pytest.mark.parametrize("backend_class", [SqliteBackend, PostgresBackend], ids=["sqlite", "pg"])
+def test_each_backend_implements_the_whole_protocol(backend_class: type) -> None:
+    """Every protocol method exists on both backends, callable the same way."""
+    for name, signature in protocol_methods().items():
+        implemented = getattr(backend_class, name, None)
+        assert implemented is not None, name
+        assert _shape(inspect.signature(implemented)) == _shape(signature), name
+
+
+def test_the_protocol_covers_every_backend_call_of_the_vault() -> None:
+    """Whatever the vault calls on ``….backend`` is declared in the one protocol."""
+    declared = set(protocol_methods()) | {"name", "healthy"}
+    called: set[str] = set()
+    for path in Path(vault_package.__file__).parent.rglob("*.py"):
+        if "backends" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "backend"
+            ):
+                called.add(node.attr)
+    assert called
+    assert called <= declared, called - declared
+
+
+async def test_idempotency_rows_follow_the_contract(vault: Vault) -> None:
+    """Insert-unless-live, compare-and-set takeover, owner-only updates, the end of the
+    flight, tombstones and purge behave alike on both backends."""
+    backend = vault.backend
+    row = IdempotencyRow(
+        key_idx="k1",
+        request_mac="mac",
+        state="in_flight",
+        owner="host/1/a",
+        kek_version=1,
+        wrapped_dek=b"\x00dek\xff",
+        partner_result=None,
+        response=None,
+        created_at="2026-01-01T00:00:00.000000Z",
+        updated_at="2026-01-01T00:00:00.000000Z",
+        expires_at="2026-01-02T00:00:00.000000Z",
+        customer_idx="cust",
+    )
+    assert await backend.idempotency_insert(row) is None
+    assert await backend.idempotency_insert(row) == row
+    assert await backend.idempotency_get("k1") == row
+    later = "2026-01-01T00:01:00.000000Z"
+    # A takeover must name what it read: a stale read loses, an exact one wins.
+    assert not await backend.idempotency_claim(
+        "k1", owner_was="host/9/z", updated_was=row.updated_at, owner="host/2/b", now=later
+    )
+    assert await backend.idempotency_claim(
+        "k1", owner_was="host/1/a", updated_was=row.updated_at, owner="host/2/b", now=later
+    )
+    assert not await backend.idempotency_update(
+        "k1", owner="host/1/a", now=later, partner_result=b"p"
+    )
+    assert await backend.idempotency_update("k1", owner="host/2/b", now=later, partner_result=b"p")
+    assert await backend.idempotency_update("k1", owner="host/2/b", now=later, response=b"\x00r")
+    done = await backend.idempotency_get("k1")
+    assert done is not None
+    assert (done.state, done.owner, done.partner_result, done.response) == (
+        "done",
+        None,
+        b"p",
+        b"\x00r",
+    )
+    # A finished row is nobody's to write any more.
+    assert not await backend.idempotency_update("k1", owner="host/2/b", now=later, release=True)
+    erased = await backend.erase_customer("cust", keep=(), keep_customer=False, now=later)
+    assert erased.idempotency_deleted == 1
+    assert await backend.idempotency_tombstoned("k1", later)
+    blocked = await backend.idempotency_insert(row)
+    assert blocked == erased_idempotency_row("k1", row.expires_at)
+    assert await backend.idempotency_purge("2026-01-03T00:00:00.000000Z") == 0
+    assert not await backend.idempotency_tombstoned("k1", later)
+    assert await backend.idempotency_insert(row) is None
+    assert await backend.idempotency_purge("2026-01-03T00:00:00.000000Z") == 1
+
+
+def test_one_migration_runner_applies_only_what_is_missing() -> None:
+    """Both dialects ship the same versions, and the runner applies exactly the ones a
+    schema lacks, in order, recording each."""
+    sqlite = [m.version for m in migration_scripts("sqlite")]
+    assert sqlite == [m.version for m in migration_scripts("postgres")]
+    for applied in ([], sqlite[:3], sqlite):
+        steps: list[Statement] = []
+
+        def execute(
+            step: Statement, applied: list[int] = applied, steps: list[Statement] = steps
+        ) -> list[Any]:
+            steps.append(step)
+            return [(v,) for v in applied] if step.sql.startswith("SELECT version") else []
+
+        assert drive(runner("sqlite"), execute) == sqlite[-1]
+        scripts = [s for s in steps if s.script]
+        recorded = [s.args[0] for s in steps if s.sql.startswith("INSERT INTO schema_migrations")]
+        assert len(scripts) == len(recorded) == len(sqlite) - len(applied)
+        assert recorded == sqlite[len(applied) :]

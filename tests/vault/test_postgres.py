@@ -14,7 +14,7 @@ from tests.backends import with_query
 from tests.tcpgate import TcpGate
 from vault import LocalKekProvider, StorageUnavailable, Vault
 from vault.backends.postgres import PostgresBackend, session_settings
-from vault.backends.sqlite import migration_scripts
+from vault.migrations import migration_scripts
 
 pytestmark = pytest.mark.postgres
 

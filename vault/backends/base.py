@@ -1,7 +1,8 @@
 """What a storage backend stores, and the interface every backend implements.
 
 Backends see only ciphertext, wrapped keys and blind indexes; encryption happens in
-``vault.store`` before a row reaches them.
+``vault.store`` before a row reaches them. The SQL both run alike is in
+:mod:`vault.backends.sql`; their schema migrations and its runner in :mod:`vault.migrations`.
 """
 
 from __future__ import annotations
@@ -167,7 +168,12 @@ def erased_idempotency_row(key_idx: str, expires_at: str) -> IdempotencyRow:
 
 
 class Backend(Protocol):
-    """Storage for records and data keys; every method is one short transaction."""
+    """Storage for records, data keys, customers, idempotency keys and the audit trail.
+
+    Every method the vault calls on a backend is here; each is one short transaction.
+    Both backends implement all of it (mypy checks each against this protocol, and
+    tests/vault/test_backend_contract.py runs the same contract on both).
+    """
 
     name: str
     # False once an operation failed to reach the database (or a connection died),
@@ -295,6 +301,52 @@ class Backend(Protocol):
         the batch is one durable transaction. Returns how many rows changed; the rest were
         deleted or rewrapped by someone else meanwhile.
         """
+        ...
+
+    # -- idempotency keys (migrations 0003, 0007; vault.idempotency holds the logic) --
+
+    async def idempotency_insert(self, row: IdempotencyRow) -> IdempotencyRow | None:
+        """Insert ``row`` unless a live row has its key; returns what blocked it, else None.
+
+        What blocks it is the live row, or for a key whose tombstone (left by an erasure)
+        is live, ``erased_idempotency_row``. Race-free across processes: of two inserts
+        of one key exactly one gets None. An expired row is replaced.
+        """
+        ...
+
+    async def idempotency_claim(
+        self, key_idx: str, *, owner_was: str | None, updated_was: str, owner: str, now: str
+    ) -> bool:
+        """Take over an in-flight row if nobody touched it since it was read (compare-and-set)."""
+        ...
+
+    async def idempotency_update(
+        self,
+        key_idx: str,
+        *,
+        owner: str,
+        now: str,
+        partner_result: bytes | None = None,
+        response: bytes | None = None,
+        release: bool = False,
+    ) -> bool:
+        """Store the partner result or the final response (which ends the row's flight),
+        or with ``release`` give the row up; only the current owner of an in-flight row may.
+
+        False means the row is not this owner's (taken over, or erased with its customer).
+        """
+        ...
+
+    async def idempotency_get(self, key_idx: str) -> IdempotencyRow | None:
+        """One idempotency row by key index, or None."""
+        ...
+
+    async def idempotency_tombstoned(self, key_idx: str, now: str) -> bool:
+        """Whether an erasure removed this key's row and its tombstone is live at ``now``."""
+        ...
+
+    async def idempotency_purge(self, now: str) -> int:
+        """Delete rows (and tombstones) expired at ``now``; returns how many rows."""
         ...
 
     # -- key ring check values (migration 0006) --------------------------------

@@ -23,15 +23,13 @@ import asyncio
 import functools
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
 from vault.backends.base import (
-    AUDIT_COLUMNS,
     AUDIT_GENESIS,
     DEK_COLUMNS,
-    RECORD_COLUMNS,
     SCHEMA_OUTDATED,
     AuditEntry,
     AuditLinker,
@@ -43,19 +41,23 @@ from vault.backends.base import (
 )
 from vault.backends.postgres_idempotency import PostgresIdempotencyMixin
 from vault.backends.postgres_lifecycle import PostgresLifecycleMixin
-from vault.backends.sqlite import migration_scripts
+from vault.backends.sql import POSTGRES as SQL
+from vault.backends.sql import numbered
 from vault.errors import DuplicateRecord, StorageUnavailable
+from vault.migrations import Statement, drive_async, runner
+
+if TYPE_CHECKING:
+    from vault.backends.base import Backend
 
 T = TypeVar("T")
 
 _DURABLE_LEVELS = frozenset({"on", "local", "remote_write", "remote_apply"})
 
-_INSERT_RECORD = f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"  # noqa: S608
 # One statement: the data key and the record commit together or not at all. The
 # foreign key is checked at the end of the statement, after both rows exist.
 _INSERT_DEK_AND_RECORD = (
     f"WITH dek AS (INSERT INTO deks ({DEK_COLUMNS}) VALUES ($9, $10, $11, $12, $13)) "  # noqa: S608
-    + _INSERT_RECORD
+    + SQL.insert_record
 )
 # The per-record data key goes with its record; a customer's key stays (other records,
 # later records) until the customer is erased. The sub-select sees the table as it was
@@ -195,29 +197,21 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
     # -- schema ---------------------------------------------------------------
 
     async def migrate(self) -> int:
-        """Apply pending migrations in one transaction under an advisory lock."""
+        """Apply pending migrations (:mod:`vault.migrations`) in one transaction under an
+        advisory lock per schema; safe from several processes."""
 
         async def run(conn: asyncpg.Connection) -> int:
+            async def execute(step: Statement) -> list[Any]:
+                if step.script:
+                    # No arguments: the simple query protocol runs every statement in it.
+                    await conn.execute(step.sql)
+                    return []
+                rows: list[Any] = await conn.fetch(numbered(step.sql), *step.args)
+                return rows
+
             async with conn.transaction():
                 await conn.execute(_MIGRATION_LOCK)
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations"
-                    " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-                )
-                done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-                current = max(done, default=0)
-                for version, script in migration_scripts("postgres"):
-                    if version in done:
-                        continue
-                    await conn.execute(script)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations VALUES"
-                        " ($1, to_char(clock_timestamp() AT TIME ZONE 'UTC',"
-                        ' \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\'))',
-                        version,
-                    )
-                    current = max(current, version)
-                return current
+                return await drive_async(runner("postgres"), execute)
 
         return await self._run(run)
 
@@ -235,7 +229,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
             record.created_at,
             record.last_used_at,
         ]
-        sql = _INSERT_RECORD
+        sql = SQL.insert_record
         if dek is not None:
             sql = _INSERT_DEK_AND_RECORD
             args += [dek.dek_id, dek.customer_idx, dek.kek_version, dek.wrapped, dek.created_at]
@@ -320,9 +314,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
     ) -> list[AuditRow]:
         async with conn.transaction():
             await conn.execute(_AUDIT_LOCK)
-            head = await conn.fetchrow(
-                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
-            )
+            head = await conn.fetchrow(SQL.audit_head)
             seq, prev_hash = (head[0] + 1, head[1]) if head else (1, AUDIT_GENESIS)
             rows = []
             for entry, link, _ in batch:
@@ -330,8 +322,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
                 rows.append(row)
                 seq, prev_hash = seq + 1, row.hash
             await conn.executemany(
-                f"INSERT INTO audit_events ({AUDIT_COLUMNS})"  # noqa: S608
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                SQL.insert_audit,
                 [
                     (
                         row.seq,
@@ -361,29 +352,19 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
 
     async def count_deks_by_version(self) -> dict[int, int]:
         """Data keys per KEK version (walks the kek_version index)."""
-        rows = await self._fetch("SELECT kek_version, count(*) FROM deks GROUP BY kek_version")
+        rows = await self._fetch(SQL.count_deks_by_version)
         return {int(version): int(count) for version, count in rows}
 
     async def count_idempotency_by_version(self, now: str) -> dict[int, int]:
         """Live idempotency rows per KEK version (their stored answers need that key)."""
-        rows = await self._fetch(
-            "SELECT kek_version, count(*) FROM idempotency_keys WHERE expires_at > $1"
-            " GROUP BY kek_version",
-            now,
-        )
+        rows = await self._fetch(SQL.count_idempotency_by_version, now)
         return {int(version): int(count) for version, count in rows}
 
     async def deks_not_on_version(
         self, version: int, *, after: str | None, limit: int
     ) -> list[DekRow]:
         """A page of data keys not on ``version``, in dek_id order (keyset pagination)."""
-        rows = await self._fetch(
-            f"SELECT {DEK_COLUMNS} FROM deks WHERE kek_version <> $1 AND dek_id > $2"  # noqa: S608
-            " ORDER BY dek_id LIMIT $3",
-            version,
-            after or "",
-            limit,
-        )
+        rows = await self._fetch(SQL.deks_not_on_version, version, after or "", limit)
         return [DekRow(*row) for row in rows]
 
     async def idempotency_keys_not_on_version(
@@ -391,13 +372,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
     ) -> list[IdempotencyKeyWrap]:
         """A page of live idempotency rows' keys not on ``version``, in key_idx order."""
         rows = await self._fetch(
-            "SELECT key_idx, kek_version, wrapped_dek FROM idempotency_keys"
-            " WHERE kek_version <> $1 AND expires_at > $2 AND key_idx > $3"
-            " ORDER BY key_idx LIMIT $4",
-            version,
-            now,
-            after or "",
-            limit,
+            SQL.idempotency_keys_not_on_version, version, now, after or "", limit
         )
         return [IdempotencyKeyWrap(*row) for row in rows]
 
@@ -405,13 +380,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
         self, *, after_seq: int = 0, limit: int = 1000, since: str | None = None
     ) -> list[AuditRow]:
         """A page of audit events in chain order."""
-        rows = await self._fetch(
-            f"SELECT {AUDIT_COLUMNS} FROM audit_events"  # noqa: S608
-            " WHERE seq > $1 AND occurred_at >= $2 ORDER BY seq LIMIT $3",
-            after_seq,
-            since or "",
-            limit,
-        )
+        rows = await self._fetch(SQL.read_audit, after_seq, since or "", limit)
         return [
             AuditRow(r[0], AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], r[7]), r[8], r[9])
             for r in rows
@@ -422,11 +391,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
         young = await self._fetchrow(
             "SELECT seq FROM audit_events WHERE occurred_at >= $1 ORDER BY seq LIMIT 1", before
         )
-        r = await self._fetchrow(
-            f"SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq < $1"  # noqa: S608
-            " ORDER BY seq DESC LIMIT 1",
-            young[0] if young else 2**63 - 1,
-        )
+        r = await self._fetchrow(SQL.audit_before, young[0] if young else 2**63 - 1)
         if r is None:
             return None
         return AuditRow(r[0], AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], r[7]), r[8], r[9])
@@ -435,12 +400,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
         """Delete events with seq <= ``through_seq``, oldest first, one batch per transaction."""
 
         async def run(conn: asyncpg.Connection) -> int:
-            status = await conn.execute(
-                "DELETE FROM audit_events WHERE seq IN"
-                " (SELECT seq FROM audit_events WHERE seq <= $1 ORDER BY seq LIMIT $2)",
-                through_seq,
-                batch,
-            )
+            status = await conn.execute(SQL.prune_audit, through_seq, batch)
             return int(status.rsplit(" ", 1)[-1])
 
         total = 0
@@ -456,26 +416,17 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
 
     async def get_record(self, token: str) -> RecordRow | None:
         """Read one record by primary key."""
-        row = await self._fetchrow(
-            f"SELECT {RECORD_COLUMNS} FROM records WHERE token = $1",  # noqa: S608
-            token,
-        )
+        row = await self._fetchrow(SQL.get_record, token)
         return RecordRow(*row) if row else None
 
     async def get_dek(self, dek_id: str) -> DekRow | None:
         """Read one wrapped data key by id."""
-        row = await self._fetchrow(
-            f"SELECT {DEK_COLUMNS} FROM deks WHERE dek_id = $1",  # noqa: S608
-            dek_id,
-        )
+        row = await self._fetchrow(SQL.get_dek, dek_id)
         return DekRow(*row) if row else None
 
     async def get_customer_dek(self, customer_idx: str) -> DekRow | None:
         """Read a customer's wrapped data key by the customer's blind index."""
-        row = await self._fetchrow(
-            f"SELECT {DEK_COLUMNS} FROM deks WHERE customer_idx = $1",  # noqa: S608
-            customer_idx,
-        )
+        row = await self._fetchrow(SQL.get_customer_dek, customer_idx)
         return DekRow(*row) if row else None
 
     async def key_checks(self) -> dict[int, bytes]:
@@ -483,7 +434,7 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
 
         async def run(conn: asyncpg.Connection) -> dict[int, bytes] | None:
             try:
-                rows = await conn.fetch("SELECT kek_version, check_value FROM key_checks")
+                rows = await conn.fetch(SQL.key_checks)
             except asyncpg.UndefinedTableError:
                 return None
             return {int(version): bytes(value) for version, value in rows}
@@ -497,15 +448,8 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
         """Insert unless present; returns the stored value (a racing inserter's, if it won)."""
 
         async def run(conn: asyncpg.Connection) -> bytes:
-            await conn.execute(
-                "INSERT INTO key_checks VALUES ($1, $2, $3) ON CONFLICT (kek_version) DO NOTHING",
-                version,
-                value,
-                created_at,
-            )
-            stored: bytes = await conn.fetchval(
-                "SELECT check_value FROM key_checks WHERE kek_version = $1", version
-            )
+            await conn.execute(SQL.add_key_check, version, value, created_at)
+            stored: bytes = await conn.fetchval(SQL.key_check, version)
             return stored
 
         return await self._run(run)
@@ -514,24 +458,18 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
         """Delete one check value."""
 
         async def run(conn: asyncpg.Connection) -> None:
-            await conn.execute("DELETE FROM key_checks WHERE kek_version = $1", version)
+            await conn.execute(SQL.delete_key_check, version)
 
         await self._run(run)
 
     async def dek_on_version(self, version: int) -> DekRow | None:
         """One data key wrapped by ``version`` (walks the kek_version index)."""
-        row = await self._fetchrow(
-            f"SELECT {DEK_COLUMNS} FROM deks WHERE kek_version = $1 LIMIT 1",  # noqa: S608
-            version,
-        )
+        row = await self._fetchrow(SQL.dek_on_version, version)
         return DekRow(*row) if row else None
 
     async def customer_record_sample(self) -> RecordRow | None:
         """One record with a customer (walks the customer index)."""
-        row = await self._fetchrow(
-            f"SELECT {RECORD_COLUMNS} FROM records"  # noqa: S608
-            " WHERE customer_idx IS NOT NULL LIMIT 1"
-        )
+        row = await self._fetchrow(SQL.customer_record_sample)
         return RecordRow(*row) if row else None
 
     async def ping(self) -> None:
@@ -553,3 +491,8 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
             await asyncio.wait_for(pool.close(), timeout=self._command_timeout)
         except _STORAGE_ERRORS:  # TimeoutError included
             pool.terminate()
+
+
+if TYPE_CHECKING:
+    # Checked by mypy: the backend implements every method of the protocol, as declared.
+    _: type[Backend] = PostgresBackend

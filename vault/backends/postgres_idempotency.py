@@ -1,7 +1,8 @@
 """PostgreSQL storage for idempotency keys, shared by every replica.
 
 A mixin of :class:`vault.backends.postgres.PostgresBackend`, mirroring the
-``idempotency_*`` methods of :mod:`vault.backends.sqlite` with the same semantics;
+``idempotency_*`` methods of :mod:`vault.backends.sqlite` with the same semantics (both
+implement the one ``Backend`` protocol, :mod:`vault.backends.base`);
 :mod:`vault.idempotency` holds the logic. Races between processes are settled by the
 database, never by reading first and writing after:
 
@@ -19,11 +20,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 
 from vault.backends.base import IDEMPOTENCY_COLUMNS, IdempotencyRow, erased_idempotency_row
+from vault.backends.sql import POSTGRES as SQL
 
 T = TypeVar("T")
 
 _COLUMNS = IdempotencyRow.__slots__
-_SELECT = f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE key_idx = $1"  # noqa: S608
 # Column types, for the casts an INSERT … SELECT needs (its parameters have no column
 # to take a type from). Every column of IdempotencyRow must be here.
 _TYPES = {
@@ -53,7 +54,6 @@ _INSERT_UNLESS_LIVE = (
     + ", ".join(f"{name} = EXCLUDED.{name}" for name in _COLUMNS if name != "key_idx")
     + " WHERE idempotency_keys.expires_at <= EXCLUDED.created_at RETURNING key_idx"
 )
-_ERASED = "SELECT expires_at FROM idempotency_erased WHERE key_idx = $1 AND expires_at > $2"
 _CLAIM = (
     "UPDATE idempotency_keys SET owner = $1, updated_at = $2"
     " WHERE key_idx = $3 AND state = 'in_flight' AND owner IS NOT DISTINCT FROM $4"
@@ -87,10 +87,10 @@ class PostgresIdempotencyMixin:
             # snapshot), so a row committed by a concurrent inserter after our statement
             # began is seen; an erasure deletes the row and writes the tombstone in one
             # transaction, so a row that vanished may now be a tombstone.
-            found = await conn.fetchrow(_SELECT, row.key_idx)
+            found = await conn.fetchrow(SQL.idempotency_get, row.key_idx)
             if found is not None:
                 return False, IdempotencyRow(*found)
-            erased = await conn.fetchval(_ERASED, row.key_idx, row.created_at)
+            erased = await conn.fetchval(SQL.idempotency_tombstone, row.key_idx, row.created_at)
             if erased is not None:
                 return False, erased_idempotency_row(row.key_idx, erased)
             return False, None
@@ -127,20 +127,13 @@ class PostgresIdempotencyMixin:
 
         Only the current owner may write; False means another process took the row over.
         """
-        sets = ["updated_at = $1"]
-        args: list[Any] = [now]
-        if partner_result is not None:
-            args.append(partner_result)
-            sets.append(f"partner_result = ${len(args)}")
-        if response is not None:
-            args.append(response)
-            sets.append(f"response = ${len(args)}, state = 'done', owner = NULL")
-        elif release:
-            sets.append("owner = NULL")
-        args += [key_idx, owner]
-        sql = (
-            f"UPDATE idempotency_keys SET {', '.join(sets)}"  # noqa: S608 - fixed fragments
-            f" WHERE key_idx = ${len(args) - 1} AND state = 'in_flight' AND owner = ${len(args)}"
+        sql, args = SQL.idempotency_update(
+            key_idx,
+            owner=owner,
+            now=now,
+            partner_result=partner_result,
+            response=response,
+            release=release,
         )
 
         async def run(conn: asyncpg.Connection) -> bool:
@@ -151,22 +144,20 @@ class PostgresIdempotencyMixin:
 
     async def idempotency_get(self, key_idx: str) -> IdempotencyRow | None:
         """One idempotency row by key index."""
-        found = await self._fetchrow(_SELECT, key_idx)
+        found = await self._fetchrow(SQL.idempotency_get, key_idx)
         return IdempotencyRow(*found) if found is not None else None
 
     async def idempotency_tombstoned(self, key_idx: str, now: str) -> bool:
         """Whether an erasure removed this key's row and its tombstone is still live."""
-        return await self._fetchrow(_ERASED, key_idx, now) is not None
+        return await self._fetchrow(SQL.idempotency_tombstone, key_idx, now) is not None
 
     async def idempotency_purge(self, now: str) -> int:
         """Delete every row whose expiry has passed; returns how many."""
 
         async def run(conn: asyncpg.Connection) -> int:
             async with conn.transaction():
-                status: str = await conn.execute(
-                    "DELETE FROM idempotency_keys WHERE expires_at <= $1", now
-                )
-                await conn.execute("DELETE FROM idempotency_erased WHERE expires_at <= $1", now)
+                status: str = await conn.execute(SQL.purge_idempotency, now)
+                await conn.execute(SQL.purge_idempotency_tombstones, now)
             return int(status.rsplit(maxsplit=1)[-1])
 
         return await self._run(run)

@@ -1,7 +1,8 @@
 """PostgreSQL storage for the data lifecycle: partner customers, listing, erasure, retention.
 
 A mixin of :class:`vault.backends.postgres.PostgresBackend`, mirroring
-:mod:`vault.backends.sqlite_lifecycle` method for method with the same semantics.
+:mod:`vault.backends.sqlite_lifecycle` method for method with the same semantics (both
+implement the one ``Backend`` protocol, :mod:`vault.backends.base`).
 Every method is one statement on one pooled connection, except ``erase_customer``
 (one explicit transaction) and ``purge_expired`` (one statement per batch).
 """
@@ -14,37 +15,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from vault.backends.base import (
-    CUSTOMER_COLUMNS,
-    RECORD_COLUMNS,
-    CustomerRow,
-    DekRow,
-    ErasedRows,
-    RecordRow,
-)
+from vault.backends.base import CustomerRow, DekRow, ErasedRows, RecordRow
+from vault.backends.sql import POSTGRES as SQL
 from vault.errors import StorageUnavailable
 from vault.retention import BASIS_SQL, Basis, Cutoff
 
 T = TypeVar("T")
 
-
-# A customer's data key goes once no record and no mapping uses it. Rows deleted earlier
-# in the same transaction are already invisible to these sub-selects.
-_DELETE_CUSTOMER_DEK = (
-    "DELETE FROM deks WHERE customer_idx = $1"
-    " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.dek_id = deks.dek_id)"
-    " AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.dek_id = deks.dek_id)"
-)
-# An erased idempotency key keeps only its blind index and expiry (vault.idempotency).
-_TOMBSTONE_IDEMPOTENCY = (
-    "INSERT INTO idempotency_erased (key_idx, expires_at)"
-    " SELECT key_idx, expires_at FROM idempotency_keys WHERE customer_idx = $1"
-    " ON CONFLICT (key_idx) DO UPDATE SET expires_at = EXCLUDED.expires_at"
-)
-_MARK_ERASED = (
-    "INSERT INTO erased_customers (customer_idx, erased_at) VALUES ($1, $2)"
-    " ON CONFLICT (customer_idx) DO UPDATE SET erased_at = EXCLUDED.erased_at"
-)
 # One statement: the mapping and the key go only when the customer has no record. The
 # sub-selects see the table as it was before the statement, hence the explicit checks.
 _DROP_CUSTOMER_IF_EMPTY = (
@@ -62,18 +39,6 @@ _TOUCH = (
     " FROM unnest($1::text[], $2::text[]) AS u(token, used_at)"
     " WHERE r.token = u.token AND (r.last_used_at IS NULL OR r.last_used_at < u.used_at)"
 )
-
-
-def _cutoff_sql(cutoffs: Sequence[Cutoff], first: int) -> tuple[str, list[str]]:
-    """An SQL condition true for records NOT past any cutoff, and its arguments ($first…)."""
-    clauses = []
-    args: list[str] = []
-    n = first
-    for cutoff in cutoffs:
-        clauses.append(f" AND NOT (kind = ${n} AND {BASIS_SQL[cutoff.basis]} < ${n + 1})")
-        args += [str(cutoff.kind), cutoff.before]
-        n += 2
-    return "".join(clauses), args
 
 
 def _purge_batch_sql(basis: Basis) -> str:
@@ -119,8 +84,7 @@ class PostgresLifecycleMixin:
 
         async def run(conn: asyncpg.Connection) -> None:
             await conn.execute(
-                "INSERT INTO deks (dek_id, customer_idx, kek_version, wrapped, created_at)"
-                " VALUES ($1, $2, $3, $4, $5)",
+                SQL.insert_dek,
                 dek.dek_id,
                 dek.customer_idx,
                 dek.kek_version,
@@ -135,7 +99,7 @@ class PostgresLifecycleMixin:
 
         async def run(conn: asyncpg.Connection) -> None:
             await conn.execute(
-                f"INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES ($1, $2, $3, $4)",  # noqa: S608
+                SQL.insert_customer,
                 customer.customer_idx,
                 customer.dek_id,
                 customer.ciphertext,
@@ -146,10 +110,7 @@ class PostgresLifecycleMixin:
 
     async def get_customer(self, customer_idx: str) -> CustomerRow | None:
         """A customer's partner mapping row by blind index."""
-        row = await self._fetchrow(
-            f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_idx = $1",  # noqa: S608
-            customer_idx,
-        )
+        row = await self._fetchrow(SQL.get_customer, customer_idx)
         return CustomerRow(*row) if row else None
 
     async def list_customer_records(
@@ -161,21 +122,8 @@ class PostgresLifecycleMixin:
         exclude: Sequence[Cutoff] = (),
     ) -> list[RecordRow]:
         """One page of a customer's records: one range scan of records_customer, no sort."""
-        args: list[object] = [customer_idx]
-        position = ""
-        if after is not None:
-            position = " AND (created_at, token) > ($2, $3)"
-            args += [after[0], after[1]]
-        where, cutoff_args = _cutoff_sql(exclude, len(args) + 1)
-        args += cutoff_args
-        args.append(limit)
-        sql = (
-            f"SELECT {RECORD_COLUMNS} FROM records"  # noqa: S608 - fixed fragments only
-            f" WHERE customer_idx = $1{position}{where}"
-            f" ORDER BY created_at, token LIMIT ${len(args)}"
-        )
-        rows = await self._fetch(sql, *args)
-        return [RecordRow(*row) for row in rows]
+        sql, args = SQL.customer_page(customer_idx, after, limit, exclude)
+        return [RecordRow(*row) for row in await self._fetch(sql, *args)]
 
     async def erase_customer(
         self, customer_idx: str, *, keep: Collection[str], keep_customer: bool, now: str
@@ -211,16 +159,12 @@ class PostgresLifecycleMixin:
                 ]
                 customer_deleted = False
                 if not keep_customer:
-                    status = await conn.execute(
-                        "DELETE FROM customers WHERE customer_idx = $1", customer_idx
-                    )
+                    status = await conn.execute(SQL.delete_customer, customer_idx)
                     customer_deleted = _rowcount(status) > 0
-                status = await conn.execute(_DELETE_CUSTOMER_DEK, customer_idx)
+                status = await conn.execute(SQL.delete_customer_dek, customer_idx)
                 dek_deleted = _rowcount(status) > 0
-                await conn.execute(_TOMBSTONE_IDEMPOTENCY, customer_idx)
-                status = await conn.execute(
-                    "DELETE FROM idempotency_keys WHERE customer_idx = $1", customer_idx
-                )
+                await conn.execute(SQL.tombstone_idempotency, customer_idx)
+                status = await conn.execute(SQL.delete_customer_idempotency, customer_idx)
                 erased = ErasedRows(
                     deleted,
                     remaining,
@@ -229,11 +173,9 @@ class PostgresLifecycleMixin:
                     idempotency_deleted=_rowcount(status),
                 )
                 if erased.found:
-                    await conn.execute(_MARK_ERASED, customer_idx, now)
+                    await conn.execute(SQL.mark_erased, customer_idx, now)
                     return erased
-                before = await conn.fetchval(
-                    "SELECT 1 FROM erased_customers WHERE customer_idx = $1", customer_idx
-                )
+                before = await conn.fetchval(SQL.was_erased, customer_idx)
                 return replace(erased, previously_erased=before is not None)
 
         return await self._run(run)
@@ -267,11 +209,7 @@ class PostgresLifecycleMixin:
         for cutoff in cutoffs:
             args = (str(cutoff.kind), cutoff.before)
             if dry_run:
-                row = await self._fetchrow(
-                    "SELECT count(*) FROM records"  # noqa: S608 - fixed fragments only
-                    f" WHERE kind = $1 AND {BASIS_SQL[cutoff.basis]} < $2",
-                    *args,
-                )
+                row = await self._fetchrow(SQL.count_expired(cutoff.basis), *args)
                 counts[str(cutoff.kind)] = int(row[0])
                 continue
             sql = _purge_batch_sql(cutoff.basis)

@@ -16,16 +16,11 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vault.backends.base import (
-    AUDIT_COLUMNS,
     AUDIT_GENESIS,
-    DEK_COLUMNS,
-    IDEMPOTENCY_COLUMNS,
-    RECORD_COLUMNS,
     SCHEMA_OUTDATED,
     AuditEntry,
     AuditLinker,
@@ -37,8 +32,13 @@ from vault.backends.base import (
     RecordRow,
     erased_idempotency_row,
 )
+from vault.backends.sql import SQLITE as SQL
 from vault.backends.sqlite_lifecycle import SqliteLifecycleMixin
 from vault.errors import DuplicateRecord, StorageUnavailable
+from vault.migrations import Statement, drive, runner
+
+if TYPE_CHECKING:
+    from vault.backends.base import Backend
 
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
@@ -51,17 +51,6 @@ def _connect(path: str, *, timeout_ms: int) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
-
-
-def migration_scripts(dialect: str) -> list[tuple[int, str]]:
-    """The versioned migration scripts shipped for ``dialect``, in order."""
-    folder = resources.files("vault.migrations").joinpath(dialect)
-    scripts = []
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.endswith(".sql"):
-            scripts.append((int(name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
-    return sorted(scripts)
 
 
 class SqliteBackend(SqliteLifecycleMixin):
@@ -159,26 +148,18 @@ class SqliteBackend(SqliteLifecycleMixin):
         return outcomes
 
     async def migrate(self) -> int:
-        """Apply pending migrations under an exclusive lock; safe from several processes."""
+        """Apply pending migrations (:mod:`vault.migrations`) in one write transaction,
+        whose BEGIN IMMEDIATE excludes other processes' writers; safe from several."""
+
+        def execute(conn: sqlite3.Connection, step: Statement) -> list[Any]:
+            if step.script:
+                for statement in _split_sql(step.sql):
+                    conn.execute(statement)
+                return []
+            return conn.execute(step.sql, step.args).fetchall()
 
         def run(conn: sqlite3.Connection) -> int:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations"
-                " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            current = max(done, default=0)
-            for version, script in migration_scripts("sqlite"):
-                if version in done:
-                    continue
-                for statement in _split_sql(script):
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ'))",
-                    (version,),
-                )
-                current = max(current, version)
-            return current
+            return drive(runner("sqlite"), lambda step: execute(conn, step))
 
         return await self._write(run)
 
@@ -188,11 +169,11 @@ class SqliteBackend(SqliteLifecycleMixin):
         def run(conn: sqlite3.Connection) -> None:
             if dek is not None:
                 conn.execute(
-                    f"INSERT INTO deks ({DEK_COLUMNS}) VALUES (?, ?, ?, ?, ?)",  # noqa: S608
+                    SQL.insert_dek,
                     (dek.dek_id, dek.customer_idx, dek.kek_version, dek.wrapped, dek.created_at),
                 )
             conn.execute(
-                f"INSERT INTO records ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                SQL.insert_record,
                 (
                     record.token,
                     record.kind,
@@ -270,14 +251,11 @@ class SqliteBackend(SqliteLifecycleMixin):
         """
 
         def run(conn: sqlite3.Connection) -> AuditRow:
-            head = conn.execute(
-                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
+            head = conn.execute(SQL.audit_head).fetchone()
             seq, prev_hash = (head[0] + 1, head[1]) if head else (1, AUDIT_GENESIS)
             row = AuditRow(seq, entry, prev_hash, link(prev_hash, entry))
             conn.execute(
-                f"INSERT INTO audit_events ({AUDIT_COLUMNS})"  # noqa: S608
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                SQL.insert_audit,
                 (
                     seq,
                     entry.occurred_at,
@@ -305,22 +283,17 @@ class SqliteBackend(SqliteLifecycleMixin):
         """
 
         def run(conn: sqlite3.Connection) -> IdempotencyRow | None:
-            found = conn.execute(
-                f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE key_idx = ?",  # noqa: S608
-                (row.key_idx,),
-            ).fetchone()
+            found = conn.execute(SQL.idempotency_get, (row.key_idx,)).fetchone()
             if found is not None and IdempotencyRow(*found).expires_at > row.created_at:
                 return IdempotencyRow(*found)
             erased = conn.execute(
-                "SELECT expires_at FROM idempotency_erased WHERE key_idx = ? AND expires_at > ?",
-                (row.key_idx, row.created_at),
+                SQL.idempotency_tombstone, (row.key_idx, row.created_at)
             ).fetchone()
             if erased is not None:
                 return erased_idempotency_row(row.key_idx, erased[0])
             conn.execute("DELETE FROM idempotency_keys WHERE key_idx = ?", (row.key_idx,))
             conn.execute(
-                f"INSERT INTO idempotency_keys ({IDEMPOTENCY_COLUMNS})"  # noqa: S608
-                f" VALUES ({', '.join('?' for _ in IdempotencyRow.__slots__)})",
+                SQL.insert_idempotency,
                 tuple(getattr(row, name) for name in IdempotencyRow.__slots__),
             )
             return None
@@ -357,48 +330,35 @@ class SqliteBackend(SqliteLifecycleMixin):
         Only the current owner may write; False means another process took the row over.
         """
 
+        sql, args = SQL.idempotency_update(
+            key_idx,
+            owner=owner,
+            now=now,
+            partner_result=partner_result,
+            response=response,
+            release=release,
+        )
+
         def run(conn: sqlite3.Connection) -> bool:
-            sets = ["updated_at = ?"]
-            args: list[Any] = [now]
-            if partner_result is not None:
-                sets.append("partner_result = ?")
-                args.append(partner_result)
-            if response is not None:
-                sets.append("response = ?, state = 'done', owner = NULL")
-                args.append(response)
-            elif release:
-                sets.append("owner = NULL")
-            cur = conn.execute(
-                f"UPDATE idempotency_keys SET {', '.join(sets)}"  # noqa: S608 - fixed fragments
-                " WHERE key_idx = ? AND state = 'in_flight' AND owner = ?",
-                (*args, key_idx, owner),
-            )
-            return cur.rowcount == 1
+            return conn.execute(sql, args).rowcount == 1
 
         return await self._write(run)
 
     async def idempotency_get(self, key_idx: str) -> IdempotencyRow | None:
         """One idempotency row by key index."""
-        row = self._read_one(
-            f"SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE key_idx = ?",  # noqa: S608
-            (key_idx,),
-        )
+        row = self._read_one(SQL.idempotency_get, (key_idx,))
         return IdempotencyRow(*row) if row else None
 
     async def idempotency_tombstoned(self, key_idx: str, now: str) -> bool:
         """Whether an erasure removed this key's row and its tombstone is still live."""
-        row = self._read_one(
-            "SELECT 1 FROM idempotency_erased WHERE key_idx = ? AND expires_at > ?",
-            (key_idx, now),
-        )
-        return row is not None
+        return self._read_one(SQL.idempotency_tombstone, (key_idx, now)) is not None
 
     async def idempotency_purge(self, now: str) -> int:
         """Delete every row whose expiry has passed; returns how many."""
 
         def run(conn: sqlite3.Connection) -> int:
-            cur = conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (now,))
-            conn.execute("DELETE FROM idempotency_erased WHERE expires_at <= ?", (now,))
+            cur = conn.execute(SQL.purge_idempotency, (now,))
+            conn.execute(SQL.purge_idempotency_tombstones, (now,))
             return cur.rowcount
 
         return await self._write(run)
@@ -415,27 +375,19 @@ class SqliteBackend(SqliteLifecycleMixin):
 
     async def count_deks_by_version(self) -> dict[int, int]:
         """Data keys per KEK version (walks the kek_version index)."""
-        rows = self._read_all("SELECT kek_version, count(*) FROM deks GROUP BY kek_version", ())
+        rows = self._read_all(SQL.count_deks_by_version, ())
         return {int(version): int(count) for version, count in rows}
 
     async def count_idempotency_by_version(self, now: str) -> dict[int, int]:
         """Live idempotency rows per KEK version (their stored answers need that key)."""
-        rows = self._read_all(
-            "SELECT kek_version, count(*) FROM idempotency_keys WHERE expires_at > ?"
-            " GROUP BY kek_version",
-            (now,),
-        )
+        rows = self._read_all(SQL.count_idempotency_by_version, (now,))
         return {int(version): int(count) for version, count in rows}
 
     async def deks_not_on_version(
         self, version: int, *, after: str | None, limit: int
     ) -> list[DekRow]:
         """A page of data keys not on ``version``, in dek_id order (keyset pagination)."""
-        rows = self._read_all(
-            f"SELECT {DEK_COLUMNS} FROM deks WHERE kek_version != ? AND dek_id > ?"  # noqa: S608
-            " ORDER BY dek_id LIMIT ?",
-            (version, after or "", limit),
-        )
+        rows = self._read_all(SQL.deks_not_on_version, (version, after or "", limit))
         return [DekRow(*row) for row in rows]
 
     async def idempotency_keys_not_on_version(
@@ -443,10 +395,7 @@ class SqliteBackend(SqliteLifecycleMixin):
     ) -> list[IdempotencyKeyWrap]:
         """A page of live idempotency rows' keys not on ``version``, in key_idx order."""
         rows = self._read_all(
-            "SELECT key_idx, kek_version, wrapped_dek FROM idempotency_keys"
-            " WHERE kek_version != ? AND expires_at > ? AND key_idx > ?"
-            " ORDER BY key_idx LIMIT ?",
-            (version, now, after or "", limit),
+            SQL.idempotency_keys_not_on_version, (version, now, after or "", limit)
         )
         return [IdempotencyKeyWrap(*row) for row in rows]
 
@@ -454,11 +403,7 @@ class SqliteBackend(SqliteLifecycleMixin):
         self, *, after_seq: int = 0, limit: int = 1000, since: str | None = None
     ) -> list[AuditRow]:
         """A page of audit events in chain order."""
-        rows = self._read_all(
-            f"SELECT {AUDIT_COLUMNS} FROM audit_events"  # noqa: S608
-            " WHERE seq > ? AND occurred_at >= ? ORDER BY seq LIMIT ?",
-            (after_seq, since or "", limit),
-        )
+        rows = self._read_all(SQL.read_audit, (after_seq, since or "", limit))
         return [
             AuditRow(r[0], AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], r[7]), r[8], r[9])
             for r in rows
@@ -472,11 +417,7 @@ class SqliteBackend(SqliteLifecycleMixin):
             "SELECT seq FROM audit_events WHERE +occurred_at >= ? ORDER BY seq LIMIT 1",
             (before,),
         )
-        row = self._read_one(
-            f"SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq < ?"  # noqa: S608
-            " ORDER BY seq DESC LIMIT 1",
-            (young[0] if young else 2**63 - 1,),
-        )
+        row = self._read_one(SQL.audit_before, (young[0] if young else 2**63 - 1,))
         if row is None:
             return None
         entry = AuditEntry(row[1], row[2], row[3], row[4], row[5], row[6], row[7])
@@ -486,12 +427,7 @@ class SqliteBackend(SqliteLifecycleMixin):
         """Delete events with seq <= ``through_seq``, oldest first, one batch per transaction."""
 
         def run(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "DELETE FROM audit_events WHERE seq IN"
-                " (SELECT seq FROM audit_events WHERE seq <= ? ORDER BY seq LIMIT ?)",
-                (through_seq, batch),
-            )
-            return cursor.rowcount
+            return conn.execute(SQL.prune_audit, (through_seq, batch)).rowcount
 
         total = 0
         while deleted := await self._write(run):
@@ -508,26 +444,17 @@ class SqliteBackend(SqliteLifecycleMixin):
 
     async def get_record(self, token: str) -> RecordRow | None:
         """Read one record by primary key, inline (see the module docstring)."""
-        row = self._read_one(
-            f"SELECT {RECORD_COLUMNS} FROM records WHERE token = ?",  # noqa: S608
-            (token,),
-        )
+        row = self._read_one(SQL.get_record, (token,))
         return RecordRow(*row) if row else None
 
     async def get_dek(self, dek_id: str) -> DekRow | None:
         """Read one wrapped data key by id."""
-        row = self._read_one(
-            f"SELECT {DEK_COLUMNS} FROM deks WHERE dek_id = ?",  # noqa: S608
-            (dek_id,),
-        )
+        row = self._read_one(SQL.get_dek, (dek_id,))
         return DekRow(*row) if row else None
 
     async def get_customer_dek(self, customer_idx: str) -> DekRow | None:
         """Read a customer's wrapped data key by the customer's blind index."""
-        row = self._read_one(
-            f"SELECT {DEK_COLUMNS} FROM deks WHERE customer_idx = ?",  # noqa: S608
-            (customer_idx,),
-        )
+        row = self._read_one(SQL.get_customer_dek, (customer_idx,))
         return DekRow(*row) if row else None
 
     async def key_checks(self) -> dict[int, bytes]:
@@ -535,7 +462,7 @@ class SqliteBackend(SqliteLifecycleMixin):
         if self._closed:
             raise StorageUnavailable("vault is closed")
         try:
-            rows = self._reader.execute("SELECT kek_version, check_value FROM key_checks")
+            rows = self._reader.execute(SQL.key_checks)
             return {int(version): bytes(value) for version, value in rows.fetchall()}
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
@@ -546,13 +473,8 @@ class SqliteBackend(SqliteLifecycleMixin):
         """Insert unless present, in one write transaction; returns the stored value."""
 
         def run(conn: sqlite3.Connection) -> bytes:
-            conn.execute(
-                "INSERT OR IGNORE INTO key_checks VALUES (?, ?, ?)", (version, value, created_at)
-            )
-            row = conn.execute(
-                "SELECT check_value FROM key_checks WHERE kek_version = ?", (version,)
-            ).fetchone()
-            return bytes(row[0])
+            conn.execute(SQL.add_key_check, (version, value, created_at))
+            return bytes(conn.execute(SQL.key_check, (version,)).fetchone()[0])
 
         return await self._write(run)
 
@@ -560,25 +482,18 @@ class SqliteBackend(SqliteLifecycleMixin):
         """Delete one check value."""
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM key_checks WHERE kek_version = ?", (version,))
+            conn.execute(SQL.delete_key_check, (version,))
 
         await self._write(run)
 
     async def dek_on_version(self, version: int) -> DekRow | None:
         """One data key wrapped by ``version`` (walks the kek_version index)."""
-        row = self._read_one(
-            f"SELECT {DEK_COLUMNS} FROM deks WHERE kek_version = ? LIMIT 1",  # noqa: S608
-            (version,),
-        )
+        row = self._read_one(SQL.dek_on_version, (version,))
         return DekRow(*row) if row else None
 
     async def customer_record_sample(self) -> RecordRow | None:
         """One record with a customer (walks the customer index)."""
-        row = self._read_one(
-            f"SELECT {RECORD_COLUMNS} FROM records"  # noqa: S608
-            " WHERE customer_idx IS NOT NULL LIMIT 1",
-            (),
-        )
+        row = self._read_one(SQL.customer_record_sample, ())
         return RecordRow(*row) if row else None
 
     async def ping(self) -> None:
@@ -612,3 +527,8 @@ def _split_sql(script: str) -> list[str]:
     if pending.strip(" \n;"):
         statements.append(pending.strip())
     return statements
+
+
+if TYPE_CHECKING:
+    # Checked by mypy: the backend implements every method of the protocol, as declared.
+    _: type[Backend] = SqliteBackend

@@ -1,7 +1,8 @@
 """SQLite storage for the data lifecycle: partner customers, listing, erasure, retention.
 
 A mixin of :class:`vault.backends.sqlite.SqliteBackend`, kept apart so the key and
-storage code and the lifecycle code can change without touching each other. Writes
+storage code and the lifecycle code can change without touching each other; its methods
+are part of the one ``Backend`` protocol (:mod:`vault.backends.base`). Writes
 go through the backend's group-committed writer; reads run inline like its other reads.
 """
 
@@ -14,28 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from vault.backends.base import (
-    CUSTOMER_COLUMNS,
-    RECORD_COLUMNS,
-    CustomerRow,
-    DekRow,
-    ErasedRows,
-    RecordRow,
-)
+from vault.backends.base import CustomerRow, DekRow, ErasedRows, RecordRow
+from vault.backends.sql import SQLITE as SQL
 from vault.errors import StorageUnavailable
 from vault.retention import BASIS_SQL, Cutoff
 
 T = TypeVar("T")
-
-
-def _cutoff_sql(cutoffs: Sequence[Cutoff]) -> tuple[str, list[str]]:
-    """An SQL condition true for records NOT past any cutoff, and its arguments."""
-    clauses = []
-    args: list[str] = []
-    for cutoff in cutoffs:
-        clauses.append(f" AND NOT (kind = ? AND {BASIS_SQL[cutoff.basis]} < ?)")
-        args += [str(cutoff.kind), cutoff.before]
-    return "".join(clauses), args
 
 
 class SqliteLifecycleMixin:
@@ -58,8 +43,7 @@ class SqliteLifecycleMixin:
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO deks (dek_id, customer_idx, kek_version, wrapped, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                SQL.insert_dek,
                 (dek.dek_id, dek.customer_idx, dek.kek_version, dek.wrapped, dek.created_at),
             )
 
@@ -70,7 +54,7 @@ class SqliteLifecycleMixin:
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES (?, ?, ?, ?)",  # noqa: S608
+                SQL.insert_customer,
                 (customer.customer_idx, customer.dek_id, customer.ciphertext, customer.created_at),
             )
 
@@ -78,10 +62,7 @@ class SqliteLifecycleMixin:
 
     async def get_customer(self, customer_idx: str) -> CustomerRow | None:
         """A customer's partner mapping row by blind index."""
-        row = self._read_one(
-            f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_idx = ?",  # noqa: S608
-            (customer_idx,),
-        )
+        row = self._read_one(SQL.get_customer, (customer_idx,))
         return CustomerRow(*row) if row else None
 
     async def list_customer_records(
@@ -93,19 +74,8 @@ class SqliteLifecycleMixin:
         exclude: Sequence[Cutoff] = (),
     ) -> list[RecordRow]:
         """One page of a customer's records, on the records_customer index."""
-        where, args = _cutoff_sql(exclude)
-        position = ""
-        cursor_args: list[str] = []
-        if after is not None:
-            position = " AND (created_at, token) > (?, ?)"
-            cursor_args = [after[0], after[1]]
-        sql = (
-            f"SELECT {RECORD_COLUMNS} FROM records"  # noqa: S608 - fixed fragments only
-            f" WHERE customer_idx = ?{position}{where}"
-            " ORDER BY created_at, token LIMIT ?"
-        )
-        rows = self._read_all(sql, (customer_idx, *cursor_args, *args, limit))
-        return [RecordRow(*row) for row in rows]
+        sql, args = SQL.customer_page(customer_idx, after, limit, exclude)
+        return [RecordRow(*row) for row in self._read_all(sql, tuple(args))]
 
     async def erase_customer(
         self, customer_idx: str, *, keep: Collection[str], keep_customer: bool, now: str
@@ -127,37 +97,18 @@ class SqliteLifecycleMixin:
                 deleted[kind] = deleted.get(kind, 0) + 1
             customer_deleted = False
             if not keep_customer:
-                cur = conn.execute("DELETE FROM customers WHERE customer_idx = ?", (customer_idx,))
+                cur = conn.execute(SQL.delete_customer, (customer_idx,))
                 customer_deleted = cur.rowcount > 0
-            cur = conn.execute(
-                "DELETE FROM deks WHERE customer_idx = ?"
-                " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.dek_id = deks.dek_id)"
-                " AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.dek_id = deks.dek_id)",
-                (customer_idx,),
-            )
-            dek_deleted = cur.rowcount > 0
-            conn.execute(
-                "INSERT INTO idempotency_erased (key_idx, expires_at)"
-                " SELECT key_idx, expires_at FROM idempotency_keys WHERE customer_idx = ?"
-                " ON CONFLICT (key_idx) DO UPDATE SET expires_at = excluded.expires_at",
-                (customer_idx,),
-            )
-            cur = conn.execute(
-                "DELETE FROM idempotency_keys WHERE customer_idx = ?", (customer_idx,)
-            )
+            dek_deleted = conn.execute(SQL.delete_customer_dek, (customer_idx,)).rowcount > 0
+            conn.execute(SQL.tombstone_idempotency, (customer_idx,))
+            cur = conn.execute(SQL.delete_customer_idempotency, (customer_idx,))
             erased = ErasedRows(
                 deleted, remaining, customer_deleted, dek_deleted, idempotency_deleted=cur.rowcount
             )
             if erased.found:
-                conn.execute(
-                    "INSERT INTO erased_customers (customer_idx, erased_at) VALUES (?, ?)"
-                    " ON CONFLICT (customer_idx) DO UPDATE SET erased_at = excluded.erased_at",
-                    (customer_idx, now),
-                )
+                conn.execute(SQL.mark_erased, (customer_idx, now))
                 return erased
-            before = conn.execute(
-                "SELECT 1 FROM erased_customers WHERE customer_idx = ?", (customer_idx,)
-            ).fetchone()
+            before = conn.execute(SQL.was_erased, (customer_idx,)).fetchone()
             return replace(erased, previously_erased=before is not None)
 
         return await self._write(run)
@@ -201,10 +152,7 @@ class SqliteLifecycleMixin:
             condition = f"kind = ? AND {BASIS_SQL[cutoff.basis]} < ?"
             args = (str(cutoff.kind), cutoff.before)
             if dry_run:
-                (count,) = self._read_one(
-                    f"SELECT COUNT(*) FROM records WHERE {condition}",  # noqa: S608
-                    args,
-                )
+                (count,) = self._read_one(SQL.count_expired(cutoff.basis), args)
                 counts[str(cutoff.kind)] = int(count)
                 continue
 
