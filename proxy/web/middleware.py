@@ -29,8 +29,8 @@ from proxy.domain.errors import (
     ProxyError,
     RequestTimeout,
     UnsupportedMediaType,
+    echoable,
 )
-from proxy.domain.fields import _echoable
 from proxy.infra.clients import Client
 from proxy.web import authguard, publishable
 from proxy.web.appkeys import CLIENTS, METRICS, SETTINGS
@@ -95,7 +95,7 @@ def _check_query(request: web.Request) -> None:
     if unknown:
         # The name is the client's text (it could be a card number): only a short plain
         # name is echoed, and none when no unknown name is one.
-        named = [name for name in map(_echoable, unknown) if name]
+        named = [name for name in map(echoable, unknown) if name]
         raise InvalidRequest(
             "This route takes no such query parameter.",
             code="unknown_parameter",
@@ -108,7 +108,7 @@ def _check_query(request: web.Request) -> None:
         raise InvalidRequest(
             "A query parameter may be given once.",
             code="duplicate_parameter",
-            param=_echoable(repeated[0]),
+            param=echoable(repeated[0]),
         )
 
 
