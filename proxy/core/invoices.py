@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final
 
-from proxy.core.services import Services, created_response, vault_call
+from proxy.core.services import Services, vault_call
+from proxy.core.views import created_view
 from proxy.domain.card import pan_like
 from proxy.domain.decode import decode
 from proxy.domain.errors import InvalidRequest, ValidationFailed
@@ -171,7 +172,7 @@ def parse_invoice_request(body: object, *, partners: frozenset[str]) -> InvoiceR
 async def create_invoice(services: Services, body: object) -> dict[str, Any]:
     """Validate and store an invoice reference; returns its token and masked view."""
     invoice = parse_invoice_request(body, partners=frozenset({services.partner.name}))
-    return created_response(await store_invoice(services, invoice, token=None))
+    return created_view(await store_invoice(services, invoice, token=None))
 
 
 async def store_invoice(
