@@ -240,14 +240,21 @@ PartnerCustomer = (
 )
 
 
+# A record's details, as kept when it was stored; one the record lacks is left out.
+Detail = str | UnsetType
+NullableDetail = str | None | UnsetType
+
+
 class CardToken(Struct, kw_only=True):
     """A card's token, as created."""
 
     token: Annotated[str, Meta(pattern="^vtok_card_")]
     kind: Literal["card"]
-    brand: str
-    last4: str
-    masked: Annotated[str, Meta(description="first six and last four, the rest starred")]
+    brand: Detail = UNSET
+    last4: Detail = UNSET
+    masked: (
+        Annotated[str, Meta(description="first six and last four, the rest starred")] | UnsetType
+    ) = UNSET
     created_at: Timestamp
 
 
@@ -256,10 +263,12 @@ class BankToken(Struct, kw_only=True):
 
     token: Annotated[str, Meta(pattern="^vtok_bank_")]
     kind: Literal["bank"]
-    country: str
-    bank_code: str | None
-    last4: str
-    masked: Annotated[str, Meta(description="country + check digits + **** + last4")]
+    country: Detail = UNSET
+    bank_code: NullableDetail = UNSET
+    last4: Detail = UNSET
+    masked: (
+        Annotated[str, Meta(description="country + check digits + **** + last4")] | UnsetType
+    ) = UNSET
     customer_ref: str | None
     created_at: Timestamp
 
@@ -269,11 +278,11 @@ class InvoiceToken(Struct, kw_only=True):
 
     token: Annotated[str, Meta(pattern="^vtok_inv_")]
     kind: Literal["invoice"]
-    invoice_number: str
-    ocr_reference: str | None
-    amount: int
-    currency: str
-    due_date: IsoDate
+    invoice_number: Detail = UNSET
+    ocr_reference: NullableDetail = UNSET
+    amount: int | UnsetType = UNSET
+    currency: Detail = UNSET
+    due_date: IsoDate | UnsetType = UNSET
     customer_ref: str | None
     created_at: Timestamp
 
@@ -328,7 +337,10 @@ class TokenList(Struct, kw_only=True):
 
     object: Literal["list"]
     customer_ref: str
-    data: list[dict[str, Any]]
+    data: Annotated[
+        list[dict[str, Any]],
+        Meta(extra_json_schema={"items": {"$ref": "#/components/schemas/TokenView"}}),
+    ]
     has_more: bool
     next_cursor: Annotated[str | None, Meta(description="pass as starting_after for the next page")]
 
