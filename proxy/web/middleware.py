@@ -33,6 +33,7 @@ from proxy.domain.errors import (
 )
 from proxy.infra.clients import Client
 from proxy.web import authguard, publishable
+from proxy.web.api import QUERY_PARAMETERS
 from proxy.web.appkeys import CLIENTS, METRICS, SETTINGS
 from proxy.web.limits import MAX_JSON_DEPTH, json_too_deep
 
@@ -79,18 +80,13 @@ def _translate_http(exc: web.HTTPException) -> ProxyError:
     return ProxyError("An internal error occurred.")
 
 
-# Query parameters each route takes; any other is refused rather than silently ignored
-# (a client's typo, e.g. `limt`, would otherwise look like it worked).
-_QUERY_PARAMETERS: dict[str, frozenset[str]] = {
-    "/v1/customers/{customer_ref}/tokens": frozenset({"limit", "starting_after"}),
-}
-
-
 def _check_query(request: web.Request) -> None:
     route = route_template(request)
     if route == _UNMATCHED:
         return  # a 404 tells more than a complaint about the query
-    allowed = _QUERY_PARAMETERS.get(route, frozenset())
+    # Any parameter a route does not declare is refused rather than silently ignored (a
+    # client's typo, e.g. `limt`, would otherwise look like it worked).
+    allowed = QUERY_PARAMETERS.get(route, frozenset())
     unknown = sorted(set(request.query) - allowed)
     if unknown:
         # The name is the client's text (it could be a card number): only a short plain
