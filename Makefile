@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck bench fuzz clean
 
-$(STAMP): pyproject.toml
+# The client (clients/python) and the sandbox partner (sandbox/) are distributions of
+# their own, installed editable beside the service so the tests drive them for real.
+$(STAMP): pyproject.toml clients/python/pyproject.toml sandbox/pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' -e ./clients/python -e ./sandbox
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -21,8 +23,8 @@ test: $(STAMP) lint typecheck
 	$(BIN)/pytest --cov --cov-report=term:skip-covered
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy vault pandetect sandbox tokenproxy_client tests $(wildcard bench)
-	$(BIN)/ruff format --check proxy vault pandetect sandbox tokenproxy_client tests $(wildcard bench)
+	$(BIN)/ruff check proxy vault pandetect sandbox clients/python tests $(wildcard bench)
+	$(BIN)/ruff format --check proxy vault pandetect sandbox clients/python tests $(wildcard bench)
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)

@@ -31,9 +31,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 from aiohttp import web
+from tokenproxy_sandbox.launcher import free_port
 
 from proxy.infra.clients import add_client, parse_scopes
-from sandbox.launcher import free_port
 from vault import Kind, LocalKekProvider, NewRecord, Record, Vault, iso, new_token, utcnow
 from vault.crypto import record_aad
 from vault.keys.ring import init_keyring

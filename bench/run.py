@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenproxy_sandbox.launcher import free_port
+
 from proxy.infra.clients import add_client, parse_scopes
-from sandbox.launcher import free_port
 from vault import Kind, LocalKekProvider, NewRecord, Vault
 from vault.keys.ring import init_keyring
 

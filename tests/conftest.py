@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 
 from proxy.infra.clients import ClientRegistry, add_client, parse_scopes
 from proxy.infra.log import configure_logging
@@ -21,7 +22,6 @@ from proxy.partners.stripe import StripePartner
 from proxy.web.app import create_app, create_ops_app
 from proxy.web.appkeys import METRICS
 from proxy.web.limits import ApiRunner, ops_server_options, server_options
-from sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 from tests.backends import (
     PG_HOST,
     PG_URL,

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.launcher import executable, free_port
+from tokenproxy_sandbox.launcher import executable, free_port
 
 BANNER_TRY = "try, from this directory:"
 

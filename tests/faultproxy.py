@@ -1,7 +1,7 @@
 """A fault-injection HTTP proxy for tests: sits on loopback between tokenproxy and localstripe.
 
 Its upstream is the sandbox partner (``Localstripe.base_url``): localstripe behind the
-front that keeps Stripe's documented rules (``sandbox.front``: SetupIntents with
+front that keeps Stripe's documented rules (``tokenproxy_sandbox.front``: SetupIntents with
 mandates, customers required on PaymentIntents), so faults apply on top of those rules.
 
 Faults are switched at run time, per test: a script of faults for the next requests,
@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-
-from sandbox.launcher import free_port
+from tokenproxy_sandbox.launcher import free_port
 
 _HOP_BY_HOP = frozenset(
     {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "upgrade"}

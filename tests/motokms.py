@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sandbox.launcher import HelperProcess, executable, free_port
+from tokenproxy_sandbox.launcher import HelperProcess, executable, free_port
 
 # moto accepts any credentials; these keep boto3 from looking for real ones.
 FAKE_AWS_ENV = {

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 from aiohttp import web
-
-from sandbox.launcher import free_port
+from tokenproxy_sandbox.launcher import free_port
 
 _HOP_BY_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 

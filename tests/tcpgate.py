@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from sandbox.launcher import free_port
+from tokenproxy_sandbox.launcher import free_port
 
 
 class TcpGate:

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 
-from sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 from tests.faultproxy import FaultProxy
 from vault import IdempotencyStore, LocalKekProvider, Vault
 

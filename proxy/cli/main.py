@@ -81,10 +81,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     """`make run`: vault, key ring and clients under var/, localstripe, the demo checkout page."""
     # The sandbox partner is a development tool of the source tree, not of the wheel.
     try:
-        from sandbox.launcher import SANDBOX_API_KEY, Localstripe
+        from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe
     except ImportError:
         print(
-            "tokenproxy: `dev` runs from a source checkout (make run); "
+            "tokenproxy: `dev` needs the sandbox partner (make venv installs it from sandbox/); "
             "production installs serve with `tokenproxy serve`",
             file=sys.stderr,
         )

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from tokenproxy_sandbox.launcher import free_port
 
 from proxy.infra.clients import PUBLISHABLE_SCOPES, add_client
-from sandbox.launcher import free_port
 from tests.conftest import RunningProxy, ci
 
 CHROMIUM = Path("/usr/bin/chromium")

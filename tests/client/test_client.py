@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from tokenproxy_sandbox.launcher import free_port
 
-from sandbox.launcher import free_port
 from tests.cards import VISA
 from tests.conftest import RunningProxy
 from tokenproxy_client import (
@@ -99,6 +99,16 @@ async def test_path_values_are_quoted(proxy: RunningProxy) -> None:
         with pytest.raises(NotFoundError) as missing:
             await orders.read("../../openapi.json")
     assert missing.value.code == "resource_missing"
+
+
+async def test_reused_idempotency_key_is_an_idempotency_error(proxy: RunningProxy) -> None:
+    """The proxy's 422 for a key reused with another body raises IdempotencyError, unretried."""
+    async with client_for(proxy, "checkout") as checkout:
+        await checkout.tokenize_card(VISA.number, 12, 2034, VISA.cvc, idempotency_key="order-9")
+        with pytest.raises(IdempotencyError) as reused:
+            await checkout.tokenize_card(VISA.number, 11, 2034, VISA.cvc, idempotency_key="order-9")
+    assert (reused.value.status, reused.value.code) == (422, "idempotency_key_reused")
+    assert reused.value.type == "idempotency_error"
 
 
 async def test_unreachable_proxy_is_a_connection_error() -> None:

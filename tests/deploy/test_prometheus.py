@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from tokenproxy_sandbox.launcher import free_port
 
-from sandbox.launcher import free_port
 from tests.conftest import RunningProxy
 from tests.deploy.tools import DEPLOY, require
 from tests.proxy.test_cards_api import card_body, tokenize

@@ -8,7 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from sandbox.launcher import SANDBOX_API_KEY, Localstripe
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe
+
 from tests.conftest import RunningProxy
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "billing.md"

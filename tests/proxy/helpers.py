@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe
 
-from sandbox.launcher import SANDBOX_API_KEY, Localstripe
 from tests.conftest import RunningProxy
 from tests.ibans import VALID, IbanCase
 

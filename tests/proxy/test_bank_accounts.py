@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tokenproxy_sandbox.launcher import Localstripe
 
 from proxy.domain.bank import MIN_HIDDEN_CHARS, national_bank_code
 from proxy.domain.hazmat import Iban
 from proxy.domain.iban import IBAN_LENGTHS
-from sandbox.launcher import Localstripe
 from tests.conftest import RunningProxy
 from tests.ibans import VALID, IbanCase, with_check_digits
 from tests.proxy.helpers import bank_body, create, metrics_text, partner_get, resolve

@@ -2,7 +2,7 @@
 
 Real parts only: the proxy on loopback (SQLite and PostgreSQL vaults), the client
 library, the official stripe SDK, and the sandbox partner (localstripe behind the
-front that keeps Stripe's rules, ``sandbox.front``).
+front that keeps Stripe's rules, ``tokenproxy_sandbox.front``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any
 import aiohttp
 import pytest
 import stripe
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe
 
 from proxy.core.customers import open_pending
 from proxy.domain.errors import InvalidRequest
 from proxy.web.appkeys import SERVICES
-from sandbox.launcher import SANDBOX_API_KEY, Localstripe
 from tests.conftest import RunningProxy, make_settings, running_proxy
 from tests.proxy.helpers import MANDATE_ACCEPTANCE, partner_get
 from tokenproxy_client import CardError, PermissionDeniedError, ResolvedToken, TokenProxyClient

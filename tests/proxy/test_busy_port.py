@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from sandbox.launcher import free_port
+from tokenproxy_sandbox.launcher import free_port
 
 
 @pytest.fixture

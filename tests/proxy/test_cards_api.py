@@ -6,8 +6,8 @@ import sqlite3
 
 import aiohttp
 import pytest
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe
 
-from sandbox.launcher import SANDBOX_API_KEY, Localstripe
 from tests.cards import PARTNER_CARDS, VISA
 from tests.conftest import RunningProxy
 

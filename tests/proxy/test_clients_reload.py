@@ -15,9 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from structlog.testing import capture_logs
+from tokenproxy_sandbox.launcher import Localstripe
 
 from proxy.infra.clients import ClientRegistry, add_client, digest, parse_scopes, rotate_client
-from sandbox.launcher import Localstripe
 from tests.conftest import RunningProxy, make_settings, running_proxy
 from tests.proxy.helpers import metrics_text
 from tests.resilience.serverproc import ServerProcess

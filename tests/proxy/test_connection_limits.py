@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tokenproxy_sandbox.launcher import Localstripe
 
 from proxy.infra.settings import HostPort
-from sandbox.launcher import Localstripe
 from tests.cards import VISA
 from tests.conftest import RunningProxy, make_settings, running_proxy
 from tests.proxy.helpers import metrics_text

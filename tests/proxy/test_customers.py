@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 
 from proxy.partners.stripe import StripePartner
 from proxy.web.appkeys import SERVICES
-from sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 from tests.cards import PARTNER_CARDS, VISA, luhn_complete
 from tests.conftest import RunningProxy
 from tests.ibans import VALID

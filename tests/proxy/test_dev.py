@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from sandbox.launcher import SANDBOX_API_KEY, free_port
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, free_port
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from tokenproxy_sandbox.launcher import Localstripe, free_port
 
 from proxy.infra.clients import ClientRegistry, add_client, parse_scopes
 from proxy.infra.settings import HostPort, Settings
@@ -27,7 +28,6 @@ from proxy.web.devmode import (
     render_demo_page,
     with_demo_origin,
 )
-from sandbox.launcher import Localstripe, free_port
 from tests.devserver import DevServer, running_dev
 from tests.resilience.serverproc import ServerProcess
 

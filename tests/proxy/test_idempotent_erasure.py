@@ -8,9 +8,9 @@ import json
 from typing import Any
 
 import pytest
+from tokenproxy_sandbox.launcher import Localstripe
 
 from proxy.web.appkeys import SERVICES
-from sandbox.launcher import Localstripe
 from tests.backends import RawRows
 from tests.cards import VISA
 from tests.conftest import RunningProxy

@@ -6,11 +6,11 @@ import logging
 from datetime import date
 
 import pytest
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 
 from proxy.domain.errors import PartnerError, PartnerUnavailable
 from proxy.domain.requests import parse_card_request
 from proxy.partners.stripe import StripePartner, silence_sdk_logging
-from sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 from tests.cards import VISA
 
 TODAY = date(2026, 11, 25)

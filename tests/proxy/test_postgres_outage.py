@@ -11,11 +11,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import Settings
 from proxy.web.app import create_app, create_ops_app
-from sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 from tests.ibans import VALID
 from tests.partner_tap import PartnerTap
 from tests.tcpgate import TcpGate

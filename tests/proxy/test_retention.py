@@ -14,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tokenproxy_sandbox.launcher import Localstripe
 
 from proxy.core import retention
 from proxy.infra.settings import Settings, SettingsError
 from proxy.web.appkeys import SERVICES
-from sandbox.launcher import Localstripe
 from tests.conftest import RunningProxy, make_settings, running_proxy
 from tests.proxy.helpers import create, metrics_text, resolve, rows
 from tests.proxy.test_cards_api import card_body

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 import stripe
-
-from sandbox.launcher import SANDBOX_API_KEY, Localstripe
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe
 
 IBAN = "DE89370400440532013000"
 ONLINE = {"ip_address": "203.0.113.7", "user_agent": "Mozilla/5.0"}

@@ -8,13 +8,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 
 from proxy.infra.clients import add_client, parse_scopes
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import Settings
 from proxy.web.app import create_app, create_ops_app
 from proxy.web.limits import ApiRunner, server_options
-from sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 from tests.conftest import RunningProxy
 from tests.faultproxy import FaultProxy
 

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import aiohttp
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, free_port
 
 from proxy.infra.clients import add_client, parse_scopes
-from sandbox.launcher import SANDBOX_API_KEY, free_port
 from tests.resilience.conftest import FAST
 from vault.keys.ring import init_keyring
 

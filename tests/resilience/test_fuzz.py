@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi import checks
+from tokenproxy_sandbox.launcher import Localstripe
 
 from proxy.web.routes import ROUTES
-from sandbox.launcher import Localstripe
 from tests.resilience.serverproc import ServerProcess
 
 # About 1,200 cases: enough to sweep every operation and mode inside a suite that stays

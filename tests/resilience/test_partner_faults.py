@@ -9,13 +9,13 @@ from datetime import date
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY
 
 from proxy.domain.errors import PartnerDeclined, PartnerError, PartnerTimeout, PartnerUnavailable
 from proxy.domain.requests import CardRequest, parse_card_request
 from proxy.infra.metrics import Metrics
 from proxy.partners.resilience import CircuitBreaker, CircuitState, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
-from sandbox.launcher import SANDBOX_API_KEY
 from tests.conftest import RunningProxy
 from tests.faultproxy import Fault, FaultProxy
 from tests.proxy.test_cards_api import card_body

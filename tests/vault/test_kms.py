@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tokenproxy_sandbox.launcher import free_port
 
 from proxy.cli.main import main
-from sandbox.launcher import free_port
 from tests.motokms import FAKE_AWS_ENV, MotoKms
 from vault import (
     DecryptionFailed,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from tokenproxy_sandbox.launcher import free_port
 
 from proxy.cli.main import main as cli_main
-from sandbox.launcher import free_port
 from tests.backends import with_query
 from tests.tcpgate import TcpGate
 from vault import LocalKekProvider, StorageUnavailable, Vault

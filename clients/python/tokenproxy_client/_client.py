@@ -16,6 +16,8 @@ from urllib.parse import quote
 import aiohttp
 
 from tokenproxy_client._errors import (
+    IDEMPOTENCY_KEY_IN_USE,
+    MISSING_SCOPE,
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -31,13 +33,13 @@ from tokenproxy_client._models import (
     Deletion,
     InvoiceToken,
     ResolvedToken,
+    TokenPage,
     TokenView,
 )
 
 # 429 and 503 say "not now", nothing happened. 409 only when the Idempotency-Key is in
 # use by a request still running (a reused key with another body is a real conflict).
 DEFAULT_RETRY_STATUSES: Final = frozenset({429, 503})
-_IN_USE_CODES: Final = frozenset({"idempotency_key_in_use", "request_in_progress"})
 # The server's largest page (GET /v1/customers/{ref}/tokens?limit=).
 MAX_PAGE_SIZE: Final = 100
 
@@ -69,7 +71,7 @@ def _retryable(error: TokenProxyError) -> bool:
         return True
     if error.status in DEFAULT_RETRY_STATUSES:
         return True
-    return error.status == 409 and error.code in _IN_USE_CODES
+    return error.status == 409 and error.code == IDEMPOTENCY_KEY_IN_USE
 
 
 def _path(*parts: str) -> str:
@@ -274,21 +276,13 @@ class TokenProxyClient:
 
     async def resolve(self, token: str) -> ResolvedToken:
         """GET /v1/tokens/{token} with the resolve scope: what an off-session charge needs."""
-        body = await self._request("GET", _path("v1", "tokens", token))
-        reference = body.get("partner_reference")
-        if not isinstance(reference, str):
+        resolved = ResolvedToken.from_json(await self._request("GET", _path("v1", "tokens", token)))
+        if resolved is None:
             # The proxy answers a read-only key with the masked view; say so plainly.
             raise PermissionDeniedError(
-                "This client key lacks the resolve scope.", code="missing_scope", status=403
+                "This client key lacks the resolve scope.", code=MISSING_SCOPE, status=403
             )
-        customer, mandate = body.get("partner_customer"), body.get("mandate_reference")
-        return ResolvedToken(
-            view=TokenView.from_json(body),
-            partner=str(body.get("partner") or ""),
-            partner_reference=reference,
-            partner_customer=customer if isinstance(customer, str) else None,
-            mandate_reference=mandate if isinstance(mandate, str) else None,
-        )
+        return resolved
 
     async def delete(self, token: str) -> Deletion:
         """DELETE /v1/tokens/{token} (scope delete), detaching it at the partner."""
@@ -310,13 +304,13 @@ class TokenProxyClient:
         path = _path("v1", "customers", customer_ref, "tokens")
         params: dict[str, str] = {"limit": str(page_size)}
         while True:
-            body = await self._request("GET", path, params=params)
-            for item in body.get("data", []):
-                yield TokenView.from_json(item)
-            if not body.get("has_more"):
+            page = TokenPage.from_json(await self._request("GET", path, params=params))
+            for view in page.data:
+                yield view
+            if not page.has_more:
                 return
-            cursor = body.get("next_cursor")
-            if not isinstance(cursor, str) or not cursor:
+            cursor = page.next_cursor
+            if cursor is None:
                 # Guessing a cursor (the last token, say) would restart or skip pages.
                 raise APIError(
                     "tokenproxy said more pages follow but gave no next_cursor",

@@ -5,12 +5,12 @@
     TokenProxyError                     (any failure; status/type/code/request_id when known)
     ├── APIConnectionError              (no HTTP answer: refused, reset, DNS)
     │   └── APITimeoutError             (no answer in time)
-    ├── InvalidRequestError             (400, 405, 410, 413, 415 invalid_request_error)
+    ├── InvalidRequestError             (400, 405, 408, 410, 413, 415, 417 invalid_request_error)
     │   ├── NotFoundError               (404)
     │   ├── ValidationError             (422)
     │   └── ConflictError               (409)
-    │       └── IdempotencyError        (409/410 idempotency_error: key reused / in use /
-    │                                    erased with its customer: use a new key)
+    │       └── IdempotencyError        (idempotency_error: 422 key reused with another body,
+    │                                    409 in use, 410 erased with its customer: use a new key)
     ├── CardError                       (402 declined, 422 card_error)
     ├── AuthenticationError             (401)
     ├── PermissionDeniedError           (403)
@@ -27,7 +27,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
+
+# The error types and codes this client gives a meaning of its own (an exception class, a
+# retry, a raised code, a documented next step); each is one the proxy's OpenAPI document lists.
+CARD_ERROR: Final = "card_error"
+PARTNER_ERROR: Final = "partner_error"
+IDEMPOTENCY_ERROR: Final = "idempotency_error"
+KNOWN_TYPES: Final = frozenset({CARD_ERROR, PARTNER_ERROR, IDEMPOTENCY_ERROR})
+
+IDEMPOTENCY_KEY_IN_USE: Final = "idempotency_key_in_use"
+MISSING_SCOPE: Final = "missing_scope"
+AUTHENTICATION_REQUIRED: Final = "authentication_required"
+KNOWN_CODES: Final = frozenset({IDEMPOTENCY_KEY_IN_USE, MISSING_SCOPE, AUTHENTICATION_REQUIRED})
 
 
 class TokenProxyError(Exception):
@@ -89,7 +101,8 @@ class ConflictError(InvalidRequestError):
 
 
 class IdempotencyError(ConflictError):
-    """An Idempotency-Key was reused with another body, or is in use by a concurrent request."""
+    """An Idempotency-Key was reused with another body (422), is in use by a concurrent
+    request (409), or belongs to an erased customer (410)."""
 
 
 class CardError(TokenProxyError):
@@ -158,10 +171,12 @@ _BY_STATUS: dict[int, type[TokenProxyError]] = {
     403: PermissionDeniedError,
     404: NotFoundError,
     405: InvalidRequestError,
+    408: InvalidRequestError,
     409: ConflictError,
     410: InvalidRequestError,
     413: InvalidRequestError,
     415: InvalidRequestError,
+    417: InvalidRequestError,
     422: ValidationError,
     429: RateLimitError,
     502: PartnerError,
@@ -177,12 +192,12 @@ def error_for(status: int, body: Any, headers: dict[str, str]) -> TokenProxyErro
         error = {}
     kind = error.get("type") if isinstance(error.get("type"), str) else None
     cls: type[TokenProxyError] = _BY_STATUS.get(status, APIError)
-    if kind == "card_error":
+    if kind == CARD_ERROR:
         cls = CardError
-    elif status == 503 and kind == "partner_error":
+    elif status == 503 and kind == PARTNER_ERROR:
         cls = PartnerUnavailableError
-    elif status in {409, 410} and (
-        kind == "idempotency_error" or "idempotency" in str(error.get("code"))
+    elif kind == IDEMPOTENCY_ERROR or (
+        status in {409, 410} and "idempotency" in str(error.get("code"))
     ):
         cls = IdempotencyError
     message = error.get("message")

@@ -1,4 +1,8 @@
-"""Typed results. Each keeps the whole JSON answer in ``raw`` for fields added later."""
+"""Typed results. Each keeps the whole JSON answer in ``raw`` for fields added later.
+
+Every field the client reads from an answer is read here, in a ``from_json``: the fields
+each one reads are held to the response schemas of the proxy's OpenAPI document.
+"""
 
 from __future__ import annotations
 
@@ -140,6 +144,20 @@ class ResolvedToken:
     partner_customer: str | None = None
     mandate_reference: str | None = None
 
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ResolvedToken | None:
+        """Build from a GET /v1/tokens/{token} answer; None for a masked view (no resolve scope)."""
+        reference = body.get("partner_reference")
+        if not isinstance(reference, str):
+            return None
+        return cls(
+            view=TokenView.from_json(body),
+            partner=str(body.get("partner") or ""),
+            partner_reference=reference,
+            partner_customer=_opt(body, "partner_customer"),
+            mandate_reference=_opt(body, "mandate_reference"),
+        )
+
     @property
     def token(self) -> str:
         """The token."""
@@ -159,6 +177,26 @@ class ResolvedToken:
     def customer_ref(self) -> str | None:
         """The customer the token belongs to, if any."""
         return self.view.customer_ref
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPage:
+    """One page of a customer's tokens; ``next_cursor`` goes back as ``starting_after``."""
+
+    data: list[TokenView]
+    has_more: bool
+    next_cursor: str | None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> TokenPage:
+        """Build from a GET /v1/customers/{ref}/tokens answer."""
+        data = body.get("data")
+        cursor = body.get("next_cursor")
+        return cls(
+            data=[TokenView.from_json(item) for item in data] if isinstance(data, list) else [],
+            has_more=bool(body.get("has_more")),
+            next_cursor=cursor if isinstance(cursor, str) and cursor else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +224,9 @@ class CustomerErasure:
 
     @classmethod
     def from_json(cls, customer_ref: str, body: dict[str, Any] | None) -> CustomerErasure:
-        """Build from a DELETE /v1/customers/{ref} answer."""
+        """Build from a DELETE /v1/customers/{ref} answer: complete when nothing remains."""
         body = body or {}
-        remaining = body.get("remaining")
-        complete = body.get("complete")
-        if not isinstance(complete, bool):
-            complete = not remaining
-        return cls(customer_ref=customer_ref, complete=complete, raw=body)
+        return cls(customer_ref=customer_ref, complete=not body.get("remaining"), raw=body)
 
 
 @dataclass(frozen=True, slots=True)

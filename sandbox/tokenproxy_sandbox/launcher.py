@@ -32,7 +32,7 @@ def executable(name: str) -> str:
         return str(beside)
     found = shutil.which(name)
     if found is None:
-        raise RuntimeError(f"{name} is not installed (pip install '.[dev]')")
+        raise RuntimeError(f"{name} is not installed (make venv installs it)")
     return found
 
 
@@ -80,7 +80,7 @@ class HelperProcess:
 class Localstripe(HelperProcess):
     """A running localstripe process on a free loopback port, behind the Stripe-rules front.
 
-    ``base_url`` is the front (``sandbox.front``): what the proxy, the tests and
+    ``base_url`` is the front (``tokenproxy_sandbox.front``): what the proxy, the tests and
     a billing service in the dev stack talk to. ``upstream_url`` is localstripe itself.
     """
 
@@ -100,7 +100,7 @@ class Localstripe(HelperProcess):
             [
                 sys.executable,
                 "-m",
-                "sandbox.front",
+                "tokenproxy_sandbox.front",
                 "--port",
                 str(self.port),
                 "--upstream",

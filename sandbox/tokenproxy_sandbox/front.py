@@ -16,8 +16,8 @@ tests and behaves as Stripe documents, each rule citing the page it follows:
 * ``sepa_debit`` PaymentMethods lose the legacy Sources fields ``mandate_reference`` and
   ``mandate_url``, which Stripe's PaymentMethod object does not have.
 
-Run it as ``python -m sandbox.front --port P --upstream URL``; ``sandbox.launcher``
-starts it in front of localstripe.
+Run it as ``python -m tokenproxy_sandbox.front --port P --upstream URL``;
+``tokenproxy_sandbox.launcher`` starts it in front of localstripe.
 """
 
 from __future__ import annotations
