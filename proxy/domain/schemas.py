@@ -337,10 +337,7 @@ class TokenList(Struct, kw_only=True):
 
     object: Literal["list"]
     customer_ref: str
-    data: Annotated[
-        list[dict[str, Any]],
-        Meta(extra_json_schema={"items": {"$ref": "#/components/schemas/TokenView"}}),
-    ]
+    data: Annotated[list[dict[str, Any]], Meta(description="TokenView items")]
     has_more: bool
     next_cursor: Annotated[str | None, Meta(description="pass as starting_after for the next page")]
 

@@ -79,10 +79,13 @@ def _components() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     schemas = _renamed(schemas, names)
     parameters = {struct.__name__: schemas.pop(struct.__name__) for struct in set(params)}
     components = {names.get(name, name): schema for name, schema in schemas.items()}
+    # msgspec describes no union of untagged Structs (and a tag would move `kind` first in
+    # every answer): the views' union, and the listing made of them, are written here.
     components["TokenView"] = {
         "description": "A token's view: which one depends on its kind.",
         "anyOf": [_ref(view) for view in TOKEN_VIEWS],
     }
+    components["TokenList"]["properties"]["data"]["items"] = {"$ref": _REF.format(name="TokenView")}
     return components, parameters
 
 
