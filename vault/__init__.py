@@ -28,7 +28,6 @@ from vault.idempotency import (
 from vault.keys.ring import KekProvider, KeyRing, LocalKekProvider
 from vault.lifecycle import MAX_PAGE, Erasure, ErasureStatus, Page, PartnerCustomer
 from vault.records import (
-    RESOLVE_ONLY_DETAILS,
     Kind,
     NewRecord,
     Record,
@@ -42,7 +41,6 @@ from vault.store import Vault, open_backend
 
 __all__ = [
     "MAX_PAGE",
-    "RESOLVE_ONLY_DETAILS",
     "AuditUnavailable",
     "Claim",
     "DecryptionFailed",

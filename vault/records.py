@@ -1,4 +1,4 @@
-"""Record model: what the vault keeps about a token, and the views it hands out.
+"""Record model: what the vault keeps about a token.
 
 Everything but the token, kind and timestamps lives inside the record's ciphertext;
 blind indexes (keyed HMACs) let the store find records by customer or partner
@@ -55,11 +55,6 @@ def iso(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-# Details that are partner references (the design lets only `resolve` see those): the
-# SEPA mandate (`mandate_…`) and the partner customer the method is saved on (`cus_…`).
-RESOLVE_ONLY_DETAILS = frozenset({"mandate_reference", "partner_customer"})
-
-
 @dataclass(frozen=True, slots=True)
 class NewRecord:
     """What a caller gives the vault to store; the vault adds the token and timestamps."""
@@ -90,27 +85,6 @@ class Record:
     metadata: dict[str, str]
     created_at: datetime
     last_used_at: datetime | None = None
-
-    def masked_view(self) -> dict[str, Any]:
-        """What a `read` client may see: no partner reference (a SEPA mandate id is one)."""
-        view: dict[str, Any] = {"token": self.token, "kind": str(self.kind)}
-        view.update((k, v) for k, v in self.details.items() if k not in RESOLVE_ONLY_DETAILS)
-        view["customer_ref"] = self.customer_ref
-        view["metadata"] = self.metadata
-        view["created_at"] = iso(self.created_at)
-        return view
-
-    def resolved_view(self) -> dict[str, Any]:
-        """What a `resolve` client may see: the masked view plus the partner references.
-
-        That is everything an off-session charge needs: the payment method, the partner
-        customer it is saved on (absent when none) and, for SEPA debit, the mandate.
-        """
-        view = self.masked_view()
-        view.update((k, v) for k, v in self.details.items() if k in RESOLVE_ONLY_DETAILS)
-        view["partner"] = self.partner
-        view["partner_reference"] = self.partner_reference
-        return view
 
     def payload(self) -> dict[str, Any]:
         """The fields that go inside the ciphertext."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.core.customers import SaveRequest, store_payment_method
-from proxy.core.services import Services, created_response, ensure_vault_up, partner_call
+from proxy.core.services import Services, ensure_vault_up, partner_call
+from proxy.core.views import created_view
 from proxy.domain.bank import BankAccountRequest, national_bank_code, parse_bank_account_request
 from vault import Kind, NewRecord, Record
 
@@ -25,7 +26,7 @@ async def tokenize_bank_account(
     record = await store_bank_account(
         services, account, created, token=None, actor=actor, origin=origin
     )
-    return created_response(record)
+    return created_view(record)
 
 
 async def create_sepa_at_partner(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from proxy.core.customers import SaveRequest, open_pending, store_saved
 from proxy.core.services import Services, partner_call, vault_call
+from proxy.domain.decode import decode
 from proxy.domain.errors import (
     AuthenticationRequired,
     Conflict,
@@ -21,23 +22,14 @@ from proxy.domain.errors import (
     PartnerDeclined,
     PartnerError,
 )
-from proxy.domain.fields import _echoable
+from proxy.domain.schemas import SETUP_MAX, CardConfirmRequestBody
 from vault import Record
-
-_MAX_SETUP = 8192
 
 
 def parse_confirm_request(body: object) -> str:
     """The sealed setup from a ``POST /v1/cards/confirm`` body."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_body")
-    for key in body:
-        if key != "setup":
-            raise InvalidRequest("Unknown field.", code="unknown_field", param=_echoable(key))
-    setup = body.get("setup")
-    if setup is None:
-        raise InvalidRequest("setup is required.", code="missing_field", param="setup")
-    if not isinstance(setup, str) or not 1 <= len(setup) <= _MAX_SETUP:
+    setup: object = decode(body, CardConfirmRequestBody).setup
+    if not isinstance(setup, str) or not 1 <= len(setup) <= SETUP_MAX:
         raise InvalidRequest(
             "setup must be the string a 402 authentication_required answer gave.",
             code="invalid_setup",

@@ -9,11 +9,12 @@ import structlog
 
 from proxy.core.customers import SaveRequest, store_payment_method
 from proxy.core.services import Services, ensure_vault_up, partner_call
+from proxy.core.views import created_view
 from proxy.domain.errors import ServiceUnavailable
 from proxy.domain.requests import CardRequest, parse_card_request
 from proxy.partners.ports import PartnerCard
 from proxy.partners.resilience import new_partner_key
-from vault import Kind, NewRecord, Record, iso
+from vault import Kind, NewRecord, Record
 
 _log = structlog.get_logger("tokenproxy.service")
 
@@ -38,7 +39,7 @@ async def tokenize_card(
         services.metrics.partner_orphans.labels(services.partner.name).inc()
         _log.error("partner_reference_orphaned", partner_idempotency_key=partner_key)
         raise
-    return card_response(record)
+    return created_view(record)
 
 
 async def create_at_partner(services: Services, card: CardRequest, partner_key: str) -> PartnerCard:
@@ -83,13 +84,3 @@ async def store_card(
     )
     services.metrics.child(services.metrics.tokens_created, "card").inc()
     return record
-
-
-def card_response(record: Record) -> dict[str, Any]:
-    """The body of a 201 for a card token."""
-    return {
-        "token": record.token,
-        "kind": "card",
-        **{k: record.details[k] for k in ("brand", "last4", "masked")},
-        "created_at": iso(record.created_at),
-    }

@@ -22,10 +22,12 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import msgspec
 import structlog
 
 from proxy.core.audit import append_or_refuse, resource_of
 from proxy.core.services import Services, partner_call, vault_call
+from proxy.core.views import listed_view
 from proxy.domain.bank import MandateAcceptance
 from proxy.domain.errors import (
     AuthenticationRequired,
@@ -37,6 +39,7 @@ from proxy.domain.errors import (
     ValidationFailed,
 )
 from proxy.domain.fields import validate_customer_ref
+from proxy.domain.schemas import CustomerExport, Erasure, TokenDeletion, TokenList
 from proxy.partners.ports import PartnerSetup
 from vault import (
     MAX_PAGE,
@@ -334,6 +337,12 @@ async def store_saved(
 # -- listing and access report -----------------------------------------------------
 
 
+def _body(answer: msgspec.Struct) -> dict[str, Any]:
+    """An answer as the JSON-ready dict handlers send (its shape is the document's)."""
+    body: dict[str, Any] = msgspec.to_builtins(answer)
+    return body
+
+
 def _customer_ref(raw: str) -> str:
     ref = validate_customer_ref(raw)
     if ref is None:  # pragma: no cover - a path segment is never None
@@ -354,12 +363,6 @@ def parse_limit(raw: str | None) -> int:
     return int(raw)
 
 
-def _listed(record: Record) -> dict[str, Any]:
-    view = record.masked_view()
-    view["last_used_at"] = iso(record.last_used_at) if record.last_used_at else None
-    return view
-
-
 async def list_tokens(
     services: Services, customer_ref: str, *, limit: str | None, starting_after: str | None
 ) -> dict[str, Any]:
@@ -378,13 +381,15 @@ async def list_tokens(
             code="invalid_cursor",
             param="starting_after",
         ) from None
-    return {
-        "object": "list",
-        "customer_ref": ref,
-        "data": [_listed(record) for record in page.records],
-        "has_more": page.has_more,
-        "next_cursor": page.next_cursor,
-    }
+    return _body(
+        TokenList(
+            object="list",
+            customer_ref=ref,
+            data=[listed_view(record) for record in page.records],
+            has_more=page.has_more,
+            next_cursor=page.next_cursor,
+        )
+    )
 
 
 async def _all_records(
@@ -438,7 +443,7 @@ async def export_customer(services: Services, customer_ref: str) -> dict[str, An
     counts: dict[str, int] = {}
     for record in records:
         counts[str(record.kind)] = counts.get(str(record.kind), 0) + 1
-        entry = _listed(record)
+        entry = listed_view(record)
         entry["partner"] = record.partner
         entry["expired"] = vault.is_expired(record, now)
         days = vault.retention.days(record.kind)
@@ -467,20 +472,22 @@ async def export_customer(services: Services, customer_ref: str) -> dict[str, An
                 " above are attached to it",
             }
         )
-    return {
-        "object": "customer_export",
-        "customer_ref": ref,
-        "generated_at": iso(now),
-        "counts": counts,
-        "records": entries,
-        "partner_customer": None
-        if customer is None
-        else {"partner": customer.partner, "created_at": iso(customer.created_at)},
-        "held_by_partner": held,
-        "never_stored": "Card numbers, expiry dates, security codes, full IBANs, account"
-        " holder names and emails are never stored by this service; the payment partner"
-        " holds them, as listed in held_by_partner.",
-    }
+    return _body(
+        CustomerExport(
+            object="customer_export",
+            customer_ref=ref,
+            generated_at=iso(now),
+            counts=counts,
+            records=entries,
+            partner_customer=None
+            if customer is None
+            else {"partner": customer.partner, "created_at": iso(customer.created_at)},
+            held_by_partner=held,
+            never_stored="Card numbers, expiry dates, security codes, full IBANs, account"
+            " holder names and emails are never stored by this service; the payment partner"
+            " holds them, as listed in held_by_partner.",
+        )
+    )
 
 
 # -- erasure and deletion --------------------------------------------------------
@@ -612,7 +619,13 @@ async def erase_customer(services: Services, customer_ref: str) -> dict[str, Any
     services.metrics.erasures.labels(
         "complete" if erasure.status is ErasureStatus.ERASED else str(erasure.status)
     ).inc()
-    return {"object": "customer_erasure", "status": str(erasure.status), **report}
+    # NOT_FOUND was answered as 404 above.
+    erased = erasure.status is ErasureStatus.ERASED
+    return _body(
+        Erasure(
+            object="customer_erasure", status="erased" if erased else "already_erased", **report
+        )
+    )
 
 
 async def delete_token(services: Services, token: str) -> dict[str, Any]:
@@ -639,13 +652,15 @@ async def delete_token(services: Services, token: str) -> dict[str, Any]:
     if not deleted:
         raise NotFound("No such token.", param="token")
     services.metrics.tokens_deleted.labels(str(record.kind), "delete").inc()
-    return {
-        "object": "token_deletion",
-        "token": token,
-        "kind": str(record.kind),
-        "deleted": True,
-        "partner_detached": record.kind in PARTNER_HOLDS and bool(record.partner_reference),
-    }
+    return _body(
+        TokenDeletion(
+            object="token_deletion",
+            token=token,
+            kind=str(record.kind),
+            deleted=True,
+            partner_detached=record.kind in PARTNER_HOLDS and bool(record.partner_reference),
+        )
+    )
 
 
 # -- audit (PCI DSS 10.2.2: deletions and erasures are recorded) ------------------

@@ -38,9 +38,10 @@ from typing import Any
 
 import structlog
 
-from proxy.core.cards import card_response, create_at_partner, store_card
+from proxy.core.cards import create_at_partner, store_card
 from proxy.core.customers import delete_token
 from proxy.core.services import Services, vault_call
+from proxy.core.views import created_view
 from proxy.domain.errors import (
     IdempotencyKeyErased,
     IdempotencyKeyInUse,
@@ -175,7 +176,7 @@ async def tokenize_card_once(
         kind=Kind.CARD,
         partner_step=partner_step,
         store_step=store_step,
-        respond=card_response,
+        respond=created_view,
     )
 
 

@@ -11,12 +11,20 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final
 
-from proxy.core.services import Services, created_response, vault_call
+from proxy.core.services import Services, vault_call
+from proxy.core.views import created_view
 from proxy.domain.card import pan_like
+from proxy.domain.decode import decode
 from proxy.domain.errors import InvalidRequest, ValidationFailed
-from proxy.domain.fields import _echoable, validate_customer_ref
+from proxy.domain.fields import validate_customer_ref
 from proxy.domain.iban import iban_like
 from proxy.domain.invoice import ocr_valid, validate_ocr
+from proxy.domain.schemas import (
+    INVOICE_NUMBER_PATTERN,
+    MAX_AMOUNT,
+    PARTNER_REFERENCE_PATTERN,
+    InvoiceRequestBody,
+)
 from vault import Kind, NewRecord, Record
 
 # ISO 4217 list one (maintained by SIX), current codes as of 2025: ZWG replaced ZWL
@@ -41,24 +49,9 @@ ISO_4217: Final = frozenset(
         "WST", "XAF", "XCD", "XCG", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG",
     }
 )  # fmt: skip
-MAX_AMOUNT: Final = 10**15  # minor units; far above any invoice, far below float trouble
-_FIELDS: Final = frozenset(
-    {
-        "customer_ref",
-        "invoice_number",
-        "ocr_reference",
-        "ocr_length_digit",
-        "amount",
-        "currency",
-        "due_date",
-        "partner",
-        "partner_reference",
-    }
-)
-_REQUIRED: Final = ("customer_ref", "invoice_number", "amount", "currency", "due_date")
-_INVOICE_NUMBER_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./#-]{0,63}")
+_INVOICE_NUMBER_RE: Final = re.compile(INVOICE_NUMBER_PATTERN)
 _DATE_RE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_PARTNER_REFERENCE_RE: Final = re.compile(r"[A-Za-z0-9_]{1,255}")
+_PARTNER_REFERENCE_RE: Final = re.compile(PARTNER_REFERENCE_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +68,6 @@ class InvoiceRequest:
     partner_reference: str | None
 
 
-def _invalid(message: str, code: str, param: str) -> ValidationFailed:
-    return ValidationFailed(message, code=code, param=param)
-
-
 def _iso_date(raw: str) -> date:
     """A calendar date written YYYY-MM-DD (fromisoformat alone also takes 20240131)."""
     try:
@@ -86,52 +75,38 @@ def _iso_date(raw: str) -> date:
     except ValueError:
         due = None
     if due is None:
-        raise _invalid(
-            "due_date must be an ISO 8601 date (YYYY-MM-DD).", "invalid_date", "due_date"
+        raise ValidationFailed(
+            "due_date must be an ISO 8601 date (YYYY-MM-DD).", code="invalid_date", param="due_date"
         )
     return due
 
 
 def parse_invoice_request(body: object, *, partners: frozenset[str]) -> InvoiceRequest:
     """Validate an invoice body; ``partners`` are the partner names we accept."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_body")
-    for key in body:
-        if key not in _FIELDS:
-            raise InvalidRequest("Unknown field.", code="unknown_field", param=_echoable(key))
-    for name in _REQUIRED:
-        if body.get(name) is None:
-            raise InvalidRequest(f"{name} is required.", code="missing_field", param=name)
-    customer_ref = validate_customer_ref(body["customer_ref"])
-    assert customer_ref is not None  # noqa: S101 - required above
+    invoice = decode(body, InvoiceRequestBody)
+    customer_ref = validate_customer_ref(invoice.customer_ref)
+    assert customer_ref is not None  # noqa: S101 - required by the schema
 
-    number = body["invoice_number"]
-    if not isinstance(number, str):
-        raise InvalidRequest(
-            "invoice_number must be a string.", code="invalid_type", param="invoice_number"
-        )
+    number = invoice.invoice_number
     if _INVOICE_NUMBER_RE.fullmatch(number) is None or pan_like(number) or iban_like(number):
-        raise _invalid(
+        raise ValidationFailed(
             "invoice_number must be 1-64 of letters, digits, '_', '.', '/', '#' or '-'.",
-            "invalid_invoice_number",
-            "invoice_number",
+            code="invalid_invoice_number",
+            param="invoice_number",
         )
 
     ocr: str | None = None
-    length_digit = body.get("ocr_length_digit", False)
-    if not isinstance(length_digit, bool):
-        raise InvalidRequest(
-            "ocr_length_digit must be a boolean.", code="invalid_type", param="ocr_length_digit"
-        )
-    if body.get("ocr_reference") is not None:
-        ocr = validate_ocr(body["ocr_reference"])
+    length_digit = invoice.ocr_length_digit
+    raw_ocr = invoice.ocr_reference
+    if raw_ocr is not None:
+        ocr = validate_ocr(raw_ocr)
         # The payee's bankgiro agreement says whether references carry a length digit;
         # the caller tells us, and then it is checked too.
         if length_digit and not ocr_valid(ocr, length_digit=True):
-            raise _invalid(
+            raise ValidationFailed(
                 "The OCR reference's length digit does not match its length.",
-                "invalid_ocr_length_digit",
-                "ocr_reference",
+                code="invalid_ocr_length_digit",
+                param="ocr_reference",
             )
     elif length_digit:
         raise InvalidRequest(
@@ -140,28 +115,23 @@ def parse_invoice_request(body: object, *, partners: frozenset[str]) -> InvoiceR
             param="ocr_reference",
         )
 
-    amount = body["amount"]
-    # bool is an int in Python; JSON true is not an amount. Floats are refused
-    # outright: minor units are whole numbers.
-    if not isinstance(amount, int) or isinstance(amount, bool):
-        raise InvalidRequest(
-            "amount must be an integer in minor units.", code="invalid_type", param="amount"
-        )
+    # Floats and booleans are refused by the schema: minor units are whole numbers.
+    amount = invoice.amount
     if not 0 <= amount <= MAX_AMOUNT:
-        raise _invalid(f"amount must be from 0 to {MAX_AMOUNT}.", "invalid_amount", "amount")
+        raise ValidationFailed(
+            f"amount must be from 0 to {MAX_AMOUNT}.", code="invalid_amount", param="amount"
+        )
 
-    currency = body["currency"]
-    if not isinstance(currency, str):
-        raise InvalidRequest("currency must be a string.", code="invalid_type", param="currency")
+    currency = invoice.currency
     if currency.upper() not in ISO_4217 or len(currency) != 3:
-        raise _invalid("currency must be a current ISO 4217 code.", "invalid_currency", "currency")
+        raise ValidationFailed(
+            "currency must be a current ISO 4217 code.", code="invalid_currency", param="currency"
+        )
 
-    raw_date = body["due_date"]
-    if not isinstance(raw_date, str):
-        raise InvalidRequest("due_date must be a string.", code="invalid_type", param="due_date")
-    due = _iso_date(raw_date)
+    due = _iso_date(invoice.due_date)
 
-    partner, reference = body.get("partner"), body.get("partner_reference")
+    partner: object = invoice.partner
+    reference: object = invoice.partner_reference
     if (partner is None) != (reference is None):
         raise InvalidRequest(
             "partner and partner_reference go together.",
@@ -170,17 +140,21 @@ def parse_invoice_request(body: object, *, partners: frozenset[str]) -> InvoiceR
         )
     if partner is not None:
         if not isinstance(partner, str) or partner not in partners:
-            raise _invalid("partner is not a configured partner.", "unsupported_partner", "partner")
+            raise ValidationFailed(
+                "partner is not a configured partner.",
+                code="unsupported_partner",
+                param="partner",
+            )
         if (
             not isinstance(reference, str)
             or _PARTNER_REFERENCE_RE.fullmatch(reference) is None
             or pan_like(reference)
             or iban_like(reference)
         ):
-            raise _invalid(
+            raise ValidationFailed(
                 "partner_reference must be 1-255 letters, digits or '_'.",
-                "invalid_partner_reference",
-                "partner_reference",
+                code="invalid_partner_reference",
+                param="partner_reference",
             )
     return InvoiceRequest(
         customer_ref=customer_ref,
@@ -190,14 +164,15 @@ def parse_invoice_request(body: object, *, partners: frozenset[str]) -> InvoiceR
         currency=currency.upper(),
         due_date=due,
         partner=partner,
-        partner_reference=reference,
+        # A str here: the checks above refuse anything else beside a partner.
+        partner_reference=reference if isinstance(reference, str) else None,
     )
 
 
 async def create_invoice(services: Services, body: object) -> dict[str, Any]:
     """Validate and store an invoice reference; returns its token and masked view."""
     invoice = parse_invoice_request(body, partners=frozenset({services.partner.name}))
-    return created_response(await store_invoice(services, invoice, token=None))
+    return created_view(await store_invoice(services, invoice, token=None))
 
 
 async def store_invoice(

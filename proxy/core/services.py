@@ -23,7 +23,6 @@ from vault import (
     IdempotencyErased,
     IdempotencyMismatch,
     IdempotencyStore,
-    Record,
     RecordNotFound,
     UnknownKeyVersion,
     Vault,
@@ -73,13 +72,6 @@ async def partner_call(services: Services, operation: str, call: Awaitable[T]) -
         )
     metrics.child(metrics.partner_requests, partner.name, operation, "ok").inc()
     return result
-
-
-def created_response(record: Record) -> dict[str, Any]:
-    """The body of a 201 for a bank or invoice token: the masked view without metadata."""
-    view = record.masked_view()
-    del view["metadata"]
-    return view
 
 
 async def _vault_call(services: Services, operation: str, call: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.core.services import Services, vault_call
+from proxy.core.views import masked_view, resolved_view
 from proxy.domain.errors import NotFound
 from vault import Kind, RecordNotFound
 
@@ -16,12 +17,11 @@ async def read_token(services: Services, token: str, *, resolve: bool) -> dict[s
     except RecordNotFound:
         raise NotFound("No such token.", param="token") from None
     if not resolve:
-        masked: dict[str, Any] = record.masked_view()
-        return masked
+        return masked_view(record)
     # Resolving is use (the billing service is about to charge): retention counts
     # from here. Marks are batched in memory and flushed in one write.
     services.vault.mark_used(record)
-    view: dict[str, Any] = record.resolved_view()
+    view = resolved_view(record)
     if (
         record.customer_ref is not None
         and record.kind in (Kind.CARD, Kind.BANK)

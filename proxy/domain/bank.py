@@ -10,21 +10,28 @@ import ipaddress
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
+
+from msgspec import UNSET
 
 from proxy.domain.card import pan_like
+from proxy.domain.decode import decode
 from proxy.domain.errors import InvalidRequest, ValidationFailed
-from proxy.domain.fields import _echoable, validate_customer_ref
+from proxy.domain.fields import validate_customer_ref
 from proxy.domain.hazmat import Iban
 from proxy.domain.iban import iban_like, parse_iban
+from proxy.domain.schemas import (
+    EMAIL_MAX,
+    HOLDER_NAME_MAX,
+    USER_AGENT_MAX,
+    BankAccountRequestBody,
+    MandateAcceptanceBody,
+)
 
-_FIELDS: Final = frozenset({"iban", "holder_name", "email", "customer_ref", "mandate_acceptance"})
-_ACCEPTANCE_FIELDS: Final = frozenset({"ip_address", "user_agent", "accepted_at"})
-_MAX_USER_AGENT: Final = 512
+_MAX_USER_AGENT: Final = USER_AGENT_MAX
 # A mandate accepted longer ago than this is not "the moment they accepted" any more.
 _MAX_ACCEPTANCE_AGE: Final = 24 * 3600
 _CLOCK_SKEW: Final = 300
-_REQUIRED: Final = ("iban", "holder_name")
 # Deliberately loose (RFC 5322 is not worth matching): one @, a dot in the domain,
 # no spaces or controls; the partner checks deliverability.
 _EMAIL_RE: Final = re.compile(r"[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+")
@@ -96,12 +103,9 @@ class BankAccountRequest:
     __str__ = __repr__
 
 
-def _text(body: dict[str, Any], name: str, *, max_len: int) -> str | None:
-    value = body.get(name)
+def _text(value: str | None, name: str, *, code: str, max_len: int) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{name} must be a string.", code="invalid_type", param=name)
     value = value.strip()
     # Control characters would forge log lines downstream; a card number or IBAN
     # typed into the wrong field must not be forwarded or stored.
@@ -114,7 +118,7 @@ def _text(body: dict[str, Any], name: str, *, max_len: int) -> str | None:
     ):
         raise ValidationFailed(
             f"{name} must be 1-{max_len} printable characters and hold no account number.",
-            code=f"invalid_{name}",
+            code=code,
             param=name,
         )
     return value
@@ -122,24 +126,19 @@ def _text(body: dict[str, Any], name: str, *, max_len: int) -> str | None:
 
 def parse_bank_account_request(body: object) -> BankAccountRequest:
     """Validate a bank account body: structure, IBAN, holder name, email, customer_ref."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_body")
-    for key in body:
-        if key not in _FIELDS:
-            raise InvalidRequest("Unknown field.", code="unknown_field", param=_echoable(key))
-    for name in _REQUIRED:
-        if body.get(name) is None:
-            raise InvalidRequest(f"{name} is required.", code="missing_field", param=name)
-    iban = parse_iban(body["iban"])
-    holder = _text(body, "holder_name", max_len=100)
-    email = _text(body, "email", max_len=254)
+    account = decode(body, BankAccountRequestBody)
+    iban = parse_iban(account.iban)
+    holder = _text(
+        account.holder_name, "holder_name", code="invalid_holder_name", max_len=HOLDER_NAME_MAX
+    )
+    email = _text(account.email, "email", code="invalid_email", max_len=EMAIL_MAX)
     if email is not None and _EMAIL_RE.fullmatch(email) is None:
         raise ValidationFailed(
             "email is not an email address.", code="invalid_email", param="email"
         )
-    assert holder is not None  # noqa: S101 - required above
-    customer_ref = validate_customer_ref(body.get("customer_ref"))
-    raw_acceptance = body.get("mandate_acceptance")
+    assert holder is not None  # noqa: S101 - required by the schema
+    customer_ref = validate_customer_ref(account.customer_ref)
+    raw_acceptance = account.mandate_acceptance
     if customer_ref is not None and raw_acceptance is None:
         # A SEPA debit off-session needs a mandate, and a mandate needs the shopper's
         # acceptance: saving the account without one would hand billing an unchargeable token.
@@ -170,14 +169,8 @@ def parse_mandate_acceptance(value: object, *, now: float | None = None) -> Mand
     than a day back.
     """
     param = "mandate_acceptance"
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{param} must be an object.", code="invalid_type", param=param)
-    for key in value:
-        if key not in _ACCEPTANCE_FIELDS:
-            raise InvalidRequest(
-                "Unknown field.", code="unknown_field", param=f"{param}.{_echoable(key)}"
-            )
-    raw_ip = value.get("ip_address")
+    acceptance = decode(value, MandateAcceptanceBody, param=param)
+    raw_ip: object = acceptance.ip_address
     try:
         ip = str(ipaddress.ip_address(raw_ip)) if isinstance(raw_ip, str) else None
     except ValueError:
@@ -188,7 +181,7 @@ def parse_mandate_acceptance(value: object, *, now: float | None = None) -> Mand
             code="invalid_ip_address",
             param=f"{param}.ip_address",
         )
-    agent = value.get("user_agent")
+    agent: object = acceptance.user_agent
     if (
         not isinstance(agent, str)
         or not 1 <= len(agent) <= _MAX_USER_AGENT
@@ -203,7 +196,9 @@ def parse_mandate_acceptance(value: object, *, now: float | None = None) -> Mand
             param=f"{param}.user_agent",
         )
     current = time.time() if now is None else now
-    accepted_at = value.get("accepted_at", int(current))
+    accepted_at: object = acceptance.accepted_at
+    if accepted_at is UNSET:
+        accepted_at = int(current)
     if (
         not isinstance(accepted_at, int)
         or isinstance(accepted_at, bool)

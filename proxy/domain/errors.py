@@ -32,6 +32,7 @@ written by us where raised and never carry submitted values or library text.
 from __future__ import annotations
 
 import json
+import re
 from typing import ClassVar
 
 # The one media type of every JSON answer, fresh or replayed, success or error.
@@ -40,6 +41,63 @@ JSON_CHARSET = "utf-8"
 # 4xx answers a retry of the same request can change: a body that arrived too slowly,
 # a key still in flight, a rate limit. Every other 4xx is the request's final answer.
 _TRANSIENT_4XX = frozenset({408, 409, 429})
+_SAFE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def echoable(name: object) -> str | None:
+    """A client-sent name (a field, a query parameter) safe to return as ``param``, or None."""
+    if not isinstance(name, str):
+        return None
+    # A key can itself be a PAN; a handful of digits is the most we echo.
+    if _SAFE_NAME_RE.fullmatch(name) is None or sum(c.isdigit() for c in name) >= 6:
+        return None
+    return name[:40]
+
+
+# Every ``code`` an error body can carry; the OpenAPI document lists exactly these, and
+# tests/proxy/test_openapi_generated.py checks them against every raise site.
+ERROR_CODES: frozenset[str] = frozenset(
+    {
+        # The request's shape (proxy.domain.decode) and its transport (proxy.web).
+        "invalid_request", "invalid_body", "invalid_json", "json_too_deep", "unknown_field",
+        "missing_field", "invalid_type", "invalid_value", "unknown_parameter",
+        "duplicate_parameter", "malformed_request", "header_too_large", "request_timeout",
+        "payload_too_large", "unsupported_media_type", "unsupported_content_encoding",
+        "invalid_content_encoding", "expectation_failed", "route_not_found",
+        "method_not_allowed", "resource_missing", "conflict",
+        # Cards.
+        "invalid_number", "unsupported_brand", "invalid_expiry_month", "invalid_expiry_year",
+        "expired_card", "invalid_cvc", "invalid_holder_name", "invalid_setup", "setup_expired",
+        "setup_failed", "customer_changed",
+        # Fields beside card data.
+        "invalid_customer_ref", "invalid_return_url", "metadata_too_many_keys",
+        "metadata_invalid_key", "metadata_forbidden_key", "metadata_value_too_long",
+        "metadata_contains_card_number", "metadata_contains_account_number",
+        # Bank accounts.
+        "invalid_iban", "unsupported_country", "invalid_iban_length", "invalid_iban_checksum",
+        "invalid_email", "invalid_ip_address", "invalid_user_agent", "invalid_accepted_at",
+        # Invoices.
+        "invalid_invoice_number", "invalid_ocr_reference", "ocr_reference_card_like",
+        "invalid_ocr_length_digit", "invalid_amount", "invalid_currency", "invalid_date",
+        "unsupported_partner", "invalid_partner_reference",
+        # Customers and listing.
+        "invalid_limit", "invalid_cursor", "customer_not_found", "erasure_incomplete",
+        # Credentials, origins and idempotency.
+        "invalid_api_key", "missing_api_key", "missing_scope", "auth_throttled",
+        "publishable_key_restricted", "origin_not_allowed", "cors_method_not_allowed",
+        "cors_header_not_allowed", "invalid_idempotency_key", "idempotency_key_in_use",
+        "idempotency_key_reused", "idempotency_key_erased", "rate_limited",
+        # The payment partner, and Stripe's card codes passed through (never input).
+        "partner_error", "partner_unavailable", "partner_timeout", "partner_rate_limited",
+        "partner_auth_failed", "partner_rejected_request", "partner_bad_response",
+        "partner_bad_reference", "partner_circuit_open", "partner_mismatch", "card_declined",
+        "authentication_required", "incorrect_cvc", "incorrect_number", "processing_error",
+        "card_not_supported", "setup_intent_authentication_failure",
+        # The proxy itself.
+        "internal_error", "service_unavailable", "vault_unavailable", "record_unreadable",
+        "audit_unavailable",
+    }
+)  # fmt: skip
 
 
 class ProxyError(Exception):

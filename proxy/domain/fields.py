@@ -11,18 +11,24 @@ import re
 from typing import Final
 
 from proxy.domain.card import pan_like
-from proxy.domain.errors import InvalidRequest, ValidationFailed
+from proxy.domain.errors import InvalidRequest, ValidationFailed, echoable
 from proxy.domain.iban import iban_like
+from proxy.domain.schemas import (
+    CUSTOMER_REF_PATTERN,
+    METADATA_KEY_PATTERN,
+    METADATA_MAX_KEYS,
+    METADATA_MAX_VALUE,
+    RETURN_URL_MAX,
+)
 
 # ---------------------------------------------------- metadata and references
 
-_METADATA_MAX_KEYS: Final = 20
-_METADATA_MAX_VALUE: Final = 500
-_METADATA_KEY_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+_METADATA_MAX_KEYS: Final = METADATA_MAX_KEYS
+_METADATA_MAX_VALUE: Final = METADATA_MAX_VALUE
+_METADATA_KEY_RE: Final = re.compile(METADATA_KEY_PATTERN)
 # Key characters that can sit inside a written number: digits and the separators keys allow.
 _JOINING: Final = frozenset("0123456789_.-")
-_CUSTOMER_REF_RE: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
-_SAFE_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
+_CUSTOMER_REF_RE: Final = re.compile(CUSTOMER_REF_PATTERN)
 _CAMEL_RE: Final = re.compile(r"([a-z0-9])([A-Z])")
 _TOKEN_SPLIT_RE: Final = re.compile(r"[^a-z0-9]+")
 
@@ -43,16 +49,6 @@ def is_card_field_name(name: str) -> bool:
         return True
     # Plain "number" or a card/account number; "order_number" is fine.
     return "number" in tokens and (tokens == {"number"} or bool(tokens & _NUMBER_OWNERS))
-
-
-def _echoable(name: object) -> str | None:
-    """A field name safe to return as ``param``, or None."""
-    if not isinstance(name, str):
-        return None
-    # A key can itself be a PAN; a handful of digits is the most we echo.
-    if _SAFE_NAME_RE.fullmatch(name) is None or sum(c.isdigit() for c in name) >= 6:
-        return None
-    return name[:40]
 
 
 def validate_metadata(value: object) -> dict[str, str]:
@@ -79,7 +75,7 @@ def validate_metadata(value: object) -> dict[str, str]:
                 code="metadata_invalid_key",
                 param="metadata",
             )
-        param = f"metadata.{_echoable(key)}" if _echoable(key) else "metadata"
+        param = f"metadata.{echoable(key)}" if echoable(key) else "metadata"
         if is_card_field_name(key):
             raise ValidationFailed(
                 "metadata keys must not name card or bank fields.",
@@ -141,7 +137,7 @@ def validate_customer_ref(value: object) -> str | None:
     return value
 
 
-_MAX_URL = 2048
+_MAX_URL = RETURN_URL_MAX
 
 
 def validate_return_url(value: object) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Final
 
 from proxy.domain.card import (
     _brand_for_prefix,
@@ -17,14 +16,11 @@ from proxy.domain.card import (
     pan_like,
     parse_expiry,
 )
-from proxy.domain.errors import CardValidationFailed, InvalidRequest
-from proxy.domain.fields import (
-    _echoable,
-    validate_customer_ref,
-    validate_metadata,
-    validate_return_url,
-)
+from proxy.domain.decode import decode
+from proxy.domain.errors import CardValidationFailed
+from proxy.domain.fields import validate_customer_ref, validate_metadata, validate_return_url
 from proxy.domain.hazmat import CardNumber, Cvc
+from proxy.domain.schemas import HOLDER_NAME_MAX, CardRequestBody
 
 # -------------------------------------------------------------------- card body
 
@@ -56,31 +52,12 @@ class CardRequest:
     __str__ = __repr__
 
 
-_CARD_FIELDS: Final = frozenset(
-    {
-        "number",
-        "exp_month",
-        "exp_year",
-        "cvc",
-        "holder_name",
-        "customer_ref",
-        "metadata",
-        "return_url",
-    }
-)
-_REQUIRED_CARD_FIELDS: Final = ("number", "exp_month", "exp_year", "cvc")
-
-
-def _validate_holder_name(value: object) -> str | None:
+def _validate_holder_name(value: str | None) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise InvalidRequest(
-            "holder_name must be a string.", code="invalid_type", param="holder_name"
-        )
     name = value.strip()
     # Control characters would let a name forge log lines downstream.
-    if len(name) > 100 or not name.isprintable() or pan_like(name):
+    if len(name) > HOLDER_NAME_MAX or not name.isprintable() or pan_like(name):
         raise CardValidationFailed(
             "holder_name must be at most 100 printable characters and not a card number.",
             code="invalid_holder_name",
@@ -96,20 +73,9 @@ def parse_card_request(body: object, *, today: date) -> CardRequest:
     ``unsupported_brand`` (we cannot pick the CVC length or tell the shopper what
     we accept); one of a known range with the wrong length is ``invalid_number``.
     """
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_body")
-    for key in body:
-        if key not in _CARD_FIELDS:
-            raise InvalidRequest("Unknown field.", code="unknown_field", param=_echoable(key))
-    for field in _REQUIRED_CARD_FIELDS:
-        if body.get(field) is None:
-            raise InvalidRequest(f"{field} is required.", code="missing_field", param=field)
-    raw_number, raw_cvc = body["number"], body["cvc"]
-    # Numbers as JSON numbers lose leading zeros and are easy to log by accident.
-    if not isinstance(raw_number, str):
-        raise InvalidRequest("number must be a string.", code="invalid_type", param="number")
-    if not isinstance(raw_cvc, str):
-        raise InvalidRequest("cvc must be a string.", code="invalid_type", param="cvc")
+    card = decode(body, CardRequestBody)
+    # Read first: a number or cvc of the wrong JSON type is refused before any card rule.
+    raw_number, raw_cvc = card.number, card.cvc
 
     digits = normalize_pan(raw_number)
     if not luhn_valid(digits):
@@ -122,7 +88,7 @@ def parse_card_request(body: object, *, today: date) -> CardRequest:
             "This card brand is not supported.", code="unsupported_brand", param="number"
         )
 
-    exp_month, exp_year = parse_expiry(body["exp_month"], body["exp_year"], today=today)
+    exp_month, exp_year = parse_expiry(card.exp_month, card.exp_year, today=today)
 
     if not _is_ascii_digits(raw_cvc) or len(raw_cvc) != expected_cvc_length(brand):
         raise CardValidationFailed(
@@ -137,8 +103,8 @@ def parse_card_request(body: object, *, today: date) -> CardRequest:
         exp_year=exp_year,
         cvc=Cvc(raw_cvc),
         brand=brand,
-        holder_name=_validate_holder_name(body.get("holder_name")),
-        customer_ref=validate_customer_ref(body.get("customer_ref")),
-        metadata=validate_metadata(body.get("metadata")),
-        return_url=validate_return_url(body.get("return_url")),
+        holder_name=_validate_holder_name(card.holder_name),
+        customer_ref=validate_customer_ref(card.customer_ref),
+        metadata=validate_metadata(card.metadata),
+        return_url=validate_return_url(card.return_url),
     )

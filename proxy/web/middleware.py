@@ -29,10 +29,11 @@ from proxy.domain.errors import (
     ProxyError,
     RequestTimeout,
     UnsupportedMediaType,
+    echoable,
 )
-from proxy.domain.fields import _echoable
 from proxy.infra.clients import Client
 from proxy.web import authguard, publishable
+from proxy.web.api import QUERY_PARAMETERS
 from proxy.web.appkeys import CLIENTS, METRICS, SETTINGS
 from proxy.web.limits import MAX_JSON_DEPTH, json_too_deep
 
@@ -79,23 +80,18 @@ def _translate_http(exc: web.HTTPException) -> ProxyError:
     return ProxyError("An internal error occurred.")
 
 
-# Query parameters each route takes; any other is refused rather than silently ignored
-# (a client's typo, e.g. `limt`, would otherwise look like it worked).
-_QUERY_PARAMETERS: dict[str, frozenset[str]] = {
-    "/v1/customers/{customer_ref}/tokens": frozenset({"limit", "starting_after"}),
-}
-
-
 def _check_query(request: web.Request) -> None:
     route = route_template(request)
     if route == _UNMATCHED:
         return  # a 404 tells more than a complaint about the query
-    allowed = _QUERY_PARAMETERS.get(route, frozenset())
+    # Any parameter a route does not declare is refused rather than silently ignored (a
+    # client's typo, e.g. `limt`, would otherwise look like it worked).
+    allowed = QUERY_PARAMETERS.get(route, frozenset())
     unknown = sorted(set(request.query) - allowed)
     if unknown:
         # The name is the client's text (it could be a card number): only a short plain
         # name is echoed, and none when no unknown name is one.
-        named = [name for name in map(_echoable, unknown) if name]
+        named = [name for name in map(echoable, unknown) if name]
         raise InvalidRequest(
             "This route takes no such query parameter.",
             code="unknown_parameter",
@@ -108,7 +104,7 @@ def _check_query(request: web.Request) -> None:
         raise InvalidRequest(
             "A query parameter may be given once.",
             code="duplicate_parameter",
-            param=_echoable(repeated[0]),
+            param=echoable(repeated[0]),
         )
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from proxy.core.idempotent import REPLAYED_HEADER, Answer, create_once
-from proxy.core.services import Services, created_response
+from proxy.core.services import Services
+from proxy.core.views import created_view
 from proxy.domain.errors import (
     Conflict,
     IdempotencyKeyErased,
@@ -96,7 +97,7 @@ class Flow:
             kind=Kind.INVOICE,
             partner_step=self.partner_step,
             store_step=self.store_step,
-            respond=created_response,
+            respond=created_view,
         )
 
 

@@ -12,7 +12,7 @@ from proxy.core.bank_accounts import (
     store_bank_account,
     tokenize_bank_account,
 )
-from proxy.core.services import created_response
+from proxy.core.views import created_view
 from proxy.domain.bank import parse_bank_account_request
 from proxy.web import render
 from proxy.web.appkeys import SERVICES
@@ -62,6 +62,6 @@ async def create_bank_account(request: web.Request) -> web.Response:
         kind=Kind.BANK,
         partner_step=partner_step,
         store_step=store_step,
-        respond=created_response,
+        respond=created_view,
     )
     return render.answer_response(answer)

@@ -11,6 +11,7 @@ from proxy.core import cards
 from proxy.core import idempotent as idempotency
 from proxy.core.card_setup import confirm_card_setup, parse_confirm_request
 from proxy.core.customers import open_pending
+from proxy.core.views import created_view
 from proxy.web import render
 from proxy.web.appkeys import SERVICES
 from proxy.web.middleware import (
@@ -59,7 +60,7 @@ async def confirm_card(request: web.Request) -> web.Response:
     if key is None:
         record = await confirm_card_setup(services, sealed, client=client.name)
         request[TOKEN_KEY] = record.token
-        return web.json_response(cards.card_response(record), status=201)
+        return web.json_response(created_view(record), status=201)
 
     async def store_step(_result: dict[str, Any], token: str) -> Record:
         return await confirm_card_setup(services, sealed, client=client.name, token=token)
@@ -78,6 +79,6 @@ async def confirm_card(request: web.Request) -> web.Response:
         kind=Kind.CARD,
         partner_step=None,
         store_step=store_step,
-        respond=cards.card_response,
+        respond=created_view,
     )
     return render.answer_response(answer)

@@ -9,7 +9,7 @@ from aiohttp import web
 from proxy.core import idempotent as idempotency
 from proxy.core.invoices import create_invoice as create_invoice_record
 from proxy.core.invoices import parse_invoice_request, store_invoice
-from proxy.core.services import created_response
+from proxy.core.views import created_view
 from proxy.web import render
 from proxy.web.appkeys import SERVICES
 from proxy.web.middleware import REQUEST_ID_KEY, TOKEN_KEY, authenticate, read_json
@@ -43,6 +43,6 @@ async def create_invoice(request: web.Request) -> web.Response:
         kind=Kind.INVOICE,
         partner_step=None,
         store_step=store_step,
-        respond=created_response,
+        respond=created_view,
     )
     return render.answer_response(answer)
