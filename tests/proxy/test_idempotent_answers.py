@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from proxy.core.idempotent import REPLAYED_HEADER, Answer, create_once
-from proxy.core.services import Services, created_response
+from proxy.core.services import Services
+from proxy.core.views import created_view
 from proxy.infra.metrics import Metrics
 from proxy.partners.stripe import StripePartner
 from vault import Claim, IdempotencyStore, Kind, Record, Vault
@@ -73,6 +74,6 @@ async def test_key_completed_by_an_earlier_version_replays(services: Services) -
         kind=Kind.INVOICE,
         partner_step=None,
         store_step=never,
-        respond=created_response,
+        respond=created_view,
     )
     assert replay == Answer(402, b'{"error": {}}', {"Retry-After": "3", REPLAYED_HEADER: "true"})
