@@ -81,6 +81,8 @@ class Answer:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    # The token a fresh answer hands out, for the request's log line; never stored.
+    token: str | None = None
 
     def encode(self) -> bytes:
         """The answer as the idempotency store keeps it (sealed, opaque to the vault).

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
-from proxy.core import idempotent as idempotency
-from proxy.core.invoices import create_invoice as create_invoice_record
-from proxy.core.invoices import parse_invoice_request, store_invoice
-from proxy.core.views import created_view
+from proxy.core import create
 from proxy.web import render
 from proxy.web.appkeys import SERVICES
-from proxy.web.middleware import REQUEST_ID_KEY, TOKEN_KEY, authenticate, read_json
-from vault import Kind, Record
+from proxy.web.middleware import authenticate, read_json
 
 _SCOPES = frozenset({"invoice"})
 
@@ -23,26 +17,6 @@ async def create_invoice(request: web.Request) -> web.Response:
     client = authenticate(request, _SCOPES)
     key = render.idempotency_key(request)
     body = await read_json(request)
-    services = request.app[SERVICES]
-    if key is None:
-        result = await create_invoice_record(services, body)
-        request[TOKEN_KEY] = result["token"]
-        return web.json_response(result, status=201)
-    invoice = parse_invoice_request(body, partners=frozenset({services.partner.name}))
-
-    async def store_step(_: dict[str, Any], token: str) -> Record:
-        return await store_invoice(services, invoice, token=token)
-
-    answer = await idempotency.create_once(
-        services,
-        client=client.name,
-        key=key,
-        raw=await request.read(),
-        request_id=request[REQUEST_ID_KEY],
-        customer_ref=invoice.customer_ref,
-        kind=Kind.INVOICE,
-        partner_step=None,
-        store_step=store_step,
-        respond=created_view,
-    )
-    return render.answer_response(answer)
+    call = await render.creation_call(request, client.name, key)
+    answer = await create.invoice(request.app[SERVICES], body, call)
+    return render.answer_response(request, answer)

@@ -1,0 +1,145 @@
+"""Creating tokens: one entry point per kind, with or without an Idempotency-Key.
+
+Each takes the parsed body and the :class:`Call` that carries it, and returns the
+:class:`~proxy.core.idempotent.Answer` to send. Without a key the token is created
+once for this request; with one it is created at most once per (client, key), and
+the first answer is replayed after that (:mod:`proxy.core.idempotent`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from proxy.core import idempotent
+from proxy.core.bank_accounts import create_sepa_at_partner, store_bank_account
+from proxy.core.bank_accounts import tokenize_bank_account as tokenize_bank_account_once
+from proxy.core.card_setup import confirm_card_setup, parse_confirm_request
+from proxy.core.cards import tokenize_card as tokenize_card_unkeyed
+from proxy.core.customers import open_pending
+from proxy.core.idempotent import Answer
+from proxy.core.invoices import create_invoice as create_invoice_unkeyed
+from proxy.core.invoices import parse_invoice_request, store_invoice
+from proxy.core.services import Services
+from proxy.core.views import created_view
+from proxy.domain.bank import parse_bank_account_request
+from vault import Kind, Record
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Who asks for a token, and the exact request bytes an Idempotency-Key binds to."""
+
+    client: str
+    key: str | None
+    raw: bytes
+    request_id: str
+    origin: str | None = None
+
+
+def created(view: dict[str, Any]) -> Answer:
+    """A fresh 201 answer for a token's view."""
+    return Answer(201, json.dumps(view).encode(), token=view["token"])
+
+
+async def card(services: Services, body: object, call: Call, *, today: date) -> Answer:
+    """POST /v1/cards: validate the card, create it at the partner, seal the answer."""
+    if call.key is None:
+        return created(await tokenize_card_unkeyed(services, body, today=today, actor=call.client))
+    return await idempotent.tokenize_card_once(
+        services,
+        client=call.client,
+        key=call.key,
+        raw=call.raw,
+        body=body,
+        today=today,
+        request_id=call.request_id,
+    )
+
+
+async def confirmed_card(services: Services, body: object, call: Call) -> Answer:
+    """POST /v1/cards/confirm: the token of a card whose holder completed authentication."""
+    sealed = parse_confirm_request(body)
+    if call.key is None:
+        record = await confirm_card_setup(services, sealed, client=call.client)
+        return created(created_view(record))
+
+    async def store_step(_result: dict[str, Any], token: str) -> Record:
+        return await confirm_card_setup(services, sealed, client=call.client, token=token)
+
+    # Opening the setup first refuses a foreign or expired one before the key is recorded,
+    # and names the customer whose erasure must take this key with it.
+    customer_ref = open_pending(services, sealed, call.client).new.customer_ref
+    return await idempotent.create_once(
+        services,
+        client=call.client,
+        key=call.key,
+        raw=call.raw,
+        request_id=call.request_id,
+        customer_ref=customer_ref,
+        kind=Kind.CARD,
+        partner_step=None,
+        store_step=store_step,
+        respond=created_view,
+    )
+
+
+async def bank_account(services: Services, body: object, call: Call) -> Answer:
+    """POST /v1/bank-accounts: a SEPA debit payment method from an IBAN."""
+    if call.key is None:
+        return created(
+            await tokenize_bank_account_once(services, body, actor=call.client, origin=call.origin)
+        )
+    # Validated before the key is recorded: a fixed body may reuse the key.
+    account = parse_bank_account_request(body)
+
+    async def partner_step(partner_key: str) -> dict[str, Any]:
+        return await create_sepa_at_partner(services, account, partner_key)
+
+    async def store_step(created_at_partner: dict[str, Any], token: str) -> Record:
+        return await store_bank_account(
+            services,
+            account,
+            created_at_partner,
+            token=token,
+            actor=call.client,
+            origin=call.origin,
+        )
+
+    return await idempotent.create_once(
+        services,
+        client=call.client,
+        key=call.key,
+        raw=call.raw,
+        request_id=call.request_id,
+        customer_ref=account.customer_ref,
+        kind=Kind.BANK,
+        partner_step=partner_step,
+        store_step=store_step,
+        respond=created_view,
+    )
+
+
+async def invoice(services: Services, body: object, call: Call) -> Answer:
+    """POST /v1/invoices: an invoice reference under a ``vtok_inv_`` token."""
+    if call.key is None:
+        return created(await create_invoice_unkeyed(services, body))
+    parsed = parse_invoice_request(body, partners=frozenset({services.partner.name}))
+
+    async def store_step(_: dict[str, Any], token: str) -> Record:
+        return await store_invoice(services, parsed, token=token)
+
+    return await idempotent.create_once(
+        services,
+        client=call.client,
+        key=call.key,
+        raw=call.raw,
+        request_id=call.request_id,
+        customer_ref=parsed.customer_ref,
+        kind=Kind.INVOICE,
+        partner_step=None,
+        store_step=store_step,
+        respond=created_view,
+    )
