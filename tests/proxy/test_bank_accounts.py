@@ -11,8 +11,8 @@ from proxy.domain.bank import MIN_HIDDEN_CHARS, national_bank_code
 from proxy.domain.hazmat import Iban
 from proxy.domain.iban import IBAN_LENGTHS
 from tests.conftest import RunningProxy
+from tests.helpers import bank_body, create, metrics_text, partner_get, resolve
 from tests.ibans import VALID, IbanCase, with_check_digits
-from tests.proxy.helpers import bank_body, create, metrics_text, partner_get, resolve
 
 
 @pytest.mark.parametrize("case", VALID, ids=lambda c: c.country)

@@ -21,7 +21,7 @@ from proxy.core.customers import open_pending
 from proxy.domain.errors import InvalidRequest
 from proxy.web.appkeys import SERVICES
 from tests.conftest import RunningProxy, make_settings, running_proxy
-from tests.proxy.helpers import MANDATE_ACCEPTANCE, partner_get
+from tests.helpers import MANDATE_ACCEPTANCE, partner_get
 from tokenproxy_client import CardError, PermissionDeniedError, ResolvedToken, TokenProxyClient
 from vault import Kind, NewRecord
 from vault.audit import EventType

@@ -18,8 +18,8 @@ from proxy.partners.stripe import StripePartner
 from proxy.web.appkeys import METRICS, SERVICES
 from tests.cards import PARTNER_CARDS, VISA, luhn_complete
 from tests.conftest import RunningProxy
-from tests.ibans import VALID
-from tests.proxy.helpers import (
+from tests.core.test_invoices import invoice_body
+from tests.helpers import (
     bank_body,
     create,
     db_bytes,
@@ -28,8 +28,8 @@ from tests.proxy.helpers import (
     resolve,
     rows,
 )
+from tests.ibans import VALID
 from tests.proxy.test_cards_api import card_body
-from tests.proxy.test_invoices import invoice_body
 
 # localstripe refuses to attach this test card to a customer.
 DECLINED_ON_ATTACH = "4000000000000002"

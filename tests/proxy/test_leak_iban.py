@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 
 from tests.conftest import RunningProxy
+from tests.core.test_invoices import invoice_body
+from tests.helpers import bank_body, create
 from tests.ibans import LEAK, VALID, IbanCase
-from tests.proxy.helpers import bank_body, create
 from tests.proxy.test_cards_api import card_body
-from tests.proxy.test_invoices import invoice_body
 
 
 def iban_patterns(case: IbanCase) -> list[re.Pattern[bytes]]:

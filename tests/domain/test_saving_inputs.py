@@ -16,7 +16,7 @@ from proxy.domain.errors import InvalidRequest
 from proxy.domain.fields import validate_return_url
 from proxy.partners.stripe import _next_action
 from tests.conftest import RunningProxy
-from tests.proxy.helpers import MANDATE_ACCEPTANCE, bank_body
+from tests.helpers import MANDATE_ACCEPTANCE, bank_body
 from tests.proxy.test_cards_api import card_body
 
 PAN = "4242424242424242"

@@ -20,9 +20,9 @@ from proxy.core import retention
 from proxy.infra.settings import Settings, SettingsError
 from proxy.web.appkeys import SERVICES
 from tests.conftest import RunningProxy, make_settings, running_proxy
-from tests.proxy.helpers import create, metrics_text, resolve, rows
+from tests.core.test_invoices import invoice_body
+from tests.helpers import create, metrics_text, resolve, rows
 from tests.proxy.test_cards_api import card_body
-from tests.proxy.test_invoices import invoice_body
 from vault import Kind, LocalKekProvider, NewRecord, Vault, iso, utcnow
 
 

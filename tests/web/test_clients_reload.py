@@ -19,7 +19,7 @@ from tokenproxy_sandbox.launcher import Localstripe
 
 from proxy.infra.clients import ClientRegistry, add_client, digest, parse_scopes, rotate_client
 from tests.conftest import RunningProxy, make_settings, running_proxy
-from tests.proxy.helpers import metrics_text
+from tests.helpers import metrics_text
 from tests.resilience.serverproc import ServerProcess
 
 POLL = {"TOKENPROXY_CLIENTS_RELOAD_INTERVAL": "0.05"}

@@ -10,9 +10,9 @@ import pytest
 from proxy.infra.clients import add_client, parse_scopes
 from tests.cards import luhn_complete
 from tests.conftest import RunningProxy
-from tests.proxy.helpers import bank_body, create
+from tests.core.test_invoices import invoice_body
+from tests.helpers import bank_body, create
 from tests.proxy.test_cards_api import card_body
-from tests.proxy.test_invoices import invoice_body
 
 PAN = "4242424242424242"
 AMEX = "378282246310005"

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tests.conftest import RunningProxy
-from tests.proxy.helpers import bank_body, rows
-from tests.proxy.test_invoices import invoice_body
+from tests.core.test_invoices import invoice_body
+from tests.helpers import bank_body, rows
 
 ROUTES = [
     ("/v1/bank-accounts", "checkout", bank_body, "bank"),

@@ -14,10 +14,10 @@ from proxy.web.appkeys import SERVICES
 from tests.backends import RawRows
 from tests.cards import VISA
 from tests.conftest import RunningProxy
-from tests.proxy.helpers import bank_body, create, metrics_text, partner_get, resolve
+from tests.core.test_invoices import invoice_body
+from tests.helpers import bank_body, create, metrics_text, partner_get, resolve
 from tests.proxy.test_cards_api import card_body
 from tests.proxy.test_customers import DECLINED_ON_ATTACH
-from tests.proxy.test_invoices import invoice_body
 from vault import Kind
 from vault.idempotency import _aad
 

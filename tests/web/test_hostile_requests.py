@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from proxy.infra.clients import PUBLISHABLE_SCOPES, ClientRegistry, add_client, digest
 from tests.cards import VISA
 from tests.conftest import RunningProxy
-from tests.proxy.helpers import metrics_text
-from tests.proxy.test_audit_api import audit_rows, settle
+from tests.core.test_audit_api import audit_rows, settle
+from tests.helpers import metrics_text
 
 SHOP = "https://shop.example"
 PAN = VISA.number.encode()

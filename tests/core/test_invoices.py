@@ -7,7 +7,7 @@ import pytest
 from proxy.core.invoices import ISO_4217
 from tests.cards import luhn_complete
 from tests.conftest import RunningProxy
-from tests.proxy.helpers import create, db_bytes, metrics_text, resolve, rows
+from tests.helpers import create, db_bytes, metrics_text, resolve, rows
 
 OCR_PLAIN = luhn_complete("9876543210123")
 OCR_WITH_LENGTH = luhn_complete("12345" + "7")  # 7 digits in all: the length digit is 7

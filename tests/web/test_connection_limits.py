@@ -14,7 +14,7 @@ from tokenproxy_sandbox.launcher import Localstripe
 from proxy.infra.settings import HostPort
 from tests.cards import VISA
 from tests.conftest import RunningProxy, make_settings, running_proxy
-from tests.proxy.helpers import metrics_text
+from tests.helpers import metrics_text
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 # Far longer than any deadline under test: reaching it means the server never closed.
