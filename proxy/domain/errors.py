@@ -55,7 +55,7 @@ def echoable(name: object) -> str | None:
 
 
 # Every ``code`` an error body can carry; the OpenAPI document lists exactly these, and
-# tests/proxy/test_openapi_generated.py checks them against every raise site.
+# tests/web/test_openapi_generated.py checks them against every raise site.
 ERROR_CODES: frozenset[str] = frozenset(
     {
         # The request's shape (proxy.domain.decode) and its transport (proxy.web).
