@@ -1,4 +1,4 @@
-"""Idempotent card tokenization: the Idempotency-Key header, Stripe's semantics.
+"""Idempotent token creation: the Idempotency-Key header, Stripe's semantics.
 
 * Same key + same body: the first answer again (status and body byte for byte), with
   ``Idempotent-Replayed: true``.
