@@ -44,6 +44,31 @@ def created(view: dict[str, Any]) -> Answer:
     return Answer(201, json.dumps(view).encode(), token=view["token"])
 
 
+async def _once(
+    services: Services,
+    call: Call,
+    *,
+    customer_ref: str | None,
+    kind: Kind,
+    store_step: idempotent.StoreStep,
+    partner_step: idempotent.PartnerStep | None = None,
+) -> Answer:
+    """Create at most once per (client, key): the keyed path shared by every kind."""
+    assert call.key is not None  # noqa: S101 - callers take the unkeyed path first
+    return await idempotent.create_once(
+        services,
+        client=call.client,
+        key=call.key,
+        raw=call.raw,
+        request_id=call.request_id,
+        customer_ref=customer_ref,
+        kind=kind,
+        partner_step=partner_step,
+        store_step=store_step,
+        respond=created_view,
+    )
+
+
 async def card(services: Services, body: object, call: Call, *, today: date) -> Answer:
     """POST /v1/cards: validate the card, create it at the partner, seal the answer."""
     if call.key is None:
@@ -72,17 +97,8 @@ async def confirmed_card(services: Services, body: object, call: Call) -> Answer
     # Opening the setup first refuses a foreign or expired one before the key is recorded,
     # and names the customer whose erasure must take this key with it.
     customer_ref = open_pending(services, sealed, call.client).new.customer_ref
-    return await idempotent.create_once(
-        services,
-        client=call.client,
-        key=call.key,
-        raw=call.raw,
-        request_id=call.request_id,
-        customer_ref=customer_ref,
-        kind=Kind.CARD,
-        partner_step=None,
-        store_step=store_step,
-        respond=created_view,
+    return await _once(
+        services, call, customer_ref=customer_ref, kind=Kind.CARD, store_step=store_step
     )
 
 
@@ -108,17 +124,13 @@ async def bank_account(services: Services, body: object, call: Call) -> Answer:
             origin=call.origin,
         )
 
-    return await idempotent.create_once(
+    return await _once(
         services,
-        client=call.client,
-        key=call.key,
-        raw=call.raw,
-        request_id=call.request_id,
+        call,
         customer_ref=account.customer_ref,
         kind=Kind.BANK,
         partner_step=partner_step,
         store_step=store_step,
-        respond=created_view,
     )
 
 
@@ -131,15 +143,6 @@ async def invoice(services: Services, body: object, call: Call) -> Answer:
     async def store_step(_: dict[str, Any], token: str) -> Record:
         return await store_invoice(services, parsed, token=token)
 
-    return await idempotent.create_once(
-        services,
-        client=call.client,
-        key=call.key,
-        raw=call.raw,
-        request_id=call.request_id,
-        customer_ref=parsed.customer_ref,
-        kind=Kind.INVOICE,
-        partner_step=None,
-        store_step=store_step,
-        respond=created_view,
+    return await _once(
+        services, call, customer_ref=parsed.customer_ref, kind=Kind.INVOICE, store_step=store_step
     )
