@@ -39,7 +39,8 @@ typecheck: $(STAMP)
 FLOORS := .venv-floors
 FLOORS_SMOKE := tests/proxy/test_validation.py tests/vault/test_crypto.py \
 	tests/vault/test_store.py tests/proxy/test_cards_api.py tests/proxy/test_partner_stripe.py \
-	tests/proxy/test_metrics.py tests/proxy/test_log_redaction.py
+	tests/proxy/test_metrics.py tests/proxy/test_log_redaction.py tests/proxy/test_invoices.py \
+	tests/vault/test_urls.py
 floors: $(STAMP)
 	test -x $(BIN)/uv || $(BIN)/pip install -q uv
 	rm -rf $(FLOORS)
