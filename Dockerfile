@@ -16,7 +16,7 @@ COPY pandetect ./pandetect
 # No compilers in either stage (a dependency without a wheel fails the build); byte-compiled here because the runtime
 # root filesystem is read-only; pip itself is not needed at run time.
 RUN python -m venv /opt/tokenproxy \
-    && /opt/tokenproxy/bin/pip install --no-cache-dir --prefer-binary . \
+    && /opt/tokenproxy/bin/pip install --no-cache-dir --prefer-binary ".[postgres]" \
     && /opt/tokenproxy/bin/python -m compileall -q /opt/tokenproxy/lib \
     && /opt/tokenproxy/bin/pip uninstall -y -q pip
 

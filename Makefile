@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench fuzz clean
+.PHONY: run test lint typecheck floors bench fuzz clean
 
 # The client (clients/python) and the sandbox partner (sandbox/) are distributions of
 # their own, installed editable beside the service so the tests drive them for real.
@@ -30,6 +30,29 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The declared floors, tested: a separate venv with the lowest version of every direct
+# runtime dependency (tokenproxy with its postgres and kms extras, the client, the
+# sandbox), then .ci/floors.py (each floor really installed, every module imports) and a
+# smoke subset of the tests. The test tools (not part of any production install) come at
+# their newest, constrained to the versions already installed, so they can lift no floor
+# and a failure here always points at a runtime floor.
+FLOORS := .venv-floors
+FLOORS_SMOKE := tests/proxy/test_validation.py tests/vault/test_crypto.py \
+	tests/vault/test_store.py tests/proxy/test_cards_api.py tests/proxy/test_partner_stripe.py \
+	tests/proxy/test_metrics.py tests/proxy/test_log_redaction.py tests/proxy/test_invoices.py \
+	tests/vault/test_urls.py
+floors: $(STAMP)
+	test -x $(BIN)/uv || $(BIN)/pip install -q uv
+	rm -rf $(FLOORS)
+	$(BIN)/uv venv -q --python $(PY) $(FLOORS)
+	$(BIN)/uv pip install -q --python $(FLOORS)/bin/python --resolution lowest-direct \
+		-e '.[postgres,kms]' -e ./clients/python -e ./sandbox
+	$(BIN)/uv pip freeze -q --python $(FLOORS)/bin/python --exclude-editable > $(FLOORS)/floors.txt
+	$(BIN)/uv pip install -q --python $(FLOORS)/bin/python -c $(FLOORS)/floors.txt \
+		pytest pytest-asyncio hypothesis
+	$(FLOORS)/bin/python .ci/floors.py
+	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider $(FLOORS_SMOKE)
+
 # wrk drives the load (Debian package); without it bench falls back to bench/loadgen.py.
 # More schemathesis cases than the suite runs (which runs about 1,200).
 fuzz: $(STAMP)
@@ -44,4 +67,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.postgres
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) $(FLOORS) var .pytest_cache .mypy_cache .ruff_cache .coverage

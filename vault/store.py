@@ -14,7 +14,7 @@ import json
 import secrets
 from collections import OrderedDict
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from vault.audit import AuditLog
 from vault.backends.base import Backend, DekRow, RecordRow
@@ -38,6 +38,10 @@ from vault.urls import (
     sqlite_path,
 )
 
+# Fixed text: the URL (which may carry a password) and the import error stay out of it.
+POSTGRES_EXTRA_MISSING: Final = (
+    "a postgresql:// vault URL needs the postgres extra: pip install 'tokenproxy[postgres]'"
+)
 _DEK_CACHE_SIZE = 4096
 _INSERT_ATTEMPTS = 3
 
@@ -55,7 +59,12 @@ def open_backend(
         return SqliteBackend(str(sqlite_path(url)))
     if url.startswith(POSTGRES_PREFIXES):
         # asyncpg is the optional `postgres` extra: imported only when a URL names it.
-        from vault.backends.postgres import PostgresBackend
+        try:
+            from vault.backends.postgres import PostgresBackend
+        except ImportError as exc:
+            if not (exc.name or "").startswith("asyncpg"):
+                raise
+            raise VaultUrlError(POSTGRES_EXTRA_MISSING) from None
 
         return PostgresBackend(
             url,

@@ -18,7 +18,7 @@ from proxy.domain.decode import decode
 from proxy.domain.errors import InvalidRequest, ValidationFailed
 from proxy.domain.fields import validate_customer_ref
 from proxy.domain.iban import iban_like
-from proxy.domain.invoice import ocr_valid, validate_ocr
+from proxy.domain.invoice import ocr_valid, validate_currency, validate_ocr
 from proxy.domain.schemas import (
     INVOICE_NUMBER_PATTERN,
     MAX_AMOUNT,
@@ -27,28 +27,6 @@ from proxy.domain.schemas import (
 )
 from vault import Kind, NewRecord, Record
 
-# ISO 4217 list one (maintained by SIX), current codes as of 2025: ZWG replaced ZWL
-# (2024), HRK and SLL are withdrawn, ANG and XCG overlap during the Caribbean guilder
-# changeover. Currencies and funds only. Left out on purpose: precious metals (XAU,
-# XAG, XPD, XPT), bond-market units (XBA-XBD), XDR, XSU, XUA, the testing code XTS and
-# "no currency" XXX: no invoice is payable in those.
-ISO_4217: Final = frozenset(
-    {
-        "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
-        "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD",
-        "CAD", "CDF", "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUP", "CVE",
-        "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL",
-        "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR",
-        "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD",
-        "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK",
-        "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN", "NIO",
-        "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON",
-        "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD",
-        "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD",
-        "TZS", "UAH", "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED", "VES", "VND", "VUV",
-        "WST", "XAF", "XCD", "XCG", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG",
-    }
-)  # fmt: skip
 _INVOICE_NUMBER_RE: Final = re.compile(INVOICE_NUMBER_PATTERN)
 _DATE_RE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _PARTNER_REFERENCE_RE: Final = re.compile(PARTNER_REFERENCE_PATTERN)
@@ -122,11 +100,7 @@ def parse_invoice_request(body: object, *, partners: frozenset[str]) -> InvoiceR
             f"amount must be from 0 to {MAX_AMOUNT}.", code="invalid_amount", param="amount"
         )
 
-    currency = invoice.currency
-    if currency.upper() not in ISO_4217 or len(currency) != 3:
-        raise ValidationFailed(
-            "currency must be a current ISO 4217 code.", code="invalid_currency", param="currency"
-        )
+    currency = validate_currency(invoice.currency)
 
     due = _iso_date(invoice.due_date)
 
@@ -161,7 +135,7 @@ def parse_invoice_request(body: object, *, partners: frozenset[str]) -> InvoiceR
         invoice_number=number,
         ocr_reference=ocr,
         amount=amount,
-        currency=currency.upper(),
+        currency=currency,
         due_date=due,
         partner=partner,
         # A str here: the checks above refuse anything else beside a partner.

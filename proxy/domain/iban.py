@@ -1,30 +1,47 @@
-"""IBANs, no I/O: ISO 13616 shape, registry length, mod-97 check, and IBANs in free text."""
+"""IBANs, no I/O: ISO 13616 shape, registry country and BBAN structure, mod-97 check, and
+IBANs in free text.
+
+The registry (countries, lengths, each country's BBAN structure) is python-stdnum's copy
+of SWIFT's IBAN registry, maintained with it. stdnum's exceptions never leave this
+module: each becomes one of our ValidationFailed codes with our own fixed text, so no
+library message (or anything it might echo) reaches a response or a log.
+"""
 
 from __future__ import annotations
 
 import re
+import string
 from typing import Final
+
+from stdnum import iban as stdnum_iban
+from stdnum import numdb
+from stdnum.exceptions import InvalidChecksum, InvalidComponent, InvalidLength, ValidationError
+from stdnum.iso7064 import mod_97_10
 
 from proxy.domain.errors import InvalidRequest, ValidationFailed
 from proxy.domain.hazmat import Iban
 
 # -------------------------------------------------------------------------- IBAN
 
-# ISO 13616 lengths from the SWIFT IBAN registry (full-member countries).
-IBAN_LENGTHS: Final[dict[str, int]] = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22,
-    "BH": 22, "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24,
-    "DE": 22, "DJ": 27, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18,
-    "FK": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27,
-    "GT": 28, "HN": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26,
-    "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20,
-    "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MN": 20,
-    "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24,
-    "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24,
-    "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25,
-    "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
-    "YE": 30,
-}  # fmt: skip
+_STRUCTURE_PART: Final = re.compile(r"([1-9][0-9]*)!([nac])")
+
+
+def _registry_lengths() -> dict[str, int]:
+    """Each registry country's IBAN length, summed from its BBAN structure (e.g. 8!n10!n)."""
+    registry = numdb.get("iban")
+    lengths: dict[str, int] = {}
+    for first in string.ascii_uppercase:
+        for second in string.ascii_uppercase:
+            country = first + second
+            bban = registry.info(country)[0][1].get("bban")
+            if bban:
+                parts = _STRUCTURE_PART.findall(bban)
+                lengths[country] = 4 + sum(int(count) for count, _ in parts)
+    return lengths
+
+
+# ISO 13616 lengths, from the registry stdnum ships (SWIFT's full-member countries).
+IBAN_LENGTHS: Final[dict[str, int]] = _registry_lengths()
 
 _IBAN_SHAPE_RE: Final = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{1,30}")
 
@@ -33,34 +50,64 @@ def iban_checksum_valid(iban: str) -> bool:
     """Whether a compact upper-case IBAN passes the ISO 7064 mod 97-10 check."""
     if not iban.isascii() or not iban.isalnum() or len(iban) < 5:
         return False
-    rearranged = iban[4:] + iban[:4]
-    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+    return bool(mod_97_10.is_valid(iban[4:] + iban[:4]))
+
+
+def _malformed() -> ValidationFailed:
+    return ValidationFailed("The IBAN is malformed.", code="invalid_iban", param="iban")
+
+
+def _wrong_length() -> ValidationFailed:
+    return ValidationFailed(
+        "The IBAN has the wrong length for its country.", code="invalid_iban_length", param="iban"
+    )
+
+
+def _unsupported() -> ValidationFailed:
+    return ValidationFailed(
+        "IBANs from this country are not supported.", code="unsupported_country", param="iban"
+    )
+
+
+def _bad_checksum() -> ValidationFailed:
+    return ValidationFailed(
+        "The IBAN check digits do not match.", code="invalid_iban_checksum", param="iban"
+    )
 
 
 def parse_iban(raw: object) -> Iban:
-    """A validated IBAN (shape, registry country and length, mod-97) from user input."""
+    """A validated IBAN (shape, registry country, length and BBAN structure, mod-97).
+
+    The checks run in a fixed order, so one input always gets the same code: shape, then
+    country, then length, then the check digits, then the country's BBAN structure (a
+    letter where the registry says digits is ``invalid_iban``).
+    """
     if not isinstance(raw, str):
         raise InvalidRequest("The IBAN must be a string.", code="invalid_type", param="iban")
     if len(raw) > 64:
-        raise ValidationFailed("The IBAN is malformed.", code="invalid_iban", param="iban")
+        raise _malformed()
     compact = "".join(raw.split()).upper()
     if not compact.isascii() or _IBAN_SHAPE_RE.fullmatch(compact) is None:
-        raise ValidationFailed("The IBAN is malformed.", code="invalid_iban", param="iban")
+        raise _malformed()
     expected = IBAN_LENGTHS.get(compact[:2])
     if expected is None:
-        raise ValidationFailed(
-            "IBANs from this country are not supported.", code="unsupported_country", param="iban"
-        )
+        raise _unsupported()
     if len(compact) != expected:
-        raise ValidationFailed(
-            "The IBAN has the wrong length for its country.",
-            code="invalid_iban_length",
-            param="iban",
-        )
+        raise _wrong_length()
     if not iban_checksum_valid(compact):
-        raise ValidationFailed(
-            "The IBAN check digits do not match.", code="invalid_iban_checksum", param="iban"
-        )
+        raise _bad_checksum()
+    # check_country=False: stdnum's per-country modules also look banks up in registries
+    # it bundles, which lag the real ones (they refuse the ECBS Belgian example IBAN).
+    try:
+        stdnum_iban.validate(compact, check_country=False)
+    except InvalidChecksum:
+        raise _bad_checksum() from None
+    except InvalidComponent:
+        raise _unsupported() from None
+    except InvalidLength:
+        raise _wrong_length() from None
+    except ValidationError:
+        raise _malformed() from None
     return Iban(compact)
 
 

@@ -1,9 +1,40 @@
-"""Invoice references, no I/O: Swedish bankgiro OCR numbers."""
+"""Invoice references, no I/O: Swedish bankgiro OCR numbers and ISO 4217 currency codes."""
 
 from __future__ import annotations
 
+from typing import Final
+
+from iso4217 import Currency
+
 from proxy.domain.card import detect_brand, luhn_valid
 from proxy.domain.errors import InvalidRequest, ValidationFailed
+
+# ---------------------------------------------------------------------- currency
+
+# Units of account that ISO 4217 gives a minor unit, yet no invoice is payable in:
+# the IMF's and the Arab Monetary Fund's accounting units, the ALBA SUCRE, the African
+# Development Bank's unit.
+_UNITS_OF_ACCOUNT: Final = frozenset({"XAD", "XDR", "XSU", "XUA"})
+
+# ISO 4217 list one (SIX, the maintenance agency), as the iso4217 package ships it: the
+# current currencies and funds. Codes without a minor unit (precious metals, bond-market
+# units, the testing code XTS, "no currency" XXX) cannot carry an amount in minor units.
+ISO_4217: Final = frozenset(
+    currency.code
+    for currency in Currency
+    if currency.exponent is not None and currency.code not in _UNITS_OF_ACCOUNT
+)
+
+
+def validate_currency(raw: str) -> str:
+    """A current ISO 4217 code (upper case) from user input; never echoes it when refused."""
+    code = raw.upper()
+    if len(raw) != 3 or code not in ISO_4217:
+        raise ValidationFailed(
+            "currency must be a current ISO 4217 code.", code="invalid_currency", param="currency"
+        )
+    return code
+
 
 # --------------------------------------------------------------------------- OCR
 

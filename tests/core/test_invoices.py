@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.core.invoices import ISO_4217
+from proxy.domain.errors import ValidationFailed
+from proxy.domain.invoice import ISO_4217, validate_currency
 from tests.cards import luhn_complete
 from tests.conftest import RunningProxy
 from tests.helpers import create, db_bytes, metrics_text, resolve, rows
@@ -148,3 +149,20 @@ def test_currency_list_is_current_iso_4217() -> None:
     assert {"SEK", "EUR", "USD", "NOK", "DKK", "GBP", "JPY", "CHF", "ZWG"} <= ISO_4217
     assert not {"HRK", "SLL", "ZWL", "XAU", "XTS", "XXX", "DEM"} & ISO_4217
     assert all(len(code) == 3 and code.isupper() for code in ISO_4217)
+
+
+def test_currency_list_follows_the_maintained_list() -> None:
+    """Funds and the franc zones are in; units of account and the withdrawn lev are out."""
+    assert {"CHE", "CLF", "USN", "XAF", "XOF", "XPF", "XCD", "XCG"} <= ISO_4217
+    # Bulgaria's lev ended with its euro changeover; ANG with the Caribbean guilder's.
+    assert not {"BGN", "ANG", "XAD", "XDR", "XSU", "XUA", "XBA"} & ISO_4217
+
+
+@pytest.mark.parametrize("raw", ["BGN", "Sek1", "xts", "ß", "€€€"])
+def test_refused_currency_is_not_echoed(raw: str) -> None:
+    """A refused currency is invalid_currency, and the error holds none of the input."""
+    with pytest.raises(ValidationFailed) as info:
+        validate_currency(raw)
+    assert info.value.code == "invalid_currency"
+    assert raw not in info.value.message
+    assert raw.upper() not in str(info.value)

@@ -84,6 +84,12 @@ def test_dockerfile_follows_hadolint_rules() -> None:
             assert args.startswith("/")
 
 
+def test_image_installs_the_postgres_extra() -> None:
+    """The image can open a postgresql:// vault: its pip install names the postgres extra."""
+    installs = [args for ins, args in _dockerfile() if ins == "RUN" and "pip install" in args]
+    assert any('".[postgres]"' in args for args in installs)
+
+
 def test_image_takes_secrets_from_mounted_files_and_checks_health_on_ops() -> None:
     """No secret values in ENV/ARG; key ring, clients and Stripe key are mounted paths."""
     final = _final_stage()

@@ -28,9 +28,10 @@ from proxy.domain.card import (
 from proxy.domain.errors import CardValidationFailed, InvalidRequest, ProxyError, ValidationFailed
 from proxy.domain.fields import validate_customer_ref, validate_metadata
 from proxy.domain.hazmat import CardNumber, Cvc, Iban
-from proxy.domain.iban import parse_iban
+from proxy.domain.iban import iban_checksum_valid, parse_iban
 from proxy.domain.invoice import ocr_valid, validate_ocr
 from proxy.domain.requests import CardRequest, parse_card_request
+from tests.ibans import with_check_digits
 
 TODAY = date(2026, 5, 15)
 DIGITS = "0123456789"
@@ -635,6 +636,40 @@ def test_parse_iban_bad_shape(raw: str) -> None:
     """Anything not two letters, two digits and alphanumerics is invalid_iban."""
     with raises_safely(ValidationFailed, "invalid_iban"):
         parse_iban(raw)
+
+
+def test_parse_iban_refuses_letters_where_the_registry_says_digits() -> None:
+    """A German BBAN is all digits: a letter in it is invalid_iban, even with valid check digits."""
+    iban = with_check_digits("DE", "37040044053201300A")
+    assert iban_checksum_valid(iban)
+    with raises_safely(ValidationFailed, "invalid_iban", iban):
+        parse_iban(iban)
+
+
+@given(
+    st.one_of(
+        st.text(max_size=80),
+        st.from_regex(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{8,30}", fullmatch=True),
+        st.builds(
+            with_check_digits,
+            st.sampled_from(["DE", "GB", "NL", "FR", "SE", "ZZ"]),
+            st.from_regex(r"[A-Z0-9]{10,26}", fullmatch=True),
+        ),
+    )
+)
+def test_iban_errors_never_echo_the_input(raw: str) -> None:
+    """Whatever is refused, the error's message, args and body hold none of the input."""
+    try:
+        parse_iban(raw)
+    except ProxyError as err:
+        rendered = " ".join(
+            [err.message, str(err), repr(err.args), err.param or "", json.dumps(err.body("req_t"))]
+        )
+        compact = "".join(raw.split())
+        if len(compact) >= 6:
+            assert compact not in rendered
+            assert compact.upper() not in rendered
+        assert not re.search(r"\d{4}", rendered)
 
 
 def test_parse_iban_non_string() -> None:

@@ -6,6 +6,8 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,26 @@ def test_container_manifests_name_absolute_sqlite_files() -> None:
         assert urls, name
         for url in urls:
             assert sqlite_path(url) == Path("/var/lib/tokenproxy/vault.db"), (name, url)
+
+
+def test_a_postgres_url_without_asyncpg_names_the_extra() -> None:
+    """Without asyncpg installed, a postgresql:// URL fails with one line naming the extra."""
+    script = (
+        "import sys\n"
+        "sys.modules['asyncpg'] = None\n"
+        "from vault.errors import VaultUrlError\n"
+        "from vault.store import open_backend\n"
+        "try:\n"
+        "    open_backend('postgresql://app:s3cret-pw@db.internal:5432/vault')\n"
+        "except VaultUrlError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == (
+        "a postgresql:// vault URL needs the postgres extra: pip install 'tokenproxy[postgres]'\n"
+    )
+    assert "s3cret" not in done.stdout + done.stderr
