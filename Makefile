@@ -23,8 +23,8 @@ test: $(STAMP) lint typecheck
 	$(BIN)/pytest --cov --cov-report=term:skip-covered
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy vault pandetect sandbox clients/python tests $(wildcard bench)
-	$(BIN)/ruff format --check proxy vault pandetect sandbox clients/python tests $(wildcard bench)
+	$(BIN)/ruff check .ci/floors.py proxy vault pandetect sandbox clients/python tests $(wildcard bench)
+	$(BIN)/ruff format --check .ci/floors.py proxy vault pandetect sandbox clients/python tests $(wildcard bench)
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
