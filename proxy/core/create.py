@@ -14,14 +14,16 @@ from datetime import date
 from typing import Any
 
 from proxy.core import idempotent
-from proxy.core.bank_accounts import create_sepa_at_partner, store_bank_account
-from proxy.core.bank_accounts import tokenize_bank_account as tokenize_bank_account_once
+from proxy.core.bank_accounts import (
+    create_sepa_at_partner,
+    store_bank_account,
+    tokenize_bank_account,
+)
 from proxy.core.card_setup import confirm_card_setup, parse_confirm_request
-from proxy.core.cards import tokenize_card as tokenize_card_unkeyed
+from proxy.core.cards import tokenize_card
 from proxy.core.customers import open_pending
 from proxy.core.idempotent import Answer
-from proxy.core.invoices import create_invoice as create_invoice_unkeyed
-from proxy.core.invoices import parse_invoice_request, store_invoice
+from proxy.core.invoices import create_invoice, parse_invoice_request, store_invoice
 from proxy.core.services import Services
 from proxy.core.views import created_view
 from proxy.domain.bank import parse_bank_account_request
@@ -72,7 +74,7 @@ async def _once(
 async def card(services: Services, body: object, call: Call, *, today: date) -> Answer:
     """POST /v1/cards: validate the card, create it at the partner, seal the answer."""
     if call.key is None:
-        return created(await tokenize_card_unkeyed(services, body, today=today, actor=call.client))
+        return created(await tokenize_card(services, body, today=today, actor=call.client))
     return await idempotent.tokenize_card_once(
         services,
         client=call.client,
@@ -106,7 +108,7 @@ async def bank_account(services: Services, body: object, call: Call) -> Answer:
     """POST /v1/bank-accounts: a SEPA debit payment method from an IBAN."""
     if call.key is None:
         return created(
-            await tokenize_bank_account_once(services, body, actor=call.client, origin=call.origin)
+            await tokenize_bank_account(services, body, actor=call.client, origin=call.origin)
         )
     # Validated before the key is recorded: a fixed body may reuse the key.
     account = parse_bank_account_request(body)
@@ -137,7 +139,7 @@ async def bank_account(services: Services, body: object, call: Call) -> Answer:
 async def invoice(services: Services, body: object, call: Call) -> Answer:
     """POST /v1/invoices: an invoice reference under a ``vtok_inv_`` token."""
     if call.key is None:
-        return created(await create_invoice_unkeyed(services, body))
+        return created(await create_invoice(services, body))
     parsed = parse_invoice_request(body, partners=frozenset({services.partner.name}))
 
     async def store_step(_: dict[str, Any], token: str) -> Record:

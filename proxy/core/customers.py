@@ -692,43 +692,29 @@ async def _audited(
     shows ``resource`` to be safe to record (a token the vault found).
     """
     failed = resource if failed_resource is None else failed_resource
+
+    async def record(outcome: Outcome, subject: str, detail: dict[str, Any]) -> None:
+        await append_or_refuse(
+            services.vault,
+            services.metrics,
+            event_type,
+            outcome=outcome,
+            actor=actor,
+            origin=origin,
+            resource=subject,
+            detail=detail,
+        )
+
     try:
         result = await call
-    except ErasureIncomplete as exc:
-        detail = {"error": exc.code, "remaining": len(exc.report["remaining"])}
-        await append_or_refuse(
-            services.vault,
-            services.metrics,
-            event_type,
-            outcome=Outcome.FAILURE,
-            actor=actor,
-            origin=origin,
-            resource=failed,
-            detail={**detail, **summary(exc.report)},
-        )
-        raise
     except ProxyError as exc:
-        await append_or_refuse(
-            services.vault,
-            services.metrics,
-            event_type,
-            outcome=Outcome.FAILURE,
-            actor=actor,
-            origin=origin,
-            resource=failed,
-            detail={"error": exc.code},
-        )
+        detail: dict[str, Any] = {"error": exc.code}
+        if isinstance(exc, ErasureIncomplete):
+            # What was done before it stopped, so the trail shows what a retry must finish.
+            detail |= {"remaining": len(exc.report["remaining"]), **summary(exc.report)}
+        await record(Outcome.FAILURE, failed, detail)
         raise
-    await append_or_refuse(
-        services.vault,
-        services.metrics,
-        event_type,
-        outcome=Outcome.SUCCESS,
-        actor=actor,
-        origin=origin,
-        resource=resource,
-        detail=summary(result),
-    )
+    await record(Outcome.SUCCESS, resource, summary(result))
     return result
 
 
