@@ -66,7 +66,14 @@ async def store_card(
     ``fingerprint_idx`` stands in for ``created.fingerprint`` when only its blind index
     was kept (an idempotent request resuming from its stored partner answer).
     """
-    details = {"brand": card.brand, "last4": card.number.last4, "masked": card.number.masked}
+    # The expiry alone is not card data, and billing needs it to act before a card expires.
+    details = {
+        "brand": card.brand,
+        "last4": card.number.last4,
+        "masked": card.number.masked,
+        "exp_month": card.exp_month,
+        "exp_year": card.exp_year,
+    }
     record = await store_payment_method(
         services,
         NewRecord(

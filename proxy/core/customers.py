@@ -26,6 +26,7 @@ import msgspec
 import structlog
 
 from proxy.core.audit import append_or_refuse, resource_of
+from proxy.core.partner_sync import link_record
 from proxy.core.services import Services, partner_call, vault_call
 from proxy.core.views import listed_view
 from proxy.domain.bank import MandateAcceptance
@@ -234,6 +235,7 @@ async def store_payment_method(
     vault, partner = services.vault, services.partner
     if new.customer_ref is None:
         record: Record = await vault_call(services, "put", vault.put(new, token=token))
+        await link_record(services, record)
         return record
     reference = new.partner_reference
     if reference is None:  # pragma: no cover - adapters always return one
@@ -331,6 +333,7 @@ async def store_saved(
         if created:
             await _undo_first_use(services, new.customer_ref, customer)
         raise
+    await link_record(services, record)
     return record
 
 

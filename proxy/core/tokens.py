@@ -6,8 +6,8 @@ from typing import Any
 
 from proxy.core.services import Services, vault_call
 from proxy.core.views import masked_view, resolved_view
-from proxy.domain.errors import NotFound
-from vault import Kind, RecordNotFound
+from proxy.domain.errors import NotFound, TokenGone
+from vault import Kind, Record, RecordNotFound
 
 
 async def read_token(services: Services, token: str, *, resolve: bool) -> dict[str, Any]:
@@ -18,6 +18,7 @@ async def read_token(services: Services, token: str, *, resolve: bool) -> dict[s
         raise NotFound("No such token.", param="token") from None
     if not resolve:
         return masked_view(record)
+    refuse_if_gone(record)
     # Resolving is use (the billing service is about to charge): retention counts
     # from here. Marks are batched in memory and flushed in one write.
     services.vault.mark_used(record)
@@ -34,3 +35,18 @@ async def read_token(services: Services, token: str, *, resolve: bool) -> dict[s
         if customer is not None and customer.partner == record.partner:
             view["partner_customer"] = customer.reference
     return view
+
+
+def refuse_if_gone(record: Record) -> None:
+    """TokenGone (410) for a token the partner can no longer charge."""
+    if record.details.get("detached_at"):
+        raise TokenGone(
+            "The payment method was detached at the partner; it can no longer be charged.",
+            param="token",
+        )
+    if record.kind is Kind.BANK and record.details.get("mandate_status") == "inactive":
+        raise TokenGone(
+            "The SEPA mandate of this bank account was revoked; it can no longer be debited.",
+            code="mandate_revoked",
+            param="token",
+        )

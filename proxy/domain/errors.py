@@ -5,6 +5,7 @@
     ProxyError                      (500 api_error / internal_error)
     ├── InvalidRequest              (400 invalid_request_error)
     │   ├── RequestTimeout          (408: the body arrived too slowly)
+    │   ├── InvalidSignature        (400: a partner event not signed by a configured secret)
     │   ├── UnsupportedMediaType    (415)
     │   ├── ExpectationFailed       (417: an Expect other than 100-continue)
     │   ├── PayloadTooLarge         (413)
@@ -17,6 +18,7 @@
     │   └── IdempotencyKeyInUse     (409 idempotency_error: the key's first request still runs)
     ├── IdempotencyKeyReused        (422 idempotency_error)
     ├── IdempotencyKeyErased        (410 idempotency_error: its customer was erased)
+    ├── TokenGone                   (410 invalid_request_error: detached or mandate revoked)
     ├── RateLimited                 (429 rate_limit_error)
     ├── PartnerError                (502 partner_error)
     │   ├── PartnerDeclined         (402 card_error)
@@ -96,6 +98,8 @@ ERROR_CODES: frozenset[str] = frozenset(
         # The proxy itself.
         "internal_error", "service_unavailable", "vault_unavailable", "record_unreadable",
         "audit_unavailable",
+        # Partner sync: tokens the partner detached, and signed partner events.
+        "token_detached", "mandate_revoked", "invalid_signature", "webhooks_not_configured",
     }
 )  # fmt: skip
 
@@ -156,6 +160,17 @@ class InvalidRequest(ProxyError):
 class RequestTimeout(InvalidRequest):
     status = 408
     default_code = "request_timeout"
+
+
+class InvalidSignature(InvalidRequest):
+    """An event without a valid, fresh signature by a configured secret (400)."""
+
+    default_code = "invalid_signature"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("The event's Stripe-Signature is missing, invalid or stale.")
+        # For the counter's label only, never rendered: missing, invalid, stale or malformed.
+        self.reason = reason
 
 
 class UnsupportedMediaType(InvalidRequest):
@@ -233,6 +248,14 @@ class IdempotencyKeyErased(ProxyError):
     status = 410
     type = "idempotency_error"
     default_code = "idempotency_key_erased"
+
+
+class TokenGone(ProxyError):
+    """The partner detached the token's payment method (or revoked its mandate): no charge."""
+
+    status = 410
+    type = "invalid_request_error"
+    default_code = "token_detached"
 
 
 class RateLimited(ProxyError):

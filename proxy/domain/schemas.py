@@ -287,11 +287,28 @@ class InvoiceToken(Struct, kw_only=True):
     created_at: Timestamp
 
 
+# Set once the partner reports the payment method detached (or its customer deleted).
+DetachedAt = (
+    Annotated[
+        str,
+        Meta(
+            description="when the partner reported the payment method detached; resolve"
+            " then answers 410 token_detached"
+        ),
+    ]
+    | UnsetType
+)
+
+
 class CardView(CardToken, kw_only=True):
     """A card token read back: masked for `read`, with partner references for `resolve`."""
 
     customer_ref: str | None
     metadata: dict[str, str]
+    # Kept since partner sync: the expiry alone is not card data, and billing acts on it.
+    exp_month: Annotated[int, Meta(ge=1, le=12)] | UnsetType = UNSET
+    exp_year: Annotated[int, Meta(ge=2000)] | UnsetType = UNSET
+    detached_at: DetachedAt = UNSET
     last_used_at: LastUsed = UNSET
     partner_customer: PartnerCustomer = UNSET
     partner: Partner = UNSET
@@ -302,6 +319,17 @@ class BankView(BankToken, kw_only=True):
     """A bank account token read back."""
 
     metadata: dict[str, str]
+    detached_at: DetachedAt = UNSET
+    mandate_status: (
+        Annotated[
+            str,
+            Meta(
+                description="inactive once the partner reports the SEPA mandate revoked;"
+                " resolve then answers 410 mandate_revoked"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
     last_used_at: LastUsed = UNSET
     mandate_reference: (
         Annotated[
@@ -419,3 +447,19 @@ class Error(Struct, kw_only=True):
     """Every error answer's body."""
 
     error: ErrorDetail
+
+
+class PartnerEventReceipt(Struct, kw_only=True):
+    """The answer to a partner event: what became of it (the partner only reads the status)."""
+
+    object: Literal["partner_event"]
+    id: str
+    type: str
+    outcome: Annotated[
+        str,
+        Meta(
+            description="applied, stale (older than the change already applied), unchanged,"
+            " unknown_payment_method, or ignored (a type the proxy does not act on)"
+        ),
+    ]
+    replayed: bool

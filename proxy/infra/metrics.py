@@ -19,6 +19,8 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
+from proxy.infra.syncmetrics import SyncMetrics
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -201,6 +203,8 @@ class Metrics:
             "Clients in force (each may hold a previous key during a rotation).",
             registry=r,
         )
+        # Partner events and reconciliation (proxy.infra.syncmetrics).
+        self.sync = SyncMetrics(r)
         Info("tokenproxy_build", "Build information.", registry=r).info({"version": version})
 
     def closer(self, listener: str) -> Callable[[str], None]:

@@ -120,6 +120,8 @@ class Settings:
     auth_failure_max_sources: int = 10_000
     auth_failure_audit_interval: float = 60.0
     audit_retention_days: int = 365
+    # Signing secrets of the Stripe webhook endpoint (several while one is rotated).
+    stripe_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -244,6 +246,7 @@ class Settings:
             )
         kwargs.update(_kek_settings(env))
         kwargs.update(_audit_settings(env))
+        kwargs.update(_webhook_settings(env))
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError("TOKENPROXY_DB_POOL_MIN must not exceed TOKENPROXY_DB_POOL_MAX")
@@ -290,6 +293,7 @@ class Settings:
             "partner_max_retries": self.partner_max_retries,
             "idempotency_ttl": self.idempotency_ttl,
             "cors_origins": list(self.cors_origins),
+            "stripe_webhook_secrets": len(self.stripe_webhook_secrets),
         }
 
     @property
@@ -398,3 +402,30 @@ def _audit_settings(env: Mapping[str, str]) -> dict[str, object]:
             minimum=MIN_AUDIT_RETENTION_DAYS,
         )
     return out
+
+
+def _webhook_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """The Stripe webhook signing secrets: one ``whsec_…`` per line of a file.
+
+    A file, never the environment itself: rotating means adding the new secret as a
+    second line, and removing the old one once Stripe has stopped signing with it.
+    """
+    path = env.get("TOKENPROXY_STRIPE_WEBHOOK_SECRET_FILE")
+    if not path:
+        return {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(
+            f"TOKENPROXY_STRIPE_WEBHOOK_SECRET_FILE cannot be read: {path} ({exc.strerror})"
+        ) from None
+    found = tuple(
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    )
+    if not found:
+        raise SettingsError(f"TOKENPROXY_STRIPE_WEBHOOK_SECRET_FILE holds no secret: {path}")
+    if not all(secret.startswith("whsec_") for secret in found):
+        raise SettingsError(
+            "TOKENPROXY_STRIPE_WEBHOOK_SECRET_FILE: every line must be a whsec_ signing secret"
+        )
+    return {"stripe_webhook_secrets": found}

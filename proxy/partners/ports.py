@@ -117,3 +117,31 @@ class Partner(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class CardUpdate:
+    """A card's new storable details, as the partner reports them after an update."""
+
+    brand: str | None
+    last4: str | None
+    exp_month: int | None
+    exp_year: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerEvent:
+    """A verified partner event, reduced to what partner sync acts on.
+
+    ``action`` is one of ``updated`` (``card`` holds the new details), ``detached``,
+    ``customer_deleted``, ``mandate_inactive``, or ``ignored`` for every other type.
+    ``created`` is the partner's event time (Unix seconds), which orders changes.
+    """
+
+    id: str
+    type: str
+    created: int
+    action: str
+    payment_method: str | None = None
+    customer: str | None = None
+    card: CardUpdate | None = None

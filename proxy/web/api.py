@@ -27,6 +27,7 @@ from proxy.domain.schemas import (
     Erasure,
     InvoiceRequestBody,
     InvoiceToken,
+    PartnerEventReceipt,
     TokenDeletion,
     TokenList,
     TokenListQuery,
@@ -144,7 +145,9 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         status=200,
         response=TOKEN_VIEWS,
         response_description="The token's view",
-        errors=(400, 401, 403, 404, 405, 429, 503),
+        errors=(400, 401, 403, 404, 405, 410, 429, 503),
+        description="A resolve of a token whose payment method the partner detached is 410"
+        " token_detached; of a bank token whose SEPA mandate was revoked, 410 mandate_revoked.",
     ),
     Operation(
         method="delete",
@@ -228,6 +231,23 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         response=Erasure,
         response_description="Erased (or already erased)",
         errors=(400, 401, 403, 404, 405, 422, 429, 502, 503, 504),
+    ),
+    Operation(
+        method="post",
+        path="/v1/partners/stripe/events",
+        name="stripe_events",
+        operation_id="receiveStripeEvent",
+        summary="Stripe webhook endpoint (no client key: the Stripe-Signature is checked)",
+        description="Deliveries signed with a secret in TOKENPROXY_STRIPE_WEBHOOK_SECRET_FILE"
+        " (timestamp tolerance 300 s) are applied once per event id: a redelivery answers"
+        " 200 with replayed true. Unsigned, badly signed or stale deliveries are 400"
+        " invalid_signature; 503 webhooks_not_configured without secrets. Types the proxy"
+        " does not act on are answered 200 with outcome ignored.",
+        status=200,
+        response=PartnerEventReceipt,
+        response_description="Applied, or recognised",
+        errors=(400, 405, 408, 413, 415, 503),
+        public=True,
     ),
     Operation(
         method="get",

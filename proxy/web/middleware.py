@@ -276,8 +276,8 @@ def _unreadable_body() -> InvalidRequest:
     )
 
 
-async def read_json(request: web.Request) -> object:
-    """The request body as JSON; 415 for another media type, 400 for bad or too deep JSON.
+async def read_body(request: web.Request) -> bytes:
+    """The raw JSON request body (size-limited like every body); 415 for another media type.
 
     The body must arrive within TOKENPROXY_BODY_READ_TIMEOUT (else 408 and the
     connection is closed): a client trickling bytes must not hold a handler forever.
@@ -304,6 +304,12 @@ async def read_json(request: web.Request) -> object:
         raise _unreadable_body() from None
     except (OSError, ValueError):
         raise _unreadable_body() from None
+    return raw
+
+
+async def read_json(request: web.Request) -> object:
+    """The request body as JSON; 415 for another media type, 400 for bad or too deep JSON."""
+    raw = await read_body(request)
     if json_too_deep(raw):
         raise InvalidRequest(
             f"JSON may nest at most {MAX_JSON_DEPTH} levels deep.", code="json_too_deep"

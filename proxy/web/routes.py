@@ -7,7 +7,15 @@ from typing import Final
 from aiohttp import web
 
 from proxy.web import api, openapi
-from proxy.web.handlers import bank_accounts, cards, customers, elements, invoices, tokens
+from proxy.web.handlers import (
+    bank_accounts,
+    cards,
+    customers,
+    elements,
+    invoices,
+    partner_events,
+    tokens,
+)
 from proxy.web.middleware import Handler
 
 # By route name: every routed operation has exactly one (a KeyError at import otherwise).
@@ -24,6 +32,7 @@ HANDLERS: Final[dict[str, Handler]] = {
     "openapi": openapi.serve,
     "elements_card": elements.card_page,
     "elements_asset": elements.asset,
+    "stripe_events": partner_events.stripe_events,
 }
 
 # GET routes answer no HEAD (web.route adds none): nothing here is worth a HEAD.

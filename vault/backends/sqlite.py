@@ -34,6 +34,7 @@ from vault.backends.base import (
 )
 from vault.backends.sql import SQLITE as SQL
 from vault.backends.sqlite_lifecycle import SqliteLifecycleMixin
+from vault.backends.sqlite_sync import SqliteSyncMixin
 from vault.errors import DuplicateRecord, StorageUnavailable
 from vault.migrations import Statement, drive, runner
 
@@ -53,7 +54,7 @@ def _connect(path: str, *, timeout_ms: int) -> sqlite3.Connection:
     return conn
 
 
-class SqliteBackend(SqliteLifecycleMixin):
+class SqliteBackend(SqliteLifecycleMixin, SqliteSyncMixin):
     """The embedded default backend."""
 
     name = "sqlite"

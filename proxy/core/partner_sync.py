@@ -1,0 +1,192 @@
+"""Partner events applied to the vault: tokens follow what the partner did to their methods.
+
+A verified partner event (:mod:`proxy.partners.stripe_events`) names a payment method or
+a partner customer. The records holding it are changed in place, same token:
+
+* a card updated at the partner (reissued, the card account updater): brand, last four,
+  masked number and expiry;
+* a payment method detached, or its partner customer deleted: ``detached_at`` is set
+  and resolve answers 410 ``token_detached``;
+* a SEPA mandate gone inactive: ``mandate_status`` becomes ``inactive`` and resolve
+  answers 410 ``mandate_revoked``.
+
+Exactly once: the event id is stored in the same transaction as the changes, and a
+redelivery answers what the first delivery did. In order: a record remembers the
+``created`` time of the newest event applied to it, and an older event leaves it alone.
+Each change is audited before it is applied (fail closed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import structlog
+
+from proxy.core.audit import append_or_refuse
+from proxy.core.services import Services, vault_call
+from proxy.domain.errors import ServiceUnavailable
+from proxy.partners.ports import PartnerEvent
+from vault import Kind, Record, iso
+from vault import partner_sync as sync
+from vault.audit import Outcome
+
+_log = structlog.get_logger("tokenproxy.partner_sync")
+# The actor partner events are audited under.
+EVENT_ACTOR: Final = "partner:stripe"
+_APPLY_ATTEMPTS = 3
+_AUDIT_TYPES: Final = {
+    "updated": "token.partner_update",
+    "detached": "token.partner_detach",
+    "customer_deleted": "token.partner_detach",
+    "mandate_inactive": "token.mandate_revoke",
+}
+
+
+def _masked(old: str | None, last4: str) -> str | None:
+    """The masked number with a new last four (a reissued card keeps its first six)."""
+    if not old or len(old) < 10:  # six shown, at least one starred, four shown
+        return None
+    return old[:-4] + last4
+
+
+def new_details(record: Record, event: PartnerEvent) -> dict[str, Any] | None:
+    """The record's details after ``event``, or None when the event changes nothing."""
+    details = dict(record.details)
+    if event.action == "updated" and event.card is not None and record.kind is Kind.CARD:
+        card = event.card
+        for name, value in (
+            ("brand", card.brand),
+            ("last4", card.last4),
+            ("exp_month", card.exp_month),
+            ("exp_year", card.exp_year),
+        ):
+            if value is not None:
+                details[name] = value
+        if card.last4 is not None and (masked := _masked(details.get("masked"), card.last4)):
+            details["masked"] = masked
+    elif event.action in ("detached", "customer_deleted"):
+        details.setdefault("detached_at", iso_from_unix(event.created))
+    elif event.action == "mandate_inactive" and record.kind is Kind.BANK:
+        details["mandate_status"] = "inactive"
+    return details if details != record.details else None
+
+
+def iso_from_unix(seconds: int) -> str:
+    """A partner's Unix time in the API's timestamp format."""
+    return iso(datetime.fromtimestamp(seconds, UTC))
+
+
+async def _targets(services: Services, event: PartnerEvent) -> list[sync.Synced]:
+    vault, partner = services.vault, services.partner.name
+    found: list[sync.Synced] = []
+    if event.action == "customer_deleted" and event.customer:
+        found = await vault_call(
+            services, "sync_find", sync.by_partner_customer(vault, partner, event.customer)
+        )
+    elif event.payment_method and event.action != "ignored":
+        found = await vault_call(
+            services, "sync_find", sync.by_reference(vault, partner, event.payment_method)
+        )
+    return found
+
+
+async def _plan(services: Services, event: PartnerEvent) -> tuple[str, list[sync.Change]]:
+    """What the event would change, and the outcome that says so."""
+    if event.action == "ignored":
+        return "ignored", []
+    targets = await _targets(services, event)
+    if not targets:
+        return "unknown_payment_method", []
+    changes, stale = [], 0
+    for target in targets:
+        if target.event_at is not None and event.created < target.event_at:
+            stale += 1  # a newer change is already applied: this delivery came late
+            continue
+        details = new_details(target.record, event)
+        if details is not None:
+            changes.append(sync.Change(target, details, event.created))
+    if changes:
+        return "applied", changes
+    return ("stale" if stale else "unchanged"), []
+
+
+async def _audit(services: Services, event: PartnerEvent, change: sync.Change) -> None:
+    changed = sorted(
+        name
+        for name in set(change.details) | set(change.synced.record.details)
+        if change.details.get(name) != change.synced.record.details.get(name)
+    )
+    await append_or_refuse(
+        services.vault,
+        services.metrics,
+        _AUDIT_TYPES[event.action],
+        outcome=Outcome.SUCCESS,
+        actor=EVENT_ACTOR,
+        origin=None,
+        resource=change.synced.record.token,
+        detail={"event": event.id, "event_type": event.type, "fields": changed},
+    )
+
+
+def receipt(event: PartnerEvent, outcome: str, *, replayed: bool) -> dict[str, Any]:
+    """The answer to the partner: what became of the event."""
+    return {
+        "object": "partner_event",
+        "id": event.id,
+        "type": event.type,
+        "outcome": outcome,
+        "replayed": replayed,
+    }
+
+
+async def receive_event(services: Services, event: PartnerEvent) -> Mapping[str, Any]:
+    """Apply a verified partner event once; a redelivery answers the first outcome."""
+    metrics = services.metrics.sync
+    # One delivery of an event at a time in this process; across replicas the stored
+    # event id settles it (the second transaction finds it and changes nothing).
+    async with services.locks.hold("partner-event:" + event.id):
+        for _ in range(_APPLY_ATTEMPTS):
+            seen = await vault_call(
+                services, "sync_event", sync.event_outcome(services.vault, event.id)
+            )
+            if seen is not None:
+                services.metrics.child(metrics.events, event.type, "replayed").inc()
+                return receipt(event, seen, replayed=True)
+            outcome, changes = await _plan(services, event)
+            for change in changes:
+                await _audit(services, event, change)
+            applied = await vault_call(
+                services,
+                "sync_apply",
+                sync.apply_event(
+                    services.vault,
+                    sync.event_row(event.id, event.type, event.created, outcome),
+                    changes,
+                ),
+            )
+            if applied == "conflict":
+                continue  # a record changed between read and write: plan again
+            if applied == "duplicate":
+                seen = await vault_call(
+                    services, "sync_event", sync.event_outcome(services.vault, event.id)
+                )
+                services.metrics.child(metrics.events, event.type, "replayed").inc()
+                return receipt(event, seen or outcome, replayed=True)
+            services.metrics.child(metrics.events, event.type, outcome).inc()
+            _log.info("partner_event", event_type=event.type, outcome=outcome, changed=len(changes))
+            return receipt(event, outcome, replayed=False)
+    raise ServiceUnavailable("The vault kept changing under the event; retry.")
+
+
+async def link_record(services: Services, record: Record) -> None:
+    """Make a new card or bank record findable by partner events and reconciliation.
+
+    Best effort: the token is already durable, and reconciliation indexes any record
+    left without its blind indexes, so a failure here must not fail the request.
+    """
+    try:
+        await vault_call(services, "sync_link", sync.link(services.vault, record))
+    except ServiceUnavailable:
+        _log.warning("partner_link_deferred")
