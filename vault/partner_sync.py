@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     _POSTGRES: type[SyncBackend] = PostgresBackend
 
 _LINK_BATCH = 200
+# Names in partner_sync_state: reconciliation's resumable cursor and its last summary.
+RECONCILE_CURSOR = "reconcile.cursor"
+RECONCILE_LAST = "reconcile.last"
 
 
 @dataclass(frozen=True, slots=True)

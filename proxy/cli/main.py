@@ -1,4 +1,4 @@
-"""The `tokenproxy` command: serve, dev, keys, clients, audit, migrate, purge.
+"""The `tokenproxy` command: serve, dev, keys, clients, audit, migrate, purge, reconcile.
 
 Each command parses its arguments, calls one function (the administrative ones live in
 :mod:`proxy.core.admin`) and prints the result. Secrets never come from the command
@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from prometheus_client import write_to_textfile
 
+from proxy.cli import reconcile as reconcile_cli
 from proxy.core import admin
 from proxy.infra.clients import SCOPES, ClientsFileError, add_client, parse_scopes
 from proxy.infra.log import configure_logging
@@ -357,6 +358,11 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Compare the partner's payment methods with the vault (see proxy.cli.reconcile)."""
+    return reconcile_cli.run_command(args, _settings(), _operator())
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError("must be a whole number of at least 1")
@@ -376,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-file", type=Path, help="write tokenproxy_retention_purged_total here (.prom)"
     )
     purge.set_defaults(func=cmd_purge)
+    reconcile_cli.add_command(sub, cmd_reconcile)
 
     keys = sub.add_parser("keys", help="key ring management").add_subparsers(
         dest="keys_command", required=True

@@ -11,10 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.core.customers import SaveRequest, store_payment_method
+from proxy.core.partner_sync import note_orphan, write_outbox
 from proxy.core.services import Services, ensure_vault_up, partner_call
 from proxy.core.views import created_view
 from proxy.domain.bank import BankAccountRequest, national_bank_code, parse_bank_account_request
-from vault import Kind, NewRecord, Record
+from proxy.domain.errors import ServiceUnavailable
+from proxy.partners.resilience import new_partner_key
+from vault import Kind, NewRecord, Record, new_token
 
 
 async def tokenize_bank_account(
@@ -22,10 +25,18 @@ async def tokenize_bank_account(
 ) -> dict[str, Any]:
     """Validate an IBAN, create a SEPA debit method at the partner, store it; return the token."""
     account = parse_bank_account_request(body)
-    created = await create_sepa_at_partner(services, account, None)
-    record = await store_bank_account(
-        services, account, created, token=None, actor=actor, origin=origin
-    )
+    partner_key = new_partner_key()
+    token = new_token(Kind.BANK)
+    await ensure_vault_up(services)
+    await write_outbox(services, partner_key, Kind.BANK, token)
+    created = await create_sepa_at_partner(services, account, partner_key)
+    try:
+        record = await store_bank_account(
+            services, account, created, token=token, actor=actor, origin=origin
+        )
+    except ServiceUnavailable:
+        await note_orphan(services, partner_key, created["reference"])
+        raise
     return created_view(record)
 
 

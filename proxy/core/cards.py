@@ -8,13 +8,14 @@ from typing import Any
 import structlog
 
 from proxy.core.customers import SaveRequest, store_payment_method
+from proxy.core.partner_sync import note_orphan, write_outbox
 from proxy.core.services import Services, ensure_vault_up, partner_call
 from proxy.core.views import created_view
 from proxy.domain.errors import ServiceUnavailable
 from proxy.domain.requests import CardRequest, parse_card_request
 from proxy.partners.ports import PartnerCard
 from proxy.partners.resilience import new_partner_key
-from vault import Kind, NewRecord, Record
+from vault import Kind, NewRecord, Record, new_token
 
 _log = structlog.get_logger("tokenproxy.service")
 
@@ -29,15 +30,20 @@ async def tokenize_card(
     """
     card = parse_card_request(body, today=today)
     partner_key = new_partner_key()
+    token = new_token(Kind.CARD)
+    await ensure_vault_up(services)
+    await write_outbox(services, partner_key, Kind.CARD, token)
     created = await create_at_partner(services, card, partner_key)
     try:
-        record = await store_card(services, card, created, actor=actor)
+        record = await store_card(services, card, created, token=token, actor=actor)
     except ServiceUnavailable:
         # The partner holds a card we could not link: no retry can find it again (the
-        # client sent no key). Count it and log the partner key, which the partner's
-        # request log is searchable by, so an operator can reconcile.
+        # client sent no key). The outbox row written before the call lets reconcile
+        # find it; the partner key is also logged, as the partner's request log is
+        # searchable by it.
         services.metrics.partner_orphans.labels(services.partner.name).inc()
         _log.error("partner_reference_orphaned", partner_idempotency_key=partner_key)
+        await note_orphan(services, partner_key, created.reference)
         raise
     return created_view(record)
 

@@ -190,3 +190,27 @@ async def link_record(services: Services, record: Record) -> None:
         await vault_call(services, "sync_link", sync.link(services.vault, record))
     except ServiceUnavailable:
         _log.warning("partner_link_deferred")
+
+
+async def write_outbox(services: Services, partner_key: str, kind: Kind, token: str) -> None:
+    """Record, before the partner creates a payment method, its key and the token to come.
+
+    Fails (503) like any vault write: nothing has reached the partner yet.
+    """
+    await vault_call(
+        services,
+        "sync_outbox",
+        sync.outbox_add(services.vault, partner_key, services.partner.name, kind, token),
+    )
+
+
+async def note_orphan(services: Services, partner_key: str, reference: str) -> None:
+    """Best effort: note on the outbox row the payment method whose record was not stored."""
+    try:
+        await vault_call(
+            services,
+            "sync_outbox",
+            sync.outbox_note_reference(services.vault, partner_key, reference),
+        )
+    except ServiceUnavailable:
+        _log.warning("partner_orphan_not_noted", partner_idempotency_key=partner_key)

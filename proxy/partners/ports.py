@@ -56,6 +56,18 @@ class PartnerSetup:
         return self.status in SETUP_USABLE
 
 
+@dataclass(frozen=True, slots=True)
+class PartnerPaymentMethod:
+    """A payment method as the partner lists it: only storable fields, for reconciliation."""
+
+    reference: str
+    kind: str  # the partner's type: card, sepa_debit
+    customer: str | None
+    last4: str | None
+    exp_month: int | None = None
+    exp_year: int | None = None
+
+
 # A SEPA setup may still be "processing" while its mandate is already active at the partner.
 SETUP_USABLE = frozenset({"succeeded", "processing"})
 
@@ -112,6 +124,14 @@ class Partner(Protocol):
 
     async def detach(self, payment_method: str) -> bool:
         """Detach a payment method from its customer; False when already gone or detached."""
+        ...
+
+    async def list_payment_methods(self, customer: str, *, kind: str) -> list[PartnerPaymentMethod]:
+        """Every payment method of type ``kind`` attached to a partner customer."""
+        ...
+
+    async def get_payment_method(self, reference: str) -> PartnerPaymentMethod | None:
+        """One payment method as the partner holds it now; None when it is gone."""
         ...
 
     async def close(self) -> None:

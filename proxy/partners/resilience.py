@@ -41,6 +41,7 @@ from proxy.partners.ports import (
     Partner,
     PartnerBankAccount,
     PartnerCard,
+    PartnerPaymentMethod,
     PartnerSetup,
 )
 
@@ -248,6 +249,18 @@ class ResilientPartner:
     async def detach(self, payment_method: str) -> bool:
         """Detach a payment method."""
         return await self._call("detach", lambda: self.inner.detach(payment_method))
+
+    async def list_payment_methods(self, customer: str, *, kind: str) -> list[PartnerPaymentMethod]:
+        """List a customer's payment methods of one type (a read: safe to retry)."""
+        return await self._call(
+            "list_payment_methods", lambda: self.inner.list_payment_methods(customer, kind=kind)
+        )
+
+    async def get_payment_method(self, reference: str) -> PartnerPaymentMethod | None:
+        """Retrieve a payment method (a read: safe to retry)."""
+        return await self._call(
+            "get_payment_method", lambda: self.inner.get_payment_method(reference)
+        )
 
     async def _call(self, operation: str, attempt: Callable[[], Awaitable[T]]) -> T:
         started = time.monotonic()

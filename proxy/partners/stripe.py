@@ -27,7 +27,12 @@ from proxy.domain.errors import (
     PartnerUnavailable,
 )
 from proxy.domain.requests import CardRequest
-from proxy.partners.ports import PartnerBankAccount, PartnerCard, PartnerSetup
+from proxy.partners.ports import (
+    PartnerBankAccount,
+    PartnerCard,
+    PartnerPaymentMethod,
+    PartnerSetup,
+)
 
 # Partner object ids go into URL paths: only Stripe's id alphabet may.
 _OBJECT_ID_RE = re.compile(r"(pm|cus|card|src|seti)_[A-Za-z0-9]{1,64}")
@@ -360,6 +365,46 @@ class StripePartner:
             "post", f"/v1/payment_methods/{_object_id(payment_method)}/detach"
         )
 
+    async def list_payment_methods(self, customer: str, *, kind: str) -> list[PartnerPaymentMethod]:
+        """Every payment method of type ``kind`` attached to ``customer``, page by page."""
+        if not _WORD_RE.fullmatch(kind):
+            raise PartnerError("A payment method type is malformed.", code="partner_bad_reference")
+        found: list[PartnerPaymentMethod] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"customer": _object_id(customer), "type": kind, "limit": 100}
+            if after is not None:
+                params["starting_after"] = after
+            try:
+                response = await self._client.raw_request_async(
+                    "get", "/v1/payment_methods", **params
+                )
+            except stripe.StripeError as exc:
+                raise translate_error(exc) from None
+            data = response.data
+            items = data.get("data") if isinstance(data, dict) else None
+            if not isinstance(items, list):
+                raise _bad_response()
+            page = [_payment_method(item) for item in items]
+            found.extend(page)
+            if not data.get("has_more") or not page:
+                return found
+            after = page[-1].reference
+
+    async def get_payment_method(self, reference: str) -> PartnerPaymentMethod | None:
+        """Retrieve a payment method; None when the partner no longer has it."""
+        try:
+            response = await self._client.raw_request_async(
+                "get", f"/v1/payment_methods/{_object_id(reference)}"
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return None
+            raise translate_error(exc) from None
+        except stripe.StripeError as exc:
+            raise translate_error(exc) from None
+        return _payment_method(response.data)
+
     async def close(self) -> None:
         """Close the HTTP session when this adapter owns it."""
         if self._own_session:
@@ -436,6 +481,33 @@ def _next_action(raw: Any) -> dict[str, Any] | None:
             return None
         action["redirect_to_url"] = urls
     return action
+
+
+def _payment_method(data: Any) -> PartnerPaymentMethod:
+    """A listed payment method reduced to its storable fields; off-shape is a bad response."""
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise _bad_response()
+    reference, kind = _ref(data.get("id")), data["type"]
+    if reference is None or not _WORD_RE.fullmatch(kind):
+        raise _bad_response()
+    found = data.get(kind)
+    details: dict[str, Any] = found if isinstance(found, dict) else {}
+    last4 = details.get("last4")
+    return PartnerPaymentMethod(
+        reference=reference,
+        kind=kind,
+        customer=_ref(data.get("customer")),
+        last4=last4 if isinstance(last4, str) and re.fullmatch(r"[0-9]{4}", last4) else None,
+        exp_month=_small_int(details.get("exp_month")),
+        exp_year=_small_int(details.get("exp_year")),
+    )
+
+
+def _small_int(value: Any) -> int | None:
+    """An expiry field as an int (localstripe answers strings where Stripe answers numbers)."""
+    if isinstance(value, str) and value.isdigit() and len(value) <= 4:
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _bad_response() -> PartnerError:

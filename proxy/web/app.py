@@ -19,6 +19,7 @@ from proxy.infra.keys import load_provider
 from proxy.infra.keystatus import refresh_key_metrics
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import HostPort, Settings, SettingsError
+from proxy.infra.syncstatus import refresh_reconcile_metrics
 from proxy.partners.ports import Partner
 from proxy.partners.resilience import CircuitBreaker, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
@@ -169,6 +170,7 @@ def create_ops_app(api: web.Application) -> web.Application:
     async def metrics_handler(request: web.Request) -> web.Response:
         if SERVICES in api:
             await refresh_key_metrics(metrics, api[SERVICES].vault)
+            await refresh_reconcile_metrics(metrics.sync, api[SERVICES].vault)
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
