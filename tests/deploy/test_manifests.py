@@ -224,6 +224,41 @@ def test_network_policy_admits_only_the_callers_and_reaches_only_partner_db_dns(
     assert "10.0.0.0/8" in public["to"][0]["ipBlock"]["except"]
 
 
+def test_reconcile_cronjob_runs_nightly_locked_down_with_its_own_egress() -> None:
+    """The nightly reconcile: one run at a time, --fix, hardened like the Deployment, and a
+    policy that lets its pods reach only the partner, the database and DNS."""
+    docs = _k8s_docs()
+    [cronjob] = [d for d in docs if d["kind"] == "CronJob"]
+    spec = cronjob["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    minute, hour, *rest = spec["schedule"].split()
+    assert minute.isdigit()
+    assert hour.isdigit()
+    assert rest == ["*", "*", "*"]  # every day
+    pod = spec["jobTemplate"]["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    assert container["args"][:2] == ["reconcile", "--fix"]
+    assert "--rate" in container["args"]
+    deployment = _one("Deployment")["spec"]["template"]["spec"]
+    assert container["image"] == deployment["containers"][0]["image"]
+    assert pod["spec"]["securityContext"] == deployment["securityContext"]
+    hardened = container["securityContext"]
+    assert hardened["readOnlyRootFilesystem"] is True
+    assert hardened["allowPrivilegeEscalation"] is False
+    assert hardened["capabilities"]["drop"] == ["ALL"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    label = pod["metadata"]["labels"]["app.kubernetes.io/name"]
+    [policy] = [
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy"
+        and d["spec"]["podSelector"].get("matchLabels") == {"app.kubernetes.io/name": label}
+    ]
+    assert policy["spec"]["ingress"] == []
+    egress = {(p["protocol"], p["port"]) for r in policy["spec"]["egress"] for p in r["ports"]}
+    assert egress == {("TCP", 443), ("TCP", 5432), ("UDP", 53), ("TCP", 53)}
+
+
 def _settings_read() -> set[str]:
     source = (ROOT / "proxy" / "infra" / "settings.py").read_text()
     names = set(re.findall(r'"(TOKENPROXY_[A-Z_]+)"', source))
