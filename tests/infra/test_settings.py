@@ -59,3 +59,36 @@ def test_stripe_key_from_file_and_kept_out_of_repr(tmp_path: Path) -> None:
     assert s.stripe_api_key == "sk_test_filekey123"
     assert "sk_test_filekey123" not in repr(s)
     assert "sk_test_filekey123" not in str(s.strip_hazmat())
+
+
+def test_webhook_secrets_from_file_one_per_line_and_kept_out_of_repr(tmp_path: Path) -> None:
+    """Every whsec_ line of the file is a secret (comments and blanks skipped); none is shown."""
+    path = tmp_path / "webhook"
+    path.write_text("# rotated 2026-12\nwhsec_oldsecret1\n\nwhsec_newsecret2\n")
+    s = Settings.from_env({**BASE, "TOKENPROXY_STRIPE_WEBHOOK_SECRET_FILE": str(path)})
+    assert s.stripe_webhook_secrets == ("whsec_oldsecret1", "whsec_newsecret2")
+    assert "whsec_" not in repr(s)
+    assert "whsec_" not in str(s.strip_hazmat())
+    assert Settings.from_env(BASE).stripe_webhook_secrets == ()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("", "holds no secret"),
+        ("whsec_ok\nsk_test_wrongkind\n", "whsec_"),
+        (None, "cannot be read"),
+    ],
+)
+def test_bad_webhook_secret_file_names_the_setting(
+    tmp_path: Path, content: str | None, problem: str
+) -> None:
+    """An empty, unreadable or wrong-kind secrets file stops start-up naming the setting."""
+    path = tmp_path / "webhook"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**BASE, "TOKENPROXY_STRIPE_WEBHOOK_SECRET_FILE": str(path)})
+    assert "TOKENPROXY_STRIPE_WEBHOOK_SECRET_FILE" in str(caught.value)
+    assert problem in str(caught.value)
+    assert "sk_test_wrongkind" not in str(caught.value)
