@@ -114,11 +114,19 @@ def link_of(vault: Vault, record: Record, partner_customer: str | None) -> Link 
     )
 
 
-async def link(vault: Vault, record: Record, partner_customer: str | None = None) -> None:
-    """Make a new record findable by its payment method and partner customer."""
+async def link(
+    vault: Vault,
+    record: Record,
+    partner_customer: str | None = None,
+    *,
+    outbox_key: str | None = None,
+) -> None:
+    """Make a new record findable by its payment method and partner customer, and
+    forget the outbox row (``outbox_key``) its partner call left, in one transaction."""
     found = link_of(vault, record, partner_customer)
-    if found is not None:
-        await sync_backend(vault).sync_link([found])
+    settled = [outbox_key] if outbox_key is not None else []
+    if found is not None or settled:
+        await sync_backend(vault).sync_link([found] if found else [], settled=settled)
 
 
 async def link_unlinked(vault: Vault) -> int:
@@ -185,6 +193,11 @@ async def outbox_add(vault: Vault, partner_key: str, partner: str, kind: Kind, t
     await sync_backend(vault).sync_outbox_add(
         OutboxRow(partner_key, partner, str(kind), token, None, iso(utcnow()))
     )
+
+
+async def outbox_settle(vault: Vault, partner_key: str) -> None:
+    """Forget an outbox row: its request ended without leaving a payment method to find."""
+    await sync_backend(vault).sync_outbox_delete([partner_key])
 
 
 async def outbox_note_reference(vault: Vault, partner_key: str, reference: str) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.core.customers import SaveRequest, store_payment_method
-from proxy.core.partner_sync import note_orphan, write_outbox
+from proxy.core.partner_sync import note_orphan, settle_outbox_if_final, write_outbox
 from proxy.core.services import Services, ensure_vault_up, partner_call
 from proxy.core.views import created_view
 from proxy.domain.bank import BankAccountRequest, national_bank_code, parse_bank_account_request
-from proxy.domain.errors import ServiceUnavailable
+from proxy.domain.errors import ProxyError, ServiceUnavailable
 from proxy.partners.resilience import new_partner_key
 from vault import Kind, NewRecord, Record, new_token
 
@@ -29,13 +29,26 @@ async def tokenize_bank_account(
     token = new_token(Kind.BANK)
     await ensure_vault_up(services)
     await write_outbox(services, partner_key, Kind.BANK, token)
-    created = await create_sepa_at_partner(services, account, partner_key)
+    try:
+        created = await create_sepa_at_partner(services, account, partner_key)
+    except ProxyError as exc:
+        await settle_outbox_if_final(services, partner_key, exc)
+        raise
     try:
         record = await store_bank_account(
-            services, account, created, token=token, actor=actor, origin=origin
+            services,
+            account,
+            created,
+            token=token,
+            actor=actor,
+            origin=origin,
+            outbox_key=partner_key,
         )
     except ServiceUnavailable:
         await note_orphan(services, partner_key, created["reference"])
+        raise
+    except ProxyError as exc:
+        await settle_outbox_if_final(services, partner_key, exc)
         raise
     return created_view(record)
 
@@ -69,6 +82,7 @@ async def store_bank_account(
     token: str | None,
     actor: str | None = None,
     origin: str | None = None,
+    outbox_key: str | None = None,
 ) -> Record:
     """Seal the partner's answer under a new (or the reserved) token.
 
@@ -97,7 +111,9 @@ async def store_bank_account(
             fingerprint_idx=created.get("fingerprint_idx"),
         ),
         token=token,
-        save=SaveRequest(actor=actor, origin=origin, mandate=account.mandate),
+        save=SaveRequest(
+            actor=actor, origin=origin, mandate=account.mandate, outbox_key=outbox_key
+        ),
     )
     services.metrics.child(services.metrics.tokens_created, "bank").inc()
     return record

@@ -8,10 +8,10 @@ from typing import Any
 import structlog
 
 from proxy.core.customers import SaveRequest, store_payment_method
-from proxy.core.partner_sync import note_orphan, write_outbox
+from proxy.core.partner_sync import note_orphan, settle_outbox_if_final, write_outbox
 from proxy.core.services import Services, ensure_vault_up, partner_call
 from proxy.core.views import created_view
-from proxy.domain.errors import ServiceUnavailable
+from proxy.domain.errors import ProxyError, ServiceUnavailable
 from proxy.domain.requests import CardRequest, parse_card_request
 from proxy.partners.ports import PartnerCard
 from proxy.partners.resilience import new_partner_key
@@ -33,9 +33,15 @@ async def tokenize_card(
     token = new_token(Kind.CARD)
     await ensure_vault_up(services)
     await write_outbox(services, partner_key, Kind.CARD, token)
-    created = await create_at_partner(services, card, partner_key)
     try:
-        record = await store_card(services, card, created, token=token, actor=actor)
+        created = await create_at_partner(services, card, partner_key)
+    except ProxyError as exc:
+        await settle_outbox_if_final(services, partner_key, exc)
+        raise
+    try:
+        record = await store_card(
+            services, card, created, token=token, actor=actor, outbox_key=partner_key
+        )
     except ServiceUnavailable:
         # The partner holds a card we could not link: no retry can find it again (the
         # client sent no key). The outbox row written before the call lets reconcile
@@ -44,6 +50,9 @@ async def tokenize_card(
         services.metrics.partner_orphans.labels(services.partner.name).inc()
         _log.error("partner_reference_orphaned", partner_idempotency_key=partner_key)
         await note_orphan(services, partner_key, created.reference)
+        raise
+    except ProxyError as exc:
+        await settle_outbox_if_final(services, partner_key, exc)
         raise
     return created_view(record)
 
@@ -64,6 +73,7 @@ async def store_card(
     token: str | None = None,
     actor: str | None = None,
     fingerprint_idx: str | None = None,
+    outbox_key: str | None = None,
 ) -> Record:
     """Seal the partner's answer into the vault under a new (or the given) token.
 
@@ -71,6 +81,7 @@ async def store_card(
     off-session charges (which may need the cardholder: AuthenticationRequired).
     ``fingerprint_idx`` stands in for ``created.fingerprint`` when only its blind index
     was kept (an idempotent request resuming from its stored partner answer).
+    ``outbox_key`` names the outbox row written before the partner call.
     """
     # The expiry alone is not card data, and billing needs it to act before a card expires.
     details = {
@@ -93,7 +104,7 @@ async def store_card(
             fingerprint_idx=fingerprint_idx,
         ),
         token=token,
-        save=SaveRequest(actor=actor, return_url=card.return_url),
+        save=SaveRequest(actor=actor, return_url=card.return_url, outbox_key=outbox_key),
     )
     services.metrics.child(services.metrics.tokens_created, "card").inc()
     return record

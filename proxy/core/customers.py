@@ -132,13 +132,15 @@ class SaveRequest:
 
     ``actor`` and ``origin`` name the client and its address for the audit trail;
     ``mandate`` is the shopper's SEPA mandate acceptance; ``return_url`` is where the
-    partner sends a shopper back after authenticating a card.
+    partner sends a shopper back after authenticating a card. ``outbox_key`` is the
+    partner idempotency key of the outbox row the record settles (partner sync).
     """
 
     actor: str | None = None
     origin: str | None = None
     mandate: MandateAcceptance | None = None
     return_url: str | None = None
+    outbox_key: str | None = None
 
 
 # A pending card setup is handed to the checkout sealed, for this long.
@@ -235,7 +237,7 @@ async def store_payment_method(
     vault, partner = services.vault, services.partner
     if new.customer_ref is None:
         record: Record = await vault_call(services, "put", vault.put(new, token=token))
-        await link_record(services, record)
+        await link_record(services, record, outbox_key=save.outbox_key if save else None)
         return record
     reference = new.partner_reference
     if reference is None:  # pragma: no cover - adapters always return one
@@ -333,7 +335,7 @@ async def store_saved(
         if created:
             await _undo_first_use(services, new.customer_ref, customer)
         raise
-    await link_record(services, record)
+    await link_record(services, record, outbox_key=save.outbox_key)
     return record
 
 

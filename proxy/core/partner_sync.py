@@ -26,7 +26,7 @@ import structlog
 
 from proxy.core.audit import append_or_refuse
 from proxy.core.services import Services, vault_call
-from proxy.domain.errors import ServiceUnavailable
+from proxy.domain.errors import ProxyError, ServiceUnavailable
 from proxy.partners.ports import PartnerEvent
 from vault import Kind, Record, iso
 from vault import partner_sync as sync
@@ -180,14 +180,18 @@ async def receive_event(services: Services, event: PartnerEvent) -> Mapping[str,
     raise ServiceUnavailable("The vault kept changing under the event; retry.")
 
 
-async def link_record(services: Services, record: Record) -> None:
-    """Make a new card or bank record findable by partner events and reconciliation.
+async def link_record(services: Services, record: Record, *, outbox_key: str | None) -> None:
+    """Make a new card or bank record findable by partner events and reconciliation,
+    and settle the outbox row written before its partner call, in one write.
 
-    Best effort: the token is already durable, and reconciliation indexes any record
-    left without its blind indexes, so a failure here must not fail the request.
+    Best effort: the token is already durable, reconciliation indexes any record left
+    without its blind indexes and clears outbox rows whose token exists, so a failure
+    here must not fail the request.
     """
     try:
-        await vault_call(services, "sync_link", sync.link(services.vault, record))
+        await vault_call(
+            services, "sync_link", sync.link(services.vault, record, outbox_key=outbox_key)
+        )
     except ServiceUnavailable:
         _log.warning("partner_link_deferred")
 
@@ -214,3 +218,18 @@ async def note_orphan(services: Services, partner_key: str, reference: str) -> N
         )
     except ServiceUnavailable:
         _log.warning("partner_orphan_not_noted", partner_idempotency_key=partner_key)
+
+
+async def settle_outbox_if_final(services: Services, partner_key: str, exc: ProxyError) -> None:
+    """Forget the outbox row of a request that ended in a final answer (a decline, a refusal).
+
+    A final 4xx means no payment method is left to the vault to find (the partner
+    refused it, or a setup that needs the shopper keeps it). A timeout or 5xx leaves the
+    row: the partner may hold the payment method, and reconciliation settles it.
+    """
+    if not exc.final:
+        return
+    try:
+        await vault_call(services, "sync_outbox", sync.outbox_settle(services.vault, partner_key))
+    except ServiceUnavailable:
+        _log.warning("partner_outbox_not_settled", partner_idempotency_key=partner_key)

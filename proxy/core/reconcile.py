@@ -151,6 +151,19 @@ class _Run:
             fixed = True
         self.report("orphan", fixed, payment_method=reference, **fields)
 
+    async def unresolved(self, partner_key: str) -> None:
+        """An outbox row whose call may have created a payment method nobody knows the id of.
+
+        The partner's request log finds the object by this key. Nothing can be detached
+        without its id; with ``fix`` the row is dropped once reported and audited, so the
+        report is made once.
+        """
+        if self.options.fix:
+            await self.audit(
+                "reconcile.outbox_unresolved", partner_key, {"partner_key": partner_key}
+            )
+        self.report("orphan", False, partner_key=partner_key, payment_method=None)
+
     async def mark_dangling(self, target: sync.Synced, reason: str, customer: str) -> None:
         record = target.record
         fixed = False
@@ -261,10 +274,17 @@ class _Run:
                 if row.token in present:
                     continue
                 if row.reference is None:
-                    # The partner's request log finds the object by this key.
-                    self.report("orphan", False, partner_key=row.partner_key, payment_method=None)
+                    await self.unresolved(row.partner_key)
+                elif await vault_call(
+                    services,
+                    "sync_find",
+                    sync.by_reference(services.vault, row.partner, row.reference),
+                ):
+                    # Another token holds it (a retry that succeeded): no orphan.
+                    done.append(row.partner_key)
                     continue
-                await self.detach_orphan(row.reference, partner_key=row.partner_key)
+                else:
+                    await self.detach_orphan(row.reference, partner_key=row.partner_key)
                 if self.options.fix:
                     done.append(row.partner_key)
             await vault_call(services, "sync_outbox", backend.sync_outbox_delete(done))

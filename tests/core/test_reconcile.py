@@ -4,17 +4,25 @@ disagreeing fields, --fix, resuming, and the outbox that finds customer-less orp
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, free_port
 
 from proxy.core import partner_sync
 from proxy.core.cards import tokenize_card
 from proxy.core.reconcile import Options, reconcile
 from proxy.core.services import Services
 from proxy.core.tokens import read_token
-from proxy.domain.errors import NotFound, ServiceUnavailable, TokenGone
+from proxy.domain.errors import (
+    NotFound,
+    PartnerDeclined,
+    PartnerError,
+    ServiceUnavailable,
+    TokenGone,
+)
 from proxy.domain.requests import parse_card_request
 from proxy.infra.metrics import Metrics
 from proxy.partners.ports import CardUpdate, PartnerEvent
@@ -22,6 +30,7 @@ from proxy.partners.stripe import StripePartner
 from tests.backends import RawRows
 from tests.cards import VISA
 from tests.proxy.test_cards_api import card_body
+from tests.proxy.test_customers import DECLINED_ON_ATTACH
 from vault import Vault
 
 TODAY = date(2026, 1, 1)
@@ -221,12 +230,44 @@ async def test_outbox_finds_and_detaches_an_orphan_without_customer(
     assert result["summary"]["fixed"]["orphan"] == 1
 
 
-async def test_outbox_rows_of_stored_tokens_are_cleared(
+async def test_finished_tokenizations_leave_no_outbox_row(
     services: Services, raw_rows: RawRows
 ) -> None:
-    """A tokenization that succeeded leaves an outbox row reconcile clears, reporting nothing."""
+    """A stored token and a declined card both settle their outbox row; reconcile finds nothing."""
     await tokenize_card(services, card_body(), today=TODAY)
-    assert len(await raw_rows.query("SELECT partner_key FROM partner_outbox")) == 1
+    with pytest.raises(PartnerDeclined):
+        await tokenize_card(
+            services,
+            card_body(number=DECLINED_ON_ATTACH, cvc="123", customer_ref="rc-declined"),
+            today=TODAY,
+        )
+    assert await raw_rows.query("SELECT partner_key FROM partner_outbox") == []
     lines, _ = await run(services, outbox_grace=timedelta(0))
     assert [line for line in lines if "finding" in line] == []
-    assert await raw_rows.query("SELECT partner_key FROM partner_outbox") == []
+
+
+async def test_a_call_with_no_answer_is_reported_once_by_its_partner_key(
+    services: Services, raw_rows: RawRows
+) -> None:
+    """A partner call that got no answer may have created a card: reported, then dropped."""
+    nowhere = StripePartner(
+        SANDBOX_API_KEY, api_base=f"http://127.0.0.1:{free_port()}", timeout=1, connect_timeout=0.2
+    )
+    try:
+        with pytest.raises(PartnerError):
+            await tokenize_card(replace(services, partner=nowhere), card_body(), today=TODAY)
+    finally:
+        await nowhere.close()
+    [(partner_key, reference)] = await raw_rows.query(
+        "SELECT partner_key, reference FROM partner_outbox"
+    )
+    assert reference is None
+    unresolved = {"finding": "orphan", "partner_key": partner_key, "payment_method": None}
+    lines, _ = await run(services, outbox_grace=timedelta(0))
+    assert {**unresolved, "fixed": False} in lines
+    lines, _ = await run(services, outbox_grace=timedelta(0), fix=True)
+    assert {**unresolved, "fixed": False} in lines
+    events = [(r.entry.event_type, r.entry.resource) for r in await trail(services.vault)]
+    assert ("reconcile.outbox_unresolved", partner_key) in events
+    lines, _ = await run(services, outbox_grace=timedelta(0))
+    assert [line for line in lines if "finding" in line] == []

@@ -69,16 +69,23 @@ class PostgresSyncMixin:
         rows = await self._fetch(numbered(SQL.UNLINKED), after, limit)
         return [RecordRow(*row) for row in rows]
 
-    async def sync_link(self, links: Sequence[Link]) -> None:
-        """Set each record's blind indexes in one transaction."""
+    async def sync_link(self, links: Sequence[Link], *, settled: Sequence[str] = ()) -> None:
+        """Set each record's blind indexes and forget settled outbox rows, in one transaction."""
 
         async def run(conn: asyncpg.Connection) -> None:
-            await conn.executemany(
-                _LINK,
-                [(link.reference_idx, link.partner_customer_idx, link.token) for link in links],
-            )
+            async with conn.transaction():
+                if links:
+                    await conn.executemany(
+                        _LINK,
+                        [
+                            (link.reference_idx, link.partner_customer_idx, link.token)
+                            for link in links
+                        ],
+                    )
+                if settled:
+                    await conn.execute(_OUTBOX_DELETE, list(settled))
 
-        if links:
+        if links or settled:
             await self._run(run)
 
     async def sync_event_outcome(self, event_id: str) -> str | None:

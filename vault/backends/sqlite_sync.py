@@ -55,16 +55,17 @@ class SqliteSyncMixin:
         """Card and bank records without a reference index, by token."""
         return [RecordRow(*row) for row in self._read_all(SQL.UNLINKED, (after, limit))]
 
-    async def sync_link(self, links: Sequence[Link]) -> None:
-        """Set each record's blind indexes in one transaction."""
+    async def sync_link(self, links: Sequence[Link], *, settled: Sequence[str] = ()) -> None:
+        """Set each record's blind indexes and forget settled outbox rows, in one transaction."""
 
         def run(conn: sqlite3.Connection) -> None:
             conn.executemany(
                 SQL.LINK,
                 [(link.reference_idx, link.partner_customer_idx, link.token) for link in links],
             )
+            conn.executemany(SQL.OUTBOX_DELETE, [(key,) for key in settled])
 
-        if links:
+        if links or settled:
             await self._write(run)
 
     async def sync_event_outcome(self, event_id: str) -> str | None:

@@ -84,8 +84,9 @@ class SyncBackend(Protocol):
         """Up to ``limit`` card and bank records without a reference index, by token."""
         ...
 
-    async def sync_link(self, links: Sequence[Link]) -> None:
-        """Set the blind indexes of each record, in one transaction."""
+    async def sync_link(self, links: Sequence[Link], *, settled: Sequence[str] = ()) -> None:
+        """Set the blind indexes of each record and delete the ``settled`` outbox rows
+        (by partner key), in one transaction."""
         ...
 
     async def sync_event_outcome(self, event_id: str) -> str | None:
