@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from vault.backends.sync_rows import (
@@ -186,6 +186,15 @@ async def apply_event(
 def event_row(event_id: str, event_type: str, created: int, outcome: str) -> PartnerEventRow:
     """A partner event as stored, received now."""
     return PartnerEventRow(event_id, event_type, created, iso(utcnow()), outcome)
+
+
+async def forget_events(vault: Vault, older_than: timedelta) -> int:
+    """Forget partner events received more than ``older_than`` ago; returns how many.
+
+    Ids are kept to recognise redeliveries, which Stripe makes for up to three days;
+    order does not depend on them (each record keeps the time of its newest event).
+    """
+    return await sync_backend(vault).sync_events_purge(iso(utcnow() - older_than))
 
 
 async def outbox_add(vault: Vault, partner_key: str, partner: str, kind: Kind, token: str) -> None:

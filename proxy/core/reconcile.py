@@ -47,6 +47,8 @@ FINDINGS: Final = ("orphan", "dangling", "mismatch")
 PARTNER_KINDS: Final = ("card", "sepa_debit")
 # An outbox row younger than this may belong to a request still running.
 OUTBOX_GRACE: Final = timedelta(minutes=15)
+# Partner event ids kept to recognise redeliveries: Stripe retries for up to 3 days.
+EVENTS_KEPT: Final = timedelta(days=30)
 _PAGE = 100
 _COMPARED: Final = ("last4", "exp_month", "exp_year")
 
@@ -326,7 +328,13 @@ async def reconcile(
             if progress is not None:
                 progress(run.tally.customers)
     await run.outbox()
-    summary = {**run.tally.as_dict(), "finished_at": int(time.time()), "fix": options.fix}
+    forgotten = await vault_call(services, "sync_events", sync.forget_events(vault, EVENTS_KEPT))
+    summary = {
+        **run.tally.as_dict(),
+        "finished_at": int(time.time()),
+        "fix": options.fix,
+        "events_forgotten": forgotten,
+    }
     now = iso(utcnow())
     await vault_call(
         services, "sync_state", backend.sync_state_put(LAST_RUN, json.dumps(summary), now)

@@ -3,6 +3,8 @@ changes applied once, compare-and-set against concurrent changes, and backfilled
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from tests.backends import RawRows
@@ -122,3 +124,13 @@ async def test_deleted_records_are_no_longer_found(vault: Vault) -> None:
     await sync.link(vault, await vault.get(token))
     assert await vault.delete(token)
     assert await sync.by_reference(vault, "stripe", "pm_D1") == []
+
+
+async def test_old_event_ids_are_forgotten_and_recent_ones_kept(vault: Vault) -> None:
+    """forget_events drops event ids received before the cut-off and keeps the rest."""
+    event = sync.event_row("evt_old", "charge.succeeded", 1, "ignored")
+    assert await sync.apply_event(vault, event, []) == "applied"
+    assert await sync.forget_events(vault, timedelta(days=30)) == 0
+    assert await sync.event_outcome(vault, "evt_old") == "ignored"
+    assert await sync.forget_events(vault, timedelta(0)) == 1
+    assert await sync.event_outcome(vault, "evt_old") is None

@@ -126,6 +126,15 @@ class PostgresSyncMixin:
 
         return await self._run(run)
 
+    async def sync_events_purge(self, before: str) -> int:
+        """Forget partner events received before ``before``."""
+
+        async def run(conn: asyncpg.Connection) -> int:
+            status = await conn.execute(numbered(SQL.EVENTS_PURGE), before)
+            return int(status.rsplit(" ", 1)[-1])
+
+        return await self._run(run)
+
     async def sync_outbox_add(self, row: OutboxRow) -> None:
         """Record a partner call before it is made."""
 

@@ -99,6 +99,14 @@ class SqliteSyncMixin:
             return "conflict"
         return "applied"
 
+    async def sync_events_purge(self, before: str) -> int:
+        """Forget partner events received before ``before``."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            return conn.execute(SQL.EVENTS_PURGE, (before,)).rowcount
+
+        return await self._write(run)
+
     async def sync_outbox_add(self, row: OutboxRow) -> None:
         """Record a partner call before it is made."""
 

@@ -103,6 +103,10 @@ class SyncBackend(Protocol):
         """
         ...
 
+    async def sync_events_purge(self, before: str) -> int:
+        """Forget partner events received before ``before``; returns how many."""
+        ...
+
     async def sync_outbox_add(self, row: OutboxRow) -> None:
         """Record a partner call before it is made."""
         ...

@@ -36,6 +36,7 @@ CUSTOMERS_PAGE: Final = (
     f"SELECT {CUSTOMER_COLUMNS} FROM customers"  # noqa: S608
     " WHERE customer_idx > ? ORDER BY customer_idx LIMIT ?"
 )
+EVENTS_PURGE: Final = "DELETE FROM partner_events WHERE received_at < ?"
 STATE_GET: Final = "SELECT value FROM partner_sync_state WHERE name = ?"
 STATE_DELETE: Final = "DELETE FROM partner_sync_state WHERE name = ?"
 STATE_PUT: Final = (
