@@ -51,8 +51,8 @@ def _masked(old: str | None, last4: str) -> str | None:
     return old[:-4] + last4
 
 
-def new_details(record: Record, event: PartnerEvent) -> dict[str, Any] | None:
-    """The record's details after ``event``, or None when the event changes nothing."""
+def new_details(record: Record, event: PartnerEvent) -> dict[str, Any]:
+    """The record's details after ``event`` (equal to the old ones when it changes nothing)."""
     details = dict(record.details)
     if event.action == "updated" and event.card is not None and record.kind is Kind.CARD:
         card = event.card
@@ -70,7 +70,7 @@ def new_details(record: Record, event: PartnerEvent) -> dict[str, Any] | None:
         details.setdefault("detached_at", iso_from_unix(event.created))
     elif event.action == "mandate_inactive" and record.kind is Kind.BANK:
         details["mandate_status"] = "inactive"
-    return details if details != record.details else None
+    return details
 
 
 def iso_from_unix(seconds: int) -> str:
@@ -105,19 +105,33 @@ async def _plan(services: Services, event: PartnerEvent) -> tuple[str, list[sync
             stale += 1  # a newer change is already applied: this delivery came late
             continue
         details = new_details(target.record, event)
-        if details is not None:
-            changes.append(sync.Change(target, details, event.created))
-    if changes:
+        if details == target.record.details and target.event_at == event.created:
+            continue
+        # Even an event that changes no field moves the record's event time forward:
+        # the partner's state as of this event is the newest known, and an older event
+        # delivered after it must not overwrite it.
+        changes.append(sync.Change(target, details, event.created))
+    if any(_changed_fields(change) for change in changes):
         return "applied", changes
+    if changes:
+        return "unchanged", changes
     return ("stale" if stale else "unchanged"), []
 
 
-async def _audit(services: Services, event: PartnerEvent, change: sync.Change) -> None:
-    changed = sorted(
+def _changed_fields(change: sync.Change) -> list[str]:
+    """The names of the details a change sets to another value."""
+    before = change.synced.record.details
+    return sorted(
         name
-        for name in set(change.details) | set(change.synced.record.details)
-        if change.details.get(name) != change.synced.record.details.get(name)
+        for name in set(change.details) | set(before)
+        if change.details.get(name) != before.get(name)
     )
+
+
+async def _audit(services: Services, event: PartnerEvent, change: sync.Change) -> None:
+    changed = _changed_fields(change)
+    if not changed:
+        return  # only the event time moves: nothing of the token changed
     await append_or_refuse(
         services.vault,
         services.metrics,
