@@ -251,3 +251,23 @@ async def test_without_secrets_the_endpoint_is_unavailable(proxy: RunningProxy) 
     body = event("payment_method.detached", card_pm("pm_x", None))
     status, answer = await deliver(proxy, body)
     assert (status, answer["error"]["code"]) == (503, "webhooks_not_configured")
+
+
+async def test_oversized_and_non_json_deliveries_are_refused_before_verification(
+    synced: RunningProxy,
+) -> None:
+    """The body limit and media type apply as on every route; nothing is verified or stored."""
+    big = event("charge.succeeded", {"id": "ch_1", "padding": "x" * 20_000})
+    status, answer = await deliver(synced, big)
+    assert (status, answer["error"]["code"]) == (413, "payload_too_large")
+    body = event("charge.succeeded", {"id": "ch_2"})
+    status, answer, _ = await synced.request(
+        "POST",
+        EVENTS,
+        data=body,
+        headers={"Content-Type": "text/plain", "Stripe-Signature": sign(body, SECRET)},
+    )
+    assert status == 415
+    assert answer is not None
+    assert answer["error"]["code"] == "unsupported_media_type"
+    assert "tokenproxy_partner_events_total{" not in await metrics_text(synced)
