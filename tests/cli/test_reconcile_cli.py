@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import pty
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -79,3 +84,27 @@ def test_unknown_customer_and_bad_options_are_refused(
         with pytest.raises(SystemExit) as exited:
             main(["reconcile", *argv])
         assert exited.value.code == 2
+
+
+def test_progress_shows_on_a_terminal_only(env: Path, localstripe: Localstripe) -> None:
+    """On a terminal stderr counts customers as they are checked; stdout stays JSON lines."""
+    asyncio.run(_dangling_card(env, localstripe))
+    command = [sys.executable, "-m", "proxy", "reconcile", "--types", "card"]
+    main_fd, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            command, stderr=terminal, stdout=subprocess.PIPE, timeout=60, check=False
+        )
+        os.close(terminal)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's other end is closed
+            while chunk := os.read(main_fd, 4096):
+                shown += chunk
+    finally:
+        os.close(main_fd)
+    assert done.returncode == 0
+    assert b"reconcile: 1 customers checked" in shown
+    assert all(json.loads(line) for line in done.stdout.decode().splitlines())
+    piped = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    assert piped.returncode == 0
+    assert b"customers checked" not in piped.stderr
