@@ -33,8 +33,6 @@ from vault import partner_sync as sync
 from vault.audit import Outcome
 
 _log = structlog.get_logger("tokenproxy.partner_sync")
-# The actor partner events are audited under.
-EVENT_ACTOR: Final = "partner:stripe"
 _APPLY_ATTEMPTS = 3
 _AUDIT_TYPES: Final = {
     "updated": "token.partner_update",
@@ -137,7 +135,8 @@ async def _audit(services: Services, event: PartnerEvent, change: sync.Change) -
         services.metrics,
         _AUDIT_TYPES[event.action],
         outcome=Outcome.SUCCESS,
-        actor=EVENT_ACTOR,
+        # The partner is the actor: its signed event is the authority for the change.
+        actor="partner:" + services.partner.name,
         origin=None,
         resource=change.synced.record.token,
         detail={"event": event.id, "event_type": event.type, "fields": changed},
