@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,11 @@ from vault.urls import check_vault_url, describe_vault_url
 
 class SettingsError(Exception):
     """One bad setting; the message names it in one line."""
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+X_FORWARDED_FOR = "X-Forwarded-For"
+FORWARDED = "Forwarded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +126,9 @@ class Settings:
     auth_failure_max_sources: int = 10_000
     auth_failure_audit_interval: float = 60.0
     audit_retention_days: int = 365
+    # Reverse proxies whose forwarding header names the client (see proxy.web.clientaddr).
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    forwarded_header: str = X_FORWARDED_FOR
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -244,6 +253,7 @@ class Settings:
             )
         kwargs.update(_kek_settings(env))
         kwargs.update(_audit_settings(env))
+        kwargs.update(_trusted_proxy_settings(env))
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError("TOKENPROXY_DB_POOL_MIN must not exceed TOKENPROXY_DB_POOL_MAX")
@@ -290,6 +300,8 @@ class Settings:
             "partner_max_retries": self.partner_max_retries,
             "idempotency_ttl": self.idempotency_ttl,
             "cors_origins": list(self.cors_origins),
+            "trusted_proxies": [str(net) for net in self.trusted_proxies],
+            "forwarded_header": self.forwarded_header,
         }
 
     @property
@@ -397,4 +409,33 @@ def _audit_settings(env: Mapping[str, str]) -> dict[str, object]:
             env["TOKENPROXY_AUDIT_RETENTION_DAYS"],
             minimum=MIN_AUDIT_RETENTION_DAYS,
         )
+    return out
+
+
+def _trusted_proxy_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """TOKENPROXY_TRUSTED_PROXIES (CIDRs) and TOKENPROXY_FORWARDED_HEADER."""
+    out: dict[str, object] = {}
+    if env.get("TOKENPROXY_TRUSTED_PROXIES", "").strip():
+        networks: list[IPNetwork] = []
+        for item in env["TOKENPROXY_TRUSTED_PROXIES"].split(","):
+            try:
+                # strict: 10.0.0.1/8 is more likely a typo than a network.
+                networks.append(ipaddress.ip_network(item.strip(), strict=True))
+            except ValueError:
+                raise SettingsError(
+                    "TOKENPROXY_TRUSTED_PROXIES must be comma-separated addresses or CIDR"
+                    f" networks (e.g. 10.0.0.0/8), got {item.strip()!r}"
+                ) from None
+            if networks[-1].prefixlen == 0:
+                # Trusting every peer lets any client write its own address into the audit.
+                raise SettingsError(
+                    f"TOKENPROXY_TRUSTED_PROXIES must not trust every address ({item.strip()})"
+                )
+        out["trusted_proxies"] = tuple(networks)
+    if "TOKENPROXY_FORWARDED_HEADER" in env:
+        names = {X_FORWARDED_FOR.lower(): X_FORWARDED_FOR, FORWARDED.lower(): FORWARDED}
+        name = names.get(env["TOKENPROXY_FORWARDED_HEADER"].strip().lower())
+        if name is None:
+            raise SettingsError("TOKENPROXY_FORWARDED_HEADER must be X-Forwarded-For or Forwarded")
+        out["forwarded_header"] = name
     return out

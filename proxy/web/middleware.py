@@ -35,6 +35,7 @@ from proxy.infra.clients import Client
 from proxy.web import authguard, publishable
 from proxy.web.api import QUERY_PARAMETERS
 from proxy.web.appkeys import CLIENTS, METRICS, SETTINGS
+from proxy.web.clientaddr import client_address
 from proxy.web.limits import MAX_JSON_DEPTH, json_too_deep
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -185,6 +186,7 @@ def _finish(request: web.Request, started: float, status: int, error: ProxyError
         status=status,
         duration_ms=round(duration * 1000, 3),
         client=client.name if client else None,
+        address=client_address(request),
         token=request.get(TOKEN_KEY),
         error_code=error.code if error else None,
     )
