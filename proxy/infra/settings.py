@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from proxy.domain.origins import OriginError, parse_origin_list
@@ -94,7 +94,8 @@ class Settings:
     db_pool_min: int = 1
     db_pool_max: int = 10
     db_timeout: float = 5.0
-    shutdown_grace: float = 10.0
+    # Derived from the partner and database settings unless set (see min_shutdown_grace).
+    shutdown_grace: float = 40.0
     # Retention (days; 0 keeps forever): cards and banks since last use, invoices since creation.
     retention_card_days: int = 0
     retention_bank_days: int = 0
@@ -255,6 +256,7 @@ class Settings:
         kwargs.update(_audit_settings(env))
         kwargs.update(_trusted_proxy_settings(env))
         settings = cls(**kwargs)  # type: ignore[arg-type]
+        settings = _with_shutdown_grace(settings, explicit="shutdown_grace" in kwargs)
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError("TOKENPROXY_DB_POOL_MIN must not exceed TOKENPROXY_DB_POOL_MAX")
         if settings.stripe_api_key is None and "TOKENPROXY_STRIPE_API_BASE" not in env:
@@ -305,6 +307,26 @@ class Settings:
         }
 
     @property
+    def partner_call_worst_case(self) -> float:
+        """Longest one partner call may take: the retry budget, then one more attempt's timeout.
+
+        A retry starts while the budget lasts and runs up to TOKENPROXY_PARTNER_TIMEOUT.
+        """
+        if self.partner_max_retries == 0:
+            return self.partner_timeout
+        return self.partner_retry_budget + self.partner_timeout
+
+    @property
+    def min_shutdown_grace(self) -> float:
+        """The least shutdown grace that lets an in-flight tokenization finish.
+
+        A SIGTERM can arrive as a partner call starts; after it the token is written and
+        its audit event appended (each bounded by TOKENPROXY_DB_TIMEOUT). Cut shorter, the
+        partner object exists and no token names it: an orphan per in-flight request.
+        """
+        return self.partner_call_worst_case + 2 * self.db_timeout
+
+    @property
     def idempotency_stale_after(self) -> float:
         """How long an in-flight idempotency record may go untouched before a retry takes it over.
 
@@ -312,6 +334,21 @@ class Settings:
         timeout; the margin covers the vault writes around it and clock skew between replicas.
         """
         return self.partner_retry_budget + self.partner_timeout + 30.0
+
+
+def _with_shutdown_grace(settings: Settings, *, explicit: bool) -> Settings:
+    """``settings`` with the shutdown grace derived, or checked when it was set."""
+    needed = settings.min_shutdown_grace
+    if not explicit:
+        return replace(settings, shutdown_grace=needed)
+    if settings.shutdown_grace < needed:
+        raise SettingsError(
+            f"TOKENPROXY_SHUTDOWN_GRACE must be at least {needed:g} seconds (the longest"
+            f" partner call, {settings.partner_call_worst_case:g} s: retry budget plus"
+            " partner timeout, then twice TOKENPROXY_DB_TIMEOUT) so a SIGTERM never cuts"
+            f" a partner call; got {settings.shutdown_grace:g}"
+        )
+    return settings
 
 
 def listen_addresses(env: Mapping[str, str] | None = None) -> tuple[HostPort, HostPort]:

@@ -7,7 +7,7 @@ import contextlib
 import errno
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import structlog
 from aiohttp import web
@@ -262,22 +262,56 @@ async def serve(
     ops_runner = ApiRunner(
         ops, access_log=None, **ops_server_options(settings, metrics.closer("ops"))
     )
-    await api_runner.setup()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # From the first moment, not after start-up: a SIGTERM while migrations or start-up
+    # checks run must stop the process, and as PID 1 in a container the kernel's default
+    # action (terminate) does not apply, so without a handler it would be ignored.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await ops_runner.setup()
-        await web.SockSite(api_runner, api_socket).start()
-        await web.SockSite(ops_runner, ops_socket).start()
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload_clients, api)
-        _log.info("started", **settings.strip_hazmat())
-        await stop.wait()
-        _log.info("stopping", grace_seconds=settings.shutdown_grace)
+        started = await _unless_stopped(
+            _start(api_runner, ops_runner, api_socket, ops_socket), stop
+        )
+        if started:
+            loop.add_signal_handler(signal.SIGHUP, reload_clients, api)
+            _log.info("started", **settings.strip_hazmat())
+            await stop.wait()
+            _log.info("stopping", grace_seconds=settings.shutdown_grace)
+        else:
+            _log.info("stopping", during="start-up")
     finally:
         # API first: stop accepting (the listening socket closes at once), let in-flight
         # requests finish within the grace period, then close the partner pool and vault.
         await api_runner.cleanup()
         await ops_runner.cleanup()
         _log.info("stopped")
+
+
+async def _start(
+    api: ApiRunner, ops: ApiRunner, api_socket: socket.socket, ops_socket: socket.socket
+) -> None:
+    await api.setup()
+    await ops.setup()
+    await web.SockSite(api, api_socket).start()
+    await web.SockSite(ops, ops_socket).start()
+
+
+async def _unless_stopped(start: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run ``start`` unless ``stop`` is set first, which cancels it; True when it finished."""
+    task = asyncio.ensure_future(start)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        stopped.cancel()
+    if task.done():
+        task.result()  # a start-up failure is raised as it was
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
