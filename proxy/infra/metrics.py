@@ -122,7 +122,12 @@ class Metrics:
         )
         self.ready = Gauge(
             "tokenproxy_ready",
-            "1 when the service is ready (vault reachable), else 0.",
+            "1 when /readyz answers 200 (started, key ring matches the vault), else 0.",
+            registry=r,
+        )
+        self.vault_up = Gauge(
+            "tokenproxy_vault_up",
+            "1 when the last readiness check reached the vault (every second), else 0.",
             registry=r,
         )
         self.audit_failures = Counter(

@@ -27,12 +27,10 @@ from proxy.web.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.web.clientreload import follow_clients_file, reload_clients
 from proxy.web.limits import ApiRunner, ops_server_options, server_options
 from proxy.web.middleware import ops_error_middleware, request_middleware
+from proxy.web.readiness import READINESS, Readiness
 from proxy.web.routes import ROUTES
 from vault import (
     IdempotencyStore,
-    KeyRingError,
-    KeyRingMismatch,
-    StorageUnavailable,
     Vault,
     VaultError,
 )
@@ -40,7 +38,6 @@ from vault.rotation import check_key_coverage
 
 _log = structlog.get_logger("tokenproxy")
 VERSION = "0.1.0"
-_READY = web.AppKey("ready", asyncio.Event)
 
 
 def create_app(
@@ -56,7 +53,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics(version=VERSION)
     app[CLIENTS] = clients if clients is not None else ClientRegistry.load(settings.clients_path)
-    app[_READY] = asyncio.Event()
+    app[READINESS] = Readiness(app[METRICS], timeout=2 * settings.db_timeout)
     app.add_routes(ROUTES)
     cors.install(app)
     publishable.install(app)
@@ -103,11 +100,9 @@ def create_app(
                 ),
             )
             purger = asyncio.create_task(_purge_idempotency_keys(app[SERVICES], settings))
-            app[_READY].set()
-            app[METRICS].ready.set(1)
-            yield
-            app[_READY].clear()
-            app[METRICS].ready.set(0)
+            async with app[READINESS].probing(the_vault, source=source):
+                yield
+                app[READINESS].stopping()
             purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
@@ -162,7 +157,7 @@ async def _purge_idempotency_keys(services: Services, settings: Settings) -> Non
 
 
 def create_ops_app(api: web.Application) -> web.Application:
-    """The ops listener: /metrics, /healthz (process alive), /readyz (vault answers)."""
+    """The ops listener: /metrics, /healthz (process alive), /readyz (proxy.web.readiness)."""
     ops = web.Application(middlewares=[ops_error_middleware])
     metrics = api[METRICS]
 
@@ -176,28 +171,9 @@ def create_ops_app(api: web.Application) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        if not api[_READY].is_set() or SERVICES not in api:
-            metrics.ready.set(0)
-            return web.json_response({"status": "starting"}, status=503)
-        vault = api[SERVICES].vault
-        try:
-            await vault.ping()
-            # One small query while nothing changed; a rotation adopted since start-up is
-            # verified (and its check value recorded if the CLI has not yet) here.
-            await vault.check_key_ring(source=f"key ring {api[SETTINGS].keyring_path}")
-        except StorageUnavailable:
-            metrics.ready.set(0)
-            return web.json_response({"status": "vault_unavailable"}, status=503)
-        except KeyRingMismatch as exc:
-            metrics.ready.set(0)
-            _log.error("key_ring_mismatch", problem=str(exc))
-            return web.json_response({"status": "key_ring_mismatch"}, status=503)
-        except KeyRingError:
-            # Undecidable (the key service is unreachable): not ready, but not a mismatch.
-            metrics.ready.set(0)
-            return web.json_response({"status": "key_ring_unavailable"}, status=503)
-        metrics.ready.set(1)
-        return web.json_response({"status": "ready"})
+        # The last background result (proxy.web.readiness): a probe never waits on the vault.
+        answer = api[READINESS].answer()
+        return web.json_response(answer.body, status=answer.http_status)
 
     ops.add_routes(
         [
