@@ -130,6 +130,8 @@ class Settings:
     # Reverse proxies whose forwarding header names the client (see proxy.web.clientaddr).
     trusted_proxies: tuple[IPNetwork, ...] = ()
     forwarded_header: str = X_FORWARDED_FOR
+    # Seconds between background reads of the data-key counts for /metrics.
+    key_status_interval: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -255,6 +257,10 @@ class Settings:
         kwargs.update(_kek_settings(env))
         kwargs.update(_audit_settings(env))
         kwargs.update(_trusted_proxy_settings(env))
+        if "TOKENPROXY_KEY_STATUS_INTERVAL" in env:
+            kwargs["key_status_interval"] = _float(
+                "TOKENPROXY_KEY_STATUS_INTERVAL", env["TOKENPROXY_KEY_STATUS_INTERVAL"], minimum=1
+            )
         settings = cls(**kwargs)  # type: ignore[arg-type]
         settings = _with_shutdown_grace(settings, explicit="shutdown_grace" in kwargs)
         if settings.db_pool_min > settings.db_pool_max:

@@ -13,10 +13,10 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.core.services import Services
+from proxy.core.services import PARTNER_FAILURES, PARTNER_OPERATIONS, VAULT_OPERATIONS, Services
 from proxy.infra.clients import ClientRegistry
 from proxy.infra.keys import load_provider
-from proxy.infra.keystatus import refresh_key_metrics
+from proxy.infra.keystatus import follow_key_status, observe_scrape
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import HostPort, Settings, SettingsError
 from proxy.partners.ports import Partner
@@ -31,13 +31,14 @@ from proxy.web.readiness import READINESS, Readiness
 from proxy.web.routes import ROUTES
 from vault import (
     IdempotencyStore,
+    Kind,
     Vault,
     VaultError,
 )
+from vault.audit import EventType
 from vault.rotation import check_key_coverage
 
 _log = structlog.get_logger("tokenproxy")
-VERSION = "0.1.0"
 
 
 def create_app(
@@ -51,7 +52,7 @@ def create_app(
     """The API application. Dependencies not given are built from ``settings`` at start-up."""
     app = web.Application(middlewares=[request_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[METRICS] = metrics or Metrics(version=VERSION)
+    app[METRICS] = metrics or Metrics()
     app[CLIENTS] = clients if clients is not None else ClientRegistry.load(settings.clients_path)
     app[READINESS] = Readiness(app[METRICS], timeout=2 * settings.db_timeout)
     app.add_routes(ROUTES)
@@ -89,6 +90,14 @@ def create_app(
                     timeout=settings.partner_timeout,
                     connect_timeout=settings.partner_connect_timeout,
                 )
+            app[METRICS].zero_known_series(
+                partner=the_partner.name,
+                partner_operations=PARTNER_OPERATIONS,
+                partner_failures=PARTNER_FAILURES,
+                vault_operations=VAULT_OPERATIONS,
+                event_types=[str(event_type) for event_type in EventType],
+                kinds=[str(kind) for kind in Kind],
+            )
             app[SERVICES] = Services(
                 vault=the_vault,
                 partner=resilient(the_partner, settings, app[METRICS]),
@@ -100,12 +109,16 @@ def create_app(
                 ),
             )
             purger = asyncio.create_task(_purge_idempotency_keys(app[SERVICES], settings))
+            key_status = asyncio.create_task(
+                follow_key_status(app[METRICS], the_vault, interval=settings.key_status_interval)
+            )
             async with app[READINESS].probing(the_vault, source=source):
                 yield
                 app[READINESS].stopping()
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            for task in (purger, key_status):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if own_partner:
                 await the_partner.close()
         finally:
@@ -162,8 +175,10 @@ def create_ops_app(api: web.Application) -> web.Application:
     metrics = api[METRICS]
 
     async def metrics_handler(request: web.Request) -> web.Response:
+        # No query here: the data-key gauges are refreshed in the background
+        # (proxy.infra.keystatus); key age and pool use are read from memory.
         if SERVICES in api:
-            await refresh_key_metrics(metrics, api[SERVICES].vault)
+            observe_scrape(metrics, api[SERVICES].vault)
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

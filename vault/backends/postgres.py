@@ -167,6 +167,14 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin):
                 self._pool = pool
         return self._pool
 
+    def pool_usage(self) -> tuple[int, int] | None:
+        """(connections borrowed, connections open) of the pool; None before it exists."""
+        pool = self._pool
+        if pool is None:
+            return None
+        size = pool.get_size()
+        return size - pool.get_idle_size(), size
+
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
         conn.add_termination_listener(self._on_connection_lost)
 
