@@ -91,6 +91,8 @@ class Settings:
     log_level: str = "info"
     log_json: bool | None = None
     migrate_on_start: bool = True
+    # Per migration statement (and the wait for the migration lock): not db_timeout.
+    migrate_timeout: float = 600.0
     db_pool_min: int = 1
     db_pool_max: int = 10
     db_timeout: float = 5.0
@@ -205,6 +207,10 @@ class Settings:
             if flag not in {"true", "false", "1", "0"}:
                 raise SettingsError("TOKENPROXY_MIGRATE_ON_START must be true or false")
             kwargs["migrate_on_start"] = flag in {"true", "1"}
+        if "TOKENPROXY_MIGRATE_TIMEOUT" in env:
+            kwargs["migrate_timeout"] = _float(
+                "TOKENPROXY_MIGRATE_TIMEOUT", env["TOKENPROXY_MIGRATE_TIMEOUT"], minimum=1
+            )
         if "TOKENPROXY_DB_POOL_MIN" in env:
             kwargs["db_pool_min"] = _int(
                 "TOKENPROXY_DB_POOL_MIN", env["TOKENPROXY_DB_POOL_MIN"], minimum=0

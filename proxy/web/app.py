@@ -74,6 +74,7 @@ def create_app(
                 pool_min=settings.db_pool_min,
                 pool_max=settings.db_pool_max,
                 db_timeout=settings.db_timeout,
+                migrate_timeout=settings.migrate_timeout,
                 retention=settings.retention_policy(),
                 source=source,
             )
