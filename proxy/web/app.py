@@ -269,6 +269,8 @@ async def serve(
             loop.add_signal_handler(signal.SIGHUP, reload_clients, api)
             _log.info("started", **settings.strip_hazmat())
             await stop.wait()
+            # Out of the Service at once, while in-flight requests drain.
+            api[READINESS].stopping()
             _log.info("stopping", grace_seconds=settings.shutdown_grace)
         else:
             _log.info("stopping", during="start-up")

@@ -45,7 +45,7 @@ def test_a_grace_shorter_than_a_partner_call_is_refused() -> None:
 async def test_sigterm_during_a_retried_partner_call_still_completes_it(
     tmp_path: Path, faults: FaultProxy
 ) -> None:
-    """A SIGTERM while the partner hangs: the attempt times out, the retry runs, 201, exit 0."""
+    """SIGTERM while the partner hangs: unready at once, the retry still runs, 201, exit 0."""
     server = ServerProcess(tmp_path / "srv", faults.base_url)
     await server.start()
     # The first attempt hangs until TOKENPROXY_PARTNER_TIMEOUT (3 s here); the retry is slow.
@@ -63,6 +63,16 @@ async def test_sigterm_during_a_retried_partner_call_still_completes_it(
         in_flight = asyncio.create_task(tokenize())
         await faults.arrived.wait()
         server.terminate()
+        # Out of the Service while it drains: the ops listener says so until the end.
+        readiness = None
+        for _ in range(200):
+            async with http.get(server.ops + "/readyz") as resp:
+                readiness = resp.status, await resp.json()
+            if readiness[0] == 503:
+                break
+            await asyncio.sleep(0.02)
+        assert readiness == (503, {"status": "stopping"})
+        assert not in_flight.done()
         status, body = await in_flight
     assert status == 201, body
     assert str(body["token"]).startswith("vtok_card_")
