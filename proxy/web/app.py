@@ -113,13 +113,15 @@ def create_app(
             key_status = asyncio.create_task(
                 follow_key_status(app[METRICS], the_vault, interval=settings.key_status_interval)
             )
-            async with app[READINESS].probing(the_vault, source=source):
-                yield
-                app[READINESS].stopping()
-            for task in (purger, key_status):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            try:
+                async with app[READINESS].probing(the_vault, source=source):
+                    yield
+                    app[READINESS].stopping()
+            finally:
+                for task in (purger, key_status):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if own_partner:
                 await the_partner.close()
         finally:
