@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 
 from tests.backends import RawRows
+from tests.resilience.serverproc import ServerProcess
 from tests.vault.test_rotation import provider_of, record
 from vault import KeyRingError, LocalKekProvider, StorageUnavailable, Vault
 from vault.backends.postgres import PostgresBackend
@@ -126,3 +128,32 @@ async def test_migrate_command_outlasts_the_request_timeout(
             job.kill()
             await job.wait()
         await holder.close()
+
+
+async def test_servers_without_migrate_on_start_wait_for_the_migration_job(
+    tmp_path: Path,
+) -> None:
+    """With TOKENPROXY_MIGRATE_ON_START=false a fresh vault stops serve with one line naming
+    `tokenproxy migrate`; once that has run, serve starts without migrating."""
+    server = ServerProcess(
+        tmp_path / "srv", "http://127.0.0.1:1", TOKENPROXY_MIGRATE_ON_START="false"
+    )
+    env = {**server.env, "TOKENPROXY_LISTEN": "127.0.0.1:0", "TOKENPROXY_OPS_LISTEN": "127.0.0.1:0"}
+    refused = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", env=env, stderr=subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(refused.communicate(), timeout=60)
+    assert refused.returncode != 0
+    assert "tokenproxy migrate" in err.decode()
+    job = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "migrate", env=env, stderr=subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(job.communicate(), timeout=60)
+    assert job.returncode == 0, err.decode()
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http, http.get(server.ops + "/readyz") as resp:
+            assert resp.status == 200
+    finally:
+        server.terminate()
+        assert await server.wait() == 0
