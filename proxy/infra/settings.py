@@ -316,6 +316,8 @@ class Settings:
             "cors_origins": list(self.cors_origins),
             "trusted_proxies": [str(net) for net in self.trusted_proxies],
             "forwarded_header": self.forwarded_header,
+            "shutdown_grace": self.shutdown_grace,
+            "migrate_on_start": self.migrate_on_start,
         }
 
     @property
