@@ -79,6 +79,15 @@ async def metrics_text(proxy: RunningProxy) -> str:
         return await resp.text()
 
 
+def counted(text: str, name: str) -> list[str]:
+    """The series of ``name`` in exposition text whose value is not 0 (known ones start at 0)."""
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith(name + "{") and not line.endswith(" 0.0")
+    ]
+
+
 def db_bytes(path: Path) -> bytes:
     """Every byte of the vault file and its -wal/-shm companions."""
     return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))

@@ -140,14 +140,35 @@ async def rewrap_remaining(vault: Vault) -> int:
 
 
 async def check_key_coverage(vault: Vault, *, source: str = "key ring") -> None:
-    """Raise KeyRingError if wrapped keys name a retired or unknown version (start-up check).
+    """Raise KeyRingError if data keys name a retired or unknown version (start-up check).
 
     Such keys mean the key ring is the wrong one (restored from another backup, or another
     environment's), or material was destroyed while still in use. Refusing to start says so
     at once, instead of answering 503 for an unknown share of records later.
+
+    Every replica runs this at every start, so it costs index probes, not a scan: the
+    lowest and highest version in use, then one probe per version between them that the
+    ring lacks or retired (a handful: one per rotation). Only on failure are the keys
+    counted, for the message. Idempotency rows are not checked here: they expire, and
+    `keys retire` counts them before a version goes.
     """
+    span = await vault.backend.dek_version_range()
+    if span is None:
+        return
+    usable = {info.version for info in vault.keys.versions() if info.state.value != "retired"}
+    low, high = span
+    bad = [version for version in dict.fromkeys((low, high)) if version not in usable]
+    if not bad:
+        # Both ends are ring versions, so the span between them is the ring's history.
+        bad = [
+            version
+            for version in range(low + 1, high)
+            if version not in usable and await vault.backend.dek_on_version(version) is not None
+        ]
+    if not bad:
+        return
     for status in await key_status(vault):
-        if status.in_use and status.state in {"retired", "unknown"}:
+        if status.version in bad and status.in_use and status.state in {"retired", "unknown"}:
             where = "is retired" if status.state == "retired" else "is not in the key ring"
             raise KeyRingError(
                 f"{source}: key version {status.version} {where} but still wraps "

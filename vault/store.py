@@ -117,12 +117,14 @@ class Vault(VaultLifecycle, KeyCheckMixin):
         pool_min: int = 1,
         pool_max: int = 10,
         db_timeout: float = 5.0,
+        migrate_timeout: float | None = None,
         retention: RetentionPolicy | None = None,
         source: str = "key ring",
     ) -> Vault:
         """Open the backend ``url`` names, run migrations and check the key ring.
 
-        ``migrate=False`` skips migrations; ``check_keys=False`` skips the key ring check
+        ``migrate=False`` skips migrations (``migrate_timeout`` bounds each of their
+        statements; default ``db_timeout``); ``check_keys=False`` skips the key ring check
         (``check_key_ring``, which raises KeyRingMismatch naming ``source``) for a caller
         that runs it itself after migrating.
         """
@@ -130,7 +132,7 @@ class Vault(VaultLifecycle, KeyCheckMixin):
         vault = cls(backend, keys, retention=retention)
         try:
             if migrate:
-                await backend.migrate()
+                await backend.migrate(statement_timeout=migrate_timeout)
             if check_keys:
                 await vault.check_key_ring(source=source)
         except BaseException:

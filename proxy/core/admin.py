@@ -107,6 +107,7 @@ async def session(
         pool_min=0,
         pool_max=2,
         db_timeout=settings.db_timeout,
+        migrate_timeout=settings.migrate_timeout,
     )
     try:
         yield Admin(settings, vault, keys, operator)
@@ -341,7 +342,7 @@ async def migrate(admin: Admin) -> int:
     Run on a session opened with ``migrate=False``: the check needs the schema, and a
     vault older than its table gets it here first.
     """
-    version = await admin.vault.backend.migrate()
+    version = await admin.vault.backend.migrate(statement_timeout=admin.settings.migrate_timeout)
     await admin.vault.check_key_ring(source=ring_name(admin.settings))
     return version
 

@@ -57,6 +57,57 @@ async def ensure_vault_up(services: Services) -> None:
         await _vault_call(services, "ping", services.vault.ping())
 
 
+# Every operation name the use cases time with vault_call and partner_call, and the
+# failure outcomes a partner call can end in: their series exist from start-up at 0
+# (Metrics.zero_known_series); tests/web/test_metrics_scrape.py keeps the lists complete.
+VAULT_OPERATIONS = (
+    "customer_key",
+    "delete",
+    "drop_customer",
+    "erase",
+    "get",
+    "get_customer",
+    "idempotency_begin",
+    "idempotency_complete",
+    "idempotency_partner",
+    "list",
+    "ping",
+    "purge",
+    "put",
+    "put_customer",
+    "sync_apply",
+    "sync_customers",
+    "sync_event",
+    "sync_events",
+    "sync_find",
+    "sync_link",
+    "sync_outbox",
+    "sync_state",
+    "touch",
+)
+PARTNER_OPERATIONS = (
+    "create_card",
+    "create_customer",
+    "create_sepa_debit",
+    "delete_customer",
+    "detach",
+    "get_setup",
+    "setup",
+)
+PARTNER_FAILURES = (
+    "partner_auth_failed",
+    "partner_bad_reference",
+    "partner_bad_response",
+    "partner_circuit_open",
+    "partner_error",
+    "partner_mismatch",
+    "partner_rate_limited",
+    "partner_rejected_request",
+    "partner_timeout",
+    "partner_unavailable",
+)
+
+
 async def partner_call(services: Services, operation: str, call: Awaitable[T]) -> T:
     """Await a partner coroutine, counting and timing it under ``operation``."""
     partner, metrics = services.partner, services.metrics

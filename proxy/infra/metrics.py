@@ -6,7 +6,8 @@ operation, outcome, kind. Never a token, key, customer or card value.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib.metadata
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -15,19 +16,53 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.infra.syncmetrics import SyncMetrics
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Points around 1 s (the latency alert's threshold) and up to 30 s: a partner call may
+# take its timeout plus retries, and a p99 pinned at the last bucket hides how bad it is.
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 5, 10,
+    15, 20, 30,
+)  # fmt: skip
+
+
+def package_version() -> str:
+    """The installed tokenproxy distribution's version ("unknown" when run from a bare tree)."""
+    try:
+        return importlib.metadata.version("tokenproxy")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# The label values the code emits, created at 0 at start (see Metrics.zero_known_series).
+AUTH_FAILURE_REASONS = (
+    "missing_key",
+    "invalid_key",
+    "missing_scope",
+    "origin_not_allowed",
+    "rate_limited",
+)
+ERASURE_OUTCOMES = ("complete", "incomplete", "already_erased", "not_found")
+IDEMPOTENCY_OUTCOMES = ("started", "replayed", "resumed", "in_use", "reused", "erased")
+DELETE_REASONS = ("delete", "erasure")
+# The retention sweep's own audit event (it is not an EventType: written only on a gap).
+RETENTION_PURGE_EVENT = "retention.purge"
+CLOSE_REASONS = ("header_timeout", "connection_limit", "malformed_request")
+# Vault errors an alert watches: the storage is unreachable, or a record fails authentication.
+VAULT_ERROR_CLASSES = ("StorageUnavailable", "decryption_failed")
 
 
 class Metrics:
     """Every metric the proxy exports (catalog: deploy/METRICS.md)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, version: str = "0") -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, version: str | None = None
+    ) -> None:
         # No `_created` gauge beside every counter and histogram: it doubles the series
         # count and no dashboard or rule reads it (process-wide, idempotent).
         disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the library
@@ -39,14 +74,15 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "tokenproxy_http_requests",
-            "HTTP requests answered, by route template, method and status class.",
-            ["route", "method", "status_class"],
+            "HTTP requests answered, by route template, method, status class and client"
+            " (the clients-file name; publishable keys as 'publishable', else 'anonymous').",
+            ["route", "method", "status_class", "client"],
             registry=r,
         )
         self.request_duration = Histogram(
             "tokenproxy_http_request_duration_seconds",
-            "Time from request start to response, by route template and method.",
-            ["route", "method"],
+            "Time from request start to response, by route template, method and client.",
+            ["route", "method", "client"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -124,7 +160,12 @@ class Metrics:
         )
         self.ready = Gauge(
             "tokenproxy_ready",
-            "1 when the service is ready (vault reachable), else 0.",
+            "1 when /readyz answers 200 (started, key ring matches the vault), else 0.",
+            registry=r,
+        )
+        self.vault_up = Gauge(
+            "tokenproxy_vault_up",
+            "1 when the last readiness check reached the vault (every second), else 0.",
             registry=r,
         )
         self.audit_failures = Counter(
@@ -144,8 +185,11 @@ class Metrics:
             ["key_version"],
             registry=r,
         )
-        # When the key gauges were last read from the vault (see proxy.infra.keystatus).
-        self.key_metrics_at = float("-inf")
+        self.key_active_age = Gauge(
+            "tokenproxy_key_active_age_seconds",
+            "Seconds since the active key-encryption key version was created (rotation due?).",
+            registry=r,
+        )
         # Resilience: partner retries, circuit breaker, idempotency.
         self.partner_attempts = Counter(
             "tokenproxy_partner_attempts",
@@ -205,7 +249,72 @@ class Metrics:
         )
         # Partner events and reconciliation (proxy.infra.syncmetrics).
         self.sync = SyncMetrics(r)
-        Info("tokenproxy_build", "Build information.", registry=r).info({"version": version})
+        Info("tokenproxy_build", "Build information.", registry=r).info(
+            {"version": version or package_version()}
+        )
+        # Saturation: requests being handled, and the PostgreSQL pool (set at each scrape).
+        self.in_flight = Gauge(
+            "tokenproxy_http_requests_in_flight",
+            "API requests being handled now.",
+            registry=r,
+        )
+        self.db_pool = Gauge(
+            "tokenproxy_db_pool_connections",
+            "PostgreSQL pool connections: state in_use (borrowed) or size (open), beside"
+            " TOKENPROXY_DB_POOL_MAX.",
+            ["state"],
+            registry=r,
+        )
+        # A custom registry has no default collectors: CPU, memory, open files, start time.
+        ProcessCollector(registry=r)
+
+    def zero_known_series(
+        self,
+        *,
+        partner: str,
+        partner_operations: Iterable[str],
+        partner_failures: Iterable[str],
+        vault_operations: Iterable[str],
+        event_types: Iterable[str],
+        kinds: Iterable[str],
+    ) -> None:
+        """Create every known label combination of the labelled counters at 0.
+
+        A labelled series otherwise appears only at its first increment, and ``increase()``
+        over a series that starts at 1 sees no increase: the first burst of audit write
+        failures, vault errors or orphans would raise no alert. The caller names the values
+        that live in other layers (operations, audit event types, token kinds).
+        """
+        kinds = list(kinds)
+        outcomes = ["ok", *partner_failures]
+        for operation in partner_operations:
+            for outcome in outcomes:
+                self.child(self.partner_requests, partner, operation, outcome)
+                self.child(self.partner_attempts, partner, operation, outcome)
+        for operation in vault_operations:
+            for error in VAULT_ERROR_CLASSES:
+                self.vault_errors.labels(operation, error)
+        self.partner_orphans.labels(partner)
+        self.partner_circuit_state.labels(partner).set(0)
+        for event_type in [*event_types, RETENTION_PURGE_EVENT]:
+            self.audit_failures.labels(event_type)
+        for kind in kinds:
+            self.tokens_created.labels(kind)
+            self.retention_purged.labels(kind)
+            for reason in DELETE_REASONS:
+                self.tokens_deleted.labels(kind, reason)
+        self.retention_purged.labels("audit_event")
+        for outcome in ERASURE_OUTCOMES:
+            self.erasures.labels(outcome)
+        for reason in AUTH_FAILURE_REASONS:
+            self.auth_failures.labels(reason)
+        for outcome in IDEMPOTENCY_OUTCOMES:
+            self.child(self.idempotency, outcome)
+        for outcome in ("success", "failure"):
+            self.child(self.clients_reloads, outcome)
+        for listener in ("api", "ops"):
+            for reason in CLOSE_REASONS:
+                self.child(self.connections_closed, listener, reason)
 
     def closer(self, listener: str) -> Callable[[str], None]:
         """A callback counting connections ``listener`` closes, by reason."""

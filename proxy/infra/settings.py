@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from proxy.domain.origins import OriginError, parse_origin_list
@@ -15,6 +16,11 @@ from vault.urls import check_vault_url, describe_vault_url
 
 class SettingsError(Exception):
     """One bad setting; the message names it in one line."""
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+X_FORWARDED_FOR = "X-Forwarded-For"
+FORWARDED = "Forwarded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +91,13 @@ class Settings:
     log_level: str = "info"
     log_json: bool | None = None
     migrate_on_start: bool = True
+    # Per migration statement (and the wait for the migration lock): not db_timeout.
+    migrate_timeout: float = 600.0
     db_pool_min: int = 1
     db_pool_max: int = 10
     db_timeout: float = 5.0
-    shutdown_grace: float = 10.0
+    # Derived from the partner and database settings unless set (see min_shutdown_grace).
+    shutdown_grace: float = 40.0
     # Retention (days; 0 keeps forever): cards and banks since last use, invoices since creation.
     retention_card_days: int = 0
     retention_bank_days: int = 0
@@ -122,6 +131,11 @@ class Settings:
     audit_retention_days: int = 365
     # Signing secrets of the Stripe webhook endpoint (several while one is rotated).
     stripe_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    # Reverse proxies whose forwarding header names the client (see proxy.web.clientaddr).
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    forwarded_header: str = X_FORWARDED_FOR
+    # Seconds between background reads of the data-key counts for /metrics.
+    key_status_interval: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -195,6 +209,10 @@ class Settings:
             if flag not in {"true", "false", "1", "0"}:
                 raise SettingsError("TOKENPROXY_MIGRATE_ON_START must be true or false")
             kwargs["migrate_on_start"] = flag in {"true", "1"}
+        if "TOKENPROXY_MIGRATE_TIMEOUT" in env:
+            kwargs["migrate_timeout"] = _float(
+                "TOKENPROXY_MIGRATE_TIMEOUT", env["TOKENPROXY_MIGRATE_TIMEOUT"], minimum=1
+            )
         if "TOKENPROXY_DB_POOL_MIN" in env:
             kwargs["db_pool_min"] = _int(
                 "TOKENPROXY_DB_POOL_MIN", env["TOKENPROXY_DB_POOL_MIN"], minimum=0
@@ -247,7 +265,13 @@ class Settings:
         kwargs.update(_kek_settings(env))
         kwargs.update(_audit_settings(env))
         kwargs.update(_webhook_settings(env))
+        kwargs.update(_trusted_proxy_settings(env))
+        if "TOKENPROXY_KEY_STATUS_INTERVAL" in env:
+            kwargs["key_status_interval"] = _float(
+                "TOKENPROXY_KEY_STATUS_INTERVAL", env["TOKENPROXY_KEY_STATUS_INTERVAL"], minimum=1
+            )
         settings = cls(**kwargs)  # type: ignore[arg-type]
+        settings = _with_shutdown_grace(settings, explicit="shutdown_grace" in kwargs)
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError("TOKENPROXY_DB_POOL_MIN must not exceed TOKENPROXY_DB_POOL_MAX")
         if settings.stripe_api_key is None and "TOKENPROXY_STRIPE_API_BASE" not in env:
@@ -294,7 +318,31 @@ class Settings:
             "idempotency_ttl": self.idempotency_ttl,
             "cors_origins": list(self.cors_origins),
             "stripe_webhook_secrets": len(self.stripe_webhook_secrets),
+            "trusted_proxies": [str(net) for net in self.trusted_proxies],
+            "forwarded_header": self.forwarded_header,
+            "shutdown_grace": self.shutdown_grace,
+            "migrate_on_start": self.migrate_on_start,
         }
+
+    @property
+    def partner_call_worst_case(self) -> float:
+        """Longest one partner call may take: the retry budget, then one more attempt's timeout.
+
+        A retry starts while the budget lasts and runs up to TOKENPROXY_PARTNER_TIMEOUT.
+        """
+        if self.partner_max_retries == 0:
+            return self.partner_timeout
+        return self.partner_retry_budget + self.partner_timeout
+
+    @property
+    def min_shutdown_grace(self) -> float:
+        """The least shutdown grace that lets an in-flight tokenization finish.
+
+        A SIGTERM can arrive as a partner call starts; after it the token is written and
+        its audit event appended (each bounded by TOKENPROXY_DB_TIMEOUT). Cut shorter, the
+        partner object exists and no token names it: an orphan per in-flight request.
+        """
+        return self.partner_call_worst_case + 2 * self.db_timeout
 
     @property
     def idempotency_stale_after(self) -> float:
@@ -304,6 +352,21 @@ class Settings:
         timeout; the margin covers the vault writes around it and clock skew between replicas.
         """
         return self.partner_retry_budget + self.partner_timeout + 30.0
+
+
+def _with_shutdown_grace(settings: Settings, *, explicit: bool) -> Settings:
+    """``settings`` with the shutdown grace derived, or checked when it was set."""
+    needed = settings.min_shutdown_grace
+    if not explicit:
+        return replace(settings, shutdown_grace=needed)
+    if settings.shutdown_grace < needed:
+        raise SettingsError(
+            f"TOKENPROXY_SHUTDOWN_GRACE must be at least {needed:g} seconds (the longest"
+            f" partner call, {settings.partner_call_worst_case:g} s: retry budget plus"
+            " partner timeout, then twice TOKENPROXY_DB_TIMEOUT) so a SIGTERM never cuts"
+            f" a partner call; got {settings.shutdown_grace:g}"
+        )
+    return settings
 
 
 def listen_addresses(env: Mapping[str, str] | None = None) -> tuple[HostPort, HostPort]:
@@ -429,3 +492,30 @@ def _webhook_settings(env: Mapping[str, str]) -> dict[str, object]:
             "TOKENPROXY_STRIPE_WEBHOOK_SECRET_FILE: every line must be a whsec_ signing secret"
         )
     return {"stripe_webhook_secrets": found}
+def _trusted_proxy_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """TOKENPROXY_TRUSTED_PROXIES (CIDRs) and TOKENPROXY_FORWARDED_HEADER."""
+    out: dict[str, object] = {}
+    if env.get("TOKENPROXY_TRUSTED_PROXIES", "").strip():
+        networks: list[IPNetwork] = []
+        for item in env["TOKENPROXY_TRUSTED_PROXIES"].split(","):
+            try:
+                # strict: 10.0.0.1/8 is more likely a typo than a network.
+                networks.append(ipaddress.ip_network(item.strip(), strict=True))
+            except ValueError:
+                raise SettingsError(
+                    "TOKENPROXY_TRUSTED_PROXIES must be comma-separated addresses or CIDR"
+                    f" networks (e.g. 10.0.0.0/8), got {item.strip()!r}"
+                ) from None
+            if networks[-1].prefixlen == 0:
+                # Trusting every peer lets any client write its own address into the audit.
+                raise SettingsError(
+                    f"TOKENPROXY_TRUSTED_PROXIES must not trust every address ({item.strip()})"
+                )
+        out["trusted_proxies"] = tuple(networks)
+    if "TOKENPROXY_FORWARDED_HEADER" in env:
+        names = {X_FORWARDED_FOR.lower(): X_FORWARDED_FOR, FORWARDED.lower(): FORWARDED}
+        name = names.get(env["TOKENPROXY_FORWARDED_HEADER"].strip().lower())
+        if name is None:
+            raise SettingsError("TOKENPROXY_FORWARDED_HEADER must be X-Forwarded-For or Forwarded")
+        out["forwarded_header"] = name
+    return out

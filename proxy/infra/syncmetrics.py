@@ -46,5 +46,3 @@ class SyncMetrics:
             ["finding"],
             registry=r,
         )
-        # When the reconcile gauges were last read from the vault.
-        self.read_at = float("-inf")

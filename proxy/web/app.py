@@ -7,19 +7,19 @@ import contextlib
 import errno
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.core.services import Services
+from proxy.core.services import PARTNER_FAILURES, PARTNER_OPERATIONS, VAULT_OPERATIONS, Services
 from proxy.infra.clients import ClientRegistry
 from proxy.infra.keys import load_provider
-from proxy.infra.keystatus import refresh_key_metrics
+from proxy.infra.keystatus import follow_key_status, observe_scrape
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import HostPort, Settings, SettingsError
-from proxy.infra.syncstatus import refresh_reconcile_metrics
+from proxy.infra.syncstatus import follow_reconcile_status
 from proxy.partners.ports import Partner
 from proxy.partners.resilience import CircuitBreaker, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
@@ -28,20 +28,18 @@ from proxy.web.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.web.clientreload import follow_clients_file, reload_clients
 from proxy.web.limits import ApiRunner, ops_server_options, server_options
 from proxy.web.middleware import ops_error_middleware, request_middleware
+from proxy.web.readiness import READINESS, Readiness
 from proxy.web.routes import ROUTES
 from vault import (
     IdempotencyStore,
-    KeyRingError,
-    KeyRingMismatch,
-    StorageUnavailable,
+    Kind,
     Vault,
     VaultError,
 )
+from vault.audit import EventType
 from vault.rotation import check_key_coverage
 
 _log = structlog.get_logger("tokenproxy")
-VERSION = "0.1.0"
-_READY = web.AppKey("ready", asyncio.Event)
 
 
 def create_app(
@@ -55,9 +53,9 @@ def create_app(
     """The API application. Dependencies not given are built from ``settings`` at start-up."""
     app = web.Application(middlewares=[request_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[METRICS] = metrics or Metrics(version=VERSION)
+    app[METRICS] = metrics or Metrics()
     app[CLIENTS] = clients if clients is not None else ClientRegistry.load(settings.clients_path)
-    app[_READY] = asyncio.Event()
+    app[READINESS] = Readiness(app[METRICS], timeout=2 * settings.db_timeout)
     app.add_routes(ROUTES)
     cors.install(app)
     publishable.install(app)
@@ -77,6 +75,7 @@ def create_app(
                 pool_min=settings.db_pool_min,
                 pool_max=settings.db_pool_max,
                 db_timeout=settings.db_timeout,
+                migrate_timeout=settings.migrate_timeout,
                 retention=settings.retention_policy(),
                 source=source,
             )
@@ -93,6 +92,14 @@ def create_app(
                     timeout=settings.partner_timeout,
                     connect_timeout=settings.partner_connect_timeout,
                 )
+            app[METRICS].zero_known_series(
+                partner=the_partner.name,
+                partner_operations=PARTNER_OPERATIONS,
+                partner_failures=PARTNER_FAILURES,
+                vault_operations=VAULT_OPERATIONS,
+                event_types=[str(event_type) for event_type in EventType],
+                kinds=[str(kind) for kind in Kind],
+            )
             app[SERVICES] = Services(
                 vault=the_vault,
                 partner=resilient(the_partner, settings, app[METRICS]),
@@ -104,14 +111,23 @@ def create_app(
                 ),
             )
             purger = asyncio.create_task(_purge_idempotency_keys(app[SERVICES], settings))
-            app[_READY].set()
-            app[METRICS].ready.set(1)
-            yield
-            app[_READY].clear()
-            app[METRICS].ready.set(0)
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            key_status = asyncio.create_task(
+                follow_key_status(app[METRICS], the_vault, interval=settings.key_status_interval)
+            )
+            reconcile_status = asyncio.create_task(
+                follow_reconcile_status(
+                    app[METRICS].sync, the_vault, interval=settings.key_status_interval
+                )
+            )
+            try:
+                async with app[READINESS].probing(the_vault, source=source):
+                    yield
+                    app[READINESS].stopping()
+            finally:
+                for task in (purger, key_status, reconcile_status):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if own_partner:
                 await the_partner.close()
         finally:
@@ -163,14 +179,15 @@ async def _purge_idempotency_keys(services: Services, settings: Settings) -> Non
 
 
 def create_ops_app(api: web.Application) -> web.Application:
-    """The ops listener: /metrics, /healthz (process alive), /readyz (vault answers)."""
+    """The ops listener: /metrics, /healthz (process alive), /readyz (proxy.web.readiness)."""
     ops = web.Application(middlewares=[ops_error_middleware])
     metrics = api[METRICS]
 
     async def metrics_handler(request: web.Request) -> web.Response:
+        # No query here: the data-key gauges are refreshed in the background
+        # (proxy.infra.keystatus); key age and pool use are read from memory.
         if SERVICES in api:
-            await refresh_key_metrics(metrics, api[SERVICES].vault)
-            await refresh_reconcile_metrics(metrics.sync, api[SERVICES].vault)
+            observe_scrape(metrics, api[SERVICES].vault)
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -178,28 +195,9 @@ def create_ops_app(api: web.Application) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        if not api[_READY].is_set() or SERVICES not in api:
-            metrics.ready.set(0)
-            return web.json_response({"status": "starting"}, status=503)
-        vault = api[SERVICES].vault
-        try:
-            await vault.ping()
-            # One small query while nothing changed; a rotation adopted since start-up is
-            # verified (and its check value recorded if the CLI has not yet) here.
-            await vault.check_key_ring(source=f"key ring {api[SETTINGS].keyring_path}")
-        except StorageUnavailable:
-            metrics.ready.set(0)
-            return web.json_response({"status": "vault_unavailable"}, status=503)
-        except KeyRingMismatch as exc:
-            metrics.ready.set(0)
-            _log.error("key_ring_mismatch", problem=str(exc))
-            return web.json_response({"status": "key_ring_mismatch"}, status=503)
-        except KeyRingError:
-            # Undecidable (the key service is unreachable): not ready, but not a mismatch.
-            metrics.ready.set(0)
-            return web.json_response({"status": "key_ring_unavailable"}, status=503)
-        metrics.ready.set(1)
-        return web.json_response({"status": "ready"})
+        # The last background result (proxy.web.readiness): a probe never waits on the vault.
+        answer = api[READINESS].answer()
+        return web.json_response(answer.body, status=answer.http_status)
 
     ops.add_routes(
         [
@@ -264,22 +262,58 @@ async def serve(
     ops_runner = ApiRunner(
         ops, access_log=None, **ops_server_options(settings, metrics.closer("ops"))
     )
-    await api_runner.setup()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # From the first moment, not after start-up: a SIGTERM while migrations or start-up
+    # checks run must stop the process, and as PID 1 in a container the kernel's default
+    # action (terminate) does not apply, so without a handler it would be ignored.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await ops_runner.setup()
-        await web.SockSite(api_runner, api_socket).start()
-        await web.SockSite(ops_runner, ops_socket).start()
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload_clients, api)
-        _log.info("started", **settings.strip_hazmat())
-        await stop.wait()
-        _log.info("stopping", grace_seconds=settings.shutdown_grace)
+        started = await _unless_stopped(
+            _start(api_runner, ops_runner, api_socket, ops_socket), stop
+        )
+        if started:
+            loop.add_signal_handler(signal.SIGHUP, reload_clients, api)
+            _log.info("started", **settings.strip_hazmat())
+            await stop.wait()
+            # Out of the Service at once, while in-flight requests drain.
+            api[READINESS].stopping()
+            _log.info("stopping", grace_seconds=settings.shutdown_grace)
+        else:
+            _log.info("stopping", during="start-up")
     finally:
         # API first: stop accepting (the listening socket closes at once), let in-flight
         # requests finish within the grace period, then close the partner pool and vault.
         await api_runner.cleanup()
         await ops_runner.cleanup()
         _log.info("stopped")
+
+
+async def _start(
+    api: ApiRunner, ops: ApiRunner, api_socket: socket.socket, ops_socket: socket.socket
+) -> None:
+    await api.setup()
+    await ops.setup()
+    await web.SockSite(api, api_socket).start()
+    await web.SockSite(ops, ops_socket).start()
+
+
+async def _unless_stopped(start: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run ``start`` unless ``stop`` is set first, which cancels it; True when it finished."""
+    task = asyncio.ensure_future(start)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        stopped.cancel()
+    if task.done():
+        task.result()  # a start-up failure is raised as it was
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False

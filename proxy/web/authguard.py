@@ -12,8 +12,9 @@ Two bounds stop that:
   (a missing or unknown key): a known client lacking a scope is named in the trail
   already. The table is an LRU capped at ``TOKENPROXY_AUTH_FAILURE_MAX_SOURCES``: a
   flood from many addresses evicts the oldest entries instead of growing memory. The
-  table is per process (each replica counts on its own), and the source is the TCP
-  peer: behind a reverse proxy every request shares the proxy's address.
+  table is per process (each replica counts on its own), and the source is the client's
+  address as ``proxy.web.clientaddr`` finds it (behind a trusted reverse proxy, the
+  address it forwards; else the TCP peer).
 - **Aggregated audit events.** Refusals are tallied per (source, client) and written as
   one ``auth.failure`` event per tally every ``TOKENPROXY_AUTH_FAILURE_AUDIT_INTERVAL``
   seconds, with counts per reason, so a flood costs a bounded number of rows. Sources
@@ -39,6 +40,7 @@ from aiohttp import web
 from proxy.core.audit import append_event
 from proxy.domain.errors import RateLimited
 from proxy.web.appkeys import METRICS, SERVICES, SETTINGS
+from proxy.web.clientaddr import client_address
 from vault.audit import EventType, Outcome
 from vault.errors import AuditUnavailable
 from vault.records import iso, utcnow
@@ -51,8 +53,12 @@ THROTTLED = "throttled"
 
 
 def source_of(request: web.Request) -> str:
-    """The throttling and audit key for ``request``'s peer: its address, an IPv6 one by /64."""
-    remote = request.remote or ""
+    """The throttling and audit key for ``request``'s client: its address, an IPv6 one by /64."""
+    return source_key(client_address(request))
+
+
+def source_key(remote: str) -> str:
+    """The throttling and audit key for a client address: an IPv6 one by its /64."""
     try:
         address = ipaddress.ip_address(remote)
     except ValueError:

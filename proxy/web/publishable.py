@@ -8,7 +8,8 @@ What keeps it from being useful to anyone else:
   ``TOKENPROXY_CORS_ORIGINS``. A browser sets ``Origin`` itself and page scripts cannot
   change it, so another site cannot use the key from a shopper's browser. (A script
   outside a browser can send any header; that is what the rate limit is for.)
-- it is rate-limited per key and remote address with an in-memory token bucket.
+- it is rate-limited per key and client address (``proxy.web.clientaddr``: the shopper's,
+  behind a trusted ingress) with an in-memory token bucket.
 
 The hosted card fields (``/elements/card``) are served by the proxy, so their requests
 carry the proxy's own origin. For those, the embedding checkout page's origin is taken
@@ -31,6 +32,7 @@ from proxy.domain.errors import PermissionDenied, RateLimited
 from proxy.domain.origins import OriginError, parse_origin
 from proxy.infra.clients import Client
 from proxy.web.appkeys import METRICS, SETTINGS
+from proxy.web.clientaddr import client_address
 
 CHECKOUT_ORIGIN_HEADER = "TokenProxy-Checkout-Origin"
 
@@ -129,7 +131,7 @@ def check(request: web.Request, client: Client) -> None:
         raise PermissionDenied(
             "This publishable key may not be used from this origin.", code="origin_not_allowed"
         )
-    wait = app[LIMITER].take((client.key_digest, request.remote or ""))
+    wait = app[LIMITER].take((client.key_digest, client_address(request)))
     if wait > 0:
         app[METRICS].auth_failures.labels("rate_limited").inc()
         raise RateLimited(

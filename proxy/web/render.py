@@ -8,6 +8,7 @@ from proxy.core.create import Call
 from proxy.core.idempotent import HEADER, Answer
 from proxy.core.idempotent import idempotency_key as parse_idempotency_key
 from proxy.domain.errors import JSON_CHARSET, JSON_CONTENT_TYPE
+from proxy.web.clientaddr import client_address
 from proxy.web.middleware import REQUEST_ID_KEY, TOKEN_KEY
 
 
@@ -23,7 +24,7 @@ async def creation_call(request: web.Request, client: str, key: str | None) -> C
         key=key,
         raw=await request.read(),  # cached by read_json: the bytes the key is bound to
         request_id=request[REQUEST_ID_KEY],
-        origin=request.remote,
+        origin=client_address(request),
     )
 
 

@@ -7,8 +7,9 @@ import sqlite3
 
 import pytest
 
+from proxy.infra.keystatus import refresh_key_metrics
 from proxy.web import authguard
-from proxy.web.appkeys import SERVICES
+from proxy.web.appkeys import METRICS, SERVICES
 from tests.conftest import RunningProxy
 from vault import Kind, NewRecord
 
@@ -155,9 +156,11 @@ async def test_resolve_refused_when_audit_cannot_be_written(proxy: RunningProxy)
 
 
 async def test_key_gauges_on_metrics(proxy: RunningProxy) -> None:
-    """/metrics exports data keys per version and the rewrap backlog."""
+    """/metrics exports data keys per version and the rewrap backlog (as last refreshed)."""
     await stored_token(proxy)
     await stored_token(proxy)
+    # What the background refresh does every TOKENPROXY_KEY_STATUS_INTERVAL seconds.
+    await refresh_key_metrics(proxy.app[METRICS], proxy.app[SERVICES].vault)
     async with proxy.http.get(proxy.ops + "/metrics") as resp:
         text = await resp.text()
     assert 'tokenproxy_deks{key_version="1"} 2.0' in text

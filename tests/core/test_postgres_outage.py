@@ -16,6 +16,7 @@ from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import Settings
 from proxy.web.app import create_app, create_ops_app
+from proxy.web.readiness import READINESS
 from tests.ibans import VALID
 from tests.partner_tap import PartnerTap
 from tests.tcpgate import TcpGate
@@ -37,6 +38,7 @@ class GatedProxy:
     tap: PartnerTap
     keys: dict[str, str]
     http: aiohttp.ClientSession
+    app: web.Application
 
     async def call(
         self, method: str, path: str, client: str, json: object = None
@@ -48,8 +50,14 @@ class GatedProxy:
             body = await r.json()
             return r.status, body, time.perf_counter() - started
 
+    async def metrics(self) -> str:
+        """The ops listener's /metrics."""
+        async with self.http.get(self.ops + "/metrics") as r:
+            return await r.text()
+
     async def ready(self) -> tuple[int, dict[str, object]]:
-        """Status and body of /readyz."""
+        """Status and body of /readyz, after a readiness check made now."""
+        await self.app[READINESS].probe()
         async with self.http.get(self.ops + "/readyz") as r:
             return r.status, await r.json()
 
@@ -99,6 +107,7 @@ async def gated_proxy(
                 tap=tap,
                 keys=client_keys,
                 http=http,
+                app=app,
             )
     finally:
         await runner.cleanup()
@@ -113,7 +122,7 @@ def partner_creates(tap: PartnerTap) -> int:
 
 
 async def test_outage_fails_fast_spares_partner_and_recovers(gated_proxy: GatedProxy) -> None:
-    """Database cut: 503 vault_unavailable at once, readyz 503, no partner call; then recovery."""
+    """Database cut: 503 vault_unavailable at once, no partner call, still ready; then recovery."""
     p = gated_proxy
     status, before, _ = await p.call("POST", "/v1/cards", "checkout", CARD)
     assert status == 201
@@ -137,14 +146,18 @@ async def test_outage_fails_fast_spares_partner_and_recovers(gated_proxy: GatedP
     # record cannot be read, whichever the database outage hits first.
     assert body["error"]["code"] in {"vault_unavailable", "audit_unavailable"}  # type: ignore[index]
     assert took < DB_TIMEOUT / 2
-    assert await p.ready() == (503, {"status": "vault_unavailable"})
+    # Every pod sees the same outage: staying in the Service, they answer 503 themselves
+    # instead of leaving callers with refused connections.
+    assert await p.ready() == (200, {"status": "degraded", "reason": "vault_unavailable"})
+    assert "tokenproxy_vault_up 0.0" in await p.metrics()
 
     await p.gate.open()
-    for _ in range(100):  # readiness comes back by itself, without a restart
-        if (await p.ready())[0] == 200:
+    for _ in range(100):  # the vault is seen again by itself, without a restart
+        if await p.ready() == (200, {"status": "ready"}):
             break
         await asyncio.sleep(0.05)
     assert await p.ready() == (200, {"status": "ready"})
+    assert "tokenproxy_vault_up 1.0" in await p.metrics()
     status, body, _ = await p.call("GET", f"/v1/tokens/{before['token']}", "billing")
     assert status == 200
     assert body["token"] == before["token"]

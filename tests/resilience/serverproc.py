@@ -57,8 +57,8 @@ class ServerProcess:
         """Authorization header for a client."""
         return {"Authorization": f"Bearer {self.keys[client]}"}
 
-    async def start(self, within: float = 30.0) -> None:
-        """Start on fresh ports and wait until /readyz answers 200."""
+    def launch(self) -> None:
+        """Start on fresh ports; does not wait for readiness."""
         listen, ops = free_port(), free_port()
         self.base, self.ops = f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{ops}"
         env = {
@@ -67,12 +67,17 @@ class ServerProcess:
             "TOKENPROXY_OPS_LISTEN": f"127.0.0.1:{ops}",
         }
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(  # noqa: ASYNC220 - started once, polled below
+            self.process = subprocess.Popen(
                 [sys.executable, "-m", "proxy", "serve"],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+
+    async def start(self, within: float = 30.0) -> None:
+        """Start on fresh ports and wait until /readyz answers 200."""
+        self.launch()
+        assert self.process is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         async with aiohttp.ClientSession() as http:

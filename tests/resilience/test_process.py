@@ -21,7 +21,7 @@ async def test_sigterm_finishes_in_flight_then_exits_zero(
     tmp_path: Path, faults: FaultProxy
 ) -> None:
     """On SIGTERM the listener closes, the slow in-flight request still gets its 201, exit 0."""
-    server = ServerProcess(tmp_path / "srv", faults.base_url, TOKENPROXY_SHUTDOWN_GRACE="10")
+    server = ServerProcess(tmp_path / "srv", faults.base_url)
     await server.start()
     faults.script(Fault.latency(1.5))
     async with aiohttp.ClientSession() as http:

@@ -14,6 +14,7 @@ from proxy.core.audit import append_event
 from proxy.infra.settings import Settings, SettingsError
 from proxy.web import authguard
 from proxy.web.authguard import FailureTallies, FailureThrottle, Tally
+from proxy.web.clientaddr import resolve
 from tests.conftest import RunningProxy, make_settings, running_proxy
 from vault import Vault
 
@@ -235,12 +236,8 @@ async def test_card_like_origin_is_recorded_as_its_digest(vault: Vault) -> None:
 def test_ipv6_sources_are_grouped_by_64() -> None:
     """Every address of one IPv6 /64 is one source; IPv4 and mapped IPv4 are themselves."""
 
-    class Request:
-        def __init__(self, remote: str | None) -> None:
-            self.remote = remote
-
     def source(remote: str | None) -> str:
-        return authguard.source_of(Request(remote))  # type: ignore[arg-type]
+        return authguard.source_key(resolve(remote, [], (), forwarded=False))
 
     assert source("2001:db8:1:2:aaaa::1") == source("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert source("2001:db8:1:3::1") != source("2001:db8:1:2::1")

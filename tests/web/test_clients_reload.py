@@ -120,10 +120,11 @@ async def test_broken_file_keeps_the_last_good_clients(proxy: RunningProxy) -> N
         assert key not in line
         assert digest(key) not in line
     # Fixed again: taken at the next look.
+    # Counted before the swap: the reload may come before the next scrape does.
+    before = reloads(await metrics_text(proxy), "success")
     fixed = path.with_name("clients.tmp")
     fixed.write_text(good)
     os.replace(fixed, path)
-    before = reloads(await metrics_text(proxy), "success")
 
     async def reloaded() -> bool:
         return reloads(await metrics_text(proxy), "success") > before

@@ -13,6 +13,7 @@ import pytest
 
 from proxy.cli.main import main
 from proxy.web.appkeys import SERVICES
+from proxy.web.readiness import READINESS
 from tests.conftest import RunningProxy
 from tests.proxy.test_rotation_load import cli
 from vault import LocalKekProvider
@@ -22,7 +23,8 @@ CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": 
 
 
 async def readyz(proxy: RunningProxy) -> tuple[int, dict[str, Any]]:
-    """Status and body of /readyz."""
+    """Status and body of /readyz, after a readiness check made now (not the next periodic one)."""
+    await proxy.app[READINESS].probe()
     async with proxy.http.get(proxy.ops + "/readyz") as resp:
         return resp.status, await resp.json()
 

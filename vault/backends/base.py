@@ -180,8 +180,12 @@ class Backend(Protocol):
     # True again after one succeeds: lets callers skip irreversible work while down.
     healthy: bool
 
-    async def migrate(self) -> int:
-        """Apply pending schema migrations; returns the schema version now in force."""
+    async def migrate(self, *, statement_timeout: float | None = None) -> int:
+        """Apply pending schema migrations; returns the schema version now in force.
+
+        ``statement_timeout`` bounds each statement (and the wait for the migration lock), not
+        the request timeout: a migration may rightly take minutes. None: the default.
+        """
         ...
 
     async def insert(self, record: RecordRow, dek: DekRow | None) -> None:
@@ -368,6 +372,10 @@ class Backend(Protocol):
 
     async def dek_on_version(self, version: int) -> DekRow | None:
         """One data key wrapped by ``version``, or None."""
+        ...
+
+    async def dek_version_range(self) -> tuple[int, int] | None:
+        """The lowest and highest KEK version wrapping a data key (index probes); None if none."""
         ...
 
     async def customer_record_sample(self) -> RecordRow | None:

@@ -168,6 +168,14 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin, Postgres
                 self._pool = pool
         return self._pool
 
+    def pool_usage(self) -> tuple[int, int] | None:
+        """(connections borrowed, connections open) of the pool; None before it exists."""
+        pool = self._pool
+        if pool is None:
+            return None
+        size = pool.get_size()
+        return size - pool.get_idle_size(), size
+
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
         conn.add_termination_listener(self._on_connection_lost)
 
@@ -197,21 +205,28 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin, Postgres
 
     # -- schema ---------------------------------------------------------------
 
-    async def migrate(self) -> int:
+    async def migrate(self, *, statement_timeout: float | None = None) -> int:
         """Apply pending migrations (:mod:`vault.migrations`) in one transaction under an
-        advisory lock per schema; safe from several processes."""
+        advisory lock per schema; safe from several processes.
+
+        Each statement, and the wait for the lock, is bounded by ``statement_timeout`` (default: the
+        request timeout, TOKENPROXY_DB_TIMEOUT), client-side and as the server's
+        ``statement_timeout``, so a long migration is not rolled back at every attempt."""
+        limit = self._command_timeout if statement_timeout is None else statement_timeout
 
         async def run(conn: asyncpg.Connection) -> int:
             async def execute(step: Statement) -> list[Any]:
                 if step.script:
                     # No arguments: the simple query protocol runs every statement in it.
-                    await conn.execute(step.sql)
+                    await conn.execute(step.sql, timeout=limit)
                     return []
-                rows: list[Any] = await conn.fetch(numbered(step.sql), *step.args)
+                rows: list[Any] = await conn.fetch(numbered(step.sql), *step.args, timeout=limit)
                 return rows
 
             async with conn.transaction():
-                await conn.execute(_MIGRATION_LOCK)
+                # SET LOCAL: ends with this transaction, the pooled session keeps its own.
+                await conn.execute(f"SET LOCAL statement_timeout = {int(limit * 1000)}")
+                await conn.execute(_MIGRATION_LOCK, timeout=limit)
                 return await drive_async(runner("postgres"), execute)
 
         return await self._run(run)
@@ -467,6 +482,11 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin, Postgres
         """One data key wrapped by ``version`` (walks the kek_version index)."""
         row = await self._fetchrow(SQL.dek_on_version, version)
         return DekRow(*row) if row else None
+
+    async def dek_version_range(self) -> tuple[int, int] | None:
+        """The lowest and highest KEK version wrapping a data key (the kek_version index's ends)."""
+        row = await self._fetchrow(SQL.dek_version_range)
+        return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
 
     async def customer_record_sample(self) -> RecordRow | None:
         """One record with a customer (walks the customer index)."""

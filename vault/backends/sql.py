@@ -49,6 +49,11 @@ class Statements:
         self.get_dek = p(f"SELECT {DEK_COLUMNS} FROM deks WHERE dek_id = ?")  # noqa: S608
         self.get_customer_dek = p(f"SELECT {DEK_COLUMNS} FROM deks WHERE customer_idx = ?")  # noqa: S608
         self.dek_on_version = p(f"SELECT {DEK_COLUMNS} FROM deks WHERE kek_version = ? LIMIT 1")  # noqa: S608
+        # Two index probes, no scan (start-up check): one aggregate per subquery, as SQLite
+        # reads a lone min() or max() off the index but scans for both in one SELECT.
+        self.dek_version_range = (
+            "SELECT (SELECT min(kek_version) FROM deks), (SELECT max(kek_version) FROM deks)"
+        )
         self.customer_record_sample = p(
             f"SELECT {RECORD_COLUMNS} FROM records WHERE customer_idx IS NOT NULL LIMIT 1"  # noqa: S608
         )

@@ -148,9 +148,11 @@ class SqliteBackend(SqliteLifecycleMixin, SqliteSyncMixin):
             return [StorageUnavailable("commit failed")] * len(ops)
         return outcomes
 
-    async def migrate(self) -> int:
+    async def migrate(self, *, statement_timeout: float | None = None) -> int:
         """Apply pending migrations (:mod:`vault.migrations`) in one write transaction,
-        whose BEGIN IMMEDIATE excludes other processes' writers; safe from several."""
+        whose BEGIN IMMEDIATE excludes other processes' writers; safe from several.
+
+        ``statement_timeout`` is unused: SQLite statements have no timeout to lift."""
 
         def execute(conn: sqlite3.Connection, step: Statement) -> list[Any]:
             if step.script:
@@ -491,6 +493,11 @@ class SqliteBackend(SqliteLifecycleMixin, SqliteSyncMixin):
         """One data key wrapped by ``version`` (walks the kek_version index)."""
         row = self._read_one(SQL.dek_on_version, (version,))
         return DekRow(*row) if row else None
+
+    async def dek_version_range(self) -> tuple[int, int] | None:
+        """The lowest and highest KEK version wrapping a data key (the kek_version index's ends)."""
+        row = self._read_one(SQL.dek_version_range, ())
+        return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
 
     async def customer_record_sample(self) -> RecordRow | None:
         """One record with a customer (walks the customer index)."""

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from proxy.core import customers
 from proxy.web.appkeys import SERVICES
+from proxy.web.clientaddr import client_address
 from proxy.web.middleware import authenticate
 
 _READ = frozenset({"read"})
@@ -41,6 +42,6 @@ async def erase_customer(request: web.Request) -> web.Response:
         request.app[SERVICES],
         request.match_info["customer_ref"],
         actor=client.name,
-        origin=request.remote,
+        origin=client_address(request),
     )
     return web.json_response(result)

@@ -7,6 +7,7 @@ from aiohttp import web
 from proxy.core import customers, tokens
 from proxy.core.audit import audited_resolve
 from proxy.web.appkeys import SERVICES
+from proxy.web.clientaddr import client_address
 from proxy.web.middleware import TOKEN_KEY, authenticate
 
 _SCOPES = frozenset({"read", "resolve"})
@@ -20,7 +21,7 @@ async def get_token(request: web.Request) -> web.Response:
     if "resolve" in client.scopes:
         # Fail closed: no partner reference leaves unless its audit event is durable.
         result = await audited_resolve(
-            request.app[SERVICES], token, actor=client.name, origin=request.remote
+            request.app[SERVICES], token, actor=client.name, origin=client_address(request)
         )
     else:
         result = await tokens.read_token(request.app[SERVICES], token, resolve=False)
@@ -33,7 +34,7 @@ async def delete_token(request: web.Request) -> web.Response:
     client = authenticate(request, _DELETE)
     token = request.match_info["token"]
     result = await customers.audited_delete(
-        request.app[SERVICES], token, actor=client.name, origin=request.remote
+        request.app[SERVICES], token, actor=client.name, origin=client_address(request)
     )
     request[TOKEN_KEY] = token  # only once known to be a token: the path could hold anything
     return web.json_response(result)
