@@ -8,6 +8,8 @@ kubernetes-validate, offline) and then for what this service needs.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ from tests.deploy.tools import DEPLOY
 ROOT = DEPLOY.parent
 K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.30.0"
+# Placeholders for the Secrets, kept beside the manifests and never applied with them.
+EXAMPLE = "secret.example.yaml"
 
 
 def _dockerfile() -> list[tuple[str, str]]:
@@ -117,6 +121,15 @@ def _k8s_docs() -> list[dict[str, Any]]:
     return docs
 
 
+def _applied_docs() -> list[dict[str, Any]]:
+    """The documents `kubectl apply -k deploy/k8s` applies: the kustomization's resources."""
+    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    docs = []
+    for name in listed:
+        docs.extend(d for d in yaml.safe_load_all((K8S / name).read_text()) if d)
+    return docs
+
+
 def _one(kind: str) -> dict[str, Any]:
     found = [d for d in _k8s_docs() if d["kind"] == kind and d["metadata"]["name"] == "tokenproxy"]
     assert len(found) == 1, kind
@@ -143,8 +156,34 @@ def test_manifests_validate_against_the_kubernetes_schemas() -> None:
             assert doc["metadata"]["namespace"] == "tokenproxy"
     listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
     assert sorted(listed) == sorted(
-        p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"
+        p.name for p in K8S.glob("*.yaml") if p.name not in {"kustomization.yaml", EXAMPLE}
     )
+
+
+def test_apply_k_never_applies_the_example_secret() -> None:
+    """`kubectl apply -k deploy/k8s` holds no Secret: placeholders never overwrite real ones."""
+    applied = _applied_docs()
+    assert {d["kind"] for d in applied} >= {"Deployment", "ConfigMap", "NetworkPolicy"}
+    assert all(d["kind"] != "Secret" for d in applied)
+    example = [d for d in yaml.safe_load_all((K8S / EXAMPLE).read_text()) if d]
+    assert example
+    assert {d["kind"] for d in example} == {"Secret"}
+
+
+def test_kubectl_kustomize_renders_no_secret() -> None:
+    """What kubectl itself renders from deploy/k8s holds no Secret (skipped without kubectl)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in _applied_docs()
+    )
+    assert all(d["kind"] != "Secret" for d in rendered)
 
 
 def test_schema_validation_catches_a_misspelt_field() -> None:
