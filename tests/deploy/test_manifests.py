@@ -114,11 +114,17 @@ def test_image_takes_secrets_from_mounted_files_and_checks_health_on_ops() -> No
 
 def _k8s_docs() -> list[dict[str, Any]]:
     docs = []
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted([*K8S.glob("*.yaml"), *(K8S / "jobs").glob("*.yaml")]):
         if path.name == "kustomization.yaml":
             continue
         docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
     return docs
+
+
+def _job(name: str) -> dict[str, Any]:
+    found = [d for d in _k8s_docs() if d["kind"] == "Job" and d["metadata"]["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
 
 
 def _applied_docs() -> list[dict[str, Any]]:
@@ -149,6 +155,9 @@ def test_manifests_validate_against_the_kubernetes_schemas() -> None:
         "NetworkPolicy",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
+        "Job",
+        "Role",
+        "RoleBinding",
     }
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -202,7 +211,8 @@ def test_deployment_is_locked_down_with_probes_on_the_ops_port() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert pod["automountServiceAccountToken"] is False
-    for container in pod["initContainers"] + pod["containers"]:
+    assert "initContainers" not in pod
+    for container in pod["containers"]:
         ctx = container["securityContext"]
         assert ctx["readOnlyRootFilesystem"] is True
         assert ctx["allowPrivilegeEscalation"] is False
@@ -217,15 +227,39 @@ def test_deployment_is_locked_down_with_probes_on_the_ops_port() -> None:
     assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
     assert main["startupProbe"]["httpGet"]["port"] == "ops"
-    # The key ring reaches the proxy through a memory volume with mode 0600 (see the manifest).
-    keyring_mount = next(m for m in main["volumeMounts"] if m["name"] == "keyring")
-    assert config["TOKENPROXY_KEYRING"].startswith(keyring_mount["mountPath"] + "/")
-    volume = next(v for v in pod["volumes"] if v["name"] == "keyring")
-    assert volume["emptyDir"]["medium"] == "Memory"
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert _one("Service")["spec"]["selector"].items() <= labels.items()
     assert _one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_key_ring_is_the_secret_volume_itself_so_rotations_reach_running_pods() -> None:
+    """The ring is read from its Secret's volume, mounted whole (kubelet updates it in place)."""
+    pod = _one("Deployment")["spec"]["template"]["spec"]
+    (main,) = pod["containers"]
+    config = _one("ConfigMap")["data"]
+    keyring_mount = next(m for m in main["volumeMounts"] if m["name"] == "keyring")
+    # kubelet never updates a subPath mount: the rotation would not arrive.
+    assert all("subPath" not in m and "subPathExpr" not in m for m in main["volumeMounts"])
+    assert config["TOKENPROXY_KEYRING"] == keyring_mount["mountPath"] + "/keyring.json"
+    volume = next(v for v in pod["volumes"] if v["name"] == "keyring")
+    assert volume["secret"]["secretName"] == "tokenproxy-keyring"
+    assert volume["secret"]["items"] == [{"key": "keyring.json", "path": "keyring.json"}]
+    # The layout the ring accepts (vault.keys.ring._secret_volume_file): root-owned,
+    # group fsGroup, which must be the process's own group, read-only.
+    context = pod["securityContext"]
+    assert context["fsGroup"] == context["runAsGroup"] == 10001
+    assert volume["secret"]["defaultMode"] & ~0o440 == 0
+    # Only the rotation Job may write the ring's Secret, and only that one.
+    role = next(d for d in _k8s_docs() if d["kind"] == "Role")
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["tokenproxy-keyring"],
+            "verbs": ["get", "patch"],
+        }
+    ]
 
 
 def test_autoscaler_and_disruption_budget_fit_together() -> None:
@@ -237,8 +271,121 @@ def test_autoscaler_and_disruption_budget_fit_together() -> None:
         "kind": "Deployment",
         "name": "tokenproxy",
     }
-    assert hpa["minReplicas"] > pdb["minAvailable"]
+    # A drain evicts one pod at a time however far the HPA scaled out.
+    assert pdb == {**pdb, "maxUnavailable": 1}
+    assert "minAvailable" not in pdb
+    assert hpa["minReplicas"] > pdb["maxUnavailable"]
     assert hpa["maxReplicas"] > hpa["minReplicas"]
+    # The HPA owns the count: an apply must not reset a scale-out.
+    assert "replicas" not in _one("Deployment")["spec"]
+
+
+def test_pods_spread_across_zones_and_nodes() -> None:
+    """A zone outage takes at most its share: zone spread is enforced, node spread preferred."""
+    pod = _one("Deployment")["spec"]["template"]["spec"]
+    spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    zone = spread["topology.kubernetes.io/zone"]
+    assert zone["whenUnsatisfiable"] == "DoNotSchedule"
+    assert zone["maxSkew"] == 1
+    assert spread["kubernetes.io/hostname"]["maxSkew"] == 1
+    labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    for constraint in spread.values():
+        assert constraint["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_shutdown_grace_outlasts_a_partner_call_and_fits_in_the_pod_grace() -> None:
+    """Partner worst case <= app grace, and preStop + app grace < terminationGracePeriod."""
+    config = _one("ConfigMap")["data"]
+    pod = _one("Deployment")["spec"]["template"]["spec"]
+    (main,) = pod["containers"]
+    worst_call = float(config["TOKENPROXY_PARTNER_TIMEOUT"]) + float(
+        config["TOKENPROXY_PARTNER_RETRY_BUDGET"]
+    )
+    grace = float(config["TOKENPROXY_SHUTDOWN_GRACE"])
+    pre_stop = main["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert worst_call <= grace
+    assert float(pre_stop[1]) + grace < pod["terminationGracePeriodSeconds"]
+
+
+def test_migrations_run_as_a_job_with_their_own_timeout_never_at_pod_start() -> None:
+    """The Deployment does not migrate; the migrate Job does, with a long statement timeout."""
+    config = _one("ConfigMap")["data"]
+    assert config["TOKENPROXY_MIGRATE_ON_START"] == "false"
+    job = _job("tokenproxy-migrate")
+    assert job["spec"]["activeDeadlineSeconds"] >= 600
+    assert job["spec"]["backoffLimit"] == 0
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["migrate"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert float(env["TOKENPROXY_DB_TIMEOUT"]) > float(config.get("TOKENPROXY_DB_TIMEOUT", "5"))
+    assert float(env["TOKENPROXY_DB_TIMEOUT"]) < job["spec"]["activeDeadlineSeconds"]
+    assert container["envFrom"] == [{"configMapRef": {"name": "tokenproxy"}}]
+
+
+def _same_image_and_lockdown(pod: dict[str, Any]) -> None:
+    deployment_image = _one("Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        ctx = container["securityContext"]
+        assert ctx["readOnlyRootFilesystem"] is True
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"]["drop"] == ["ALL"]
+        if container["image"].startswith("ghcr.io/casall/tokenproxy"):
+            assert container["image"] == deployment_image
+    labels = pod.get("labels", {})
+    assert labels.get("app.kubernetes.io/name") != "tokenproxy"
+
+
+@pytest.mark.parametrize("name", ["init", "rotate", "retire"])
+def test_key_ring_jobs_change_a_private_copy_and_patch_only_the_ring_secret(name: str) -> None:
+    """Ring changes run in the cluster: a memory copy, the CLI, a Secret patch; no laptop."""
+    job = _job(f"tokenproxy-keys-{name}")
+    template = job["spec"]["template"]
+    pod = template["spec"]
+    _same_image_and_lockdown(pod)
+    # Not selected by the Service, the PDB or the serving pods' policy.
+    assert template["metadata"]["labels"]["app.kubernetes.io/name"] == "tokenproxy-admin"
+    assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "keys"
+    # A failed publish is retried in the same pod, so the memory volume survives.
+    assert pod["restartPolicy"] == "OnFailure"
+    assert pod["serviceAccountName"] == "tokenproxy-keys"
+    (change,) = pod["initContainers"]
+    (publish,) = pod["containers"]
+    script = change["command"][2]
+    assert f"tokenproxy keys {name}" in script
+    env = {e["name"]: e.get("value") for e in change["env"]}
+    assert env["TOKENPROXY_KEYRING"] == "/work/keyring.json"
+    work = next(v for v in pod["volumes"] if v["name"] == "work")
+    assert work["emptyDir"]["medium"] == "Memory"
+    assert publish["args"] == [
+        "patch",
+        "secret",
+        "tokenproxy-keyring",
+        "--type=merge",
+        "--patch-file=/work/patch.json",
+    ]
+    # Only the publish step holds an API token.
+    mounts = {m["mountPath"] for m in publish["volumeMounts"]}
+    assert "/var/run/secrets/kubernetes.io/serviceaccount" in mounts
+    assert all(
+        not m["mountPath"].startswith("/var/run/secrets/kubernetes.io")
+        for m in change["volumeMounts"]
+    )
+    if name != "init":
+        assert "install -m 0600 /run/secrets/tokenproxy-keyring/keyring.json" in script
+
+
+def test_rewrap_job_reads_the_ring_from_its_secret() -> None:
+    """`keys rewrap` runs in the cluster with the ring as the serving pods see it."""
+    pod = _job("tokenproxy-keys-rewrap")["spec"]["template"]["spec"]
+    _same_image_and_lockdown(pod)
+    (container,) = pod["containers"]
+    assert container["args"] == ["keys", "rewrap"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "keyring")
+    assert volume["secret"]["secretName"] == "tokenproxy-keyring"
 
 
 def test_network_policy_admits_only_the_callers_and_reaches_only_partner_db_dns() -> None:
