@@ -466,3 +466,29 @@ def test_compose_stack_wires_proxy_database_prometheus_and_grafana() -> None:
         (DEPLOY / "compose/grafana/provisioning/datasources/prometheus.yml").read_text()
     )
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+# PostgreSQL's default max_connections (100) less its superuser_reserved_connections (3).
+POSTGRES_CONNECTIONS = 100 - 3
+
+
+def test_database_connections_fit_postgresql_defaults_at_full_scale() -> None:
+    """(HPA maximum + surge) x pool, plus every Job's pool, stays within max_connections."""
+    config = _one("ConfigMap")["data"]
+    deployment = _one("Deployment")["spec"]
+    hpa = _one("HorizontalPodAutoscaler")["spec"]
+    surge = deployment["strategy"]["rollingUpdate"]["maxSurge"]
+    assert isinstance(surge, int)
+    pods = hpa["maxReplicas"] + surge
+    serving = pods * int(config["TOKENPROXY_DB_POOL_MAX"])
+    jobs = 0
+    for doc in _k8s_docs():
+        if doc["kind"] != "Job":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            if container["image"].startswith("ghcr.io/casall/tokenproxy"):
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                jobs = max(jobs, int(env["TOKENPROXY_DB_POOL_MAX"]))
+    # A migration or ring change may overlap a rewrap: two Jobs at once.
+    assert serving + 2 * jobs <= POSTGRES_CONNECTIONS
