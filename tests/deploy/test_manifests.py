@@ -389,7 +389,7 @@ def test_rewrap_job_reads_the_ring_from_its_secret() -> None:
 
 
 def test_network_policy_admits_only_the_callers_and_reaches_only_partner_db_dns() -> None:
-    """Ingress: checkout/billing/order on the API, Prometheus on ops; egress: 443, 5432, 53."""
+    """Ingress: the callers and the ingress controller on the API, Prometheus on ops."""
     docs = [d for d in _k8s_docs() if d["kind"] == "NetworkPolicy"]
     deny = next(d for d in docs if d["metadata"]["name"] == "default-deny")
     assert deny["spec"]["podSelector"] == {}
@@ -403,7 +403,21 @@ def test_network_policy_admits_only_the_callers_and_reaches_only_partner_db_dns(
         }
         for port in rule["ports"]:
             by_port.setdefault(port["port"], set()).update(namespaces)
-    assert by_port == {8080: {"checkout", "billing", "order"}, 9090: {"monitoring"}}
+    assert by_port == {
+        8080: {"checkout", "billing", "order", "ingress-nginx"},
+        9090: {"monitoring"},
+    }
+    # From the ingress namespace only the controller's pods, never every pod there.
+    ingress_peers = [
+        peer
+        for rule in policy["ingress"]
+        for peer in rule["from"]
+        if peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        == "ingress-nginx"
+    ]
+    assert [p["podSelector"]["matchLabels"] for p in ingress_peers] == [
+        {"app.kubernetes.io/name": "ingress-nginx"}
+    ]
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
     assert egress_ports == {("TCP", 443), ("TCP", 5432), ("UDP", 53), ("TCP", 53)}
     public = next(r for r in policy["egress"] if any("ipBlock" in t for t in r["to"]))
