@@ -7,9 +7,11 @@ kubernetes-validate, offline) and then for what this service needs.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +48,14 @@ def _final_stage() -> list[tuple[str, str]]:
 
 
 def test_dockerfile_is_multi_stage_on_a_pinned_slim_base() -> None:
-    """Two stages or more, every base pinned (no :latest), the default base slim."""
+    """Two stages or more, every base pinned by digest (a tag moves), the default base slim."""
     steps = _dockerfile()
     froms = [args for ins, args in steps if ins == "FROM"]
     assert len(froms) >= 2
     base = next(args for ins, args in steps if ins == "ARG" and args.startswith("PYTHON_IMAGE="))
     image = base.split("=", 1)[1]
     assert "slim" in image
-    assert ":" in image
-    assert not image.endswith(":latest")
+    assert re.fullmatch(r"python:[\w.-]+@sha256:[0-9a-f]{64}", image), image
     assert all(f.startswith("${PYTHON_IMAGE}") for f in froms)
 
 
@@ -69,10 +70,39 @@ def test_final_stage_runs_as_an_unprivileged_user_without_build_tools() -> None:
     last_user = max(i for i, (ins, _) in enumerate(final) if ins == "USER")
     assert all(ins != "RUN" for ins, _ in final[last_user:])
     runs = " ".join(args for ins, args in final if ins == "RUN")
-    for tool in ("apt-get", "pip ", "gcc", "build-essential", "curl", "wget"):
+    for tool in ("apt-get", "pip install", "gcc", "build-essential", "curl", "wget"):
         assert tool not in runs, tool
     copies = [args for ins, args in final if ins == "COPY"]
-    assert copies == ["--from=build /opt/tokenproxy /opt/tokenproxy"]
+    assert copies == [
+        "--from=build /usr/bin/tini-static /usr/bin/tini",
+        "--from=build /opt/tokenproxy /opt/tokenproxy",
+    ]
+
+
+def test_final_stage_removes_the_base_images_pip_and_setuptools() -> None:
+    """Nothing of the base's installer tooling (pip, setuptools, wheel, ensurepip) is left."""
+    final = _final_stage()
+    removed = " ".join(args for ins, args in final if ins == "RUN" and args.startswith("rm -rf"))
+    for path in (
+        "site-packages/pip ",
+        "site-packages/setuptools ",
+        "site-packages/pkg_resources ",
+        "site-packages/wheel ",
+        "/ensurepip ",
+        "/usr/local/bin/pip ",
+        "/usr/local/bin/pip3* ",
+    ):
+        assert path in removed + " ", path
+
+
+def test_pid_1_is_an_init_that_forwards_sigterm() -> None:
+    """tini (pinned, from the build stage) runs as PID 1 and execs the proxy, exec form."""
+    steps = _dockerfile()
+    (entrypoint,) = [args for ins, args in _final_stage() if ins == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == ["/usr/bin/tini", "--", "tokenproxy"]
+    installs = " ".join(args for ins, args in steps if ins == "RUN" and "apt-get install" in args)
+    assert re.search(r"\btini=[0-9][\w.+~-]*", installs)
+    assert ("STOPSIGNAL", "SIGTERM") in _final_stage()
 
 
 def test_dockerfile_follows_hadolint_rules() -> None:
@@ -88,10 +118,52 @@ def test_dockerfile_follows_hadolint_rules() -> None:
             assert args.startswith("/")
 
 
-def test_image_installs_the_postgres_extra() -> None:
-    """The image can open a postgresql:// vault: its pip install names the postgres extra."""
-    installs = [args for ins, args in _dockerfile() if ins == "RUN" and "pip install" in args]
-    assert any('".[postgres]"' in args for args in installs)
+_PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) \\$")
+
+
+def _lock(name: str) -> dict[str, list[str]]:
+    """A `make lock` file: package name -> its sha256 hashes."""
+    pins: dict[str, list[str]] = {}
+    current = ""
+    for line in (DEPLOY / "docker" / name).read_text().splitlines():
+        match = _PIN_RE.match(line)
+        if match:
+            current = match.group(1).lower().replace("_", "-")
+            pins[current] = []
+        elif line.strip().startswith("--hash=sha256:"):
+            pins[current].append(line.strip())
+    return pins
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_image_installs_only_hashed_pins_including_the_postgres_and_kms_extras() -> None:
+    """Every install is from a hashed lock; the lock pins the runtime deps, postgres and kms."""
+    steps = _dockerfile()
+    installs = [args for ins, args in steps if ins == "RUN" and "pip" in args and "install" in args]
+    assert any("--require-hashes" in a and "-r requirements.lock" in a for a in installs)
+    assert any("--require-hashes" in a and "-r build-requirements.lock" in a for a in installs)
+    # The project's own wheel is built from the copied source, with no index access.
+    assert any("--no-build-isolation" in a for ins, a in steps if ins == "RUN")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    wanted = _requirement_names(
+        project["dependencies"]
+        + project["optional-dependencies"]["postgres"]
+        + project["optional-dependencies"]["kms"]
+    )
+    lock = _lock("requirements.lock")
+    assert {"asyncpg", "boto3"} <= wanted <= set(lock)
+    assert all(hashes for hashes in lock.values())
+    build = _lock("build-requirements.lock")
+    assert _requirement_names(pyproject["build-system"]["requires"]) == set(build)
+    assert all(hashes for hashes in build.values())
+    copied = " ".join(args for ins, args in steps if ins == "COPY")
+    assert "deploy/docker/requirements.lock" in copied
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "!deploy/docker/*.lock" in ignored[ignored.index("deploy") :]
 
 
 def test_image_takes_secrets_from_mounted_files_and_checks_health_on_ops() -> None:
