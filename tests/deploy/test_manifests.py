@@ -461,7 +461,8 @@ def test_rewrap_job_reads_the_ring_from_its_secret() -> None:
 
 
 def test_network_policy_admits_only_the_callers_and_reaches_only_partner_db_dns() -> None:
-    """Ingress: the callers and the ingress controller on the API, Prometheus on ops."""
+    """Ingress: the callers and the ingress controller on the API, Prometheus on ops; egress:
+    the database (in the cluster or private) and DNS."""
     docs = [d for d in _k8s_docs() if d["kind"] == "NetworkPolicy"]
     deny = next(d for d in docs if d["metadata"]["name"] == "default-deny")
     assert deny["spec"]["podSelector"] == {}
@@ -491,9 +492,76 @@ def test_network_policy_admits_only_the_callers_and_reaches_only_partner_db_dns(
         {"app.kubernetes.io/name": "ingress-nginx"}
     ]
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
-    assert egress_ports == {("TCP", 443), ("TCP", 5432), ("UDP", 53), ("TCP", 53)}
-    public = next(r for r in policy["egress"] if any("ipBlock" in t for t in r["to"]))
-    assert "10.0.0.0/8" in public["to"][0]["ipBlock"]["except"]
+    assert egress_ports == {("TCP", 5432), ("UDP", 53), ("TCP", 53)}
+    # A managed PostgreSQL at a private address is reachable, not only an in-cluster one.
+    (database,) = [r for r in policy["egress"] if r["ports"][0]["port"] == 5432]
+    blocks = {t["ipBlock"]["cidr"] for t in database["to"] if "ipBlock" in t}
+    assert blocks == {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"}
+
+
+def _https_egress() -> dict[str, Any]:
+    (policy,) = [
+        d
+        for d in _applied_docs()
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "tokenproxy-egress-https"
+    ]
+    return policy
+
+
+def test_https_egress_reaches_public_and_private_443_but_never_link_local() -> None:
+    """Partner and public KMS on 443; a private KMS endpoint too; instance metadata never."""
+    policy = _https_egress()
+    pods = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pods.items()
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    rules = policy["spec"]["egress"]
+    assert {(p["protocol"], p["port"]) for r in rules for p in r["ports"]} == {("TCP", 443)}
+    public = next(
+        t["ipBlock"] for r in rules for t in r["to"] if t["ipBlock"]["cidr"] == "0.0.0.0/0"
+    )
+    assert {"10.0.0.0/8", "169.254.0.0/16"} <= set(public["except"])
+    private = {t["ipBlock"]["cidr"] for r in rules for t in r["to"]} - {"0.0.0.0/0"}
+    assert private == {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"}
+    assert all("169.254" not in cidr for cidr in private)
+
+
+FQDN = ROOT / "deploy" / "k8s-egress-fqdn"
+
+
+def test_fqdn_overlay_allows_https_only_to_the_partner_and_kms_by_name() -> None:
+    """The Cilium overlay drops the broad 443 policy and names api.stripe.com and AWS KMS."""
+    kustomization = yaml.safe_load((FQDN / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["../k8s", "cilium-fqdn.yaml"]
+    (patch,) = kustomization["patches"]
+    deleted = yaml.safe_load(patch["patch"])
+    assert deleted["$patch"] == "delete"
+    assert deleted["metadata"]["name"] == _https_egress()["metadata"]["name"]
+    policy = yaml.safe_load((FQDN / "cilium-fqdn.yaml").read_text())
+    pods = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["endpointSelector"]["matchLabels"].items() <= pods.items()
+    by_name = next(r for r in policy["spec"]["egress"] if "toFQDNs" in r)
+    names = {n.get("matchName") or n.get("matchPattern") for n in by_name["toFQDNs"]}
+    assert {"api.stripe.com", "kms.*.amazonaws.com"} <= names
+    assert by_name["toPorts"] == [{"ports": [{"port": "443", "protocol": "TCP"}]}]
+    # toFQDNs only works when DNS goes through Cilium's proxy.
+    dns = next(r for r in policy["spec"]["egress"] if "toEndpoints" in r)
+    assert dns["toPorts"][0]["rules"]["dns"]
+
+
+def test_kubectl_renders_the_fqdn_overlay_without_the_broad_policy() -> None:
+    """kubectl kustomize deploy/k8s-egress-fqdn: base + Cilium policy, minus the 443 policy."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(FQDN)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(out.stdout) if d}
+    base = {(d["kind"], d["metadata"]["name"]) for d in _applied_docs()}
+    assert rendered == base - {("NetworkPolicy", "tokenproxy-egress-https")} | {
+        ("CiliumNetworkPolicy", "tokenproxy-egress-fqdn")
+    }
 
 
 def _settings_read() -> set[str]:
