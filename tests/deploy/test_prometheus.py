@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 import subprocess
@@ -279,3 +280,32 @@ def test_rule_tests_never_pad_counters_with_leading_zeros() -> None:
                 assert le_zero or not re.match(r"0(\D|$)", first), series["series"]
                 checked += 1
     assert checked > 20
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each dashboard expression (as a recording rule, $job set to .*)."""
+    dashboard = json.loads((DEPLOY / "grafana" / "tokenproxy.json").read_text())
+    exprs = [
+        target["expr"].replace("$job", ".*")
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+    assert len(exprs) > 30
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:q{i}", "expr": e} for i, e in enumerate(exprs)],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard.yml"
+    path.write_text(yaml.safe_dump(rules))
+    out = subprocess.run(
+        [require("promtool"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
