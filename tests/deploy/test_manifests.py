@@ -646,3 +646,43 @@ def test_database_connections_fit_postgresql_defaults_at_full_scale() -> None:
                 jobs = max(jobs, int(env["TOKENPROXY_DB_POOL_MAX"]))
     # A migration or ring change may overlap a rewrap: two Jobs at once.
     assert serving + 2 * jobs <= POSTGRES_CONNECTIONS
+
+
+def _pods() -> list[tuple[str, dict[str, Any]]]:
+    pods = [("Deployment", _one("Deployment")["spec"]["template"]["spec"])]
+    pods += [
+        (d["metadata"]["name"], d["spec"]["template"]["spec"])
+        for d in _k8s_docs()
+        if d["kind"] == "Job"
+    ]
+    return pods
+
+
+def test_every_file_a_container_is_told_to_read_is_mounted() -> None:
+    """Key ring, secrets' _FILE settings: each path lies in a mounted volume that holds it."""
+    config = _one("ConfigMap")["data"]
+    checked = 0
+    for name, pod in _pods():
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            if not container["image"].startswith("ghcr.io/casall/tokenproxy"):
+                continue
+            env = dict(config)
+            env.update({e["name"]: e["value"] for e in container.get("env", [])})
+            files = {
+                k: v for k, v in env.items() if (k.endswith("_FILE") or k == "TOKENPROXY_KEYRING")
+            }
+            for setting, path in files.items():
+                if not path or path.startswith("/work/"):
+                    continue  # switched off, or written by the Job itself
+                mount = next(
+                    (m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")),
+                    None,
+                )
+                assert mount is not None, f"{name}/{container['name']}: {setting}={path}"
+                secret = volumes[mount["name"]].get("secret")
+                if secret is not None and "items" in secret:
+                    inside = path.removeprefix(mount["mountPath"] + "/")
+                    assert inside in {i["path"] for i in secret["items"]}, f"{name}: {setting}"
+                checked += 1
+    assert checked >= 8
