@@ -686,3 +686,11 @@ def test_every_file_a_container_is_told_to_read_is_mounted() -> None:
                     assert inside in {i["path"] for i in secret["items"]}, f"{name}: {setting}"
                 checked += 1
     assert checked >= 8
+
+
+def test_operations_doc_shows_the_fqdn_policy_exactly_as_shipped() -> None:
+    """The CiliumNetworkPolicy in docs/operations.md is the file the overlay applies."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
+    shipped = yaml.safe_load((FQDN / "cilium-fqdn.yaml").read_text())
+    assert shipped in [yaml.safe_load(block) for block in blocks]
