@@ -432,6 +432,8 @@ def test_key_ring_jobs_change_a_private_copy_and_patch_only_the_ring_secret(name
     assert env["TOKENPROXY_KEYRING"] == "/work/keyring.json"
     work = next(v for v in pod["volumes"] if v["name"] == "work")
     assert work["emptyDir"]["medium"] == "Memory"
+    # Pinned by digest, like the image's base: this container holds an API token.
+    assert re.search(r"@sha256:[0-9a-f]{64}$", publish["image"])
     assert publish["args"] == [
         "patch",
         "secret",
