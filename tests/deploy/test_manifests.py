@@ -493,6 +493,10 @@ def test_network_policy_admits_only_the_callers_and_reaches_only_partner_db_dns(
     assert [p["podSelector"]["matchLabels"] for p in ingress_peers] == [
         {"app.kubernetes.io/name": "ingress-nginx"}
     ]
+    # The ingress is the one peer whose forwarding header the proxy believes.
+    trusted = _one("ConfigMap")["data"]["TOKENPROXY_TRUSTED_PROXIES"].split(",")
+    assert trusted
+    assert all(n.strip() not in {"0.0.0.0/0", "::/0"} for n in trusted)
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
     assert egress_ports == {("TCP", 5432), ("UDP", 53), ("TCP", 53)}
     # A managed PostgreSQL at a private address is reachable, not only an in-cluster one.
