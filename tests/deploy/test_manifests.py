@@ -661,11 +661,16 @@ def _pods() -> list[tuple[str, dict[str, Any]]]:
         for d in _k8s_docs()
         if d["kind"] == "Job"
     ]
+    pods += [
+        (d["metadata"]["name"], d["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+        for d in _k8s_docs()
+        if d["kind"] == "CronJob"
+    ]
     return pods
 
 
 def test_every_file_a_container_is_told_to_read_is_mounted() -> None:
-    """Key ring, secrets' _FILE settings: each path lies in a mounted volume that holds it."""
+    """Key ring and _FILE settings of every pod, Job and CronJob lie in a volume holding them."""
     config = _one("ConfigMap")["data"]
     checked = 0
     for name, pod in _pods():
