@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vault import KeyRingMismatch, Vault
 from vault.crypto import new_key
 from vault.errors import KeyRingError, UnknownKeyVersion
 from vault.keys.ring import (
@@ -183,3 +184,28 @@ def test_a_kubelet_secret_volume_of_the_service_group_loads_and_follows_a_swap(
         assert serving.active_version == 2
     finally:
         os.setegid(0)
+
+
+async def test_a_serving_vault_follows_a_rotation_recorded_by_a_job_once_its_volume_updates(
+    vault_url: str, tmp_path: Path, scratch: Path
+) -> None:
+    """The ring check (what /readyz runs) fails only until kubelet swaps the ring in."""
+    ring_file = scratch / "keyring.json"
+    init_keyring(ring_file)
+    mount = tmp_path / "secret"
+    publish(mount, {"keyring.json": ring_file.read_bytes()})
+    serving = await Vault.open(vault_url, LocalKekProvider.from_file(mount / "keyring.json"))
+    try:
+        await serving.check_key_ring()
+        # The rotation Job: its own copy of the ring, rotated and recorded in the vault.
+        rotate_keyring(ring_file)
+        job = await Vault.open(vault_url, LocalKekProvider.from_file(ring_file))
+        await job.close()
+        with pytest.raises(KeyRingMismatch, match="lacks key version 2"):
+            await serving.check_key_ring()
+        # kubelet publishes the patched Secret; nothing else touches the serving process.
+        publish(mount, {"keyring.json": ring_file.read_bytes()})
+        await serving.check_key_ring()
+        assert serving.keys.active_version == 2
+    finally:
+        await serving.close()
