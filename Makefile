@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck floors bench fuzz clean
+.PHONY: run test lint typecheck floors bench fuzz clean lock
 
 # The client (clients/python) and the sandbox partner (sandbox/) are distributions of
 # their own, installed editable beside the service so the tests drive them for real.
@@ -75,3 +75,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(FLOORS) var .pytest_cache .mypy_cache .ruff_cache .coverage
+
+# The container image's lock files (hashed pins for linux, every wheel of each version);
+# rerun after changing dependencies in pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra postgres --extra kms --generate-hashes \
+	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	  --custom-compile-command "make lock" -o deploy/docker/requirements.lock
+	$(BIN)/uv pip compile deploy/docker/build-requirements.in --generate-hashes \
+	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	  --custom-compile-command "make lock" -o deploy/docker/build-requirements.lock

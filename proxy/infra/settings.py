@@ -7,11 +7,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import quote
 
 from proxy.domain.origins import OriginError, parse_origin_list
 from vault.errors import VaultUrlError
 from vault.retention import RetentionPolicy
-from vault.urls import check_vault_url, describe_vault_url
+from vault.urls import POSTGRES_PREFIXES, check_vault_url, describe_vault_url
 
 
 class SettingsError(Exception):
@@ -69,6 +70,31 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
             raise SettingsError(f"{name}_FILE is empty: {path}")
         return value
     return env.get(name) or None
+
+
+def _with_database_password(url: str, path: str) -> str:
+    """``url`` with the PostgreSQL password read from ``path`` (the URL itself holds none)."""
+    name = "TOKENPROXY_DATABASE_PASSWORD_FILE"
+    if not url.startswith(POSTGRES_PREFIXES):
+        raise SettingsError(f"{name} needs a postgresql:// TOKENPROXY_VAULT_URL")
+    scheme, _, rest = url.partition("://")
+    userinfo, at, hostpart = rest.partition("@")
+    if not at or not userinfo:
+        raise SettingsError(
+            f"{name}: TOKENPROXY_VAULT_URL must name the user (postgresql://USER@HOST/DB)"
+        )
+    if ":" in userinfo:
+        raise SettingsError(f"{name}: TOKENPROXY_VAULT_URL already holds a password; remove it")
+    try:
+        # Only line ends are trimmed: spaces may be part of a password.
+        password = Path(path).read_bytes().decode("utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise SettingsError(f"{name} cannot be read: {path} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{name} is not UTF-8 text: {path}") from None
+    if not password:
+        raise SettingsError(f"{name} is empty: {path}")
+    return f"{scheme}://{userinfo}:{quote(password, safe='')}@{hostpart}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +186,10 @@ class Settings:
                     f"TOKENPROXY_VAULT_URL: {exc}; got a value starting {url[:12]!r}"
                 ) from None
             kwargs["vault_url"] = url
+        if env.get("TOKENPROXY_DATABASE_PASSWORD_FILE"):
+            kwargs["vault_url"] = _with_database_password(
+                str(kwargs.get("vault_url", "")), env["TOKENPROXY_DATABASE_PASSWORD_FILE"]
+            )
         if "TOKENPROXY_KEYRING" in env:
             kwargs["keyring_path"] = Path(env["TOKENPROXY_KEYRING"])
         if "TOKENPROXY_CLIENTS" in env:
@@ -492,6 +522,8 @@ def _webhook_settings(env: Mapping[str, str]) -> dict[str, object]:
             "TOKENPROXY_STRIPE_WEBHOOK_SECRET_FILE: every line must be a whsec_ signing secret"
         )
     return {"stripe_webhook_secrets": found}
+
+
 def _trusted_proxy_settings(env: Mapping[str, str]) -> dict[str, object]:
     """TOKENPROXY_TRUSTED_PROXIES (CIDRs) and TOKENPROXY_FORWARDED_HEADER."""
     out: dict[str, object] = {}

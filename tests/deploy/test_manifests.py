@@ -7,7 +7,11 @@ kubernetes-validate, offline) and then for what this service needs.
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +19,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from proxy.infra.settings import Settings
 from tests.deploy.tools import DEPLOY
 
 ROOT = DEPLOY.parent
 K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.30.0"
+# Placeholders for the Secrets, kept beside the manifests and never applied with them.
+EXAMPLE = "secret.example.yaml"
 
 
 def _dockerfile() -> list[tuple[str, str]]:
@@ -42,15 +49,14 @@ def _final_stage() -> list[tuple[str, str]]:
 
 
 def test_dockerfile_is_multi_stage_on_a_pinned_slim_base() -> None:
-    """Two stages or more, every base pinned (no :latest), the default base slim."""
+    """Two stages or more, every base pinned by digest (a tag moves), the default base slim."""
     steps = _dockerfile()
     froms = [args for ins, args in steps if ins == "FROM"]
     assert len(froms) >= 2
     base = next(args for ins, args in steps if ins == "ARG" and args.startswith("PYTHON_IMAGE="))
     image = base.split("=", 1)[1]
     assert "slim" in image
-    assert ":" in image
-    assert not image.endswith(":latest")
+    assert re.fullmatch(r"python:[\w.-]+@sha256:[0-9a-f]{64}", image), image
     assert all(f.startswith("${PYTHON_IMAGE}") for f in froms)
 
 
@@ -65,10 +71,39 @@ def test_final_stage_runs_as_an_unprivileged_user_without_build_tools() -> None:
     last_user = max(i for i, (ins, _) in enumerate(final) if ins == "USER")
     assert all(ins != "RUN" for ins, _ in final[last_user:])
     runs = " ".join(args for ins, args in final if ins == "RUN")
-    for tool in ("apt-get", "pip ", "gcc", "build-essential", "curl", "wget"):
+    for tool in ("apt-get", "pip install", "gcc", "build-essential", "curl", "wget"):
         assert tool not in runs, tool
     copies = [args for ins, args in final if ins == "COPY"]
-    assert copies == ["--from=build /opt/tokenproxy /opt/tokenproxy"]
+    assert copies == [
+        "--from=build /usr/bin/tini-static /usr/bin/tini",
+        "--from=build /opt/tokenproxy /opt/tokenproxy",
+    ]
+
+
+def test_final_stage_removes_the_base_images_pip_and_setuptools() -> None:
+    """Nothing of the base's installer tooling (pip, setuptools, wheel, ensurepip) is left."""
+    final = _final_stage()
+    removed = " ".join(args for ins, args in final if ins == "RUN" and args.startswith("rm -rf"))
+    for path in (
+        "site-packages/pip ",
+        "site-packages/setuptools ",
+        "site-packages/pkg_resources ",
+        "site-packages/wheel ",
+        "/ensurepip ",
+        "/usr/local/bin/pip ",
+        "/usr/local/bin/pip3* ",
+    ):
+        assert path in removed + " ", path
+
+
+def test_pid_1_is_an_init_that_forwards_sigterm() -> None:
+    """tini (pinned, from the build stage) runs as PID 1 and execs the proxy, exec form."""
+    steps = _dockerfile()
+    (entrypoint,) = [args for ins, args in _final_stage() if ins == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == ["/usr/bin/tini", "--", "tokenproxy"]
+    installs = " ".join(args for ins, args in steps if ins == "RUN" and "apt-get install" in args)
+    assert re.search(r"\btini=[0-9][\w.+~-]*", installs)
+    assert ("STOPSIGNAL", "SIGTERM") in _final_stage()
 
 
 def test_dockerfile_follows_hadolint_rules() -> None:
@@ -84,10 +119,52 @@ def test_dockerfile_follows_hadolint_rules() -> None:
             assert args.startswith("/")
 
 
-def test_image_installs_the_postgres_extra() -> None:
-    """The image can open a postgresql:// vault: its pip install names the postgres extra."""
-    installs = [args for ins, args in _dockerfile() if ins == "RUN" and "pip install" in args]
-    assert any('".[postgres]"' in args for args in installs)
+_PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) \\$")
+
+
+def _lock(name: str) -> dict[str, list[str]]:
+    """A `make lock` file: package name -> its sha256 hashes."""
+    pins: dict[str, list[str]] = {}
+    current = ""
+    for line in (DEPLOY / "docker" / name).read_text().splitlines():
+        match = _PIN_RE.match(line)
+        if match:
+            current = match.group(1).lower().replace("_", "-")
+            pins[current] = []
+        elif line.strip().startswith("--hash=sha256:"):
+            pins[current].append(line.strip())
+    return pins
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_image_installs_only_hashed_pins_including_the_postgres_and_kms_extras() -> None:
+    """Every install is from a hashed lock; the lock pins the runtime deps, postgres and kms."""
+    steps = _dockerfile()
+    installs = [args for ins, args in steps if ins == "RUN" and "pip" in args and "install" in args]
+    assert any("--require-hashes" in a and "-r requirements.lock" in a for a in installs)
+    assert any("--require-hashes" in a and "-r build-requirements.lock" in a for a in installs)
+    # The project's own wheel is built from the copied source, with no index access.
+    assert any("--no-build-isolation" in a for ins, a in steps if ins == "RUN")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    wanted = _requirement_names(
+        project["dependencies"]
+        + project["optional-dependencies"]["postgres"]
+        + project["optional-dependencies"]["kms"]
+    )
+    lock = _lock("requirements.lock")
+    assert {"asyncpg", "boto3"} <= wanted <= set(lock)
+    assert all(hashes for hashes in lock.values())
+    build = _lock("build-requirements.lock")
+    assert _requirement_names(pyproject["build-system"]["requires"]) == set(build)
+    assert all(hashes for hashes in build.values())
+    copied = " ".join(args for ins, args in steps if ins == "COPY")
+    assert "deploy/docker/requirements.lock" in copied
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "!deploy/docker/*.lock" in ignored[ignored.index("deploy") :]
 
 
 def test_image_takes_secrets_from_mounted_files_and_checks_health_on_ops() -> None:
@@ -110,10 +187,25 @@ def test_image_takes_secrets_from_mounted_files_and_checks_health_on_ops() -> No
 
 def _k8s_docs() -> list[dict[str, Any]]:
     docs = []
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted([*K8S.glob("*.yaml"), *(K8S / "jobs").glob("*.yaml")]):
         if path.name == "kustomization.yaml":
             continue
         docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return docs
+
+
+def _job(name: str) -> dict[str, Any]:
+    found = [d for d in _k8s_docs() if d["kind"] == "Job" and d["metadata"]["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def _applied_docs() -> list[dict[str, Any]]:
+    """The documents `kubectl apply -k deploy/k8s` applies: the kustomization's resources."""
+    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    docs = []
+    for name in listed:
+        docs.extend(d for d in yaml.safe_load_all((K8S / name).read_text()) if d)
     return docs
 
 
@@ -136,6 +228,9 @@ def test_manifests_validate_against_the_kubernetes_schemas() -> None:
         "NetworkPolicy",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
+        "Job",
+        "Role",
+        "RoleBinding",
     }
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -143,8 +238,34 @@ def test_manifests_validate_against_the_kubernetes_schemas() -> None:
             assert doc["metadata"]["namespace"] == "tokenproxy"
     listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
     assert sorted(listed) == sorted(
-        p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"
+        p.name for p in K8S.glob("*.yaml") if p.name not in {"kustomization.yaml", EXAMPLE}
     )
+
+
+def test_apply_k_never_applies_the_example_secret() -> None:
+    """`kubectl apply -k deploy/k8s` holds no Secret: placeholders never overwrite real ones."""
+    applied = _applied_docs()
+    assert {d["kind"] for d in applied} >= {"Deployment", "ConfigMap", "NetworkPolicy"}
+    assert all(d["kind"] != "Secret" for d in applied)
+    example = [d for d in yaml.safe_load_all((K8S / EXAMPLE).read_text()) if d]
+    assert example
+    assert {d["kind"] for d in example} == {"Secret"}
+
+
+def test_kubectl_kustomize_renders_no_secret() -> None:
+    """What kubectl itself renders from deploy/k8s holds no Secret (skipped without kubectl)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in _applied_docs()
+    )
+    assert all(d["kind"] != "Secret" for d in rendered)
 
 
 def test_schema_validation_catches_a_misspelt_field() -> None:
@@ -163,7 +284,8 @@ def test_deployment_is_locked_down_with_probes_on_the_ops_port() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert pod["automountServiceAccountToken"] is False
-    for container in pod["initContainers"] + pod["containers"]:
+    assert "initContainers" not in pod
+    for container in pod["containers"]:
         ctx = container["securityContext"]
         assert ctx["readOnlyRootFilesystem"] is True
         assert ctx["allowPrivilegeEscalation"] is False
@@ -178,15 +300,39 @@ def test_deployment_is_locked_down_with_probes_on_the_ops_port() -> None:
     assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
     assert main["startupProbe"]["httpGet"]["port"] == "ops"
-    # The key ring reaches the proxy through a memory volume with mode 0600 (see the manifest).
-    keyring_mount = next(m for m in main["volumeMounts"] if m["name"] == "keyring")
-    assert config["TOKENPROXY_KEYRING"].startswith(keyring_mount["mountPath"] + "/")
-    volume = next(v for v in pod["volumes"] if v["name"] == "keyring")
-    assert volume["emptyDir"]["medium"] == "Memory"
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert _one("Service")["spec"]["selector"].items() <= labels.items()
     assert _one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_key_ring_is_the_secret_volume_itself_so_rotations_reach_running_pods() -> None:
+    """The ring is read from its Secret's volume, mounted whole (kubelet updates it in place)."""
+    pod = _one("Deployment")["spec"]["template"]["spec"]
+    (main,) = pod["containers"]
+    config = _one("ConfigMap")["data"]
+    keyring_mount = next(m for m in main["volumeMounts"] if m["name"] == "keyring")
+    # kubelet never updates a subPath mount: the rotation would not arrive.
+    assert all("subPath" not in m and "subPathExpr" not in m for m in main["volumeMounts"])
+    assert config["TOKENPROXY_KEYRING"] == keyring_mount["mountPath"] + "/keyring.json"
+    volume = next(v for v in pod["volumes"] if v["name"] == "keyring")
+    assert volume["secret"]["secretName"] == "tokenproxy-keyring"
+    assert volume["secret"]["items"] == [{"key": "keyring.json", "path": "keyring.json"}]
+    # The layout the ring accepts (vault.keys.ring._secret_volume_file): root-owned,
+    # group fsGroup, which must be the process's own group, read-only.
+    context = pod["securityContext"]
+    assert context["fsGroup"] == context["runAsGroup"] == 10001
+    assert volume["secret"]["defaultMode"] & ~0o440 == 0
+    # Only the rotation Job may write the ring's Secret, and only that one.
+    role = next(d for d in _k8s_docs() if d["kind"] == "Role")
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["tokenproxy-keyring"],
+            "verbs": ["get", "patch"],
+        }
+    ]
 
 
 def test_autoscaler_and_disruption_budget_fit_together() -> None:
@@ -198,12 +344,128 @@ def test_autoscaler_and_disruption_budget_fit_together() -> None:
         "kind": "Deployment",
         "name": "tokenproxy",
     }
-    assert hpa["minReplicas"] > pdb["minAvailable"]
+    # A drain evicts one pod at a time however far the HPA scaled out.
+    assert pdb == {**pdb, "maxUnavailable": 1}
+    assert "minAvailable" not in pdb
+    assert hpa["minReplicas"] > pdb["maxUnavailable"]
     assert hpa["maxReplicas"] > hpa["minReplicas"]
+    # The HPA owns the count: an apply must not reset a scale-out.
+    assert "replicas" not in _one("Deployment")["spec"]
+
+
+def test_pods_spread_across_zones_and_nodes() -> None:
+    """A zone outage takes at most its share: zone spread is enforced, node spread preferred."""
+    pod = _one("Deployment")["spec"]["template"]["spec"]
+    spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    zone = spread["topology.kubernetes.io/zone"]
+    assert zone["whenUnsatisfiable"] == "DoNotSchedule"
+    assert zone["maxSkew"] == 1
+    assert spread["kubernetes.io/hostname"]["maxSkew"] == 1
+    labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    for constraint in spread.values():
+        assert constraint["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_shutdown_grace_outlasts_a_partner_call_and_fits_in_the_pod_grace() -> None:
+    """The proxy accepts the shipped grace, and preStop + grace < terminationGracePeriod."""
+    config = _one("ConfigMap")["data"]
+    pod = _one("Deployment")["spec"]["template"]["spec"]
+    (main,) = pod["containers"]
+    timing = {k: v for k, v in config.items() if "TIMEOUT" in k or "RETR" in k or "GRACE" in k}
+    settings = Settings.from_env({**timing, "TOKENPROXY_STRIPE_API_BASE": "http://127.0.0.1:1"})
+    grace = float(config["TOKENPROXY_SHUTDOWN_GRACE"])
+    pre_stop = main["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert settings.shutdown_grace == grace
+    assert settings.min_shutdown_grace <= grace
+    assert float(pre_stop[1]) + grace < pod["terminationGracePeriodSeconds"]
+
+
+def test_migrations_run_as_a_job_with_their_own_timeout_never_at_pod_start() -> None:
+    """The Deployment does not migrate; the migrate Job does, with a long statement timeout."""
+    config = _one("ConfigMap")["data"]
+    assert config["TOKENPROXY_MIGRATE_ON_START"] == "false"
+    job = _job("tokenproxy-migrate")
+    assert job["spec"]["activeDeadlineSeconds"] >= 600
+    assert job["spec"]["backoffLimit"] == 0
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["migrate"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert float(env["TOKENPROXY_DB_TIMEOUT"]) > float(config.get("TOKENPROXY_DB_TIMEOUT", "5"))
+    assert float(env["TOKENPROXY_DB_TIMEOUT"]) < job["spec"]["activeDeadlineSeconds"]
+    assert container["envFrom"] == [{"configMapRef": {"name": "tokenproxy"}}]
+
+
+def _same_image_and_lockdown(pod: dict[str, Any]) -> None:
+    deployment_image = _one("Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        ctx = container["securityContext"]
+        assert ctx["readOnlyRootFilesystem"] is True
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"]["drop"] == ["ALL"]
+        if container["image"].startswith("ghcr.io/casall/tokenproxy"):
+            assert container["image"] == deployment_image
+    labels = pod.get("labels", {})
+    assert labels.get("app.kubernetes.io/name") != "tokenproxy"
+
+
+@pytest.mark.parametrize("name", ["init", "rotate", "retire"])
+def test_key_ring_jobs_change_a_private_copy_and_patch_only_the_ring_secret(name: str) -> None:
+    """Ring changes run in the cluster: a memory copy, the CLI, a Secret patch; no laptop."""
+    job = _job(f"tokenproxy-keys-{name}")
+    template = job["spec"]["template"]
+    pod = template["spec"]
+    _same_image_and_lockdown(pod)
+    # Not selected by the Service, the PDB or the serving pods' policy.
+    assert template["metadata"]["labels"]["app.kubernetes.io/name"] == "tokenproxy-admin"
+    assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "keys"
+    # A failed publish is retried in the same pod, so the memory volume survives.
+    assert pod["restartPolicy"] == "OnFailure"
+    assert pod["serviceAccountName"] == "tokenproxy-keys"
+    (change,) = pod["initContainers"]
+    (publish,) = pod["containers"]
+    script = change["command"][2]
+    assert f"tokenproxy keys {name}" in script
+    env = {e["name"]: e.get("value") for e in change["env"]}
+    assert env["TOKENPROXY_KEYRING"] == "/work/keyring.json"
+    work = next(v for v in pod["volumes"] if v["name"] == "work")
+    assert work["emptyDir"]["medium"] == "Memory"
+    # Pinned by digest, like the image's base: this container holds an API token.
+    assert re.search(r"@sha256:[0-9a-f]{64}$", publish["image"])
+    assert publish["args"] == [
+        "patch",
+        "secret",
+        "tokenproxy-keyring",
+        "--type=merge",
+        "--patch-file=/work/patch.json",
+    ]
+    # Only the publish step holds an API token.
+    mounts = {m["mountPath"] for m in publish["volumeMounts"]}
+    assert "/var/run/secrets/kubernetes.io/serviceaccount" in mounts
+    assert all(
+        not m["mountPath"].startswith("/var/run/secrets/kubernetes.io")
+        for m in change["volumeMounts"]
+    )
+    if name != "init":
+        assert "install -m 0600 /run/secrets/tokenproxy-keyring/keyring.json" in script
+
+
+def test_rewrap_job_reads_the_ring_from_its_secret() -> None:
+    """`keys rewrap` runs in the cluster with the ring as the serving pods see it."""
+    pod = _job("tokenproxy-keys-rewrap")["spec"]["template"]["spec"]
+    _same_image_and_lockdown(pod)
+    (container,) = pod["containers"]
+    assert container["args"] == ["keys", "rewrap"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "keyring")
+    assert volume["secret"]["secretName"] == "tokenproxy-keyring"
 
 
 def test_network_policy_admits_only_the_callers_and_reaches_only_partner_db_dns() -> None:
-    """Ingress: checkout/billing/order on the API, Prometheus on ops; egress: 443, 5432, 53."""
+    """Ingress: the callers and the ingress controller on the API, Prometheus on ops; egress:
+    the database (in the cluster or private) and DNS."""
     docs = [d for d in _k8s_docs() if d["kind"] == "NetworkPolicy"]
     deny = next(d for d in docs if d["metadata"]["name"] == "default-deny")
     assert deny["spec"]["podSelector"] == {}
@@ -217,11 +479,96 @@ def test_network_policy_admits_only_the_callers_and_reaches_only_partner_db_dns(
         }
         for port in rule["ports"]:
             by_port.setdefault(port["port"], set()).update(namespaces)
-    assert by_port == {8080: {"checkout", "billing", "order"}, 9090: {"monitoring"}}
+    assert by_port == {
+        8080: {"checkout", "billing", "order", "ingress-nginx"},
+        9090: {"monitoring"},
+    }
+    # From the ingress namespace only the controller's pods, never every pod there.
+    ingress_peers = [
+        peer
+        for rule in policy["ingress"]
+        for peer in rule["from"]
+        if peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        == "ingress-nginx"
+    ]
+    assert [p["podSelector"]["matchLabels"] for p in ingress_peers] == [
+        {"app.kubernetes.io/name": "ingress-nginx"}
+    ]
+    # The ingress is the one peer whose forwarding header the proxy believes.
+    trusted = _one("ConfigMap")["data"]["TOKENPROXY_TRUSTED_PROXIES"].split(",")
+    assert trusted
+    assert all(n.strip() not in {"0.0.0.0/0", "::/0"} for n in trusted)
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
-    assert egress_ports == {("TCP", 443), ("TCP", 5432), ("UDP", 53), ("TCP", 53)}
-    public = next(r for r in policy["egress"] if any("ipBlock" in t for t in r["to"]))
-    assert "10.0.0.0/8" in public["to"][0]["ipBlock"]["except"]
+    assert egress_ports == {("TCP", 5432), ("UDP", 53), ("TCP", 53)}
+    # A managed PostgreSQL at a private address is reachable, not only an in-cluster one.
+    (database,) = [r for r in policy["egress"] if r["ports"][0]["port"] == 5432]
+    blocks = {t["ipBlock"]["cidr"] for t in database["to"] if "ipBlock" in t}
+    assert blocks == {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"}
+
+
+def _https_egress() -> dict[str, Any]:
+    (policy,) = [
+        d
+        for d in _applied_docs()
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "tokenproxy-egress-https"
+    ]
+    return policy
+
+
+def test_https_egress_reaches_public_and_private_443_but_never_link_local() -> None:
+    """Partner and public KMS on 443; a private KMS endpoint too; instance metadata never."""
+    policy = _https_egress()
+    pods = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pods.items()
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    rules = policy["spec"]["egress"]
+    assert {(p["protocol"], p["port"]) for r in rules for p in r["ports"]} == {("TCP", 443)}
+    public = next(
+        t["ipBlock"] for r in rules for t in r["to"] if t["ipBlock"]["cidr"] == "0.0.0.0/0"
+    )
+    assert {"10.0.0.0/8", "169.254.0.0/16"} <= set(public["except"])
+    private = {t["ipBlock"]["cidr"] for r in rules for t in r["to"]} - {"0.0.0.0/0"}
+    assert private == {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"}
+    assert all("169.254" not in cidr for cidr in private)
+
+
+FQDN = ROOT / "deploy" / "k8s-egress-fqdn"
+
+
+def test_fqdn_overlay_allows_https_only_to_the_partner_and_kms_by_name() -> None:
+    """The Cilium overlay drops the broad 443 policy and names api.stripe.com and AWS KMS."""
+    kustomization = yaml.safe_load((FQDN / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["../k8s", "cilium-fqdn.yaml"]
+    (patch,) = kustomization["patches"]
+    deleted = yaml.safe_load(patch["patch"])
+    assert deleted["$patch"] == "delete"
+    assert deleted["metadata"]["name"] == _https_egress()["metadata"]["name"]
+    policy = yaml.safe_load((FQDN / "cilium-fqdn.yaml").read_text())
+    pods = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["endpointSelector"]["matchLabels"].items() <= pods.items()
+    by_name = next(r for r in policy["spec"]["egress"] if "toFQDNs" in r)
+    names = {n.get("matchName") or n.get("matchPattern") for n in by_name["toFQDNs"]}
+    assert {"api.stripe.com", "kms.*.amazonaws.com"} <= names
+    assert by_name["toPorts"] == [{"ports": [{"port": "443", "protocol": "TCP"}]}]
+    # toFQDNs only works when DNS goes through Cilium's proxy.
+    dns = next(r for r in policy["spec"]["egress"] if "toEndpoints" in r)
+    assert dns["toPorts"][0]["rules"]["dns"]
+
+
+def test_kubectl_renders_the_fqdn_overlay_without_the_broad_policy() -> None:
+    """kubectl kustomize deploy/k8s-egress-fqdn: base + Cilium policy, minus the 443 policy."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(FQDN)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(out.stdout) if d}
+    base = {(d["kind"], d["metadata"]["name"]) for d in _applied_docs()}
+    assert rendered == base - {("NetworkPolicy", "tokenproxy-egress-https")} | {
+        ("CiliumNetworkPolicy", "tokenproxy-egress-fqdn")
+    }
 
 
 def test_reconcile_cronjob_runs_nightly_locked_down_with_its_own_egress() -> None:
@@ -315,3 +662,82 @@ def test_compose_stack_wires_proxy_database_prometheus_and_grafana() -> None:
         (DEPLOY / "compose/grafana/provisioning/datasources/prometheus.yml").read_text()
     )
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+# PostgreSQL's default max_connections (100) less its superuser_reserved_connections (3).
+POSTGRES_CONNECTIONS = 100 - 3
+
+
+def test_database_connections_fit_postgresql_defaults_at_full_scale() -> None:
+    """(HPA maximum + surge) x pool, plus every Job's pool, stays within max_connections."""
+    config = _one("ConfigMap")["data"]
+    deployment = _one("Deployment")["spec"]
+    hpa = _one("HorizontalPodAutoscaler")["spec"]
+    surge = deployment["strategy"]["rollingUpdate"]["maxSurge"]
+    assert isinstance(surge, int)
+    pods = hpa["maxReplicas"] + surge
+    serving = pods * int(config["TOKENPROXY_DB_POOL_MAX"])
+    jobs = 0
+    for doc in _k8s_docs():
+        if doc["kind"] != "Job":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            if container["image"].startswith("ghcr.io/casall/tokenproxy"):
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                jobs = max(jobs, int(env["TOKENPROXY_DB_POOL_MAX"]))
+    # A migration or ring change may overlap a rewrap: two Jobs at once.
+    assert serving + 2 * jobs <= POSTGRES_CONNECTIONS
+
+
+def _pods() -> list[tuple[str, dict[str, Any]]]:
+    pods = [("Deployment", _one("Deployment")["spec"]["template"]["spec"])]
+    pods += [
+        (d["metadata"]["name"], d["spec"]["template"]["spec"])
+        for d in _k8s_docs()
+        if d["kind"] == "Job"
+    ]
+    pods += [
+        (d["metadata"]["name"], d["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+        for d in _k8s_docs()
+        if d["kind"] == "CronJob"
+    ]
+    return pods
+
+
+def test_every_file_a_container_is_told_to_read_is_mounted() -> None:
+    """Key ring and _FILE settings of every pod, Job and CronJob lie in a volume holding them."""
+    config = _one("ConfigMap")["data"]
+    checked = 0
+    for name, pod in _pods():
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            if not container["image"].startswith("ghcr.io/casall/tokenproxy"):
+                continue
+            env = dict(config)
+            env.update({e["name"]: e["value"] for e in container.get("env", [])})
+            files = {
+                k: v for k, v in env.items() if (k.endswith("_FILE") or k == "TOKENPROXY_KEYRING")
+            }
+            for setting, path in files.items():
+                if not path or path.startswith("/work/"):
+                    continue  # switched off, or written by the Job itself
+                mount = next(
+                    (m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")),
+                    None,
+                )
+                assert mount is not None, f"{name}/{container['name']}: {setting}={path}"
+                secret = volumes[mount["name"]].get("secret")
+                if secret is not None and "items" in secret:
+                    inside = path.removeprefix(mount["mountPath"] + "/")
+                    assert inside in {i["path"] for i in secret["items"]}, f"{name}: {setting}"
+                checked += 1
+    assert checked >= 8
+
+
+def test_operations_doc_shows_the_fqdn_policy_exactly_as_shipped() -> None:
+    """The CiliumNetworkPolicy in docs/operations.md is the file the overlay applies."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
+    shipped = yaml.safe_load((FQDN / "cilium-fqdn.yaml").read_text())
+    assert shipped in [yaml.safe_load(block) for block in blocks]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
@@ -151,11 +152,66 @@ def test_dashboard_queries_only_catalogued_metrics_and_recorded_series() -> None
                 assert name in known, f"{panel['title']}: {name} is not in the catalog"
     exprs = [t["expr"] for p in panels for t in p["targets"]]
     covered = {name for expr in exprs for name in _METRIC_NAME_RE.findall(expr)}
-    # The issue's list: traffic, errors, latency, partner health, vault, keys.
+    # Traffic, errors, latency, partner health, vault, keys, integrity, saturation.
     assert {
         "tokenproxy_decryption_failures_total",
         "tokenproxy_partner_requests_total",
         "tokenproxy_vault_errors_total",
         "tokenproxy_deks",
         "tokenproxy_rewrap_remaining",
+        "tokenproxy_partner_orphans_total",
+        "tokenproxy_customer_erasures_total",
+        "tokenproxy_auth_failures_total",
+        "tokenproxy_audit_write_failures_total",
+        "tokenproxy_key_active_age_seconds",
     } <= covered
+    used = {name for expr in exprs for name in re.findall(r"\btokenproxy:[a-z0-9_:]+", expr)}
+    assert {
+        "tokenproxy:checkout_requests:rate5m",
+        "tokenproxy:route_errors:ratio_rate5m",
+        "tokenproxy:partner_attempts:per_call_rate5m",
+        "tokenproxy:db_pool:utilisation",
+        "tokenproxy:event_loop_lag_seconds:p99_5m",
+        "tokenproxy:vault_operation_duration_seconds:p99_5m",
+        "tokenproxy:partner_request_duration_seconds:p99_5m",
+    } <= used
+
+
+def test_dashboard_opens_with_one_row_per_journey() -> None:
+    """The first rows answer "is checkout working?" and "is billing working?" at a glance."""
+    dashboard = json.loads((DEPLOY / "grafana" / "tokenproxy.json").read_text())
+    panels = sorted(dashboard["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"]))
+    rows = [p for p in panels if p["type"] == "row"]
+    assert rows[0]["title"].startswith("Checkout")
+    assert rows[1]["title"].startswith("Billing")
+
+    def under(row: dict[str, Any]) -> list[dict[str, Any]]:
+        following = [r["gridPos"]["y"] for r in rows if r["gridPos"]["y"] > row["gridPos"]["y"]]
+        end = min(following, default=10**6)
+        return [
+            p
+            for p in panels
+            if p["type"] != "row" and row["gridPos"]["y"] < p["gridPos"]["y"] < end
+        ]
+
+    checkout = " ".join(t["expr"] for p in under(rows[0]) for t in p["targets"])
+    assert "tokenproxy:checkout_requests:rate5m" in checkout  # success and 4xx ratios
+    assert 'status_class="4xx"' in checkout
+    assert "rate_limited" in checkout  # 429s
+    assert "p99" in checkout
+    billing = " ".join(t["expr"] for p in under(rows[1]) for t in p["targets"])
+    assert "/v1/tokens/{token}" in billing
+    assert "/v1/invoices" in billing
+    assert all(p["type"] == "stat" for p in under(rows[0]) + under(rows[1]))
+    # Nothing overlaps: every panel has its own cells on the 24-column grid.
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24
+        own = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not own & cells, panel["title"]
+        cells |= own

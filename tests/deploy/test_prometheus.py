@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import sqlite3
 import subprocess
 import time
@@ -16,7 +18,7 @@ import yaml
 from tokenproxy_sandbox.launcher import free_port
 
 from tests.conftest import RunningProxy
-from tests.deploy.tools import DEPLOY, require
+from tests.deploy.tools import DEPLOY, PROMETHEUS_RULE, render_prometheus_rule, require
 from tests.proxy.test_cards_api import card_body, tokenize
 
 RULES = DEPLOY / "prometheus" / "rules.yml"
@@ -80,7 +82,15 @@ class PrometheusServer:
                     "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                     "rule_files": [str(RULES)],
                     "scrape_configs": [
-                        {"job_name": "tokenproxy", "static_configs": [{"targets": [target]}]}
+                        {
+                            "job_name": "tokenproxy",
+                            "static_configs": [
+                                {
+                                    "targets": [target],
+                                    "labels": {"app_kubernetes_io_name": "tokenproxy"},
+                                }
+                            ],
+                        }
                     ],
                 }
             )
@@ -202,3 +212,100 @@ async def test_real_prometheus_scrapes_the_proxy_and_fires_an_alert(
     assert all(rule["health"] == "ok" for rule in rules), [
         (r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"
     ]
+
+
+def _alerts() -> list[dict[str, Any]]:
+    rules = yaml.safe_load(RULES.read_text())
+    return [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_alert_links_a_runbook_section_that_exists() -> None:
+    """Each alert's runbook_url is docs/operations.md#<anchor> of a heading that is there."""
+    operations = DEPLOY.parent / "docs" / "operations.md"
+    headings = re.findall(r"^#{1,6} (.+)$", operations.read_text(), re.MULTILINE)
+    anchors = {_slug(h) for h in headings}
+    assert "tokenproxydown" in anchors
+    for alert in _alerts():
+        url = alert["annotations"]["runbook_url"]
+        page, _, anchor = url.partition("#")
+        assert page.endswith("/docs/operations.md"), alert["alert"]
+        assert anchor in anchors, f"{alert['alert']}: no section #{anchor} in docs/operations.md"
+
+
+def test_rules_select_targets_by_a_label_the_manifests_set_not_by_job_name() -> None:
+    """No rule names job="tokenproxy"; `up` is read by the label the PodMonitor copies."""
+    text = RULES.read_text()
+    assert not re.search(r'job\s*=~?\s*"', text)
+    podmonitor = yaml.safe_load((DEPLOY / "k8s" / "monitoring" / "podmonitor.yaml").read_text())
+    pods = yaml.safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text())["spec"]["template"]
+    labels = pods["metadata"]["labels"]
+    assert podmonitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    copied = podmonitor["spec"]["podTargetLabels"]
+    assert copied == ["app.kubernetes.io/name"]
+    # The operator turns the pod label into a target label by replacing the dots and slash.
+    target_label = re.sub(r"[^a-zA-Z0-9_]", "_", copied[0])
+    for alert in _alerts():
+        if re.search(r"\bup\b", alert["expr"]):
+            assert f'{target_label}="{labels[copied[0]]}"' in alert["expr"], alert["alert"]
+    ports = {p["name"] for p in pods["spec"]["containers"][0]["ports"]}
+    assert {e["port"] for e in podmonitor["spec"]["podMetricsEndpoints"]} <= ports
+    assert any(a["expr"].startswith("absent(") for a in _alerts())
+
+
+def test_prometheusrule_manifest_carries_exactly_rules_yml() -> None:
+    """The shipped PrometheusRule is rules.yml (regenerate it: python -m tests.deploy.tools)."""
+    assert PROMETHEUS_RULE.read_text() == render_prometheus_rule()
+    shipped = yaml.safe_load(PROMETHEUS_RULE.read_text())
+    assert shipped["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+    listed = yaml.safe_load((PROMETHEUS_RULE.parent / "kustomization.yaml").read_text())
+    assert sorted(listed["resources"]) == ["podmonitor.yaml", "prometheusrule.yaml"]
+
+
+def test_rule_tests_never_pad_counters_with_leading_zeros() -> None:
+    """Counter series in rules_test.yml start at a non-zero first sample or at `_` (absent)."""
+    tests = yaml.safe_load((RULES.parent / "rules_test.yml").read_text())["tests"]
+    checked = 0
+    for case in tests:
+        for series in case["input_series"]:
+            name = series["series"].split("{", 1)[0]
+            if name.endswith(("_total", "_bucket", "_count")):
+                first = str(series["values"]).split()[0]
+                le_zero = name.endswith("_bucket") and first.startswith("0x")
+                assert le_zero or not re.match(r"0(\D|$)", first), series["series"]
+                checked += 1
+    assert checked > 20
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each dashboard expression (as a recording rule, $job set to .*)."""
+    dashboard = json.loads((DEPLOY / "grafana" / "tokenproxy.json").read_text())
+    exprs = [
+        target["expr"].replace("$job", ".*")
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+    assert len(exprs) > 30
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:q{i}", "expr": e} for i, e in enumerate(exprs)],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard.yml"
+    path.write_text(yaml.safe_dump(rules))
+    out = subprocess.run(
+        [require("promtool"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

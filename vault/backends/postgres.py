@@ -169,12 +169,15 @@ class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin, Postgres
         return self._pool
 
     def pool_usage(self) -> tuple[int, int] | None:
-        """(connections borrowed, connections open) of the pool; None before it exists."""
+        """(connections borrowed, the pool's maximum); None before the pool exists.
+
+        The maximum, not the connections open: saturation is borrowed over what the pool
+        may ever hold (an idle pool shrinks to its minimum, and 1 of 1 open is not full).
+        """
         pool = self._pool
         if pool is None:
             return None
-        size = pool.get_size()
-        return size - pool.get_idle_size(), size
+        return pool.get_size() - pool.get_idle_size(), pool.get_max_size()
 
     async def _init_connection(self, conn: asyncpg.Connection) -> None:
         conn.add_termination_listener(self._on_connection_lost)

@@ -80,6 +80,11 @@ class KeyCheckMixin:
         if self._seen(rows) == self._key_check_seen:
             return
         infos = {info.version: info for info in self.keys.versions()}
+        if any(v != INDEX_CHECK and v not in infos for v in rows) and self.keys.refresh(force=True):
+            # Another process (a rotation Job) recorded a version this process has not read
+            # yet: its key file may already hold it (on Kubernetes once kubelet updated the
+            # Secret volume). Nothing else makes an idle, unready process look again.
+            infos = {info.version: info for info in self.keys.versions()}
         index_value = index_check_value(self.keys.index_key)
         if INDEX_CHECK in rows:
             if not hmac.compare_digest(rows[INDEX_CHECK], index_value):

@@ -240,7 +240,7 @@ def _read_private_file(path: Path) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _error(path, "is not a regular file")
-        if st.st_mode & 0o077:
+        if st.st_mode & 0o077 and not _secret_volume_file(st, os.getegid()):
             mode = stat.S_IMODE(st.st_mode)
             raise _error(path, f"mode {mode:04o} allows group or world access; chmod 600 it")
         with os.fdopen(fd, "rb", closefd=False) as handle:
@@ -252,6 +252,22 @@ def _read_private_file(path: Path) -> bytes:
     if len(data) > _MAX_FILE_BYTES:
         raise _error(path, f"file is larger than {_MAX_FILE_BYTES} bytes")
     return data
+
+
+def _secret_volume_file(st: os.stat_result, egid: int) -> bool:
+    """Whether the file is laid out as kubelet writes a Secret volume for this process's group.
+
+    kubelet writes Secret files owned by root, group ``fsGroup``, at least mode 0440, and
+    offers no way to hand them to the pod's user; mounting the Secret directly is what lets
+    a rotation reach running pods. So a root-owned, read-only file readable by exactly this
+    process's own (non-root) group is accepted: the service's group holds only its user.
+    """
+    return (
+        st.st_uid == 0
+        and egid != 0
+        and st.st_gid == egid
+        and stat.S_IMODE(st.st_mode) in (0o440, 0o040)
+    )
 
 
 def _parse_json(path: Path, data: bytes) -> object:
