@@ -120,6 +120,18 @@ class Metrics:
             " too often (TOKENPROXY_AUTH_FAILURE_LIMIT per TOKENPROXY_AUTH_FAILURE_WINDOW).",
             registry=r,
         )
+        self.wrong_listener = Counter(
+            "tokenproxy_wrong_listener_requests",
+            "Requests for an internal-only route that reached the public listener (answered 404).",
+            ["route"],
+            registry=r,
+        )
+        self.tls_reloads = Counter(
+            "tokenproxy_tls_reloads",
+            "Certificate reloads after TOKENPROXY_TLS_CERT_FILE or _KEY_FILE changed, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
         self.ready = Gauge(
             "tokenproxy_ready",
             "1 when the service is ready (vault reachable), else 0.",

@@ -120,6 +120,12 @@ class Settings:
     auth_failure_max_sources: int = 10_000
     auth_failure_audit_interval: float = 60.0
     audit_retention_days: int = 365
+    # Transport (see proxy.infra.tls): a second, internal API listener, and TLS on all.
+    internal_listen: HostPort | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    tls_reload_interval: float = 5.0  # seconds between looks at the certificate files
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -244,6 +250,7 @@ class Settings:
             )
         kwargs.update(_kek_settings(env))
         kwargs.update(_audit_settings(env))
+        kwargs.update(_transport_settings(env))
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError("TOKENPROXY_DB_POOL_MIN must not exceed TOKENPROXY_DB_POOL_MAX")
@@ -290,6 +297,9 @@ class Settings:
             "partner_max_retries": self.partner_max_retries,
             "idempotency_ttl": self.idempotency_ttl,
             "cors_origins": list(self.cors_origins),
+            "internal_listen": str(self.internal_listen) if self.internal_listen else None,
+            "tls": self.tls_cert_file is not None,
+            "tls_client_ca": self.tls_client_ca_file is not None,
         }
 
     @property
@@ -396,5 +406,33 @@ def _audit_settings(env: Mapping[str, str]) -> dict[str, object]:
             "TOKENPROXY_AUDIT_RETENTION_DAYS",
             env["TOKENPROXY_AUDIT_RETENTION_DAYS"],
             minimum=MIN_AUDIT_RETENTION_DAYS,
+        )
+    return out
+
+
+def _transport_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """The internal listener and the TLS files; a client CA needs TLS and that listener."""
+    out: dict[str, object] = {}
+    if env.get("TOKENPROXY_INTERNAL_LISTEN"):
+        out["internal_listen"] = _host_port(
+            "TOKENPROXY_INTERNAL_LISTEN", env["TOKENPROXY_INTERNAL_LISTEN"]
+        )
+    for name in ("CERT", "KEY", "CLIENT_CA"):
+        value = env.get(f"TOKENPROXY_TLS_{name}_FILE")
+        if value:
+            out[f"tls_{name.lower()}_file"] = Path(value)
+    if ("tls_cert_file" in out) != ("tls_key_file" in out):
+        raise SettingsError(
+            "TOKENPROXY_TLS_CERT_FILE and TOKENPROXY_TLS_KEY_FILE are set together or not at all"
+        )
+    if "tls_client_ca_file" in out:
+        if "tls_cert_file" not in out:
+            raise SettingsError("TOKENPROXY_TLS_CLIENT_CA_FILE needs TOKENPROXY_TLS_CERT_FILE")
+        if "internal_listen" not in out:
+            # Browsers have no client certificate: only the internal listener can ask for one.
+            raise SettingsError("TOKENPROXY_TLS_CLIENT_CA_FILE needs TOKENPROXY_INTERNAL_LISTEN")
+    if "TOKENPROXY_TLS_RELOAD_INTERVAL" in env:
+        out["tls_reload_interval"] = _float(
+            "TOKENPROXY_TLS_RELOAD_INTERVAL", env["TOKENPROXY_TLS_RELOAD_INTERVAL"], minimum=0.1
         )
     return out

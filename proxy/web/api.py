@@ -62,6 +62,9 @@ class Operation:
     preflight: bool = False
     # A 2xx that is not JSON: its media type (None: not described further).
     media_type: str | None = "application/json"
+    # Served on the public listener too (what browsers and the checkout reach); every
+    # operation is served on the internal listener (proxy.web.listeners).
+    public_listener: bool = False
 
     @property
     def template(self) -> str:
@@ -92,6 +95,7 @@ def _preflight(path: str, name: str) -> Operation:
         public=True,
         preflight=True,
         media_type=None,
+        public_listener=True,
     )
 
 
@@ -113,6 +117,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         response_description="Tokenized (or the replay of a stored answer)",
         errors=(*_POST_ERRORS, 402, 410, 502, 504),
         idempotent=True,
+        public_listener=True,
     ),
     _preflight("/v1/cards", "createCard"),
     Operation(
@@ -133,6 +138,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         response_description="The card's token",
         errors=(*_POST_ERRORS, 402, 410, 502, 504),
         idempotent=True,
+        public_listener=True,
     ),
     Operation(
         method="get",
@@ -171,6 +177,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         response_description="Tokenized (or the replay of a stored answer)",
         errors=(*_POST_ERRORS, 402, 410, 502, 504),
         idempotent=True,
+        public_listener=True,
     ),
     _preflight("/v1/bank-accounts", "createBankAccount"),
     Operation(
@@ -240,6 +247,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         response_description="OpenAPI document",
         errors=(400, 405),
         public=True,
+        public_listener=True,
     ),
     Operation(
         method="get",
@@ -253,6 +261,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         errors=(400, 404, 405),
         public=True,
         media_type="text/html",
+        public_listener=True,
     ),
     Operation(
         method="get",
@@ -267,6 +276,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         errors=(400, 404, 405),
         public=True,
         media_type=None,
+        public_listener=True,
     ),
 )
 
@@ -281,6 +291,12 @@ def _query_parameters() -> dict[str, frozenset[str]]:
 
 # The query parameters each route template takes (any other is refused by the middleware).
 QUERY_PARAMETERS: Final[dict[str, frozenset[str]]] = _query_parameters()
+
+
+# The route templates the public listener serves when an internal listener is configured.
+PUBLIC_TEMPLATES: Final[frozenset[str]] = frozenset(
+    op.template for op in OPERATIONS if op.public_listener
+)
 
 
 def routed() -> tuple[Operation, ...]:

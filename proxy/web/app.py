@@ -19,6 +19,7 @@ from proxy.infra.keys import load_provider
 from proxy.infra.keystatus import refresh_key_metrics
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import HostPort, Settings, SettingsError
+from proxy.infra.tls import listener_contexts
 from proxy.partners.ports import Partner
 from proxy.partners.resilience import CircuitBreaker, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
@@ -26,6 +27,13 @@ from proxy.web import authguard, background, cors, publishable
 from proxy.web.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.web.clientreload import follow_clients_file, reload_clients
 from proxy.web.limits import ApiRunner, ops_server_options, server_options
+from proxy.web.listeners import (
+    ListenerSite,
+    following_certificate,
+    internal_limits,
+    reload_certificate,
+    warn_plain_http,
+)
 from proxy.web.middleware import ops_error_middleware, request_middleware
 from proxy.web.routes import ROUTES
 from vault import (
@@ -230,6 +238,13 @@ def bind_listeners(api: HostPort, ops: HostPort) -> tuple[socket.socket, socket.
     return bound[0], bound[1]
 
 
+def bind_internal(settings: Settings) -> socket.socket | None:
+    """The internal API listener's socket, when TOKENPROXY_INTERNAL_LISTEN asks for one."""
+    if settings.internal_listen is None:
+        return None
+    return _bind(settings.internal_listen, "TOKENPROXY_INTERNAL_LISTEN")
+
+
 def _bind(address: HostPort, setting: str) -> socket.socket:
     try:
         family = socket.getaddrinfo(
@@ -249,12 +264,17 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     sockets: tuple[socket.socket, socket.socket] | None = None,
+    internal_socket: socket.socket | None = None,
 ) -> None:
     """Run the API and ops listeners until SIGTERM/SIGINT (or ``stop``), then drain.
 
-    ``sockets`` are the listeners from ``bind_listeners``; bound here when not given.
+    ``sockets`` are the listeners from ``bind_listeners`` and ``internal_socket`` the one
+    from ``bind_internal``; bound here when not given.
     """
+    # Certificates load before any socket is bound: a bad file costs one line, nothing else.
+    contexts = listener_contexts(settings)
     api_socket, ops_socket = sockets or bind_listeners(settings.listen, settings.ops_listen)
+    internal_socket = internal_socket or bind_internal(settings)
     api = create_app(settings)
     ops = create_ops_app(api)
     metrics = api[METRICS]
@@ -262,19 +282,32 @@ async def serve(
     ops_runner = ApiRunner(
         ops, access_log=None, **ops_server_options(settings, metrics.closer("ops"))
     )
+    warn_plain_http(settings, contexts)
     await api_runner.setup()
     try:
         await ops_runner.setup()
-        await web.SockSite(api_runner, api_socket).start()
-        await web.SockSite(ops_runner, ops_socket).start()
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload_clients, api)
-        _log.info("started", **settings.strip_hazmat())
-        await stop.wait()
-        _log.info("stopping", grace_seconds=settings.shutdown_grace)
+        await web.SockSite(api_runner, api_socket, ssl_context=contexts.public).start()
+        if internal_socket is not None:
+            limits = internal_limits(settings, metrics)
+            site = ListenerSite(
+                api_runner, internal_socket, limits=limits, ssl_context=contexts.internal
+            )
+            await site.start()
+        await web.SockSite(ops_runner, ops_socket, ssl_context=contexts.ops).start()
+        async with following_certificate(settings, contexts, metrics) as reloader:
+            stop = stop or asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+
+            def reload_files() -> None:
+                reload_clients(api)
+                reload_certificate(reloader, metrics)
+
+            loop.add_signal_handler(signal.SIGHUP, reload_files)
+            _log.info("started", **settings.strip_hazmat())
+            await stop.wait()
+            _log.info("stopping", grace_seconds=settings.shutdown_grace)
     finally:
         # API first: stop accepting (the listening socket closes at once), let in-flight
         # requests finish within the grace period, then close the partner pool and vault.

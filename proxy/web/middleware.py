@@ -32,8 +32,9 @@ from proxy.domain.errors import (
     echoable,
 )
 from proxy.infra.clients import Client
+from proxy.infra.tls import identity_matches
 from proxy.web import authguard, publishable
-from proxy.web.api import QUERY_PARAMETERS
+from proxy.web.api import PUBLIC_TEMPLATES, QUERY_PARAMETERS
 from proxy.web.appkeys import CLIENTS, METRICS, SETTINGS
 from proxy.web.limits import MAX_JSON_DEPTH, json_too_deep
 
@@ -108,6 +109,25 @@ def _check_query(request: web.Request) -> None:
         )
 
 
+def check_listener(request: web.Request) -> None:
+    """404, as for an unknown route, when an internal-only route is asked on the public listener.
+
+    Only while an internal listener is configured (with one listener everything is served
+    there). The answer is the unknown route's own, so the public side learns nothing of
+    what the internal side serves; the metric tells operators a client is misdirected.
+    """
+    if request.app[SETTINGS].internal_listen is None:
+        return
+    if getattr(request.protocol, "listener", "public") == "internal":
+        return
+    route = route_template(request)
+    if route == _UNMATCHED or route in PUBLIC_TEMPLATES:
+        return
+    metrics = request.app[METRICS]
+    metrics.child(metrics.wrong_listener, route).inc()
+    raise NotFound("No such route.", code="route_not_found")
+
+
 def render_error(error: ProxyError, request_id: str) -> web.Response:
     """The JSON error response for ``error``."""
     response = web.Response(
@@ -130,6 +150,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     error: ProxyError | None = None
     try:
         try:
+            check_listener(request)
             if request.query_string:
                 _check_query(request)
             response = await handler(request)
@@ -221,6 +242,16 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
             headers={"WWW-Authenticate": 'Bearer realm="tokenproxy", error="invalid_token"'},
         )
     request[CLIENT_KEY] = client
+    if client.cert_identity is not None and not _presents(request, client.cert_identity):
+        # A key bound to a certificate is worth nothing without it: a leaked key alone
+        # (a log, a laptop) cannot resolve tokens.
+        metrics.auth_failures.labels("certificate_required").inc()
+        authguard.failed(request, "certificate_required", actor=client.name)
+        raise AuthenticationFailed(
+            "This client key is accepted only with its client certificate.",
+            code="client_certificate_required",
+            headers={"WWW-Authenticate": 'Bearer realm="tokenproxy", error="invalid_token"'},
+        )
     if not client.scopes & scopes:
         metrics.auth_failures.labels("missing_scope").inc()
         authguard.failed(request, "missing_scope", actor=client.name)
@@ -230,6 +261,13 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     if client.publishable:
         publishable.check(request, client)
     return client
+
+
+def _presents(request: web.Request, identity: str) -> bool:
+    transport = request.transport
+    # "peercert" is the verified certificate: set only where the listener asks for one.
+    peercert = transport.get_extra_info("peercert") if transport is not None else None
+    return identity_matches(identity, peercert)
 
 
 def refuse_customer_fields_from_publishable(client: Client, body: object) -> None:
