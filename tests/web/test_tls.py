@@ -16,11 +16,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
+from structlog.testing import capture_logs
 from tokenproxy_sandbox.launcher import Localstripe, free_port
 
 from proxy.infra.clients import add_client, parse_scopes
 from proxy.infra.settings import Settings
+from proxy.infra.tls import listener_contexts
 from proxy.web.app import serve
+from proxy.web.listeners import warn_plain_http
 from tests.cards import VISA
 from tests.conftest import make_settings
 
@@ -368,3 +371,19 @@ async def _get_openapi(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     await reader.readexactly(length)
     assert not any(line.lower() == "connection: close" for line in lines)
     return int(lines[0].split()[1])
+
+
+def test_plain_http_beyond_loopback_is_warned_about() -> None:
+    """Without TLS, each listener bound beyond loopback gets one warning; loopback ones none."""
+    settings = Settings.from_env(
+        {
+            "TOKENPROXY_STRIPE_API_BASE": "http://127.0.0.1:1",
+            "TOKENPROXY_LISTEN": "0.0.0.0:8080",
+            "TOKENPROXY_INTERNAL_LISTEN": "10.0.0.5:8443",
+            "TOKENPROXY_OPS_LISTEN": "127.0.0.1:9090",
+        }
+    )
+    with capture_logs() as logs:
+        warn_plain_http(settings, listener_contexts(settings))
+    warned = {(e["listener"], e["address"]) for e in logs if e["event"] == "plain_http_listener"}
+    assert warned == {("public", "0.0.0.0:8080"), ("internal", "10.0.0.5:8443")}
