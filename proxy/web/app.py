@@ -36,6 +36,7 @@ from proxy.web.listeners import (
 )
 from proxy.web.middleware import ops_error_middleware, request_middleware
 from proxy.web.routes import ROUTES
+from proxy.web.sharedlimits import share_limits
 from vault import (
     IdempotencyStore,
     KeyRingError,
@@ -126,6 +127,8 @@ def create_app(
                 await the_vault.close()
 
     app.cleanup_ctx.append(dependencies)
+    # After dependencies: the limits move into the vault's database once it is open.
+    app.cleanup_ctx.append(share_limits)
     app.cleanup_ctx.append(follow_clients_file)
     # After dependencies: stops (with a last flush of last-use marks) before the vault closes.
     app.cleanup_ctx.append(background.retention_jobs)

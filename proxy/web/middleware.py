@@ -211,7 +211,7 @@ def _finish(request: web.Request, started: float, status: int, error: ProxyError
     )
 
 
-def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
+async def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     """The client behind the bearer key, if it holds one of ``scopes``; else 401/403."""
     authguard.check(request)
     headers = request.headers.getall("Authorization", [])
@@ -220,14 +220,14 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     if len(headers) > 1:
         # Two credentials are ambiguous (a proxy in front may check one, we another).
         metrics.auth_failures.labels("invalid_key").inc()
-        authguard.failed(request, "invalid_key")
+        await authguard.failed(request, "invalid_key")
         raise AuthenticationFailed(
             "Send exactly one Authorization header.",
             headers={"WWW-Authenticate": 'Bearer realm="tokenproxy", error="invalid_request"'},
         )
     if scheme.lower() != "bearer" or not key.strip():
         metrics.auth_failures.labels("missing_key").inc()
-        authguard.failed(request, "missing_key")
+        await authguard.failed(request, "missing_key")
         raise AuthenticationFailed(
             "Authentication required: send Authorization: Bearer <client key>.",
             code="missing_api_key",
@@ -236,7 +236,7 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     client = request.app[CLIENTS].authenticate(key.strip())
     if client is None:
         metrics.auth_failures.labels("invalid_key").inc()
-        authguard.failed(request, "invalid_key")
+        await authguard.failed(request, "invalid_key")
         raise AuthenticationFailed(
             "The client key is not valid.",
             headers={"WWW-Authenticate": 'Bearer realm="tokenproxy", error="invalid_token"'},
@@ -246,7 +246,7 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
         # A key bound to a certificate is worth nothing without it: a leaked key alone
         # (a log, a laptop) cannot resolve tokens.
         metrics.auth_failures.labels("certificate_required").inc()
-        authguard.failed(request, "certificate_required", actor=client.name)
+        await authguard.failed(request, "certificate_required", actor=client.name)
         raise AuthenticationFailed(
             "This client key is accepted only with its client certificate.",
             code="client_certificate_required",
@@ -254,12 +254,12 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
         )
     if not client.scopes & scopes:
         metrics.auth_failures.labels("missing_scope").inc()
-        authguard.failed(request, "missing_scope", actor=client.name)
+        await authguard.failed(request, "missing_scope", actor=client.name)
         raise PermissionDenied(
             f"This client lacks the scope this route needs ({' or '.join(sorted(scopes))})."
         )
     if client.publishable:
-        publishable.check(request, client)
+        await publishable.check(request, client)
     return client
 
 
