@@ -417,10 +417,14 @@ def _transport_settings(env: Mapping[str, str]) -> dict[str, object]:
         out["internal_listen"] = _host_port(
             "TOKENPROXY_INTERNAL_LISTEN", env["TOKENPROXY_INTERNAL_LISTEN"]
         )
-    for name in ("CERT", "KEY", "CLIENT_CA"):
-        value = env.get(f"TOKENPROXY_TLS_{name}_FILE")
-        if value:
-            out[f"tls_{name.lower()}_file"] = Path(value)
+    files = {
+        "TOKENPROXY_TLS_CERT_FILE": "tls_cert_file",
+        "TOKENPROXY_TLS_KEY_FILE": "tls_key_file",
+        "TOKENPROXY_TLS_CLIENT_CA_FILE": "tls_client_ca_file",
+    }
+    for name, attr in files.items():
+        if env.get(name):
+            out[attr] = Path(env[name])
     if ("tls_cert_file" in out) != ("tls_key_file" in out):
         raise SettingsError(
             "TOKENPROXY_TLS_CERT_FILE and TOKENPROXY_TLS_KEY_FILE are set together or not at all"

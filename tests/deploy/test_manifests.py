@@ -175,9 +175,13 @@ def test_deployment_is_locked_down_with_probes_on_the_ops_port() -> None:
     config = _one("ConfigMap")["data"]
     assert ports["ops"] == int(config["TOKENPROXY_OPS_LISTEN"].rsplit(":", 1)[1])
     assert ports["api"] == int(config["TOKENPROXY_LISTEN"].rsplit(":", 1)[1])
-    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
-    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
+    assert ports["internal"] == int(config["TOKENPROXY_INTERNAL_LISTEN"].rsplit(":", 1)[1])
+    # The ops listener speaks TLS too (TOKENPROXY_TLS_CERT_FILE covers every listener).
+    probe = {"path": "/readyz", "port": "ops", "scheme": "HTTPS"}
+    assert main["readinessProbe"]["httpGet"] == probe
+    assert main["livenessProbe"]["httpGet"] == {**probe, "path": "/healthz"}
     assert main["startupProbe"]["httpGet"]["port"] == "ops"
+    assert main["startupProbe"]["httpGet"]["scheme"] == "HTTPS"
     # The key ring reaches the proxy through a memory volume with mode 0600 (see the manifest).
     keyring_mount = next(m for m in main["volumeMounts"] if m["name"] == "keyring")
     assert config["TOKENPROXY_KEYRING"].startswith(keyring_mount["mountPath"] + "/")
@@ -187,6 +191,32 @@ def test_deployment_is_locked_down_with_probes_on_the_ops_port() -> None:
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert _one("Service")["spec"]["selector"].items() <= labels.items()
     assert _one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_certificates_come_from_a_secret_mounted_whole() -> None:
+    """The TLS files named in the ConfigMap lie in the tokenproxy-tls Secret's volume, mounted
+    as a directory so a renewal reaches the running proxy."""
+    pod = _one("Deployment")["spec"]["template"]["spec"]
+    (main,) = pod["containers"]
+    mount = next(m for m in main["volumeMounts"] if m["name"] == "tls")
+    assert "subPath" not in mount
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == "tokenproxy-tls"
+    assert "items" not in volume["secret"]
+    config = _one("ConfigMap")["data"]
+    secret = next(
+        d
+        for d in _k8s_docs()
+        if d["kind"] == "Secret" and d["metadata"]["name"] == "tokenproxy-tls"
+    )
+    for setting, key in (
+        ("TOKENPROXY_TLS_CERT_FILE", "tls.crt"),
+        ("TOKENPROXY_TLS_KEY_FILE", "tls.key"),
+        ("TOKENPROXY_TLS_CLIENT_CA_FILE", "ca.crt"),
+    ):
+        assert config[setting] == f"{mount['mountPath']}/{key}"
+        assert key in secret["stringData"]
 
 
 def test_autoscaler_and_disruption_budget_fit_together() -> None:
@@ -217,7 +247,11 @@ def test_network_policy_admits_only_the_callers_and_reaches_only_partner_db_dns(
         }
         for port in rule["ports"]:
             by_port.setdefault(port["port"], set()).update(namespaces)
-    assert by_port == {8080: {"checkout", "billing", "order"}, 9090: {"monitoring"}}
+    assert by_port == {
+        8080: {"checkout", "billing", "order"},
+        8443: {"billing", "order"},
+        9090: {"monitoring"},
+    }
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
     assert egress_ports == {("TCP", 443), ("TCP", 5432), ("UDP", 53), ("TCP", 53)}
     public = next(r for r in policy["egress"] if any("ipBlock" in t for t in r["to"]))
