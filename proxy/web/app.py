@@ -289,14 +289,20 @@ async def serve(
     await api_runner.setup()
     try:
         await ops_runner.setup()
-        await web.SockSite(api_runner, api_socket, ssl_context=contexts.public).start()
+        public = ListenerSite(
+            api_runner, api_socket, limits=api_runner.limits, ssl_context=contexts.public
+        )
+        await public.start()
         if internal_socket is not None:
             limits = internal_limits(settings, metrics)
             site = ListenerSite(
                 api_runner, internal_socket, limits=limits, ssl_context=contexts.internal
             )
             await site.start()
-        await web.SockSite(ops_runner, ops_socket, ssl_context=contexts.ops).start()
+        ops_site = ListenerSite(
+            ops_runner, ops_socket, limits=ops_runner.limits, ssl_context=contexts.ops
+        )
+        await ops_site.start()
         async with following_certificate(settings, contexts, metrics) as reloader:
             stop = stop or asyncio.Event()
             loop = asyncio.get_running_loop()

@@ -301,6 +301,11 @@ class ApiRunner(web.AppRunner):
         super().__init__(app, **kwargs)
         self._limits = limits or ConnectionLimits()
 
+    @property
+    def limits(self) -> ConnectionLimits:
+        """The limits of this runner's own listener."""
+        return self._limits
+
     async def _make_server(self) -> Server:
         server = await super()._make_server()
         server.__class__ = _QuietServer  # same state, one method different

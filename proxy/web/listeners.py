@@ -48,13 +48,20 @@ class ListenerSite(web.SockSite):
         super().__init__(runner, sock, ssl_context=ssl_context)
         self._factory = runner.protocol_factory(limits)
         self._listen_sock = sock
+        # The header clock starts once the handshake is done: until then a client holds
+        # its socket for asyncio's default 60 s unless the handshake has its own deadline.
+        self._handshake_timeout = limits.header_timeout
 
     async def start(self) -> None:
         """Register with the runner and listen with this site's protocol factory."""
         self._runner._reg_site(self)  # what BaseSite.start does
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._factory, sock=self._listen_sock, ssl=self._ssl_context, backlog=self._backlog
+            self._factory,
+            sock=self._listen_sock,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
         )
 
 

@@ -387,3 +387,31 @@ def test_plain_http_beyond_loopback_is_warned_about() -> None:
         warn_plain_http(settings, listener_contexts(settings))
     warned = {(e["listener"], e["address"]) for e in logs if e["event"] == "plain_http_listener"}
     assert warned == {("public", "0.0.0.0:8080"), ("internal", "10.0.0.5:8443")}
+
+
+async def test_a_client_that_never_handshakes_is_closed(
+    tmp_path: Path, keyring_path: Path, client_keys: dict[str, str], localstripe: Localstripe
+) -> None:
+    """A TCP connection that sends no ClientHello is closed by the header deadline."""
+    ca = trustme.CA()
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    write_server_cert(ca, cert_file, key_file)
+    settings = make_settings(
+        tmp_path,
+        keyring_path,
+        localstripe.base_url,
+        {
+            "TOKENPROXY_TLS_CERT_FILE": str(cert_file),
+            "TOKENPROXY_TLS_KEY_FILE": str(key_file),
+            "TOKENPROXY_HEADER_TIMEOUT": "0.5",
+        },
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with serving(settings, context):
+        reader, writer = await asyncio.open_connection(settings.listen.host, settings.listen.port)
+        try:
+            # Nothing is sent; the server ends the connection on its own.
+            assert await asyncio.wait_for(reader.read(), timeout=30) == b""
+        finally:
+            writer.close()
