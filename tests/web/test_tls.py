@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from tokenproxy_sandbox.launcher import Localstripe, free_port
 from proxy.infra.clients import add_client, parse_scopes
 from proxy.infra.settings import Settings
 from proxy.infra.tls import listener_contexts
+from proxy.web import api
+from proxy.web.api import Operation
 from proxy.web.app import serve
 from proxy.web.listeners import warn_plain_http
 from tests.cards import VISA
@@ -415,3 +418,30 @@ async def test_a_client_that_never_handshakes_is_closed(
             assert await asyncio.wait_for(reader.read(), timeout=30) == b""
         finally:
             writer.close()
+
+
+def _example_path(op: Operation) -> str:
+    """A concrete path for ``op``'s template."""
+    return (
+        op.template.replace("{token}", "vtok_card_" + "a" * 22)
+        .replace("{customer_ref}", "cus-1")
+        .replace("{asset}", "card.js")
+    )
+
+
+async def test_every_operation_is_on_the_listeners_it_declares(tls_proxy: TlsProxy) -> None:
+    """Each routed operation not marked public_listener is the unknown route's 404 on the
+    public listener; on the internal listener every operation reaches its route."""
+    client_cert = tls_proxy.client_ca.issue_cert("ops.svc", common_name="ops")
+    async with aiohttp.ClientSession() as http:
+        for op in api.routed():
+            path = _example_path(op)
+            for base, context in (
+                (tls_proxy.public, tls_proxy.client_context()),
+                (tls_proxy.internal, tls_proxy.client_context(client_cert)),
+            ):
+                async with http.request(op.method.upper(), base + path, ssl=context) as resp:
+                    body = await resp.read()
+                    code = json.loads(body)["error"]["code"] if resp.status == 404 else None
+                hidden = base == tls_proxy.public and not op.public_listener
+                assert (code == "route_not_found") is hidden, (op.name, base, resp.status)
