@@ -32,11 +32,21 @@ class CertificateError(SettingsError):
     """A certificate, key or CA file cannot be used; the message names the file and setting."""
 
 
+def _readable(path: Path, setting: str) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise CertificateError(f"{setting} {path} cannot be read ({reason})") from None
+
+
 def _load_pair(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    # ssl's own errors for a missing file name no file: say which setting is wrong.
+    _readable(cert, "TOKENPROXY_TLS_CERT_FILE")
+    _readable(key, "TOKENPROXY_TLS_KEY_FILE")
     try:
         context.load_cert_chain(certfile=str(cert), keyfile=str(key))
-    except FileNotFoundError as exc:
-        raise CertificateError(f"TLS file not found: {exc.filename}") from None
     except (ssl.SSLError, OSError) as exc:
         # The library's text names no key material, only what went wrong.
         reason = getattr(exc, "reason", None) or type(exc).__name__
@@ -57,6 +67,7 @@ def server_context(cert: Path, key: Path, *, client_ca: Path | None = None) -> s
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     _load_pair(context, cert, key)
     if client_ca is not None:
+        _readable(client_ca, "TOKENPROXY_TLS_CLIENT_CA_FILE")
         try:
             context.load_verify_locations(cafile=str(client_ca))
         except (ssl.SSLError, OSError):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,7 +99,7 @@ def test_certificate_files_that_do_not_load_are_named(tmp_path: Path) -> None:
     other.private_key_pem.write_to_path(str(key))
     with pytest.raises(CertificateError, match="do not load"):
         server_context(cert, key)
-    with pytest.raises(CertificateError, match="not found"):
+    with pytest.raises(CertificateError, match=r"TOKENPROXY_TLS_CERT_FILE .*missing\.pem"):
         server_context(tmp_path / "missing.pem", key)
     one.private_key_pem.write_to_path(str(key))
     (tmp_path / "ca.pem").write_text("not a certificate")
@@ -233,3 +236,29 @@ def test_cli_adds_and_lists_a_bound_client(
     assert "CN=billing" in capsys.readouterr().out
     assert main(["clients", "add", "orders", "--scopes", "read", "--cert-subject", "billing"]) == 2
     assert "certificate identity" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_certificate_that_does_not_load(tmp_path: Path) -> None:
+    """`serve` with an unreadable certificate stops before binding, with one line naming it."""
+    env = {
+        **os.environ,
+        **BASE,
+        "TOKENPROXY_VAULT_URL": f"sqlite:///{tmp_path / 'vault.db'}",
+        "TOKENPROXY_LISTEN": "127.0.0.1:0",
+        "TOKENPROXY_OPS_LISTEN": "127.0.0.1:0",
+        "TOKENPROXY_TLS_CERT_FILE": str(tmp_path / "missing.crt"),
+        "TOKENPROXY_TLS_KEY_FILE": str(tmp_path / "missing.key"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "TOKENPROXY_TLS_CERT_FILE" in lines[0]
+    assert "missing.crt" in lines[0]
