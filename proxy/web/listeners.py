@@ -23,6 +23,7 @@ from aiohttp import web
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import HostPort, Settings
 from proxy.infra.tls import CertificateError, CertificateReloader, ListenerContexts, is_loopback
+from proxy.web.appkeys import SETTINGS
 from proxy.web.limits import ApiRunner, ConnectionLimits
 
 _log = structlog.get_logger("tokenproxy")
@@ -63,6 +64,13 @@ class ListenerSite(web.SockSite):
             backlog=self._backlog,
             ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
         )
+
+
+def public_only(request: web.Request) -> bool:
+    """Whether ``request`` came to the public listener while an internal one serves the rest."""
+    if request.app[SETTINGS].internal_listen is None:
+        return False
+    return getattr(request.protocol, "listener", "public") != INTERNAL
 
 
 def internal_limits(settings: Settings, metrics: Metrics) -> ConnectionLimits:

@@ -37,6 +37,7 @@ from proxy.web import authguard, publishable
 from proxy.web.api import PUBLIC_TEMPLATES, QUERY_PARAMETERS
 from proxy.web.appkeys import CLIENTS, METRICS, SETTINGS
 from proxy.web.limits import MAX_JSON_DEPTH, json_too_deep
+from proxy.web.listeners import public_only
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -113,12 +114,11 @@ def check_listener(request: web.Request) -> None:
     """404, as for an unknown route, when an internal-only route is asked on the public listener.
 
     Only while an internal listener is configured (with one listener everything is served
-    there). The answer is the unknown route's own, so the public side learns nothing of
-    what the internal side serves; the metric tells operators a client is misdirected.
+    there). The answer is the unknown route's own, and the public /openapi.json lists
+    only the public routes, so the public side learns nothing of what the internal side
+    serves; the metric tells operators a client is misdirected.
     """
-    if request.app[SETTINGS].internal_listen is None:
-        return
-    if getattr(request.protocol, "listener", "public") == "internal":
+    if not public_only(request):
         return
     route = route_template(request)
     if route == _UNMATCHED or route in PUBLIC_TEMPLATES:

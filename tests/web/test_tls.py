@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
+from openapi_spec_validator import validate
 from structlog.testing import capture_logs
 from tokenproxy_sandbox.launcher import Localstripe, free_port
 
@@ -445,3 +446,21 @@ async def test_every_operation_is_on_the_listeners_it_declares(tls_proxy: TlsPro
                     code = json.loads(body)["error"]["code"] if resp.status == 404 else None
                 hidden = base == tls_proxy.public and not op.public_listener
                 assert (code == "route_not_found") is hidden, (op.name, base, resp.status)
+
+
+async def test_the_public_document_lists_only_public_routes(tls_proxy: TlsProxy) -> None:
+    """/openapi.json on the public listener names the public routes alone; internally, all."""
+    billing = tls_proxy.client_ca.issue_cert("billing.svc", common_name="billing")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            tls_proxy.public + "/openapi.json", ssl=tls_proxy.client_context()
+        ) as resp:
+            public = await resp.json()
+        async with http.get(
+            tls_proxy.internal + "/openapi.json", ssl=tls_proxy.client_context(billing)
+        ) as resp:
+            internal = await resp.json()
+    assert set(public["paths"]) == api.PUBLIC_TEMPLATES
+    assert set(internal["paths"]) == {op.template for op in api.OPERATIONS}
+    assert "CustomerExport" not in public["components"]["schemas"]
+    validate(public)
