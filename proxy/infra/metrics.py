@@ -132,6 +132,11 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.tls_expiry = Gauge(
+            "tokenproxy_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate the listeners present expires (Unix time), as last loaded.",
+            registry=r,
+        )
         self.ready = Gauge(
             "tokenproxy_ready",
             "1 when the service is ready (vault reachable), else 0.",

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from proxy.infra.settings import Settings, SettingsError
 
 # ECDHE only (forward secrecy), AEAD only; OpenSSL's names for the TLS 1.2 suites.
@@ -156,6 +158,15 @@ class CertificateReloader:
             raise
         self._loaded, self._failed = stamp, None
         return True
+
+
+def not_after(cert: Path) -> float | None:
+    """When the first certificate in ``cert`` (the server's own) expires, Unix seconds."""
+    try:
+        leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return leaf.not_valid_after_utc.timestamp()
 
 
 def is_loopback(host: str) -> bool:

@@ -16,13 +16,20 @@ import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import HostPort, Settings
-from proxy.infra.tls import CertificateError, CertificateReloader, ListenerContexts, is_loopback
+from proxy.infra.tls import (
+    CertificateError,
+    CertificateReloader,
+    ListenerContexts,
+    is_loopback,
+    not_after,
+)
 from proxy.web.appkeys import SETTINGS
 from proxy.web.limits import ApiRunner, ConnectionLimits
 
@@ -112,7 +119,14 @@ def reload_certificate(reloader: CertificateReloader | None, metrics: Metrics) -
         return
     if loaded:
         metrics.child(metrics.tls_reloads, "success").inc()
+        _record_expiry(reloader.cert, metrics)
         _log.info("tls_reloaded", cert=str(reloader.cert))
+
+
+def _record_expiry(cert: Path, metrics: Metrics) -> None:
+    expiry = not_after(cert)
+    if expiry is not None:
+        metrics.tls_expiry.set(expiry)
 
 
 @contextlib.asynccontextmanager
@@ -126,6 +140,7 @@ async def following_certificate(
         return
     for outcome in ("success", "failure"):
         metrics.child(metrics.tls_reloads, outcome)
+    _record_expiry(cert, metrics)
     reloader = CertificateReloader(cert, key, contexts.all())
 
     async def poll() -> None:

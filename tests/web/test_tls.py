@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
+from cryptography import x509
 from openapi_spec_validator import validate
 from structlog.testing import capture_logs
 from tokenproxy_sandbox.launcher import Localstripe, free_port
@@ -234,6 +235,13 @@ async def test_public_listener_serves_tokenization_only(tls_proxy: TlsProxy) -> 
         ) as resp:
             metrics = await resp.text()
         assert 'tokenproxy_wrong_listener_requests_total{route="/v1/tokens/{token}"} 1.0' in metrics
+        expiry = next(
+            float(line.split()[1])
+            for line in metrics.splitlines()
+            if line.startswith("tokenproxy_tls_certificate_expiry_timestamp_seconds ")
+        )
+        leaf = x509.load_pem_x509_certificate(tls_proxy.cert_file.read_bytes())
+        assert expiry == leaf.not_valid_after_utc.timestamp()
 
 
 async def test_internal_listener_serves_a_bound_client_with_its_certificate(
