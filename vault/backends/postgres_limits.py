@@ -46,7 +46,8 @@ _FAIL = (
 )
 _BLOCKED = (
     f"SELECT key, expires_at - {_NOW} AS remaining FROM rate_limits"  # noqa: S608 - fixed fragments
-    f" WHERE starts_with(key, $1) AND hits >= $2 AND expires_at > {_NOW}"
+    # "hits > 0" lets the planner use the partial index of failure rows.
+    f" WHERE hits > 0 AND hits >= $2 AND starts_with(key, $1) AND expires_at > {_NOW}"
 )
 _SWEEP = f"DELETE FROM rate_limits WHERE expires_at < {_NOW}"  # noqa: S608 - fixed fragments
 

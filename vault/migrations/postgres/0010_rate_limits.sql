@@ -15,3 +15,6 @@ CREATE UNLOGGED TABLE rate_limits (
     expires_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX rate_limits_expires ON rate_limits (expires_at);
+-- Every replica reads the throttled sources once a second: only failure rows are indexed,
+-- so that read does not scan the buckets of every shopper.
+CREATE INDEX rate_limits_failures ON rate_limits (key) WHERE hits > 0;
