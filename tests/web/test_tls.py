@@ -118,6 +118,9 @@ async def tls_proxy(
     keys["billing-mtls"] = add_client(
         clients, "billing-mtls", parse_scopes("resolve"), cert_identity="CN=billing"
     )
+    keys["checkout-mtls"] = add_client(
+        clients, "checkout-mtls", parse_scopes("tokenize"), cert_identity="CN=checkout"
+    )
     keys["orders-san"] = add_client(
         clients, "orders-san", parse_scopes("read"), cert_identity="DNS:orders.svc"
     )
@@ -472,3 +475,19 @@ async def test_the_public_document_lists_only_public_routes(tls_proxy: TlsProxy)
     assert set(internal["paths"]) == {op.template for op in api.OPERATIONS}
     assert "CustomerExport" not in public["components"]["schemas"]
     validate(public)
+
+
+async def test_bound_key_is_refused_where_no_certificate_is_asked(tls_proxy: TlsProxy) -> None:
+    """A key bound to CN=checkout is refused on the public listener, which asks for no
+    client certificate, even on a route that listener serves."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            tls_proxy.public + "/v1/cards",
+            json=CARD,
+            headers=tls_proxy.auth("checkout-mtls"),
+            ssl=tls_proxy.client_context(),
+        ) as resp:
+            body = await resp.json()
+    assert resp.status == 401
+    assert body["error"]["code"] == "client_certificate_required"
+    assert "token" not in body
