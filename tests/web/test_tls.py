@@ -480,14 +480,16 @@ async def test_the_public_document_lists_only_public_routes(tls_proxy: TlsProxy)
 async def test_bound_key_is_refused_where_no_certificate_is_asked(tls_proxy: TlsProxy) -> None:
     """A key bound to CN=checkout is refused on the public listener, which asks for no
     client certificate, even on a route that listener serves."""
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
             tls_proxy.public + "/v1/cards",
             json=CARD,
             headers=tls_proxy.auth("checkout-mtls"),
             ssl=tls_proxy.client_context(),
-        ) as resp:
-            body = await resp.json()
+        ) as resp,
+    ):
+        body = await resp.json()
     assert resp.status == 401
     assert body["error"]["code"] == "client_certificate_required"
     assert "token" not in body
