@@ -62,10 +62,14 @@ ENV PATH=/opt/tokenproxy/bin:$PATH \
     TOKENPROXY_LOG_FORMAT=json
 VOLUME ["/var/lib/tokenproxy"]
 USER 10001:10001
-EXPOSE 8080 9090
-# No curl in the slim image: the interpreter we ship asks the ops listener.
+# 8080 public API, 8443 internal API (when TOKENPROXY_INTERNAL_LISTEN=0.0.0.0:8443), 9090 ops.
+# Certificates are mounted files too (TOKENPROXY_TLS_CERT_FILE, _KEY_FILE, _CLIENT_CA_FILE).
+EXPOSE 8080 8443 9090
+# No curl in the slim image: the interpreter we ship asks the ops listener, over TLS when
+# the listeners have a certificate (this only asks whether the process lives, on loopback:
+# the certificate is not what is checked).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9090/healthz', timeout=2).status != 200)"]
+    CMD ["python", "-c", "import os, ssl, sys, urllib.request; tls = bool(os.environ.get('TOKENPROXY_TLS_CERT_FILE')); url = ('https' if tls else 'http') + '://127.0.0.1:9090/healthz'; ctx = ssl._create_unverified_context() if tls else None; sys.exit(urllib.request.urlopen(url, timeout=2, context=ctx).status != 200)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "--", "tokenproxy"]
 CMD ["serve"]

@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.detect
 	$(BIN)/python -m bench.rewrap
 	$(BIN)/python -m bench.postgres
+	$(BIN)/python -m bench.limits
 
 clean:
 	rm -rf $(VENV) $(FLOORS) var .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -27,8 +27,9 @@ from proxy.infra.clients import SCOPES, ClientsFileError, add_client, parse_scop
 from proxy.infra.log import configure_logging
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import Settings, SettingsError, listen_addresses
+from proxy.infra.tls import listener_contexts
 from proxy.web import devmode
-from proxy.web.app import bind_listeners, serve
+from proxy.web.app import bind_internal, bind_listeners, serve
 from vault import VaultError
 from vault.audit import parse_since
 from vault.keys.ring import init_keyring
@@ -54,9 +55,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the proxy with settings from the environment."""
 
     settings = _settings()
+    listener_contexts(settings)  # a certificate that does not load fails before any bind
     sockets = bind_listeners(settings.listen, settings.ops_listen)
+    internal = bind_internal(settings)
     configure_logging(json=settings.log_json, level=settings.log_level)
-    asyncio.run(serve(settings, sockets=sockets))
+    asyncio.run(serve(settings, sockets=sockets, internal_socket=internal))
     return 0
 
 
@@ -255,7 +258,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 def cmd_clients_add(args: argparse.Namespace) -> int:
     """Add a client and print its key once (and record the change in the audit trail)."""
-    new = admin.NewClient(args.name, args.scopes, args.publishable, args.origins)
+    new = admin.NewClient(args.name, args.scopes, args.publishable, args.origins, args.cert_subject)
     try:
         added = _run(_settings(need_partner=False), lambda session: admin.add(session, new))
     except admin.Refused as exc:
@@ -271,13 +274,17 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
             f"client {added.name!r} added with scopes {','.join(sorted(added.scopes))}.",
             "Its key is shown only this once; store it in the service's secret store:",
         ]
+        if added.cert_identity is not None:
+            lines.insert(
+                1, f"Its key works only with a client certificate of {added.cert_identity}."
+            )
     print("\n".join([*lines, added.key]))
     return 0
 
 
 def cmd_clients_list(args: argparse.Namespace) -> int:
     """Print every client: name, kind, scopes, created, and previous keys' end; never a key."""
-    rows = [("NAME", "KIND", "SCOPES", "CREATED", "PREVIOUS KEY VALID UNTIL")]
+    rows = [("NAME", "KIND", "SCOPES", "CREATED", "PREVIOUS KEY VALID UNTIL", "CERTIFICATE")]
     for client in admin.list_clients(_settings(need_partner=False)):
         rows.append(
             (
@@ -290,6 +297,7 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
                     for t in client.previous_keys_until
                 )
                 or "-",
+                client.cert_identity or "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -430,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a public pk_ key for checkout pages (tokenize only, bound to --origins)",
     )
     add.add_argument("--origins", help="comma-separated origins, e.g. https://shop.example")
+    add.add_argument(
+        "--cert-subject",
+        metavar="IDENTITY",
+        help="accept the key only with this client certificate: CN=billing or a SAN"
+        " (DNS:billing.svc, URI:spiffe://...); see docs/security.md",
+    )
     add.set_defaults(func=cmd_clients_add)
     clients.add_parser(
         "list", help="names, kinds, scopes and creation times (never keys)"

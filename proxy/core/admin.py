@@ -32,6 +32,7 @@ from proxy.infra.clients import (
 from proxy.infra.keys import AdminProvider, init_keys, load_provider
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import Settings
+from proxy.infra.tls import parse_identity
 from vault import Vault, VaultError
 from vault.audit import EventType, Outcome
 from vault.rotation import (
@@ -212,6 +213,8 @@ class NewClient:
     scopes: str | None = None
     publishable: bool = False
     origins: str | None = None
+    # The client certificate its key must come with: CN=billing, DNS:billing.svc, ...
+    cert_subject: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +228,7 @@ class AddedClient:
     origins: frozenset[str]
     # Origins of a publishable client that TOKENPROXY_CORS_ORIGINS does not list yet.
     origins_missing_from_cors: frozenset[str]
+    cert_identity: str | None = None
 
 
 def _added(admin: Admin, new: NewClient) -> AddedClient:
@@ -235,6 +239,8 @@ def _added(admin: Admin, new: NewClient) -> AddedClient:
             raise ValueError("a publishable client holds only the tokenize scope")
         if not new.origins:
             raise ValueError("a publishable client needs --origins https://shop.example[,...]")
+        if new.cert_subject is not None:
+            raise ValueError("a publishable client cannot be bound to a client certificate")
         origins = parse_origins(new.origins)
         key = add_client(path, new.name, PUBLISHABLE_SCOPES, publishable=True, origins=origins)
         missing = origins - set(admin.settings.cors_origins)
@@ -244,8 +250,9 @@ def _added(admin: Admin, new: NewClient) -> AddedClient:
     if new.origins:
         raise ValueError("--origins applies to publishable clients only (add --publishable)")
     scopes = parse_scopes(new.scopes)
-    key = add_client(path, new.name, scopes)
-    return AddedClient(new.name, key, scopes, False, frozenset(), frozenset())
+    identity = parse_identity(new.cert_subject) if new.cert_subject is not None else None
+    key = add_client(path, new.name, scopes, cert_identity=identity)
+    return AddedClient(new.name, key, scopes, False, frozenset(), frozenset(), identity)
 
 
 async def add(admin: Admin, new: NewClient) -> AddedClient:
@@ -258,6 +265,8 @@ async def add(admin: Admin, new: NewClient) -> AddedClient:
         await admin.record(EventType.CLIENT_ADD, ok=False, resource=refused)
         raise Refused(str(exc)) from None
     detail: Detail = {"scopes": ",".join(sorted(added.scopes)), "publishable": added.publishable}
+    if added.cert_identity is not None:
+        detail["cert_subject"] = added.cert_identity
     await admin.record(
         EventType.CLIENT_ADD, ok=True, resource=f"client:{added.name}", detail=detail
     )
@@ -316,6 +325,7 @@ class ClientSummary:
     created_at: str | None
     # When each previous key that still works stops working, soonest first.
     previous_keys_until: list[datetime]
+    cert_identity: str | None = None
 
 
 def list_clients(settings: Settings) -> list[ClientSummary]:
@@ -328,6 +338,7 @@ def list_clients(settings: Settings) -> list[ClientSummary]:
             entry.client.scopes,
             entry.created_at,
             sorted(p.valid_until for p in entry.previous if p.valid_until > now),
+            entry.client.cert_identity,
         )
         for entry in read_entries(settings.clients_path)
     ]

@@ -86,6 +86,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "invalid_limit", "invalid_cursor", "customer_not_found", "erasure_incomplete",
         # Credentials, origins and idempotency.
         "invalid_api_key", "missing_api_key", "missing_scope", "auth_throttled",
+        "client_certificate_required",
         "publishable_key_restricted", "origin_not_allowed", "cors_method_not_allowed",
         "cors_header_not_allowed", "invalid_idempotency_key", "idempotency_key_in_use",
         "idempotency_key_reused", "idempotency_key_erased", "rate_limited",

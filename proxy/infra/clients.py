@@ -16,6 +16,13 @@ and so is ``previous_keys``: keys replaced by ``clients rotate``, each with the
 ``valid_until`` time after which it is refused. A reader that predates it ignores the
 field and so accepts only the current key: it fails closed.
 
+A secret client may be bound to a client-certificate identity (``cert_subject``: subject
+attributes such as ``CN=billing``, or one subjectAltName such as ``DNS:billing.svc``):
+its key is then accepted only on a connection that presented a verified certificate with
+that identity (the internal listener with ``TOKENPROXY_TLS_CLIENT_CA_FILE``). A reader
+that predates the field would accept the key alone; run every replica on a version that
+knows it before binding a client.
+
 A serving process follows the file (:class:`ClientRegistry` ``reload``): a change swaps
 in the new set of keys whole, and a file that does not validate leaves the last good set
 in force. Every write replaces the file atomically (temporary file, then rename; mode
@@ -42,6 +49,7 @@ from typing import Any
 
 from pandetect import holds_pan
 from proxy.domain.origins import OriginError, parse_origin
+from proxy.infra.tls import parse_identity
 from vault.keys.ring import FileWatch
 
 # invoice: store invoice references (POST /v1/invoices) without being able to send card data.
@@ -66,6 +74,8 @@ class Client:
     key_digest: str
     publishable: bool = False
     origins: frozenset[str] = frozenset()
+    # The client certificate its key must arrive with (see the module docstring).
+    cert_identity: str | None = None
 
     def __repr__(self) -> str:
         kind = ", publishable" if self.publishable else ""
@@ -253,7 +263,13 @@ def _entry(path: Path, entry: Any) -> Client:
         scopes = frozenset(entry["scopes"])
         kind = entry.get("kind", "secret")
         origins = frozenset(entry.get("origins", ()))
-        client = Client(entry["name"], scopes, entry["key_sha256"], kind == "publishable", origins)
+        identity = entry.get("cert_subject")
+        if identity is not None and (kind != "secret" or parse_identity(identity) != identity):
+            # A publishable key is used from browsers, which hold no client certificate.
+            raise malformed
+        client = Client(
+            entry["name"], scopes, entry["key_sha256"], kind == "publishable", origins, identity
+        )
         if not scopes <= SCOPES or not re.fullmatch(r"[0-9a-f]{64}", client.key_digest):
             raise malformed
         if not isinstance(client.name, str) or holds_pan(client.name):
@@ -296,6 +312,7 @@ def add_client(
     *,
     publishable: bool = False,
     origins: frozenset[str] = frozenset(),
+    cert_identity: str | None = None,
 ) -> str:
     """Add a client to the file (creating it) and return its key; the key is not stored."""
     # The name is written to the clients file, every log line and every audit event.
@@ -308,6 +325,10 @@ def add_client(
         raise ValueError("a publishable client has only the tokenize scope and at least one origin")
     if not publishable and origins:
         raise ValueError("only publishable clients are bound to origins")
+    if cert_identity is not None:
+        if publishable:
+            raise ValueError("a publishable client cannot be bound to a client certificate")
+        cert_identity = parse_identity(cert_identity)
     with _editing(path, create=True) as entries:
         if any(e["name"] == name for e in entries):
             raise ValueError(f"a client named {name!r} already exists")
@@ -316,6 +337,8 @@ def add_client(
         if publishable:
             new["kind"] = "publishable"
             new["origins"] = sorted(parse_origin(o) for o in origins)
+        if cert_identity is not None:
+            new["cert_subject"] = cert_identity
         new["created_at"] = _now().isoformat(timespec="seconds")
         entries.append(new)
     return key

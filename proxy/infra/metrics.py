@@ -158,6 +158,23 @@ class Metrics:
             " too often (TOKENPROXY_AUTH_FAILURE_LIMIT per TOKENPROXY_AUTH_FAILURE_WINDOW).",
             registry=r,
         )
+        self.wrong_listener = Counter(
+            "tokenproxy_wrong_listener_requests",
+            "Requests for an internal-only route that reached the public listener (answered 404).",
+            ["route"],
+            registry=r,
+        )
+        self.tls_reloads = Counter(
+            "tokenproxy_tls_reloads",
+            "Certificate reloads after TOKENPROXY_TLS_CERT_FILE or _KEY_FILE changed, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.tls_expiry = Gauge(
+            "tokenproxy_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate the listeners present expires (Unix time), as last loaded.",
+            registry=r,
+        )
         self.ready = Gauge(
             "tokenproxy_ready",
             "1 when /readyz answers 200 (started, key ring matches the vault), else 0.",

@@ -162,6 +162,12 @@ class Settings:
     forwarded_header: str = X_FORWARDED_FOR
     # Seconds between background reads of the data-key counts for /metrics.
     key_status_interval: float = 60.0
+    # Transport (see proxy.infra.tls): a second, internal API listener, and TLS on all.
+    internal_listen: HostPort | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    tls_reload_interval: float = 5.0  # seconds between looks at the certificate files
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -300,6 +306,7 @@ class Settings:
             kwargs["key_status_interval"] = _float(
                 "TOKENPROXY_KEY_STATUS_INTERVAL", env["TOKENPROXY_KEY_STATUS_INTERVAL"], minimum=1
             )
+        kwargs.update(_transport_settings(env))
         settings = cls(**kwargs)  # type: ignore[arg-type]
         settings = _with_shutdown_grace(settings, explicit="shutdown_grace" in kwargs)
         if settings.db_pool_min > settings.db_pool_max:
@@ -352,6 +359,9 @@ class Settings:
             "forwarded_header": self.forwarded_header,
             "shutdown_grace": self.shutdown_grace,
             "migrate_on_start": self.migrate_on_start,
+            "internal_listen": str(self.internal_listen) if self.internal_listen else None,
+            "tls": self.tls_cert_file is not None,
+            "tls_client_ca": self.tls_client_ca_file is not None,
         }
 
     @property
@@ -550,4 +560,36 @@ def _trusted_proxy_settings(env: Mapping[str, str]) -> dict[str, object]:
         if name is None:
             raise SettingsError("TOKENPROXY_FORWARDED_HEADER must be X-Forwarded-For or Forwarded")
         out["forwarded_header"] = name
+    return out
+
+
+def _transport_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """The internal listener and the TLS files; a client CA needs TLS and that listener."""
+    out: dict[str, object] = {}
+    if env.get("TOKENPROXY_INTERNAL_LISTEN"):
+        out["internal_listen"] = _host_port(
+            "TOKENPROXY_INTERNAL_LISTEN", env["TOKENPROXY_INTERNAL_LISTEN"]
+        )
+    files = {
+        "TOKENPROXY_TLS_CERT_FILE": "tls_cert_file",
+        "TOKENPROXY_TLS_KEY_FILE": "tls_key_file",
+        "TOKENPROXY_TLS_CLIENT_CA_FILE": "tls_client_ca_file",
+    }
+    for name, attr in files.items():
+        if env.get(name):
+            out[attr] = Path(env[name])
+    if ("tls_cert_file" in out) != ("tls_key_file" in out):
+        raise SettingsError(
+            "TOKENPROXY_TLS_CERT_FILE and TOKENPROXY_TLS_KEY_FILE are set together or not at all"
+        )
+    if "tls_client_ca_file" in out:
+        if "tls_cert_file" not in out:
+            raise SettingsError("TOKENPROXY_TLS_CLIENT_CA_FILE needs TOKENPROXY_TLS_CERT_FILE")
+        if "internal_listen" not in out:
+            # Browsers have no client certificate: only the internal listener can ask for one.
+            raise SettingsError("TOKENPROXY_TLS_CLIENT_CA_FILE needs TOKENPROXY_INTERNAL_LISTEN")
+    if "TOKENPROXY_TLS_RELOAD_INTERVAL" in env:
+        out["tls_reload_interval"] = _float(
+            "TOKENPROXY_TLS_RELOAD_INTERVAL", env["TOKENPROXY_TLS_RELOAD_INTERVAL"], minimum=0.1
+        )
     return out

@@ -63,6 +63,9 @@ class Operation:
     preflight: bool = False
     # A 2xx that is not JSON: its media type (None: not described further).
     media_type: str | None = "application/json"
+    # Served on the public listener too (what browsers and the checkout reach); every
+    # operation is served on the internal listener (proxy.web.listeners).
+    public_listener: bool = False
 
     @property
     def template(self) -> str:
@@ -93,6 +96,7 @@ def _preflight(path: str, name: str) -> Operation:
         public=True,
         preflight=True,
         media_type=None,
+        public_listener=True,
     )
 
 
@@ -114,6 +118,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         response_description="Tokenized (or the replay of a stored answer)",
         errors=(*_POST_ERRORS, 402, 410, 502, 504),
         idempotent=True,
+        public_listener=True,
     ),
     _preflight("/v1/cards", "createCard"),
     Operation(
@@ -134,6 +139,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         response_description="The card's token",
         errors=(*_POST_ERRORS, 402, 410, 502, 504),
         idempotent=True,
+        public_listener=True,
     ),
     Operation(
         method="get",
@@ -174,6 +180,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         response_description="Tokenized (or the replay of a stored answer)",
         errors=(*_POST_ERRORS, 402, 410, 502, 504),
         idempotent=True,
+        public_listener=True,
     ),
     _preflight("/v1/bank-accounts", "createBankAccount"),
     Operation(
@@ -260,6 +267,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         response_description="OpenAPI document",
         errors=(400, 405),
         public=True,
+        public_listener=True,
     ),
     Operation(
         method="get",
@@ -273,6 +281,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         errors=(400, 404, 405),
         public=True,
         media_type="text/html",
+        public_listener=True,
     ),
     Operation(
         method="get",
@@ -287,6 +296,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         errors=(400, 404, 405),
         public=True,
         media_type=None,
+        public_listener=True,
     ),
 )
 
@@ -301,6 +311,12 @@ def _query_parameters() -> dict[str, frozenset[str]]:
 
 # The query parameters each route template takes (any other is refused by the middleware).
 QUERY_PARAMETERS: Final[dict[str, frozenset[str]]] = _query_parameters()
+
+
+# The route templates the public listener serves when an internal listener is configured.
+PUBLIC_TEMPLATES: Final[frozenset[str]] = frozenset(
+    op.template for op in OPERATIONS if op.public_listener
+)
 
 
 def routed() -> tuple[Operation, ...]:

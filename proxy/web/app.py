@@ -20,16 +20,25 @@ from proxy.infra.keystatus import follow_key_status, observe_scrape
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import HostPort, Settings, SettingsError
 from proxy.infra.syncstatus import follow_reconcile_status
+from proxy.infra.tls import ListenerContexts, listener_contexts
 from proxy.partners.ports import Partner
 from proxy.partners.resilience import CircuitBreaker, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
 from proxy.web import authguard, background, cors, publishable
 from proxy.web.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.web.clientreload import follow_clients_file, reload_clients
-from proxy.web.limits import ApiRunner, ops_server_options, server_options
+from proxy.web.limits import ApiRunner, ConnectionLimits, ops_server_options, server_options
+from proxy.web.listeners import (
+    ListenerSite,
+    following_certificate,
+    internal_limits,
+    reload_certificate,
+    warn_plain_http,
+)
 from proxy.web.middleware import ops_error_middleware, request_middleware
 from proxy.web.readiness import READINESS, Readiness
 from proxy.web.routes import ROUTES
+from proxy.web.sharedlimits import share_limits
 from vault import (
     IdempotencyStore,
     Kind,
@@ -135,6 +144,8 @@ def create_app(
                 await the_vault.close()
 
     app.cleanup_ctx.append(dependencies)
+    # After dependencies: the limits move into the vault's database once it is open.
+    app.cleanup_ctx.append(share_limits)
     app.cleanup_ctx.append(follow_clients_file)
     # After dependencies: stops (with a last flush of last-use marks) before the vault closes.
     app.cleanup_ctx.append(background.retention_jobs)
@@ -230,6 +241,13 @@ def bind_listeners(api: HostPort, ops: HostPort) -> tuple[socket.socket, socket.
     return bound[0], bound[1]
 
 
+def bind_internal(settings: Settings) -> socket.socket | None:
+    """The internal API listener's socket, when TOKENPROXY_INTERNAL_LISTEN asks for one."""
+    if settings.internal_listen is None:
+        return None
+    return _bind(settings.internal_listen, "TOKENPROXY_INTERNAL_LISTEN")
+
+
 def _bind(address: HostPort, setting: str) -> socket.socket:
     try:
         family = socket.getaddrinfo(
@@ -249,12 +267,17 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     sockets: tuple[socket.socket, socket.socket] | None = None,
+    internal_socket: socket.socket | None = None,
 ) -> None:
     """Run the API and ops listeners until SIGTERM/SIGINT (or ``stop``), then drain.
 
-    ``sockets`` are the listeners from ``bind_listeners``; bound here when not given.
+    ``sockets`` are the listeners from ``bind_listeners`` and ``internal_socket`` the one
+    from ``bind_internal``; bound here when not given.
     """
+    # Certificates load before any socket is bound: a bad file costs one line, nothing else.
+    contexts = listener_contexts(settings)
     api_socket, ops_socket = sockets or bind_listeners(settings.listen, settings.ops_listen)
+    internal_socket = internal_socket or bind_internal(settings)
     api = create_app(settings)
     ops = create_ops_app(api)
     metrics = api[METRICS]
@@ -262,6 +285,7 @@ async def serve(
     ops_runner = ApiRunner(
         ops, access_log=None, **ops_server_options(settings, metrics.closer("ops"))
     )
+    warn_plain_http(settings, contexts)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     # From the first moment, not after start-up: a SIGTERM while migrations or start-up
@@ -270,16 +294,35 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        internal = (
+            (internal_socket, internal_limits(settings, metrics))
+            if internal_socket is not None
+            else None
+        )
         started = await _unless_stopped(
-            _start(api_runner, ops_runner, api_socket, ops_socket), stop
+            _start(
+                api_runner,
+                ops_runner,
+                api_socket,
+                ops_socket,
+                internal=internal,
+                contexts=contexts,
+            ),
+            stop,
         )
         if started:
-            loop.add_signal_handler(signal.SIGHUP, reload_clients, api)
-            _log.info("started", **settings.strip_hazmat())
-            await stop.wait()
-            # Out of the Service at once, while in-flight requests drain.
-            api[READINESS].stopping()
-            _log.info("stopping", grace_seconds=settings.shutdown_grace)
+            async with following_certificate(settings, contexts, metrics) as reloader:
+
+                def reload_files() -> None:
+                    reload_clients(api)
+                    reload_certificate(reloader, metrics)
+
+                loop.add_signal_handler(signal.SIGHUP, reload_files)
+                _log.info("started", **settings.strip_hazmat())
+                await stop.wait()
+                # Out of the Service at once, while in-flight requests drain.
+                api[READINESS].stopping()
+                _log.info("stopping", grace_seconds=settings.shutdown_grace)
         else:
             _log.info("stopping", during="start-up")
     finally:
@@ -291,12 +334,23 @@ async def serve(
 
 
 async def _start(
-    api: ApiRunner, ops: ApiRunner, api_socket: socket.socket, ops_socket: socket.socket
+    api: ApiRunner,
+    ops: ApiRunner,
+    api_socket: socket.socket,
+    ops_socket: socket.socket,
+    *,
+    internal: tuple[socket.socket, ConnectionLimits] | None,
+    contexts: ListenerContexts,
 ) -> None:
     await api.setup()
     await ops.setup()
-    await web.SockSite(api, api_socket).start()
-    await web.SockSite(ops, ops_socket).start()
+    await ListenerSite(api, api_socket, limits=api.limits, ssl_context=contexts.public).start()
+    if internal is not None:
+        internal_socket, limits = internal
+        await ListenerSite(
+            api, internal_socket, limits=limits, ssl_context=contexts.internal
+        ).start()
+    await ListenerSite(ops, ops_socket, limits=ops.limits, ssl_context=contexts.ops).start()
 
 
 async def _unless_stopped(start: Awaitable[None], stop: asyncio.Event) -> bool:

@@ -11,10 +11,11 @@ Two bounds stop that:
   guess inside the window cannot succeed either. Only unauthenticated failures count
   (a missing or unknown key): a known client lacking a scope is named in the trail
   already. The table is an LRU capped at ``TOKENPROXY_AUTH_FAILURE_MAX_SOURCES``: a
-  flood from many addresses evicts the oldest entries instead of growing memory. The
-  table is per process (each replica counts on its own), and the source is the client's
-  address as ``proxy.web.clientaddr`` finds it (behind a trusted reverse proxy, the
-  address it forwards; else the TCP peer).
+  flood from many addresses evicts the oldest entries instead of growing memory. With
+  the PostgreSQL backend the failures are counted in the database instead, so every
+  replica adds to one count (:class:`SharedThrottle`); with SQLite (one process) the
+  table is in memory. The source is the client's address as ``proxy.web.clientaddr``
+  finds it (behind a trusted reverse proxy, the address it forwards; else the TCP peer).
 - **Aggregated audit events.** Refusals are tallied per (source, client) and written as
   one ``auth.failure`` event per tally every ``TOKENPROXY_AUTH_FAILURE_AUDIT_INTERVAL``
   seconds, with counts per reason, so a flood costs a bounded number of rows. Sources
@@ -42,7 +43,8 @@ from proxy.domain.errors import RateLimited
 from proxy.web.appkeys import METRICS, SERVICES, SETTINGS
 from proxy.web.clientaddr import client_address
 from vault.audit import EventType, Outcome
-from vault.errors import AuditUnavailable
+from vault.errors import AuditUnavailable, StorageUnavailable
+from vault.limits import SharedLimits
 from vault.records import iso, utcnow
 
 _log = structlog.get_logger("tokenproxy.authguard")
@@ -116,6 +118,78 @@ class FailureThrottle:
 
     def __len__(self) -> int:
         return len(self._table)
+
+
+class SharedThrottle:
+    """Failures per source counted in the vault's database, one count for every replica.
+
+    Counting a failure is one statement, which also answers whether the source is now
+    throttled. The check before every authentication reads a local copy of the throttled
+    sources instead of the database: this process's own failures update it at once, and
+    :meth:`sync` (every second while serving) brings in those counted by other replicas.
+    So a source throttled anywhere is refused everywhere within a second, and requests
+    that carry a good key cost no database round trip.
+
+    Inactive (``limits`` None) until start-up finds a backend that shares limits; then,
+    should the database not answer, the in-memory throttle counts (and is consulted too),
+    so the throttle never lapses.
+    """
+
+    PREFIX = "auth:"
+
+    def __init__(
+        self,
+        limit: int,
+        window: float,
+        fallback: FailureThrottle,
+        *,
+        max_sources: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.fallback = fallback
+        self.max_sources = max_sources
+        self.limits: SharedLimits | None = None
+        self._clock = clock
+        self._blocked: dict[str, float] = {}  # source -> when its block ends (clock time)
+
+    def retry_after(self, source: str) -> float:
+        """0.0 when ``source`` may try to authenticate, else seconds until it may again."""
+        local = self.fallback.retry_after(source)
+        until = self._blocked.get(source)
+        if until is None:
+            return local
+        remaining = until - self._clock()
+        if remaining <= 0:
+            del self._blocked[source]
+            return local
+        return max(remaining, local)
+
+    async def failed(self, source: str) -> None:
+        """Count one failed authentication from ``source`` (in the database when shared)."""
+        if self.limits is None:
+            self.fallback.failed(source)
+            return
+        try:
+            hits, remaining = await self.limits.limit_fail(self.PREFIX + source, self.window)
+        except StorageUnavailable:
+            self.fallback.failed(source)
+            return
+        if hits >= self.limit and len(self._blocked) < self.max_sources:
+            self._blocked[source] = self._clock() + remaining
+
+    async def sync(self) -> None:
+        """Replace the local copy of throttled sources with the database's."""
+        if self.limits is None:
+            return
+        blocked = await self.limits.limit_blocked(self.PREFIX, self.limit)
+        now = self._clock()
+        # Bounded as the in-memory table is: a flood from many addresses costs no more.
+        self._blocked = {
+            key.removeprefix(self.PREFIX): now + remaining
+            for key, remaining in list(blocked.items())[: self.max_sources]
+        }
 
 
 @dataclass(slots=True)
@@ -209,6 +283,7 @@ class FailureTallies:
 
 
 THROTTLE = web.AppKey("auth_failure_throttle", FailureThrottle)
+SHARED_THROTTLE = web.AppKey("shared_auth_failure_throttle", SharedThrottle)
 TALLIES = web.AppKey("auth_failure_tallies", FailureTallies)
 
 
@@ -220,12 +295,18 @@ def install(app: web.Application) -> None:
         settings.auth_failure_window,
         max_sources=settings.auth_failure_max_sources,
     )
+    app[SHARED_THROTTLE] = SharedThrottle(
+        settings.auth_failure_limit,
+        settings.auth_failure_window,
+        app[THROTTLE],
+        max_sources=settings.auth_failure_max_sources,
+    )
     app[TALLIES] = FailureTallies(settings.auth_failure_max_sources)
 
 
 def check(request: web.Request) -> None:
     """429 with Retry-After when ``request``'s source is throttled (counted and tallied)."""
-    throttle = request.app.get(THROTTLE)
+    throttle = request.app.get(SHARED_THROTTLE)
     if throttle is None:
         return
     source = source_of(request)
@@ -241,13 +322,13 @@ def check(request: web.Request) -> None:
     )
 
 
-def failed(request: web.Request, reason: str, actor: str | None = None) -> None:
+async def failed(request: web.Request, reason: str, actor: str | None = None) -> None:
     """Record a refused authentication: counted for the throttle, tallied for the audit."""
     source = source_of(request)
-    throttle = request.app.get(THROTTLE)
-    if throttle is not None and reason in _ANONYMOUS_REASONS:
-        throttle.failed(source)
     _tally(request, source, reason, actor)
+    throttle = request.app.get(SHARED_THROTTLE)
+    if throttle is not None and reason in _ANONYMOUS_REASONS:
+        await throttle.failed(source)
 
 
 def _tally(request: web.Request, source: str, reason: str, actor: str | None) -> None:

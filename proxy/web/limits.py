@@ -83,6 +83,9 @@ class ConnectionLimits:
     # "malformed_request" (a request line or headers aiohttp could not parse).
     on_close: Callable[[str], None] = field(default=lambda reason: None)
     open: int = 0
+    # Which API listener the connections arrive on ("public" or "internal"): the routes a
+    # connection may reach depend on it (proxy.web.listeners).
+    listener: str = "public"
 
 
 def server_options(
@@ -201,6 +204,11 @@ class _GuardedRequestHandler(_QuietRequestHandler):
         self._counted = False
         self._header_timer: asyncio.TimerHandle | None = None
 
+    @property
+    def listener(self) -> str:
+        """The listener this connection arrived on."""
+        return self._limits.listener
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Take the connection if the listener is under its cap, and start the header clock."""
         limits = self._limits
@@ -279,6 +287,10 @@ class _QuietServer(Server):
     def __call__(self) -> RequestHandler:
         return _GuardedRequestHandler(self, loop=self._loop, limits=self.limits, **self._kwargs)
 
+    def factory(self, limits: ConnectionLimits) -> Callable[[], RequestHandler]:
+        """A protocol factory for another listener of the same app, with its own ``limits``."""
+        return lambda: _GuardedRequestHandler(self, loop=self._loop, limits=limits, **self._kwargs)
+
 
 class ApiRunner(web.AppRunner):
     """A listener's runner: aiohttp's, with parse errors answered by us and connection limits."""
@@ -289,8 +301,20 @@ class ApiRunner(web.AppRunner):
         super().__init__(app, **kwargs)
         self._limits = limits or ConnectionLimits()
 
+    @property
+    def limits(self) -> ConnectionLimits:
+        """The limits of this runner's own listener."""
+        return self._limits
+
     async def _make_server(self) -> Server:
         server = await super()._make_server()
         server.__class__ = _QuietServer  # same state, one method different
         server.limits = self._limits  # type: ignore[attr-defined]
         return server
+
+    def protocol_factory(self, limits: ConnectionLimits) -> Callable[[], RequestHandler]:
+        """Connections of another listener of this runner's app, under their own ``limits``."""
+        server = self.server
+        if not isinstance(server, _QuietServer):
+            raise TypeError("call setup() before adding a listener")
+        return server.factory(limits)

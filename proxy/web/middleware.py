@@ -32,11 +32,13 @@ from proxy.domain.errors import (
     echoable,
 )
 from proxy.infra.clients import Client
+from proxy.infra.tls import identity_matches
 from proxy.web import authguard, publishable
-from proxy.web.api import QUERY_PARAMETERS
+from proxy.web.api import PUBLIC_TEMPLATES, QUERY_PARAMETERS
 from proxy.web.appkeys import CLIENTS, METRICS, SETTINGS
 from proxy.web.clientaddr import client_address
 from proxy.web.limits import MAX_JSON_DEPTH, json_too_deep
+from proxy.web.listeners import public_only
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -109,6 +111,24 @@ def _check_query(request: web.Request) -> None:
         )
 
 
+def check_listener(request: web.Request) -> None:
+    """404, as for an unknown route, when an internal-only route is asked on the public listener.
+
+    Only while an internal listener is configured (with one listener everything is served
+    there). The answer is the unknown route's own, and the public /openapi.json lists
+    only the public routes, so the public side learns nothing of what the internal side
+    serves; the metric tells operators a client is misdirected.
+    """
+    if not public_only(request):
+        return
+    route = route_template(request)
+    if route == _UNMATCHED or route in PUBLIC_TEMPLATES:
+        return
+    metrics = request.app[METRICS]
+    metrics.child(metrics.wrong_listener, route).inc()
+    raise NotFound("No such route.", code="route_not_found")
+
+
 def render_error(error: ProxyError, request_id: str) -> web.Response:
     """The JSON error response for ``error``."""
     response = web.Response(
@@ -133,6 +153,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     in_flight.inc()
     try:
         try:
+            check_listener(request)
             if request.query_string:
                 _check_query(request)
             response = await handler(request)
@@ -208,7 +229,7 @@ def client_label(client: Client | None) -> str:
     return "publishable" if client.publishable else client.name
 
 
-def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
+async def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     """The client behind the bearer key, if it holds one of ``scopes``; else 401/403."""
     authguard.check(request)
     headers = request.headers.getall("Authorization", [])
@@ -217,14 +238,14 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     if len(headers) > 1:
         # Two credentials are ambiguous (a proxy in front may check one, we another).
         metrics.auth_failures.labels("invalid_key").inc()
-        authguard.failed(request, "invalid_key")
+        await authguard.failed(request, "invalid_key")
         raise AuthenticationFailed(
             "Send exactly one Authorization header.",
             headers={"WWW-Authenticate": 'Bearer realm="tokenproxy", error="invalid_request"'},
         )
     if scheme.lower() != "bearer" or not key.strip():
         metrics.auth_failures.labels("missing_key").inc()
-        authguard.failed(request, "missing_key")
+        await authguard.failed(request, "missing_key")
         raise AuthenticationFailed(
             "Authentication required: send Authorization: Bearer <client key>.",
             code="missing_api_key",
@@ -233,21 +254,38 @@ def authenticate(request: web.Request, scopes: frozenset[str]) -> Client:
     client = request.app[CLIENTS].authenticate(key.strip())
     if client is None:
         metrics.auth_failures.labels("invalid_key").inc()
-        authguard.failed(request, "invalid_key")
+        await authguard.failed(request, "invalid_key")
         raise AuthenticationFailed(
             "The client key is not valid.",
             headers={"WWW-Authenticate": 'Bearer realm="tokenproxy", error="invalid_token"'},
         )
     request[CLIENT_KEY] = client
+    if client.cert_identity is not None and not _presents(request, client.cert_identity):
+        # A key bound to a certificate is worth nothing without it: a leaked key alone
+        # (a log, a laptop) cannot resolve tokens.
+        metrics.auth_failures.labels("certificate_required").inc()
+        await authguard.failed(request, "certificate_required", actor=client.name)
+        raise AuthenticationFailed(
+            "This client key is accepted only with its client certificate.",
+            code="client_certificate_required",
+            headers={"WWW-Authenticate": 'Bearer realm="tokenproxy", error="invalid_token"'},
+        )
     if not client.scopes & scopes:
         metrics.auth_failures.labels("missing_scope").inc()
-        authguard.failed(request, "missing_scope", actor=client.name)
+        await authguard.failed(request, "missing_scope", actor=client.name)
         raise PermissionDenied(
             f"This client lacks the scope this route needs ({' or '.join(sorted(scopes))})."
         )
     if client.publishable:
-        publishable.check(request, client)
+        await publishable.check(request, client)
     return client
+
+
+def _presents(request: web.Request, identity: str) -> bool:
+    transport = request.transport
+    # "peercert" is the verified certificate: set only where the listener asks for one.
+    peercert = transport.get_extra_info("peercert") if transport is not None else None
+    return identity_matches(identity, peercert)
 
 
 def refuse_customer_fields_from_publishable(client: Client, body: object) -> None:

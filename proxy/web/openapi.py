@@ -16,6 +16,7 @@ from aiohttp import web
 from proxy.domain.errors import JSON_CHARSET, JSON_CONTENT_TYPE
 from proxy.domain.schemas import TOKEN_VIEWS, Error
 from proxy.web.api import OPERATIONS, Operation, describe
+from proxy.web.listeners import public_only
 
 _REF: Final = "#/components/schemas/{name}"
 # Request bodies are named for what they are in the document, not in the code.
@@ -61,11 +62,13 @@ def _renamed(value: Any, names: dict[str, str]) -> Any:
     return value
 
 
-def _components() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def _components(
+    operations: tuple[Operation, ...],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The body schemas, and the properties of each parameter Struct by its name."""
     bodies: list[type[msgspec.Struct]] = [Error, *TOKEN_VIEWS]
     params: list[type[msgspec.Struct]] = []
-    for op in OPERATIONS:
+    for op in operations:
         bodies += [s for s in (op.request,) if s is not None]
         if isinstance(op.response, tuple):
             bodies += op.response
@@ -85,7 +88,10 @@ def _components() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         "description": "A token's view: which one depends on its kind.",
         "anyOf": [_ref(view) for view in TOKEN_VIEWS],
     }
-    components["TokenList"]["properties"]["data"]["items"] = {"$ref": _REF.format(name="TokenView")}
+    if "TokenList" in components:
+        components["TokenList"]["properties"]["data"]["items"] = {
+            "$ref": _REF.format(name="TokenView")
+        }
     return components, parameters
 
 
@@ -138,11 +144,11 @@ def _operation(op: Operation, schemas: dict[str, dict[str, Any]]) -> dict[str, A
     return entry
 
 
-def build() -> dict[str, Any]:
-    """The whole document."""
-    components, parameters = _components()
+def build(operations: tuple[Operation, ...] = OPERATIONS) -> dict[str, Any]:
+    """The document of ``operations`` (by default the whole API)."""
+    components, parameters = _components(operations)
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
+    for op in operations:
         paths.setdefault(op.template, {})[op.method] = _operation(op, parameters)
     return {
         "openapi": "3.1.0",
@@ -161,10 +167,14 @@ def build() -> dict[str, Any]:
 
 
 DOCUMENT: Final[dict[str, Any]] = build()
+# The public listener of a two-listener deployment describes only what it serves.
+PUBLIC_DOCUMENT: Final[dict[str, Any]] = build(tuple(op for op in OPERATIONS if op.public_listener))
 # Served as built once: the same bytes for every request.
 _BODY: Final = msgspec.json.encode(DOCUMENT)
+_PUBLIC_BODY: Final = msgspec.json.encode(PUBLIC_DOCUMENT)
 
 
 async def serve(request: web.Request) -> web.Response:
     """GET /openapi.json."""
-    return web.Response(body=_BODY, content_type=JSON_CONTENT_TYPE, charset=JSON_CHARSET)
+    body = _PUBLIC_BODY if public_only(request) else _BODY
+    return web.Response(body=body, content_type=JSON_CONTENT_TYPE, charset=JSON_CHARSET)

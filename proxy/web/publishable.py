@@ -9,7 +9,9 @@ What keeps it from being useful to anyone else:
   change it, so another site cannot use the key from a shopper's browser. (A script
   outside a browser can send any header; that is what the rate limit is for.)
 - it is rate-limited per key and client address (``proxy.web.clientaddr``: the shopper's,
-  behind a trusted ingress) with an in-memory token bucket.
+  behind a trusted ingress) with a token bucket: in memory, or with the PostgreSQL backend
+  in the database, so every replica spends from one bucket (:class:`SharedBucket`; one
+  statement per request).
 
 The hosted card fields (``/elements/card``) are served by the proxy, so their requests
 carry the proxy's own origin. For those, the embedding checkout page's origin is taken
@@ -33,6 +35,8 @@ from proxy.domain.origins import OriginError, parse_origin
 from proxy.infra.clients import Client
 from proxy.web.appkeys import METRICS, SETTINGS
 from proxy.web.clientaddr import client_address
+from vault.errors import StorageUnavailable
+from vault.limits import SharedLimits
 
 CHECKOUT_ORIGIN_HEADER = "TokenProxy-Checkout-Origin"
 
@@ -78,15 +82,44 @@ class TokenBucketLimiter:
         return len(self._buckets)
 
 
+class SharedBucket:
+    """The same buckets kept in the vault's database, shared by every replica.
+
+    Inactive (``limits`` None) until start-up finds a backend that shares limits. Should
+    the database not answer, the in-memory bucket decides: the limit still holds per
+    replica, and the request fails on the vault soon enough anyway.
+    """
+
+    def __init__(self, rate_per_second: float, burst: int, fallback: TokenBucketLimiter) -> None:
+        self.interval = 1.0 / rate_per_second
+        self.burst = burst
+        self.fallback = fallback
+        self.limits: SharedLimits | None = None
+
+    async def take(self, key: tuple[str, str]) -> float:
+        """Spend one token from ``key``'s bucket: 0.0 if allowed, else seconds until one is due."""
+        if self.limits is None:
+            return self.fallback.take(key)
+        digest, remote = key
+        try:
+            # The digest's first half names the key well enough and is no usable secret.
+            return await self.limits.limit_take(
+                f"pk:{digest[:32]}:{remote}", self.interval, self.burst
+            )
+        except StorageUnavailable:
+            return self.fallback.take(key)
+
+
 LIMITER = web.AppKey("publishable_limiter", TokenBucketLimiter)
+SHARED = web.AppKey("publishable_shared_limiter", SharedBucket)
 
 
 def install(app: web.Application) -> None:
     """Give ``app`` its publishable-key rate limiter, sized from its settings."""
     settings = app[SETTINGS]
-    app[LIMITER] = TokenBucketLimiter(
-        settings.publishable_rate_per_minute / 60.0, settings.publishable_burst
-    )
+    rate = settings.publishable_rate_per_minute / 60.0
+    app[LIMITER] = TokenBucketLimiter(rate, settings.publishable_burst)
+    app[SHARED] = SharedBucket(rate, settings.publishable_burst, app[LIMITER])
 
 
 def calling_origin(request: web.Request) -> str | None:
@@ -122,7 +155,7 @@ def _from_own_page(request: web.Request, origin: str) -> bool:
         return False
 
 
-def check(request: web.Request, client: Client) -> None:
+async def check(request: web.Request, client: Client) -> None:
     """Enforce a publishable client's origin binding and rate limit (403 / 429)."""
     app = request.app
     origin = calling_origin(request)
@@ -131,7 +164,7 @@ def check(request: web.Request, client: Client) -> None:
         raise PermissionDenied(
             "This publishable key may not be used from this origin.", code="origin_not_allowed"
         )
-    wait = app[LIMITER].take((client.key_digest, client_address(request)))
+    wait = await app[SHARED].take((client.key_digest, client_address(request)))
     if wait > 0:
         app[METRICS].auth_failures.labels("rate_limited").inc()
         raise RateLimited(

@@ -27,6 +27,7 @@ K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.30.0"
 # Placeholders for the Secrets, kept beside the manifests and never applied with them.
 EXAMPLE = "secret.example.yaml"
+EXAMPLES = (EXAMPLE, "tls-secret.example.yaml")
 
 
 def _dockerfile() -> list[tuple[str, str]]:
@@ -238,7 +239,7 @@ def test_manifests_validate_against_the_kubernetes_schemas() -> None:
             assert doc["metadata"]["namespace"] == "tokenproxy"
     listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
     assert sorted(listed) == sorted(
-        p.name for p in K8S.glob("*.yaml") if p.name not in {"kustomization.yaml", EXAMPLE}
+        p.name for p in K8S.glob("*.yaml") if p.name not in {"kustomization.yaml", *EXAMPLES}
     )
 
 
@@ -294,12 +295,19 @@ def test_deployment_is_locked_down_with_probes_on_the_ops_port() -> None:
             assert set(container["resources"][kind]) == {"cpu", "memory"}
     (main,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
-    config = _one("ConfigMap")["data"]
+    config = {
+        **_one("ConfigMap")["data"],
+        **{e["name"]: e["value"] for e in main.get("env", [])},
+    }
     assert ports["ops"] == int(config["TOKENPROXY_OPS_LISTEN"].rsplit(":", 1)[1])
     assert ports["api"] == int(config["TOKENPROXY_LISTEN"].rsplit(":", 1)[1])
-    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
-    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
+    assert ports["internal"] == int(config["TOKENPROXY_INTERNAL_LISTEN"].rsplit(":", 1)[1])
+    # The ops listener speaks TLS too (TOKENPROXY_TLS_CERT_FILE covers every listener).
+    probe = {"path": "/readyz", "port": "ops", "scheme": "HTTPS"}
+    assert main["readinessProbe"]["httpGet"] == probe
+    assert main["livenessProbe"]["httpGet"] == {**probe, "path": "/healthz"}
     assert main["startupProbe"]["httpGet"]["port"] == "ops"
+    assert main["startupProbe"]["httpGet"]["scheme"] == "HTTPS"
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert _one("Service")["spec"]["selector"].items() <= labels.items()
@@ -333,6 +341,32 @@ def test_key_ring_is_the_secret_volume_itself_so_rotations_reach_running_pods() 
             "verbs": ["get", "patch"],
         }
     ]
+
+
+def test_certificates_come_from_a_secret_mounted_whole() -> None:
+    """The TLS files the Deployment names lie in the tokenproxy-tls Secret's volume, mounted
+    as a directory so a renewal reaches the running proxy."""
+    pod = _one("Deployment")["spec"]["template"]["spec"]
+    (main,) = pod["containers"]
+    mount = next(m for m in main["volumeMounts"] if m["name"] == "tls")
+    assert "subPath" not in mount
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == "tokenproxy-tls"
+    assert "items" not in volume["secret"]
+    config = {e["name"]: e["value"] for e in main["env"]}
+    secret = next(
+        d
+        for d in yaml.safe_load_all((K8S / "tls-secret.example.yaml").read_text())
+        if d and d["kind"] == "Secret" and d["metadata"]["name"] == "tokenproxy-tls"
+    )
+    for setting, key in (
+        ("TOKENPROXY_TLS_CERT_FILE", "tls.crt"),
+        ("TOKENPROXY_TLS_KEY_FILE", "tls.key"),
+        ("TOKENPROXY_TLS_CLIENT_CA_FILE", "ca.crt"),
+    ):
+        assert config[setting] == f"{mount['mountPath']}/{key}"
+        assert key in secret["stringData"]
 
 
 def test_autoscaler_and_disruption_budget_fit_together() -> None:
@@ -480,7 +514,8 @@ def test_network_policy_admits_only_the_callers_and_reaches_only_partner_db_dns(
         for port in rule["ports"]:
             by_port.setdefault(port["port"], set()).update(namespaces)
     assert by_port == {
-        8080: {"checkout", "billing", "order", "ingress-nginx"},
+        8080: {"checkout", "ingress-nginx"},
+        8443: {"billing", "order"},
         9090: {"monitoring"},
     }
     # From the ingress namespace only the controller's pods, never every pod there.

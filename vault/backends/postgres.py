@@ -41,6 +41,7 @@ from vault.backends.base import (
 )
 from vault.backends.postgres_idempotency import PostgresIdempotencyMixin
 from vault.backends.postgres_lifecycle import PostgresLifecycleMixin
+from vault.backends.postgres_limits import PostgresLimitsMixin
 from vault.backends.postgres_sync import PostgresSyncMixin
 from vault.backends.sql import POSTGRES as SQL
 from vault.backends.sql import numbered
@@ -112,7 +113,9 @@ def session_settings(url: str) -> dict[str, str]:
     return {"synchronous_commit": wanted if wanted in _DURABLE_LEVELS else "on"}
 
 
-class PostgresBackend(PostgresLifecycleMixin, PostgresIdempotencyMixin, PostgresSyncMixin):
+class PostgresBackend(
+    PostgresLifecycleMixin, PostgresIdempotencyMixin, PostgresSyncMixin, PostgresLimitsMixin
+):
     """The backend for several replicas on one PostgreSQL database."""
 
     name = "postgres"

@@ -14,7 +14,7 @@ _SCOPES = frozenset({"tokenize"})
 
 async def create_bank_account(request: web.Request) -> web.Response:
     """POST /v1/bank-accounts: tokenize an IBAN as a SEPA debit payment method."""
-    client = authenticate(request, _SCOPES)
+    client = await authenticate(request, _SCOPES)
     key = render.idempotency_key(request)
     body = await read_json(request)
     refuse_customer_fields_from_publishable(client, body)

@@ -16,7 +16,7 @@ _SCOPES = frozenset({"tokenize"})
 
 async def create_card(request: web.Request) -> web.Response:
     """POST /v1/cards: tokenize a card (at most once per Idempotency-Key)."""
-    client = authenticate(request, _SCOPES)
+    client = await authenticate(request, _SCOPES)
     key = render.idempotency_key(request)
     body = await read_json(request)
     refuse_customer_fields_from_publishable(client, body)
@@ -28,7 +28,7 @@ async def create_card(request: web.Request) -> web.Response:
 
 async def confirm_card(request: web.Request) -> web.Response:
     """POST /v1/cards/confirm: the token of a card whose holder completed authentication."""
-    client = authenticate(request, _SCOPES)
+    client = await authenticate(request, _SCOPES)
     key = render.idempotency_key(request)
     body = await read_json(request)
     call = await render.creation_call(request, client.name, key)

@@ -16,7 +16,7 @@ _DELETE = frozenset({"delete"})
 
 async def list_tokens(request: web.Request) -> web.Response:
     """GET /v1/customers/{customer_ref}/tokens: masked views, paginated."""
-    authenticate(request, _READ)
+    await authenticate(request, _READ)
     result = await customers.list_tokens(
         request.app[SERVICES],
         request.match_info["customer_ref"],
@@ -28,7 +28,7 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 async def export_customer(request: web.Request) -> web.Response:
     """GET /v1/customers/{customer_ref}/export: the data-subject access report."""
-    authenticate(request, _ADMIN)
+    await authenticate(request, _ADMIN)
     result = await customers.export_customer(
         request.app[SERVICES], request.match_info["customer_ref"]
     )
@@ -37,7 +37,7 @@ async def export_customer(request: web.Request) -> web.Response:
 
 async def erase_customer(request: web.Request) -> web.Response:
     """DELETE /v1/customers/{customer_ref}: erasure (detach, delete, crypto-shred)."""
-    client = authenticate(request, _DELETE)
+    client = await authenticate(request, _DELETE)
     result = await customers.audited_erase(
         request.app[SERVICES],
         request.match_info["customer_ref"],

@@ -14,7 +14,7 @@ _SCOPES = frozenset({"invoice"})
 
 async def create_invoice(request: web.Request) -> web.Response:
     """POST /v1/invoices: store an invoice reference under a vtok_inv_ token."""
-    client = authenticate(request, _SCOPES)
+    client = await authenticate(request, _SCOPES)
     key = render.idempotency_key(request)
     body = await read_json(request)
     call = await render.creation_call(request, client.name, key)

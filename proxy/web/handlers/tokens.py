@@ -16,7 +16,7 @@ _DELETE = frozenset({"delete"})
 
 async def get_token(request: web.Request) -> web.Response:
     """GET /v1/tokens/{token}: masked view for `read`, partner reference too for `resolve`."""
-    client = authenticate(request, _SCOPES)
+    client = await authenticate(request, _SCOPES)
     token = request.match_info["token"]
     if "resolve" in client.scopes:
         # Fail closed: no partner reference leaves unless its audit event is durable.
@@ -31,7 +31,7 @@ async def get_token(request: web.Request) -> web.Response:
 
 async def delete_token(request: web.Request) -> web.Response:
     """DELETE /v1/tokens/{token}: delete one token, detaching it at the partner first."""
-    client = authenticate(request, _DELETE)
+    client = await authenticate(request, _DELETE)
     token = request.match_info["token"]
     result = await customers.audited_delete(
         request.app[SERVICES], token, actor=client.name, origin=client_address(request)

@@ -1,0 +1,2 @@
+-- Mirrors postgres/0010_rate_limits.sql, which gives replicas one shared rate-limit table.
+-- A SQLite vault serves one process, whose limits stay in its memory: nothing to create.
