@@ -25,6 +25,7 @@ from proxy.domain.errors import (
 )
 from proxy.domain.requests import parse_card_request
 from proxy.infra.metrics import Metrics
+from proxy.infra.syncstatus import refresh_reconcile_metrics
 from proxy.partners.ports import CardUpdate, PartnerEvent
 from proxy.partners.stripe import StripePartner
 from tests.backends import RawRows
@@ -106,6 +107,29 @@ async def test_orphan_is_reported_then_detached_with_fix(
     assert events.count("reconcile.orphan_detach") == 1
     # The saved card was never touched.
     assert (await stripe_partner.get_payment_method(saved["pm"])).customer == saved["cus"]  # type: ignore[union-attr]
+
+
+async def test_a_full_run_is_what_the_serving_proxy_exports(
+    services: Services, stripe_partner: StripePartner
+) -> None:
+    """The last complete run's findings and finish time become the proxy's reconcile gauges."""
+    saved = await save_card(services, "rc-gauges")
+    extra = await stripe_partner.create_card(parse_card_request(card_body(VISA), today=TODAY))
+    await stripe_partner.attach(extra.reference, saved["cus"])
+    served = Metrics()
+    await refresh_reconcile_metrics(served.sync, services.vault)
+    assert served.registry.get_sample_value("tokenproxy_reconcile_last_run_timestamp_seconds") in (
+        None,
+        0,
+    )
+    _, result = await run(services)
+    await refresh_reconcile_metrics(served.sync, services.vault)
+    found = served.registry.get_sample_value("tokenproxy_reconcile_found", {"finding": "orphan"})
+    assert found == result["summary"]["found"]["orphan"] == 1
+    assert (
+        served.registry.get_sample_value("tokenproxy_reconcile_last_run_timestamp_seconds")
+        == result["summary"]["finished_at"]
+    )
 
 
 async def test_dangling_token_is_reported_then_marked_detached(
