@@ -122,9 +122,9 @@ class VaultLifecycle:
 
         def index(self, domain: str, value: str) -> str: ...
 
-        def _new_dek(self, customer_idx: str | None) -> tuple[DekRow, Sealer]: ...
+        async def _new_dek(self, customer_idx: str | None) -> tuple[DekRow, Sealer]: ...
 
-        def _unwrap(self, row: DekRow) -> Sealer: ...
+        async def _unwrap(self, row: DekRow) -> Sealer: ...
 
         def _remember(self, dek_id: str, sealer: Sealer) -> None: ...
 
@@ -143,7 +143,7 @@ class VaultLifecycle:
             existing = await self.backend.get_customer_dek(customer_idx)
             if existing is not None:
                 return existing.dek_id
-            row, sealer = self._new_dek(customer_idx)
+            row, sealer = await self._new_dek(customer_idx)
             try:
                 await self.backend.insert_dek(row)
             except DuplicateRecord:

@@ -21,7 +21,7 @@ async def refresh_key_metrics(
     if now - metrics.key_metrics_at < max_age:
         return
     metrics.key_metrics_at = now
-    vault.keys.refresh()  # so the backlog is measured against the newest active version
+    await vault.refresh_keys()  # so the backlog is measured against the newest active version
     try:
         status = await key_status(vault)
     except VaultError:

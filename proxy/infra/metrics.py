@@ -19,6 +19,8 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
+# Loop lag worth alerting on starts at a few milliseconds: finer at the bottom.
+_LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -199,6 +201,12 @@ class Metrics:
         self.clients_loaded = Gauge(
             "tokenproxy_clients_loaded",
             "Clients in force (each may hold a previous key during a rotation).",
+            registry=r,
+        )
+        self.event_loop_lag = Histogram(
+            "tokenproxy_event_loop_lag_seconds",
+            "How late the event loop woke a probe timer: time the loop spent blocked.",
+            buckets=_LOOP_LAG_BUCKETS,
             registry=r,
         )
         Info("tokenproxy_build", "Build information.", registry=r).info({"version": version})

@@ -99,6 +99,9 @@ class Settings:
     kms_key_id: str | None = None
     kms_endpoint: str | None = None
     kms_region: str | None = None
+    # How often a serving process re-confirms its KEKs with KMS (a disabled key stops
+    # tokenize and resolve within this many seconds; an unreachable KMS stops nothing).
+    kms_refresh_interval: float = 60.0
     # Resilience: idempotency, partner retries, circuit breaker, request limits.
     idempotency_ttl: float = 24 * 3600.0
     partner_max_retries: int = 2
@@ -361,6 +364,10 @@ def _kek_settings(env: Mapping[str, str]) -> dict[str, object]:
         kwargs["kms_endpoint"] = endpoint
     if env.get("TOKENPROXY_KMS_REGION"):
         kwargs["kms_region"] = env["TOKENPROXY_KMS_REGION"]
+    if "TOKENPROXY_KMS_REFRESH_SECONDS" in env:
+        kwargs["kms_refresh_interval"] = _float(
+            "TOKENPROXY_KMS_REFRESH_SECONDS", env["TOKENPROXY_KMS_REFRESH_SECONDS"], minimum=1
+        )
     return kwargs
 
 

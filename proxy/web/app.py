@@ -22,7 +22,7 @@ from proxy.infra.settings import HostPort, Settings, SettingsError
 from proxy.partners.ports import Partner
 from proxy.partners.resilience import CircuitBreaker, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
-from proxy.web import authguard, background, cors, publishable
+from proxy.web import authguard, background, cors, publishable, runtime
 from proxy.web.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.web.clientreload import follow_clients_file, reload_clients
 from proxy.web.limits import ApiRunner, ops_server_options, server_options
@@ -123,6 +123,7 @@ def create_app(
     app.cleanup_ctx.append(background.retention_jobs)
     # Last, so its final flush of auth-failure events runs before the vault closes.
     app.cleanup_ctx.append(authguard.background)
+    app.cleanup_ctx.append(runtime.runtime_tasks)
     return app
 
 

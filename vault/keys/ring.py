@@ -517,6 +517,30 @@ class KekProvider(Protocol):
         """
         ...
 
+    @property
+    def generation(self) -> int:
+        """Grows whenever key material this process held is withdrawn (see :meth:`renew`).
+
+        The vault drops its cache of unwrapped data keys when it changes, so a withdrawn
+        key stops opening records at once rather than when the cache turns over.
+        """
+        ...
+
+    def is_local(self, version: int) -> bool:
+        """Whether wrap/unwrap under ``version`` run in this process, without a network call.
+
+        The vault makes the calls that are not local in a thread, off its event loop.
+        """
+        ...
+
+    def renew(self) -> None:
+        """Re-confirm held key material with its key service (blocking: call in a thread).
+
+        The serving process calls it every refresh interval; a key the service refuses is
+        withdrawn here (and :attr:`generation` grows); one it cannot reach stays.
+        """
+        ...
+
     def refresh(self, *, force: bool = False) -> bool:
         """Re-read the key source if it changed (another process rotated); True if reloaded.
 
@@ -583,6 +607,18 @@ class LocalKekProvider:
     def versions(self) -> list[KeyInfo]:
         """Every version, oldest first, without key material."""
         return self._ring.versions()
+
+    @property
+    def generation(self) -> int:
+        """Always 0: a key in a local file is withdrawn only by retiring it."""
+        return 0
+
+    def is_local(self, version: int) -> bool:
+        """Always True: wrapping is AES-GCM in this process."""
+        return True
+
+    def renew(self) -> None:
+        """Nothing to re-confirm: the file is the key service (``refresh`` follows it)."""
 
     def refresh(self, *, force: bool = False) -> bool:
         """Reload the key ring if the file changed since it was read; True if reloaded."""
