@@ -43,7 +43,7 @@ from typing import Any, NoReturn
 
 from vault.backends.base import IDEMPOTENCY_ERASED, Backend, IdempotencyRow
 from vault.crypto import Sealer, _frame, dek_aad, derive_subkey, new_key
-from vault.errors import VaultError
+from vault.errors import UnknownKeyVersion, VaultError
 from vault.records import iso, utcnow
 from vault.store import Vault
 
@@ -310,6 +310,15 @@ class IdempotencyStore:
         raise IdempotencyOwnershipLost("idempotency row taken over")
 
     async def _unwrap(self, row: IdempotencyRow) -> Sealer:
+        try:
+            return await self._unwrap_once(row)
+        except UnknownKeyVersion:
+            # Wrapped by a replica that saw a rotation this process has not: look, retry.
+            if not await self.vault.refresh_keys(force=True):
+                raise
+            return await self._unwrap_once(row)
+
+    async def _unwrap_once(self, row: IdempotencyRow) -> Sealer:
         keys, version = self.vault.keys, row.kek_version
         aad = dek_aad(_dek_id(row.key_idx), version)
         if keys.is_local(version):

@@ -6,7 +6,10 @@ import base64
 import io
 import json
 import logging
+import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -350,3 +353,32 @@ def card(reference: str, *, customer_ref: str | None = None) -> NewRecord:
     return NewRecord(
         kind=Kind.CARD, partner="stripe", partner_reference=reference, customer_ref=customer_ref
     )
+
+
+async def test_kms_version_rotated_by_another_process_is_unlocked_and_read(
+    kms_ring: Path, moto: MotoKms, tmp_path: Path
+) -> None:
+    """A record under a KMS version another process added: the vault reloads, unlocks, reads."""
+    running = await Vault.open(f"sqlite:///{tmp_path / 'vault.db'}", provider(kms_ring, moto))
+    try:
+        env = {
+            **os.environ,
+            **FAKE_AWS_ENV,
+            "TOKENPROXY_KEK_PROVIDER": "aws-kms",
+            "TOKENPROXY_KMS_ENDPOINT": moto.endpoint,
+            "TOKENPROXY_KMS_KEY_ID": moto.create_key(),
+            "TOKENPROXY_KEYRING": str(kms_ring),
+        }
+        rotate = "import sys; from proxy.cli.main import main; sys.exit(main(['keys', 'rotate']))"
+        done = subprocess.run(  # noqa: ASYNC221 - the other process must finish first
+            [sys.executable, "-c", rotate], env=env, check=False, timeout=120, capture_output=True
+        )
+        assert done.returncode == 0, done.stderr.decode()[-500:]
+        other = Vault(running.backend, provider(kms_ring, moto))
+        stored = await other.put(card("pm_rotated_elsewhere"))
+        assert running.keys.active_version == 1
+        assert await running.get(stored.token) == stored
+        assert running.keys.active_version == 2
+        assert running.keys.is_local(2)
+    finally:
+        await running.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,3 +197,26 @@ async def test_sqlite_database_uses_wal_and_full_sync(vault_path: Path, keyring_
         assert backend._writer.execute("PRAGMA synchronous").fetchone() == (2,)  # type: ignore[attr-defined]
     finally:
         await vault.close()
+
+
+async def test_record_under_a_version_rotated_by_another_process_is_read(
+    vault_url: str, keyring_path: Path
+) -> None:
+    """A data key under a version another process added is read after one reload, not refused."""
+    running = await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path))
+    try:
+        rotate = (
+            "import sys; from vault.keys.ring import rotate_keyring; rotate_keyring(sys.argv[1])"
+        )
+        done = subprocess.run(  # noqa: ASYNC221 - the other process must finish first
+            [sys.executable, "-c", rotate, str(keyring_path)], check=False, timeout=60
+        )
+        assert done.returncode == 0
+        # Another replica, started after the rotation, seals under version 2.
+        other = Vault(running.backend, LocalKekProvider.from_file(keyring_path))
+        stored = await other.put(card_record("cus-rotated"))
+        assert running.keys.active_version == 1  # the running vault has not looked yet
+        assert await running.get(stored.token) == stored
+        assert running.keys.active_version == 2
+    finally:
+        await running.close()

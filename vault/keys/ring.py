@@ -563,9 +563,9 @@ class LocalKekProvider:
     A serving process keeps one provider for its life, while `tokenproxy keys rotate` and
     `keys rewrap` run in other processes. So the provider follows the file: the vault calls
     :meth:`refresh` before it wraps a new data key (one ``stat`` at most every
-    :data:`RELOAD_CHECK_SECONDS`), and ``unwrap`` of a version it does not know looks at
-    once (a rewrapped DEK can only name a version that was in the file before the rewrap
-    wrote it, so one look is enough). The
+    :data:`RELOAD_CHECK_SECONDS`), and when ``unwrap`` raises UnknownKeyVersion the vault
+    forces a refresh and tries once more (a rewrapped DEK can only name a version that was
+    in the file before the rewrap wrote it, so one look is enough). The
     file is re-parsed only when its identity (inode, size, mtime) changed; a changed file
     that fails validation is ignored (the ring validated earlier stays in force) and is
     not parsed again until it changes once more. So is a file that does not continue the
@@ -677,14 +677,8 @@ class LocalKekProvider:
         return version, self._sealer(version).seal(dek, aad)
 
     def unwrap(self, version: int, wrapped: bytes, aad: bytes) -> bytes:
-        """Unwrap; DecryptionFailed on bad auth, KeyRingError for unknown/retired versions."""
-        try:
-            sealer = self._sealer(version)
-        except UnknownKeyVersion:
-            if not self.refresh(force=True):
-                raise
-            sealer = self._sealer(version)
-        return sealer.open(wrapped, aad)
+        """Unwrap; DecryptionFailed on bad auth, UnknownKeyVersion, KeyRingError if retired."""
+        return self._sealer(version).open(wrapped, aad)
 
     def _sealer(self, version: int) -> Sealer:
         sealer = self._sealers.get(version)
