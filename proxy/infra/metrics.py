@@ -7,6 +7,7 @@ operation, outcome, kind. Never a token, key, customer or card value.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -18,6 +19,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # Loop lag worth alerting on starts at a few milliseconds: finer at the bottom.
 _LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -27,11 +29,20 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class Metrics:
     """Every metric the proxy exports (catalog: deploy/METRICS.md)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, version: str = "0") -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        version: str = "0",
+        multiprocess_dir: Path | None = None,
+    ) -> None:
         # No `_created` gauge beside every counter and histogram: it doubles the series
         # count and no dashboard or rule reads it (process-wide, idempotent).
         disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the library
         self.registry = registry or CollectorRegistry()
+        # Under several workers each process writes its values to files in this directory
+        # (prometheus-client's multiprocess mode) and any worker's /metrics sums them all.
+        self.multiprocess_dir = multiprocess_dir
         # Labelled children by (metric, label values): prometheus-client's .labels() takes a
         # lock and validates the values on every call, a measurable share of a request.
         # Bounded because every label value is from a bounded set (see the module docstring).
@@ -125,6 +136,7 @@ class Metrics:
         self.ready = Gauge(
             "tokenproxy_ready",
             "1 when the service is ready (vault reachable), else 0.",
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.audit_failures = Counter(
@@ -136,12 +148,14 @@ class Metrics:
         self.rewrap_remaining = Gauge(
             "tokenproxy_rewrap_remaining",
             "Data keys not yet wrapped by the active key version (run `tokenproxy keys rewrap`).",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.deks = Gauge(
             "tokenproxy_deks",
             "Data keys per key-encryption-key version.",
             ["key_version"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         # When the key gauges were last read from the vault (see proxy.infra.keystatus).
@@ -163,6 +177,7 @@ class Metrics:
             "tokenproxy_partner_circuit_state",
             "Partner circuit breaker: 0 closed, 1 open, 2 half-open.",
             ["partner"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.idempotency = Counter(
@@ -196,11 +211,13 @@ class Metrics:
         self.clients_reload_last_success = Gauge(
             "tokenproxy_clients_reload_last_success_timestamp_seconds",
             "Unix time the clients in force were read (start-up or the last good reload).",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.clients_loaded = Gauge(
             "tokenproxy_clients_loaded",
             "Clients in force (each may hold a previous key during a rotation).",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.event_loop_lag = Histogram(
@@ -210,6 +227,18 @@ class Metrics:
             registry=r,
         )
         Info("tokenproxy_build", "Build information.", registry=r).info({"version": version})
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """What /metrics renders: this process's registry, or every worker's values summed.
+
+        Counters and histograms add up over workers (a dead worker's counts stay); gauges
+        take the minimum (ready) or maximum (the rest) over live workers.
+        """
+        if self.multiprocess_dir is None:
+            return self.registry
+        summed = CollectorRegistry()
+        MultiProcessCollector(summed, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        return summed
 
     def closer(self, listener: str) -> Callable[[str], None]:
         """A callback counting connections ``listener`` closes, by reason."""

@@ -123,6 +123,14 @@ class Settings:
     auth_failure_max_sources: int = 10_000
     auth_failure_audit_interval: float = 60.0
     audit_retention_days: int = 365
+    # Processes serving one port (SO_REUSEPORT) under `tokenproxy serve`'s supervisor.
+    workers: int = 1
+    # Where worker processes keep their metric values for the ops listener to sum (the
+    # supervisor sets PROMETHEUS_MULTIPROC_DIR for its workers; unset = one process).
+    metrics_multiproc_dir: Path | None = None
+    # Whether this process runs the once-per-deployment jobs (retention sweep, idempotency
+    # purge): every worker but the first is started with False.
+    singleton_jobs: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -246,6 +254,7 @@ class Settings:
                 "TOKENPROXY_PUBLISHABLE_BURST", env["TOKENPROXY_PUBLISHABLE_BURST"], minimum=1
             )
         kwargs.update(_kek_settings(env))
+        kwargs.update(_worker_settings(env))
         kwargs.update(_audit_settings(env))
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.db_pool_min > settings.db_pool_max:
@@ -346,6 +355,19 @@ def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
         if name in env:
             out[attr] = _int(name, env[name], minimum=low)
     return out
+
+
+def _worker_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """TOKENPROXY_WORKERS (a count or ``auto``) and the metrics directory workers share."""
+    kwargs: dict[str, object] = {}
+    workers = env.get("TOKENPROXY_WORKERS", "1").strip().lower()
+    if workers == "auto":
+        kwargs["workers"] = len(os.sched_getaffinity(0)) or 1
+    else:
+        kwargs["workers"] = _int("TOKENPROXY_WORKERS", workers, minimum=1)
+    if env.get("PROMETHEUS_MULTIPROC_DIR"):
+        kwargs["metrics_multiproc_dir"] = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+    return kwargs
 
 
 def _kek_settings(env: Mapping[str, str]) -> dict[str, object]:

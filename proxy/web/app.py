@@ -7,7 +7,7 @@ import contextlib
 import errno
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import web
@@ -54,7 +54,9 @@ def create_app(
     """The API application. Dependencies not given are built from ``settings`` at start-up."""
     app = web.Application(middlewares=[request_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[METRICS] = metrics or Metrics(version=VERSION)
+    app[METRICS] = metrics or Metrics(
+        version=VERSION, multiprocess_dir=settings.metrics_multiproc_dir
+    )
     app[CLIENTS] = clients if clients is not None else ClientRegistry.load(settings.clients_path)
     app[_READY] = asyncio.Event()
     app.add_routes(ROUTES)
@@ -102,15 +104,21 @@ def create_app(
                     stale_after=settings.idempotency_stale_after,
                 ),
             )
-            purger = asyncio.create_task(_purge_idempotency_keys(app[SERVICES], settings))
+            # Once per deployment, not once per worker (see Settings.singleton_jobs).
+            purger = (
+                asyncio.create_task(_purge_idempotency_keys(app[SERVICES], settings))
+                if settings.singleton_jobs
+                else None
+            )
             app[_READY].set()
             app[METRICS].ready.set(1)
             yield
             app[_READY].clear()
             app[METRICS].ready.set(0)
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            if purger is not None:
+                purger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purger
             if own_partner:
                 await the_partner.close()
         finally:
@@ -170,7 +178,7 @@ def create_ops_app(api: web.Application) -> web.Application:
     async def metrics_handler(request: web.Request) -> web.Response:
         if SERVICES in api:
             await refresh_key_metrics(metrics, api[SERVICES].vault)
-        body = generate_latest(metrics.registry)
+        body = generate_latest(metrics.exposition_registry())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
@@ -214,7 +222,9 @@ class ListenError(SettingsError):
     """A listen address cannot be bound; the one-line message names it and its setting."""
 
 
-def bind_listeners(api: HostPort, ops: HostPort) -> tuple[socket.socket, socket.socket]:
+def bind_listeners(
+    api: HostPort, ops: HostPort, *, reuse_port: bool = False
+) -> tuple[socket.socket, socket.socket]:
     """Listening sockets for the API and ops addresses, or ListenError naming the first failing.
 
     Bound before anything is written or printed, so a busy port costs one line and no
@@ -223,7 +233,7 @@ def bind_listeners(api: HostPort, ops: HostPort) -> tuple[socket.socket, socket.
     bound: list[socket.socket] = []
     try:
         for address, setting in ((api, "TOKENPROXY_LISTEN"), (ops, "TOKENPROXY_OPS_LISTEN")):
-            bound.append(_bind(address, setting))
+            bound.append(_bind(address, setting, reuse_port=reuse_port))
     except ListenError:
         for sock in bound:
             sock.close()
@@ -231,12 +241,15 @@ def bind_listeners(api: HostPort, ops: HostPort) -> tuple[socket.socket, socket.
     return bound[0], bound[1]
 
 
-def _bind(address: HostPort, setting: str) -> socket.socket:
+def _bind(address: HostPort, setting: str, *, reuse_port: bool = False) -> socket.socket:
     try:
         family = socket.getaddrinfo(
             address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0][0]
-        return socket.create_server((address.host, address.port), family=family, backlog=128)
+        # reuse_port: each worker binds the same port and the kernel spreads connections.
+        return socket.create_server(
+            (address.host, address.port), family=family, backlog=128, reuse_port=reuse_port
+        )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             reason = "address in use"
@@ -250,10 +263,12 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     sockets: tuple[socket.socket, socket.socket] | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> None:
     """Run the API and ops listeners until SIGTERM/SIGINT (or ``stop``), then drain.
 
     ``sockets`` are the listeners from ``bind_listeners``; bound here when not given.
+    ``on_started`` runs once both listeners serve (a worker tells its supervisor).
     """
     api_socket, ops_socket = sockets or bind_listeners(settings.listen, settings.ops_listen)
     api = create_app(settings)
@@ -274,6 +289,8 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload_clients, api)
         _log.info("started", **settings.strip_hazmat())
+        if on_started is not None:
+            on_started()
         await stop.wait()
         _log.info("stopping", grace_seconds=settings.shutdown_grace)
     finally:
