@@ -368,6 +368,7 @@ async def test_kms_version_rotated_by_another_process_is_unlocked_and_read(
             "TOKENPROXY_KMS_ENDPOINT": moto.endpoint,
             "TOKENPROXY_KMS_KEY_ID": moto.create_key(),
             "TOKENPROXY_KEYRING": str(kms_ring),
+            "TOKENPROXY_VAULT_URL": f"sqlite:///{tmp_path / 'vault.db'}",
         }
         rotate = "import sys; from proxy.cli.main import main; sys.exit(main(['keys', 'rotate']))"
         done = subprocess.run(  # noqa: ASYNC221 - the other process must finish first
