@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from vault import (
     Vault,
     token_kind,
 )
+from vault.backends.sqlite import SqliteBackend
 from vault.keys.ring import init_keyring
 
 
@@ -220,3 +223,26 @@ async def test_record_under_a_version_rotated_by_another_process_is_read(
         assert running.keys.active_version == 2
     finally:
         await running.close()
+
+
+async def test_sqlite_writer_waits_for_the_write_lock_but_never_hangs_on_it(
+    tmp_path: Path, keyring_path: Path
+) -> None:
+    """Writers queue on the shared flock; one held past the busy timeout is gone around."""
+    path = tmp_path / "locked.db"
+    backend = SqliteBackend(path, busy_timeout_ms=300)
+    vault = Vault(backend, LocalKekProvider.from_file(keyring_path))
+    await backend.migrate()
+    holder = os.open(str(path) + ".writelock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        # Another process holds the queue and never lets go: after the busy timeout the
+        # write goes to SQLite, which is free, so it still lands.
+        stored = await vault.put(card_record("cus-lock"))
+        assert await vault.get(stored.token) == stored
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        many = await asyncio.gather(*(vault.put(card_record()) for _ in range(20)))
+        assert len({r.token for r in many}) == 20
+    finally:
+        os.close(holder)
+        await vault.close()
