@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
+import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -45,6 +47,7 @@ from vault.urls import (
 POSTGRES_EXTRA_MISSING: Final = (
     "a postgresql:// vault URL needs the postgres extra: pip install 'tokenproxy[postgres]'"
 )
+_log = logging.getLogger("vault.store")
 _DEK_CACHE_SIZE = 4096
 _INSERT_ATTEMPTS = 3
 
@@ -110,6 +113,7 @@ class Vault(VaultLifecycle, KeyCheckMixin):
         self._deks: OrderedDict[str, Sealer] = OrderedDict()
         self._keys_generation = keys.generation
         self._keys_checked_at = time.monotonic()
+        self._keys_looking: asyncio.Task[bool] | None = None
 
     @classmethod
     async def open(
@@ -188,6 +192,25 @@ class Vault(VaultLifecycle, KeyCheckMixin):
         self._keys_checked_at = now
         return await asyncio.to_thread(self.keys.refresh, force=True)
 
+    def _follow_rotation(self) -> None:
+        """Start a look at the key source when one is due, without waiting for it.
+
+        A KMS provider unlocks a new version at KMS, which may take its timeouts when KMS
+        is down: a tokenize must not wait for that. Until the look succeeds, new data keys
+        stay on the version in force, which still works.
+        """
+        now = time.monotonic()
+        if self._keys_looking is not None or now - self._keys_checked_at < RELOAD_CHECK_SECONDS:
+            return
+        self._keys_checked_at = now
+        self._keys_looking = asyncio.create_task(asyncio.to_thread(self.keys.refresh, force=True))
+        self._keys_looking.add_done_callback(self._looked)
+
+    def _looked(self, task: asyncio.Task[bool]) -> None:
+        self._keys_looking = None
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("looking for a key rotation failed: %s", type(task.exception()).__name__)
+
     async def renew_keys(self) -> None:
         """Re-confirm the key material with its key service (a thread; see KekProvider.renew)."""
         await asyncio.to_thread(self.keys.renew)
@@ -203,8 +226,8 @@ class Vault(VaultLifecycle, KeyCheckMixin):
         dek_id = "dek_" + secrets.token_urlsafe(16)
         key = new_key()
         # Follow a rotation made by another process, so new data keys stop landing on a
-        # version that `keys rewrap` is draining.
-        await self.refresh_keys()
+        # version that `keys rewrap` is draining (within seconds; never waited for here).
+        self._follow_rotation()
         version = self.keys.active_version
         aad = dek_aad(dek_id, version)
         if self.keys.is_local(version):
@@ -357,6 +380,10 @@ class Vault(VaultLifecycle, KeyCheckMixin):
 
     async def close(self) -> None:
         """Flush pending writes (last-use marks included) and close the backend."""
+        if self._keys_looking is not None:
+            # Bounded by the key service's timeouts; its thread would outlive a cancel.
+            with contextlib.suppress(Exception):
+                await self._keys_looking
         try:
             await self.flush_usage()
         finally:

@@ -66,8 +66,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         configure_logging(json=settings.log_json, level=settings.log_level)
         asyncio.run(serve(settings, sockets=sockets))
         return 0
-    # Fail on a busy port here, in one line, rather than in every worker.
-    for sock in bind_listeners(settings.listen, settings.ops_listen, reuse_port=True):
+    # Fail on a busy port here, in one line, rather than in every worker. Bound without
+    # SO_REUSEPORT, so that another deployment's workers count as busy too (with it, a
+    # second `serve --workers` would silently join their group).
+    for sock in bind_listeners(settings.listen, settings.ops_listen):
         sock.close()
     configure_logging(json=settings.log_json, level=settings.log_level)
     if settings.migrate_on_start:

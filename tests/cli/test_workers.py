@@ -189,3 +189,29 @@ def test_sigterm_drains_every_worker(deployment: Deployment) -> None:
     assert deployment.process.wait(timeout=60) == 0
     assert not any(alive(pid) for pid in workers.values())
     assert len(deployment.events("stopped")) == 2
+
+
+def test_a_second_deployment_on_the_same_port_is_refused(deployment: Deployment) -> None:
+    """Workers share their port with each other only: another `serve --workers` gets one line."""
+    api = deployment.api.removeprefix("http://")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENPROXY_", "PROMETHEUS"))}
+    env.update(
+        {
+            "TOKENPROXY_LISTEN": api,
+            "TOKENPROXY_OPS_LISTEN": f"127.0.0.1:{free_port()}",
+            "TOKENPROXY_STRIPE_API_BASE": "http://127.0.0.1:9",
+            "STRIPE_API_KEY": "sk_test_workers",
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert done.stderr.splitlines() == [
+        f"tokenproxy: cannot listen on {api} (address in use); set TOKENPROXY_LISTEN"
+    ]

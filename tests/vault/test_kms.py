@@ -275,7 +275,11 @@ def test_kms_check_value_needs_the_version_key_and_the_index_key(
 
 
 async def test_kms_outage_after_start_stops_nothing(tmp_path: Path) -> None:
-    """With KMS gone after start, tokenize and resolve go on: data keys wrap locally."""
+    """With KMS gone after start, tokenize and resolve go on: data keys wrap locally.
+
+    A rotation made elsewhere that this process cannot unlock yet leaves it on the version
+    it holds.
+    """
     with pytest.MonkeyPatch.context() as mp:
         for name, value in FAKE_AWS_ENV.items():
             mp.setenv(name, value)
@@ -286,11 +290,19 @@ async def test_kms_outage_after_start_stops_nothing(tmp_path: Path) -> None:
             keys = KmsKekProvider.from_file(path, endpoint_url=own.endpoint)
             vault = await Vault.open(f"sqlite:///{tmp_path / 'vault.db'}", keys)
             before = await vault.put(card("pm_before"))
+            # Another process rotates to a new KMS key just before KMS goes away.
+            other = KmsKekProvider.from_file(
+                path, endpoint_url=own.endpoint, rotate_to=own.create_key()
+            )
+            assert other.rotate() == 2
         finally:
             own.stop()
         try:
             assert keys.is_local(keys.active_version)
             keys.renew()  # unreachable: says nothing about the key, so it stays unlocked
+            # Version 2 cannot be unlocked now: the map in force stays, and so does version 1.
+            assert not await vault.refresh_keys(force=True)
+            assert keys.active_version == 1
             after = await vault.put(card("pm_after", customer_ref="cus-outage"))
             # A fresh cache: every data key is unwrapped again, with KMS still down.
             reader = Vault(vault.backend, keys)
