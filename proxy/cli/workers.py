@@ -183,7 +183,7 @@ class Supervisor:
             "worker_exited",
             worker=worker.index,
             pid=process.pid,
-            code=process.returncode,
+            exit_code=process.returncode,
             restart_in_seconds=delay,
         )
 
