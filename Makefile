@@ -68,7 +68,7 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| echo "wrk could not be installed: using the Python load generator"
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --write docs/performance.md
 	$(BIN)/python -m bench.detect
 	$(BIN)/python -m bench.rewrap
 	$(BIN)/python -m bench.postgres

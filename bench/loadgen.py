@@ -1,8 +1,9 @@
-"""A small closed-loop HTTP load generator, used only when wrk is not installed.
+"""A small HTTP load generator: when wrk is not installed, and for paced (fixed-rate) runs.
 
-Run as its own process (``python -m bench.loadgen SPEC_JSON``) so it never shares an
-event loop or a core's time slice accounting with the server under test. It prints one
-``BENCH_RESULT {json}`` line in the same shape as the wrk script's ``done`` hook.
+Run as its own process (``python -m bench.loadgen SPEC_JSON``, or the spec on stdin) so it
+never shares an event loop or a core's time slice accounting with the server under test.
+It prints one ``BENCH_RESULT {json}`` line in the same shape as the wrk script's ``done``
+hook. With ``rate`` in the spec it is an open loop at that rate (wrk cannot pace).
 """
 
 from __future__ import annotations
@@ -27,8 +28,19 @@ async def _worker(
 ) -> None:
     paths: list[str] = spec["paths"]
     body = spec.get("body")
+    # Open loop at a fixed rate when `rate` is given (requests/s over all connections): each
+    # connection sends on its own schedule, so a slow answer does not slow the offered load.
+    period = spec["connections"] / spec["rate"] if spec.get("rate") else 0.0
+    next_at = (
+        time.perf_counter() + period * (start_index % spec["connections"]) / spec["connections"]
+    )
     i = start_index
     while time.perf_counter() < deadline:
+        if period:
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            next_at += period
         url = spec["base"] + paths[i % len(paths)]
         i += 1
         started = time.perf_counter()
@@ -59,7 +71,7 @@ async def run(spec: dict[str, Any]) -> dict[str, int]:
                     session,
                     spec,
                     deadline=deadline,
-                    start_index=n * 7919,
+                    start_index=n * 7919 if not spec.get("rate") else n,
                     latencies=latencies,
                     counts=counts,
                 )
@@ -85,5 +97,5 @@ async def run(spec: dict[str, Any]) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    result = asyncio.run(run(json.loads(sys.argv[1])))
+    result = asyncio.run(run(json.loads(sys.argv[1] if len(sys.argv) > 1 else sys.stdin.read())))
     print("BENCH_RESULT " + json.dumps(result), flush=True)

@@ -91,3 +91,14 @@ def counted(text: str, name: str) -> list[str]:
 def db_bytes(path: Path) -> bytes:
     """Every byte of the vault file and its -wal/-shm companions."""
     return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+
+
+# Sessions waiting for an advisory lock the asking session holds: only that lock, as other
+# test runs on the same server may be waiting for their own schemas' locks meanwhile.
+WAITING_FOR_MY_ADVISORY_LOCK = (
+    "SELECT count(*) FROM pg_locks AS w JOIN pg_locks AS h"
+    " ON (w.database, w.classid, w.objid, w.objsubid)"
+    " = (h.database, h.classid, h.objid, h.objsubid)"
+    " WHERE w.locktype = 'advisory' AND NOT w.granted"
+    " AND h.locktype = 'advisory' AND h.granted AND h.pid = pg_backend_pid()"
+)

@@ -30,6 +30,7 @@ creates a second payment method.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -42,7 +43,7 @@ from typing import Any, NoReturn
 
 from vault.backends.base import IDEMPOTENCY_ERASED, Backend, IdempotencyRow
 from vault.crypto import Sealer, _frame, dek_aad, derive_subkey, new_key
-from vault.errors import VaultError
+from vault.errors import UnknownKeyVersion, VaultError
 from vault.records import iso, utcnow
 from vault.store import Vault
 
@@ -199,7 +200,11 @@ class IdempotencyStore:
         now = utcnow()
         dek = new_key()
         active = self.vault.keys.active_version
-        version, wrapped = self.vault.keys.wrap(dek, dek_aad(_dek_id(key_idx), active))
+        keys, aad = self.vault.keys, dek_aad(_dek_id(key_idx), active)
+        if keys.is_local(active):
+            version, wrapped = keys.wrap(dek, aad)
+        else:  # a key service call: never on the event loop
+            version, wrapped = await asyncio.to_thread(keys.wrap, dek, aad)
         row = IdempotencyRow(
             key_idx=key_idx,
             request_mac=mac,
@@ -225,7 +230,7 @@ class IdempotencyStore:
             raise IdempotencyErased("idempotency key erased with its customer")
         if not hmac.compare_digest(existing.request_mac, mac):
             raise IdempotencyMismatch("idempotency key reused with another request")
-        sealer = self._unwrap(existing)
+        sealer = await self._unwrap(existing)
         if existing.state == DONE:
             if existing.response is None:  # pragma: no cover - written together with state
                 raise VaultError("completed idempotency row without a response")
@@ -304,11 +309,21 @@ class IdempotencyStore:
             raise IdempotencyErased("idempotency key erased with its customer")
         raise IdempotencyOwnershipLost("idempotency row taken over")
 
-    def _unwrap(self, row: IdempotencyRow) -> Sealer:
-        key = self.vault.keys.unwrap(
-            row.kek_version, row.wrapped_dek, dek_aad(_dek_id(row.key_idx), row.kek_version)
-        )
-        return Sealer(key)
+    async def _unwrap(self, row: IdempotencyRow) -> Sealer:
+        try:
+            return await self._unwrap_once(row)
+        except UnknownKeyVersion:
+            # Wrapped by a replica that saw a rotation this process has not: look, retry.
+            if not await self.vault.refresh_keys(force=True):
+                raise
+            return await self._unwrap_once(row)
+
+    async def _unwrap_once(self, row: IdempotencyRow) -> Sealer:
+        keys, version = self.vault.keys, row.kek_version
+        aad = dek_aad(_dek_id(row.key_idx), version)
+        if keys.is_local(version):
+            return Sealer(keys.unwrap(version, row.wrapped_dek, aad))
+        return Sealer(await asyncio.to_thread(keys.unwrap, version, row.wrapped_dek, aad))
 
     def _stale(self, row: IdempotencyRow) -> bool:
         """May this in-flight row be taken over? Released, owner dead, or silent too long."""

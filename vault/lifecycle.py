@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 _CUSTOMER_AAD_KIND = "partner-customer"
 _KEY_ATTEMPTS = 3
+# Last-use marks per write transaction (see VaultLifecycle.flush_usage).
+USAGE_BATCH = 256
 MAX_PAGE = 100
 
 
@@ -122,9 +124,9 @@ class VaultLifecycle:
 
         def index(self, domain: str, value: str) -> str: ...
 
-        def _new_dek(self, customer_idx: str | None) -> tuple[DekRow, Sealer]: ...
+        async def _new_dek(self, customer_idx: str | None) -> tuple[DekRow, Sealer]: ...
 
-        def _unwrap(self, row: DekRow) -> Sealer: ...
+        async def _unwrap(self, row: DekRow) -> Sealer: ...
 
         def _remember(self, dek_id: str, sealer: Sealer) -> None: ...
 
@@ -143,7 +145,7 @@ class VaultLifecycle:
             existing = await self.backend.get_customer_dek(customer_idx)
             if existing is not None:
                 return existing.dek_id
-            row, sealer = self._new_dek(customer_idx)
+            row, sealer = await self._new_dek(customer_idx)
             try:
                 await self.backend.insert_dek(row)
             except DuplicateRecord:
@@ -298,17 +300,26 @@ class VaultLifecycle:
         self._used[record.token] = iso(now)
 
     async def flush_usage(self) -> int:
-        """Write every pending last-use mark in one transaction; returns rows updated."""
+        """Write every pending last-use mark, USAGE_BATCH per transaction; returns rows updated.
+
+        Small transactions because the writer is shared: after a burst of first resolves
+        tens of thousands of marks wait, and one transaction for all of them would hold
+        every resolve's audit commit behind it for hundreds of milliseconds. Between two
+        batches the writer commits whatever queued meanwhile.
+        """
         if not self._used:
             return 0
-        pending, self._used = self._used, {}
-        try:
-            return await self.backend.touch(pending)
-        except BaseException:
-            # Keep the marks for the next flush rather than lose them.
-            for token, when in pending.items():
-                self._used.setdefault(token, when)
-            raise
+        pending, self._used = list(self._used.items()), {}
+        updated = 0
+        for start in range(0, len(pending), USAGE_BATCH):
+            try:
+                updated += await self.backend.touch(dict(pending[start : start + USAGE_BATCH]))
+            except BaseException:
+                # Keep the unwritten marks for the next flush rather than lose them.
+                for token, when in pending[start:]:
+                    self._used.setdefault(token, when)
+                raise
+        return updated
 
     def pending_use(self, token: str) -> datetime | None:
         """The unflushed last use of ``token``, if any."""

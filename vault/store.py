@@ -8,10 +8,14 @@ another row or another customer's key fails authentication instead of decrypting
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
+import logging
 import secrets
+import time
 from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -24,11 +28,12 @@ from vault.errors import (
     DecryptionFailed,
     DuplicateRecord,
     RecordNotFound,
+    UnknownKeyVersion,
     VaultError,
     VaultUrlError,
 )
 from vault.keys.check import KeyCheckMixin
-from vault.keys.ring import KekProvider
+from vault.keys.ring import RELOAD_CHECK_SECONDS, KekProvider
 from vault.lifecycle import VaultLifecycle
 from vault.records import Kind, NewRecord, Record, iso, new_token, token_kind, utcnow
 from vault.retention import RetentionPolicy
@@ -42,6 +47,7 @@ from vault.urls import (
 POSTGRES_EXTRA_MISSING: Final = (
     "a postgresql:// vault URL needs the postgres extra: pip install 'tokenproxy[postgres]'"
 )
+_log = logging.getLogger("vault.store")
 _DEK_CACHE_SIZE = 4096
 _INSERT_ATTEMPTS = 3
 
@@ -105,6 +111,9 @@ class Vault(VaultLifecycle, KeyCheckMixin):
         # version, and records stay sealed under that DEK, so the cached key still opens them.
         # Only erasure changes what a dek_id may decrypt, and it calls `forget_dek`.
         self._deks: OrderedDict[str, Sealer] = OrderedDict()
+        self._keys_generation = keys.generation
+        self._keys_checked_at = time.monotonic()
+        self._keys_looking: asyncio.Task[bool] | None = None
 
     @classmethod
     async def open(
@@ -173,15 +182,64 @@ class Vault(VaultLifecycle, KeyCheckMixin):
 
     # -- data keys ------------------------------------------------------------
 
-    def _new_dek(self, customer_idx: str | None) -> tuple[DekRow, Sealer]:
+    async def refresh_keys(self, *, force: bool = False) -> bool:
+        """Follow a rotation made by another process (the provider re-reads its source).
+
+        Unless ``force``, at most every RELOAD_CHECK_SECONDS. The provider may block (a
+        KMS provider unlocks a new version's key at KMS), so it runs in a thread.
+        """
+        now = time.monotonic()
+        if not force and now - self._keys_checked_at < RELOAD_CHECK_SECONDS:
+            return False
+        self._keys_checked_at = now
+        return await asyncio.to_thread(self.keys.refresh, force=True)
+
+    def _follow_rotation(self) -> None:
+        """Start a look at the key source when one is due, without waiting for it.
+
+        A KMS provider unlocks a new version at KMS, which may take its timeouts when KMS
+        is down: a tokenize must not wait for that. Until the look succeeds, new data keys
+        stay on the version in force, which still works.
+        """
+        now = time.monotonic()
+        if self._keys_looking is not None or now - self._keys_checked_at < RELOAD_CHECK_SECONDS:
+            return
+        self._keys_checked_at = now
+        self._keys_looking = asyncio.create_task(asyncio.to_thread(self.keys.refresh, force=True))
+        self._keys_looking.add_done_callback(self._looked)
+
+    def _looked(self, task: asyncio.Task[bool]) -> None:
+        self._keys_looking = None
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("looking for a key rotation failed: %s", type(task.exception()).__name__)
+
+    async def renew_keys(self) -> None:
+        """Re-confirm the key material with its key service (a thread; see KekProvider.renew)."""
+        await asyncio.to_thread(self.keys.renew)
+        self._check_generation()
+
+    def _check_generation(self) -> None:
+        if self.keys.generation != self._keys_generation:
+            # A key was withdrawn: data keys unwrapped under it must stop opening records.
+            self._keys_generation = self.keys.generation
+            self._deks.clear()
+
+    async def _new_dek(self, customer_idx: str | None) -> tuple[DekRow, Sealer]:
         dek_id = "dek_" + secrets.token_urlsafe(16)
         key = new_key()
-        # Follow a rotation made by another process (rate-limited inside), so new data
-        # keys stop landing on a version that `keys rewrap` is draining.
-        self.keys.refresh()
-        version, wrapped = self.keys.wrap(key, dek_aad(dek_id, self.keys.active_version))
-        if version != self.keys.active_version:  # pragma: no cover - provider contract
-            raise VaultError("key provider wrapped under an unexpected version")
+        # Follow a rotation made by another process, so new data keys stop landing on a
+        # version that `keys rewrap` is draining (within seconds; never waited for here).
+        self._follow_rotation()
+        version = self.keys.active_version
+        aad = dek_aad(dek_id, version)
+        if self.keys.is_local(version):
+            wrapped_version, wrapped = self.keys.wrap(key, aad)
+        else:
+            wrapped_version, wrapped = await asyncio.to_thread(self.keys.wrap, key, aad)
+        if wrapped_version != version:
+            # A refresh in another thread moved the active version between the two reads:
+            # the associated data names the old one, so this wrap is unusable. Rare; retry.
+            return await self._new_dek(customer_idx)
         row = DekRow(dek_id, customer_idx, version, wrapped, iso(utcnow()))
         return row, Sealer(key)
 
@@ -190,14 +248,31 @@ class Vault(VaultLifecycle, KeyCheckMixin):
         if len(self._deks) > _DEK_CACHE_SIZE:
             self._deks.popitem(last=False)
 
-    def _unwrap(self, row: DekRow) -> Sealer:
-        key = self.keys.unwrap(row.kek_version, row.wrapped, dek_aad(row.dek_id, row.kek_version))
+    async def _unwrap(self, row: DekRow) -> Sealer:
+        try:
+            key = await self._unwrap_key(row)
+        except UnknownKeyVersion:
+            # Another process rotated and wrapped this data key under the new version before
+            # our next look at the key source: look now, then try once more.
+            if not await self.refresh_keys(force=True):
+                raise
+            key = await self._unwrap_key(row)
         sealer = Sealer(key)
         self._remember(row.dek_id, sealer)
         return sealer
 
+    async def _unwrap_key(self, row: DekRow) -> bytes:
+        aad = dek_aad(row.dek_id, row.kek_version)
+        if self.keys.is_local(row.kek_version):
+            return self.keys.unwrap(row.kek_version, row.wrapped, aad)
+        return await asyncio.to_thread(self.keys.unwrap, row.kek_version, row.wrapped, aad)
+
+    def _cached_dek(self, dek_id: str) -> Sealer | None:
+        self._check_generation()
+        return self._deks.get(dek_id)
+
     async def _dek_by_id(self, dek_id: str) -> Sealer:
-        sealer = self._deks.get(dek_id)
+        sealer = self._cached_dek(dek_id)
         if sealer is not None:
             self._deks.move_to_end(dek_id)  # least recently used goes first, not oldest
             return sealer
@@ -205,7 +280,7 @@ class Vault(VaultLifecycle, KeyCheckMixin):
         if row is None:
             # The record names a key that is gone: erased customer, or a tampered row.
             raise DecryptionFailed("ciphertext failed authentication")
-        return self._unwrap(row)
+        return await self._unwrap(row)
 
     def forget_dek(self, dek_id: str) -> None:
         """Drop a cached data key (after erasure; a rewrap leaves the key itself unchanged)."""
@@ -230,9 +305,9 @@ class Vault(VaultLifecycle, KeyCheckMixin):
             existing = await self.backend.get_customer_dek(customer_idx) if customer_idx else None
             if existing is not None:
                 dek_id = existing.dek_id
-                sealer = self._deks.get(dek_id) or self._unwrap(existing)
+                sealer = self._cached_dek(dek_id) or await self._unwrap(existing)
             else:
-                dek_row, sealer = self._new_dek(customer_idx)
+                dek_row, sealer = await self._new_dek(customer_idx)
                 dek_id = dek_row.dek_id
             record = Record(
                 token=token or new_token(new.kind),
@@ -307,6 +382,10 @@ class Vault(VaultLifecycle, KeyCheckMixin):
 
     async def close(self) -> None:
         """Flush pending writes (last-use marks included) and close the backend."""
+        if self._keys_looking is not None:
+            # Bounded by the key service's timeouts; its thread would outlive a cancel.
+            with contextlib.suppress(Exception):
+                await self._keys_looking
         try:
             await self.flush_usage()
         finally:

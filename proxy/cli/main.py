@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import getpass
 import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import structlog
 from prometheus_client import write_to_textfile
 
 from proxy.cli import reconcile as reconcile_cli
+from proxy.cli.workers import Supervisor, tell_supervisor
 from proxy.core import admin
 from proxy.infra.clients import SCOPES, ClientsFileError, add_client, parse_scopes
 from proxy.infra.log import configure_logging
@@ -52,14 +56,43 @@ def _settings(*, need_partner: bool = True) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the proxy with settings from the environment."""
-
-    settings = _settings()
+    """Run the proxy with settings from the environment (``--workers`` processes)."""
+    env = dict(os.environ)
+    if args.workers is not None:
+        env["TOKENPROXY_WORKERS"] = args.workers
+    settings = Settings.from_env(env)
     listener_contexts(settings)  # a certificate that does not load fails before any bind
-    sockets = bind_listeners(settings.listen, settings.ops_listen)
-    internal = bind_internal(settings)
+    if args.worker is not None:
+        return _serve_worker(settings, args.worker, args.ready_fd)
+    if settings.workers == 1:
+        sockets = bind_listeners(settings.listen, settings.ops_listen)
+        internal = bind_internal(settings)
+        configure_logging(json=settings.log_json, level=settings.log_level)
+        asyncio.run(serve(settings, sockets=sockets, internal_socket=internal))
+        return 0
+    # Fail on a busy port here, in one line, rather than in every worker. Bound without
+    # SO_REUSEPORT, so that another deployment's workers count as busy too (with it, a
+    # second `serve --workers` would silently join their group).
+    probe = [*bind_listeners(settings.listen, settings.ops_listen), bind_internal(settings)]
+    for sock in probe:
+        if sock is not None:
+            sock.close()
     configure_logging(json=settings.log_json, level=settings.log_level)
-    asyncio.run(serve(settings, sockets=sockets, internal_socket=internal))
+    if settings.migrate_on_start:
+        _run(settings, admin.migrate, migrate=False)
+    supervisor = Supervisor(settings.workers, grace=settings.shutdown_grace, base_env=env)
+    return supervisor.run()
+
+
+def _serve_worker(settings: Settings, index: int, ready_fd: int | None) -> int:
+    """One worker under the supervisor: the shared port, and jobs only in worker 0."""
+    settings = replace(settings, migrate_on_start=False, singleton_jobs=index == 0)
+    sockets = bind_listeners(settings.listen, settings.ops_listen, reuse_port=True)
+    internal = bind_internal(settings, reuse_port=True)
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    structlog.contextvars.bind_contextvars(worker=index)
+    started = None if ready_fd is None else functools.partial(tell_supervisor, ready_fd)
+    asyncio.run(serve(settings, sockets=sockets, internal_socket=internal, on_started=started))
     return 0
 
 
@@ -377,11 +410,26 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _add_serve(sub: Any) -> None:
+    """`tokenproxy serve [--workers N]`."""
+    serve_cmd = sub.add_parser("serve", help="run the proxy")
+    serve_cmd.add_argument(
+        "--workers",
+        metavar="N",
+        help="processes serving the port: a count or auto (one per core); "
+        "default TOKENPROXY_WORKERS, else 1",
+    )
+    # Set by the supervisor for the processes it starts; not for operators.
+    serve_cmd.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    serve_cmd.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    serve_cmd.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     parser = argparse.ArgumentParser(prog="tokenproxy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the proxy").set_defaults(func=cmd_serve)
+    _add_serve(sub)
     sub.add_parser("dev", help="run locally with a sandbox partner").set_defaults(func=cmd_dev)
     sub.add_parser("migrate", help="apply schema migrations").set_defaults(func=cmd_migrate)
     purge = sub.add_parser("purge", help="delete tokens and audit events past the retention policy")

@@ -24,7 +24,7 @@ _log = structlog.get_logger("tokenproxy.keystatus")
 
 async def refresh_key_metrics(metrics: Metrics, vault: Vault) -> None:
     """Update tokenproxy_deks{key_version} and tokenproxy_rewrap_remaining from the vault."""
-    vault.keys.refresh()  # so the backlog is measured against the newest active version
+    await vault.refresh_keys()  # so the backlog is measured against the newest active version
     try:
         status = await key_status(vault)
     except VaultError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -20,9 +21,12 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.infra.syncmetrics import SyncMetrics
 
+# Loop lag worth alerting on starts at a few milliseconds: finer at the bottom.
+_LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 # Points around 1 s (the latency alert's threshold) and up to 30 s: a partner call may
 # take its timeout plus retries, and a p99 pinned at the last bucket hides how bad it is.
 _LATENCY_BUCKETS = (
@@ -61,12 +65,19 @@ class Metrics:
     """Every metric the proxy exports (catalog: deploy/METRICS.md)."""
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, version: str | None = None
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        version: str | None = None,
+        multiprocess_dir: Path | None = None,
     ) -> None:
         # No `_created` gauge beside every counter and histogram: it doubles the series
         # count and no dashboard or rule reads it (process-wide, idempotent).
         disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the library
         self.registry = registry or CollectorRegistry()
+        # Under several workers each process writes its values to files in this directory
+        # (prometheus-client's multiprocess mode) and any worker's /metrics sums them all.
+        self.multiprocess_dir = multiprocess_dir
         # Labelled children by (metric, label values): prometheus-client's .labels() takes a
         # lock and validates the values on every call, a measurable share of a request.
         # Bounded because every label value is from a bounded set (see the module docstring).
@@ -173,16 +184,19 @@ class Metrics:
         self.tls_expiry = Gauge(
             "tokenproxy_tls_certificate_expiry_timestamp_seconds",
             "When the certificate the listeners present expires (Unix time), as last loaded.",
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.ready = Gauge(
             "tokenproxy_ready",
             "1 when /readyz answers 200 (started, key ring matches the vault), else 0.",
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.vault_up = Gauge(
             "tokenproxy_vault_up",
             "1 when the last readiness check reached the vault (every second), else 0.",
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.audit_failures = Counter(
@@ -194,17 +208,20 @@ class Metrics:
         self.rewrap_remaining = Gauge(
             "tokenproxy_rewrap_remaining",
             "Data keys not yet wrapped by the active key version (run `tokenproxy keys rewrap`).",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.deks = Gauge(
             "tokenproxy_deks",
             "Data keys per key-encryption-key version.",
             ["key_version"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.key_active_age = Gauge(
             "tokenproxy_key_active_age_seconds",
             "Seconds since the active key-encryption key version was created (rotation due?).",
+            multiprocess_mode="livemax",
             registry=r,
         )
         # Resilience: partner retries, circuit breaker, idempotency.
@@ -224,6 +241,7 @@ class Metrics:
             "tokenproxy_partner_circuit_state",
             "Partner circuit breaker: 0 closed, 1 open, 2 half-open.",
             ["partner"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.idempotency = Counter(
@@ -257,11 +275,19 @@ class Metrics:
         self.clients_reload_last_success = Gauge(
             "tokenproxy_clients_reload_last_success_timestamp_seconds",
             "Unix time the clients in force were read (start-up or the last good reload).",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.clients_loaded = Gauge(
             "tokenproxy_clients_loaded",
             "Clients in force (each may hold a previous key during a rotation).",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.event_loop_lag = Histogram(
+            "tokenproxy_event_loop_lag_seconds",
+            "How late the event loop woke a probe timer: time the loop spent blocked.",
+            buckets=_LOOP_LAG_BUCKETS,
             registry=r,
         )
         # Partner events and reconciliation (proxy.infra.syncmetrics).
@@ -273,13 +299,15 @@ class Metrics:
         self.in_flight = Gauge(
             "tokenproxy_http_requests_in_flight",
             "API requests being handled now.",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.db_pool = Gauge(
             "tokenproxy_db_pool_connections",
-            "PostgreSQL pool connections: state in_use (borrowed) or size (open), beside"
-            " TOKENPROXY_DB_POOL_MAX.",
+            "PostgreSQL pool connections: state in_use (borrowed) or size (the pool's"
+            " maximum, TOKENPROXY_DB_POOL_MAX); summed over workers.",
             ["state"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         # A custom registry has no default collectors: CPU, memory, open files, start time.
@@ -332,6 +360,18 @@ class Metrics:
         for listener in ("api", "ops"):
             for reason in CLOSE_REASONS:
                 self.child(self.connections_closed, listener, reason)
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """What /metrics renders: this process's registry, or every worker's values summed.
+
+        Counters and histograms add up over workers (a dead worker's counts stay); gauges
+        take the minimum (ready) or maximum (the rest) over live workers.
+        """
+        if self.multiprocess_dir is None:
+            return self.registry
+        summed = CollectorRegistry()
+        MultiProcessCollector(summed, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        return summed
 
     def closer(self, listener: str) -> Callable[[str], None]:
         """A callback counting connections ``listener`` closes, by reason."""

@@ -134,6 +134,9 @@ class Settings:
     kms_key_id: str | None = None
     kms_endpoint: str | None = None
     kms_region: str | None = None
+    # How often a serving process re-confirms its KEKs with KMS (a disabled key stops
+    # tokenize and resolve within this many seconds; an unreachable KMS stops nothing).
+    kms_refresh_interval: float = 60.0
     # Resilience: idempotency, partner retries, circuit breaker, request limits.
     idempotency_ttl: float = 24 * 3600.0
     partner_max_retries: int = 2
@@ -168,6 +171,14 @@ class Settings:
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     tls_reload_interval: float = 5.0  # seconds between looks at the certificate files
+    # Processes serving one port (SO_REUSEPORT) under `tokenproxy serve`'s supervisor.
+    workers: int = 1
+    # Where worker processes keep their metric values for the ops listener to sum (the
+    # supervisor sets PROMETHEUS_MULTIPROC_DIR for its workers; unset = one process).
+    metrics_multiproc_dir: Path | None = None
+    # Whether this process runs the once-per-deployment jobs (retention sweep, idempotency
+    # purge): every worker but the first is started with False.
+    singleton_jobs: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:  # noqa: PLR0915 - one branch per setting reads best
@@ -299,6 +310,7 @@ class Settings:
                 "TOKENPROXY_PUBLISHABLE_BURST", env["TOKENPROXY_PUBLISHABLE_BURST"], minimum=1
             )
         kwargs.update(_kek_settings(env))
+        kwargs.update(_worker_settings(env))
         kwargs.update(_audit_settings(env))
         kwargs.update(_webhook_settings(env))
         kwargs.update(_trusted_proxy_settings(env))
@@ -452,6 +464,19 @@ def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
     return out
 
 
+def _worker_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """TOKENPROXY_WORKERS (a count or ``auto``) and the metrics directory workers share."""
+    kwargs: dict[str, object] = {}
+    workers = env.get("TOKENPROXY_WORKERS", "1").strip().lower()
+    if workers == "auto":
+        kwargs["workers"] = len(os.sched_getaffinity(0)) or 1
+    else:
+        kwargs["workers"] = _int("TOKENPROXY_WORKERS", workers, minimum=1)
+    if env.get("PROMETHEUS_MULTIPROC_DIR"):
+        kwargs["metrics_multiproc_dir"] = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+    return kwargs
+
+
 def _kek_settings(env: Mapping[str, str]) -> dict[str, object]:
     """TOKENPROXY_KEK_PROVIDER and the KMS settings it needs."""
     kwargs: dict[str, object] = {}
@@ -468,6 +493,10 @@ def _kek_settings(env: Mapping[str, str]) -> dict[str, object]:
         kwargs["kms_endpoint"] = endpoint
     if env.get("TOKENPROXY_KMS_REGION"):
         kwargs["kms_region"] = env["TOKENPROXY_KMS_REGION"]
+    if "TOKENPROXY_KMS_REFRESH_SECONDS" in env:
+        kwargs["kms_refresh_interval"] = _float(
+            "TOKENPROXY_KMS_REFRESH_SECONDS", env["TOKENPROXY_KMS_REFRESH_SECONDS"], minimum=1
+        )
     return kwargs
 
 

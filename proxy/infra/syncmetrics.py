@@ -32,17 +32,20 @@ class SyncMetrics:
         self.reconcile_last_run = Gauge(
             "tokenproxy_reconcile_last_run_timestamp_seconds",
             "Unix time the last complete reconciliation finished (0: never).",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.reconcile_found = Gauge(
             "tokenproxy_reconcile_found",
             "What the last complete reconciliation found, by finding (orphan, dangling, mismatch).",
             ["finding"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.reconcile_fixed = Gauge(
             "tokenproxy_reconcile_fixed",
             "What the last complete reconciliation fixed (--fix), by finding.",
             ["finding"],
+            multiprocess_mode="livemax",
             registry=r,
         )

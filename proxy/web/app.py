@@ -7,7 +7,7 @@ import contextlib
 import errno
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from aiohttp import web
@@ -24,7 +24,7 @@ from proxy.infra.tls import ListenerContexts, listener_contexts
 from proxy.partners.ports import Partner
 from proxy.partners.resilience import CircuitBreaker, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
-from proxy.web import authguard, background, cors, publishable
+from proxy.web import authguard, background, cors, publishable, runtime
 from proxy.web.appkeys import CLIENTS, METRICS, SERVICES, SETTINGS
 from proxy.web.clientreload import follow_clients_file, reload_clients
 from proxy.web.limits import ApiRunner, ConnectionLimits, ops_server_options, server_options
@@ -62,7 +62,7 @@ def create_app(
     """The API application. Dependencies not given are built from ``settings`` at start-up."""
     app = web.Application(middlewares=[request_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[METRICS] = metrics or Metrics()
+    app[METRICS] = metrics or Metrics(multiprocess_dir=settings.metrics_multiproc_dir)
     app[CLIENTS] = clients if clients is not None else ClientRegistry.load(settings.clients_path)
     app[READINESS] = Readiness(app[METRICS], timeout=2 * settings.db_timeout)
     app.add_routes(ROUTES)
@@ -119,21 +119,31 @@ def create_app(
                     stale_after=settings.idempotency_stale_after,
                 ),
             )
-            purger = asyncio.create_task(_purge_idempotency_keys(app[SERVICES], settings))
-            key_status = asyncio.create_task(
-                follow_key_status(app[METRICS], the_vault, interval=settings.key_status_interval)
-            )
-            reconcile_status = asyncio.create_task(
-                follow_reconcile_status(
-                    app[METRICS].sync, the_vault, interval=settings.key_status_interval
-                )
+            # Once per deployment, not once per worker (see Settings.singleton_jobs): the
+            # idempotency purge, and the background reads behind the vault-wide gauges.
+            tasks = (
+                [
+                    asyncio.create_task(_purge_idempotency_keys(app[SERVICES], settings)),
+                    asyncio.create_task(
+                        follow_key_status(
+                            app[METRICS], the_vault, interval=settings.key_status_interval
+                        )
+                    ),
+                    asyncio.create_task(
+                        follow_reconcile_status(
+                            app[METRICS].sync, the_vault, interval=settings.key_status_interval
+                        )
+                    ),
+                ]
+                if settings.singleton_jobs
+                else []
             )
             try:
                 async with app[READINESS].probing(the_vault, source=source):
                     yield
                     app[READINESS].stopping()
             finally:
-                for task in (purger, key_status, reconcile_status):
+                for task in tasks:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
@@ -151,6 +161,7 @@ def create_app(
     app.cleanup_ctx.append(background.retention_jobs)
     # Last, so its final flush of auth-failure events runs before the vault closes.
     app.cleanup_ctx.append(authguard.background)
+    app.cleanup_ctx.append(runtime.runtime_tasks)
     return app
 
 
@@ -199,7 +210,7 @@ def create_ops_app(api: web.Application) -> web.Application:
         # (proxy.infra.keystatus); key age and pool use are read from memory.
         if SERVICES in api:
             observe_scrape(metrics, api[SERVICES].vault)
-        body = generate_latest(metrics.registry)
+        body = generate_latest(metrics.exposition_registry())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
@@ -224,7 +235,9 @@ class ListenError(SettingsError):
     """A listen address cannot be bound; the one-line message names it and its setting."""
 
 
-def bind_listeners(api: HostPort, ops: HostPort) -> tuple[socket.socket, socket.socket]:
+def bind_listeners(
+    api: HostPort, ops: HostPort, *, reuse_port: bool = False
+) -> tuple[socket.socket, socket.socket]:
     """Listening sockets for the API and ops addresses, or ListenError naming the first failing.
 
     Bound before anything is written or printed, so a busy port costs one line and no
@@ -233,7 +246,7 @@ def bind_listeners(api: HostPort, ops: HostPort) -> tuple[socket.socket, socket.
     bound: list[socket.socket] = []
     try:
         for address, setting in ((api, "TOKENPROXY_LISTEN"), (ops, "TOKENPROXY_OPS_LISTEN")):
-            bound.append(_bind(address, setting))
+            bound.append(_bind(address, setting, reuse_port=reuse_port))
     except ListenError:
         for sock in bound:
             sock.close()
@@ -241,19 +254,22 @@ def bind_listeners(api: HostPort, ops: HostPort) -> tuple[socket.socket, socket.
     return bound[0], bound[1]
 
 
-def bind_internal(settings: Settings) -> socket.socket | None:
+def bind_internal(settings: Settings, *, reuse_port: bool = False) -> socket.socket | None:
     """The internal API listener's socket, when TOKENPROXY_INTERNAL_LISTEN asks for one."""
     if settings.internal_listen is None:
         return None
-    return _bind(settings.internal_listen, "TOKENPROXY_INTERNAL_LISTEN")
+    return _bind(settings.internal_listen, "TOKENPROXY_INTERNAL_LISTEN", reuse_port=reuse_port)
 
 
-def _bind(address: HostPort, setting: str) -> socket.socket:
+def _bind(address: HostPort, setting: str, *, reuse_port: bool = False) -> socket.socket:
     try:
         family = socket.getaddrinfo(
             address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0][0]
-        return socket.create_server((address.host, address.port), family=family, backlog=128)
+        # reuse_port: each worker binds the same port and the kernel spreads connections.
+        return socket.create_server(
+            (address.host, address.port), family=family, backlog=128, reuse_port=reuse_port
+        )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             reason = "address in use"
@@ -268,11 +284,13 @@ async def serve(
     stop: asyncio.Event | None = None,
     sockets: tuple[socket.socket, socket.socket] | None = None,
     internal_socket: socket.socket | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> None:
     """Run the API and ops listeners until SIGTERM/SIGINT (or ``stop``), then drain.
 
     ``sockets`` are the listeners from ``bind_listeners`` and ``internal_socket`` the one
-    from ``bind_internal``; bound here when not given.
+    from ``bind_internal``; bound here when not given. ``on_started`` runs once every
+    listener serves (a worker tells its supervisor).
     """
     # Certificates load before any socket is bound: a bad file costs one line, nothing else.
     contexts = listener_contexts(settings)
@@ -319,6 +337,8 @@ async def serve(
 
                 loop.add_signal_handler(signal.SIGHUP, reload_files)
                 _log.info("started", **settings.strip_hazmat())
+                if on_started is not None:
+                    on_started()
                 await stop.wait()
                 # Out of the Service at once, while in-flight requests drain.
                 api[READINESS].stopping()

@@ -34,7 +34,8 @@ async def retention_jobs(app: web.Application) -> AsyncIterator[None]:
             _every(settings.last_used_flush_interval, lambda: flush_usage(services), "flush")
         )
     ]
-    if settings.purge_interval > 0:
+    # The sweep runs once per deployment: in one worker of several (Settings.singleton_jobs).
+    if settings.purge_interval > 0 and settings.singleton_jobs:
         tasks.append(
             asyncio.create_task(
                 _every(

@@ -241,7 +241,7 @@ async def test_keys_hold_a_fingerprint_index_never_the_fingerprint(
     store = services.idempotency
     assert store is not None
     row = await store.backend.idempotency_get(store.key_index("checkout", "fp-1"))
-    plain = store._unwrap(row).open(
+    plain = (await store._unwrap(row)).open(
         row.partner_result, _aad(row.key_idx, "partner", row.request_mac)
     )
     stored = json.loads(plain)

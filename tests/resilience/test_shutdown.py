@@ -11,6 +11,7 @@ import pytest
 
 from proxy.infra.settings import Settings, SettingsError
 from tests.faultproxy import Fault, FaultProxy
+from tests.helpers import WAITING_FOR_MY_ADVISORY_LOCK
 from tests.proxy.test_cards_api import card_body
 from tests.resilience.serverproc import ServerProcess
 
@@ -81,13 +82,11 @@ async def test_sigterm_during_a_retried_partner_call_still_completes_it(
 
 
 async def _waiting_for_advisory_lock(conn: asyncpg.Connection, within: float = 30.0) -> None:
-    """Return once another session waits for an advisory lock (the migration's)."""
+    """Return once another session waits for the advisory lock ``conn`` holds (the migration's)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while loop.time() < deadline:
-        waiting = await conn.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        )
+        waiting = await conn.fetchval(WAITING_FOR_MY_ADVISORY_LOCK)
         if waiting:
             return
         await asyncio.sleep(0.05)

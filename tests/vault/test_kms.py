@@ -6,7 +6,10 @@ import base64
 import io
 import json
 import logging
+import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -269,3 +272,126 @@ def test_kms_check_value_needs_the_version_key_and_the_index_key(
     flipped = bytearray(one)
     flipped[len(flipped) // 2] ^= 1
     assert not keys.matches_check(1, bytes(flipped))
+
+
+async def test_kms_outage_after_start_stops_nothing(tmp_path: Path) -> None:
+    """With KMS gone after start, tokenize and resolve go on: data keys wrap locally.
+
+    A rotation made elsewhere that this process cannot unlock yet leaves it on the version
+    it holds.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in FAKE_AWS_ENV.items():
+            mp.setenv(name, value)
+        own = MotoKms(log=tmp_path / "moto.log")
+        try:
+            path = tmp_path / "keys" / "kms-keyring.json"
+            init_kms_keyring(path, own.client(), own.create_key())
+            keys = KmsKekProvider.from_file(path, endpoint_url=own.endpoint)
+            vault = await Vault.open(f"sqlite:///{tmp_path / 'vault.db'}", keys)
+            before = await vault.put(card("pm_before"))
+            # Another process rotates to a new KMS key just before KMS goes away.
+            other = KmsKekProvider.from_file(
+                path, endpoint_url=own.endpoint, rotate_to=own.create_key()
+            )
+            assert other.rotate() == 2
+        finally:
+            own.stop()
+        try:
+            assert keys.is_local(keys.active_version)
+            keys.renew()  # unreachable: says nothing about the key, so it stays unlocked
+            # Version 2 cannot be unlocked now: the map in force stays, and so does version 1.
+            assert not await vault.refresh_keys(force=True)
+            assert keys.active_version == 1
+            after = await vault.put(card("pm_after", customer_ref="cus-outage"))
+            # A fresh cache: every data key is unwrapped again, with KMS still down.
+            reader = Vault(vault.backend, keys)
+            assert await reader.get(before.token) == before
+            assert await reader.get(after.token) == after
+        finally:
+            await vault.close()
+
+
+async def test_disabled_kms_key_stops_tokenize_and_resolve_at_renewal(
+    kms_ring: Path, moto: MotoKms, tmp_path: Path
+) -> None:
+    """A KMS key disabled in AWS locks its version at the next renewal, and unlocks on enable."""
+    keys = provider(kms_ring, moto)
+    vault = await Vault.open(f"sqlite:///{tmp_path / 'vault.db'}", keys)
+    try:
+        stored = await vault.put(card("pm_disable"))
+        assert await vault.get(stored.token) == stored
+        key_id = moto.client().describe_key(KeyId=keys.kms_key_id(1))["KeyMetadata"]["KeyId"]
+        moto.client().disable_key(KeyId=key_id)
+        # Until the renewal, the key unlocked at start still serves (no KMS call per request).
+        assert await vault.get(stored.token) == stored
+        await vault.renew_keys()
+        with pytest.raises(KeyRingError, match="locked"):
+            await vault.get(stored.token)  # the cached data key went with its KEK
+        with pytest.raises(KeyRingError, match="locked"):
+            await vault.put(card("pm_refused"))
+        moto.client().enable_key(KeyId=key_id)
+        await vault.renew_keys()
+        assert await vault.get(stored.token) == stored
+        assert (await vault.put(card("pm_again"))).partner_reference == "pm_again"
+    finally:
+        await vault.close()
+
+
+async def test_per_dek_kms_versions_still_open_off_the_loop(
+    kms_ring: Path, moto: MotoKms, tmp_path: Path
+) -> None:
+    """A version made before local wrapping (no kek_wrapped) still wraps each data key at KMS."""
+    doc = json.loads(kms_ring.read_text())  # noqa: ASYNC240 - a test's setup step
+    del doc["keys"][0]["kek_wrapped"]
+    kms_ring.write_text(json.dumps(doc))  # noqa: ASYNC240 - a test's setup step
+    keys = provider(kms_ring, moto, rotate_to=moto.create_key())
+    assert not keys.is_local(1)
+    vault = await Vault.open(f"sqlite:///{tmp_path / 'vault.db'}", keys)
+    try:
+        old = await vault.put(card("pm_per_dek"))
+        assert await Vault(vault.backend, keys).get(old.token) == old
+        assert keys.rotate() == 2
+        assert keys.is_local(2)
+        progress = await rewrap(vault, batch_size=10)
+        assert (progress.rewrapped, progress.failed) == (1, 0)
+        assert await Vault(vault.backend, provider(kms_ring, moto)).get(old.token) == old
+    finally:
+        await vault.close()
+
+
+def card(reference: str, *, customer_ref: str | None = None) -> NewRecord:
+    """A card record with the given partner reference."""
+    return NewRecord(
+        kind=Kind.CARD, partner="stripe", partner_reference=reference, customer_ref=customer_ref
+    )
+
+
+async def test_kms_version_rotated_by_another_process_is_unlocked_and_read(
+    kms_ring: Path, moto: MotoKms, tmp_path: Path
+) -> None:
+    """A record under a KMS version another process added: the vault reloads, unlocks, reads."""
+    running = await Vault.open(f"sqlite:///{tmp_path / 'vault.db'}", provider(kms_ring, moto))
+    try:
+        env = {
+            **os.environ,
+            **FAKE_AWS_ENV,
+            "TOKENPROXY_KEK_PROVIDER": "aws-kms",
+            "TOKENPROXY_KMS_ENDPOINT": moto.endpoint,
+            "TOKENPROXY_KMS_KEY_ID": moto.create_key(),
+            "TOKENPROXY_KEYRING": str(kms_ring),
+            "TOKENPROXY_VAULT_URL": f"sqlite:///{tmp_path / 'vault.db'}",
+        }
+        rotate = "import sys; from proxy.cli.main import main; sys.exit(main(['keys', 'rotate']))"
+        done = subprocess.run(  # noqa: ASYNC221 - the other process must finish first
+            [sys.executable, "-c", rotate], env=env, check=False, timeout=120, capture_output=True
+        )
+        assert done.returncode == 0, done.stderr.decode()[-500:]
+        other = Vault(running.backend, provider(kms_ring, moto))
+        stored = await other.put(card("pm_rotated_elsewhere"))
+        assert running.keys.active_version == 1
+        assert await running.get(stored.token) == stored
+        assert running.keys.active_version == 2
+        assert running.keys.is_local(2)
+    finally:
+        await running.close()

@@ -444,3 +444,52 @@ async def test_erasure_under_a_foreign_index_key_is_not_found_and_keeps_the_data
     assert erasure.status == ErasureStatus.NOT_FOUND
     assert not erasure.key_shredded
     assert await vault.get(record.token) == record
+
+
+async def test_last_use_flush_writes_small_transactions(
+    vault: Vault, raw_rows: RawRows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big backlog of marks goes out USAGE_BATCH per transaction, all of it, in order."""
+    monkeypatch.setattr("vault.lifecycle.USAGE_BATCH", 2)
+    records = [await vault.put(card(None, f"pm_batch_{i}")) for i in range(5)]
+    for record in records:
+        vault.mark_used(await vault.get(record.token))
+    sizes: list[int] = []
+    touch = vault.backend.touch
+
+    async def counted(used: dict[str, str]) -> int:
+        sizes.append(len(used))
+        return await touch(used)
+
+    monkeypatch.setattr(vault.backend, "touch", counted)
+    assert await vault.flush_usage() == 5
+    assert sizes == [2, 2, 1]
+    assert await raw_rows.count("records", "last_used_at IS NOT NULL") == 5
+
+
+async def test_last_use_marks_a_failed_batch_left_are_kept(
+    vault: Vault, raw_rows: RawRows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When one batch fails, the marks it and later batches held wait for the next flush."""
+    monkeypatch.setattr("vault.lifecycle.USAGE_BATCH", 2)
+    records = [await vault.put(card(None, f"pm_fail_{i}")) for i in range(5)]
+    for record in records:
+        vault.mark_used(await vault.get(record.token))
+    touch = vault.backend.touch
+    calls = 0
+
+    async def second_fails(used: dict[str, str]) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise VaultError("write failed")
+        return await touch(used)
+
+    monkeypatch.setattr(vault.backend, "touch", second_fails)
+    with pytest.raises(VaultError):
+        await vault.flush_usage()
+    assert await raw_rows.count("records", "last_used_at IS NOT NULL") == 2
+    assert all(vault.pending_use(r.token) is not None for r in records[2:])
+    monkeypatch.setattr(vault.backend, "touch", touch)
+    assert await vault.flush_usage() == 3
+    assert await raw_rows.count("records", "last_used_at IS NOT NULL") == 5

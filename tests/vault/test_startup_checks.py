@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from tests.backends import RawRows
+from tests.helpers import WAITING_FOR_MY_ADVISORY_LOCK
 from tests.resilience.serverproc import ServerProcess
 from tests.vault.test_rotation import provider_of, record
 from vault import KeyRingError, LocalKekProvider, StorageUnavailable, Vault
@@ -112,9 +113,7 @@ async def test_migrate_command_outlasts_the_request_timeout(
             stderr=subprocess.PIPE,
         )
         for _ in range(600):  # until the command waits on the lock
-            if await holder.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            ):
+            if await holder.fetchval(WAITING_FOR_MY_ADVISORY_LOCK):
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # well past the 0.2 s request timeout

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from vault import (
     Vault,
     token_kind,
 )
+from vault.backends.sqlite import SqliteBackend
 from vault.keys.ring import init_keyring
 
 
@@ -194,4 +199,50 @@ async def test_sqlite_database_uses_wal_and_full_sync(vault_path: Path, keyring_
         backend = vault.backend
         assert backend._writer.execute("PRAGMA synchronous").fetchone() == (2,)  # type: ignore[attr-defined]
     finally:
+        await vault.close()
+
+
+async def test_record_under_a_version_rotated_by_another_process_is_read(
+    vault_url: str, keyring_path: Path
+) -> None:
+    """A data key under a version another process added is read after one reload, not refused."""
+    running = await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path))
+    try:
+        rotate = (
+            "import sys; from vault.keys.ring import rotate_keyring; rotate_keyring(sys.argv[1])"
+        )
+        done = subprocess.run(  # noqa: ASYNC221 - the other process must finish first
+            [sys.executable, "-c", rotate, str(keyring_path)], check=False, timeout=60
+        )
+        assert done.returncode == 0
+        # Another replica, started after the rotation, seals under version 2.
+        other = Vault(running.backend, LocalKekProvider.from_file(keyring_path))
+        stored = await other.put(card_record("cus-rotated"))
+        assert running.keys.active_version == 1  # the running vault has not looked yet
+        assert await running.get(stored.token) == stored
+        assert running.keys.active_version == 2
+    finally:
+        await running.close()
+
+
+async def test_sqlite_writer_waits_for_the_write_lock_but_never_hangs_on_it(
+    tmp_path: Path, keyring_path: Path
+) -> None:
+    """Writers queue on the shared flock; one held past the busy timeout is gone around."""
+    path = tmp_path / "locked.db"
+    backend = SqliteBackend(path, busy_timeout_ms=300)
+    vault = Vault(backend, LocalKekProvider.from_file(keyring_path))
+    await backend.migrate()
+    holder = os.open(str(path) + ".writelock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        # Another process holds the queue and never lets go: after the busy timeout the
+        # write goes to SQLite, which is free, so it still lands.
+        stored = await vault.put(card_record("cus-lock"))
+        assert await vault.get(stored.token) == stored
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        many = await asyncio.gather(*(vault.put(card_record()) for _ in range(20)))
+        assert len({r.token for r in many}) == 20
+    finally:
+        os.close(holder)
         await vault.close()

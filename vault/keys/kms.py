@@ -10,10 +10,21 @@ Design:
   (``TOKENPROXY_KMS_KEY_ID``), e.g. a new key after a suspected compromise or an account
   move; ``keys retire`` marks a version unusable here (schedule the KMS key's deletion in
   AWS afterwards, once nothing else uses it).
-* **Wrapping** is KMS ``Encrypt`` / ``Decrypt`` of the 32-byte DEK with an
-  EncryptionContext carrying the DEK's associated data (its id and our version), so a
-  wrapped key moved to another row fails at KMS exactly as the local AES-GCM wrap fails.
-  ``Decrypt`` is also pinned to the version's KeyId, so a blob from another key is refused.
+* **KMS protects one local KEK per version, never each data key.** ``keys init`` and
+  ``keys rotate`` ask KMS for a data key (``GenerateDataKey``, EncryptionContext naming
+  the purpose and the version) and store only its KMS ciphertext (``kek_wrapped``). A
+  process decrypts each version's KEK once at start; data keys are then wrapped locally
+  with AES-256-GCM exactly as the local ring does, so no request ever waits for KMS (the
+  way Vault's auto-unseal and the AWS Encryption SDK's key caching keep KMS off the hot
+  path). ``renew`` asks KMS again every refresh interval (``TOKENPROXY_KMS_REFRESH_SECONDS``,
+  run in a thread by the serving process): a key KMS *refuses* (disabled, pending
+  deletion, access denied) is dropped from memory, so tokenize and resolve under that
+  version stop within one interval (fail closed); a KMS that merely does not answer changes
+  nothing, so an outage after start does not stop the service.
+* **Versions made before that** (no ``kek_wrapped``) keep KMS ``Encrypt`` / ``Decrypt``
+  of each 32-byte DEK, with an EncryptionContext carrying the DEK's associated data and
+  ``Decrypt`` pinned to the version's KeyId; the vault makes those calls in a thread.
+  ``keys rotate`` then ``keys rewrap`` moves their data keys to a local-wrap version.
 * **Check values** (recorded in the vault, see ``vault.keys.check``): per version, a KMS
   ``Encrypt`` of an HMAC of the version under the index key; it matches only when that
   version's KMS key decrypts it *and* the plaintext is what this index key makes.
@@ -28,8 +39,9 @@ Design:
 The file holds no key material usable without KMS access, but is still required to be
 0600 like the local ring, and loading fails closed with the same one-line errors.
 boto3 is an optional dependency (``pip install 'tokenproxy[kms]'``), imported only here.
-KMS calls are synchronous network calls; the vault's DEK cache keeps them off the read
-path after the first use of each data key.
+KMS calls are synchronous network calls: at start, at rotation, in ``renew`` and (for the
+older per-DEK versions only) in wrap/unwrap, which :meth:`KmsKekProvider.is_local` tells
+the vault to run off its event loop.
 """
 
 from __future__ import annotations
@@ -39,11 +51,12 @@ import binascii
 import hmac
 import logging
 import os
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
 
-from vault.crypto import KEY_BYTES, key_check_mac
+from vault.crypto import KEY_BYTES, Sealer, key_check_mac
 from vault.errors import DecryptionFailed, KeyInUse, KeyRingError, UnknownKeyVersion
 from vault.keys.ring import (
     FileWatch,
@@ -66,11 +79,25 @@ __all__ = ["KMS_KEYRING_FORMAT", "KmsKekProvider", "init_kms_keyring", "kms_clie
 KMS_KEYRING_FORMAT = "tokenproxy-kms-keyring/1"
 _TOP_FIELDS = frozenset({"format", "active", "index_key_wrapped", "keys"})
 _KEY_FIELDS = frozenset({"version", "created_at", "state", "kms_key_id"})
+_ENVELOPE_FIELDS = _KEY_FIELDS | {"kek_wrapped"}
 _INDEX_CONTEXT = {"tokenproxy:purpose": "index-key"}
 # What a KMS answer says when a ciphertext was not made by that key and context: a
 # mismatch, as opposed to KMS being unreachable or the key disabled (undecidable).
 _NOT_OURS = frozenset(
     {"InvalidCiphertextException", "IncorrectKeyException", "ValidationException"}
+)
+# What KMS answers when it will not use a key for us (disabled, pending deletion, access
+# revoked, wrong key): the key is withdrawn, and `renew` drops it. Anything else (no
+# answer, throttling, KMS's internal errors) says nothing about the key: keep it.
+_REFUSED = frozenset(
+    {
+        "DisabledException",
+        "KMSInvalidStateException",
+        "NotFoundException",
+        "AccessDeniedException",
+        "InvalidCiphertextException",
+        "IncorrectKeyException",
+    }
 )
 _log = logging.getLogger("vault.keys.kms")
 _MAX_KEY_ID = 2048
@@ -106,14 +133,36 @@ def _check_context(version: int) -> dict[str, str]:
     return {"tokenproxy:purpose": "key-check", "tokenproxy:version": str(version)}
 
 
+def _kek_context(version: int) -> dict[str, str]:
+    return {"tokenproxy:purpose": "kek", "tokenproxy:version": str(version)}
+
+
+def _error_code(exc: Exception) -> str:
+    code: str = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    return code
+
+
 def _dek_context(aad: bytes) -> dict[str, str]:
     return {"tokenproxy:purpose": "dek", "tokenproxy:aad": base64.b64encode(aad).decode()}
+
+
+class _KeyWithdrawn(Exception):
+    """KMS reports a key's state as other than Enabled."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(state)
+        self.code = (
+            "KMSInvalidStateException" if state == "PendingDeletion" else "DisabledException"
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
     info: KeyInfo
     kms_key_id: str
+    # The version's local KEK as KMS ciphertext; None for a version that wraps each data
+    # key at KMS (made before local wrapping).
+    kek_wrapped: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,16 +185,30 @@ class _KeyMap:
             "format": KMS_KEYRING_FORMAT,
             "active": self.active,
             "index_key_wrapped": base64.b64encode(self.index_key_wrapped).decode(),
-            "keys": [
-                {
-                    "version": e.info.version,
-                    "created_at": _format_time(e.info.created_at),
-                    "state": e.info.state.value,
-                    "kms_key_id": e.kms_key_id,
-                }
-                for e in self.entries
-            ],
+            "keys": [_entry_document(e) for e in self.entries],
         }
+
+
+def _entry_document(entry: _Entry) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "version": entry.info.version,
+        "created_at": _format_time(entry.info.created_at),
+        "state": entry.info.state.value,
+        "kms_key_id": entry.kms_key_id,
+    }
+    if entry.kek_wrapped is not None:
+        doc["kek_wrapped"] = base64.b64encode(entry.kek_wrapped).decode()
+    return doc
+
+
+def _decode_blob(path: Path, where: str, value: object) -> bytes:
+    try:
+        blob = base64.b64decode(str(value).encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise _error(path, f"{where} is not valid base64") from None
+    if not blob:
+        raise _error(path, f"{where} is empty")
+    return blob
 
 
 def _load_map(path: Path) -> _KeyMap:
@@ -158,12 +221,7 @@ def _load_map(path: Path) -> _KeyMap:
     active = doc["active"]
     if not _is_version(active):
         raise _error(path, "active is not a positive integer")
-    try:
-        wrapped = base64.b64decode(str(doc["index_key_wrapped"]).encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise _error(path, "index_key_wrapped is not valid base64") from None
-    if not wrapped:
-        raise _error(path, "index_key_wrapped is empty")
+    wrapped = _decode_blob(path, "index_key_wrapped", doc["index_key_wrapped"])
     raw = doc["keys"]
     if not isinstance(raw, list) or not raw:
         raise _error(path, "keys is not a non-empty list")
@@ -172,7 +230,7 @@ def _load_map(path: Path) -> _KeyMap:
         where = f"keys[{position}]"
         if not isinstance(item, dict):
             raise _error(path, f"{where} is not a JSON object")
-        _check_fields(path, where, item, _KEY_FIELDS)
+        _check_fields(path, where, item, _ENVELOPE_FIELDS if "kek_wrapped" in item else _KEY_FIELDS)
         version = item["version"]
         if not _is_version(version):
             raise _error(path, f"{where}: version is not a positive integer")
@@ -186,7 +244,12 @@ def _load_map(path: Path) -> _KeyMap:
         if not isinstance(key_id, str) or not 0 < len(key_id) <= _MAX_KEY_ID:
             raise _error(path, f"{where}: kms_key_id is not a KMS key id, ARN or alias")
         created = _parse_time(path, where, item["created_at"])
-        entries.append(_Entry(KeyInfo(version, created, state), key_id))
+        kek = (
+            _decode_blob(path, f"{where}: kek_wrapped", item["kek_wrapped"])
+            if "kek_wrapped" in item
+            else None
+        )
+        entries.append(_Entry(KeyInfo(version, created, state), key_id, kek))
     actives = [e.info.version for e in entries if e.info.state is KeyState.ACTIVE]
     if actives != [active]:
         raise _error(path, f"active is {active} but the active key(s) are {actives or 'none'}")
@@ -207,14 +270,36 @@ def init_kms_keyring(path: str | os.PathLike[str], client: Any, kms_key_id: str)
             )
         except Exception:  # noqa: BLE001 - botocore errors carry request detail; never echo it
             raise _error(file, f"KMS could not make a data key with {kms_key_id!r}") from None
-        entry = _Entry(KeyInfo(1, _now(), KeyState.ACTIVE), kms_key_id)
+        kek = _new_wrapped_kek(file, client, kms_key_id, 1)
+        entry = _Entry(KeyInfo(1, _now(), KeyState.ACTIVE), kms_key_id, kek)
         _write_document(file, _KeyMap(file, 1, made["CiphertextBlob"], (entry,)).document())
+
+
+def _new_wrapped_kek(path: Path, client: Any, kms_key_id: str, version: int) -> bytes:
+    """A fresh local KEK for ``version``, as KMS ciphertext only (its plaintext is dropped)."""
+    try:
+        made = client.generate_data_key(
+            KeyId=kms_key_id, KeySpec="AES_256", EncryptionContext=_kek_context(version)
+        )
+    except Exception:  # noqa: BLE001 - botocore errors carry request detail; never echo it
+        raise _error(path, f"KMS could not make a data key with {kms_key_id!r}") from None
+    blob: bytes = made["CiphertextBlob"]
+    return blob
 
 
 class KmsKekProvider:
     """KekProvider whose KEKs live in AWS KMS (see the module docstring)."""
 
-    __slots__ = ("_client", "_index_key", "_map", "_rotate_to", "_watch")
+    __slots__ = (
+        "_client",
+        "_generation",
+        "_index_key",
+        "_keks",
+        "_lock",
+        "_map",
+        "_rotate_to",
+        "_watch",
+    )
 
     def __init__(self, path: Path, client: Any, *, rotate_to: str | None = None) -> None:
         self._client = client
@@ -222,6 +307,16 @@ class KmsKekProvider:
         self._map = _load_map(path)
         self._watch = FileWatch(path)
         self._index_key = self._decrypt_index_key(self._map)
+        # Unlocked local KEKs by version: filled at start (every one must unlock, or start-up
+        # fails closed), kept through KMS outages, emptied of a key KMS refuses in `renew`.
+        self._keks: dict[int, Sealer] = {}
+        self._generation = 0
+        # `refresh` and `renew` run in worker threads and both replace `_keks`; the event
+        # loop only reads it, so only they take the lock.
+        self._lock = threading.Lock()
+        for entry in self._map.entries:
+            if entry.kek_wrapped is not None and entry.info.state is not KeyState.RETIRED:
+                self._keks[entry.info.version] = self._unlock(self._map.path, entry)
 
     @classmethod
     def from_file(
@@ -254,10 +349,110 @@ class KmsKekProvider:
             raise _error(keymap.path, "the index key KMS returned is not 32 bytes")
         return key
 
+    def _unlock(self, path: Path, entry: _Entry) -> Sealer:
+        """KMS Decrypt of a version's local KEK (KeyRingError naming the version if refused)."""
+        version = entry.info.version
+        try:
+            answer = self._client.decrypt(
+                KeyId=entry.kms_key_id,
+                CiphertextBlob=entry.kek_wrapped,
+                EncryptionContext=_kek_context(version),
+            )
+        except Exception:  # noqa: BLE001 - no library text in our errors
+            raise _error(path, f"KMS refused to unlock key version {version}") from None
+        key: bytes = answer["Plaintext"]
+        if len(key) != KEY_BYTES:
+            raise _error(path, f"KMS returned a key for key version {version} that is not 32 bytes")
+        return Sealer(key)
+
     @property
     def active_version(self) -> int:
         """The version :meth:`wrap` uses."""
         return self._map.active
+
+    @property
+    def generation(self) -> int:
+        """Grows each time `renew` withdraws a key; caches of data keys must then be dropped."""
+        return self._generation
+
+    def is_local(self, version: int) -> bool:
+        """Whether wrap/unwrap under ``version`` stay in this process (no KMS call)."""
+        for entry in self._map.entries:
+            if entry.info.version == version:
+                return entry.kek_wrapped is not None
+        return True  # unknown: unwrap fails (or refreshes) without asking KMS
+
+    def renew(self) -> None:
+        """Ask KMS again for every version's KEK: drop those it refuses, keep the rest.
+
+        Blocking (one KMS call per local-wrap version): run it in a thread. A key that KMS
+        refuses (disabled, scheduled for deletion, access revoked) stops working here at
+        once; a KMS that does not answer leaves every key as it was, and a key enabled
+        again comes back at the next call.
+        """
+        with self._lock:
+            self._renew()
+
+    def _renew(self) -> None:
+        for entry in self._map.entries:
+            version = entry.info.version
+            if entry.kek_wrapped is None or entry.info.state is KeyState.RETIRED:
+                continue
+            try:
+                self._check_state(entry.kms_key_id)
+                answer = self._client.decrypt(
+                    KeyId=entry.kms_key_id,
+                    CiphertextBlob=entry.kek_wrapped,
+                    EncryptionContext=_kek_context(version),
+                )
+            except Exception as exc:  # noqa: BLE001 - classified below, never echoed
+                code = _error_code(exc) or getattr(exc, "code", "")
+                if code in _REFUSED:
+                    if self._keks.pop(version, None) is not None:
+                        self._generation += 1
+                        _log.warning(
+                            "KMS refuses the key of version %s (%s): it is locked until KMS "
+                            "accepts it again",
+                            version,
+                            code,
+                        )
+                else:
+                    _log.warning(
+                        "KMS did not confirm the key of version %s (%s); keeping it unlocked",
+                        version,
+                        code or type(exc).__name__,
+                    )
+                continue
+            key: bytes = answer["Plaintext"]
+            if len(key) == KEY_BYTES and version not in self._keks:
+                self._keks[version] = Sealer(key)
+                _log.warning("KMS accepts the key of version %s again: unlocked", version)
+
+    def _check_state(self, kms_key_id: str) -> None:
+        """Raise _KeyWithdrawn when KMS reports the key other than Enabled.
+
+        AWS's Decrypt refuses a disabled key by itself; the key's state says so even where
+        Decrypt does not (KMS emulators, a key pending deletion whose grants still work).
+        A DescribeKey the role may not call tells nothing, and nothing changes.
+        """
+        try:
+            state = self._client.describe_key(KeyId=kms_key_id)["KeyMetadata"]["KeyState"]
+        except Exception:  # noqa: BLE001 - no permission or no answer: Decrypt decides
+            return
+        if state != "Enabled":
+            raise _KeyWithdrawn(state)
+
+    def _local(self, version: int) -> Sealer | None:
+        """The version's unlocked KEK; None for a per-DEK KMS version; KeyRingError if locked."""
+        entry = self._map.entry(version)
+        if entry.kek_wrapped is None:
+            return None
+        sealer = self._keks.get(version)
+        if sealer is None:
+            raise KeyRingError(
+                f"key version {version} is locked: KMS refused its key at the last check"
+            )
+        return sealer
 
     @property
     def index_key(self) -> bytes:
@@ -304,7 +499,15 @@ class KmsKekProvider:
         return hmac.compare_digest(answer["Plaintext"], expected)
 
     def refresh(self, *, force: bool = False) -> bool:
-        """Re-read the key map if the file changed (same rules as LocalKekProvider)."""
+        """Re-read the key map if the file changed (same rules as LocalKekProvider).
+
+        A new version's KEK is unlocked at KMS before the map is adopted: blocking, so the
+        vault calls this in a thread.
+        """
+        with self._lock:
+            return self._refresh(force=force)
+
+    def _refresh(self, *, force: bool) -> bool:
         stamp = self._watch.changed(force=force)
         if stamp is None:
             return False
@@ -322,15 +525,34 @@ class KmsKekProvider:
             )
             self._watch.reject(stamp)
             return False
-        self._map = keymap
+        known = {e.info.version for e in self._map.entries}
+        unlocked: dict[int, Sealer] = {}
+        try:
+            for entry in keymap.entries:
+                version = entry.info.version
+                if entry.kek_wrapped is None or entry.info.state is KeyState.RETIRED:
+                    continue
+                if version in self._keks:
+                    unlocked[version] = self._keks[version]
+                elif version not in known:  # a known one missing here was locked by `renew`
+                    unlocked[version] = self._unlock(keymap.path, entry)
+        except KeyRingError:
+            # KMS cannot unlock a new version now: keep the map in force and try again at
+            # the next look (the stamp is neither accepted nor marked bad).
+            _log.warning("key map %s: a new version's key could not be unlocked yet", keymap.path)
+            return False
+        self._map, self._keks = keymap, unlocked
         self._watch.accept(stamp)
         return True
 
     def wrap(self, dek: bytes, aad: bytes) -> tuple[int, bytes]:
-        """KMS Encrypt under the active version's key, bound to ``aad``."""
+        """Wrap under the active version's KEK (locally, or at KMS for a per-DEK version)."""
         if len(dek) != KEY_BYTES:
             raise ValueError(f"data key must be {KEY_BYTES} bytes")
         version = self._map.active
+        sealer = self._local(version)
+        if sealer is not None:
+            return version, sealer.seal(dek, aad)
         try:
             answer = self._client.encrypt(
                 KeyId=self._map.entry(version).kms_key_id,
@@ -343,13 +565,14 @@ class KmsKekProvider:
         return version, wrapped
 
     def unwrap(self, version: int, wrapped: bytes, aad: bytes) -> bytes:
-        """KMS Decrypt pinned to the version's key; DecryptionFailed on any auth failure."""
-        try:
-            entry = self._map.entry(version)
-        except UnknownKeyVersion:
-            if not self.refresh(force=True):
-                raise
-            entry = self._map.entry(version)
+        """Unwrap under ``version``; DecryptionFailed on any auth failure.
+
+        UnknownKeyVersion for a version this map lacks: the vault refreshes and retries.
+        """
+        sealer = self._local(version)
+        if sealer is not None:
+            return sealer.open(wrapped, aad)
+        entry = self._map.entry(version)
         try:
             answer = self._client.decrypt(
                 KeyId=entry.kms_key_id,
@@ -384,13 +607,17 @@ class KmsKekProvider:
             except Exception:  # noqa: BLE001 - no library text in our errors
                 raise _error(path, f"KMS refused to encrypt with {self._rotate_to!r}") from None
             version = max(e.info.version for e in keymap.entries) + 1
+            kek = _new_wrapped_kek(path, self._client, self._rotate_to, version)
             demoted = [
                 replace(e, info=replace(e.info, state=KeyState.DECRYPT_ONLY))
                 if e.info.state is KeyState.ACTIVE
                 else e
                 for e in keymap.entries
             ]
-            entries = (*demoted, _Entry(KeyInfo(version, _now(), KeyState.ACTIVE), self._rotate_to))
+            entries = (
+                *demoted,
+                _Entry(KeyInfo(version, _now(), KeyState.ACTIVE), self._rotate_to, kek),
+            )
             _write_document(path, _KeyMap(path, version, wrapped, entries).document())
         self.refresh(force=True)
         return version
@@ -437,6 +664,8 @@ def _discontinuity(current: _KeyMap, candidate: _KeyMap) -> str | None:
             if other.info.state is not KeyState.RETIRED:
                 return f"key version {version} was retired"
             continue
-        if other.info.state is not KeyState.RETIRED and other.kms_key_id != entry.kms_key_id:
+        if other.info.state is not KeyState.RETIRED and (
+            other.kms_key_id != entry.kms_key_id or other.kek_wrapped != entry.kek_wrapped
+        ):
             return f"key version {version} names another KMS key"
     return None

@@ -533,6 +533,30 @@ class KekProvider(Protocol):
         """
         ...
 
+    @property
+    def generation(self) -> int:
+        """Grows whenever key material this process held is withdrawn (see :meth:`renew`).
+
+        The vault drops its cache of unwrapped data keys when it changes, so a withdrawn
+        key stops opening records at once rather than when the cache turns over.
+        """
+        ...
+
+    def is_local(self, version: int) -> bool:
+        """Whether wrap/unwrap under ``version`` run in this process, without a network call.
+
+        The vault makes the calls that are not local in a thread, off its event loop.
+        """
+        ...
+
+    def renew(self) -> None:
+        """Re-confirm held key material with its key service (blocking: call in a thread).
+
+        The serving process calls it every refresh interval; a key the service refuses is
+        withdrawn here (and :attr:`generation` grows); one it cannot reach stays.
+        """
+        ...
+
     def refresh(self, *, force: bool = False) -> bool:
         """Re-read the key source if it changed (another process rotated); True if reloaded.
 
@@ -555,9 +579,9 @@ class LocalKekProvider:
     A serving process keeps one provider for its life, while `tokenproxy keys rotate` and
     `keys rewrap` run in other processes. So the provider follows the file: the vault calls
     :meth:`refresh` before it wraps a new data key (one ``stat`` at most every
-    :data:`RELOAD_CHECK_SECONDS`), and ``unwrap`` of a version it does not know looks at
-    once (a rewrapped DEK can only name a version that was in the file before the rewrap
-    wrote it, so one look is enough). The
+    :data:`RELOAD_CHECK_SECONDS`), and when ``unwrap`` raises UnknownKeyVersion the vault
+    forces a refresh and tries once more (a rewrapped DEK can only name a version that was
+    in the file before the rewrap wrote it, so one look is enough). The
     file is re-parsed only when its identity (inode, size, mtime) changed; a changed file
     that fails validation is ignored (the ring validated earlier stays in force) and is
     not parsed again until it changes once more. So is a file that does not continue the
@@ -599,6 +623,18 @@ class LocalKekProvider:
     def versions(self) -> list[KeyInfo]:
         """Every version, oldest first, without key material."""
         return self._ring.versions()
+
+    @property
+    def generation(self) -> int:
+        """Always 0: a key in a local file is withdrawn only by retiring it."""
+        return 0
+
+    def is_local(self, version: int) -> bool:
+        """Always True: wrapping is AES-GCM in this process."""
+        return True
+
+    def renew(self) -> None:
+        """Nothing to re-confirm: the file is the key service (``refresh`` follows it)."""
 
     def refresh(self, *, force: bool = False) -> bool:
         """Reload the key ring if the file changed since it was read; True if reloaded."""
@@ -657,14 +693,8 @@ class LocalKekProvider:
         return version, self._sealer(version).seal(dek, aad)
 
     def unwrap(self, version: int, wrapped: bytes, aad: bytes) -> bytes:
-        """Unwrap; DecryptionFailed on bad auth, KeyRingError for unknown/retired versions."""
-        try:
-            sealer = self._sealer(version)
-        except UnknownKeyVersion:
-            if not self.refresh(force=True):
-                raise
-            sealer = self._sealer(version)
-        return sealer.open(wrapped, aad)
+        """Unwrap; DecryptionFailed on bad auth, UnknownKeyVersion, KeyRingError if retired."""
+        return self._sealer(version).open(wrapped, aad)
 
     def _sealer(self, version: int) -> Sealer:
         sealer = self._sealers.get(version)
