@@ -149,7 +149,7 @@ def configure_logging(
 
     ``json`` defaults to JSON unless stream (default stdout) is a terminal.
     """
-    # PrintLogger only calls write/flush; IO[str] is what callers hold.
+    # WriteLogger only calls write/flush; IO[str] is what callers hold.
     out = cast(TextIO, stream if stream is not None else sys.stdout)
     if json is None:
         json = not (hasattr(out, "isatty") and out.isatty())
@@ -177,7 +177,10 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level_number),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        # One write per line, newline included (PrintLogger's print() makes two when the
+        # stream is unbuffered, as PYTHONUNBUFFERED in the image makes it): workers share
+        # stdout, and a line split in two writes can interleave with another worker's.
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
 

@@ -317,3 +317,30 @@ def test_disguised_pans_are_redacted(disguised: str) -> None:
     assert disguised not in text
     assert disguised not in json.loads(json.dumps(text))
     assert "4242" not in text.replace("\\u200b", "")
+
+
+class _Writes(io.StringIO):
+    """A stream that keeps every write call apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_each_log_line_is_one_write_with_its_newline() -> None:
+    """Workers share stdout: a line written in two calls could interleave with another's."""
+    stream = _Writes()
+    try:
+        configure_logging(json=True, stream=stream)
+        structlog.get_logger().info("one", detail="x" * 200)
+        logging.getLogger("lib").warning("two")
+    finally:
+        structlog.reset_defaults()
+        configure_logging(json=True, level="debug", stream=LOG_STREAM)
+    assert len(stream.calls) == 2
+    assert all(call.endswith("\n") and call.count("\n") == 1 for call in stream.calls)
+    assert [json.loads(call)["event"] for call in stream.calls] == ["one", "two"]
