@@ -8,6 +8,7 @@
     ├── KeyRingError          key ring missing, unreadable, badly permissioned or corrupt
     │   ├── KeyInUse          a key version still wraps data keys and cannot be retired
     │   ├── KeyRingMismatch   the key ring is not the one the vault recorded (wrong ring)
+    │   │   └── KeyRingBehind only newer versions are missing: a rotation not yet delivered
     │   └── UnknownKeyVersion a data key names a version this key ring does not hold
     ├── AuditUnavailable      an audit event could not be written (the audited action is refused)
     ├── DuplicateRecord       a token or idempotency key already exists
@@ -40,6 +41,14 @@ class KeyInUse(KeyRingError):
 
 class KeyRingMismatch(KeyRingError):
     """The key ring does not match the check values the vault recorded: another vault's ring."""
+
+
+class KeyRingBehind(KeyRingMismatch):
+    """The vault recorded versions newer than any this ring holds, and nothing else differs.
+
+    A rotation made elsewhere (a Job) whose key file has not reached this process yet: on
+    Kubernetes, until kubelet updates the Secret volume, about a minute.
+    """
 
 
 class UnknownKeyVersion(KeyRingError):

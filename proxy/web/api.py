@@ -255,6 +255,8 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         response_description="Applied, or recognised",
         errors=(400, 405, 408, 413, 415, 503),
         public=True,
+        # Stripe delivers from the internet, through the ingress like a shopper's browser.
+        public_listener=True,
     ),
     Operation(
         method="get",

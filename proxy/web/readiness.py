@@ -25,7 +25,7 @@ import structlog
 from aiohttp import web
 
 from proxy.infra.metrics import Metrics
-from vault import KeyRingError, KeyRingMismatch, StorageUnavailable, Vault
+from vault import KeyRingBehind, KeyRingError, KeyRingMismatch, StorageUnavailable, Vault
 
 _log = structlog.get_logger("tokenproxy.readiness")
 
@@ -37,6 +37,7 @@ DEGRADED = "degraded"
 STARTING = "starting"
 STOPPING = "stopping"
 KEY_RING_MISMATCH = "key_ring_mismatch"
+KEY_RING_BEHIND = "key_ring_behind"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,13 @@ class Readiness:
                 await vault.check_key_ring(source=source)
         except (StorageUnavailable, TimeoutError):
             self._set(DEGRADED, "vault_unavailable", vault_up=False)
+        except KeyRingBehind as exc:
+            # A rotation on its way (kubelet updates a Secret volume within about a minute):
+            # every pod on the old file is in the same place, and each still serves all but
+            # the newest version's keys. Unready, they would all leave the Service at once.
+            if self._reason != KEY_RING_BEHIND:
+                _log.warning("key_ring_behind", problem=str(exc))
+            self._set(DEGRADED, KEY_RING_BEHIND, vault_up=True)
         except KeyRingMismatch as exc:
             if self._status != KEY_RING_MISMATCH:
                 _log.error("key_ring_mismatch", problem=str(exc))

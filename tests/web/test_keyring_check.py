@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from proxy.web.readiness import READINESS
 from tests.conftest import RunningProxy
 from tests.proxy.test_rotation_load import cli
 from vault import LocalKekProvider
-from vault.keys.ring import init_keyring
+from vault.keys.ring import init_keyring, rotate_keyring
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
 
@@ -122,6 +124,23 @@ async def test_a_server_records_a_rotation_the_cli_did_not(proxy: RunningProxy) 
     assert server_keys(proxy).active_version == 2
     assert await readyz(proxy) == (200, {"status": "ready"})
     assert set(check_rows(proxy.vault_path)) == {0, 1, 2}
+
+
+async def test_a_rotation_not_yet_delivered_keeps_the_pod_serving(proxy: RunningProxy) -> None:
+    """A version the vault records beyond this ring (file not yet updated): degraded, not 503."""
+    ring = proxy.settings.keyring_path
+    pending = ring.with_name("delivered-later.json")
+    shutil.copy2(ring, pending)
+    rotate_keyring(pending)
+    newer = LocalKekProvider.from_file(pending)
+    await proxy.app[SERVICES].vault.backend.add_key_check(
+        2, newer.check_value(2), "2026-01-01T00:00:00.000000Z"
+    )
+    assert await readyz(proxy) == (200, {"status": "degraded", "reason": "key_ring_behind"})
+    assert dek_version_of(proxy.vault_path, await tokenize(proxy)) == 1
+    os.replace(pending, ring)
+    assert await readyz(proxy) == (200, {"status": "ready"})
+    assert server_keys(proxy).active_version == 2
 
 
 @pytest.mark.parametrize("change", ["fresh", "other-index", "other-kek"])

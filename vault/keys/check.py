@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from vault.audit import audit_key, link_hash
 from vault.crypto import dek_aad, key_check_mac
-from vault.errors import DecryptionFailed, KeyRingError, KeyRingMismatch
+from vault.errors import DecryptionFailed, KeyRingBehind, KeyRingError, KeyRingMismatch
 from vault.keys.ring import KeyState
 from vault.records import iso, utcnow
 
@@ -95,6 +95,13 @@ class KeyCheckMixin:
             if version == INDEX_CHECK:
                 continue
             info = infos.get(version)
+            if info is None and infos and version > max(infos):
+                # Newer than all this ring holds: a rotation on its way here, not another
+                # vault's ring. Everything older was verified above (rows are in order).
+                raise KeyRingBehind(
+                    f"{source} lacks key version {version}, which the vault recorded: a"
+                    " rotation the key file has not delivered yet"
+                )
             if info is None:
                 raise _mismatch(source, f"it lacks key version {version}, which the vault recorded")
             if info.state is KeyState.RETIRED:
