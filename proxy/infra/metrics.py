@@ -16,7 +16,6 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    Info,
     ProcessCollector,
     disable_created_metrics,
 )
@@ -292,9 +291,14 @@ class Metrics:
         )
         # Partner events and reconciliation (proxy.infra.syncmetrics).
         self.sync = SyncMetrics(r)
-        Info("tokenproxy_build", "Build information.", registry=r).info(
-            {"version": version or package_version()}
-        )
+        # A gauge rather than an Info: the multiprocess mode of several workers has no Info.
+        Gauge(
+            "tokenproxy_build_info",
+            "Always 1; the label carries the running version.",
+            ["version"],
+            multiprocess_mode="livemax",
+            registry=r,
+        ).labels(version or package_version()).set(1)
         # Saturation: requests being handled, and the PostgreSQL pool (set at each scrape).
         self.in_flight = Gauge(
             "tokenproxy_http_requests_in_flight",

@@ -155,6 +155,11 @@ def test_metrics_on_the_ops_listener_are_summed_over_workers(deployment: Deploym
     # Forty new connections all landing on one worker has probability 2**-39; so a scrape
     # answered from one worker's counts alone would show fewer than forty.
     assert [requests_counted(deployment) for _ in range(6)] == [40.0] * 6
+    # The build's version is served in this mode too, once (not once per worker).
+    _, body = deployment.get(deployment.ops + "/metrics")
+    build = [line for line in body.splitlines() if line.startswith("tokenproxy_build_info{")]
+    assert len(build) == 1
+    assert build[0].endswith(" 1.0")
 
 
 def test_a_dead_worker_is_restarted_and_the_port_keeps_serving(deployment: Deployment) -> None:
