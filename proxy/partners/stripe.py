@@ -34,6 +34,14 @@ from proxy.partners.ports import (
     PartnerSetup,
 )
 
+# The API version every request names (the Stripe-Version header). Without it Stripe
+# uses the version the installed SDK was released with, so rebuilding the image with
+# another 16.x would change request and response shapes unannounced
+# (https://docs.stripe.com/sdks/set-version). This is stripe 16.0's own version, the
+# floor's, so every SDK the declared range allows sends it as is; moving it is a
+# deliberate upgrade (https://docs.stripe.com/upgrades).
+STRIPE_API_VERSION = "2026-09-30.endive"
+
 # Partner object ids go into URL paths: only Stripe's id alphabet may.
 _OBJECT_ID_RE = re.compile(r"(pm|cus|card|src|seti)_[A-Za-z0-9]{1,64}")
 _MANDATE_ID_RE = re.compile(r"mandate_[A-Za-z0-9]{1,64}")
@@ -212,6 +220,7 @@ class StripePartner:
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base},
+            stripe_version=STRIPE_API_VERSION,
             http_client=http_client,
             # Retries belong to the proxy's own policy (idempotency keys, backoff), not the SDK's.
             max_network_retries=0,

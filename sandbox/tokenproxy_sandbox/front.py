@@ -15,6 +15,9 @@ tests and behaves as Stripe documents, each rule citing the page it follows:
   when ``customer`` names another or none, and checks ``mandate`` against the method.
 * ``sepa_debit`` PaymentMethods lose the legacy Sources fields ``mandate_reference`` and
   ``mandate_url``, which Stripe's PaymentMethod object does not have.
+* Every API request is recorded (method, path, ``Stripe-Version``, ``Idempotency-Key``)
+  for ``GET /_sandbox/requests``; ``POST /_sandbox/faults`` scripts answers Stripe gives
+  and localstripe never does (5xx, 429, documented error bodies), ``DELETE`` clears both.
 
 Run it as ``python -m tokenproxy_sandbox.front --port P --upstream URL``;
 ``tokenproxy_sandbox.launcher`` starts it in front of localstripe.
@@ -24,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -50,6 +55,18 @@ class _Setup:
 
 
 @dataclass
+class _Fault:
+    """A scripted answer for the next ``times`` requests matching method and path."""
+
+    method: str
+    path: re.Pattern[str]
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+    times: int
+
+
+@dataclass
 class StripeFront:
     """The front's state: what localstripe cannot keep for us."""
 
@@ -58,6 +75,57 @@ class StripeFront:
     setups: dict[str, _Setup] = field(default_factory=dict)
     mandates: dict[str, dict[str, Any]] = field(default_factory=dict)
     session: aiohttp.ClientSession | None = None
+    requests: deque[dict[str, str | None]] = field(default_factory=lambda: deque(maxlen=500))
+    faults: list[_Fault] = field(default_factory=list)
+
+    # -- what tests script and read ------------------------------------------------
+
+    def record(self, request: web.Request) -> None:
+        """Keep what a test may ask about a request: never its body (card data)."""
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "stripe_version": request.headers.get("Stripe-Version"),
+                "idempotency_key": request.headers.get("Idempotency-Key"),
+            }
+        )
+
+    def scripted(self, request: web.Request) -> web.Response | None:
+        """The scripted answer for this request, if a fault matches it (used up in order)."""
+        for fault in self.faults:
+            if fault.method == request.method and fault.path.fullmatch(request.path):
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+                headers = {"Request-Id": "req_" + secrets.token_hex(7), **fault.headers}
+                return web.json_response(fault.body, status=fault.status, headers=headers)
+        return None
+
+    async def add_fault(self, request: web.Request) -> web.Response:
+        """``POST /_sandbox/faults``: ``{method, path (a regex), status, body, headers, times}``."""
+        doc = await request.json()
+        self.faults.append(
+            _Fault(
+                method=str(doc.get("method", "POST")).upper(),
+                path=re.compile(str(doc["path"])),
+                status=int(doc["status"]),
+                body=dict(doc.get("body") or {}),
+                headers={str(k): str(v) for k, v in (doc.get("headers") or {}).items()},
+                times=int(doc.get("times", 1)),
+            )
+        )
+        return web.json_response({"faults": len(self.faults)})
+
+    async def reset(self, _request: web.Request) -> web.Response:
+        """``DELETE /_sandbox/faults``: forget scripted faults and recorded requests."""
+        self.faults.clear()
+        self.requests.clear()
+        return web.json_response({})
+
+    async def list_requests(self, _request: web.Request) -> web.Response:
+        """``GET /_sandbox/requests``: the recorded requests, oldest first."""
+        return web.json_response(list(self.requests))
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -342,7 +410,19 @@ def _error(status: int, message: str, param: str, *, code: str | None = None) ->
 
 def make_app(front: StripeFront) -> web.Application:
     """The front's aiohttp app: the rules above, everything else passed through."""
-    app = web.Application()
+
+    @web.middleware
+    async def stripe_rules(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/_sandbox/"):
+            return await handler(request)
+        front.record(request)
+        scripted = front.scripted(request)
+        if scripted is not None:
+            return scripted
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app = web.Application(middlewares=[stripe_rules])
 
     async def session(_app: web.Application) -> Any:
         front.session = aiohttp.ClientSession()
@@ -355,6 +435,9 @@ def make_app(front: StripeFront) -> web.Application:
     app.router.add_get("/v1/setup_intents/{id}", front.get_setup_intent)
     app.router.add_get("/v1/mandates/{id}", front.get_mandate)
     app.router.add_get("/_sandbox/authenticate/{id}", front.authenticate)
+    app.router.add_post("/_sandbox/faults", front.add_fault)
+    app.router.add_delete("/_sandbox/faults", front.reset)
+    app.router.add_get("/_sandbox/requests", front.list_requests)
     app.router.add_post("/v1/payment_intents", front.create_payment_intent)
     app.router.add_route("*", "/{tail:.*}", front.forward)
     return app
