@@ -17,7 +17,8 @@ timeout: after ``failures`` consecutive unhealthy attempts it opens and answers
 ``503 partner_circuit_open`` at once; after ``reset_after`` seconds it lets one probe
 through (half-open); a healthy probe closes it, an unhealthy one opens it again.
 Only partner *health* failures count (network errors, timeouts, 5xx): a declined
-card or a 429 says nothing about whether the partner is up.
+card, a 429 or a 409 for a key Stripe is still working on says nothing about whether
+the partner is up.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ class CircuitBreaker:
 def _unhealthy(exc: PartnerError) -> bool:
     """Failures that say the partner is down or broken (not a decline, not rate limiting)."""
     return isinstance(exc, PartnerTimeout) or (
-        exc.retryable and exc.code not in {"partner_rate_limited"}
+        exc.retryable and exc.code not in {"partner_rate_limited", "partner_busy"}
     )
 
 

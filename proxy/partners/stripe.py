@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import stripe
+import structlog
 
 from proxy.domain.bank import BankAccountRequest, MandateAcceptance
 from proxy.domain.card import pan_like
@@ -34,6 +35,8 @@ from proxy.partners.ports import (
     PartnerSetup,
 )
 
+_log = structlog.get_logger("tokenproxy.partner")
+
 # The API version every request names (the Stripe-Version header). Without it Stripe
 # uses the version the installed SDK was released with, so rebuilding the image with
 # another 16.x would change request and response shapes unannounced
@@ -46,6 +49,11 @@ STRIPE_API_VERSION = "2026-09-30.endive"
 _OBJECT_ID_RE = re.compile(r"(pm|cus|card|src|seti)_[A-Za-z0-9]{1,64}")
 _MANDATE_ID_RE = re.compile(r"mandate_[A-Za-z0-9]{1,64}")
 _WORD_RE = re.compile(r"[a-z][a-z_]{0,39}")
+# A parameter's name as Stripe reports it (``card[number]``, ``items[0][price]``).
+_PARAM_RE = re.compile(r"[a-z][a-z0-9_\[\]]{0,99}")
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9_]{1,255}")
+_RATE_LIMIT_CODES = frozenset({"rate_limit", "lock_timeout"})
+_IDEMPOTENCY_CODES = frozenset({"idempotency_key_in_use"})
 # Answers that mean "already done" for detach/delete, so erasure can be repeated.
 _GONE_CODES = frozenset({"resource_missing", "payment_method_unexpected_state"})
 
@@ -121,6 +129,23 @@ def _retry_after(exc: stripe.StripeError) -> float | None:
     return min(max(seconds, 0.0), 3600.0)
 
 
+def _body_error(exc: stripe.StripeError) -> dict[str, Any]:
+    """The ``error`` object of Stripe's answer (https://docs.stripe.com/api/errors), or {}."""
+    body = exc.json_body
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _word(value: Any) -> str | None:
+    """A Stripe type or code as a fixed word (they are enums in Stripe's docs), else None."""
+    return value if isinstance(value, str) and _WORD_RE.fullmatch(value) else None
+
+
+def _param(value: Any) -> str | None:
+    """Stripe's ``param`` (a parameter's name, such as ``card[number]``), never a value."""
+    return value if isinstance(value, str) and _PARAM_RE.fullmatch(value) else None
+
+
 def retry_rule(exc: stripe.StripeError) -> tuple[bool, float | None]:
     """Whether Stripe's rules allow a retry (same idempotency key), and its Retry-After.
 
@@ -135,39 +160,57 @@ def retry_rule(exc: stripe.StripeError) -> tuple[bool, float | None]:
     if should in {"true", "false"}:
         return should == "true", _retry_after(exc)
     status = exc.http_status or 0
+    # Stripe's own SDKs retry every 409 (most are idempotency_key_in_use: the key's
+    # first request still runs at Stripe, and a later retry gets its answer).
     if status in {409, 429} or status >= 500:
         return True, _retry_after(exc)
     return False, None
 
 
 def translate_error(exc: stripe.StripeError) -> PartnerError:
-    """Map a Stripe SDK error to ours, keeping Stripe's request id and codes only."""
+    """Map a Stripe SDK error to ours, keeping Stripe's request id and codes only.
+
+    Logged with what tells one refusal from another (Stripe's request id, error type,
+    code, decline code and param), never Stripe's message, which may quote input.
+    """
     error = _translate(exc)
     error.retryable, error.retry_after = retry_rule(exc)
+    body = _body_error(exc)
+    error.partner_status = exc.http_status
+    _log.warning(
+        "partner_error",
+        partner_request_id=_request_id(exc),
+        http_status=exc.http_status,
+        error_type=_word(body.get("type")),
+        partner_code=_word(body.get("code")),
+        decline_code=_word(body.get("decline_code")),
+        partner_param=_param(body.get("param")),
+        error_code=error.code,
+        retryable=error.retryable,
+    )
     return error
 
 
+def _request_id(exc: stripe.StripeError) -> str | None:
+    """Stripe's request id (``req_…``), the handle its support and dashboard search by."""
+    value = exc.request_id
+    return value if isinstance(value, str) and _REQUEST_ID_RE.fullmatch(value) else None
+
+
 def _translate(exc: stripe.StripeError) -> PartnerError:
-    request_id = exc.request_id
-    code = exc.code if exc.code in _CARD_CODES else None
-    decline_code = getattr(exc, "error", None) and getattr(exc.error, "decline_code", None)
+    """Classify by what Stripe's body says (``type``, ``code``, ``decline_code``), not by
+    the SDK's exception class, which follows the HTTP status alone: Stripe answers 402
+    for requests that failed for other reasons than a card, and 409/400 for idempotency
+    errors (https://docs.stripe.com/api/errors, https://docs.stripe.com/error-codes).
+    """
+    request_id = _request_id(exc)
+    body = _body_error(exc)
+    kind = _word(body.get("type"))
+    raw_code = _word(body.get("code"))
+    code = raw_code if raw_code in _CARD_CODES else None
+    decline_code = _word(body.get("decline_code"))
     decline_code = decline_code if decline_code in _DECLINE_CODES else None
-    if isinstance(exc, stripe.CardError) or (
-        isinstance(exc, stripe.InvalidRequestError) and code is not None
-    ):
-        return PartnerDeclined(
-            "The payment partner declined the card.",
-            code=code or "card_declined",
-            partner_request_id=request_id,
-            decline_code=decline_code,
-        )
-    if isinstance(exc, stripe.RateLimitError):
-        return PartnerUnavailable(
-            "The payment partner is rate limiting requests; retry later.",
-            code="partner_rate_limited",
-            partner_request_id=request_id,
-            headers={"Retry-After": "1"},
-        )
+    status = exc.http_status or 0
     if isinstance(exc, stripe.APIConnectionError):
         if isinstance(exc.__cause__, asyncio.TimeoutError | TimeoutError):
             return PartnerTimeout(
@@ -176,13 +219,54 @@ def _translate(exc: stripe.StripeError) -> PartnerError:
         return PartnerUnavailable(
             "The payment partner cannot be reached.", partner_request_id=request_id
         )
-    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+    if kind == "card_error" or (kind == "invalid_request_error" and code is not None):
+        return PartnerDeclined(
+            "The payment partner declined the card.",
+            code=code or "card_declined",
+            partner_request_id=request_id,
+            decline_code=decline_code,
+        )
+    if status == 429 or raw_code in _RATE_LIMIT_CODES:
+        return PartnerUnavailable(
+            "The payment partner is rate limiting requests; retry later.",
+            code="partner_rate_limited",
+            partner_request_id=request_id,
+            headers={"Retry-After": "1"},
+        )
+    if kind == "idempotency_error" or raw_code in _IDEMPOTENCY_CODES:
+        if raw_code == "idempotency_key_in_use":
+            return PartnerUnavailable(
+                "The payment partner is still working on this request; retry later.",
+                code="partner_busy",
+                partner_request_id=request_id,
+                headers={"Retry-After": "1"},
+            )
+        return PartnerError(
+            "The payment partner refused the request's idempotency key.",
+            code="partner_idempotency_error",
+            partner_request_id=request_id,
+        )
+    if status == 401 or kind == "authentication_error":
         return PartnerError(
             "The proxy's credentials were refused by the payment partner.",
             code="partner_auth_failed",
             partner_request_id=request_id,
         )
-    if isinstance(exc, stripe.InvalidRequestError):
+    if status == 403:
+        return PartnerError(
+            "The proxy's key lacks a permission this request needs at the payment partner.",
+            code="partner_permission_denied",
+            partner_request_id=request_id,
+        )
+    if status >= 500 or kind == "api_error":
+        return PartnerError("The payment partner failed.", partner_request_id=request_id)
+    if raw_code == "resource_missing" or status == 404:
+        return PartnerError(
+            "The payment partner has no such object.",
+            code="partner_resource_missing",
+            partner_request_id=request_id,
+        )
+    if kind == "invalid_request_error" or 400 <= status < 500:
         return PartnerError(
             "The payment partner rejected the request.",
             code="partner_rejected_request",
