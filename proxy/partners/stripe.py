@@ -45,13 +45,17 @@ _log = structlog.get_logger("tokenproxy.partner")
 # deliberate upgrade (https://docs.stripe.com/upgrades).
 STRIPE_API_VERSION = "2026-09-30.endive"
 
-# Partner object ids go into URL paths: only Stripe's id alphabet may.
-_OBJECT_ID_RE = re.compile(r"(pm|cus|card|src|seti)_[A-Za-z0-9]{1,64}")
-_MANDATE_ID_RE = re.compile(r"mandate_[A-Za-z0-9]{1,64}")
+# Partner object ids go into URL paths: only Stripe's id alphabet may, and no more than
+# Stripe promises. Prefix and length are not part of its API contract: "object IDs we
+# generate will never exceed 255 characters", and changing their length or format,
+# prefixes included, is a backwards-compatible change (https://docs.stripe.com/upgrades).
+# A stricter check would fail a call after its object exists at Stripe.
+_OBJECT_ID_RE = re.compile(r"[A-Za-z0-9_]{1,255}")
+_MANDATE_ID_RE = _OBJECT_ID_RE
 _WORD_RE = re.compile(r"[a-z][a-z_]{0,39}")
 # A parameter's name as Stripe reports it (``card[number]``, ``items[0][price]``).
 _PARAM_RE = re.compile(r"[a-z][a-z0-9_\[\]]{0,99}")
-_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9_]{1,255}")
+_REQUEST_ID_RE = _OBJECT_ID_RE
 _RATE_LIMIT_CODES = frozenset({"rate_limit", "lock_timeout"})
 _IDEMPOTENCY_CODES = frozenset({"idempotency_key_in_use"})
 # Answers that mean "already done" for detach/delete, so erasure can be repeated.
