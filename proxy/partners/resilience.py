@@ -7,9 +7,13 @@ second loop above this one would multiply them).
 Stripe's rules are the anchor: a call may be retried only after a network error, a
 409, a 429 (after its Retry-After) or a 5xx, and every retry carries the *same*
 idempotency key so the partner replays its first answer instead of creating a second
-payment method. Card errors and other 4xx are final. Retries are bounded in count and
-in total time, and sleep an exponentially growing, fully jittered delay (AWS
-"Exponential Backoff and Jitter": ``uniform(0, min(cap, base * 2**n))``) so a fleet of
+payment method. Card errors and other 4xx are final. One exception: Stripe saves a 5xx
+answer against its idempotency key and replays it to every retry with that key for at
+least a day (https://docs.stripe.com/api/idempotent_requests), so after a 5xx the
+partner answered the next attempt goes out under a fresh key; an extra unattached
+PaymentMethod, if the first attempt made one, is harmless and never charged. Retries
+are bounded in count and in total time, and sleep an exponentially growing, fully
+jittered delay (AWS "Exponential Backoff and Jitter": ``uniform(0, min(cap, base * 2**n))``) so a fleet of
 proxies does not retry in lock step.
 
 The circuit breaker stops a dead partner from holding every request for its full
@@ -48,6 +52,11 @@ from proxy.partners.ports import (
 
 T = TypeVar("T")
 _log = structlog.get_logger("tokenproxy.partner")
+
+
+def fresh_partner_key(key: str) -> str:
+    """A new partner key for a call whose key Stripe holds a 5xx for (kept under 255)."""
+    return key[:200] + "_r" + secrets.token_hex(8)
 
 
 def new_partner_key() -> str:
@@ -185,26 +194,28 @@ class ResilientPartner:
         self, card: CardRequest, *, idempotency_key: str | None = None
     ) -> PartnerCard:
         """Create a card at the partner, retrying with one idempotency key for all attempts."""
-        key = idempotency_key or new_partner_key()
-        return await self._call(
-            "create_card", lambda: self.inner.create_card(card, idempotency_key=key)
+        return await self._keyed(
+            "create_card",
+            idempotency_key,
+            lambda key: self.inner.create_card(card, idempotency_key=key),
         )
 
     async def create_sepa_debit(
         self, account: BankAccountRequest, *, idempotency_key: str | None = None
     ) -> PartnerBankAccount:
         """Create a SEPA debit method, one idempotency key for all attempts."""
-        key = idempotency_key or new_partner_key()
-        return await self._call(
+        return await self._keyed(
             "create_sepa_debit",
-            lambda: self.inner.create_sepa_debit(account, idempotency_key=key),
+            idempotency_key,
+            lambda key: self.inner.create_sepa_debit(account, idempotency_key=key),
         )
 
     async def create_customer(self, *, idempotency_key: str | None = None) -> str:
         """Create a partner customer, one idempotency key for all attempts."""
-        key = idempotency_key or new_partner_key()
-        return await self._call(
-            "create_customer", lambda: self.inner.create_customer(idempotency_key=key)
+        return await self._keyed(
+            "create_customer",
+            idempotency_key,
+            lambda key: self.inner.create_customer(idempotency_key=key),
         )
 
     # Attach, detach and delete carry no idempotency key and need none: attaching to the
@@ -230,10 +241,10 @@ class ResilientPartner:
         idempotency_key: str | None = None,
     ) -> PartnerSetup:
         """Set a payment method up for off-session use, one idempotency key for all attempts."""
-        key = idempotency_key or new_partner_key()
-        return await self._call(
+        return await self._keyed(
             "setup",
-            lambda: self.inner.setup_off_session(
+            idempotency_key,
+            lambda key: self.inner.setup_off_session(
                 payment_method,
                 customer,
                 kind=kind,
@@ -263,7 +274,27 @@ class ResilientPartner:
             "get_payment_method", lambda: self.inner.get_payment_method(reference)
         )
 
-    async def _call(self, operation: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def _keyed(
+        self, operation: str, key: str | None, attempt: Callable[[str], Awaitable[T]]
+    ) -> T:
+        """A call under a partner idempotency key: the same key for every retry, except
+        after a 5xx the partner answered (it would replay that 5xx), then a fresh one."""
+        base = current = key or new_partner_key()
+
+        def after(exc: PartnerError) -> None:
+            nonlocal current
+            if exc.partner_status is not None and exc.partner_status >= 500:
+                current = fresh_partner_key(base)
+
+        return await self._call(operation, lambda: attempt(current), after_failure=after)
+
+    async def _call(
+        self,
+        operation: str,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        after_failure: Callable[[PartnerError], None] | None = None,
+    ) -> T:
         started = time.monotonic()
         retry = 0
         while True:
@@ -289,6 +320,8 @@ class ResilientPartner:
                     # Out of time: give the client the partner's own hint, if any.
                     raise
                 retry += 1
+                if after_failure is not None:
+                    after_failure(exc)
                 if self._metrics is not None:
                     self._metrics.child(
                         self._metrics.partner_retries, self.name, operation, exc.code

@@ -15,6 +15,10 @@ tests and behaves as Stripe documents, each rule citing the page it follows:
   when ``customer`` names another or none, and checks ``mandate`` against the method.
 * ``sepa_debit`` PaymentMethods lose the legacy Sources fields ``mandate_reference`` and
   ``mandate_url``, which Stripe's PaymentMethod object does not have.
+* ``POST`` with an ``Idempotency-Key`` (which localstripe ignores) behaves as Stripe
+  documents: the first answer, a 500 included, is saved and replayed for the same key
+  and parameters; other parameters get 400 ``idempotency_error``; a key whose first
+  request still runs gets 409 ``idempotency_key_in_use``.
 * Every API request is recorded (method, path, ``Stripe-Version``, ``Idempotency-Key``)
   for ``GET /_sandbox/requests``; ``POST /_sandbox/faults`` scripts answers Stripe gives
   and localstripe never does (5xx, 429, documented error bodies), ``DELETE`` clears both.
@@ -31,6 +35,7 @@ import re
 import secrets
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -52,6 +57,20 @@ class _Setup:
     mandate_data: dict[str, str] = field(default_factory=dict)
     return_url: str | None = None
     mandate: str | None = None
+
+
+# Answers Stripe gives before its idempotency layer runs, so never saved under a key.
+_NOT_SAVED = frozenset({401, 403, 409, 429})
+_SAVED_MAX = 10_000
+
+
+@dataclass
+class _Saved:
+    """The first answer given for an idempotency key, and the parameters it was for."""
+
+    params: str
+    status: int
+    body: bytes
 
 
 @dataclass
@@ -77,6 +96,63 @@ class StripeFront:
     session: aiohttp.ClientSession | None = None
     requests: deque[dict[str, str | None]] = field(default_factory=lambda: deque(maxlen=500))
     faults: list[_Fault] = field(default_factory=list)
+    saved: dict[tuple[str, str], _Saved] = field(default_factory=dict)
+    running: set[tuple[str, str]] = field(default_factory=set)
+
+    # -- idempotency ---------------------------------------------------------------
+
+    async def idempotent(
+        self, request: web.Request, answer: Callable[[], Awaitable[web.Response]]
+    ) -> web.Response:
+        """Answer a keyed POST as Stripe's idempotency layer does.
+
+        https://docs.stripe.com/api/idempotent_requests: "Stripe saves the status code
+        and body of the first request made with a given idempotency key after endpoint
+        execution begins. Retries with the same key return the saved response,
+        including 500 errors"; the layer "compares incoming parameters to those of the
+        original request and errors if they're not the same". The rate limiter and
+        authentication run before it (https://docs.stripe.com/error-low-level), so a
+        401, 403 or 429 is not saved; a concurrent request on the same key gets 409.
+        """
+        key = request.headers["Idempotency-Key"]
+        scope = (request.headers.get("Authorization", ""), key)
+        params = request.method + " " + request.path + "\n" + (await request.text())
+        saved = self.saved.get(scope)
+        if saved is not None:
+            if saved.params != params:
+                return web.json_response(
+                    {
+                        "error": {
+                            "type": "idempotency_error",
+                            "message": "Keys for idempotent requests can only be used with "
+                            "the same parameters they were first used with.",
+                        }
+                    },
+                    status=400,
+                )
+            return web.Response(
+                status=saved.status,
+                body=saved.body,
+                content_type="application/json",
+                headers={"Idempotent-Replayed": "true", "Idempotency-Key": key},
+            )
+        if scope in self.running:
+            return _error(
+                409,
+                "There is currently another in-progress request using this Idempotent Key.",
+                "idempotency_key",
+                code="idempotency_key_in_use",
+            )
+        self.running.add(scope)
+        try:
+            response = await answer()
+        finally:
+            self.running.discard(scope)
+        if response.status not in _NOT_SAVED and isinstance(response.body, bytes):
+            if len(self.saved) >= _SAVED_MAX:
+                self.saved.pop(next(iter(self.saved)))
+            self.saved[scope] = _Saved(params, response.status, response.body)
+        return response
 
     # -- what tests script and read ------------------------------------------------
 
@@ -118,9 +194,10 @@ class StripeFront:
         return web.json_response({"faults": len(self.faults)})
 
     async def reset(self, _request: web.Request) -> web.Response:
-        """``DELETE /_sandbox/faults``: forget scripted faults and recorded requests."""
+        """``DELETE /_sandbox/faults``: forget scripted faults, recorded requests, saved keys."""
         self.faults.clear()
         self.requests.clear()
+        self.saved.clear()
         return web.json_response({})
 
     async def list_requests(self, _request: web.Request) -> web.Response:
@@ -416,11 +493,17 @@ def make_app(front: StripeFront) -> web.Application:
         if request.path.startswith("/_sandbox/"):
             return await handler(request)
         front.record(request)
-        scripted = front.scripted(request)
-        if scripted is not None:
-            return scripted
-        response: web.StreamResponse = await handler(request)
-        return response
+
+        async def answer() -> web.Response:
+            scripted = front.scripted(request)
+            if scripted is not None:
+                return scripted
+            response: web.Response = await handler(request)
+            return response
+
+        if request.method == "POST" and request.headers.get("Idempotency-Key"):
+            return await front.idempotent(request, answer)
+        return await answer()
 
     app = web.Application(middlewares=[stripe_rules])
 

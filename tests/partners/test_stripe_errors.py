@@ -208,3 +208,18 @@ async def test_errors_are_logged_with_request_id_type_code_and_param_never_messa
         "customer",
     )
     assert "cus_gone" not in json.dumps(line)
+
+
+async def test_a_5xx_saved_under_the_key_is_not_replayed_to_the_retry(
+    partner: StripePartner, localstripe: Localstripe
+) -> None:
+    """Stripe replays a saved 500 to the same key; the retry goes out under a fresh key."""
+    await script_fault(localstripe, PM_PATH, 500, API_ERROR)
+    resilient = ResilientPartner(partner, policy=RetryPolicy(max_retries=2, backoff_base=0.0))
+    created = await resilient.create_card(card(), idempotency_key="tp_saved500")
+    assert created.reference.startswith("pm_")
+    # The first key still answers the saved 500, as Stripe would for a day.
+    again = ResilientPartner(partner, policy=RetryPolicy(max_retries=0))
+    with pytest.raises(PartnerError) as info:
+        await again.create_card(card(), idempotency_key="tp_saved500")
+    assert info.value.partner_status == 500
