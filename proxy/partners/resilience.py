@@ -13,8 +13,8 @@ least a day (https://docs.stripe.com/api/idempotent_requests), so after a 5xx th
 partner answered the next attempt goes out under a fresh key; an extra unattached
 PaymentMethod, if the first attempt made one, is harmless and never charged. Retries
 are bounded in count and in total time, and sleep an exponentially growing, fully
-jittered delay (AWS "Exponential Backoff and Jitter": ``uniform(0, min(cap, base * 2**n))``) so a fleet of
-proxies does not retry in lock step.
+jittered delay (AWS "Exponential Backoff and Jitter":
+``uniform(0, min(cap, base * 2**n))``) so a fleet of proxies does not retry in lock step.
 
 The circuit breaker stops a dead partner from holding every request for its full
 timeout: after ``failures`` consecutive unhealthy attempts it opens and answers
