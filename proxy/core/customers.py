@@ -28,15 +28,17 @@ import structlog
 from proxy.core.audit import append_or_refuse, resource_of
 from proxy.core.partner_sync import link_record
 from proxy.core.services import Services, partner_call, vault_call
-from proxy.core.views import listed_view
+from proxy.core.views import listed_view, reusable
 from proxy.domain.bank import MandateAcceptance
 from proxy.domain.errors import (
     AuthenticationRequired,
+    Conflict,
     InvalidRequest,
     NotFound,
     PartnerDeclined,
     PartnerError,
     ProxyError,
+    TokenGone,
     ValidationFailed,
 )
 from proxy.domain.fields import validate_customer_ref
@@ -337,6 +339,63 @@ async def store_saved(
         raise
     await link_record(services, record, outbox_key=save.outbox_key)
     return record
+
+
+async def attach_single_use(
+    services: Services,
+    token: str,
+    customer_ref: str,
+    *,
+    actor: str | None,
+    reserved: str | None = None,
+) -> Record:
+    """Save a single-use card token's payment method on a customer: the missing checkout
+    step for a card the hosted card fields tokenized (publishable keys send no customer).
+
+    The same off-session setup (a SetupIntent) as ``POST /v1/cards`` with customer_ref, so
+    3-D Secure and the partner customer work alike. The saved card gets a new, reusable
+    token (``reserved`` when an idempotent request reserved one); the single-use token
+    is deleted once the new one is stored, so a failure in between leaves two tokens,
+    never none. Already saved on this customer: its record as it is.
+    """
+    ref = _customer_ref(customer_ref)
+    vault = services.vault
+    try:
+        record: Record = await vault_call(services, "get", vault.get(token))
+    except RecordNotFound:
+        raise NotFound("No such token.", param="token") from None
+    if record.kind is not Kind.CARD:
+        raise InvalidRequest(
+            "Only card tokens are saved on a customer this way.", code="invalid_value"
+        )
+    if record.details.get("detached_at"):
+        raise TokenGone(
+            "The payment method was detached at the partner; it can no longer be saved.",
+            code="token_detached",
+            param="token",
+        )
+    if record.customer_ref is not None:
+        if record.customer_ref == ref:
+            return record
+        raise Conflict("The token is saved on another customer.", code="conflict")
+    if record.partner != services.partner.name:
+        raise PartnerError("The token's payment partner is not configured.")
+    details = {k: v for k, v in record.details.items() if k != "partner_customer"}
+    saved: Record = await store_payment_method(
+        services,
+        NewRecord(
+            kind=record.kind,
+            partner=record.partner,
+            partner_reference=record.partner_reference,
+            details=details,
+            customer_ref=ref,
+            metadata=record.metadata,
+        ),
+        token=reserved,
+        save=SaveRequest(actor=actor),
+    )
+    await vault_call(services, "delete", vault.delete(token))
+    return saved
 
 
 # -- listing and access report -----------------------------------------------------
@@ -646,9 +705,16 @@ async def delete_token(services: Services, token: str) -> dict[str, Any]:
         raise NotFound("No such token.", param="token") from None
     lock = services.locks.hold(record.customer_ref) if record.customer_ref else None
     async with lock or contextlib.nullcontext():
-        if record.kind in PARTNER_HOLDS and record.partner_reference:
+        # Stripe refuses to detach a PaymentMethod saved on no customer ("not attached
+        # to a customer so detachment is impossible",
+        # https://docs.stripe.com/api/payment_methods/detach): nothing to undo there.
+        detach = (
+            record.kind in PARTNER_HOLDS and bool(record.partner_reference) and reusable(record)
+        )
+        if detach:
             if record.partner != services.partner.name:
                 raise PartnerError("The token's payment partner is not configured.")
+            assert record.partner_reference is not None  # noqa: S101 - checked above
             # A partner failure propagates as itself (503/504/502): nothing deleted, retry.
             await partner_call(
                 services, "detach", services.partner.detach(record.partner_reference)
@@ -663,7 +729,7 @@ async def delete_token(services: Services, token: str) -> dict[str, Any]:
             token=token,
             kind=str(record.kind),
             deleted=True,
-            partner_detached=record.kind in PARTNER_HOLDS and bool(record.partner_reference),
+            partner_detached=detach,
         )
     )
 

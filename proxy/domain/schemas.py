@@ -187,6 +187,12 @@ class InvoiceRequestBody(Struct, forbid_unknown_fields=True, kw_only=True):
     ) = None
 
 
+class TokenAttachRequestBody(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The customer to save a single-use card token on, so it can be charged again."""
+
+    customer_ref: CustomerRef
+
+
 # ------------------------------------------------------- path and query parameters
 
 
@@ -255,6 +261,17 @@ class CardToken(Struct, kw_only=True):
     masked: (
         Annotated[str, Meta(description="first six and last four, the rest starred")] | UnsetType
     ) = UNSET
+    reusable: (
+        Annotated[
+            bool,
+            Meta(
+                description="false: the partner lets the payment method be used for one"
+                " payment only (it is saved on no customer); POST /v1/tokens/{token}/attach"
+                " saves it on one"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
     created_at: Timestamp
 
 
@@ -268,6 +285,17 @@ class BankToken(Struct, kw_only=True):
     last4: Detail = UNSET
     masked: (
         Annotated[str, Meta(description="country + check digits + **** + last4")] | UnsetType
+    ) = UNSET
+    reusable: (
+        Annotated[
+            bool,
+            Meta(
+                description="false: the partner lets the payment method be used for one"
+                " payment only (it is saved on no customer); POST /v1/tokens/{token}/attach"
+                " saves it on one"
+            ),
+        ]
+        | UnsetType
     ) = UNSET
     customer_ref: str | None
     created_at: Timestamp

@@ -457,10 +457,23 @@ class StripePartner:
         return _setup(response.data)
 
     async def detach(self, payment_method: str) -> bool:
-        """Detach a PaymentMethod; False when it is gone or no longer attached."""
-        return await self._post_or_gone(
-            "post", f"/v1/payment_methods/{_object_id(payment_method)}/detach"
-        )
+        """Detach a PaymentMethod; False when it is gone or attached to no customer.
+
+        Stripe refuses to detach a PaymentMethod saved on no customer with a 400 ("not
+        attached to a customer so detachment is impossible",
+        https://docs.stripe.com/api/payment_methods/detach) that carries no code of its
+        own; the method itself then says whether that was the reason.
+        """
+        path = f"/v1/payment_methods/{_object_id(payment_method)}/detach"
+        try:
+            return await self._post_or_gone("post", path)
+        except PartnerError as exc:
+            if exc.partner_status != 400:
+                raise
+            current = await self.get_payment_method(payment_method)
+            if current is None or current.customer is None:
+                return False
+            raise
 
     async def list_payment_methods(self, customer: str, *, kind: str) -> list[PartnerPaymentMethod]:
         """Every payment method of type ``kind`` attached to ``customer``, page by page."""

@@ -28,6 +28,7 @@ from proxy.domain.schemas import (
     InvoiceRequestBody,
     InvoiceToken,
     PartnerEventReceipt,
+    TokenAttachRequestBody,
     TokenDeletion,
     TokenList,
     TokenListQuery,
@@ -160,6 +161,27 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         response=TokenDeletion,
         response_description="Deleted",
         errors=(400, 401, 403, 404, 405, 429, 502, 503, 504),
+    ),
+    Operation(
+        method="post",
+        path="/v1/tokens/{token}/attach",
+        name="attach_token",
+        operation_id="attachToken",
+        summary="Save a single-use card token on a customer (scope: tokenize, secret keys)",
+        description="A card tokenized without customer_ref (the hosted card fields send"
+        " none) is single-use at the partner (reusable: false). This saves it on the"
+        " customer the same way POST /v1/cards with customer_ref does (the partner's"
+        " off-session setup, 3-D Secure included: 402 authentication_required, then POST"
+        " /v1/cards/confirm). The answer is a new, reusable token; the single-use token is"
+        " deleted. A token already saved on this customer answers its own view; on another,"
+        " 409 conflict. Publishable keys: 403. Idempotency-Key: as on POST /v1/cards.",
+        path_params=TokenPath,
+        request=TokenAttachRequestBody,
+        status=201,
+        response=CardToken,
+        response_description="The reusable token (or the replay of a stored answer)",
+        errors=(*_POST_ERRORS, 402, 404, 410, 502, 504),
+        idempotent=True,
     ),
     Operation(
         method="post",

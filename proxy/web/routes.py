@@ -24,6 +24,7 @@ HANDLERS: Final[dict[str, Handler]] = {
     "confirm_card": cards.confirm_card,
     "get_token": tokens.get_token,
     "delete_token": tokens.delete_token,
+    "attach_token": cards.attach_token,
     "create_bank_account": bank_accounts.create_bank_account,
     "create_invoice": invoices.create_invoice,
     "list_customer_tokens": customers.list_tokens,

@@ -19,6 +19,8 @@ tests and behaves as Stripe documents, each rule citing the page it follows:
   documents: the first answer, a 500 included, is saved and replayed for the same key
   and parameters; other parameters get 400 ``idempotency_error``; a key whose first
   request still runs gets 409 ``idempotency_key_in_use``.
+* ``POST /v1/payment_methods/{id}/detach`` of a method saved on no customer is refused
+  (localstripe detaches it).
 * Every API request is recorded (method, path, ``Stripe-Version``, ``Idempotency-Key``)
   for ``GET /_sandbox/requests``; ``POST /_sandbox/faults`` scripts answers Stripe gives
   and localstripe never does (5xx, 429, documented error bodies), ``DELETE`` clears both.
@@ -408,6 +410,26 @@ class StripeFront:
             return _error(404, "No such mandate.", "mandate", code="resource_missing")
         return web.json_response(mandate)
 
+    # -- PaymentMethods ----------------------------------------------------------
+
+    async def detach_payment_method(self, request: web.Request) -> web.Response:
+        """Refuse to detach what is attached to no customer, as Stripe does.
+
+        https://docs.stripe.com/api/payment_methods/detach detaches "a PaymentMethod
+        object from a Customer"; for one saved on none Stripe answers 400 "The payment
+        method you provided is not attached to a customer so detachment is impossible."
+        """
+        method = request.match_info["id"]
+        status, pm = await self.call(request, "GET", f"/v1/payment_methods/{method}", None)
+        if status == 200 and not pm.get("customer"):
+            return _error(
+                400,
+                "The payment method you provided is not attached to a customer so detachment"
+                " is impossible.",
+                "payment_method",
+            )
+        return await self.forward(request)
+
     # -- PaymentIntents ----------------------------------------------------------
 
     async def create_payment_intent(self, request: web.Request) -> web.Response:
@@ -522,6 +544,7 @@ def make_app(front: StripeFront) -> web.Application:
     app.router.add_delete("/_sandbox/faults", front.reset)
     app.router.add_get("/_sandbox/requests", front.list_requests)
     app.router.add_post("/v1/payment_intents", front.create_payment_intent)
+    app.router.add_post("/v1/payment_methods/{id}/detach", front.detach_payment_method)
     app.router.add_route("*", "/{tail:.*}", front.forward)
     return app
 
