@@ -322,10 +322,17 @@ def listen_addresses(env: Mapping[str, str] | None = None) -> tuple[HostPort, Ho
     return api, ops
 
 
+# Stripe's idempotency window: "keys ... at least 24 hours old" may be pruned, no sooner.
+MIN_IDEMPOTENCY_TTL = 24 * 3600.0
+
+
 def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
     """The idempotency, retry, breaker and request-limit settings."""
     floats = {
-        "TOKENPROXY_IDEMPOTENCY_TTL": ("idempotency_ttl", 60.0),
+        # Stripe keeps idempotency keys at least 24 h: a shorter window would send a
+        # reused client key's new request under a partner key Stripe still holds
+        # (https://docs.stripe.com/api/idempotent_requests).
+        "TOKENPROXY_IDEMPOTENCY_TTL": ("idempotency_ttl", MIN_IDEMPOTENCY_TTL),
         "TOKENPROXY_PARTNER_RETRY_BUDGET": ("partner_retry_budget", 0.0),
         "TOKENPROXY_PARTNER_BACKOFF_BASE": ("partner_backoff_base", 0.0),
         "TOKENPROXY_PARTNER_BACKOFF_MAX": ("partner_backoff_max", 0.0),

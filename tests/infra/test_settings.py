@@ -34,6 +34,9 @@ def test_defaults_are_loopback_and_sqlite() -> None:
         ({"STRIPE_API_KEY_FILE": "/nonexistent/key"}, "STRIPE_API_KEY_FILE"),
         ({"TOKENPROXY_HEADER_TIMEOUT": "0"}, "TOKENPROXY_HEADER_TIMEOUT"),
         ({"TOKENPROXY_MAX_CONNECTIONS": "0"}, "TOKENPROXY_MAX_CONNECTIONS"),
+        # Shorter than Stripe keeps its idempotency keys (24 h).
+        ({"TOKENPROXY_IDEMPOTENCY_TTL": "60"}, "TOKENPROXY_IDEMPOTENCY_TTL"),
+        ({"TOKENPROXY_IDEMPOTENCY_TTL": "86399"}, "TOKENPROXY_IDEMPOTENCY_TTL"),
     ],
 )
 def test_bad_setting_names_itself_in_one_line(env: dict[str, str], names: str) -> None:
@@ -43,6 +46,13 @@ def test_bad_setting_names_itself_in_one_line(env: dict[str, str], names: str) -
     message = str(info.value)
     assert names in message
     assert "\n" not in message
+
+
+def test_idempotency_ttl_of_stripes_24_hours_or_more_is_taken() -> None:
+    """The proxy may remember keys as long as Stripe does, or longer."""
+    assert Settings.from_env({**BASE, "TOKENPROXY_IDEMPOTENCY_TTL": "86400"}).idempotency_ttl == (
+        86400.0
+    )
 
 
 def test_partner_key_required_without_sandbox() -> None:
