@@ -84,13 +84,25 @@ async def store_card(
     ``outbox_key`` names the outbox row written before the partner call.
     """
     # The expiry alone is not card data, and billing needs it to act before a card expires.
-    details = {
-        "brand": card.brand,
+    details: dict[str, Any] = {
+        # The partner's brand (Stripe names no maestro; co-badged cards carry a
+        # display_brand); our IIN guess only where the partner named none.
+        "brand": created.partner_brand or card.brand,
         "last4": card.number.last4,
         "masked": card.number.masked,
-        "exp_month": card.exp_month,
-        "exp_year": card.exp_year,
+        "exp_month": created.exp_month or card.exp_month,
+        "exp_year": created.exp_year or card.exp_year,
     }
+    details.update(
+        (name, value)
+        for name, value in (
+            ("display_brand", created.display_brand),
+            ("funding", created.funding),
+            ("country", created.country),
+            ("livemode", created.livemode),
+        )
+        if value is not None
+    )
     record = await store_payment_method(
         services,
         NewRecord(

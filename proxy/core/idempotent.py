@@ -150,6 +150,13 @@ async def tokenize_card_once(
             "fingerprint_idx": fingerprint_index(services, Kind.CARD, created.fingerprint),
             "last4": created.last4,
             "partner_brand": created.partner_brand,
+            # Rows written before these were kept lack them: .get() below.
+            "display_brand": created.display_brand,
+            "funding": created.funding,
+            "country": created.country,
+            "exp_month": created.exp_month,
+            "exp_year": created.exp_year,
+            "livemode": created.livemode,
         }
 
     async def store_step(stored: dict[str, Any], token: str) -> Record:
@@ -158,6 +165,12 @@ async def tokenize_card_once(
             fingerprint=None,
             last4=stored["last4"],
             partner_brand=stored["partner_brand"],
+            display_brand=stored.get("display_brand"),
+            funding=stored.get("funding"),
+            country=stored.get("country"),
+            exp_month=stored.get("exp_month"),
+            exp_year=stored.get("exp_year"),
+            livemode=stored.get("livemode"),
         )
         return await store_card(
             services,

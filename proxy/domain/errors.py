@@ -94,7 +94,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "partner_auth_failed", "partner_rejected_request", "partner_bad_response",
         "partner_bad_reference", "partner_circuit_open", "partner_mismatch", "card_declined",
         "partner_busy", "partner_idempotency_error", "partner_permission_denied",
-        "partner_resource_missing",
+        "partner_resource_missing", "partner_mode_mismatch",
         "authentication_required", "incorrect_cvc", "incorrect_number", "processing_error",
         "card_not_supported", "setup_intent_authentication_failure",
         # The proxy itself.

@@ -256,7 +256,27 @@ class CardToken(Struct, kw_only=True):
 
     token: Annotated[str, Meta(pattern="^vtok_card_")]
     kind: Literal["card"]
-    brand: Detail = UNSET
+    brand: (
+        Annotated[
+            str,
+            Meta(
+                description="the partner's brand (Stripe: visa, mastercard,"
+                " amex, cartes_bancaires, ...)"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    display_brand: (
+        Annotated[str, Meta(description="the partner's brand to show (co-badged cards)")]
+        | UnsetType
+    ) = UNSET
+    funding: (
+        Annotated[str, Meta(description="credit, debit, prepaid or unknown, as the partner says")]
+        | UnsetType
+    ) = UNSET
+    country: (
+        Annotated[str, Meta(description="the issuing country (ISO 3166-1 alpha-2)")] | UnsetType
+    ) = UNSET
     last4: Detail = UNSET
     masked: (
         Annotated[str, Meta(description="first six and last four, the rest starred")] | UnsetType

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from proxy.domain.origins import OriginError, parse_origin_list
 from vault.errors import VaultUrlError
@@ -250,10 +251,12 @@ class Settings:
         settings = cls(**kwargs)  # type: ignore[arg-type]
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError("TOKENPROXY_DB_POOL_MIN must not exceed TOKENPROXY_DB_POOL_MAX")
-        if settings.stripe_api_key is None and "TOKENPROXY_STRIPE_API_BASE" not in env:
+        if settings.stripe_api_key is None and not _sandbox_base(settings.stripe_api_base):
+            # Without a key the proxy would call this partner with a placeholder: only a
+            # sandbox on this machine (tokenproxy dev, the tests) may be run so.
             raise SettingsError(
                 "STRIPE_API_KEY (or STRIPE_API_KEY_FILE) is required unless "
-                "TOKENPROXY_STRIPE_API_BASE points at a sandbox partner"
+                "TOKENPROXY_STRIPE_API_BASE points at a sandbox partner on loopback"
             )
         return settings
 
@@ -320,6 +323,12 @@ def listen_addresses(env: Mapping[str, str] | None = None) -> tuple[HostPort, Ho
     if "TOKENPROXY_OPS_LISTEN" in env:
         ops = _host_port("TOKENPROXY_OPS_LISTEN", env["TOKENPROXY_OPS_LISTEN"])
     return api, ops
+
+
+def _sandbox_base(base: str) -> bool:
+    """Whether the partner base is a sandbox on this machine (a loopback host)."""
+    host = urlsplit(base).hostname or ""
+    return host in {"localhost", "::1"} or host.startswith("127.")
 
 
 # Stripe's idempotency window: "keys ... at least 24 hours old" may be pruned, no sooner.

@@ -22,6 +22,14 @@ class PartnerCard:
     fingerprint: str | None
     last4: str
     partner_brand: str | None
+    # The partner's own card facts (Stripe's card hash), None where it sent none.
+    display_brand: str | None = None
+    funding: str | None = None
+    country: str | None = None
+    exp_month: int | None = None
+    exp_year: int | None = None
+    # Test or live data: a token made under one may not be resolved under the other.
+    livemode: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +84,8 @@ class Partner(Protocol):
     """A payment partner adapter."""
 
     name: str
+    # Whether the configured key acts on live data; None when the partner cannot tell.
+    livemode: bool | None
 
     async def create_card(
         self, card: CardRequest, *, idempotency_key: str | None = None

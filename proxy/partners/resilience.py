@@ -181,6 +181,7 @@ class ResilientPartner:
     ) -> None:
         self.inner = inner
         self.name = inner.name
+        self.livemode = getattr(inner, "livemode", None)
         self.policy = policy or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
         self._metrics = metrics

@@ -294,6 +294,9 @@ class StripePartner:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         silence_sdk_logging()
+        # Stripe's keys say their mode: sk_live_/rk_live_ act on live data, *_test_ on test
+        # data (https://docs.stripe.com/keys#test-live-modes).
+        self.livemode: bool | None = api_key.startswith(("sk_live_", "rk_live_"))
         # Telemetry sends Stripe the previous call's timings in a header, bookkept per
         # call under a lock; we measure partner latency ourselves (metrics).
         stripe.enable_telemetry = False
@@ -353,11 +356,19 @@ class StripePartner:
         data = await self._post("/v1/payment_methods", params, idempotency_key)
         try:
             details = data["card"]
+            livemode = data.get("livemode")
             return PartnerCard(
                 reference=str(data["id"]),
                 fingerprint=details.get("fingerprint"),
                 last4=str(details["last4"]),
-                partner_brand=details.get("brand"),
+                partner_brand=_word(details.get("brand")),
+                # https://docs.stripe.com/api/payment_methods/object#payment_method_object-card
+                display_brand=_word(details.get("display_brand")),
+                funding=_word(details.get("funding")),
+                country=_country(details.get("country")),
+                exp_month=_small_int(details.get("exp_month")),
+                exp_year=_small_int(details.get("exp_year")),
+                livemode=livemode if isinstance(livemode, bool) else None,
             )
         except (KeyError, TypeError):
             raise _bad_response() from None
@@ -611,6 +622,11 @@ def _payment_method(data: Any) -> PartnerPaymentMethod:
         exp_month=_small_int(details.get("exp_month")),
         exp_year=_small_int(details.get("exp_year")),
     )
+
+
+def _country(value: Any) -> str | None:
+    """A two-letter country code as Stripe sends it, else None."""
+    return value if isinstance(value, str) and re.fullmatch(r"[A-Z]{2}", value) else None
 
 
 def _small_int(value: Any) -> int | None:

@@ -21,6 +21,8 @@ tests and behaves as Stripe documents, each rule citing the page it follows:
   request still runs gets 409 ``idempotency_key_in_use``.
 * ``POST /v1/payment_methods/{id}/detach`` of a method saved on no customer is refused
   (localstripe detaches it).
+* Card PaymentMethods carry the brand Stripe would name from the number (localstripe
+  names every card ``visa``).
 * Every API request is recorded (method, path, ``Stripe-Version``, ``Idempotency-Key``)
   for ``GET /_sandbox/requests``; ``POST /_sandbox/faults`` scripts answers Stripe gives
   and localstripe never does (5xx, 429, documented error bodies), ``DELETE`` clears both.
@@ -99,6 +101,7 @@ class StripeFront:
     requests: deque[dict[str, str | None]] = field(default_factory=lambda: deque(maxlen=500))
     faults: list[_Fault] = field(default_factory=list)
     saved: dict[tuple[str, str], _Saved] = field(default_factory=dict)
+    brands: dict[str, str] = field(default_factory=dict)
     running: set[tuple[str, str]] = field(default_factory=set)
 
     # -- idempotency ---------------------------------------------------------------
@@ -239,8 +242,23 @@ class StripeFront:
             payload = await resp.read()
             status = resp.status
         if request.path.startswith("/v1/payment_methods") and status == 200:
-            payload = json.dumps(_without_legacy_mandate(json.loads(payload))).encode()
+            doc = json.loads(payload)
+            if request.method == "POST" and request.path == "/v1/payment_methods":
+                number = dict(parse_qsl(body.decode(), keep_blank_values=True)).get("card[number]")
+                if number and isinstance(doc, dict) and "id" in doc:
+                    self.brands[doc["id"]] = _stripe_brand(number)
+            payload = json.dumps(self._with_brands(_without_legacy_mandate(doc))).encode()
         return web.Response(status=status, body=payload, content_type="application/json")
+
+    def _with_brands(self, body: Any) -> Any:
+        """Card methods with the brand Stripe names from their number."""
+        list_body = isinstance(body, dict) and body.get("object") == "list"
+        items = body.get("data") if list_body else [body]
+        for item in items or []:
+            card = item.get("card") if isinstance(item, dict) else None
+            if isinstance(card, dict) and item.get("id") in self.brands:
+                card["brand"] = self.brands[item["id"]]
+        return body
 
     # -- SetupIntents ------------------------------------------------------------
 
@@ -483,6 +501,34 @@ def _acceptance_problem(data: dict[str, str]) -> str | None:
             if not data.get(f"{prefix}[online][{name}]"):
                 return f"Missing required param: {prefix}[online][{name}]."
     return None
+
+
+# Stripe's card brands by IIN prefix, longest first; Stripe has no maestro brand
+# (https://docs.stripe.com/api/payment_methods/object#payment_method_object-card-brand:
+# amex, cartes_bancaires, diners, discover, eftpos_au, jcb, link, mastercard, unionpay,
+# visa or unknown).
+_BRAND_RANGES: tuple[tuple[int, int, int, str], ...] = (
+    (4, 2221, 2720, "mastercard"),
+    (4, 3528, 3589, "jcb"),
+    (4, 6011, 6011, "discover"),
+    (3, 644, 649, "discover"),
+    (3, 300, 305, "diners"),
+    (2, 51, 55, "mastercard"),
+    (2, 34, 34, "amex"),
+    (2, 37, 37, "amex"),
+    (2, 36, 36, "diners"),
+    (2, 65, 65, "discover"),
+    (2, 62, 62, "unionpay"),
+    (1, 4, 4, "visa"),
+)
+
+
+def _stripe_brand(number: str) -> str:
+    """The brand Stripe names for a card number."""
+    for length, low, high, brand in _BRAND_RANGES:
+        if number[:length].isdigit() and low <= int(number[:length]) <= high:
+            return brand
+    return "unknown"
 
 
 def _without_legacy_mandate(body: Any) -> Any:

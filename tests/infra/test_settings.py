@@ -102,3 +102,16 @@ def test_bad_webhook_secret_file_names_the_setting(
     assert "TOKENPROXY_STRIPE_WEBHOOK_SECRET_FILE" in str(caught.value)
     assert problem in str(caught.value)
     assert "sk_test_wrongkind" not in str(caught.value)
+
+
+@pytest.mark.parametrize("base", ["https://api.stripe.com", "http://partner.internal:12111"])
+def test_no_partner_key_for_a_partner_off_this_machine_is_refused(base: str) -> None:
+    """Without a key only a loopback sandbox may be named: never Stripe with a placeholder."""
+    with pytest.raises(SettingsError, match="STRIPE_API_KEY"):
+        Settings.from_env({"TOKENPROXY_STRIPE_API_BASE": base})
+
+
+@pytest.mark.parametrize("base", ["http://127.0.0.1:12111", "http://localhost:12111"])
+def test_a_loopback_sandbox_needs_no_key(base: str) -> None:
+    """tokenproxy dev and the tests run localstripe on loopback without a key."""
+    assert Settings.from_env({"TOKENPROXY_STRIPE_API_BASE": base}).stripe_api_key is None
