@@ -119,6 +119,20 @@ async def ensure_partner_customer(
     return stored, True
 
 
+def _customer_deleted() -> Conflict:
+    """The customer_ref's partner customer was deleted at the partner, not by the proxy."""
+    # Re-creating it would need the mapping replaced under the customer's data key; an
+    # erasure (which finds the partner customer gone and detaches nothing twice) clears
+    # the mapping, and the next save creates a new partner customer.
+    return Conflict(
+        "The payment partner no longer has this customer's partner customer (deleted"
+        " outside the proxy). Erase the customer_ref (DELETE /v1/customers/{customer_ref})"
+        " to start it again.",
+        code="partner_customer_deleted",
+        param="customer_ref",
+    )
+
+
 async def _undo_first_use(services: Services, customer_ref: str, reference: str) -> None:
     """Remove a partner customer made by a request that then stored nothing."""
     await _quietly(services, "delete_customer", services.partner.delete_customer(reference))
@@ -261,9 +275,11 @@ async def store_payment_method(
                     idempotency_key="tokenproxy-setup-" + reference,
                 ),
             )
-        except PartnerError:
+        except PartnerError as exc:
             if created:
                 await _undo_first_use(services, new.customer_ref, customer.reference)
+            elif exc.code == "partner_resource_missing" and exc.partner_param == "customer":
+                raise _customer_deleted() from None
             raise
         if not setup.succeeded:
             if setup.status == "requires_action" and new.kind is Kind.CARD:

@@ -94,7 +94,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "partner_auth_failed", "partner_rejected_request", "partner_bad_response",
         "partner_bad_reference", "partner_circuit_open", "partner_mismatch", "card_declined",
         "partner_busy", "partner_idempotency_error", "partner_permission_denied",
-        "partner_resource_missing", "partner_mode_mismatch",
+        "partner_resource_missing", "partner_mode_mismatch", "partner_customer_deleted",
         "authentication_required", "incorrect_cvc", "incorrect_number", "processing_error",
         "card_not_supported", "setup_intent_authentication_failure",
         # The proxy itself.
@@ -295,6 +295,9 @@ class PartnerError(ProxyError):
         # The partner's HTTP status when it answered at all (None: no answer, or not
         # from the partner): a 5xx it answered is stored against the idempotency key.
         self.partner_status: int | None = None
+        # The partner's own ``param`` (a parameter name such as ``customer``), for the
+        # proxy's decisions and logs; never rendered (``param`` names the client's field).
+        self.partner_param: str | None = None
 
 
 class PartnerDeclined(PartnerError):

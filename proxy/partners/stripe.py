@@ -181,6 +181,7 @@ def translate_error(exc: stripe.StripeError) -> PartnerError:
     error.retryable, error.retry_after = retry_rule(exc)
     body = _body_error(exc)
     error.partner_status = exc.http_status
+    error.partner_param = _param(body.get("param"))
     _log.warning(
         "partner_error",
         partner_request_id=_request_id(exc),

@@ -279,6 +279,15 @@ class StripeFront:
             return _error(400, "mandate_data can only be used with confirm=true.", "mandate_data")
         if mandate_data and (problem := _acceptance_problem(mandate_data)):
             return _error(400, problem, "mandate_data")
+        customer = params.get("customer")
+        if customer:
+            # https://docs.stripe.com/error-codes#resource-missing: a deleted or unknown
+            # customer is 400 resource_missing on its param; localstripe takes any id.
+            found, doc = await self.call(request, "GET", f"/v1/customers/{customer}", None)
+            if found != 200 or (isinstance(doc, dict) and doc.get("deleted")):
+                return _error(
+                    400, f"No such customer: '{customer}'", "customer", code="resource_missing"
+                )
         status, intent = await self.call(request, "POST", "/v1/setup_intents", create)
         if status != 200:
             return web.json_response(intent, status=status)
