@@ -34,7 +34,7 @@ async def tokenize_card(
     await ensure_vault_up(services)
     await write_outbox(services, partner_key, Kind.CARD, token)
     try:
-        created = await create_at_partner(services, card, partner_key)
+        created = await create_at_partner(services, card, partner_key, token=token)
     except ProxyError as exc:
         await settle_outbox_if_final(services, partner_key, exc)
         raise
@@ -57,12 +57,28 @@ async def tokenize_card(
     return created_view(record)
 
 
-async def create_at_partner(services: Services, card: CardRequest, partner_key: str) -> PartnerCard:
-    """The partner call for a card, timed and counted; refused while the vault is down."""
+async def create_at_partner(
+    services: Services, card: CardRequest, partner_key: str, *, token: str | None
+) -> PartnerCard:
+    """The partner call for a card, timed and counted; refused while the vault is down.
+
+    With ``token`` the payment method names the vault token it is about to be stored under.
+    """
     await ensure_vault_up(services)
     return await partner_call(
-        services, "create_card", services.partner.create_card(card, idempotency_key=partner_key)
+        services,
+        "create_card",
+        services.partner.create_card(
+            card,
+            idempotency_key=partner_key,
+            metadata=partner_metadata(token) if token else None,
+        ),
     )
+
+
+def partner_metadata(token: str) -> dict[str, str]:
+    """What every partner object the proxy makes carries: the vault token, no card data."""
+    return {"vault_token": token}
 
 
 async def store_card(

@@ -272,6 +272,9 @@ async def store_payment_method(
                     mandate=save.mandate,
                     return_url=save.return_url,
                     # One setup per payment method, however often the request is resumed.
+                    # No metadata here: the key is per payment method, and a second
+                    # token for the same method (a repeated attach) would change the
+                    # parameters under it. The method itself names its first token.
                     idempotency_key="tokenproxy-setup-" + reference,
                 ),
             )

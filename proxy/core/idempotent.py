@@ -143,7 +143,10 @@ async def tokenize_card_once(
     card = parse_card_request(body, today=today)
 
     async def partner_step(partner_key: str) -> dict[str, Any]:
-        created = await create_at_partner(services, card, partner_key)
+        # No vault token in the partner's metadata here: a retry of this key after a
+        # timeout must send the very parameters the first attempt sent (Stripe compares
+        # them), and the token is only chosen once the partner has answered.
+        created = await create_at_partner(services, card, partner_key, token=None)
         return {
             "reference": created.reference,
             # Stored in the key's row: the blind index, never the fingerprint itself.

@@ -88,9 +88,17 @@ class Partner(Protocol):
     livemode: bool | None
 
     async def create_card(
-        self, card: CardRequest, *, idempotency_key: str | None = None
+        self,
+        card: CardRequest,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerCard:
-        """Hand the card to the partner; returns its reference and storable details."""
+        """Hand the card to the partner; returns its reference and storable details.
+
+        ``metadata`` (the vault token it will be stored under, never card data) is kept
+        on the partner's object for reconciliation and support.
+        """
         ...
 
     async def create_sepa_debit(
@@ -120,6 +128,7 @@ class Partner(Protocol):
         mandate: MandateAcceptance | None = None,
         return_url: str | None = None,
         idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerSetup:
         """Save a payment method on a customer for off-session charges (SCA, SEPA mandate).
 

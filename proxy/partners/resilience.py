@@ -216,13 +216,17 @@ class ResilientPartner:
             self.breaker._on_change = lambda state: gauge.set(int(state))
 
     async def create_card(
-        self, card: CardRequest, *, idempotency_key: str | None = None
+        self,
+        card: CardRequest,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerCard:
         """Create a card at the partner, retrying with one idempotency key for all attempts."""
         return await self._keyed(
             "create_card",
             idempotency_key,
-            lambda key: self.inner.create_card(card, idempotency_key=key),
+            lambda key: self.inner.create_card(card, idempotency_key=key, metadata=metadata),
         )
 
     async def create_sepa_debit(
@@ -264,6 +268,7 @@ class ResilientPartner:
         mandate: MandateAcceptance | None = None,
         return_url: str | None = None,
         idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerSetup:
         """Set a payment method up for off-session use, one idempotency key for all attempts."""
         return await self._keyed(
@@ -276,6 +281,7 @@ class ResilientPartner:
                 mandate=mandate,
                 return_url=return_url,
                 idempotency_key=key,
+                metadata=metadata,
             ),
         )
 

@@ -340,7 +340,11 @@ class StripePartner:
         return True
 
     async def create_card(
-        self, card: CardRequest, *, idempotency_key: str | None = None
+        self,
+        card: CardRequest,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerCard:
         """Create a card PaymentMethod; the card data leaves the process only here."""
         params: dict[str, Any] = {
@@ -354,6 +358,10 @@ class StripePartner:
         }
         if card.holder_name:
             params["billing_details"] = {"name": card.holder_name}
+        if metadata:
+            # https://docs.stripe.com/metadata: for reconciliation and support; never
+            # card data (Stripe's own rule too).
+            params["metadata"] = dict(metadata)
         data = await self._post("/v1/payment_methods", params, idempotency_key)
         try:
             details = data["card"]
@@ -429,6 +437,7 @@ class StripePartner:
         mandate: MandateAcceptance | None = None,
         return_url: str | None = None,
         idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerSetup:
         """Confirm a SetupIntent (usage off_session) that saves the method on the customer.
 
@@ -456,6 +465,8 @@ class StripePartner:
             }
         if return_url is not None:
             params["return_url"] = return_url
+        if metadata:
+            params["metadata"] = dict(metadata)
         return _setup(await self._post("/v1/setup_intents", params, idempotency_key))
 
     async def get_setup(self, intent: str) -> PartnerSetup:
