@@ -42,7 +42,13 @@ from proxy.domain.errors import (
     ValidationFailed,
 )
 from proxy.domain.fields import validate_customer_ref
-from proxy.domain.schemas import CustomerExport, Erasure, TokenDeletion, TokenList
+from proxy.domain.schemas import (
+    CustomerExport,
+    Erasure,
+    ErasurePreview,
+    TokenDeletion,
+    TokenList,
+)
 from proxy.partners.ports import PartnerSetup
 from vault import (
     MAX_PAGE,
@@ -631,6 +637,42 @@ async def _detach(services: Services, record: Record) -> str | None:
     return None
 
 
+async def preview_erasure(services: Services, customer_ref: str) -> dict[str, Any]:
+    """What erasing a customer would remove, read from the vault and the partner.
+
+    Nothing is changed. Deleting the partner customer cancels its subscriptions at once
+    (https://docs.stripe.com/api/customers/delete), which the shop may want to know first.
+    """
+    ref = _customer_ref(customer_ref)
+    vault, partner = services.vault, services.partner
+    records = await _all_records(services, ref, include_expired=True)
+    tokens: dict[str, int] = {}
+    for record in records:
+        tokens[str(record.kind)] = tokens.get(str(record.kind), 0) + 1
+    customer = await vault_call(services, "get_customer", vault.get_partner_customer(ref))
+    held: dict[str, Any] = {"customer": False, "payment_methods": {}, "subscriptions": 0}
+    if customer is not None and customer.partner == partner.name:
+        held["customer"] = True
+        # Cards always; other types where the vault holds some (the sandbox lists cards
+        # only, and this proxy saves no other type without a token of it).
+        kinds = {Kind.CARD} | {record.kind for record in records if record.kind in PARTNER_KIND}
+        for kind in (PARTNER_KIND[k] for k in kinds):
+            listed = await partner_call(
+                services,
+                "list_payment_methods",
+                partner.list_payment_methods(customer.reference, kind=kind),
+            )
+            held["payment_methods"][kind] = len(listed)
+        held["subscriptions"] = await partner_call(
+            services, "count_subscriptions", partner.count_subscriptions(customer.reference)
+        )
+    return _body(
+        ErasurePreview(
+            object="customer_erasure_preview", customer_ref=ref, tokens=tokens, partner=held
+        )
+    )
+
+
 async def erase_customer(services: Services, customer_ref: str) -> dict[str, Any]:
     """Erase a customer: detach at the partner, delete the partner customer, crypto-shred.
 
@@ -691,6 +733,9 @@ async def erase_customer(services: Services, customer_ref: str) -> dict[str, Any
         "partner": {
             "payment_methods_detached": detached,
             "customer_deleted": customer is not None and customer_deleted,
+            # Stripe cancels a deleted customer's active subscriptions at once
+            # (https://docs.stripe.com/api/customers/delete).
+            "subscriptions_cancelled": customer is not None and customer_deleted,
         },
         "key_shredded": erasure.key_shredded,
         "remaining": [item.as_dict() for item in remaining],

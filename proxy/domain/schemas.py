@@ -450,6 +450,22 @@ class Erasure(Struct, kw_only=True):
     remaining: Annotated[list[dict[str, Any]], Meta(max_length=0)]
 
 
+class ErasurePreview(Struct, kw_only=True):
+    """What erasing a customer would remove, at the vault and at the partner; nothing done."""
+
+    object: Literal["customer_erasure_preview"]
+    customer_ref: str
+    tokens: Annotated[dict[str, int], Meta(description="the vault's tokens, by kind")]
+    partner: Annotated[
+        dict[str, Any],
+        Meta(
+            description="customer (whether a partner customer is mapped), payment_methods"
+            " (attached, by type), subscriptions (open: deleting the customer cancels them"
+            " at once)"
+        ),
+    ]
+
+
 class TokenDeletion(Struct, kw_only=True):
     """What deleting one token did."""
 

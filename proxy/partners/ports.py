@@ -153,6 +153,10 @@ class Partner(Protocol):
         """One payment method as the partner holds it now; None when it is gone."""
         ...
 
+    async def count_subscriptions(self, customer: str) -> int:
+        """How many subscriptions a partner customer has that are not yet canceled."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...

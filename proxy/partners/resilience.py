@@ -305,6 +305,12 @@ class ResilientPartner:
             "get_payment_method", lambda: self.inner.get_payment_method(reference)
         )
 
+    async def count_subscriptions(self, customer: str) -> int:
+        """Count a customer's open subscriptions (a read: safe to retry)."""
+        return await self._call(
+            "count_subscriptions", lambda: self.inner.count_subscriptions(customer)
+        )
+
     async def _keyed(
         self, operation: str, key: str | None, attempt: Callable[[str], Awaitable[T]]
     ) -> T:

@@ -538,6 +538,34 @@ class StripePartner:
             raise translate_error(exc) from None
         return _payment_method(response.data)
 
+    async def count_subscriptions(self, customer: str) -> int:
+        """Subscriptions of a customer that deleting it would cancel, page by page.
+
+        https://docs.stripe.com/api/subscriptions/list lists those not canceled when no
+        ``status`` is given; https://docs.stripe.com/api/customers/delete: deleting a
+        customer "immediately cancels any active subscriptions on the customer".
+        """
+        count, after = 0, None
+        while True:
+            params: dict[str, Any] = {"customer": _object_id(customer), "limit": 100}
+            if after is not None:
+                params["starting_after"] = after
+            try:
+                response = await self._client.raw_request_async(
+                    "get", "/v1/subscriptions", **params
+                )
+            except stripe.StripeError as exc:
+                raise translate_error(exc) from None
+            data = response.data
+            items = data.get("data") if isinstance(data, dict) else None
+            if not isinstance(items, list):
+                raise _bad_response()
+            count += len(items)
+            last = _ref(items[-1].get("id")) if items and isinstance(items[-1], dict) else None
+            if not data.get("has_more") or last is None:
+                return count
+            after = last
+
     async def close(self) -> None:
         """Close the HTTP session when this adapter owns it."""
         if self._own_session:

@@ -25,6 +25,7 @@ from proxy.domain.schemas import (
     CustomerExport,
     CustomerPath,
     Erasure,
+    ErasurePreview,
     InvoiceRequestBody,
     InvoiceToken,
     PartnerEventReceipt,
@@ -238,6 +239,21 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         errors=(400, 401, 403, 405, 422, 429, 503),
     ),
     Operation(
+        method="get",
+        path="/v1/customers/{customer_ref}/erasure-preview",
+        name="preview_erasure",
+        operation_id="previewErasure",
+        summary="What erasing a customer would remove, nothing done (scope: delete)",
+        description="The vault's tokens by kind and what the partner holds: the partner"
+        " customer, its attached payment methods by type, and its open subscriptions, which"
+        " the erasure's deletion of the partner customer cancels at once.",
+        path_params=CustomerPath,
+        status=200,
+        response=ErasurePreview,
+        response_description="The preview",
+        errors=(400, 401, 403, 405, 422, 429, 502, 503, 504),
+    ),
+    Operation(
         method="delete",
         path="/v1/customers/{customer_ref}",
         name="erase_customer",
@@ -247,7 +263,9 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         " vault holds nothing under is 404 customer_not_found; a record the vault cannot"
         " read is 503 record_unreadable, nothing deleted. 502 erasure_incomplete carries"
         " `deleted` and a `remaining` list (tokens and/or the partner customer the partner"
-        " did not confirm); repeat the request to finish.",
+        " did not confirm); repeat the request to finish. Deleting the partner customer"
+        " cancels its subscriptions at once (partner.subscriptions_cancelled); GET"
+        " /v1/customers/{customer_ref}/erasure-preview shows them first.",
         path_params=CustomerPath,
         status=200,
         response=Erasure,

@@ -30,6 +30,7 @@ HANDLERS: Final[dict[str, Handler]] = {
     "list_customer_tokens": customers.list_tokens,
     "export_customer": customers.export_customer,
     "erase_customer": customers.erase_customer,
+    "preview_erasure": customers.preview_erasure,
     "openapi": openapi.serve,
     "elements_card": elements.card_page,
     "elements_asset": elements.asset,

@@ -23,6 +23,8 @@ tests and behaves as Stripe documents, each rule citing the page it follows:
   (localstripe detaches it).
 * Card PaymentMethods carry the brand Stripe would name from the number (localstripe
   names every card ``visa``).
+* ``GET /v1/subscriptions?customer=`` lists a customer's subscriptions that are not
+  canceled (localstripe lists them only under the customer).
 * Every API request is recorded (method, path, ``Stripe-Version``, ``Idempotency-Key``)
   for ``GET /_sandbox/requests``; ``POST /_sandbox/faults`` scripts answers Stripe gives
   and localstripe never does (5xx, 429, documented error bodies), ``DELETE`` clears both.
@@ -457,6 +459,27 @@ class StripeFront:
             )
         return await self.forward(request)
 
+    # -- Subscriptions -----------------------------------------------------------
+
+    async def list_subscriptions(self, request: web.Request) -> web.Response:
+        """``GET /v1/subscriptions?customer=``, as Stripe lists them.
+
+        https://docs.stripe.com/api/subscriptions/list: "By default, returns a list of
+        subscriptions that have not been canceled"; ``customer`` filters by customer.
+        """
+        customer = request.query.get("customer")
+        if not customer:
+            return await self.forward(request)
+        status, found = await self.call(
+            request, "GET", f"/v1/customers/{customer}/subscriptions", None
+        )
+        if status != 200:
+            return web.json_response(found, status=status)
+        data = [s for s in found.get("data", []) if s.get("status") != "canceled"]
+        return web.json_response(
+            {"object": "list", "url": "/v1/subscriptions", "has_more": False, "data": data}
+        )
+
     # -- PaymentIntents ----------------------------------------------------------
 
     async def create_payment_intent(self, request: web.Request) -> web.Response:
@@ -599,6 +622,7 @@ def make_app(front: StripeFront) -> web.Application:
     app.router.add_delete("/_sandbox/faults", front.reset)
     app.router.add_get("/_sandbox/requests", front.list_requests)
     app.router.add_post("/v1/payment_intents", front.create_payment_intent)
+    app.router.add_get("/v1/subscriptions", front.list_subscriptions)
     app.router.add_post("/v1/payment_methods/{id}/detach", front.detach_payment_method)
     app.router.add_route("*", "/{tail:.*}", front.forward)
     return app
