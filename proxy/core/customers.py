@@ -63,6 +63,7 @@ from vault import (
     new_token,
     utcnow,
 )
+from vault import partner_sync as sync
 from vault.audit import EventType, Outcome
 from vault.retention import BASIS
 
@@ -123,6 +124,41 @@ async def ensure_partner_customer(
         await _quietly(services, "delete_customer", partner.delete_customer(reference))
         return stored, False
     return stored, True
+
+
+async def _saved_twin(services: Services, new: NewRecord, customer: str) -> Record | None:
+    """The customer's token for the same card (partner fingerprint and expiry), if any."""
+    vault, partner = services.vault, services.partner
+    wanted = new.fingerprint_idx or (
+        vault.fingerprint_index(new.kind, new.fingerprint) if new.fingerprint else None
+    )
+    if new.kind is not Kind.CARD or wanted is None:
+        return None
+    try:
+        listed = await partner_call(
+            services, "list_payment_methods", partner.list_payment_methods(customer, kind="card")
+        )
+    except PartnerError as exc:
+        if exc.code == "partner_resource_missing":
+            raise _customer_deleted() from None
+        raise
+    for method in listed:
+        if (
+            method.reference == new.partner_reference
+            or method.fingerprint is None
+            or vault.fingerprint_index(Kind.CARD, method.fingerprint) != wanted
+            or (method.exp_month, method.exp_year)
+            != (new.details.get("exp_month"), new.details.get("exp_year"))
+        ):
+            continue
+        found = await vault_call(
+            services, "sync_find", sync.by_reference(vault, partner.name, method.reference)
+        )
+        for synced in found:
+            twin: Record = synced.record
+            if twin.customer_ref == new.customer_ref and not twin.details.get("detached_at"):
+                return twin
+    return None
 
 
 def _customer_deleted() -> Conflict:
@@ -267,6 +303,11 @@ async def store_payment_method(
     save = save or SaveRequest()
     async with services.locks.hold(new.customer_ref):
         customer, created = await ensure_partner_customer(services, new.customer_ref)
+        if not created and (same := await _saved_twin(services, new, customer.reference)):
+            # Stripe counts every saved method toward a per-customer limit: the same card
+            # saved again answers the token it already has; the new method stays unsaved.
+            _log.info("duplicate_card_reused", kind=str(new.kind))
+            return same
         try:
             setup = await partner_call(
                 services,

@@ -74,6 +74,8 @@ class PartnerPaymentMethod:
     last4: str | None
     exp_month: int | None = None
     exp_year: int | None = None
+    # The partner's fingerprint of the card or account (the same for the same number).
+    fingerprint: str | None = None
 
 
 # A SEPA setup may still be "processing" while its mandate is already active at the partner.

@@ -661,6 +661,7 @@ def _payment_method(data: Any) -> PartnerPaymentMethod:
         last4=last4 if isinstance(last4, str) and re.fullmatch(r"[0-9]{4}", last4) else None,
         exp_month=_small_int(details.get("exp_month")),
         exp_year=_small_int(details.get("exp_year")),
+        fingerprint=_ref(details.get("fingerprint")),
     )
 
 
