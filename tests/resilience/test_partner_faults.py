@@ -325,11 +325,19 @@ class _Counting:
         self.now = 0
         self.most = 0
 
-    async def create_card(self, card: CardRequest, *, idempotency_key: str | None = None) -> object:
+    async def create_card(
+        self,
+        card: CardRequest,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> object:
         self.now += 1
         self.most = max(self.most, self.now)
         try:
-            return await self.inner.create_card(card, idempotency_key=idempotency_key)
+            return await self.inner.create_card(
+                card, idempotency_key=idempotency_key, metadata=metadata
+            )
         finally:
             self.now -= 1
 
