@@ -28,6 +28,8 @@ from proxy.core.services import Services
 from proxy.core.views import created_view
 from proxy.domain.bank import parse_bank_account_request
 from proxy.domain.decode import decode
+from proxy.domain.errors import InvalidRequest
+from proxy.domain.fields import validate_customer_ref
 from proxy.domain.schemas import TokenAttachRequestBody
 from vault import Kind, Record
 
@@ -108,7 +110,11 @@ async def confirmed_card(services: Services, body: object, call: Call) -> Answer
 
 async def attached_card(services: Services, token: str, body: object, call: Call) -> Answer:
     """POST /v1/tokens/{token}/attach: a single-use card saved on a customer, reusable."""
-    customer_ref = decode(body, TokenAttachRequestBody).customer_ref
+    # Checked before the key is recorded (a fixed body may reuse the key), with the same
+    # rules as every customer_ref: no card or account number.
+    customer_ref = validate_customer_ref(decode(body, TokenAttachRequestBody).customer_ref)
+    if customer_ref is None:  # pragma: no cover - the schema requires it
+        raise InvalidRequest("customer_ref is required.", param="customer_ref")
     if call.key is None:
         record = await attach_single_use(services, token, customer_ref, actor=call.client)
         return created(created_view(record))

@@ -7,6 +7,7 @@ from typing import Any
 
 from tokenproxy_sandbox.launcher import Localstripe
 
+from tests.cards import VISA
 from tests.conftest import RunningProxy
 from tests.helpers import create, partner_get, resolve
 from tests.proxy.test_cards_api import card_body
@@ -95,3 +96,14 @@ async def test_attach_needs_tokenize_and_a_customer_ref(proxy: RunningProxy) -> 
     assert missing["error"]["param"] == "customer_ref"
     status, _ = await attach(proxy, "vtok_card_nosuchtoken", {"customer_ref": "c"})
     assert status == 404
+    # Refused before an Idempotency-Key is recorded: an empty or card-like customer_ref.
+    for bad in ("", VISA.number):
+        status, _, resp = await proxy.request(
+            "POST",
+            f"/v1/tokens/{single['token']}/attach",
+            client="checkout",
+            json={"customer_ref": bad},
+            headers={"Idempotency-Key": f"attach-bad-{len(bad)}"},
+        )
+        assert status == 422, bad
+        assert resp.headers.get("Idempotent-Replayed") is None
