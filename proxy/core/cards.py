@@ -34,7 +34,7 @@ async def tokenize_card(
     await ensure_vault_up(services)
     await write_outbox(services, partner_key, Kind.CARD, token)
     try:
-        created = await create_at_partner(services, card, partner_key)
+        created = await create_at_partner(services, card, partner_key, token=token)
     except ProxyError as exc:
         await settle_outbox_if_final(services, partner_key, exc)
         raise
@@ -57,12 +57,28 @@ async def tokenize_card(
     return created_view(record)
 
 
-async def create_at_partner(services: Services, card: CardRequest, partner_key: str) -> PartnerCard:
-    """The partner call for a card, timed and counted; refused while the vault is down."""
+async def create_at_partner(
+    services: Services, card: CardRequest, partner_key: str, *, token: str | None
+) -> PartnerCard:
+    """The partner call for a card, timed and counted; refused while the vault is down.
+
+    With ``token`` the payment method names the vault token it is about to be stored under.
+    """
     await ensure_vault_up(services)
     return await partner_call(
-        services, "create_card", services.partner.create_card(card, idempotency_key=partner_key)
+        services,
+        "create_card",
+        services.partner.create_card(
+            card,
+            idempotency_key=partner_key,
+            metadata=partner_metadata(token) if token else None,
+        ),
     )
+
+
+def partner_metadata(token: str) -> dict[str, str]:
+    """What every partner object the proxy makes carries: the vault token, no card data."""
+    return {"vault_token": token}
 
 
 async def store_card(
@@ -84,13 +100,25 @@ async def store_card(
     ``outbox_key`` names the outbox row written before the partner call.
     """
     # The expiry alone is not card data, and billing needs it to act before a card expires.
-    details = {
-        "brand": card.brand,
+    details: dict[str, Any] = {
+        # The partner's brand (Stripe names no maestro; co-badged cards carry a
+        # display_brand); our IIN guess only where the partner named none.
+        "brand": created.partner_brand or card.brand,
         "last4": card.number.last4,
         "masked": card.number.masked,
-        "exp_month": card.exp_month,
-        "exp_year": card.exp_year,
+        "exp_month": created.exp_month or card.exp_month,
+        "exp_year": created.exp_year or card.exp_year,
     }
+    details.update(
+        (name, value)
+        for name, value in (
+            ("display_brand", created.display_brand),
+            ("funding", created.funding),
+            ("country", created.country),
+            ("livemode", created.livemode),
+        )
+        if value is not None
+    )
     record = await store_payment_method(
         services,
         NewRecord(

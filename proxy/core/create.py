@@ -21,12 +21,16 @@ from proxy.core.bank_accounts import (
 )
 from proxy.core.card_setup import confirm_card_setup, parse_confirm_request
 from proxy.core.cards import tokenize_card
-from proxy.core.customers import open_pending
+from proxy.core.customers import attach_single_use, open_pending
 from proxy.core.idempotent import Answer
 from proxy.core.invoices import create_invoice, parse_invoice_request, store_invoice
 from proxy.core.services import Services
 from proxy.core.views import created_view
 from proxy.domain.bank import parse_bank_account_request
+from proxy.domain.decode import decode
+from proxy.domain.errors import InvalidRequest
+from proxy.domain.fields import validate_customer_ref
+from proxy.domain.schemas import TokenAttachRequestBody
 from vault import Kind, Record
 
 
@@ -99,6 +103,27 @@ async def confirmed_card(services: Services, body: object, call: Call) -> Answer
     # Opening the setup first refuses a foreign or expired one before the key is recorded,
     # and names the customer whose erasure must take this key with it.
     customer_ref = open_pending(services, sealed, call.client).new.customer_ref
+    return await _once(
+        services, call, customer_ref=customer_ref, kind=Kind.CARD, store_step=store_step
+    )
+
+
+async def attached_card(services: Services, token: str, body: object, call: Call) -> Answer:
+    """POST /v1/tokens/{token}/attach: a single-use card saved on a customer, reusable."""
+    # Checked before the key is recorded (a fixed body may reuse the key), with the same
+    # rules as every customer_ref: no card or account number.
+    customer_ref = validate_customer_ref(decode(body, TokenAttachRequestBody).customer_ref)
+    if customer_ref is None:  # pragma: no cover - the schema requires it
+        raise InvalidRequest("customer_ref is required.", param="customer_ref")
+    if call.key is None:
+        record = await attach_single_use(services, token, customer_ref, actor=call.client)
+        return created(created_view(record))
+
+    async def store_step(_: dict[str, Any], reserved: str) -> Record:
+        return await attach_single_use(
+            services, token, customer_ref, actor=call.client, reserved=reserved
+        )
+
     return await _once(
         services, call, customer_ref=customer_ref, kind=Kind.CARD, store_step=store_step
     )

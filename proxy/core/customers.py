@@ -28,19 +28,27 @@ import structlog
 from proxy.core.audit import append_or_refuse, resource_of
 from proxy.core.partner_sync import link_record
 from proxy.core.services import Services, partner_call, vault_call
-from proxy.core.views import listed_view
+from proxy.core.views import listed_view, reusable
 from proxy.domain.bank import MandateAcceptance
 from proxy.domain.errors import (
     AuthenticationRequired,
+    Conflict,
     InvalidRequest,
     NotFound,
     PartnerDeclined,
     PartnerError,
     ProxyError,
+    TokenGone,
     ValidationFailed,
 )
 from proxy.domain.fields import validate_customer_ref
-from proxy.domain.schemas import CustomerExport, Erasure, TokenDeletion, TokenList
+from proxy.domain.schemas import (
+    CustomerExport,
+    Erasure,
+    ErasurePreview,
+    TokenDeletion,
+    TokenList,
+)
 from proxy.partners.ports import PartnerSetup
 from vault import (
     MAX_PAGE,
@@ -55,6 +63,7 @@ from vault import (
     new_token,
     utcnow,
 )
+from vault import partner_sync as sync
 from vault.audit import EventType, Outcome
 from vault.retention import BASIS
 
@@ -115,6 +124,55 @@ async def ensure_partner_customer(
         await _quietly(services, "delete_customer", partner.delete_customer(reference))
         return stored, False
     return stored, True
+
+
+async def _saved_twin(services: Services, new: NewRecord, customer: str) -> Record | None:
+    """The customer's token for the same card (partner fingerprint and expiry), if any."""
+    vault, partner = services.vault, services.partner
+    wanted = new.fingerprint_idx or (
+        vault.fingerprint_index(new.kind, new.fingerprint) if new.fingerprint else None
+    )
+    if new.kind is not Kind.CARD or wanted is None:
+        return None
+    try:
+        listed = await partner_call(
+            services, "list_payment_methods", partner.list_payment_methods(customer, kind="card")
+        )
+    except PartnerError as exc:
+        if exc.code == "partner_resource_missing":
+            raise _customer_deleted() from None
+        raise
+    for method in listed:
+        if (
+            method.reference == new.partner_reference
+            or method.fingerprint is None
+            or vault.fingerprint_index(Kind.CARD, method.fingerprint) != wanted
+            or (method.exp_month, method.exp_year)
+            != (new.details.get("exp_month"), new.details.get("exp_year"))
+        ):
+            continue
+        found = await vault_call(
+            services, "sync_find", sync.by_reference(vault, partner.name, method.reference)
+        )
+        for synced in found:
+            twin: Record = synced.record
+            if twin.customer_ref == new.customer_ref and not twin.details.get("detached_at"):
+                return twin
+    return None
+
+
+def _customer_deleted() -> Conflict:
+    """The customer_ref's partner customer was deleted at the partner, not by the proxy."""
+    # Re-creating it would need the mapping replaced under the customer's data key; an
+    # erasure (which finds the partner customer gone and detaches nothing twice) clears
+    # the mapping, and the next save creates a new partner customer.
+    return Conflict(
+        "The payment partner no longer has this customer's partner customer (deleted"
+        " outside the proxy). Erase the customer_ref (DELETE /v1/customers/{customer_ref})"
+        " to start it again.",
+        code="partner_customer_deleted",
+        param="customer_ref",
+    )
 
 
 async def _undo_first_use(services: Services, customer_ref: str, reference: str) -> None:
@@ -245,6 +303,11 @@ async def store_payment_method(
     save = save or SaveRequest()
     async with services.locks.hold(new.customer_ref):
         customer, created = await ensure_partner_customer(services, new.customer_ref)
+        if not created and (same := await _saved_twin(services, new, customer.reference)):
+            # Stripe counts every saved method toward a per-customer limit: the same card
+            # saved again answers the token it already has; the new method stays unsaved.
+            _log.info("duplicate_card_reused", kind=str(new.kind))
+            return same
         try:
             setup = await partner_call(
                 services,
@@ -256,12 +319,17 @@ async def store_payment_method(
                     mandate=save.mandate,
                     return_url=save.return_url,
                     # One setup per payment method, however often the request is resumed.
+                    # No metadata here: the key is per payment method, and a second
+                    # token for the same method (a repeated attach) would change the
+                    # parameters under it. The method itself names its first token.
                     idempotency_key="tokenproxy-setup-" + reference,
                 ),
             )
-        except PartnerError:
+        except PartnerError as exc:
             if created:
                 await _undo_first_use(services, new.customer_ref, customer.reference)
+            elif exc.code == "partner_resource_missing" and exc.partner_param == "customer":
+                raise _customer_deleted() from None
             raise
         if not setup.succeeded:
             if setup.status == "requires_action" and new.kind is Kind.CARD:
@@ -337,6 +405,63 @@ async def store_saved(
         raise
     await link_record(services, record, outbox_key=save.outbox_key)
     return record
+
+
+async def attach_single_use(
+    services: Services,
+    token: str,
+    customer_ref: str,
+    *,
+    actor: str | None,
+    reserved: str | None = None,
+) -> Record:
+    """Save a single-use card token's payment method on a customer: the missing checkout
+    step for a card the hosted card fields tokenized (publishable keys send no customer).
+
+    The same off-session setup (a SetupIntent) as ``POST /v1/cards`` with customer_ref, so
+    3-D Secure and the partner customer work alike. The saved card gets a new, reusable
+    token (``reserved`` when an idempotent request reserved one); the single-use token
+    is deleted once the new one is stored, so a failure in between leaves two tokens,
+    never none. Already saved on this customer: its record as it is.
+    """
+    ref = _customer_ref(customer_ref)
+    vault = services.vault
+    try:
+        record: Record = await vault_call(services, "get", vault.get(token))
+    except RecordNotFound:
+        raise NotFound("No such token.", param="token") from None
+    if record.kind is not Kind.CARD:
+        raise InvalidRequest(
+            "Only card tokens are saved on a customer this way.", code="invalid_value"
+        )
+    if record.details.get("detached_at"):
+        raise TokenGone(
+            "The payment method was detached at the partner; it can no longer be saved.",
+            code="token_detached",
+            param="token",
+        )
+    if record.customer_ref is not None:
+        if record.customer_ref == ref:
+            return record
+        raise Conflict("The token is saved on another customer.", code="conflict")
+    if record.partner != services.partner.name:
+        raise PartnerError("The token's payment partner is not configured.")
+    details = {k: v for k, v in record.details.items() if k != "partner_customer"}
+    saved: Record = await store_payment_method(
+        services,
+        NewRecord(
+            kind=record.kind,
+            partner=record.partner,
+            partner_reference=record.partner_reference,
+            details=details,
+            customer_ref=ref,
+            metadata=record.metadata,
+        ),
+        token=reserved,
+        save=SaveRequest(actor=actor),
+    )
+    await vault_call(services, "delete", vault.delete(token))
+    return saved
 
 
 # -- listing and access report -----------------------------------------------------
@@ -553,6 +678,42 @@ async def _detach(services: Services, record: Record) -> str | None:
     return None
 
 
+async def preview_erasure(services: Services, customer_ref: str) -> dict[str, Any]:
+    """What erasing a customer would remove, read from the vault and the partner.
+
+    Nothing is changed. Deleting the partner customer cancels its subscriptions at once
+    (https://docs.stripe.com/api/customers/delete), which the shop may want to know first.
+    """
+    ref = _customer_ref(customer_ref)
+    vault, partner = services.vault, services.partner
+    records = await _all_records(services, ref, include_expired=True)
+    tokens: dict[str, int] = {}
+    for record in records:
+        tokens[str(record.kind)] = tokens.get(str(record.kind), 0) + 1
+    customer = await vault_call(services, "get_customer", vault.get_partner_customer(ref))
+    held: dict[str, Any] = {"customer": False, "payment_methods": {}, "subscriptions": 0}
+    if customer is not None and customer.partner == partner.name:
+        held["customer"] = True
+        # Cards always; other types where the vault holds some (the sandbox lists cards
+        # only, and this proxy saves no other type without a token of it).
+        kinds = {Kind.CARD} | {record.kind for record in records if record.kind in PARTNER_KIND}
+        for kind in (PARTNER_KIND[k] for k in kinds):
+            listed = await partner_call(
+                services,
+                "list_payment_methods",
+                partner.list_payment_methods(customer.reference, kind=kind),
+            )
+            held["payment_methods"][kind] = len(listed)
+        held["subscriptions"] = await partner_call(
+            services, "count_subscriptions", partner.count_subscriptions(customer.reference)
+        )
+    return _body(
+        ErasurePreview(
+            object="customer_erasure_preview", customer_ref=ref, tokens=tokens, partner=held
+        )
+    )
+
+
 async def erase_customer(services: Services, customer_ref: str) -> dict[str, Any]:
     """Erase a customer: detach at the partner, delete the partner customer, crypto-shred.
 
@@ -613,6 +774,9 @@ async def erase_customer(services: Services, customer_ref: str) -> dict[str, Any
         "partner": {
             "payment_methods_detached": detached,
             "customer_deleted": customer is not None and customer_deleted,
+            # Stripe cancels a deleted customer's active subscriptions at once
+            # (https://docs.stripe.com/api/customers/delete).
+            "subscriptions_cancelled": customer is not None and customer_deleted,
         },
         "key_shredded": erasure.key_shredded,
         "remaining": [item.as_dict() for item in remaining],
@@ -646,9 +810,16 @@ async def delete_token(services: Services, token: str) -> dict[str, Any]:
         raise NotFound("No such token.", param="token") from None
     lock = services.locks.hold(record.customer_ref) if record.customer_ref else None
     async with lock or contextlib.nullcontext():
-        if record.kind in PARTNER_HOLDS and record.partner_reference:
+        # Stripe refuses to detach a PaymentMethod saved on no customer ("not attached
+        # to a customer so detachment is impossible",
+        # https://docs.stripe.com/api/payment_methods/detach): nothing to undo there.
+        detach = (
+            record.kind in PARTNER_HOLDS and bool(record.partner_reference) and reusable(record)
+        )
+        if detach:
             if record.partner != services.partner.name:
                 raise PartnerError("The token's payment partner is not configured.")
+            assert record.partner_reference is not None  # noqa: S101 - checked above
             # A partner failure propagates as itself (503/504/502): nothing deleted, retry.
             await partner_call(
                 services, "detach", services.partner.detach(record.partner_reference)
@@ -663,7 +834,7 @@ async def delete_token(services: Services, token: str) -> dict[str, Any]:
             token=token,
             kind=str(record.kind),
             deleted=True,
-            partner_detached=record.kind in PARTNER_HOLDS and bool(record.partner_reference),
+            partner_detached=detach,
         )
     )
 

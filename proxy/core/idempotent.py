@@ -143,13 +143,23 @@ async def tokenize_card_once(
     card = parse_card_request(body, today=today)
 
     async def partner_step(partner_key: str) -> dict[str, Any]:
-        created = await create_at_partner(services, card, partner_key)
+        # No vault token in the partner's metadata here: a retry of this key after a
+        # timeout must send the very parameters the first attempt sent (Stripe compares
+        # them), and the token is only chosen once the partner has answered.
+        created = await create_at_partner(services, card, partner_key, token=None)
         return {
             "reference": created.reference,
             # Stored in the key's row: the blind index, never the fingerprint itself.
             "fingerprint_idx": fingerprint_index(services, Kind.CARD, created.fingerprint),
             "last4": created.last4,
             "partner_brand": created.partner_brand,
+            # Rows written before these were kept lack them: .get() below.
+            "display_brand": created.display_brand,
+            "funding": created.funding,
+            "country": created.country,
+            "exp_month": created.exp_month,
+            "exp_year": created.exp_year,
+            "livemode": created.livemode,
         }
 
     async def store_step(stored: dict[str, Any], token: str) -> Record:
@@ -158,6 +168,12 @@ async def tokenize_card_once(
             fingerprint=None,
             last4=stored["last4"],
             partner_brand=stored["partner_brand"],
+            display_brand=stored.get("display_brand"),
+            funding=stored.get("funding"),
+            country=stored.get("country"),
+            exp_month=stored.get("exp_month"),
+            exp_year=stored.get("exp_year"),
+            livemode=stored.get("livemode"),
         )
         return await store_card(
             services,

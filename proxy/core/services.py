@@ -86,23 +86,29 @@ VAULT_OPERATIONS = (
     "touch",
 )
 PARTNER_OPERATIONS = (
+    "count_subscriptions",
     "create_card",
     "create_customer",
     "create_sepa_debit",
     "delete_customer",
     "detach",
     "get_setup",
+    "list_payment_methods",
     "setup",
 )
 PARTNER_FAILURES = (
     "partner_auth_failed",
     "partner_bad_reference",
     "partner_bad_response",
+    "partner_busy",
     "partner_circuit_open",
     "partner_error",
+    "partner_idempotency_error",
     "partner_mismatch",
+    "partner_permission_denied",
     "partner_rate_limited",
     "partner_rejected_request",
+    "partner_resource_missing",
     "partner_timeout",
     "partner_unavailable",
 )

@@ -6,7 +6,7 @@ from typing import Any
 
 from proxy.core.services import Services, vault_call
 from proxy.core.views import masked_view, resolved_view
-from proxy.domain.errors import NotFound, TokenGone
+from proxy.domain.errors import Conflict, NotFound, TokenGone
 from vault import Kind, Record, RecordNotFound
 
 
@@ -19,6 +19,7 @@ async def read_token(services: Services, token: str, *, resolve: bool) -> dict[s
     if not resolve:
         return masked_view(record)
     refuse_if_gone(record)
+    refuse_other_mode(services, record)
     # Resolving is use (the billing service is about to charge): retention counts
     # from here. Marks are batched in memory and flushed in one write.
     services.vault.mark_used(record)
@@ -35,6 +36,25 @@ async def read_token(services: Services, token: str, *, resolve: bool) -> dict[s
         if customer is not None and customer.partner == record.partner:
             view["partner_customer"] = customer.reference
     return view
+
+
+def refuse_other_mode(services: Services, record: Record) -> None:
+    """409 for a token made in Stripe's other mode than the configured key's.
+
+    Test and live objects live apart at Stripe (https://docs.stripe.com/keys#test-live-modes):
+    a live key charging a test PaymentMethod (or the reverse) fails at the partner, after
+    billing believed the token usable. Tokens stored before the mode was kept pass.
+    """
+    stored = record.details.get("livemode")
+    current = getattr(services.partner, "livemode", None)
+    if isinstance(stored, bool) and isinstance(current, bool) and stored != current:
+        raise Conflict(
+            "The token was made in the payment partner's "
+            + ("live" if stored else "test")
+            + " mode; the proxy's key acts in the other.",
+            code="partner_mode_mismatch",
+            param="token",
+        )
 
 
 def refuse_if_gone(record: Record) -> None:

@@ -50,6 +50,8 @@ def _view(
         "metadata": record.metadata,
         "created_at": iso(record.created_at),
     }
+    if record.kind in (Kind.CARD, Kind.BANK):
+        values["reusable"] = reusable(record)
     values.update(
         (key, value)
         for key, value in record.details.items()
@@ -63,6 +65,17 @@ def _view(
     view = shape(**{key: value for key, value in values.items() if key in names})
     result: dict[str, Any] = msgspec.to_builtins(view)
     return result
+
+
+def reusable(record: Record) -> bool:
+    """Whether the partner lets the payment method be charged more than once.
+
+    Stripe: a PaymentMethod saved on no Customer can be used for one payment, and "to
+    use a PaymentMethod multiple times, you must attach it to a Customer first"
+    (https://docs.stripe.com/payments/save-and-reuse). Ours are saved on a customer
+    exactly when the token has a customer_ref.
+    """
+    return record.customer_ref is not None or "partner_customer" in record.details
 
 
 def created_view(record: Record) -> dict[str, Any]:

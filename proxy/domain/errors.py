@@ -94,6 +94,8 @@ ERROR_CODES: frozenset[str] = frozenset(
         "partner_error", "partner_unavailable", "partner_timeout", "partner_rate_limited",
         "partner_auth_failed", "partner_rejected_request", "partner_bad_response",
         "partner_bad_reference", "partner_circuit_open", "partner_mismatch", "card_declined",
+        "partner_busy", "partner_idempotency_error", "partner_permission_denied",
+        "partner_resource_missing", "partner_mode_mismatch", "partner_customer_deleted",
         "authentication_required", "incorrect_cvc", "incorrect_number", "processing_error",
         "card_not_supported", "setup_intent_authentication_failure",
         # The proxy itself.
@@ -291,6 +293,12 @@ class PartnerError(ProxyError):
         # same idempotency key). Card errors and other 4xx would fail the same way again.
         self.retryable = retryable
         self.retry_after = retry_after
+        # The partner's HTTP status when it answered at all (None: no answer, or not
+        # from the partner): a 5xx it answered is stored against the idempotency key.
+        self.partner_status: int | None = None
+        # The partner's own ``param`` (a parameter name such as ``customer``), for the
+        # proxy's decisions and logs; never rendered (``param`` names the client's field).
+        self.partner_param: str | None = None
 
 
 class PartnerDeclined(PartnerError):

@@ -187,6 +187,12 @@ class InvoiceRequestBody(Struct, forbid_unknown_fields=True, kw_only=True):
     ) = None
 
 
+class TokenAttachRequestBody(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The customer to save a single-use card token on, so it can be charged again."""
+
+    customer_ref: CustomerRef
+
+
 # ------------------------------------------------------- path and query parameters
 
 
@@ -250,10 +256,41 @@ class CardToken(Struct, kw_only=True):
 
     token: Annotated[str, Meta(pattern="^vtok_card_")]
     kind: Literal["card"]
-    brand: Detail = UNSET
+    brand: (
+        Annotated[
+            str,
+            Meta(
+                description="the partner's brand (Stripe: visa, mastercard,"
+                " amex, cartes_bancaires, ...)"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    display_brand: (
+        Annotated[str, Meta(description="the partner's brand to show (co-badged cards)")]
+        | UnsetType
+    ) = UNSET
+    funding: (
+        Annotated[str, Meta(description="credit, debit, prepaid or unknown, as the partner says")]
+        | UnsetType
+    ) = UNSET
+    country: (
+        Annotated[str, Meta(description="the issuing country (ISO 3166-1 alpha-2)")] | UnsetType
+    ) = UNSET
     last4: Detail = UNSET
     masked: (
         Annotated[str, Meta(description="first six and last four, the rest starred")] | UnsetType
+    ) = UNSET
+    reusable: (
+        Annotated[
+            bool,
+            Meta(
+                description="false: the partner lets the payment method be used for one"
+                " payment only (it is saved on no customer); POST /v1/tokens/{token}/attach"
+                " saves it on one"
+            ),
+        ]
+        | UnsetType
     ) = UNSET
     created_at: Timestamp
 
@@ -268,6 +305,17 @@ class BankToken(Struct, kw_only=True):
     last4: Detail = UNSET
     masked: (
         Annotated[str, Meta(description="country + check digits + **** + last4")] | UnsetType
+    ) = UNSET
+    reusable: (
+        Annotated[
+            bool,
+            Meta(
+                description="false: the partner lets the payment method be used for one"
+                " payment only (it is saved on no customer); POST /v1/tokens/{token}/attach"
+                " saves it on one"
+            ),
+        ]
+        | UnsetType
     ) = UNSET
     customer_ref: str | None
     created_at: Timestamp
@@ -400,6 +448,22 @@ class Erasure(Struct, kw_only=True):
     idempotency_keys_deleted: int
     key_shredded: bool
     remaining: Annotated[list[dict[str, Any]], Meta(max_length=0)]
+
+
+class ErasurePreview(Struct, kw_only=True):
+    """What erasing a customer would remove, at the vault and at the partner; nothing done."""
+
+    object: Literal["customer_erasure_preview"]
+    customer_ref: str
+    tokens: Annotated[dict[str, int], Meta(description="the vault's tokens, by kind")]
+    partner: Annotated[
+        dict[str, Any],
+        Meta(
+            description="customer (whether a partner customer is mapped), payment_methods"
+            " (attached, by type), subscriptions (open: deleting the customer cancels them"
+            " at once)"
+        ),
+    ]
 
 
 class TokenDeletion(Struct, kw_only=True):

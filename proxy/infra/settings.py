@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from proxy.domain.origins import OriginError, parse_origin_list
 from vault.errors import VaultUrlError
@@ -323,10 +323,12 @@ class Settings:
         settings = _with_shutdown_grace(settings, explicit="shutdown_grace" in kwargs)
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError("TOKENPROXY_DB_POOL_MIN must not exceed TOKENPROXY_DB_POOL_MAX")
-        if settings.stripe_api_key is None and "TOKENPROXY_STRIPE_API_BASE" not in env:
+        if settings.stripe_api_key is None and not _sandbox_base(settings.stripe_api_base):
+            # Without a key the proxy would call this partner with a placeholder: only a
+            # sandbox on this machine (tokenproxy dev, the tests) may be run so.
             raise SettingsError(
                 "STRIPE_API_KEY (or STRIPE_API_KEY_FILE) is required unless "
-                "TOKENPROXY_STRIPE_API_BASE points at a sandbox partner"
+                "TOKENPROXY_STRIPE_API_BASE points at a sandbox partner on loopback"
             )
         return settings
 
@@ -437,10 +439,23 @@ def listen_addresses(env: Mapping[str, str] | None = None) -> tuple[HostPort, Ho
     return api, ops
 
 
+def _sandbox_base(base: str) -> bool:
+    """Whether the partner base is a sandbox on this machine (a loopback host)."""
+    host = urlsplit(base).hostname or ""
+    return host in {"localhost", "::1"} or host.startswith("127.")
+
+
+# Stripe's idempotency window: "keys ... at least 24 hours old" may be pruned, no sooner.
+MIN_IDEMPOTENCY_TTL = 24 * 3600.0
+
+
 def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
     """The idempotency, retry, breaker and request-limit settings."""
     floats = {
-        "TOKENPROXY_IDEMPOTENCY_TTL": ("idempotency_ttl", 60.0),
+        # Stripe keeps idempotency keys at least 24 h: a shorter window would send a
+        # reused client key's new request under a partner key Stripe still holds
+        # (https://docs.stripe.com/api/idempotent_requests).
+        "TOKENPROXY_IDEMPOTENCY_TTL": ("idempotency_ttl", MIN_IDEMPOTENCY_TTL),
         "TOKENPROXY_PARTNER_RETRY_BUDGET": ("partner_retry_budget", 0.0),
         "TOKENPROXY_PARTNER_BACKOFF_BASE": ("partner_backoff_base", 0.0),
         "TOKENPROXY_PARTNER_BACKOFF_MAX": ("partner_backoff_max", 0.0),

@@ -22,6 +22,14 @@ class PartnerCard:
     fingerprint: str | None
     last4: str
     partner_brand: str | None
+    # The partner's own card facts (Stripe's card hash), None where it sent none.
+    display_brand: str | None = None
+    funding: str | None = None
+    country: str | None = None
+    exp_month: int | None = None
+    exp_year: int | None = None
+    # Test or live data: a token made under one may not be resolved under the other.
+    livemode: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +74,8 @@ class PartnerPaymentMethod:
     last4: str | None
     exp_month: int | None = None
     exp_year: int | None = None
+    # The partner's fingerprint of the card or account (the same for the same number).
+    fingerprint: str | None = None
 
 
 # A SEPA setup may still be "processing" while its mandate is already active at the partner.
@@ -76,11 +86,21 @@ class Partner(Protocol):
     """A payment partner adapter."""
 
     name: str
+    # Whether the configured key acts on live data; None when the partner cannot tell.
+    livemode: bool | None
 
     async def create_card(
-        self, card: CardRequest, *, idempotency_key: str | None = None
+        self,
+        card: CardRequest,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerCard:
-        """Hand the card to the partner; returns its reference and storable details."""
+        """Hand the card to the partner; returns its reference and storable details.
+
+        ``metadata`` (the vault token it will be stored under, never card data) is kept
+        on the partner's object for reconciliation and support.
+        """
         ...
 
     async def create_sepa_debit(
@@ -110,6 +130,7 @@ class Partner(Protocol):
         mandate: MandateAcceptance | None = None,
         return_url: str | None = None,
         idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerSetup:
         """Save a payment method on a customer for off-session charges (SCA, SEPA mandate).
 
@@ -132,6 +153,10 @@ class Partner(Protocol):
 
     async def get_payment_method(self, reference: str) -> PartnerPaymentMethod | None:
         """One payment method as the partner holds it now; None when it is gone."""
+        ...
+
+    async def count_subscriptions(self, customer: str) -> int:
+        """How many subscriptions a partner customer has that are not yet canceled."""
         ...
 
     async def close(self) -> None:

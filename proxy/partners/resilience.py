@@ -7,17 +7,22 @@ second loop above this one would multiply them).
 Stripe's rules are the anchor: a call may be retried only after a network error, a
 409, a 429 (after its Retry-After) or a 5xx, and every retry carries the *same*
 idempotency key so the partner replays its first answer instead of creating a second
-payment method. Card errors and other 4xx are final. Retries are bounded in count and
-in total time, and sleep an exponentially growing, fully jittered delay (AWS
-"Exponential Backoff and Jitter": ``uniform(0, min(cap, base * 2**n))``) so a fleet of
-proxies does not retry in lock step.
+payment method. Card errors and other 4xx are final. One exception: Stripe saves a 5xx
+answer against its idempotency key and replays it to every retry with that key for at
+least a day (https://docs.stripe.com/api/idempotent_requests), so after a 5xx the
+partner answered the next attempt goes out under a fresh key; an extra unattached
+PaymentMethod, if the first attempt made one, is harmless and never charged. Retries
+are bounded in count and in total time, and sleep an exponentially growing, fully
+jittered delay (AWS "Exponential Backoff and Jitter":
+``uniform(0, min(cap, base * 2**n))``) so a fleet of proxies does not retry in lock step.
 
 The circuit breaker stops a dead partner from holding every request for its full
 timeout: after ``failures`` consecutive unhealthy attempts it opens and answers
 ``503 partner_circuit_open`` at once; after ``reset_after`` seconds it lets one probe
 through (half-open); a healthy probe closes it, an unhealthy one opens it again.
 Only partner *health* failures count (network errors, timeouts, 5xx): a declined
-card or a 429 says nothing about whether the partner is up.
+card, a 429 or a 409 for a key Stripe is still working on says nothing about whether
+the partner is up.
 """
 
 from __future__ import annotations
@@ -49,6 +54,11 @@ T = TypeVar("T")
 _log = structlog.get_logger("tokenproxy.partner")
 
 
+def fresh_partner_key(key: str) -> str:
+    """A new partner key for a call whose key Stripe holds a 5xx for (kept under 255)."""
+    return key[:200] + "_r" + secrets.token_hex(8)
+
+
 def new_partner_key() -> str:
     """A per-request partner idempotency key for calls that came without a client key.
 
@@ -67,11 +77,30 @@ class RetryPolicy:
     backoff_base: float = 0.2
     backoff_max: float = 2.0
 
-    def delay(self, retry: int, retry_after: float | None) -> float:
-        """The sleep before retry number ``retry`` (0-based): full jitter, at least Retry-After."""
-        cap = min(self.backoff_max, self.backoff_base * (2**retry))
-        jitter = random.uniform(0, cap)  # noqa: S311 - jitter, not a secret
+    # A 429 says the account's rate is spent for now: wait longer than for a blip, and
+    # never near zero, or every replica's retries land in the same second again.
+    rate_limit_base: float = 0.5
+    rate_limit_max: float = 5.0
+
+    def delay(self, retry: int, retry_after: float | None, *, rate_limited: bool = False) -> float:
+        """The sleep before retry number ``retry`` (0-based): jittered, at least Retry-After.
+
+        After a 429 the delay grows from ``rate_limit_base`` and is jittered between half
+        and all of it, as Stripe's own SDKs do ("exponential backoff of your requests",
+        https://docs.stripe.com/rate-limits#handling-limiting-gracefully).
+        """
+        if rate_limited:
+            cap = min(self.rate_limit_max, self.rate_limit_base * 2.0**retry)
+            jitter = cap * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+        else:
+            cap = min(self.backoff_max, self.backoff_base * (2**retry))
+            jitter = random.uniform(0, cap)  # noqa: S311 - jitter, not a secret
         return max(jitter, retry_after or 0.0)
+
+
+# With Stripe's typical 0.2-0.4 s per call, 32 at once is about Stripe's live default of
+# 100 operations a second per account.
+DEFAULT_MAX_IN_FLIGHT = 32
 
 
 class CircuitState(enum.IntEnum):
@@ -153,7 +182,7 @@ class CircuitBreaker:
 def _unhealthy(exc: PartnerError) -> bool:
     """Failures that say the partner is down or broken (not a decline, not rate limiting)."""
     return isinstance(exc, PartnerTimeout) or (
-        exc.retryable and exc.code not in {"partner_rate_limited"}
+        exc.retryable and exc.code not in {"partner_rate_limited", "partner_busy"}
     )
 
 
@@ -168,9 +197,15 @@ class ResilientPartner:
         breaker: CircuitBreaker | None = None,
         metrics: Metrics | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self.inner = inner
+        # Calls to the partner at once from this replica; the rest wait their turn here
+        # rather than meet Stripe's rate limiter (100 operations/s per account in live
+        # mode, https://docs.stripe.com/rate-limits).
+        self._slots = asyncio.Semaphore(max_in_flight)
         self.name = inner.name
+        self.livemode = getattr(inner, "livemode", None)
         self.policy = policy or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
         self._metrics = metrics
@@ -181,29 +216,35 @@ class ResilientPartner:
             self.breaker._on_change = lambda state: gauge.set(int(state))
 
     async def create_card(
-        self, card: CardRequest, *, idempotency_key: str | None = None
+        self,
+        card: CardRequest,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerCard:
         """Create a card at the partner, retrying with one idempotency key for all attempts."""
-        key = idempotency_key or new_partner_key()
-        return await self._call(
-            "create_card", lambda: self.inner.create_card(card, idempotency_key=key)
+        return await self._keyed(
+            "create_card",
+            idempotency_key,
+            lambda key: self.inner.create_card(card, idempotency_key=key, metadata=metadata),
         )
 
     async def create_sepa_debit(
         self, account: BankAccountRequest, *, idempotency_key: str | None = None
     ) -> PartnerBankAccount:
         """Create a SEPA debit method, one idempotency key for all attempts."""
-        key = idempotency_key or new_partner_key()
-        return await self._call(
+        return await self._keyed(
             "create_sepa_debit",
-            lambda: self.inner.create_sepa_debit(account, idempotency_key=key),
+            idempotency_key,
+            lambda key: self.inner.create_sepa_debit(account, idempotency_key=key),
         )
 
     async def create_customer(self, *, idempotency_key: str | None = None) -> str:
         """Create a partner customer, one idempotency key for all attempts."""
-        key = idempotency_key or new_partner_key()
-        return await self._call(
-            "create_customer", lambda: self.inner.create_customer(idempotency_key=key)
+        return await self._keyed(
+            "create_customer",
+            idempotency_key,
+            lambda key: self.inner.create_customer(idempotency_key=key),
         )
 
     # Attach, detach and delete carry no idempotency key and need none: attaching to the
@@ -227,18 +268,20 @@ class ResilientPartner:
         mandate: MandateAcceptance | None = None,
         return_url: str | None = None,
         idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerSetup:
         """Set a payment method up for off-session use, one idempotency key for all attempts."""
-        key = idempotency_key or new_partner_key()
-        return await self._call(
+        return await self._keyed(
             "setup",
-            lambda: self.inner.setup_off_session(
+            idempotency_key,
+            lambda key: self.inner.setup_off_session(
                 payment_method,
                 customer,
                 kind=kind,
                 mandate=mandate,
                 return_url=return_url,
                 idempotency_key=key,
+                metadata=metadata,
             ),
         )
 
@@ -262,7 +305,33 @@ class ResilientPartner:
             "get_payment_method", lambda: self.inner.get_payment_method(reference)
         )
 
-    async def _call(self, operation: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def count_subscriptions(self, customer: str) -> int:
+        """Count a customer's open subscriptions (a read: safe to retry)."""
+        return await self._call(
+            "count_subscriptions", lambda: self.inner.count_subscriptions(customer)
+        )
+
+    async def _keyed(
+        self, operation: str, key: str | None, attempt: Callable[[str], Awaitable[T]]
+    ) -> T:
+        """A call under a partner idempotency key: the same key for every retry, except
+        after a 5xx the partner answered (it would replay that 5xx), then a fresh one."""
+        base = current = key or new_partner_key()
+
+        def after(exc: PartnerError) -> None:
+            nonlocal current
+            if exc.partner_status is not None and exc.partner_status >= 500:
+                current = fresh_partner_key(base)
+
+        return await self._call(operation, lambda: attempt(current), after_failure=after)
+
+    async def _call(
+        self,
+        operation: str,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        after_failure: Callable[[PartnerError], None] | None = None,
+    ) -> T:
         started = time.monotonic()
         retry = 0
         while True:
@@ -274,7 +343,8 @@ class ResilientPartner:
                     headers={"Retry-After": str(max(1, round(self.breaker.retry_in())))},
                 )
             try:
-                result = await attempt()
+                async with self._slots:
+                    result = await attempt()
             except PartnerError as exc:
                 if _unhealthy(exc):
                     self.breaker.failure()
@@ -283,11 +353,15 @@ class ResilientPartner:
                 self._count(operation, exc.code)
                 if not exc.retryable or retry >= self.policy.max_retries:
                     raise
-                delay = self.policy.delay(retry, exc.retry_after)
+                delay = self.policy.delay(
+                    retry, exc.retry_after, rate_limited=exc.code == "partner_rate_limited"
+                )
                 if time.monotonic() - started + delay > self.policy.budget:
                     # Out of time: give the client the partner's own hint, if any.
                     raise
                 retry += 1
+                if after_failure is not None:
+                    after_failure(exc)
                 if self._metrics is not None:
                     self._metrics.child(
                         self._metrics.partner_retries, self.name, operation, exc.code

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import stripe
+import structlog
 
 from proxy.domain.bank import BankAccountRequest, MandateAcceptance
 from proxy.domain.card import pan_like
@@ -34,10 +35,29 @@ from proxy.partners.ports import (
     PartnerSetup,
 )
 
-# Partner object ids go into URL paths: only Stripe's id alphabet may.
-_OBJECT_ID_RE = re.compile(r"(pm|cus|card|src|seti)_[A-Za-z0-9]{1,64}")
-_MANDATE_ID_RE = re.compile(r"mandate_[A-Za-z0-9]{1,64}")
+_log = structlog.get_logger("tokenproxy.partner")
+
+# The API version every request names (the Stripe-Version header). Without it Stripe
+# uses the version the installed SDK was released with, so rebuilding the image with
+# another 16.x would change request and response shapes unannounced
+# (https://docs.stripe.com/sdks/set-version). This is stripe 16.0's own version, the
+# floor's, so every SDK the declared range allows sends it as is; moving it is a
+# deliberate upgrade (https://docs.stripe.com/upgrades).
+STRIPE_API_VERSION = "2026-09-30.endive"
+
+# Partner object ids go into URL paths: only Stripe's id alphabet may, and no more than
+# Stripe promises. Prefix and length are not part of its API contract: "object IDs we
+# generate will never exceed 255 characters", and changing their length or format,
+# prefixes included, is a backwards-compatible change (https://docs.stripe.com/upgrades).
+# A stricter check would fail a call after its object exists at Stripe.
+_OBJECT_ID_RE = re.compile(r"[A-Za-z0-9_]{1,255}")
+_MANDATE_ID_RE = _OBJECT_ID_RE
 _WORD_RE = re.compile(r"[a-z][a-z_]{0,39}")
+# A parameter's name as Stripe reports it (``card[number]``, ``items[0][price]``).
+_PARAM_RE = re.compile(r"[a-z][a-z0-9_\[\]]{0,99}")
+_REQUEST_ID_RE = _OBJECT_ID_RE
+_RATE_LIMIT_CODES = frozenset({"rate_limit", "lock_timeout"})
+_IDEMPOTENCY_CODES = frozenset({"idempotency_key_in_use"})
 # Answers that mean "already done" for detach/delete, so erasure can be repeated.
 _GONE_CODES = frozenset({"resource_missing", "payment_method_unexpected_state"})
 
@@ -113,6 +133,23 @@ def _retry_after(exc: stripe.StripeError) -> float | None:
     return min(max(seconds, 0.0), 3600.0)
 
 
+def _body_error(exc: stripe.StripeError) -> dict[str, Any]:
+    """The ``error`` object of Stripe's answer (https://docs.stripe.com/api/errors), or {}."""
+    body = exc.json_body
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _word(value: Any) -> str | None:
+    """A Stripe type or code as a fixed word (they are enums in Stripe's docs), else None."""
+    return value if isinstance(value, str) and _WORD_RE.fullmatch(value) else None
+
+
+def _param(value: Any) -> str | None:
+    """Stripe's ``param`` (a parameter's name, such as ``card[number]``), never a value."""
+    return value if isinstance(value, str) and _PARAM_RE.fullmatch(value) else None
+
+
 def retry_rule(exc: stripe.StripeError) -> tuple[bool, float | None]:
     """Whether Stripe's rules allow a retry (same idempotency key), and its Retry-After.
 
@@ -127,39 +164,58 @@ def retry_rule(exc: stripe.StripeError) -> tuple[bool, float | None]:
     if should in {"true", "false"}:
         return should == "true", _retry_after(exc)
     status = exc.http_status or 0
+    # Stripe's own SDKs retry every 409 (most are idempotency_key_in_use: the key's
+    # first request still runs at Stripe, and a later retry gets its answer).
     if status in {409, 429} or status >= 500:
         return True, _retry_after(exc)
     return False, None
 
 
 def translate_error(exc: stripe.StripeError) -> PartnerError:
-    """Map a Stripe SDK error to ours, keeping Stripe's request id and codes only."""
+    """Map a Stripe SDK error to ours, keeping Stripe's request id and codes only.
+
+    Logged with what tells one refusal from another (Stripe's request id, error type,
+    code, decline code and param), never Stripe's message, which may quote input.
+    """
     error = _translate(exc)
     error.retryable, error.retry_after = retry_rule(exc)
+    body = _body_error(exc)
+    error.partner_status = exc.http_status
+    error.partner_param = _param(body.get("param"))
+    _log.warning(
+        "partner_error",
+        partner_request_id=_request_id(exc),
+        http_status=exc.http_status,
+        error_type=_word(body.get("type")),
+        partner_code=_word(body.get("code")),
+        decline_code=_word(body.get("decline_code")),
+        partner_param=_param(body.get("param")),
+        error_code=error.code,
+        retryable=error.retryable,
+    )
     return error
 
 
+def _request_id(exc: stripe.StripeError) -> str | None:
+    """Stripe's request id (``req_…``), the handle its support and dashboard search by."""
+    value = exc.request_id
+    return value if isinstance(value, str) and _REQUEST_ID_RE.fullmatch(value) else None
+
+
 def _translate(exc: stripe.StripeError) -> PartnerError:
-    request_id = exc.request_id
-    code = exc.code if exc.code in _CARD_CODES else None
-    decline_code = getattr(exc, "error", None) and getattr(exc.error, "decline_code", None)
+    """Classify by what Stripe's body says (``type``, ``code``, ``decline_code``), not by
+    the SDK's exception class, which follows the HTTP status alone: Stripe answers 402
+    for requests that failed for other reasons than a card, and 409/400 for idempotency
+    errors (https://docs.stripe.com/api/errors, https://docs.stripe.com/error-codes).
+    """
+    request_id = _request_id(exc)
+    body = _body_error(exc)
+    kind = _word(body.get("type"))
+    raw_code = _word(body.get("code"))
+    code = raw_code if raw_code in _CARD_CODES else None
+    decline_code = _word(body.get("decline_code"))
     decline_code = decline_code if decline_code in _DECLINE_CODES else None
-    if isinstance(exc, stripe.CardError) or (
-        isinstance(exc, stripe.InvalidRequestError) and code is not None
-    ):
-        return PartnerDeclined(
-            "The payment partner declined the card.",
-            code=code or "card_declined",
-            partner_request_id=request_id,
-            decline_code=decline_code,
-        )
-    if isinstance(exc, stripe.RateLimitError):
-        return PartnerUnavailable(
-            "The payment partner is rate limiting requests; retry later.",
-            code="partner_rate_limited",
-            partner_request_id=request_id,
-            headers={"Retry-After": "1"},
-        )
+    status = exc.http_status or 0
     if isinstance(exc, stripe.APIConnectionError):
         if isinstance(exc.__cause__, asyncio.TimeoutError | TimeoutError):
             return PartnerTimeout(
@@ -168,13 +224,54 @@ def _translate(exc: stripe.StripeError) -> PartnerError:
         return PartnerUnavailable(
             "The payment partner cannot be reached.", partner_request_id=request_id
         )
-    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+    if kind == "card_error" or (kind == "invalid_request_error" and code is not None):
+        return PartnerDeclined(
+            "The payment partner declined the card.",
+            code=code or "card_declined",
+            partner_request_id=request_id,
+            decline_code=decline_code,
+        )
+    if status == 429 or raw_code in _RATE_LIMIT_CODES:
+        return PartnerUnavailable(
+            "The payment partner is rate limiting requests; retry later.",
+            code="partner_rate_limited",
+            partner_request_id=request_id,
+            headers={"Retry-After": "1"},
+        )
+    if kind == "idempotency_error" or raw_code in _IDEMPOTENCY_CODES:
+        if raw_code == "idempotency_key_in_use":
+            return PartnerUnavailable(
+                "The payment partner is still working on this request; retry later.",
+                code="partner_busy",
+                partner_request_id=request_id,
+                headers={"Retry-After": "1"},
+            )
+        return PartnerError(
+            "The payment partner refused the request's idempotency key.",
+            code="partner_idempotency_error",
+            partner_request_id=request_id,
+        )
+    if status == 401 or kind == "authentication_error":
         return PartnerError(
             "The proxy's credentials were refused by the payment partner.",
             code="partner_auth_failed",
             partner_request_id=request_id,
         )
-    if isinstance(exc, stripe.InvalidRequestError):
+    if status == 403:
+        return PartnerError(
+            "The proxy's key lacks a permission this request needs at the payment partner.",
+            code="partner_permission_denied",
+            partner_request_id=request_id,
+        )
+    if status >= 500 or kind == "api_error":
+        return PartnerError("The payment partner failed.", partner_request_id=request_id)
+    if raw_code == "resource_missing" or status == 404:
+        return PartnerError(
+            "The payment partner has no such object.",
+            code="partner_resource_missing",
+            partner_request_id=request_id,
+        )
+    if kind == "invalid_request_error" or 400 <= status < 500:
         return PartnerError(
             "The payment partner rejected the request.",
             code="partner_rejected_request",
@@ -198,6 +295,9 @@ class StripePartner:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         silence_sdk_logging()
+        # Stripe's keys say their mode: sk_live_/rk_live_ act on live data, *_test_ on test
+        # data (https://docs.stripe.com/keys#test-live-modes).
+        self.livemode: bool | None = api_key.startswith(("sk_live_", "rk_live_"))
         # Telemetry sends Stripe the previous call's timings in a header, bookkept per
         # call under a lock; we measure partner latency ourselves (metrics).
         stripe.enable_telemetry = False
@@ -212,6 +312,7 @@ class StripePartner:
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base},
+            stripe_version=STRIPE_API_VERSION,
             http_client=http_client,
             # Retries belong to the proxy's own policy (idempotency keys, backoff), not the SDK's.
             max_network_retries=0,
@@ -239,7 +340,11 @@ class StripePartner:
         return True
 
     async def create_card(
-        self, card: CardRequest, *, idempotency_key: str | None = None
+        self,
+        card: CardRequest,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerCard:
         """Create a card PaymentMethod; the card data leaves the process only here."""
         params: dict[str, Any] = {
@@ -253,14 +358,26 @@ class StripePartner:
         }
         if card.holder_name:
             params["billing_details"] = {"name": card.holder_name}
+        if metadata:
+            # https://docs.stripe.com/metadata: for reconciliation and support; never
+            # card data (Stripe's own rule too).
+            params["metadata"] = dict(metadata)
         data = await self._post("/v1/payment_methods", params, idempotency_key)
         try:
             details = data["card"]
+            livemode = data.get("livemode")
             return PartnerCard(
                 reference=str(data["id"]),
                 fingerprint=details.get("fingerprint"),
                 last4=str(details["last4"]),
-                partner_brand=details.get("brand"),
+                partner_brand=_word(details.get("brand")),
+                # https://docs.stripe.com/api/payment_methods/object#payment_method_object-card
+                display_brand=_word(details.get("display_brand")),
+                funding=_word(details.get("funding")),
+                country=_country(details.get("country")),
+                exp_month=_small_int(details.get("exp_month")),
+                exp_year=_small_int(details.get("exp_year")),
+                livemode=livemode if isinstance(livemode, bool) else None,
             )
         except (KeyError, TypeError):
             raise _bad_response() from None
@@ -320,6 +437,7 @@ class StripePartner:
         mandate: MandateAcceptance | None = None,
         return_url: str | None = None,
         idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerSetup:
         """Confirm a SetupIntent (usage off_session) that saves the method on the customer.
 
@@ -347,6 +465,8 @@ class StripePartner:
             }
         if return_url is not None:
             params["return_url"] = return_url
+        if metadata:
+            params["metadata"] = dict(metadata)
         return _setup(await self._post("/v1/setup_intents", params, idempotency_key))
 
     async def get_setup(self, intent: str) -> PartnerSetup:
@@ -360,10 +480,23 @@ class StripePartner:
         return _setup(response.data)
 
     async def detach(self, payment_method: str) -> bool:
-        """Detach a PaymentMethod; False when it is gone or no longer attached."""
-        return await self._post_or_gone(
-            "post", f"/v1/payment_methods/{_object_id(payment_method)}/detach"
-        )
+        """Detach a PaymentMethod; False when it is gone or attached to no customer.
+
+        Stripe refuses to detach a PaymentMethod saved on no customer with a 400 ("not
+        attached to a customer so detachment is impossible",
+        https://docs.stripe.com/api/payment_methods/detach) that carries no code of its
+        own; the method itself then says whether that was the reason.
+        """
+        path = f"/v1/payment_methods/{_object_id(payment_method)}/detach"
+        try:
+            return await self._post_or_gone("post", path)
+        except PartnerError as exc:
+            if exc.partner_status != 400:
+                raise
+            current = await self.get_payment_method(payment_method)
+            if current is None or current.customer is None:
+                return False
+            raise
 
     async def list_payment_methods(self, customer: str, *, kind: str) -> list[PartnerPaymentMethod]:
         """Every payment method of type ``kind`` attached to ``customer``, page by page."""
@@ -404,6 +537,34 @@ class StripePartner:
         except stripe.StripeError as exc:
             raise translate_error(exc) from None
         return _payment_method(response.data)
+
+    async def count_subscriptions(self, customer: str) -> int:
+        """Subscriptions of a customer that deleting it would cancel, page by page.
+
+        https://docs.stripe.com/api/subscriptions/list lists those not canceled when no
+        ``status`` is given; https://docs.stripe.com/api/customers/delete: deleting a
+        customer "immediately cancels any active subscriptions on the customer".
+        """
+        count, after = 0, None
+        while True:
+            params: dict[str, Any] = {"customer": _object_id(customer), "limit": 100}
+            if after is not None:
+                params["starting_after"] = after
+            try:
+                response = await self._client.raw_request_async(
+                    "get", "/v1/subscriptions", **params
+                )
+            except stripe.StripeError as exc:
+                raise translate_error(exc) from None
+            data = response.data
+            items = data.get("data") if isinstance(data, dict) else None
+            if not isinstance(items, list):
+                raise _bad_response()
+            count += len(items)
+            last = _ref(items[-1].get("id")) if items and isinstance(items[-1], dict) else None
+            if not data.get("has_more") or last is None:
+                return count
+            after = last
 
     async def close(self) -> None:
         """Close the HTTP session when this adapter owns it."""
@@ -500,7 +661,13 @@ def _payment_method(data: Any) -> PartnerPaymentMethod:
         last4=last4 if isinstance(last4, str) and re.fullmatch(r"[0-9]{4}", last4) else None,
         exp_month=_small_int(details.get("exp_month")),
         exp_year=_small_int(details.get("exp_year")),
+        fingerprint=_ref(details.get("fingerprint")),
     )
+
+
+def _country(value: Any) -> str | None:
+    """A two-letter country code as Stripe sends it, else None."""
+    return value if isinstance(value, str) and re.fullmatch(r"[A-Z]{2}", value) else None
 
 
 def _small_int(value: Any) -> int | None:

@@ -23,11 +23,13 @@ from proxy.partners.ports import CardUpdate, PartnerEvent
 
 # Stripe's default, and what its SDK applies: five minutes either way.
 TOLERANCE_SECONDS: Final = 300
-_EVENT_ID_RE = re.compile(r"evt_[A-Za-z0-9_]{1,250}")
+# Ids by Stripe's promise only: its alphabet, at most 255 characters; the prefix may
+# change without a new API version (https://docs.stripe.com/upgrades).
+_EVENT_ID_RE = re.compile(r"[A-Za-z0-9_]{1,255}")
 # Event types become metric labels: only Stripe's dotted lower-case words pass as sent.
 _TYPE_RE = re.compile(r"[a-z_]{1,40}(\.[a-z_]{1,40}){1,3}")
-_PM_RE = re.compile(r"pm_[A-Za-z0-9]{1,64}")
-_CUSTOMER_RE = re.compile(r"cus_[A-Za-z0-9]{1,64}")
+_PM_RE = _EVENT_ID_RE
+_CUSTOMER_RE = _EVENT_ID_RE
 _BRAND_RE = re.compile(r"[a-z_]{1,20}")
 _LAST4_RE = re.compile(r"[0-9]{4}")
 _ACTIONS: Final = {

@@ -25,9 +25,11 @@ from proxy.domain.schemas import (
     CustomerExport,
     CustomerPath,
     Erasure,
+    ErasurePreview,
     InvoiceRequestBody,
     InvoiceToken,
     PartnerEventReceipt,
+    TokenAttachRequestBody,
     TokenDeletion,
     TokenList,
     TokenListQuery,
@@ -169,6 +171,27 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     ),
     Operation(
         method="post",
+        path="/v1/tokens/{token}/attach",
+        name="attach_token",
+        operation_id="attachToken",
+        summary="Save a single-use card token on a customer (scope: tokenize, secret keys)",
+        description="A card tokenized without customer_ref (the hosted card fields send"
+        " none) is single-use at the partner (reusable: false). This saves it on the"
+        " customer the same way POST /v1/cards with customer_ref does (the partner's"
+        " off-session setup, 3-D Secure included: 402 authentication_required, then POST"
+        " /v1/cards/confirm). The answer is a new, reusable token; the single-use token is"
+        " deleted. A token already saved on this customer answers its own view; on another,"
+        " 409 conflict. Publishable keys: 403. Idempotency-Key: as on POST /v1/cards.",
+        path_params=TokenPath,
+        request=TokenAttachRequestBody,
+        status=201,
+        response=CardToken,
+        response_description="The reusable token (or the replay of a stored answer)",
+        errors=(*_POST_ERRORS, 402, 404, 410, 502, 504),
+        idempotent=True,
+    ),
+    Operation(
+        method="post",
         path="/v1/bank-accounts",
         name="create_bank_account",
         operation_id="createBankAccount",
@@ -223,6 +246,21 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         errors=(400, 401, 403, 405, 422, 429, 503),
     ),
     Operation(
+        method="get",
+        path="/v1/customers/{customer_ref}/erasure-preview",
+        name="preview_erasure",
+        operation_id="previewErasure",
+        summary="What erasing a customer would remove, nothing done (scope: delete)",
+        description="The vault's tokens by kind and what the partner holds: the partner"
+        " customer, its attached payment methods by type, and its open subscriptions, which"
+        " the erasure's deletion of the partner customer cancels at once.",
+        path_params=CustomerPath,
+        status=200,
+        response=ErasurePreview,
+        response_description="The preview",
+        errors=(400, 401, 403, 405, 422, 429, 502, 503, 504),
+    ),
+    Operation(
         method="delete",
         path="/v1/customers/{customer_ref}",
         name="erase_customer",
@@ -232,7 +270,9 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         " vault holds nothing under is 404 customer_not_found; a record the vault cannot"
         " read is 503 record_unreadable, nothing deleted. 502 erasure_incomplete carries"
         " `deleted` and a `remaining` list (tokens and/or the partner customer the partner"
-        " did not confirm); repeat the request to finish.",
+        " did not confirm); repeat the request to finish. Deleting the partner customer"
+        " cancels its subscriptions at once (partner.subscriptions_cancelled); GET"
+        " /v1/customers/{customer_ref}/erasure-preview shows them first.",
         path_params=CustomerPath,
         status=200,
         response=Erasure,

@@ -15,6 +15,19 @@ tests and behaves as Stripe documents, each rule citing the page it follows:
   when ``customer`` names another or none, and checks ``mandate`` against the method.
 * ``sepa_debit`` PaymentMethods lose the legacy Sources fields ``mandate_reference`` and
   ``mandate_url``, which Stripe's PaymentMethod object does not have.
+* ``POST`` with an ``Idempotency-Key`` (which localstripe ignores) behaves as Stripe
+  documents: the first answer, a 500 included, is saved and replayed for the same key
+  and parameters; other parameters get 400 ``idempotency_error``; a key whose first
+  request still runs gets 409 ``idempotency_key_in_use``.
+* ``POST /v1/payment_methods/{id}/detach`` of a method saved on no customer is refused
+  (localstripe detaches it).
+* Card PaymentMethods carry the brand Stripe would name from the number (localstripe
+  names every card ``visa``).
+* ``GET /v1/subscriptions?customer=`` lists a customer's subscriptions that are not
+  canceled (localstripe lists them only under the customer).
+* Every API request is recorded (method, path, ``Stripe-Version``, ``Idempotency-Key``)
+  for ``GET /_sandbox/requests``; ``POST /_sandbox/faults`` scripts answers Stripe gives
+  and localstripe never does (5xx, 429, documented error bodies), ``DELETE`` clears both.
 
 Run it as ``python -m tokenproxy_sandbox.front --port P --upstream URL``;
 ``tokenproxy_sandbox.launcher`` starts it in front of localstripe.
@@ -24,8 +37,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import secrets
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -49,6 +65,32 @@ class _Setup:
     mandate: str | None = None
 
 
+# Answers Stripe gives before its idempotency layer runs, so never saved under a key.
+_NOT_SAVED = frozenset({401, 403, 409, 429})
+_SAVED_MAX = 10_000
+
+
+@dataclass
+class _Saved:
+    """The first answer given for an idempotency key, and the parameters it was for."""
+
+    params: str
+    status: int
+    body: bytes
+
+
+@dataclass
+class _Fault:
+    """A scripted answer for the next ``times`` requests matching method and path."""
+
+    method: str
+    path: re.Pattern[str]
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+    times: int
+
+
 @dataclass
 class StripeFront:
     """The front's state: what localstripe cannot keep for us."""
@@ -58,6 +100,116 @@ class StripeFront:
     setups: dict[str, _Setup] = field(default_factory=dict)
     mandates: dict[str, dict[str, Any]] = field(default_factory=dict)
     session: aiohttp.ClientSession | None = None
+    requests: deque[dict[str, str | None]] = field(default_factory=lambda: deque(maxlen=500))
+    faults: list[_Fault] = field(default_factory=list)
+    saved: dict[tuple[str, str], _Saved] = field(default_factory=dict)
+    brands: dict[str, str] = field(default_factory=dict)
+    running: set[tuple[str, str]] = field(default_factory=set)
+
+    # -- idempotency ---------------------------------------------------------------
+
+    async def idempotent(
+        self, request: web.Request, answer: Callable[[], Awaitable[web.Response]]
+    ) -> web.Response:
+        """Answer a keyed POST as Stripe's idempotency layer does.
+
+        https://docs.stripe.com/api/idempotent_requests: "Stripe saves the status code
+        and body of the first request made with a given idempotency key after endpoint
+        execution begins. Retries with the same key return the saved response,
+        including 500 errors"; the layer "compares incoming parameters to those of the
+        original request and errors if they're not the same". The rate limiter and
+        authentication run before it (https://docs.stripe.com/error-low-level), so a
+        401, 403 or 429 is not saved; a concurrent request on the same key gets 409.
+        """
+        key = request.headers["Idempotency-Key"]
+        scope = (request.headers.get("Authorization", ""), key)
+        params = request.method + " " + request.path + "\n" + (await request.text())
+        saved = self.saved.get(scope)
+        if saved is not None:
+            if saved.params != params:
+                return web.json_response(
+                    {
+                        "error": {
+                            "type": "idempotency_error",
+                            "message": "Keys for idempotent requests can only be used with "
+                            "the same parameters they were first used with.",
+                        }
+                    },
+                    status=400,
+                )
+            return web.Response(
+                status=saved.status,
+                body=saved.body,
+                content_type="application/json",
+                headers={"Idempotent-Replayed": "true", "Idempotency-Key": key},
+            )
+        if scope in self.running:
+            return _error(
+                409,
+                "There is currently another in-progress request using this Idempotent Key.",
+                "idempotency_key",
+                code="idempotency_key_in_use",
+            )
+        self.running.add(scope)
+        try:
+            response = await answer()
+        finally:
+            self.running.discard(scope)
+        if response.status not in _NOT_SAVED and isinstance(response.body, bytes):
+            if len(self.saved) >= _SAVED_MAX:
+                self.saved.pop(next(iter(self.saved)))
+            self.saved[scope] = _Saved(params, response.status, response.body)
+        return response
+
+    # -- what tests script and read ------------------------------------------------
+
+    def record(self, request: web.Request) -> None:
+        """Keep what a test may ask about a request: never its body (card data)."""
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "stripe_version": request.headers.get("Stripe-Version"),
+                "idempotency_key": request.headers.get("Idempotency-Key"),
+            }
+        )
+
+    def scripted(self, request: web.Request) -> web.Response | None:
+        """The scripted answer for this request, if a fault matches it (used up in order)."""
+        for fault in self.faults:
+            if fault.method == request.method and fault.path.fullmatch(request.path):
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+                headers = {"Request-Id": "req_" + secrets.token_hex(7), **fault.headers}
+                return web.json_response(fault.body, status=fault.status, headers=headers)
+        return None
+
+    async def add_fault(self, request: web.Request) -> web.Response:
+        """``POST /_sandbox/faults``: ``{method, path (a regex), status, body, headers, times}``."""
+        doc = await request.json()
+        self.faults.append(
+            _Fault(
+                method=str(doc.get("method", "POST")).upper(),
+                path=re.compile(str(doc["path"])),
+                status=int(doc["status"]),
+                body=dict(doc.get("body") or {}),
+                headers={str(k): str(v) for k, v in (doc.get("headers") or {}).items()},
+                times=int(doc.get("times", 1)),
+            )
+        )
+        return web.json_response({"faults": len(self.faults)})
+
+    async def reset(self, _request: web.Request) -> web.Response:
+        """``DELETE /_sandbox/faults``: forget scripted faults, recorded requests, saved keys."""
+        self.faults.clear()
+        self.requests.clear()
+        self.saved.clear()
+        return web.json_response({})
+
+    async def list_requests(self, _request: web.Request) -> web.Response:
+        """``GET /_sandbox/requests``: the recorded requests, oldest first."""
+        return web.json_response(list(self.requests))
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -92,8 +244,23 @@ class StripeFront:
             payload = await resp.read()
             status = resp.status
         if request.path.startswith("/v1/payment_methods") and status == 200:
-            payload = json.dumps(_without_legacy_mandate(json.loads(payload))).encode()
+            doc = json.loads(payload)
+            if request.method == "POST" and request.path == "/v1/payment_methods":
+                number = dict(parse_qsl(body.decode(), keep_blank_values=True)).get("card[number]")
+                if number and isinstance(doc, dict) and "id" in doc:
+                    self.brands[doc["id"]] = _stripe_brand(number)
+            payload = json.dumps(self._with_brands(_without_legacy_mandate(doc))).encode()
         return web.Response(status=status, body=payload, content_type="application/json")
+
+    def _with_brands(self, body: Any) -> Any:
+        """Card methods with the brand Stripe names from their number."""
+        list_body = isinstance(body, dict) and body.get("object") == "list"
+        items = body.get("data") if list_body else [body]
+        for item in items or []:
+            card = item.get("card") if isinstance(item, dict) else None
+            if isinstance(card, dict) and item.get("id") in self.brands:
+                card["brand"] = self.brands[item["id"]]
+        return body
 
     # -- SetupIntents ------------------------------------------------------------
 
@@ -114,6 +281,15 @@ class StripeFront:
             return _error(400, "mandate_data can only be used with confirm=true.", "mandate_data")
         if mandate_data and (problem := _acceptance_problem(mandate_data)):
             return _error(400, problem, "mandate_data")
+        customer = params.get("customer")
+        if customer:
+            # https://docs.stripe.com/error-codes#resource-missing: a deleted or unknown
+            # customer is 400 resource_missing on its param; localstripe takes any id.
+            found, doc = await self.call(request, "GET", f"/v1/customers/{customer}", None)
+            if found != 200 or (isinstance(doc, dict) and doc.get("deleted")):
+                return _error(
+                    400, f"No such customer: '{customer}'", "customer", code="resource_missing"
+                )
         status, intent = await self.call(request, "POST", "/v1/setup_intents", create)
         if status != 200:
             return web.json_response(intent, status=status)
@@ -263,6 +439,47 @@ class StripeFront:
             return _error(404, "No such mandate.", "mandate", code="resource_missing")
         return web.json_response(mandate)
 
+    # -- PaymentMethods ----------------------------------------------------------
+
+    async def detach_payment_method(self, request: web.Request) -> web.Response:
+        """Refuse to detach what is attached to no customer, as Stripe does.
+
+        https://docs.stripe.com/api/payment_methods/detach detaches "a PaymentMethod
+        object from a Customer"; for one saved on none Stripe answers 400 "The payment
+        method you provided is not attached to a customer so detachment is impossible."
+        """
+        method = request.match_info["id"]
+        status, pm = await self.call(request, "GET", f"/v1/payment_methods/{method}", None)
+        if status == 200 and not pm.get("customer"):
+            return _error(
+                400,
+                "The payment method you provided is not attached to a customer so detachment"
+                " is impossible.",
+                "payment_method",
+            )
+        return await self.forward(request)
+
+    # -- Subscriptions -----------------------------------------------------------
+
+    async def list_subscriptions(self, request: web.Request) -> web.Response:
+        """``GET /v1/subscriptions?customer=``, as Stripe lists them.
+
+        https://docs.stripe.com/api/subscriptions/list: "By default, returns a list of
+        subscriptions that have not been canceled"; ``customer`` filters by customer.
+        """
+        customer = request.query.get("customer")
+        if not customer:
+            return await self.forward(request)
+        status, found = await self.call(
+            request, "GET", f"/v1/customers/{customer}/subscriptions", None
+        )
+        if status != 200:
+            return web.json_response(found, status=status)
+        data = [s for s in found.get("data", []) if s.get("status") != "canceled"]
+        return web.json_response(
+            {"object": "list", "url": "/v1/subscriptions", "has_more": False, "data": data}
+        )
+
     # -- PaymentIntents ----------------------------------------------------------
 
     async def create_payment_intent(self, request: web.Request) -> web.Response:
@@ -318,6 +535,34 @@ def _acceptance_problem(data: dict[str, str]) -> str | None:
     return None
 
 
+# Stripe's card brands by IIN prefix, longest first; Stripe has no maestro brand
+# (https://docs.stripe.com/api/payment_methods/object#payment_method_object-card-brand:
+# amex, cartes_bancaires, diners, discover, eftpos_au, jcb, link, mastercard, unionpay,
+# visa or unknown).
+_BRAND_RANGES: tuple[tuple[int, int, int, str], ...] = (
+    (4, 2221, 2720, "mastercard"),
+    (4, 3528, 3589, "jcb"),
+    (4, 6011, 6011, "discover"),
+    (3, 644, 649, "discover"),
+    (3, 300, 305, "diners"),
+    (2, 51, 55, "mastercard"),
+    (2, 34, 34, "amex"),
+    (2, 37, 37, "amex"),
+    (2, 36, 36, "diners"),
+    (2, 65, 65, "discover"),
+    (2, 62, 62, "unionpay"),
+    (1, 4, 4, "visa"),
+)
+
+
+def _stripe_brand(number: str) -> str:
+    """The brand Stripe names for a card number."""
+    for length, low, high, brand in _BRAND_RANGES:
+        if number[:length].isdigit() and low <= int(number[:length]) <= high:
+            return brand
+    return "unknown"
+
+
 def _without_legacy_mandate(body: Any) -> Any:
     """Drop the Sources-era mandate fields localstripe puts on sepa_debit methods.
 
@@ -342,7 +587,25 @@ def _error(status: int, message: str, param: str, *, code: str | None = None) ->
 
 def make_app(front: StripeFront) -> web.Application:
     """The front's aiohttp app: the rules above, everything else passed through."""
-    app = web.Application()
+
+    @web.middleware
+    async def stripe_rules(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/_sandbox/"):
+            return await handler(request)
+        front.record(request)
+
+        async def answer() -> web.Response:
+            scripted = front.scripted(request)
+            if scripted is not None:
+                return scripted
+            response: web.Response = await handler(request)
+            return response
+
+        if request.method == "POST" and request.headers.get("Idempotency-Key"):
+            return await front.idempotent(request, answer)
+        return await answer()
+
+    app = web.Application(middlewares=[stripe_rules])
 
     async def session(_app: web.Application) -> Any:
         front.session = aiohttp.ClientSession()
@@ -355,7 +618,12 @@ def make_app(front: StripeFront) -> web.Application:
     app.router.add_get("/v1/setup_intents/{id}", front.get_setup_intent)
     app.router.add_get("/v1/mandates/{id}", front.get_mandate)
     app.router.add_get("/_sandbox/authenticate/{id}", front.authenticate)
+    app.router.add_post("/_sandbox/faults", front.add_fault)
+    app.router.add_delete("/_sandbox/faults", front.reset)
+    app.router.add_get("/_sandbox/requests", front.list_requests)
     app.router.add_post("/v1/payment_intents", front.create_payment_intent)
+    app.router.add_get("/v1/subscriptions", front.list_subscriptions)
+    app.router.add_post("/v1/payment_methods/{id}/detach", front.detach_payment_method)
     app.router.add_route("*", "/{tail:.*}", front.forward)
     return app
 

@@ -71,6 +71,21 @@ async def test_delete_token(proxy: RunningProxy) -> None:
             await billing.resolve(token)
 
 
+async def test_attach_token_makes_a_single_use_card_reusable(proxy: RunningProxy) -> None:
+    """A card tokenized without a customer is single-use; attach_token saves it, reusable."""
+    require_route(proxy, "POST", "/v1/tokens/{token}/attach")
+    async with client_for(proxy, "checkout") as checkout:
+        single = await checkout.tokenize_card(VISA.number, 12, 2034, VISA.cvc)
+        saved = await checkout.attach_token(single.token, "cus-attach")
+    assert (single.reusable, saved.reusable) == (False, True)
+    async with client_for(proxy, "billing") as billing:
+        resolved = await billing.resolve(saved.token)
+        with pytest.raises(NotFoundError):
+            await billing.resolve(single.token)
+    assert resolved.view.customer_ref == "cus-attach"
+    assert resolved.partner_customer is not None
+
+
 async def test_export_then_erase_customer(proxy: RunningProxy) -> None:
     """The export lists the customer's tokens; erasure removes them and can be repeated."""
     require_route(proxy, "GET", "/v1/customers/{customer_ref}/export")

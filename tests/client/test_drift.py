@@ -49,6 +49,7 @@ def _reader(method: str, path: str, model: type, *args: str) -> Reader:
 READERS = [
     _reader("POST", "/v1/cards", models.CardToken),
     _reader("POST", "/v1/cards/confirm", models.CardToken),
+    _reader("POST", "/v1/tokens/{token}/attach", models.CardToken),
     _reader("POST", "/v1/bank-accounts", models.BankAccountToken),
     _reader("POST", "/v1/invoices", models.InvoiceToken),
     _reader("GET", "/v1/tokens/{token}", models.TokenView),

@@ -19,6 +19,7 @@ from tokenproxy_sandbox.launcher import Localstripe
 from proxy.core import retention
 from proxy.infra.settings import Settings, SettingsError
 from proxy.web.appkeys import SERVICES
+from tests.cards import PARTNER_CARDS
 from tests.conftest import RunningProxy, make_settings, running_proxy
 from tests.core.test_invoices import invoice_body
 from tests.helpers import counted, create, metrics_text, resolve, rows
@@ -55,7 +56,8 @@ async def test_expired_token_is_404_before_the_sweep(retaining_proxy: RunningPro
     """An expired token answers 404 to read and resolve and leaves listings, though still stored."""
     proxy = retaining_proxy
     old = await create(proxy, "/v1/cards", card_body(customer_ref="cus-ret"))
-    fresh = await create(proxy, "/v1/cards", card_body(customer_ref="cus-ret"))
+    # Another card: the same card saved twice for one customer answers one token.
+    fresh = await create(proxy, "/v1/cards", card_body(PARTNER_CARDS[1], customer_ref="cus-ret"))
     age(proxy.vault_path, old["token"], 31)
     for client in ("orders", "billing"):
         status, body, _ = await proxy.request("GET", f"/v1/tokens/{old['token']}", client=client)

@@ -56,6 +56,7 @@ def test_masked_view_holds_no_partner_reference() -> None:
         "masked": "DE89****3000",
         "customer_ref": "cus_1",
         "metadata": {"order_id": "A-1"},
+        "reusable": True,
         "created_at": "2026-05-15T12:00:00.000000Z",
     }
     assert not RESOLVE_ONLY_DETAILS & view.keys()
@@ -95,6 +96,7 @@ def test_created_views() -> None:
         "token": "vtok_card_" + "x" * 32,
         "kind": "card",
         **CARD,
+        "reusable": True,
         "created_at": "2026-05-15T12:00:00.000000Z",
     }
     bank = created_view(record(Kind.BANK, BANK))
@@ -110,5 +112,6 @@ def test_details_a_record_lacks_are_left_out() -> None:
         "kind": "card",
         "customer_ref": "cus_1",
         "metadata": {"order_id": "A-1"},
+        "reusable": True,
         "created_at": "2026-05-15T12:00:00.000000Z",
     }

@@ -34,6 +34,9 @@ def test_defaults_are_loopback_and_sqlite() -> None:
         ({"STRIPE_API_KEY_FILE": "/nonexistent/key"}, "STRIPE_API_KEY_FILE"),
         ({"TOKENPROXY_HEADER_TIMEOUT": "0"}, "TOKENPROXY_HEADER_TIMEOUT"),
         ({"TOKENPROXY_MAX_CONNECTIONS": "0"}, "TOKENPROXY_MAX_CONNECTIONS"),
+        # Shorter than Stripe keeps its idempotency keys (24 h).
+        ({"TOKENPROXY_IDEMPOTENCY_TTL": "60"}, "TOKENPROXY_IDEMPOTENCY_TTL"),
+        ({"TOKENPROXY_IDEMPOTENCY_TTL": "86399"}, "TOKENPROXY_IDEMPOTENCY_TTL"),
     ],
 )
 def test_bad_setting_names_itself_in_one_line(env: dict[str, str], names: str) -> None:
@@ -43,6 +46,13 @@ def test_bad_setting_names_itself_in_one_line(env: dict[str, str], names: str) -
     message = str(info.value)
     assert names in message
     assert "\n" not in message
+
+
+def test_idempotency_ttl_of_stripes_24_hours_or_more_is_taken() -> None:
+    """The proxy may remember keys as long as Stripe does, or longer."""
+    assert Settings.from_env({**BASE, "TOKENPROXY_IDEMPOTENCY_TTL": "86400"}).idempotency_ttl == (
+        86400.0
+    )
 
 
 def test_partner_key_required_without_sandbox() -> None:
@@ -92,3 +102,16 @@ def test_bad_webhook_secret_file_names_the_setting(
     assert "TOKENPROXY_STRIPE_WEBHOOK_SECRET_FILE" in str(caught.value)
     assert problem in str(caught.value)
     assert "sk_test_wrongkind" not in str(caught.value)
+
+
+@pytest.mark.parametrize("base", ["https://api.stripe.com", "http://partner.internal:12111"])
+def test_no_partner_key_for_a_partner_off_this_machine_is_refused(base: str) -> None:
+    """Without a key only a loopback sandbox may be named: never Stripe with a placeholder."""
+    with pytest.raises(SettingsError, match="STRIPE_API_KEY"):
+        Settings.from_env({"TOKENPROXY_STRIPE_API_BASE": base})
+
+
+@pytest.mark.parametrize("base", ["http://127.0.0.1:12111", "http://localhost:12111"])
+def test_a_loopback_sandbox_needs_no_key(base: str) -> None:
+    """tokenproxy dev and the tests run localstripe on loopback without a key."""
+    assert Settings.from_env({"TOKENPROXY_STRIPE_API_BASE": base}).stripe_api_key is None

@@ -10,8 +10,9 @@ from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 
 from proxy.domain.errors import PartnerError, PartnerUnavailable
 from proxy.domain.requests import parse_card_request
-from proxy.partners.stripe import StripePartner, silence_sdk_logging
+from proxy.partners.stripe import STRIPE_API_VERSION, StripePartner, silence_sdk_logging
 from tests.cards import VISA
+from tests.sandbox_front import recorded_requests
 
 TODAY = date(2026, 11, 25)
 
@@ -66,3 +67,15 @@ async def test_sdk_debug_logging_is_silenced(
         await stripe_partner.create_card(visa_request())  # type: ignore[arg-type]
     assert not [r for r in caplog.records if r.name.startswith("stripe")]
     assert VISA.number not in caplog.text
+
+
+async def test_every_request_names_the_pinned_api_version(
+    stripe_partner: StripePartner, localstripe: Localstripe
+) -> None:
+    """The Stripe-Version header is the pinned version, not whatever the SDK ships with."""
+    created = await stripe_partner.create_card(visa_request())  # type: ignore[arg-type]
+    await stripe_partner.get_payment_method(created.reference)
+    recorded = await recorded_requests(localstripe)
+    mine = [r for r in recorded if created.reference in (r["path"] or "")]
+    mine.append(next(r for r in reversed(recorded) if r["path"] == "/v1/payment_methods"))
+    assert {r["stripe_version"] for r in mine} == {STRIPE_API_VERSION}

@@ -81,7 +81,8 @@ def test_stale_missing_and_garbled_headers_are_refused_with_their_reason() -> No
 
 def test_signed_but_malformed_events_are_refused() -> None:
     """A correctly signed body that is not an event of Stripe's shape is refused as malformed."""
-    for body in (b"[1, 2]", b'{"id": "x", "type": "a.b", "created": 1, "data": {"object": {}}}'):
+    slash_id = b'{"id": "evt/1", "type": "a.b", "created": 1, "data": {"object": {}}}'
+    for body in (b"[1, 2]", slash_id):
         with pytest.raises(InvalidSignature) as caught:
             verify_event(body, sign(body, SECRET), [SECRET])
         assert caught.value.reason == "malformed"

@@ -43,7 +43,16 @@ async def test_tokenize_returns_token_and_masked_card(proxy: RunningProxy, card:
     assert payload["brand"] == card.brand  # type: ignore[attr-defined]
     assert payload["last4"] == number[-4:]
     assert payload["masked"] == number[:6] + "*" * 6 + number[-4:]
-    assert set(payload) == {"token", "kind", "brand", "last4", "masked", "created_at"}
+    partner_facts = {"display_brand", "funding", "country"}
+    assert set(payload) - partner_facts == {
+        "token",
+        "kind",
+        "brand",
+        "last4",
+        "masked",
+        "reusable",
+        "created_at",
+    }
 
 
 async def test_read_scope_sees_masked_view_only(proxy: RunningProxy) -> None:

@@ -317,7 +317,11 @@ async def test_erasure_detaches_deletes_and_shreds(
     assert report is not None
     assert report["status"] == "erased"
     assert report["deleted"] == {"card": 2, "bank": 1, "invoice": 1}
-    assert report["partner"] == {"payment_methods_detached": 3, "customer_deleted": True}
+    assert report["partner"] == {
+        "payment_methods_detached": 3,
+        "customer_deleted": True,
+        "subscriptions_cancelled": True,
+    }
     assert report["key_shredded"] is True
     assert report["remaining"] == []
 
@@ -359,7 +363,11 @@ async def test_erasure_detaches_deletes_and_shreds(
     assert status == 200
     assert again is not None
     assert again["status"] == "already_erased"
-    assert again["partner"] == {"payment_methods_detached": 0, "customer_deleted": False}
+    assert again["partner"] == {
+        "payment_methods_detached": 0,
+        "customer_deleted": False,
+        "subscriptions_cancelled": False,
+    }
     text = await metrics_text(proxy)
     assert 'tokenproxy_customer_erasures_total{outcome="complete"} 1.0' in text
     assert 'tokenproxy_customer_erasures_total{outcome="already_erased"} 1.0' in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.cards import PARTNER_CARDS, VISA
 from tests.conftest import RunningProxy
 from tests.faultproxy import Fault, FaultProxy, Seen
 from tests.proxy.test_cards_api import card_body
@@ -30,10 +31,10 @@ def attempts(proxy: RunningProxy) -> int:
     return proxy.settings.partner_max_retries + 1
 
 
-async def saved_card(proxy: RunningProxy, customer: str) -> dict[str, Any]:
+async def saved_card(proxy: RunningProxy, customer: str, card: object = VISA) -> dict[str, Any]:
     """A card tokenized for ``customer`` (so saved on its partner customer)."""
     status, body, _ = await proxy.request(
-        "POST", "/v1/cards", client="checkout", json=card_body(customer_ref=customer)
+        "POST", "/v1/cards", client="checkout", json=card_body(card, customer_ref=customer)
     )
     assert status == 201, body
     assert body is not None
@@ -74,8 +75,9 @@ async def test_erasure_bounds_every_partner_call_by_the_policy(
     max_retries + 1 times, and the erasure reports what remains."""
     # A breaker that stays closed, so every attempt the policy allows reaches the partner.
     proxy = await make_proxy(TOKENPROXY_BREAKER_FAILURES="100")
+    # Two different cards: the same card saved twice answers one token.
     await saved_card(proxy, "cus-erase-down")
-    await saved_card(proxy, "cus-erase-down")
+    await saved_card(proxy, "cus-erase-down", PARTNER_CARDS[1])
     faults.script(then=Fault.error(503))
     status, body, _ = await proxy.request("DELETE", "/v1/customers/cus-erase-down", client="eraser")
     assert status == 502, body

@@ -66,21 +66,13 @@ def wrap(
 
 @pytest.mark.parametrize(
     "fault",
-    [
-        Fault.error(500),
-        Fault.error(502),
-        Fault.error(503),
-        Fault.error(409),
-        Fault.error(429),
-        Fault.reset(),
-        Fault.drop(),
-    ],
-    ids=["500", "502", "503", "409", "429", "reset", "drop"],
+    [Fault.error(409), Fault.error(429), Fault.reset(), Fault.drop()],
+    ids=["409", "429", "reset", "drop"],
 )
 async def test_retryable_faults_are_retried_with_the_same_key(
     stripe_via_faults: StripePartner, faults: FaultProxy, fault: Fault
 ) -> None:
-    """Network errors, 409, 429 and 5xx are retried, always with one idempotency key."""
+    """Network errors, 409 and 429 are retried, always with one idempotency key."""
     partner, sleeps, _ = wrap(stripe_via_faults)
     faults.script(fault, fault)
     created = await partner.create_card(a_card(), idempotency_key="tp_fixed")
@@ -89,6 +81,25 @@ async def test_retryable_faults_are_retried_with_the_same_key(
     assert {p.idempotency_key for p in posts} == {"tp_fixed"}
     assert len(sleeps.delays) == 2
     assert faults.created["tp_fixed"] == {created.reference}
+
+
+@pytest.mark.parametrize(
+    "fault", [Fault.error(500), Fault.error(502), Fault.error(503)], ids=["500", "502", "503"]
+)
+async def test_a_5xx_is_retried_under_a_fresh_key(
+    stripe_via_faults: StripePartner, faults: FaultProxy, fault: Fault
+) -> None:
+    """After a 5xx the partner answered (and saved under its key), each retry uses a new key."""
+    partner, sleeps, _ = wrap(stripe_via_faults)
+    faults.script(fault, fault)
+    created = await partner.create_card(a_card(), idempotency_key="tp_fixed")
+    keys = [p.idempotency_key for p in faults.payment_method_posts()]
+    assert len(keys) == 3
+    assert keys[0] == "tp_fixed"
+    assert len(set(keys)) == 3
+    assert all(k is not None and k.startswith("tp_fixed_r") for k in keys[1:])
+    assert faults.created[keys[2]] == {created.reference}
+    assert len(sleeps.delays) == 2
 
 
 @pytest.mark.parametrize(
@@ -278,3 +289,66 @@ def test_backoff_is_full_jitter_capped_and_respects_retry_after(
         assert 0 <= delay <= ceiling
     else:
         assert retry_after <= delay <= max(ceiling, retry_after)
+
+
+@given(
+    retry=st.integers(min_value=0, max_value=30),
+    retry_after=st.none() | st.floats(min_value=0, max_value=3600),
+)
+def test_a_429_backs_off_longer_and_never_near_zero(retry: int, retry_after: float | None) -> None:
+    """After a 429 the delay is half to all of min(5 s, 0.5 s * 2^n), or Retry-After if more."""
+    policy = RetryPolicy()
+    delay = policy.delay(retry, retry_after, rate_limited=True)
+    ceiling = min(policy.rate_limit_max, policy.rate_limit_base * 2.0**retry)
+    assert max(ceiling / 2, retry_after or 0.0) <= delay <= max(ceiling, retry_after or 0.0)
+
+
+async def test_a_429_is_retried_after_the_rate_limit_backoff(
+    stripe_via_faults: StripePartner, faults: FaultProxy
+) -> None:
+    """The sleep after a 429 without Retry-After is at least half the 429 base, not 0-0.2 s."""
+    sleeps = Sleeps()
+    partner = ResilientPartner(stripe_via_faults, policy=RetryPolicy(), sleep=sleeps)
+    faults.script(Fault.error(429))
+    await partner.create_card(a_card(), idempotency_key="tp_429")
+    assert len(sleeps.delays) == 1
+    assert sleeps.delays[0] >= RetryPolicy().rate_limit_base / 2
+
+
+class _Counting:
+    """The real adapter, counting how many of its calls are in flight at once."""
+
+    def __init__(self, inner: StripePartner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.livemode = inner.livemode
+        self.now = 0
+        self.most = 0
+
+    async def create_card(
+        self,
+        card: CardRequest,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> object:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            return await self.inner.create_card(
+                card, idempotency_key=idempotency_key, metadata=metadata
+            )
+        finally:
+            self.now -= 1
+
+
+async def test_outbound_calls_are_limited_per_replica(
+    stripe_via_faults: StripePartner, faults: FaultProxy
+) -> None:
+    """However many requests arrive, no more than max_in_flight partner calls run at once."""
+    counting = _Counting(stripe_via_faults)
+    partner = ResilientPartner(counting, max_in_flight=2)  # type: ignore[arg-type]
+    faults.default = Fault.latency(0.05)
+    created = await asyncio.gather(*(partner.create_card(a_card()) for _ in range(8)))
+    assert len({c.reference for c in created}) == 8
+    assert counting.most == 2

@@ -9,6 +9,8 @@ import pytest
 import stripe
 from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe
 
+from tests.sandbox_front import reset_front, script_fault
+
 IBAN = "DE89370400440532013000"
 ONLINE = {"ip_address": "203.0.113.7", "user_agent": "Mozilla/5.0"}
 
@@ -104,3 +106,24 @@ async def test_unknown_mandate_is_404(localstripe: Localstripe) -> None:
     with pytest.raises(stripe.InvalidRequestError) as missing:
         await call(localstripe, "get", "/v1/mandates/mandate_nope")
     assert missing.value.http_status == 404
+
+
+async def test_a_keyed_answer_is_saved_and_replayed_500s_included(
+    localstripe: Localstripe,
+) -> None:
+    """Stripe saves the first answer for a key, a 500 too, and refuses other parameters."""
+    await reset_front(localstripe)
+    await script_fault(localstripe, "/v1/customers", 500, {"error": {"type": "api_error"}})
+    for _ in range(2):
+        with pytest.raises(stripe.APIError) as info:
+            await call(localstripe, "post", "/v1/customers", idempotency_key="k500")
+        assert info.value.http_status == 500
+    assert (info.value.headers or {}).get("idempotent-replayed") == "true"
+    first = await call(localstripe, "post", "/v1/customers", idempotency_key="k200")
+    again = await call(localstripe, "post", "/v1/customers", idempotency_key="k200")
+    assert again["id"] == first["id"]
+    with pytest.raises(stripe.IdempotencyError):
+        await call(
+            localstripe, "post", "/v1/customers", idempotency_key="k200", metadata={"a": "b"}
+        )
+    await reset_front(localstripe)

@@ -220,6 +220,20 @@ async def test_publishable_key_cannot_choose_a_customer(
     assert listing["data"] == []
 
 
+async def test_publishable_key_cannot_save_a_token_on_a_customer(proxy: RunningProxy) -> None:
+    """POST /v1/tokens/{token}/attach picks a customer: 403 for a pk_ key, from any origin."""
+    status, answer, _ = await proxy.request(
+        "POST",
+        "/v1/tokens/vtok_card_x/attach",
+        client="shop",
+        json={"customer_ref": "victim-42"},
+        headers={"Origin": SHOP},
+    )
+    assert status == 403
+    assert answer is not None
+    assert answer["error"]["code"] in {"publishable_key_restricted", "origin_not_allowed"}
+
+
 async def test_publishable_key_cannot_read(proxy: RunningProxy) -> None:
     """A pk_ key holds only tokenize: reading a token is 403 missing_scope."""
     status, body, _ = await proxy.request(

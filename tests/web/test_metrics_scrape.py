@@ -88,11 +88,21 @@ async def test_labelled_counters_exist_at_zero_right_after_start(proxy: RunningP
 
 
 def test_operation_lists_name_every_operation_the_code_times() -> None:
-    """Each operation given to vault_call or partner_call, and each partner code, is listed."""
+    """Each operation given to vault_call or partner_call, and each partner failure, is listed.
+
+    Failures are what the partner adapter and its retry layer raise (an outcome of a call);
+    a use case's own partner_* refusals (a mode mismatch, a deleted customer) are not.
+    """
     source = "\n".join(p.read_text() for p in PROXY.rglob("*.py"))
     vault = set(re.findall(r'vault_call\(\s*[\w.]+,\s*"(\w+)"', source))
     partner = set(re.findall(r'(?:partner_call|_quietly)\(\s*[\w.]+,\s*"(\w+)"', source))
-    codes = set(re.findall(r'(?:code=|default_code = )"(partner_[a-z_]+)"', source))
+    adapter = "\n".join(p.read_text() for p in (PROXY / "partners").rglob("*.py"))
+    codes = set(re.findall(r'(?:code=|default_code = )"(partner_[a-z_]+)"', adapter))
+    codes |= set(
+        re.findall(
+            r'default_code = "(partner_[a-z_]+)"', (PROXY / "domain" / "errors.py").read_text()
+        )
+    )
     assert vault
     assert partner
     assert vault <= set(VAULT_OPERATIONS)

@@ -270,6 +270,23 @@ class TokenProxyClient:
         )
         return CardToken.from_json(result)
 
+    async def attach_token(
+        self, token: str, customer_ref: str, *, idempotency_key: str | None = None
+    ) -> CardToken:
+        """POST /v1/tokens/{token}/attach: save a single-use card token on a customer.
+
+        The answer is a new, reusable token; the single-use one is deleted. A card whose
+        issuer wants its holder raises CardError ``authentication_required`` as
+        tokenize_card does (finish with confirm_card).
+        """
+        result = await self._request(
+            "POST",
+            _path("v1", "tokens", token, "attach"),
+            payload={"customer_ref": customer_ref},
+            idempotency_key=idempotency_key,
+        )
+        return CardToken.from_json(result)
+
     async def read(self, token: str) -> TokenView:
         """GET /v1/tokens/{token}: the masked view (scope read or resolve)."""
         return TokenView.from_json(await self._request("GET", _path("v1", "tokens", token)))

@@ -35,16 +35,20 @@ class CardToken:
     masked: str
     created_at: datetime | None
     kind: str = "card"
+    # False: the partner lets it be charged once (saved on no customer); attach_token saves it.
+    reusable: bool | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> CardToken:
         """Build from the POST /v1/cards answer."""
+        reusable = body.get("reusable")
         return cls(
             token=body["token"],
             brand=body.get("brand", ""),
             last4=body.get("last4", ""),
             masked=body.get("masked", ""),
+            reusable=reusable if isinstance(reusable, bool) else None,
             created_at=_time(body.get("created_at")),
             kind=body.get("kind", "card"),
             raw=body,
@@ -109,13 +113,16 @@ class TokenView:
     masked: str | None = None
     customer_ref: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    reusable: bool | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> TokenView:
         """Build from a GET /v1/tokens/{token} answer (or one entry of a list)."""
         metadata = body.get("metadata")
+        reusable = body.get("reusable")
         return cls(
+            reusable=reusable if isinstance(reusable, bool) else None,
             token=body["token"],
             kind=body.get("kind", ""),
             created_at=_time(body.get("created_at")),

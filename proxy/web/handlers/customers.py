@@ -35,6 +35,15 @@ async def export_customer(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+async def preview_erasure(request: web.Request) -> web.Response:
+    """GET /v1/customers/{customer_ref}/erasure-preview: what an erasure would remove."""
+    await authenticate(request, _DELETE)
+    result = await customers.preview_erasure(
+        request.app[SERVICES], request.match_info["customer_ref"]
+    )
+    return web.json_response(result)
+
+
 async def erase_customer(request: web.Request) -> web.Response:
     """DELETE /v1/customers/{customer_ref}: erasure (detach, delete, crypto-shred)."""
     client = await authenticate(request, _DELETE)

@@ -1,0 +1,71 @@
+"""Stripe object ids checked by what Stripe promises: its alphabet and 255 characters.
+
+https://docs.stripe.com/upgrades counts a change of an id's length or format, prefix
+included, as backwards-compatible, and says ids never exceed 255 characters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe
+
+from proxy.domain.errors import PartnerError
+from proxy.partners.stripe import StripePartner, _object_id
+from tests.sandbox_front import recorded_requests, reset_front, script_fault
+
+LONG_CUSTOMER = "cust2_" + "Ab9" * 83  # 255 characters, a prefix Stripe does not use today
+LONG_PM = "paymeth_" + "x" * 247
+
+
+@pytest.fixture
+async def partner(localstripe: Localstripe) -> AsyncIterator[StripePartner]:
+    """The real adapter against the sandbox front, with no scripted fault left over."""
+    await reset_front(localstripe)
+    adapter = StripePartner(SANDBOX_API_KEY, api_base=localstripe.base_url)
+    yield adapter
+    await adapter.close()
+    await reset_front(localstripe)
+
+
+async def test_a_long_id_with_a_new_prefix_is_taken_and_used(
+    partner: StripePartner, localstripe: Localstripe
+) -> None:
+    """A 255-character customer id of a new prefix is accepted, then used in a path."""
+    assert len(LONG_CUSTOMER) == 255
+    await script_fault(localstripe, "/v1/customers", 200, {"id": LONG_CUSTOMER})
+    assert await partner.create_customer() == LONG_CUSTOMER
+    await script_fault(localstripe, f"/v1/payment_methods/{LONG_PM}/attach", 200, {"id": LONG_PM})
+    await partner.attach(LONG_PM, LONG_CUSTOMER)
+    await script_fault(
+        localstripe, f"/v1/customers/{LONG_CUSTOMER}", 200, {"deleted": True}, method="DELETE"
+    )
+    assert await partner.delete_customer(LONG_CUSTOMER) is True
+    paths = {r["path"] for r in await recorded_requests(localstripe)}
+    assert f"/v1/customers/{LONG_CUSTOMER}" in paths
+    assert f"/v1/payment_methods/{LONG_PM}/attach" in paths
+
+
+@pytest.mark.parametrize(
+    "reference",
+    ["", "x" * 256, "pm_1/../../v1/customers", "pm_1?expand=x", "pm 1", "pm_1%2F", "pm_é"],
+)
+def test_ids_outside_stripes_alphabet_or_length_never_reach_a_path(reference: str) -> None:
+    """An id that could change the URL, or is longer than Stripe allows, is refused."""
+    with pytest.raises(PartnerError) as info:
+        _object_id(reference)
+    assert info.value.code == "partner_bad_reference"
+
+
+@given(st.text(max_size=300))
+def test_an_accepted_id_is_only_letters_digits_and_underscores(reference: str) -> None:
+    """Whatever is accepted into a URL path is 1-255 of [A-Za-z0-9_]."""
+    try:
+        accepted = _object_id(reference)
+    except PartnerError:
+        return
+    assert 1 <= len(accepted) <= 255
+    assert all(c.isascii() and (c.isalnum() or c == "_") for c in accepted)
