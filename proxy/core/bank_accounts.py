@@ -71,6 +71,7 @@ async def create_sepa_at_partner(
             services.vault.fingerprint_index(Kind.BANK, fingerprint) if fingerprint else None
         ),
         "last4": created.last4,
+        "livemode": created.livemode,
     }
 
 
@@ -100,6 +101,9 @@ async def store_bank_account(
         # PaymentMethod carries none of its own.
         "mandate_reference": None,
     }
+    # Test and live objects live apart at Stripe: resolve refuses the other mode's token.
+    if isinstance(created.get("livemode"), bool):
+        details["livemode"] = created["livemode"]
     record = await store_payment_method(
         services,
         NewRecord(

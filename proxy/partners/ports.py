@@ -41,6 +41,8 @@ class PartnerBankAccount:
     country: str
     bank_code: str | None
     last4: str
+    # Whether the partner made it in live mode; None when the partner does not say.
+    livemode: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -397,12 +397,14 @@ class StripePartner:
         data = await self._post("/v1/payment_methods", params, idempotency_key)
         try:
             details = data["sepa_debit"]
+            livemode = data.get("livemode")
             return PartnerBankAccount(
                 reference=str(data["id"]),
                 fingerprint=details.get("fingerprint"),
                 country=str(details.get("country") or account.iban.country),
                 bank_code=details.get("bank_code"),
                 last4=str(details["last4"]),
+                livemode=livemode if isinstance(livemode, bool) else None,
             )
         except (KeyError, TypeError):
             raise _bad_response() from None

@@ -1,5 +1,6 @@
 """Stripe's own card facts and mode, kept per token: brand, display_brand, funding,
-country, expiry, and livemode, which a resolve under the other mode refuses."""
+country, expiry, and livemode (cards and bank accounts), which a resolve under the other
+mode refuses."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from tokenproxy_sandbox.launcher import Localstripe
 
 from tests.cards import VISA
 from tests.conftest import RunningProxy
-from tests.helpers import create, resolve
+from tests.helpers import bank_body, create, resolve
+from tests.ibans import VALID
 from tests.proxy.test_cards_api import card_body
 from tests.sandbox_front import reset_front, script_fault
 
@@ -78,4 +80,27 @@ async def test_a_live_token_is_not_resolved_with_a_test_key(
     assert answer["error"]["code"] == "partner_mode_mismatch"
     # A test-mode token of the same proxy resolves.
     test_token = await create(proxy, "/v1/cards", card_body())
+    assert (await resolve(proxy, test_token["token"]))["partner_reference"].startswith("pm_")
+
+
+async def test_a_live_bank_token_is_not_resolved_with_a_test_key(
+    proxy: RunningProxy, front: Localstripe
+) -> None:
+    """A SEPA debit method Stripe made in live mode is refused (409) under a test key too."""
+    case = VALID[0]
+    sepa = {
+        "id": "pm_1LiveSepaDebit",
+        "object": "payment_method",
+        "type": "sepa_debit",
+        "customer": None,
+        "livemode": True,
+        "sepa_debit": {"country": case.country, "last4": case.iban[-4:], "fingerprint": None},
+    }
+    await script_fault(front, "/v1/payment_methods", 200, sepa)
+    live = await create(proxy, "/v1/bank-accounts", bank_body(case))
+    status, answer, _ = await proxy.request("GET", f"/v1/tokens/{live['token']}", client="billing")
+    assert status == 409
+    assert answer is not None
+    assert answer["error"]["code"] == "partner_mode_mismatch"
+    test_token = await create(proxy, "/v1/bank-accounts", bank_body(case))
     assert (await resolve(proxy, test_token["token"]))["partner_reference"].startswith("pm_")
