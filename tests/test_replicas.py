@@ -130,10 +130,12 @@ async def test_three_replicas_share_one_vault(
             gate = asyncio.Semaphore(CONCURRENCY)
 
             def card(i: int) -> dict[str, object]:
+                # A customer's cards differ in expiry: the same card saved twice on one
+                # customer answers its existing token (docs/stripe.md).
                 body: dict[str, object] = {
                     "number": "4242424242424242",
                     "exp_month": 12,
-                    "exp_year": 2030,
+                    "exp_year": 2030 + (i // 4) // CUSTOMERS,
                     "cvc": "123",
                     "metadata": {"n": str(i)},
                 }
