@@ -19,13 +19,16 @@ from structlog.testing import capture_logs
 from tokenproxy_sandbox.launcher import Localstripe
 
 from proxy.core import retention
+from proxy.core.services import Services
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import Settings, SettingsError
+from proxy.partners.stripe import StripePartner
 from proxy.web.appkeys import SERVICES
 from tests.backends import RawRows
 from tests.cards import PARTNER_CARDS
 from tests.conftest import RunningProxy, make_settings, running_proxy
 from tests.core.test_invoices import invoice_body
+from tests.core.test_reconcile import run, save_card
 from tests.helpers import counted, create, metrics_text, resolve, rows
 from tests.proxy.test_cards_api import card_body
 from vault import Kind, LocalKekProvider, NewRecord, RetentionPolicy, Vault, iso, utcnow
@@ -150,6 +153,33 @@ async def test_sweep_reports_saved_payment_methods_left_attached(
         metrics.registry.get_sample_value("tokenproxy_retention_purged_total", {"kind": "card"})
         == 2
     )
+
+
+async def test_a_purged_saved_card_stays_attached_until_reconcile_detaches_it(
+    vault: Vault, raw_rows: RawRows, stripe_partner: StripePartner
+) -> None:
+    """The purge leaves a saved card's payment method attached at the partner and counts
+    it; reconcile then reports it as an orphan, and with fix detaches it."""
+    services = Services(vault=vault, partner=stripe_partner, metrics=Metrics())
+    saved = await save_card(services, "ret-attached")
+    vault.retention = RetentionPolicy(card_days=30)
+    await raw_rows.query(
+        "UPDATE records SET created_at = ?, last_used_at = NULL WHERE token = ?",
+        (iso(utcnow() - timedelta(days=60)), saved["token"]),
+    )
+
+    purged = await retention.purge(services)
+    assert (purged.deleted, purged.still_attached) == ({"card": 1}, 1)
+    method = await stripe_partner.get_payment_method(saved["pm"])
+    assert method is not None
+    assert method.customer == saved["cus"]
+
+    lines, _ = await run(services, customer_ref="ret-attached", fix=True)
+    orphan = {"finding": "orphan", "payment_method": saved["pm"], "partner_customer": saved["cus"]}
+    assert {**orphan, "fixed": True} in lines
+    method = await stripe_partner.get_payment_method(saved["pm"])
+    assert method is not None
+    assert method.customer is None
 
 
 async def test_resolving_marks_use_in_batches(retaining_proxy: RunningProxy) -> None:
