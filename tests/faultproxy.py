@@ -133,6 +133,9 @@ class FaultProxy:
     _session: aiohttp.ClientSession | None = None
     port: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    # Requests being handled now, and the most ever handled at once.
+    in_flight: int = 0
+    most_in_flight: int = 0
 
     @property
     def base_url(self) -> str:
@@ -167,6 +170,14 @@ class FaultProxy:
             await self._session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._serve(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
         fault = self._script.pop(0) if self._script else self.default
         key = request.headers.get("Idempotency-Key")
         self.seen.append(Seen(request.method, request.path, key, fault.kind))

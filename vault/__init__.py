@@ -27,7 +27,7 @@ from vault.idempotency import (
     Replay,
 )
 from vault.keys.ring import KekProvider, KeyRing, LocalKekProvider
-from vault.lifecycle import MAX_PAGE, Erasure, ErasureStatus, Page, PartnerCustomer
+from vault.lifecycle import MAX_PAGE, Erasure, ErasureStatus, Page, PartnerCustomer, Purge
 from vault.records import (
     Kind,
     NewRecord,
@@ -65,6 +65,7 @@ __all__ = [
     "Owner",
     "Page",
     "PartnerCustomer",
+    "Purge",
     "Record",
     "RecordNotFound",
     "Replay",

@@ -83,6 +83,19 @@ class Erasure:
         return not self.remaining and not self.partner_customer_remaining and self.key_shredded
 
 
+@dataclass(frozen=True, slots=True)
+class Purge:
+    """What a retention sweep deleted (with a dry run: would delete), per kind, and how
+    many of those records were payment methods saved on a customer.
+
+    The sweep deletes vault records only: each of those ``still_attached`` payment
+    methods stays attached to its customer at the partner.
+    """
+
+    deleted: dict[str, int]
+    still_attached: int = 0
+
+
 _CURSOR_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
@@ -336,8 +349,9 @@ class VaultLifecycle:
 
     async def purge_expired(
         self, *, dry_run: bool = False, now: datetime | None = None, batch: int = 500
-    ) -> dict[str, int]:
-        """Delete (or count, with ``dry_run``) every record past retention; counts per kind.
+    ) -> Purge:
+        """Delete (or count, with ``dry_run``) every record past retention; counts per
+        kind, and the payment methods among them that stay attached at the partner.
 
         Pending last-use marks are flushed first, so a token used since the last flush
         is not swept as unused.
@@ -346,7 +360,8 @@ class VaultLifecycle:
             await self.flush_usage()
         cutoffs = self.retention.cutoffs(now or utcnow())
         counts = {str(kind): 0 for kind in Kind if self.retention.days(kind) > 0}
-        counts.update(await self.backend.purge_expired(cutoffs, dry_run=dry_run, batch=batch))
+        rows = await self.backend.purge_expired(cutoffs, dry_run=dry_run, batch=batch)
+        counts.update(rows.deleted)
         if not dry_run and any(counts.values()):
             await self.backend.checkpoint()
-        return counts
+        return Purge(counts, rows.attached)

@@ -37,6 +37,11 @@ BASIS: dict[Kind, Basis] = {
 }
 
 
+# Kinds whose record stands for a payment method at the partner. The sweep deletes only
+# the vault's record: one saved on a customer stays attached to the partner customer.
+PAYMENT_METHOD_KINDS: frozenset[Kind] = frozenset({Kind.CARD, Kind.BANK})
+
+
 @dataclass(frozen=True, slots=True)
 class Cutoff:
     """Records of ``kind`` whose ``basis`` timestamp is before ``before`` (ISO, UTC) expired."""

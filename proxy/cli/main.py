@@ -389,9 +389,17 @@ def cmd_purge(args: argparse.Namespace) -> int:
     if not settings.retention_policy().active:
         print("retention: every token kind is kept (no TOKENPROXY_RETENTION_*_DAYS set)")
     metrics = Metrics()
-    counts = _run(settings, lambda session: admin.purge(session, metrics, dry_run=args.dry_run))
+    purged = _run(settings, lambda session: admin.purge(session, metrics, dry_run=args.dry_run))
     verb = "would purge" if args.dry_run else "purged"
-    print(f"{verb}: " + " ".join(f"{kind}={count}" for kind, count in sorted(counts.items())))
+    counts = sorted(purged.deleted.items())
+    print(f"{verb}: " + " ".join(f"{kind}={count}" for kind, count in counts))
+    if purged.still_attached:
+        stays = "would stay" if args.dry_run else "stay"
+        print(
+            f"{purged.still_attached} of these payment methods {stays} attached to their"
+            " customer at the partner (the purge does not detach): erasing the customer"
+            " detaches them, and `tokenproxy reconcile --fix` detaches them as orphans"
+        )
     if args.metrics_file and not args.dry_run:
         # A one-shot process has no /metrics: leave the counts for node_exporter's
         # textfile collector instead.

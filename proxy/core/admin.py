@@ -33,7 +33,7 @@ from proxy.infra.keys import AdminProvider, init_keys, load_provider
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import Settings
 from proxy.infra.tls import parse_identity
-from vault import Vault, VaultError
+from vault import Purge, Vault, VaultError
 from vault.audit import EventType, Outcome
 from vault.rotation import (
     KeyVersionStatus,
@@ -358,11 +358,12 @@ async def migrate(admin: Admin) -> int:
     return version
 
 
-async def purge(admin: Admin, metrics: Metrics, *, dry_run: bool) -> dict[str, int]:
+async def purge(admin: Admin, metrics: Metrics, *, dry_run: bool) -> Purge:
     """Delete (or with ``dry_run`` count) every token and audit event past retention.
 
-    Counts per kind, also added to ``metrics`` on a real run. The run is recorded under
-    the operator's name and fails (AuditUnavailable) when that record cannot be written.
+    Counts per kind, also added to ``metrics`` on a real run, and the deleted payment
+    methods that stay attached at the partner. The run is recorded under the operator's
+    name and fails (AuditUnavailable) when that record cannot be written.
     """
     admin.vault.retention = admin.settings.retention_policy()
     return await sweep(

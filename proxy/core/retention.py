@@ -15,7 +15,7 @@ import structlog
 
 from proxy.core.services import Services, vault_call
 from proxy.infra.metrics import Metrics
-from vault import Vault
+from vault import Purge, Vault
 from vault.audit import Outcome
 from vault.errors import AuditUnavailable
 from vault.records import utcnow
@@ -24,6 +24,9 @@ _log = structlog.get_logger("tokenproxy.retention")
 
 
 AUDIT_KIND = "audit_event"
+# The retention.purge audit detail's count of deleted payment methods still attached at
+# the partner (beside the per-kind counts, never one of them).
+STILL_ATTACHED = "still_attached"
 # Who the background sweep is in the audit trail.
 SWEEPER = "tokenproxy:sweeper"
 
@@ -42,9 +45,9 @@ async def sweep(
     actor: str = SWEEPER,
     origin: str | None = None,
     tolerate_audit_gap: bool = False,
-) -> dict[str, int]:
+) -> Purge:
     """Delete (or with ``dry_run`` count) every token past the vault's retention; counts
-    per kind.
+    per kind, and the deleted payment methods that stay attached at the partner.
 
     With ``audit_retention_days``, audit events older than that are pruned too (counted
     as ``audit_event``). A real run counts what it deleted in ``metrics`` and records
@@ -52,8 +55,14 @@ async def sweep(
     cannot be written: ``tolerate_audit_gap`` counts and logs the gap (a background
     sweep, which nobody watches fail) instead of raising AuditUnavailable (an operator's
     command). Vault errors propagate as they are.
+
+    Nothing is detached at the partner: a payment method saved on a customer stays
+    attached there until the customer is erased, and ``tokenproxy reconcile`` then
+    reports it as held by no token. The count of those is kept apart from the per-kind
+    counts (which label a metric) and goes to the audit event and a warning.
     """
-    counts = await vault.purge_expired(dry_run=dry_run)
+    purged = await vault.purge_expired(dry_run=dry_run)
+    counts = dict(purged.deleted)
     if audit_retention_days is not None:
         pruned = await vault.audit.prune(
             audit_cutoff(audit_retention_days), actor=actor, origin=origin, dry_run=dry_run
@@ -62,13 +71,15 @@ async def sweep(
     if not dry_run:
         for kind, count in counts.items():
             metrics.retention_purged.labels(kind).inc(count)
+        if purged.still_attached:
+            _log.warning("retention_purge_left_attached", still_attached=purged.still_attached)
         try:
             await vault.audit.append(
                 "retention.purge",
                 outcome=Outcome.SUCCESS,
                 actor=actor,
                 origin=origin,
-                detail=dict(counts),
+                detail={**counts, STILL_ATTACHED: purged.still_attached},
             )
         except AuditUnavailable:
             if not tolerate_audit_gap:
@@ -76,14 +87,14 @@ async def sweep(
             # The deletions stand either way; the gap in the trail must be visible.
             metrics.audit_failures.labels("retention.purge").inc()
             _log.error("audit_write_failed", event_type="retention.purge")
-    return counts
+    return Purge(counts, purged.still_attached)
 
 
 async def purge(
     services: Services, *, dry_run: bool = False, audit_retention_days: int | None = None
-) -> dict[str, int]:
+) -> Purge:
     """The service's own sweep (see :func:`sweep`), as the background job runs it."""
-    counts: dict[str, int] = await vault_call(
+    purged: Purge = await vault_call(
         services,
         "purge",
         sweep(
@@ -94,8 +105,10 @@ async def purge(
             tolerate_audit_gap=True,
         ),
     )
-    _log.info("retention_purge", dry_run=dry_run, **counts)
-    return counts
+    _log.info(
+        "retention_purge", dry_run=dry_run, still_attached=purged.still_attached, **purged.deleted
+    )
+    return purged
 
 
 async def flush_usage(services: Services) -> int:

@@ -145,6 +145,10 @@ class Settings:
     partner_backoff_max: float = 2.0
     breaker_failures: int = 5
     breaker_reset: float = 30.0
+    # Partner calls running at once from one process (the rest wait in the proxy). With
+    # Stripe's typical 0.2-0.4 s per call, 32 is about Stripe's live default of 100
+    # operations a second per account (https://docs.stripe.com/rate-limits).
+    partner_max_in_flight: int = 32
     body_read_timeout: float = 10.0
     max_header_bytes: int = 8190
     header_timeout: float = 10.0
@@ -468,6 +472,7 @@ def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
         "TOKENPROXY_BREAKER_FAILURES": ("breaker_failures", 1),
         "TOKENPROXY_MAX_HEADER_BYTES": ("max_header_bytes", 1024),
         "TOKENPROXY_MAX_CONNECTIONS": ("max_connections", 1),
+        "TOKENPROXY_PARTNER_MAX_IN_FLIGHT": ("partner_max_in_flight", 1),
     }
     out: dict[str, object] = {}
     for name, (attr, minimum) in floats.items():

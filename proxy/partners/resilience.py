@@ -200,9 +200,9 @@ class ResilientPartner:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self.inner = inner
-        # Calls to the partner at once from this replica; the rest wait their turn here
-        # rather than meet Stripe's rate limiter (100 operations/s per account in live
-        # mode, https://docs.stripe.com/rate-limits).
+        # Calls to the partner at once from this process (TOKENPROXY_PARTNER_MAX_IN_FLIGHT);
+        # the rest wait their turn here rather than meet Stripe's rate limiter (100
+        # operations/s per account in live mode, https://docs.stripe.com/rate-limits).
         self._slots = asyncio.Semaphore(max_in_flight)
         self.name = inner.name
         self.livemode = getattr(inner, "livemode", None)

@@ -181,6 +181,7 @@ def resilient(partner: Partner, settings: Settings, metrics: Metrics) -> Partner
             failures=settings.breaker_failures, reset_after=settings.breaker_reset
         ),
         metrics=metrics,
+        max_in_flight=settings.partner_max_in_flight,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import sqlite3
 import subprocess
@@ -14,17 +15,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 from tokenproxy_sandbox.launcher import Localstripe
 
 from proxy.core import retention
+from proxy.core.services import Services
+from proxy.infra.metrics import Metrics
 from proxy.infra.settings import Settings, SettingsError
+from proxy.partners.stripe import StripePartner
 from proxy.web.appkeys import SERVICES
+from tests.backends import RawRows
 from tests.cards import PARTNER_CARDS
 from tests.conftest import RunningProxy, make_settings, running_proxy
 from tests.core.test_invoices import invoice_body
+from tests.core.test_reconcile import run, save_card
 from tests.helpers import counted, create, metrics_text, resolve, rows
 from tests.proxy.test_cards_api import card_body
-from vault import Kind, LocalKekProvider, NewRecord, Vault, iso, utcnow
+from vault import Kind, LocalKekProvider, NewRecord, RetentionPolicy, Vault, iso, utcnow
 
 
 def age(path: Path, token: str, days: int) -> None:
@@ -91,17 +98,88 @@ async def test_purge_deletes_expired_keeps_fresh_and_dry_run_changes_nothing(
     age(proxy.vault_path, new_inv["token"], 200)
     before = rows(proxy.vault_path, "SELECT token, created_at FROM records ORDER BY token")
 
-    assert await retention.purge(services, dry_run=True) == {"card": 1, "invoice": 1}
+    assert (await retention.purge(services, dry_run=True)).deleted == {"card": 1, "invoice": 1}
     assert rows(proxy.vault_path, "SELECT token, created_at FROM records ORDER BY token") == before
     assert not counted(await metrics_text(proxy), "tokenproxy_retention_purged_total")
 
-    assert await retention.purge(services) == {"card": 1, "invoice": 1}
+    assert (await retention.purge(services)).deleted == {"card": 1, "invoice": 1}
     left = {t for (t,) in rows(proxy.vault_path, "SELECT token FROM records")}
     assert left == {new_card["token"], new_inv["token"]}
     text = await metrics_text(proxy)
     assert 'tokenproxy_retention_purged_total{kind="card"} 1.0' in text
     assert 'tokenproxy_retention_purged_total{kind="invoice"} 1.0' in text
-    assert await retention.purge(services) == {"card": 0, "invoice": 0}
+    assert (await retention.purge(services)).deleted == {"card": 0, "invoice": 0}
+
+
+async def test_sweep_reports_saved_payment_methods_left_attached(
+    vault: Vault, raw_rows: RawRows
+) -> None:
+    """The sweep counts purged payment methods saved on a customer apart from the per-kind
+    counts: in its result (dry run too), the audit event and a warning, never as a kind."""
+    vault.retention = RetentionPolicy(card_days=30)
+    saved = await vault.put(
+        NewRecord(Kind.CARD, "stripe", "pm_sweep_saved", {"last4": "4242"}, customer_ref="cus-s")
+    )
+    single_use = await vault.put(NewRecord(Kind.CARD, "stripe", "pm_sweep_single", {}))
+    for token in (saved.token, single_use.token):
+        await raw_rows.query(
+            "UPDATE records SET created_at = ?, last_used_at = NULL WHERE token = ?",
+            (iso(utcnow() - timedelta(days=60)), token),
+        )
+    metrics = Metrics()
+
+    with capture_logs() as logs:
+        preview = await retention.sweep(vault, metrics, dry_run=True)
+    assert (preview.deleted, preview.still_attached) == ({"card": 2}, 1)
+    assert await raw_rows.count("records") == 2
+    assert not [e for e in logs if e["event"] == "retention_purge_left_attached"]
+
+    with capture_logs() as logs:
+        purged = await retention.sweep(vault, metrics, actor="ops")
+    assert (purged.deleted, purged.still_attached) == ({"card": 2}, 1)
+    assert await raw_rows.count("records") == 0
+    warnings = [e for e in logs if e["event"] == "retention_purge_left_attached"]
+    assert [(e["log_level"], e["still_attached"]) for e in warnings] == [("warning", 1)]
+    (event,) = [e for e in await vault.audit.events() if e.entry.event_type == "retention.purge"]
+    assert json.loads(event.entry.detail) == {"card": 2, "still_attached": 1}
+    purged_kinds = {
+        sample.labels["kind"]
+        for family in metrics.registry.collect()
+        if family.name == "tokenproxy_retention_purged"
+        for sample in family.samples
+    }
+    assert purged_kinds == {"card"}
+    assert (
+        metrics.registry.get_sample_value("tokenproxy_retention_purged_total", {"kind": "card"})
+        == 2
+    )
+
+
+async def test_a_purged_saved_card_stays_attached_until_reconcile_detaches_it(
+    vault: Vault, raw_rows: RawRows, stripe_partner: StripePartner
+) -> None:
+    """The purge leaves a saved card's payment method attached at the partner and counts
+    it; reconcile then reports it as an orphan, and with fix detaches it."""
+    services = Services(vault=vault, partner=stripe_partner, metrics=Metrics())
+    saved = await save_card(services, "ret-attached")
+    vault.retention = RetentionPolicy(card_days=30)
+    await raw_rows.query(
+        "UPDATE records SET created_at = ?, last_used_at = NULL WHERE token = ?",
+        (iso(utcnow() - timedelta(days=60)), saved["token"]),
+    )
+
+    purged = await retention.purge(services)
+    assert (purged.deleted, purged.still_attached) == ({"card": 1}, 1)
+    method = await stripe_partner.get_payment_method(saved["pm"])
+    assert method is not None
+    assert method.customer == saved["cus"]
+
+    lines, _ = await run(services, customer_ref="ret-attached", fix=True)
+    orphan = {"finding": "orphan", "payment_method": saved["pm"], "partner_customer": saved["cus"]}
+    assert {**orphan, "fixed": True} in lines
+    method = await stripe_partner.get_payment_method(saved["pm"])
+    assert method is not None
+    assert method.customer is None
 
 
 async def test_resolving_marks_use_in_batches(retaining_proxy: RunningProxy) -> None:
@@ -174,8 +252,10 @@ async def test_purge_cli(tmp_path: Path, keyring_path: Path) -> None:
         f"sqlite:///{tmp_path / 'vault.db'}", LocalKekProvider.from_file(keyring_path)
     )
     made = [
-        await vault.put(NewRecord(Kind.CARD, "stripe", f"pm_cli{i}", {"last4": "4242"}))
-        for i in range(3)
+        await vault.put(
+            NewRecord(Kind.CARD, "stripe", f"pm_cli{i}", {"last4": "4242"}, customer_ref=customer)
+        )
+        for i, customer in enumerate(["cus-cli", None, None])
     ]
     await vault.close()
     age(tmp_path / "vault.db", made[0].token, 100)
@@ -188,7 +268,9 @@ async def test_purge_cli(tmp_path: Path, keyring_path: Path) -> None:
     env = {"TOKENPROXY_RETENTION_CARD_DAYS": "90"}
     result = await asyncio.to_thread(_purge, tmp_path, keyring_path, "--dry-run", **env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "would purge: audit_event=0 card=2"
+    summary, attached = result.stdout.strip().splitlines()
+    assert summary == "would purge: audit_event=0 card=2"
+    assert attached.startswith("1 of these payment methods would stay attached")
     assert rows(tmp_path / "vault.db", "SELECT COUNT(*) FROM records") == [(3,)]
 
     prom = tmp_path / "purge.prom"
@@ -196,7 +278,10 @@ async def test_purge_cli(tmp_path: Path, keyring_path: Path) -> None:
         _purge, tmp_path, keyring_path, "--metrics-file", str(prom), **env
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "purged: audit_event=0 card=2"
+    # The run's own log lines (a warning among them) share stdout with the summary.
+    summary, attached = result.stdout.strip().splitlines()[-2:]
+    assert summary == "purged: audit_event=0 card=2"
+    assert attached.startswith("1 of these payment methods stay attached")
     assert rows(tmp_path / "vault.db", "SELECT token FROM records") == [(made[2].token,)]
     assert 'tokenproxy_retention_purged_total{kind="card"} 2.0' in prom.read_text()
 
@@ -296,7 +381,7 @@ async def test_sweeper_prunes_audit_events_past_retention(retaining_proxy: Runni
         origin=None,
         occurred_at=datetime.now(UTC) - timedelta(days=400),
     )
-    counts = await retention.purge(services, audit_retention_days=365)
+    counts = (await retention.purge(services, audit_retention_days=365)).deleted
     assert counts["audit_event"] == 1
     assert (await services.vault.audit.verify()).ok
     assert 'tokenproxy_retention_purged_total{kind="audit_event"} 1.0' in await metrics_text(proxy)

@@ -34,6 +34,8 @@ def test_defaults_are_loopback_and_sqlite() -> None:
         ({"STRIPE_API_KEY_FILE": "/nonexistent/key"}, "STRIPE_API_KEY_FILE"),
         ({"TOKENPROXY_HEADER_TIMEOUT": "0"}, "TOKENPROXY_HEADER_TIMEOUT"),
         ({"TOKENPROXY_MAX_CONNECTIONS": "0"}, "TOKENPROXY_MAX_CONNECTIONS"),
+        ({"TOKENPROXY_PARTNER_MAX_IN_FLIGHT": "0"}, "TOKENPROXY_PARTNER_MAX_IN_FLIGHT"),
+        ({"TOKENPROXY_PARTNER_MAX_IN_FLIGHT": "many"}, "TOKENPROXY_PARTNER_MAX_IN_FLIGHT"),
         # Shorter than Stripe keeps its idempotency keys (24 h).
         ({"TOKENPROXY_IDEMPOTENCY_TTL": "60"}, "TOKENPROXY_IDEMPOTENCY_TTL"),
         ({"TOKENPROXY_IDEMPOTENCY_TTL": "86399"}, "TOKENPROXY_IDEMPOTENCY_TTL"),
@@ -46,6 +48,13 @@ def test_bad_setting_names_itself_in_one_line(env: dict[str, str], names: str) -
     message = str(info.value)
     assert names in message
     assert "\n" not in message
+
+
+def test_partner_max_in_flight_defaults_to_32_and_takes_one() -> None:
+    """The outbound limit is 32 partner calls at once unless set; 1 is the least allowed."""
+    assert Settings.from_env(BASE).partner_max_in_flight == 32
+    one = Settings.from_env({**BASE, "TOKENPROXY_PARTNER_MAX_IN_FLIGHT": "1"})
+    assert one.partner_max_in_flight == 1
 
 
 def test_idempotency_ttl_of_stripes_24_hours_or_more_is_taken() -> None:

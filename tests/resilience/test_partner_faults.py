@@ -18,6 +18,7 @@ from proxy.partners.resilience import CircuitBreaker, CircuitState, ResilientPar
 from proxy.partners.stripe import StripePartner
 from tests.conftest import RunningProxy
 from tests.faultproxy import Fault, FaultProxy
+from tests.helpers import create
 from tests.proxy.test_cards_api import card_body
 from tests.resilience.conftest import MakeProxy, metric
 
@@ -352,3 +353,18 @@ async def test_outbound_calls_are_limited_per_replica(
     created = await asyncio.gather(*(partner.create_card(a_card()) for _ in range(8)))
     assert len({c.reference for c in created}) == 8
     assert counting.most == 2
+
+
+async def test_the_outbound_limit_is_the_setting(make_proxy: MakeProxy, faults: FaultProxy) -> None:
+    """With TOKENPROXY_PARTNER_MAX_IN_FLIGHT=N, N+1 tokenizations at once reach a slow
+    partner at most N at a time, and every one of them succeeds."""
+    limit = 2
+    proxy = await make_proxy(TOKENPROXY_PARTNER_MAX_IN_FLIGHT=str(limit))
+    faults.default = Fault.latency(0.2)
+    made = await asyncio.gather(
+        *(create(proxy, "/v1/cards", card_body()) for _ in range(limit + 1))
+    )
+    assert len({m["token"] for m in made}) == limit + 1
+    assert len(faults.payment_method_posts()) == limit + 1
+    assert faults.in_flight == 0
+    assert 1 <= faults.most_in_flight <= limit

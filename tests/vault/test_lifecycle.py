@@ -337,18 +337,62 @@ async def test_retention_expiry_and_purge(
         listed = await vault.list_customer("cus-ret")
         assert {r.token for r in listed.records} == {used.token, new_invoice.token}
 
-        counts = await vault.purge_expired(dry_run=True)
+        counts = (await vault.purge_expired(dry_run=True)).deleted
         assert counts == {"card": 1, "invoice": 1}
         assert (await vault.get(stale.token, include_expired=True)).token == stale.token
 
-        counts = await vault.purge_expired()
+        counts = (await vault.purge_expired()).deleted
         assert counts == {"card": 1, "invoice": 1}
         for gone in (stale, old_invoice):
             with pytest.raises(RecordNotFound):
                 await vault.get(gone.token, include_expired=True)
         for kept in (used, fresh, new_invoice):
             assert (await vault.get(kept.token)).token == kept.token
-        assert await vault.purge_expired() == {"card": 0, "invoice": 0}
+        assert (await vault.purge_expired()).deleted == {"card": 0, "invoice": 0}
+    finally:
+        await vault.close()
+
+
+async def test_purge_counts_the_payment_methods_it_leaves_attached(
+    vault_url: str, raw_rows: RawRows, keyring_path: Path
+) -> None:
+    """Purged card and bank records saved on a customer are counted as still attached at
+    the partner, apart from the per-kind counts; unsaved cards and invoices are not."""
+    policy = RetentionPolicy(card_days=30, bank_days=30, invoice_days=365)
+    vault = await Vault.open(vault_url, LocalKekProvider.from_file(keyring_path), retention=policy)
+    try:
+        bank = NewRecord(
+            kind=Kind.BANK,
+            partner="stripe",
+            partner_reference="pm_bank_saved",
+            details={"last4": "3000"},
+            customer_ref="cus-att",
+        )
+        expired = [
+            await vault.put(card("cus-att", "pm_saved1")),
+            await vault.put(card("cus-att-2", "pm_saved2")),
+            await vault.put(card(None, "pm_single_use")),
+            await vault.put(bank),
+            await vault.put(invoice("cus-att")),
+        ]
+        kept = await vault.put(card("cus-att", "pm_saved_fresh"))
+        for record in expired:
+            await age(raw_rows, record.token, created_days=400)
+        deleted = {"card": 3, "bank": 1, "invoice": 1}
+
+        preview = await vault.purge_expired(dry_run=True)
+        assert (preview.deleted, preview.still_attached) == (deleted, 3)
+        assert await raw_rows.count("records") == 6
+
+        # One record per batch: the counts add up across batches.
+        purged = await vault.purge_expired(batch=1)
+        assert (purged.deleted, purged.still_attached) == (deleted, 3)
+        assert [token for (token,) in await raw_rows.query("SELECT token FROM records")] == [
+            kept.token
+        ]
+        again = await vault.purge_expired()
+        assert again.still_attached == 0
+        assert set(again.deleted.values()) == {0}
     finally:
         await vault.close()
 
@@ -386,7 +430,7 @@ async def test_pending_use_keeps_a_token_alive(
         vault.mark_used(await vault.get(record.token))
         await age(raw_rows, record.token, created_days=40)
         assert (await vault.get(record.token)).token == record.token
-        assert await vault.purge_expired() == {"card": 0}
+        assert (await vault.purge_expired()).deleted == {"card": 0}
     finally:
         await vault.close()
 

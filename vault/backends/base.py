@@ -50,6 +50,15 @@ class CustomerRow:
 
 
 @dataclass(frozen=True, slots=True)
+class PurgedRows:
+    """What one retention sweep deleted (with a dry run: would delete)."""
+
+    deleted: Mapping[str, int]  # kind -> records
+    # Of those, payment-method records saved on a customer (customer_idx set).
+    attached: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ErasedRows:
     """What one erasure transaction removed and what it had to leave."""
 
@@ -263,8 +272,9 @@ class Backend(Protocol):
 
     async def purge_expired(
         self, cutoffs: Sequence[Cutoff], *, dry_run: bool, batch: int
-    ) -> dict[str, int]:
-        """Delete (or with ``dry_run`` only count) records past a cutoff; counts per kind."""
+    ) -> PurgedRows:
+        """Delete (or with ``dry_run`` only count) records past a cutoff; counts per kind,
+        and how many of them were payment methods saved on a customer."""
         ...
 
     async def checkpoint(self) -> bool:

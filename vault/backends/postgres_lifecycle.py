@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from vault.backends.base import CustomerRow, DekRow, ErasedRows, RecordRow
+from vault.backends.base import CustomerRow, DekRow, ErasedRows, PurgedRows, RecordRow
 from vault.backends.sql import POSTGRES as SQL
 from vault.errors import StorageUnavailable
-from vault.retention import BASIS_SQL, Basis, Cutoff
+from vault.retention import BASIS_SQL, PAYMENT_METHOD_KINDS, Basis, Cutoff
 
 T = TypeVar("T")
 
@@ -42,7 +42,8 @@ _TOUCH = (
 
 
 def _purge_batch_sql(basis: Basis) -> str:
-    """Delete one batch past a cutoff, with the per-record keys only they used."""
+    """Delete one batch past a cutoff, with the per-record keys only they used; returns
+    the rows deleted and how many of them were saved on a customer."""
     condition = f"kind = $1 AND {BASIS_SQL[basis]} < $2"
     # FOR UPDATE: a row touched meanwhile is re-checked against the cutoff once its
     # lock is free, so a token used during the sweep is not deleted as unused.
@@ -53,12 +54,12 @@ def _purge_batch_sql(basis: Basis) -> str:
         f"WITH doomed AS (SELECT token FROM records WHERE {condition}"  # noqa: S608
         " LIMIT $3 FOR UPDATE),"
         " gone AS (DELETE FROM records r USING doomed d WHERE r.token = d.token"
-        " RETURNING r.token, r.dek_id),"
+        " RETURNING r.token, r.dek_id, r.customer_idx),"
         " dek AS (DELETE FROM deks WHERE dek_id IN (SELECT dek_id FROM gone)"
         " AND customer_idx IS NULL"
         " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.dek_id = deks.dek_id"
         " AND r.token NOT IN (SELECT token FROM gone)))"
-        " SELECT count(*) FROM gone"
+        " SELECT count(*), count(customer_idx) FROM gone"
     )
 
 
@@ -203,31 +204,37 @@ class PostgresLifecycleMixin:
 
     async def purge_expired(
         self, cutoffs: Sequence[Cutoff], *, dry_run: bool, batch: int
-    ) -> dict[str, int]:
+    ) -> PurgedRows:
         """Delete expired records in batches of ``batch`` (one statement each)."""
         counts: dict[str, int] = {}
+        attached = 0
         for cutoff in cutoffs:
             args = (str(cutoff.kind), cutoff.before)
+            on_customer = 0
             if dry_run:
                 row = await self._fetchrow(SQL.count_expired(cutoff.basis), *args)
                 counts[str(cutoff.kind)] = int(row[0])
-                continue
-            sql = _purge_batch_sql(cutoff.basis)
+                on_customer = int(row[1])
+            else:
+                sql = _purge_batch_sql(cutoff.basis)
 
-            async def run(
-                conn: asyncpg.Connection, sql: str = sql, args: tuple[str, str] = args
-            ) -> int:
-                done: int = await conn.fetchval(sql, *args, batch)
-                return done
+                async def run(
+                    conn: asyncpg.Connection, sql: str = sql, args: tuple[str, str] = args
+                ) -> tuple[int, int]:
+                    row = await conn.fetchrow(sql, *args, batch)
+                    return int(row[0]), int(row[1])
 
-            total = 0
-            while True:
-                done = await self._run(run)
-                total += done
-                if done < batch:
-                    break
-            counts[str(cutoff.kind)] = total
-        return counts
+                total = 0
+                while True:
+                    done, saved = await self._run(run)
+                    total += done
+                    on_customer += saved
+                    if done < batch:
+                        break
+                counts[str(cutoff.kind)] = total
+            if cutoff.kind in PAYMENT_METHOD_KINDS:
+                attached += on_customer
+        return PurgedRows(counts, attached)
 
     async def checkpoint(self) -> bool:
         """Nothing to do on PostgreSQL; True (deletions are committed and final to readers).

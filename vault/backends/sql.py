@@ -165,9 +165,11 @@ class Statements:
         return self.placeholders(sql), [*args, limit]
 
     def count_expired(self, basis: Basis) -> str:
-        """Count the records of one kind past a cutoff (arguments: kind, before)."""
+        """Count the records of one kind past a cutoff, and those saved on a customer
+        (arguments: kind, before)."""
         return self.placeholders(
-            f"SELECT COUNT(*) FROM records WHERE kind = ? AND {BASIS_SQL[basis]} < ?"  # noqa: S608
+            "SELECT COUNT(*), COUNT(customer_idx) FROM records"  # noqa: S608
+            f" WHERE kind = ? AND {BASIS_SQL[basis]} < ?"
         )
 
     def idempotency_update(
