@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -504,27 +505,8 @@ class StripePartner:
         """Every payment method of type ``kind`` attached to ``customer``, page by page."""
         if not _WORD_RE.fullmatch(kind):
             raise PartnerError("A payment method type is malformed.", code="partner_bad_reference")
-        found: list[PartnerPaymentMethod] = []
-        after: str | None = None
-        while True:
-            params: dict[str, Any] = {"customer": _object_id(customer), "type": kind, "limit": 100}
-            if after is not None:
-                params["starting_after"] = after
-            try:
-                response = await self._client.raw_request_async(
-                    "get", "/v1/payment_methods", **params
-                )
-            except stripe.StripeError as exc:
-                raise translate_error(exc) from None
-            data = response.data
-            items = data.get("data") if isinstance(data, dict) else None
-            if not isinstance(items, list):
-                raise _bad_response()
-            page = [_payment_method(item) for item in items]
-            found.extend(page)
-            if not data.get("has_more") or not page:
-                return found
-            after = page[-1].reference
+        params = {"customer": _object_id(customer), "type": kind}
+        return [_payment_method(item) async for item in self._list("/v1/payment_methods", params)]
 
     async def get_payment_method(self, reference: str) -> PartnerPaymentMethod | None:
         """Retrieve a payment method; None when the partner no longer has it."""
@@ -547,25 +529,29 @@ class StripePartner:
         ``status`` is given; https://docs.stripe.com/api/customers/delete: deleting a
         customer "immediately cancels any active subscriptions on the customer".
         """
-        count, after = 0, None
+        params = {"customer": _object_id(customer)}
+        return sum([1 async for _ in self._list("/v1/subscriptions", params)])
+
+    async def _list(self, path: str, params: dict[str, Any]) -> AsyncIterator[Any]:
+        """Every object of a Stripe list, page by page (https://docs.stripe.com/api/pagination)."""
+        after: str | None = None
         while True:
-            params: dict[str, Any] = {"customer": _object_id(customer), "limit": 100}
+            page = {**params, "limit": 100}
             if after is not None:
-                params["starting_after"] = after
+                page["starting_after"] = after
             try:
-                response = await self._client.raw_request_async(
-                    "get", "/v1/subscriptions", **params
-                )
+                response = await self._client.raw_request_async("get", path, **page)
             except stripe.StripeError as exc:
                 raise translate_error(exc) from None
             data = response.data
             items = data.get("data") if isinstance(data, dict) else None
             if not isinstance(items, list):
                 raise _bad_response()
-            count += len(items)
+            for item in items:
+                yield item
             last = _ref(items[-1].get("id")) if items and isinstance(items[-1], dict) else None
             if not data.get("has_more") or last is None:
-                return count
+                return
             after = last
 
     async def close(self) -> None:
