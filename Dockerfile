@@ -16,14 +16,15 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends tini=0.19.0-1+b3 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Everything installed is pinned with hashes (`make lock`: the postgres and kms extras).
+# Everything installed is pinned exactly (`make lock`: the postgres and kms extras; the
+# whole tree, so --no-deps leaves nothing to resolve).
 # No compilers in either stage: a dependency without a wheel fails the build.
 COPY deploy/docker/requirements.lock deploy/docker/build-requirements.lock ./
 RUN python -m venv /opt/build \
-    && /opt/build/bin/pip install --no-cache-dir --require-hashes --no-deps -r build-requirements.lock \
+    && /opt/build/bin/pip install --no-cache-dir --no-deps -r build-requirements.lock \
     && python -m venv --without-pip /opt/tokenproxy \
     && /opt/build/bin/pip --python /opt/tokenproxy/bin/python install --no-cache-dir \
-       --require-hashes --no-deps --only-binary=:all: -r requirements.lock
+       --no-deps --only-binary=:all: -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY vault ./vault

@@ -77,12 +77,12 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) $(FLOORS) var .pytest_cache .mypy_cache .ruff_cache .coverage
 
-# The container image's lock files (hashed pins for linux, every wheel of each version);
+# The container image's lock files (exact pins for linux, the whole dependency tree);
 # rerun after changing dependencies in pyproject.toml.
 lock: $(STAMP)
-	$(BIN)/uv pip compile pyproject.toml --extra postgres --extra kms --generate-hashes \
+	$(BIN)/uv pip compile pyproject.toml --extra postgres --extra kms \
 	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
 	  --custom-compile-command "make lock" -o deploy/docker/requirements.lock
-	$(BIN)/uv pip compile deploy/docker/build-requirements.in --generate-hashes \
+	$(BIN)/uv pip compile deploy/docker/build-requirements.in \
 	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
 	  --custom-compile-command "make lock" -o deploy/docker/build-requirements.lock
