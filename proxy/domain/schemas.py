@@ -249,6 +249,18 @@ PartnerCustomer = (
 # A record's details, as kept when it was stored; one the record lacks is left out.
 Detail = str | UnsetType
 NullableDetail = str | None | UnsetType
+# Cards and bank accounts alike: a payment method saved on no customer is single-use.
+Reusable = (
+    Annotated[
+        bool,
+        Meta(
+            description="false: the partner lets the payment method be used for one"
+            " payment only (it is saved on no customer); POST /v1/tokens/{token}/attach"
+            " saves it on one"
+        ),
+    ]
+    | UnsetType
+)
 
 
 class CardToken(Struct, kw_only=True):
@@ -281,17 +293,7 @@ class CardToken(Struct, kw_only=True):
     masked: (
         Annotated[str, Meta(description="first six and last four, the rest starred")] | UnsetType
     ) = UNSET
-    reusable: (
-        Annotated[
-            bool,
-            Meta(
-                description="false: the partner lets the payment method be used for one"
-                " payment only (it is saved on no customer); POST /v1/tokens/{token}/attach"
-                " saves it on one"
-            ),
-        ]
-        | UnsetType
-    ) = UNSET
+    reusable: Reusable = UNSET
     created_at: Timestamp
 
 
@@ -306,17 +308,7 @@ class BankToken(Struct, kw_only=True):
     masked: (
         Annotated[str, Meta(description="country + check digits + **** + last4")] | UnsetType
     ) = UNSET
-    reusable: (
-        Annotated[
-            bool,
-            Meta(
-                description="false: the partner lets the payment method be used for one"
-                " payment only (it is saved on no customer); POST /v1/tokens/{token}/attach"
-                " saves it on one"
-            ),
-        ]
-        | UnsetType
-    ) = UNSET
+    reusable: Reusable = UNSET
     customer_ref: str | None
     created_at: Timestamp
 
