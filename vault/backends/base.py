@@ -7,11 +7,11 @@ Backends see only ciphertext, wrapped keys and blind indexes; encryption happens
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol
 
-from vault.retention import Cutoff
+from vault.retention import PAYMENT_METHOD_KINDS, Cutoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +56,44 @@ class PurgedRows:
     deleted: Mapping[str, int]  # kind -> records
     # Of those, payment-method records saved on a customer (customer_idx set).
     attached: int = 0
+
+
+# Both take a cutoff and answer (records, of those saved on a customer).
+CountExpired = Callable[[Cutoff], Awaitable[tuple[int, int]]]
+PurgeBatch = Callable[[Cutoff, int], Awaitable[tuple[int, int]]]
+
+
+async def purge_in_batches(
+    cutoffs: Sequence[Cutoff],
+    *,
+    dry_run: bool,
+    batch: int,
+    count: CountExpired,
+    purge_batch: PurgeBatch,
+) -> PurgedRows:
+    """The retention sweep every backend runs, over its own statements.
+
+    ``count`` counts the records past a cutoff (a dry run); ``purge_batch`` deletes at
+    most ``batch`` of them in one transaction. Batches repeat until one comes back short,
+    so no transaction holds its locks for the whole sweep.
+    """
+    counts: dict[str, int] = {}
+    attached = 0
+    for cutoff in cutoffs:
+        if dry_run:
+            total, on_customer = await count(cutoff)
+        else:
+            total = on_customer = 0
+            while True:
+                done, saved = await purge_batch(cutoff, batch)
+                total += done
+                on_customer += saved
+                if done < batch:
+                    break
+        counts[str(cutoff.kind)] = total
+        if cutoff.kind in PAYMENT_METHOD_KINDS:
+            attached += on_customer
+    return PurgedRows(counts, attached)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from vault.backends.base import CustomerRow, DekRow, ErasedRows, PurgedRows, RecordRow
+from vault.backends.base import (
+    CustomerRow,
+    DekRow,
+    ErasedRows,
+    PurgedRows,
+    RecordRow,
+    purge_in_batches,
+)
 from vault.backends.sql import POSTGRES as SQL
 from vault.errors import StorageUnavailable
-from vault.retention import BASIS_SQL, PAYMENT_METHOD_KINDS, Basis, Cutoff
+from vault.retention import BASIS_SQL, Basis, Cutoff
 
 T = TypeVar("T")
 
@@ -206,35 +213,25 @@ class PostgresLifecycleMixin:
         self, cutoffs: Sequence[Cutoff], *, dry_run: bool, batch: int
     ) -> PurgedRows:
         """Delete expired records in batches of ``batch`` (one statement each)."""
-        counts: dict[str, int] = {}
-        attached = 0
-        for cutoff in cutoffs:
-            args = (str(cutoff.kind), cutoff.before)
-            on_customer = 0
-            if dry_run:
-                row = await self._fetchrow(SQL.count_expired(cutoff.basis), *args)
-                counts[str(cutoff.kind)] = int(row[0])
-                on_customer = int(row[1])
-            else:
-                sql = _purge_batch_sql(cutoff.basis)
 
-                async def run(
-                    conn: asyncpg.Connection, sql: str = sql, args: tuple[str, str] = args
-                ) -> tuple[int, int]:
-                    row = await conn.fetchrow(sql, *args, batch)
-                    return int(row[0]), int(row[1])
+        async def count(cutoff: Cutoff) -> tuple[int, int]:
+            row = await self._fetchrow(
+                SQL.count_expired(cutoff.basis), str(cutoff.kind), cutoff.before
+            )
+            return int(row[0]), int(row[1])
 
-                total = 0
-                while True:
-                    done, saved = await self._run(run)
-                    total += done
-                    on_customer += saved
-                    if done < batch:
-                        break
-                counts[str(cutoff.kind)] = total
-            if cutoff.kind in PAYMENT_METHOD_KINDS:
-                attached += on_customer
-        return PurgedRows(counts, attached)
+        async def purge_batch(cutoff: Cutoff, limit: int) -> tuple[int, int]:
+            async def run(conn: asyncpg.Connection) -> tuple[int, int]:
+                row = await conn.fetchrow(
+                    _purge_batch_sql(cutoff.basis), str(cutoff.kind), cutoff.before, limit
+                )
+                return int(row[0]), int(row[1])
+
+            return await self._run(run)
+
+        return await purge_in_batches(
+            cutoffs, dry_run=dry_run, batch=batch, count=count, purge_batch=purge_batch
+        )
 
     async def checkpoint(self) -> bool:
         """Nothing to do on PostgreSQL; True (deletions are committed and final to readers).

@@ -15,10 +15,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from vault.backends.base import CustomerRow, DekRow, ErasedRows, PurgedRows, RecordRow
+from vault.backends.base import (
+    CustomerRow,
+    DekRow,
+    ErasedRows,
+    PurgedRows,
+    RecordRow,
+    purge_in_batches,
+)
 from vault.backends.sql import SQLITE as SQL
 from vault.errors import StorageUnavailable
-from vault.retention import BASIS_SQL, PAYMENT_METHOD_KINDS, Cutoff
+from vault.retention import BASIS_SQL, Cutoff
 
 T = TypeVar("T")
 
@@ -147,50 +154,38 @@ class SqliteLifecycleMixin:
         self, cutoffs: Sequence[Cutoff], *, dry_run: bool, batch: int
     ) -> PurgedRows:
         """Delete expired records in batches of ``batch`` (one transaction each)."""
-        counts: dict[str, int] = {}
-        attached = 0
-        for cutoff in cutoffs:
-            condition = f"kind = ? AND {BASIS_SQL[cutoff.basis]} < ?"
+
+        async def count(cutoff: Cutoff) -> tuple[int, int]:
             args = (str(cutoff.kind), cutoff.before)
-            on_customer = 0
-            if dry_run:
-                count, on_customer = self._read_one(SQL.count_expired(cutoff.basis), args)
-                counts[str(cutoff.kind)] = int(count)
-            else:
+            records, on_customer = self._read_one(SQL.count_expired(cutoff.basis), args)
+            return int(records), int(on_customer)
 
-                def run(
-                    conn: sqlite3.Connection,
-                    condition: str = condition,
-                    args: tuple[str, str] = args,
-                ) -> tuple[int, int]:
-                    rows = conn.execute(
-                        f"SELECT token, dek_id, customer_idx FROM records"  # noqa: S608
-                        f" WHERE {condition} LIMIT ?",
-                        (*args, batch),
-                    ).fetchall()
-                    for token, _, _ in rows:
-                        conn.execute("DELETE FROM records WHERE token = ?", (token,))
-                    # Per-record keys die with their record; customer keys stay for the
-                    # customer's other records and partner mapping (erasure removes those).
-                    for dek_id in {dek_id for _, dek_id, _ in rows}:
-                        conn.execute(
-                            "DELETE FROM deks WHERE dek_id = ? AND customer_idx IS NULL"
-                            " AND NOT EXISTS (SELECT 1 FROM records WHERE dek_id = ?)",
-                            (dek_id, dek_id),
-                        )
-                    return len(rows), sum(1 for *_, customer in rows if customer is not None)
+        async def purge_batch(cutoff: Cutoff, limit: int) -> tuple[int, int]:
+            condition = f"kind = ? AND {BASIS_SQL[cutoff.basis]} < ?"
 
-                total = 0
-                while True:
-                    done, saved = await self._write(run)
-                    total += done
-                    on_customer += saved
-                    if done < batch:
-                        break
-                counts[str(cutoff.kind)] = total
-            if cutoff.kind in PAYMENT_METHOD_KINDS:
-                attached += int(on_customer)
-        return PurgedRows(counts, attached)
+            def run(conn: sqlite3.Connection) -> tuple[int, int]:
+                rows = conn.execute(
+                    f"SELECT token, dek_id, customer_idx FROM records"  # noqa: S608
+                    f" WHERE {condition} LIMIT ?",
+                    (str(cutoff.kind), cutoff.before, limit),
+                ).fetchall()
+                for token, _, _ in rows:
+                    conn.execute("DELETE FROM records WHERE token = ?", (token,))
+                # Per-record keys die with their record; customer keys stay for the
+                # customer's other records and partner mapping (erasure removes those).
+                for dek_id in {dek_id for _, dek_id, _ in rows}:
+                    conn.execute(
+                        "DELETE FROM deks WHERE dek_id = ? AND customer_idx IS NULL"
+                        " AND NOT EXISTS (SELECT 1 FROM records WHERE dek_id = ?)",
+                        (dek_id, dek_id),
+                    )
+                return len(rows), sum(1 for *_, customer in rows if customer is not None)
+
+            return await self._write(run)
+
+        return await purge_in_batches(
+            cutoffs, dry_run=dry_run, batch=batch, count=count, purge_batch=purge_batch
+        )
 
     async def checkpoint(self) -> bool:
         """Fold the WAL into the database and truncate it; True when nothing was left behind.
