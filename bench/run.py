@@ -572,34 +572,30 @@ def _measure(s: dict[str, Any], args: argparse.Namespace, work: Path) -> list[Ro
                 0.9,
             )
         )
-    lag_before = _lag_buckets(s["full_ops"])
-    for round_no in range(args.rounds):
-        pairs = [
-            ("tokenize", (s["full"], tokenize), (s["forward"], tokenize)),
-            ("resolve", (s["full"], read_full), (s["read"], read_bare)),
-        ]
+    pairs = [
+        ("tokenize", (s["full"], tokenize), (s["forward"], tokenize)),
+        ("resolve", (s["full"], read_full), (s["read"], read_bare)),
+    ]
+
+    def interleaved(round_no: int, suffix: str = "", **kw: Any) -> None:
+        """Full and bare runs of each path, their order swapped every other round."""
         for path, full, bare in pairs:
             order = [("full", full), ("bare", bare)]
             if round_no % 2:
                 order.reverse()
             for side, (server, load) in order:
-                run(f"{path} {side}", server, load)
+                run(f"{path} {side}{suffix}", server, load, **kw)
+
+    lag_before = _lag_buckets(s["full_ops"])
+    for round_no in range(args.rounds):
+        interleaved(round_no)
         for path, full_load in (("tokenize", tokenize), ("resolve", read_full)):
             run(f"{path} {WORKERS} workers", s["workers"], full_load)
             run(f"{path} 1 worker", s["full"], full_load)
     lag["local"] = (lag_before, _lag_buckets(s["full_ops"]))
     paced_before = _lag_buckets(s["full_ops"])
     for round_no in range(args.rounds):
-        pairs = [
-            ("tokenize", (s["full"], tokenize), (s["forward"], tokenize)),
-            ("resolve", (s["full"], read_full), (s["read"], read_bare)),
-        ]
-        for path, full, bare in pairs:
-            order = [("full", full), ("bare", bare)]
-            if round_no % 2:
-                order.reverse()
-            for side, (server, load) in order:
-                run(f"{path} {side} @{RATE:g}", server, load, rate=RATE)
+        interleaved(round_no, f" @{RATE:g}", rate=RATE)
     paced = (paced_before, _lag_buckets(s["full_ops"]))
 
     m = {key: _median(runs) for key, runs in results.items()}
