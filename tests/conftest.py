@@ -272,6 +272,33 @@ async def proxy(
         yield running
 
 
+@pytest.fixture
+def pg_proxy_env() -> dict[str, str]:
+    """Settings `pg_proxy` adds to `proxy_env` (pool sizes, say); a test module overrides it."""
+    return {}
+
+
+@pytest.fixture
+async def pg_proxy(
+    tmp_path: Path,
+    keyring_path: Path,
+    client_keys: dict[str, str],
+    localstripe: Localstripe,
+    *,
+    proxy_env: dict[str, str],
+    pg_proxy_env: dict[str, str],
+    pg_schema_url: str,
+) -> AsyncIterator[RunningProxy]:
+    """The `proxy` fixture's proxy with its vault on a fresh PostgreSQL schema.
+
+    Through ``pg_schema_url`` it is skipped when PostgreSQL is unreachable, and fails in CI.
+    """
+    env = {**proxy_env, "TOKENPROXY_VAULT_URL": pg_schema_url, **pg_proxy_env}
+    settings = make_settings(tmp_path, keyring_path, localstripe.base_url, env)
+    async with running_proxy(tmp_path, client_keys, settings) as running:
+        yield running
+
+
 def registry_for(keys_path: Path) -> ClientRegistry:
     """Load a clients file the way the app does."""
     return ClientRegistry.load(keys_path)

@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tokenproxy_sandbox.launcher import Localstripe
 
 from proxy.core.services import PARTNER_FAILURES, PARTNER_OPERATIONS, VAULT_OPERATIONS
 from proxy.infra.clients import PUBLISHABLE_SCOPES, add_client
 from proxy.infra.keystatus import refresh_key_metrics
 from proxy.web.appkeys import METRICS, SERVICES
-from tests.conftest import RunningProxy, make_settings, running_proxy
+from tests.conftest import RunningProxy
 from tests.helpers import metrics_text
 from tests.proxy.test_cards_api import card_body, tokenize
 
@@ -216,22 +214,9 @@ async def test_in_flight_counts_a_request_being_handled(proxy: RunningProxy) -> 
 
 
 @pytest.fixture
-async def pg_proxy(
-    tmp_path: Path,
-    keyring_path: Path,
-    client_keys: dict[str, str],
-    localstripe: Localstripe,
-    pg_schema_url: str,
-) -> AsyncIterator[RunningProxy]:
-    """The proxy on PostgreSQL with a pool of at most three connections."""
-    settings = make_settings(
-        tmp_path,
-        keyring_path,
-        localstripe.base_url,
-        {"TOKENPROXY_VAULT_URL": pg_schema_url, "TOKENPROXY_DB_POOL_MAX": "3"},
-    )
-    async with running_proxy(tmp_path, client_keys, settings) as running:
-        yield running
+def pg_proxy_env() -> dict[str, str]:
+    """A pool of at most three connections for the `pg_proxy` fixture."""
+    return {"TOKENPROXY_DB_POOL_MAX": "3"}
 
 
 @pytest.mark.postgres

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from tokenproxy_sandbox.launcher import Localstripe
 
 from proxy.infra.metrics import Metrics
 from proxy.web.appkeys import SERVICES
 from proxy.web.readiness import READINESS, Readiness
-from tests.conftest import RunningProxy, make_settings, running_proxy
+from tests.conftest import RunningProxy
 from vault import Vault
 
 
@@ -60,33 +57,19 @@ async def test_a_closed_vault_is_degraded_not_unready(vault: Vault) -> None:
 
 
 @pytest.fixture
-async def small_pool_proxy(
-    tmp_path: Path,
-    keyring_path: Path,
-    client_keys: dict[str, str],
-    localstripe: Localstripe,
-    pg_schema_url: str,
-) -> AsyncIterator[RunningProxy]:
-    """The proxy on PostgreSQL with a pool of one connection and a short wait for it."""
-    settings = make_settings(
-        tmp_path,
-        keyring_path,
-        localstripe.base_url,
-        {
-            "TOKENPROXY_VAULT_URL": pg_schema_url,
-            "TOKENPROXY_DB_POOL_MIN": "1",
-            "TOKENPROXY_DB_POOL_MAX": "1",
-            "TOKENPROXY_DB_TIMEOUT": "0.5",
-        },
-    )
-    async with running_proxy(tmp_path, client_keys, settings) as running:
-        yield running
+def pg_proxy_env() -> dict[str, str]:
+    """For the `pg_proxy` fixture: a pool of one connection and a short wait for it."""
+    return {
+        "TOKENPROXY_DB_POOL_MIN": "1",
+        "TOKENPROXY_DB_POOL_MAX": "1",
+        "TOKENPROXY_DB_TIMEOUT": "0.5",
+    }
 
 
 @pytest.mark.postgres
-async def test_a_saturated_pool_keeps_the_pod_ready(small_pool_proxy: RunningProxy) -> None:
+async def test_a_saturated_pool_keeps_the_pod_ready(pg_proxy: RunningProxy) -> None:
     """While every pooled connection is busy, /readyz keeps answering 200 without waiting."""
-    proxy = small_pool_proxy
+    proxy = pg_proxy
     assert await readyz(proxy) == (200, {"status": "ready"})
     backend = proxy.app[SERVICES].vault.backend
     pool: asyncpg.Pool = await backend._get_pool()
