@@ -22,6 +22,17 @@ def luhn_complete(partial: str) -> str:
     return partial + str((10 - total % 10) % 10)
 
 
+def reference_luhn(number: str) -> bool:
+    """Textbook Luhn, written independently of proxy.domain.card (the tests' oracle)."""
+    total = 0
+    for position, char in enumerate(reversed(number)):
+        digit = int(char)
+        if position % 2 == 1:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
+
+
 @dataclass(frozen=True)
 class CardCase:
     """A card the tests send, with the brand our IIN detection must give it."""

@@ -31,6 +31,7 @@ from proxy.domain.hazmat import CardNumber, Cvc, Iban
 from proxy.domain.iban import iban_checksum_valid, parse_iban
 from proxy.domain.invoice import ocr_valid, validate_ocr
 from proxy.domain.requests import CardRequest, parse_card_request
+from tests.cards import luhn_complete, reference_luhn
 from tests.ibans import with_check_digits
 
 TODAY = date(2026, 5, 15)
@@ -52,21 +53,6 @@ TEST_PANS = [
 
 
 # ----------------------------------------------------------------- helpers
-
-
-def _reference_luhn(number: str) -> bool:
-    """Textbook Luhn, written independently of proxy.domain.card."""
-    total = 0
-    for position, char in enumerate(reversed(number)):
-        digit = int(char)
-        if position % 2 == 1:
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return total % 10 == 0
-
-
-def _with_check_digit(payload: str) -> str:
-    return next(payload + d for d in DIGITS if _reference_luhn(payload + d))
 
 
 @contextmanager
@@ -109,7 +95,7 @@ def card_body(**overrides: Any) -> dict[str, Any]:
 
 
 luhn_pans = st.integers(min_value=12, max_value=18).flatmap(
-    lambda n: st.text(DIGITS, min_size=n, max_size=n).map(_with_check_digit)
+    lambda n: st.text(DIGITS, min_size=n, max_size=n).map(luhn_complete)
 )
 
 
@@ -119,7 +105,7 @@ luhn_pans = st.integers(min_value=12, max_value=18).flatmap(
 @pytest.mark.parametrize(("pan", "brand"), TEST_PANS)
 def test_test_pans_are_luhn_valid(pan: str, brand: str) -> None:
     """Every test PAN passes both the reference and the production Luhn check."""
-    assert _reference_luhn(pan)
+    assert reference_luhn(pan)
     assert luhn_valid(pan)
 
 
@@ -133,7 +119,7 @@ def test_luhn_rejects_non_digits_and_empty() -> None:
 @given(st.text(DIGITS, min_size=1, max_size=30), st.data())
 def test_luhn_check_digit_property(payload: str, data: st.DataObject) -> None:
     """The right check digit makes any payload valid; any single-digit change breaks it."""
-    number = _with_check_digit(payload)
+    number = luhn_complete(payload)
     assert luhn_valid(number)
     index = data.draw(st.integers(0, len(number) - 1))
     replacement = data.draw(st.sampled_from([d for d in DIGITS if d != number[index]]))
@@ -151,18 +137,18 @@ def test_detect_brand_for_test_pans(pan: str, brand: str) -> None:
 
 def test_detect_brand_prefers_unionpay_for_shared_range() -> None:
     """622126-622925 (Discover/UnionPay shared) is unionpay, as the partner reports it."""
-    assert detect_brand(_with_check_digit("622126000000000")) == "unionpay"
+    assert detect_brand(luhn_complete("622126000000000")) == "unionpay"
 
 
 def test_detect_brand_needs_brand_length() -> None:
     """A known prefix with a length the brand does not issue is no brand."""
-    assert detect_brand(_with_check_digit("42424242424242")) is None  # visa, 15 digits
-    assert detect_brand(_with_check_digit("3782822463100")) is None  # amex, 14 digits
+    assert detect_brand(luhn_complete("42424242424242")) is None  # visa, 15 digits
+    assert detect_brand(luhn_complete("3782822463100")) is None  # amex, 14 digits
 
 
 def test_detect_brand_unknown_prefix() -> None:
     """Numbers in no listed IIN range have no brand."""
-    assert detect_brand(_with_check_digit("999999999999999")) is None
+    assert detect_brand(luhn_complete("999999999999999")) is None
 
 
 @given(st.text(DIGITS, max_size=25) | st.text(max_size=25))
@@ -374,14 +360,14 @@ def test_luhn_failure_is_invalid_number() -> None:
 
 def test_known_prefix_wrong_length_is_invalid_number() -> None:
     """A Luhn-valid visa-prefixed 15-digit number is invalid, not an unknown brand."""
-    pan = _with_check_digit("42424242424242")
+    pan = luhn_complete("42424242424242")
     with raises_safely(CardValidationFailed, "invalid_number", pan):
         parse_card_request(card_body(number=pan), today=TODAY)
 
 
 def test_unsupported_brand() -> None:
     """A Luhn-valid number in no known IIN range is unsupported_brand."""
-    pan = _with_check_digit("999999999999999")
+    pan = luhn_complete("999999999999999")
     with raises_safely(CardValidationFailed, "unsupported_brand", pan) as info:
         parse_card_request(card_body(number=pan), today=TODAY)
     assert info.value.param == "number"
@@ -683,14 +669,14 @@ def test_parse_iban_non_string() -> None:
 
 def test_ocr_valid_examples() -> None:
     """Luhn check digit last; optional length digit second to last."""
-    assert _reference_luhn("1234567897")
+    assert reference_luhn("1234567897")
     assert ocr_valid("1234567897")
     assert not ocr_valid("1234567898")
     assert ocr_valid("18")  # shortest: one payload digit and its check digit
     assert not ocr_valid("8")
-    assert not ocr_valid(_with_check_digit("1" * 25))  # 26 digits
+    assert not ocr_valid(luhn_complete("1" * 25))  # 26 digits
     # "12345" + length digit 7 (seven digits in all) + check digit 4.
-    assert _reference_luhn("1234574")
+    assert reference_luhn("1234574")
     assert ocr_valid("1234574", length_digit=True)
     assert not ocr_valid("1234567897", length_digit=True)
 

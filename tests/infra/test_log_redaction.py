@@ -16,25 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.infra.log import configure_logging, redact_processor, redact_text
+from tests.cards import luhn_complete, reference_luhn
 from tests.conftest import LOG_STREAM
 
 PAN = "4242424242424242"
 DIGITS = "0123456789"
-
-
-def _reference_luhn(number: str) -> bool:
-    """Textbook Luhn, written independently of proxy.domain.card."""
-    total = 0
-    for position, char in enumerate(reversed(number)):
-        digit = int(char)
-        if position % 2 == 1:
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return total % 10 == 0
-
-
-def _with_check_digit(payload: str) -> str:
-    return next(payload + d for d in DIGITS if _reference_luhn(payload + d))
 
 
 @contextmanager
@@ -157,7 +143,7 @@ def test_iban_is_redacted(iban: str) -> None:
 
 def test_iban_shaped_id_with_bad_checksum_is_kept() -> None:
     """An id shaped like an IBAN but failing mod-97 (and with no PAN in it) is left alone."""
-    assert not _reference_luhn("12345698765433")
+    assert not reference_luhn("12345698765433")
     with logging_to_buffer() as buffer:
         structlog.get_logger().info("x", ref="GB82WEST12345698765433")
     assert _lines(buffer)[0]["ref"] == "GB82WEST12345698765433"
@@ -173,7 +159,7 @@ def test_long_digit_runs_are_searched_for_glued_pans() -> None:
 def test_non_luhn_order_id_is_kept() -> None:
     """A 16-digit number that fails Luhn (an order id) is not redacted."""
     order_id = "1234567812345678"
-    assert not _reference_luhn(order_id)
+    assert not reference_luhn(order_id)
     with logging_to_buffer() as buffer:
         structlog.get_logger().info("x", order_id=order_id, event_count=3)
     line = _lines(buffer)[0]
@@ -253,7 +239,7 @@ def test_redact_processor_truncates_deep_nesting() -> None:
 
 
 luhn_pans = st.integers(min_value=12, max_value=18).flatmap(
-    lambda n: st.text(DIGITS, min_size=n, max_size=n).map(_with_check_digit)
+    lambda n: st.text(DIGITS, min_size=n, max_size=n).map(luhn_complete)
 )
 boundary = st.sampled_from(list("abcXYZ,;:!()[]{}/_=#\"'\t\n"))
 
