@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
 
-from proxy.infra.clients import ClientRegistry, add_client, parse_scopes
+from proxy.infra.clients import PUBLISHABLE_SCOPES, ClientRegistry, add_client, parse_scopes
 from proxy.infra.log import configure_logging
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import Settings
@@ -157,6 +157,25 @@ def client_keys(tmp_path: Path) -> dict[str, str]:
     """A clients file with one client per scope; returns name -> key."""
     path = tmp_path / "clients.json"
     return {name: add_client(path, name, parse_scopes(s)) for name, s in CLIENT_SCOPES.items()}
+
+
+# The browser origin publishable test keys are bound to.
+SHOP = "https://shop.example"
+
+
+def add_shop_key(
+    client_keys: dict[str, str], tmp_path: Path, name: str = "shop", origin: str = SHOP
+) -> dict[str, str]:
+    """Add a publishable key bound to ``origin`` to the test's clients file and to
+    ``client_keys`` (under ``name``); returns ``client_keys``."""
+    client_keys[name] = add_client(
+        tmp_path / "clients.json",
+        name,
+        PUBLISHABLE_SCOPES,
+        publishable=True,
+        origins=frozenset({origin}),
+    )
+    return client_keys
 
 
 @dataclass

@@ -17,8 +17,7 @@ import pytest
 from aiohttp import web
 from tokenproxy_sandbox.launcher import free_port
 
-from proxy.infra.clients import PUBLISHABLE_SCOPES, add_client
-from tests.conftest import RunningProxy, ci
+from tests.conftest import RunningProxy, add_shop_key, ci
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [
@@ -88,14 +87,7 @@ def client_keys(
     client_keys: dict[str, str], tmp_path: Path, checkout_origin: str
 ) -> dict[str, str]:
     """The standard clients plus the shop's publishable key bound to the checkout origin."""
-    client_keys["shop"] = add_client(
-        tmp_path / "clients.json",
-        "shop",
-        PUBLISHABLE_SCOPES,
-        publishable=True,
-        origins=frozenset({checkout_origin}),
-    )
-    return client_keys
+    return add_shop_key(client_keys, tmp_path, origin=checkout_origin)
 
 
 CHECKOUT_PAGE = """<!doctype html>

@@ -13,17 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenproxy_sandbox.launcher import Localstripe
 
-from proxy.infra.clients import PUBLISHABLE_SCOPES, add_client
 from proxy.infra.settings import FORWARDED, X_FORWARDED_FOR, IPNetwork, Settings, SettingsError
 from proxy.web import authguard
 from proxy.web.clientaddr import MAX_HOPS, parse_address, resolve
-from tests.conftest import RunningProxy, make_settings, running_proxy
+from tests.conftest import SHOP, RunningProxy, add_shop_key, make_settings, running_proxy
 from tests.core.test_invoices import invoice_body
 from tests.helpers import rows
 
 INGRESS = ipaddress.ip_network("10.0.0.0/8")
 TRUSTED: tuple[IPNetwork, ...] = (INGRESS, ipaddress.ip_network("fd00::/8"))
-SHOP = "https://shop.example"
 
 # Addresses no trust list below covers: what shoppers come from.
 _public_v4 = st.ip_addresses(v=4).filter(lambda a: a.is_global)
@@ -229,14 +227,7 @@ def test_bad_trust_settings_are_refused(name: str, value: str) -> None:
 @pytest.fixture
 def client_keys(client_keys: dict[str, str], tmp_path: Path) -> dict[str, str]:
     """The standard clients plus a publishable key bound to the shop."""
-    client_keys["shop"] = add_client(
-        tmp_path / "clients.json",
-        "shop",
-        PUBLISHABLE_SCOPES,
-        publishable=True,
-        origins=frozenset({SHOP}),
-    )
-    return client_keys
+    return add_shop_key(client_keys, tmp_path)
 
 
 def _env(trusted: str) -> dict[str, str]:

@@ -6,12 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.infra.clients import PUBLISHABLE_SCOPES, add_client
 from tests.cards import VISA
-from tests.conftest import RunningProxy
+from tests.conftest import SHOP, RunningProxy, add_shop_key
 from tests.proxy.test_cards_api import card_body
 
-SHOP = "https://shop.example"
 OTHER = "https://other.example"  # allowed for CORS, but not bound to the shop's key
 EVIL = "https://evil.example"
 
@@ -29,15 +27,8 @@ def proxy_env() -> dict[str, str]:
 @pytest.fixture
 def client_keys(client_keys: dict[str, str], tmp_path: Path) -> dict[str, str]:
     """The standard clients plus two publishable keys bound to the shop's origin."""
-    for name in ("shop", "shop2"):
-        client_keys[name] = add_client(
-            tmp_path / "clients.json",
-            name,
-            PUBLISHABLE_SCOPES,
-            publishable=True,
-            origins=frozenset({SHOP}),
-        )
-    return client_keys
+    add_shop_key(client_keys, tmp_path)
+    return add_shop_key(client_keys, tmp_path, "shop2")
 
 
 def preflight_headers(origin: str, method: str = "POST", headers: str = "") -> dict[str, str]:

@@ -14,13 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.infra.clients import PUBLISHABLE_SCOPES, ClientRegistry, add_client, digest
+from proxy.infra.clients import ClientRegistry, digest
 from tests.cards import VISA
-from tests.conftest import RunningProxy
+from tests.conftest import SHOP, RunningProxy, add_shop_key
 from tests.core.test_audit_api import audit_rows, settle
 from tests.helpers import metrics_text
 
-SHOP = "https://shop.example"
 PAN = VISA.number.encode()
 BODY = json.dumps(
     {"number": VISA.number, "exp_month": 12, "exp_year": 2030, "cvc": VISA.cvc}
@@ -36,14 +35,7 @@ def proxy_env() -> dict[str, str]:
 @pytest.fixture
 def client_keys(client_keys: dict[str, str], tmp_path: Path) -> dict[str, str]:
     """The standard clients plus a publishable key bound to the shop's origin."""
-    client_keys["shop"] = add_client(
-        tmp_path / "clients.json",
-        "shop",
-        PUBLISHABLE_SCOPES,
-        publishable=True,
-        origins=frozenset({SHOP}),
-    )
-    return client_keys
+    return add_shop_key(client_keys, tmp_path)
 
 
 _STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ", re.MULTILINE)

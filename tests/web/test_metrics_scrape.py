@@ -10,15 +10,13 @@ from pathlib import Path
 import pytest
 
 from proxy.core.services import PARTNER_FAILURES, PARTNER_OPERATIONS, VAULT_OPERATIONS
-from proxy.infra.clients import PUBLISHABLE_SCOPES, add_client
 from proxy.infra.keystatus import refresh_key_metrics
 from proxy.web.appkeys import METRICS, SERVICES
-from tests.conftest import RunningProxy
+from tests.conftest import SHOP, RunningProxy, add_shop_key
 from tests.helpers import metrics_text
 from tests.proxy.test_cards_api import card_body, tokenize
 
 PROXY = Path(__file__).resolve().parents[2] / "proxy"
-SHOP = "https://shop.example"
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -37,14 +35,7 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 @pytest.fixture
 def client_keys(client_keys: dict[str, str], tmp_path: Path) -> dict[str, str]:
     """The standard clients plus a publishable key for the shop."""
-    client_keys["shop"] = add_client(
-        tmp_path / "clients.json",
-        "shop",
-        PUBLISHABLE_SCOPES,
-        publishable=True,
-        origins=frozenset({SHOP}),
-    )
-    return client_keys
+    return add_shop_key(client_keys, tmp_path)
 
 
 @pytest.fixture
