@@ -241,37 +241,29 @@ class SqliteBackend(SqliteLifecycleMixin, SqliteSyncMixin):
 
     async def rewrap_deks(self, changes: Sequence[DekRewrap]) -> int:
         """Compare-and-set each data key's (version, wrapped) pair; one transaction."""
-        if not changes:
-            return 0
-
-        def run(conn: sqlite3.Connection) -> int:
-            cursor = conn.executemany(
-                "UPDATE deks SET kek_version = ?, wrapped = ?"
-                " WHERE dek_id = ? AND kek_version = ? AND wrapped = ?",
-                [
-                    (c.new_version, c.new_wrapped, c.dek_id, c.old_version, c.old_wrapped)
-                    for c in changes
-                ],
-            )
-            return cursor.rowcount
-
-        return await self._write(run)
+        return await self._rewrap(
+            "UPDATE deks SET kek_version = ?, wrapped = ?"
+            " WHERE dek_id = ? AND kek_version = ? AND wrapped = ?",
+            changes,
+        )
 
     async def rewrap_idempotency_keys(self, changes: Sequence[DekRewrap]) -> int:
         """Compare-and-set each idempotency row's (version, wrapped key); one transaction."""
+        return await self._rewrap(
+            "UPDATE idempotency_keys SET kek_version = ?, wrapped_dek = ?"
+            " WHERE key_idx = ? AND kek_version = ? AND wrapped_dek = ?",
+            changes,
+        )
+
+    async def _rewrap(self, sql: str, changes: Sequence[DekRewrap]) -> int:
         if not changes:
             return 0
+        rows = [
+            (c.new_version, c.new_wrapped, c.dek_id, c.old_version, c.old_wrapped) for c in changes
+        ]
 
         def run(conn: sqlite3.Connection) -> int:
-            cursor = conn.executemany(
-                "UPDATE idempotency_keys SET kek_version = ?, wrapped_dek = ?"
-                " WHERE key_idx = ? AND kek_version = ? AND wrapped_dek = ?",
-                [
-                    (c.new_version, c.new_wrapped, c.dek_id, c.old_version, c.old_wrapped)
-                    for c in changes
-                ],
-            )
-            return cursor.rowcount
+            return conn.executemany(sql, rows).rowcount
 
         return await self._write(run)
 
