@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import signal
 import socket
@@ -39,6 +38,7 @@ from proxy.web.middleware import ops_error_middleware, request_middleware
 from proxy.web.readiness import READINESS, Readiness
 from proxy.web.routes import ROUTES
 from proxy.web.sharedlimits import share_limits
+from proxy.web.tasks import cancel_and_wait
 from vault import (
     IdempotencyStore,
     Kind,
@@ -143,10 +143,7 @@ def create_app(
                     yield
                     app[READINESS].stopping()
             finally:
-                for task in tasks:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await cancel_and_wait(*tasks)
             if own_partner:
                 await the_partner.close()
         finally:
@@ -388,7 +385,5 @@ async def _unless_stopped(start: Awaitable[None], stop: asyncio.Event) -> bool:
     if task.done():
         task.result()  # a start-up failure is raised as it was
         return True
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)
     return False

@@ -27,7 +27,6 @@ Two bounds stop that:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import math
 import time
@@ -42,6 +41,7 @@ from proxy.core.audit import append_event
 from proxy.domain.errors import RateLimited
 from proxy.web.appkeys import METRICS, SERVICES, SETTINGS
 from proxy.web.clientaddr import client_address
+from proxy.web.tasks import cancel_and_wait
 from vault.audit import EventType, Outcome
 from vault.errors import AuditUnavailable, StorageUnavailable
 from vault.limits import SharedLimits
@@ -387,7 +387,5 @@ async def background(app: web.Application) -> AsyncIterator[None]:
 
     task = asyncio.create_task(loop())
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)
     await flush(app)

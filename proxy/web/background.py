@@ -12,6 +12,7 @@ from aiohttp import web
 from proxy.core.retention import flush_usage, purge
 from proxy.domain.errors import ProxyError
 from proxy.web.appkeys import SERVICES, SETTINGS
+from proxy.web.tasks import cancel_and_wait
 
 _log = structlog.get_logger("tokenproxy.retention")
 
@@ -46,10 +47,6 @@ async def retention_jobs(app: web.Application) -> AsyncIterator[None]:
             )
         )
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await cancel_and_wait(*tasks)
     with contextlib.suppress(ProxyError):
         await flush_usage(services)

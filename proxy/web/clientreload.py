@@ -10,7 +10,6 @@ problem (never a key or digest) and ``tokenproxy_clients_reload_total{outcome="f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -18,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from proxy.web.appkeys import CLIENTS, METRICS, SETTINGS
+from proxy.web.tasks import cancel_and_wait
 
 _log = structlog.get_logger("tokenproxy")
 OUTCOMES = ("success", "failure")
@@ -52,9 +52,7 @@ async def follow_clients_file(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(_poll(app, interval)) if interval > 0 else None
     yield
     if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def _poll(app: web.Application, interval: float) -> None:

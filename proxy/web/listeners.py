@@ -32,6 +32,7 @@ from proxy.infra.tls import (
 )
 from proxy.web.appkeys import SETTINGS
 from proxy.web.limits import ApiRunner, ConnectionLimits
+from proxy.web.tasks import cancel_and_wait
 
 _log = structlog.get_logger("tokenproxy")
 INTERNAL = "internal"
@@ -152,6 +153,4 @@ async def following_certificate(
     try:
         yield reloader
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)

@@ -25,6 +25,7 @@ import structlog
 from aiohttp import web
 
 from proxy.infra.metrics import Metrics
+from proxy.web.tasks import cancel_and_wait
 from vault import KeyRingBehind, KeyRingError, KeyRingMismatch, StorageUnavailable, Vault
 
 _log = structlog.get_logger("tokenproxy.readiness")
@@ -122,9 +123,7 @@ class Readiness:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def run(self) -> None:
         """Probe every ``interval`` seconds until cancelled."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -12,6 +11,7 @@ from aiohttp import web
 
 from proxy.infra.metrics import Metrics
 from proxy.web.appkeys import METRICS, SERVICES, SETTINGS
+from proxy.web.tasks import cancel_and_wait
 from vault import VaultError
 
 _log = structlog.get_logger("tokenproxy.runtime")
@@ -51,8 +51,4 @@ async def runtime_tasks(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(renew_keys_every(app[SETTINGS].kms_refresh_interval, vault.renew_keys)),
     ]
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await cancel_and_wait(*tasks)
