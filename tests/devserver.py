@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -35,6 +36,8 @@ class DevServer:
     demo: str
     process: subprocess.Popen[bytes]
     log: Path
+    # The client context trusting the proxy's certificate, when it serves TLS.
+    tls: ssl.SSLContext | None = None
 
     def output(self) -> str:
         """Everything the process printed so far (banner, then log lines)."""
@@ -71,8 +74,14 @@ def fake_clone(cwd: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_dev(cwd: Path, *, within: float = 60.0, **extra_env: str) -> Iterator[DevServer]:
-    """Start `python -m proxy dev` in ``cwd`` on free ports; SIGTERM it when the block ends."""
+def running_dev(
+    cwd: Path, *, within: float = 60.0, tls: ssl.SSLContext | None = None, **extra_env: str
+) -> Iterator[DevServer]:
+    """Start `python -m proxy dev` in ``cwd`` on free ports; SIGTERM it when the block ends.
+
+    ``tls``: the proxy is given a certificate (in ``extra_env``) that this client context
+    trusts, and is reached over https.
+    """
     cwd.mkdir(parents=True, exist_ok=True)
     fake_clone(cwd)
     listen, ops, demo = free_port(), free_port(), free_port()
@@ -92,14 +101,16 @@ def running_dev(cwd: Path, *, within: float = 60.0, **extra_env: str) -> Iterato
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    scheme = "http" if tls is None else "https"
     server = DevServer(
         cwd=cwd,
         env=env,
-        api=f"http://127.0.0.1:{listen}",
-        ops=f"http://127.0.0.1:{ops}",
+        api=f"{scheme}://127.0.0.1:{listen}",
+        ops=f"{scheme}://127.0.0.1:{ops}",
         demo=f"http://127.0.0.1:{demo}",
         process=process,
         log=log,
+        tls=tls,
     )
     try:
         _wait_ready(server, within)
@@ -120,7 +131,9 @@ def _wait_ready(server: DevServer, within: float) -> None:
         if server.process.poll() is not None:
             raise RuntimeError(f"tokenproxy dev exited early:\n{server.output()[-3000:]}")
         try:
-            with urllib.request.urlopen(server.ops + "/readyz", timeout=1) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(  # noqa: S310 - loopback
+                server.ops + "/readyz", timeout=1, context=server.tls
+            ) as resp:
                 if resp.status == 200:
                     return
         except (urllib.error.URLError, OSError):

@@ -162,7 +162,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             asyncio.run(serve(settings, sockets=sockets))
         else:
             demo = devmode.create_demo_app(
-                devmode.browser_origin(settings.listen), demo_key, str(dev_key_file)
+                devmode.proxy_origin(settings), demo_key, str(dev_key_file)
             )
             asyncio.run(devmode.serve_with_demo(settings, demo, demo_sock, sockets=sockets))
     finally:

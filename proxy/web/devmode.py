@@ -44,12 +44,24 @@ _DEMO_ASSETS: Final[dict[str, tuple[bytes, str]]] = {
 }
 
 
-def browser_origin(listen: HostPort) -> str:
-    """The origin a browser on this machine uses to reach a listener bound to ``listen``."""
+def browser_origin(listen: HostPort, *, tls: bool = False) -> str:
+    """The origin a browser on this machine uses to reach a listener bound to ``listen``
+    (``https`` when the listener speaks TLS)."""
     host = "127.0.0.1" if listen.host in _WILDCARD_HOSTS else listen.host
     if ":" in host:
         host = f"[{host}]"
-    return parse_origin(f"http://{host}:{listen.port}")
+    return parse_origin(f"{'https' if tls else 'http'}://{host}:{listen.port}")
+
+
+def serves_tls(settings: Settings) -> bool:
+    """Whether the proxy's listeners speak TLS: a certificate puts it on every one of them
+    (:func:`proxy.infra.tls.listener_contexts`). The demo page is plain HTTP either way."""
+    return settings.tls_cert_file is not None
+
+
+def proxy_origin(settings: Settings) -> str:
+    """The origin of the proxy's API listener, in the scheme it serves."""
+    return browser_origin(settings.listen, tls=serves_tls(settings))
 
 
 def ensure_demo_key(clients_path: Path, key_file: Path, origin: str) -> str:
@@ -181,7 +193,8 @@ def banner(
     sandbox: bool,
 ) -> str:
     """What `make run` prints first: where things are and commands that work as pasted."""
-    api = browser_origin(settings.listen)
+    api = proxy_origin(settings)
+    ops = f"{'https' if serves_tls(settings) else 'http'}://{settings.ops_listen}"
     fresh = "the sandbox partner starts empty on each run; " if sandbox else ""
     demo = (
         f"card fields demo: {demo_url} (open it in a browser)"
@@ -191,7 +204,7 @@ def banner(
     )
     return "\n".join(
         [
-            f"tokenproxy (dev) on {api}, ops on http://{settings.ops_listen}, partner: {partner}",
+            f"tokenproxy (dev) on {api}, ops on {ops}, partner: {partner}",
             demo,
             f"vault: {settings.vault_location} (key ring {settings.keyring_path.absolute()})",
             f"state in {state_dir}/ ({fresh}to start over, stop and remove {state_dir}/); "

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import html
+import http.client
 import json
 import re
 import socket
+import ssl
 import stat
 import urllib.error
 import urllib.request
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 from tokenproxy_sandbox.launcher import Localstripe, free_port
 
 from proxy.infra.clients import ClientRegistry, add_client, parse_scopes
@@ -30,6 +33,7 @@ from proxy.web.devmode import (
 )
 from tests.devserver import DevServer, running_dev
 from tests.resilience.serverproc import ServerProcess
+from tests.web.test_tls import write_server_cert
 
 DEMO = "http://127.0.0.1:8081"
 
@@ -65,6 +69,8 @@ def test_browser_origin_of_wildcard_and_named_hosts() -> None:
     assert browser_origin(HostPort("127.0.0.1", 8081)) == DEMO
     assert browser_origin(HostPort("Dev.Example", 80)) == "http://dev.example"
     assert browser_origin(HostPort("::1", 8081)) == "http://[::1]:8081"
+    assert browser_origin(HostPort("0.0.0.0", 8443), tls=True) == "https://127.0.0.1:8443"  # noqa: S104
+    assert browser_origin(HostPort("dev.example", 443), tls=True) == "https://dev.example"
 
 
 def test_demo_key_is_publishable_bound_to_the_demo_origin(tmp_path: Path) -> None:
@@ -150,6 +156,54 @@ def test_banner_says_when_the_demo_did_not_start() -> None:
         "card fields demo not started: 127.0.0.1:8081 is in use "
         "(set TOKENPROXY_DEMO_LISTEN to another HOST:PORT)"
     ]
+
+
+def test_banner_names_the_scheme_each_listener_serves() -> None:
+    """Plain listeners are printed as http://, and all of them as https:// once TLS is set."""
+    base = {"TOKENPROXY_STRIPE_API_BASE": "http://127.0.0.1:1"}
+    tls = {"TOKENPROXY_TLS_CERT_FILE": "tls.crt", "TOKENPROXY_TLS_KEY_FILE": "tls.key"}
+    for env, scheme in ((base, "http"), ({**base, **tls}, "https")):
+        text = banner(
+            Settings.from_env(env),
+            partner="stub",
+            dev_key_file=Path("var/dev-client.key"),
+            demo_url=None,
+            state_dir=Path("var"),
+            sandbox=True,
+        )
+        first = text.splitlines()[0]
+        assert first.startswith(
+            f"tokenproxy (dev) on {scheme}://127.0.0.1:8080, ops on {scheme}://127.0.0.1:9090,"
+        ), first
+        other = "http" if scheme == "https" else "https"
+        assert f"{other}://127.0.0.1:8080" not in text
+
+
+def test_dev_with_tls_prints_and_serves_https(tmp_path: Path) -> None:
+    """`tokenproxy dev` with a certificate: the banner, its commands and the demo page name
+    the https addresses, and those answer over TLS with that certificate."""
+    ca = trustme.CA()
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    write_server_cert(ca, cert_file, key_file)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with running_dev(
+        tmp_path / "dev",
+        tls=context,
+        TOKENPROXY_TLS_CERT_FILE=str(cert_file),
+        TOKENPROXY_TLS_KEY_FILE=str(key_file),
+    ) as dev:
+        assert dev.api.startswith("https://")
+        assert f"tokenproxy (dev) on {dev.api}, ops on {dev.ops}," in dev.output()
+        assert f"curl -s {dev.api}/v1/tokens/" in "\n".join(dev.banner_commands())
+        _, _, page = _get(dev.demo + "/")
+        assert _config(page)["proxy"] == dev.api
+        request = urllib.request.Request(dev.api + "/openapi.json")  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=10, context=context) as resp:  # noqa: S310 - loopback
+            assert resp.status == 200
+        # The same address in plain HTTP is not served.
+        with pytest.raises((OSError, http.client.HTTPException)):
+            _get(dev.api.replace("https://", "http://") + "/openapi.json")
 
 
 def test_demo_never_takes_the_proxy_addresses() -> None:
