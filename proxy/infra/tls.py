@@ -11,6 +11,14 @@ symlink). :class:`CertificateReloader` notices the change, checks the new pair i
 scratch context first (a half-written or mismatched pair changes nothing), and then
 loads it into the live contexts: new handshakes present the new certificate, while
 connections already open keep the session they negotiated and are not dropped.
+
+A changed client-CA bundle is noticed the same way, but cannot be loaded into the live
+context: OpenSSL only adds to a context's trust store, so a CA taken out of the bundle
+would stay trusted. The reloader builds a whole new context for the internal listener
+instead, and each new handshake moves onto the newest one (the listener's first context
+keeps doing the accepting); a bundle that does not load leaves the old one in force.
+Session resumption is looked up in the first context's cache and is not verified again:
+a session made before the change lasts until it expires (docs/deployment.md says so).
 """
 
 from __future__ import annotations
@@ -129,34 +137,101 @@ def _stamp(*paths: Path) -> Stamp:
 
 
 class CertificateReloader:
-    """Loads a renewed certificate and key into live contexts when their files change."""
+    """Loads a renewed certificate and key into live contexts when their files change, and
+    a changed client-CA bundle into a fresh context for the listener that verifies clients.
 
-    def __init__(self, cert: Path, key: Path, contexts: Iterable[ssl.SSLContext]) -> None:
+    ``verifying`` is that listener's context (as :func:`listener_contexts` made it with
+    ``client_ca``); the reloader takes over its ``sni_callback``.
+    """
+
+    def __init__(
+        self,
+        cert: Path,
+        key: Path,
+        contexts: Iterable[ssl.SSLContext],
+        *,
+        client_ca: Path | None = None,
+        verifying: ssl.SSLContext | None = None,
+    ) -> None:
+        if (client_ca is None) != (verifying is None):
+            raise ValueError("client_ca and verifying go together")
         self.cert = cert
         self.key = key
+        self.client_ca = client_ca
         self.contexts = list(contexts)
         self._loaded = _stamp(cert, key)
         self._failed: Stamp | None = None
+        self._verifying = verifying
+        self._ca_loaded = _stamp(client_ca) if client_ca is not None else ()
+        self._ca_failed: Stamp | None = None
+        if verifying is not None:
+            verifying.sni_callback = self._to_newest
+
+    @property
+    def served_pair(self) -> Stamp:
+        """The identities of the certificate and key files the contexts hold."""
+        return self._loaded
+
+    def _to_newest(
+        self, ssl_object: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext
+    ) -> None:
+        # Called early in every handshake on the listener's first context, SNI or not:
+        # the certificate sent and the client-CA store checked are then the new context's.
+        if self._verifying is not None and self._verifying is not context:
+            ssl_object.context = self._verifying
 
     def reload(self) -> bool | None:
-        """Load the pair if its files changed: True when loaded, None when nothing changed.
+        """Load what changed: True when anything loaded, None when nothing changed.
 
-        CertificateError when the new pair does not load: the contexts keep the old pair,
-        and the same files are not tried again until one of them changes once more (a
-        certificate written before its key loads at the key's turn).
+        CertificateError when what changed does not load: the old pair (or bundle) stays
+        in force, and the same files are not tried again until one of them changes once
+        more (a certificate written before its key loads at the key's turn). The pair and
+        the bundle are tried each on its own: a broken bundle holds back no renewal.
         """
+        loaded: bool | None = None
+        problem: CertificateError | None = None
+        for step in (self._reload_pair, self._reload_client_ca):
+            try:
+                loaded = step() or loaded
+            except CertificateError as exc:
+                problem = problem or exc
+        if problem is not None:
+            raise problem
+        return loaded
+
+    def _reload_pair(self) -> bool | None:
         stamp = _stamp(self.cert, self.key)
         if stamp in (self._loaded, self._failed):
             return None
+        live = list(self.contexts)
+        if self._verifying is not None and self._verifying not in live:
+            live.append(self._verifying)
         try:
             # A scratch context first, so the live contexts only ever get a pair that loads.
             _load_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), self.cert, self.key)
-            for context in self.contexts:
+            for context in live:
                 _load_pair(context, self.cert, self.key)
         except CertificateError:
             self._failed = stamp
             raise
         self._loaded, self._failed = stamp, None
+        return True
+
+    def _reload_client_ca(self) -> bool | None:
+        if self.client_ca is None or _stamp(self.client_ca) == self._ca_loaded:
+            return None
+        # The new context needs the pair too: a failure is tried again once any of the
+        # three files changes (a bundle read beside a half-written pair loads later).
+        attempt = _stamp(self.cert, self.key, self.client_ca)
+        if attempt == self._ca_failed:
+            return None
+        try:
+            fresh = server_context(self.cert, self.key, client_ca=self.client_ca)
+        except CertificateError:
+            self._ca_failed = attempt
+            raise
+        self._verifying = fresh
+        self._ca_loaded, self._ca_failed = _stamp(self.client_ca), None
         return True
 
 

@@ -109,19 +109,27 @@ def warn_plain_http(settings: Settings, contexts: ListenerContexts) -> None:
 
 
 def reload_certificate(reloader: CertificateReloader | None, metrics: Metrics) -> None:
-    """Load a renewed certificate if its files changed; logged and counted either way."""
+    """Load a renewed certificate or client-CA bundle if its files changed; logged and
+    counted either way."""
     if reloader is None:
         return
+    served = reloader.served_pair
     try:
         loaded = reloader.reload()
     except CertificateError as exc:
         metrics.child(metrics.tls_reloads, "failure").inc()
         _log.warning("tls_reload_failed", problem=str(exc))
-        return
-    if loaded:
-        metrics.child(metrics.tls_reloads, "success").inc()
+        loaded = False
+    else:
+        if loaded:
+            metrics.child(metrics.tls_reloads, "success").inc()
+            files = {"cert": str(reloader.cert)}
+            if reloader.client_ca is not None:
+                files["client_ca"] = str(reloader.client_ca)
+            _log.info("tls_reloaded", **files)
+    # The pair can load while a bundle read at the same look fails.
+    if reloader.served_pair != served:
         _record_expiry(reloader.cert, metrics)
-        _log.info("tls_reloaded", cert=str(reloader.cert))
 
 
 def _record_expiry(cert: Path, metrics: Metrics) -> None:
@@ -134,7 +142,8 @@ def _record_expiry(cert: Path, metrics: Metrics) -> None:
 async def following_certificate(
     settings: Settings, contexts: ListenerContexts, metrics: Metrics
 ) -> AsyncIterator[CertificateReloader | None]:
-    """While the block runs, look at the certificate files every TOKENPROXY_TLS_RELOAD_INTERVAL."""
+    """While the block runs, look at the certificate, key and client-CA files every
+    TOKENPROXY_TLS_RELOAD_INTERVAL."""
     cert, key = settings.tls_cert_file, settings.tls_key_file
     if cert is None or key is None:
         yield None
@@ -142,7 +151,14 @@ async def following_certificate(
     for outcome in ("success", "failure"):
         metrics.child(metrics.tls_reloads, outcome)
     _record_expiry(cert, metrics)
-    reloader = CertificateReloader(cert, key, contexts.all())
+    ca = settings.tls_client_ca_file
+    reloader = CertificateReloader(
+        cert,
+        key,
+        contexts.all(),
+        client_ca=ca,
+        verifying=contexts.internal if ca is not None else None,
+    )
 
     async def poll() -> None:
         while True:

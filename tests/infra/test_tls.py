@@ -126,6 +126,36 @@ def test_reloader_loads_only_changed_pairs_that_load(tmp_path: Path) -> None:
     assert reloader.reload() is None
 
 
+def test_reloader_takes_a_client_ca_bundle_apart_from_the_pair(tmp_path: Path) -> None:
+    """A broken bundle holds back no renewal of the pair and is not retried until a file
+    changes; a good bundle then loads."""
+    ca, clients = trustme.CA(), trustme.CA()
+    first, second = ca.issue_cert("127.0.0.1"), ca.issue_cert("127.0.0.1")
+    cert, key, bundle = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
+    first.cert_chain_pems[0].write_to_path(str(cert))
+    first.private_key_pem.write_to_path(str(key))
+    clients.cert_pem.write_to_path(str(bundle))
+    public = server_context(cert, key)
+    verifying = server_context(cert, key, client_ca=bundle)
+    reloader = CertificateReloader(
+        cert, key, [public, verifying], client_ca=bundle, verifying=verifying
+    )
+    assert reloader.reload() is None
+    served = reloader.served_pair
+    bundle.write_text("not a certificate")
+    second.cert_chain_pems[0].write_to_path(str(cert))
+    second.private_key_pem.write_to_path(str(key))
+    with pytest.raises(CertificateError, match="TOKENPROXY_TLS_CLIENT_CA_FILE"):
+        reloader.reload()
+    assert reloader.served_pair != served
+    assert reloader.reload() is None
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    assert reloader.reload() is True
+    assert reloader.reload() is None
+    with pytest.raises(ValueError, match="together"):
+        CertificateReloader(cert, key, [public], client_ca=bundle)
+
+
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [

@@ -374,6 +374,91 @@ async def test_a_broken_renewal_keeps_the_old_certificate(tls_proxy: TlsProxy) -
     assert after == before
 
 
+async def _internal_answers(proxy: TlsProxy, cert: trustme.LeafCert) -> bool:
+    """Whether a new connection to the internal listener presenting ``cert`` is answered."""
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with http.get(
+                proxy.internal + "/openapi.json", ssl=proxy.client_context(cert)
+            ) as resp:
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False
+
+
+async def _tls_reloads(proxy: TlsProxy, outcome: str) -> float:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"https://{proxy.settings.ops_listen}/metrics", ssl=proxy.client_context()
+        ) as resp,
+    ):
+        text = await resp.text()
+    prefix = f'tokenproxy_tls_reloads_total{{outcome="{outcome}"}} '
+    return next(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
+async def test_a_changed_client_ca_bundle_is_used_for_new_handshakes(tls_proxy: TlsProxy) -> None:
+    """A replaced client-CA bundle is in force without a restart: the new CA's certificates
+    get in, the CA taken out is refused, and a connection opened before keeps working."""
+    ca_file = tls_proxy.settings.tls_client_ca_file
+    assert ca_file is not None
+    old = tls_proxy.client_ca.issue_cert("billing.svc", common_name="billing")
+    new_ca = trustme.CA()
+    new = new_ca.issue_cert("billing.svc", common_name="billing")
+    assert await _internal_answers(tls_proxy, old)
+    assert not await _internal_answers(tls_proxy, new)
+    host, port = str(tls_proxy.settings.internal_listen).rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(
+        host, int(port), ssl=tls_proxy.client_context(old)
+    )
+    try:
+        assert await _get_openapi(reader, writer) == 200
+        new_ca.cert_pem.write_to_path(str(ca_file))
+        for _ in range(600):
+            if await _internal_answers(tls_proxy, new):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the new CA bundle was never used")
+        assert not await _internal_answers(tls_proxy, old)
+        assert await _get_openapi(reader, writer) == 200
+        assert await _tls_reloads(tls_proxy, "success") == 1
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+async def test_a_broken_client_ca_bundle_keeps_the_old_one(tls_proxy: TlsProxy) -> None:
+    """A CA file that does not load is counted as a failed reload and changes nothing; the
+    next good bundle written is loaded."""
+    ca_file = tls_proxy.settings.tls_client_ca_file
+    assert ca_file is not None
+    old = tls_proxy.client_ca.issue_cert("billing.svc", common_name="billing")
+    ca_file.write_text("not a certificate\n")
+    for _ in range(600):
+        if await _tls_reloads(tls_proxy, "failure") == 1:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the broken bundle was never noticed")
+    assert await _internal_answers(tls_proxy, old)
+    # The public listener's certificate is untouched, and so is its handshake.
+    await _handshake(str(tls_proxy.settings.listen), tls_proxy.client_context())
+    new_ca = trustme.CA()
+    new_ca.cert_pem.write_to_path(str(ca_file))
+    new = new_ca.issue_cert("billing.svc", common_name="billing")
+    for _ in range(600):
+        if await _internal_answers(tls_proxy, new):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the good bundle after a broken one was never used")
+    assert not await _internal_answers(tls_proxy, old)
+    assert await _tls_reloads(tls_proxy, "failure") == 1
+
+
 async def _get_openapi(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
     """One keep-alive GET /openapi.json on an open connection; its status."""
     writer.write(b"GET /openapi.json HTTP/1.1\r\nHost: proxy\r\n\r\n")
