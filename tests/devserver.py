@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenproxy_sandbox.launcher import executable, free_port
+
+from tests.helpers import stop_process
 
 BANNER_TRY = "try, from this directory:"
 
@@ -116,13 +117,7 @@ def running_dev(
         _wait_ready(server, within)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(process)
 
 
 def _wait_ready(server: DevServer, within: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,18 @@ from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe
 
 from tests.conftest import RunningProxy
 from tests.ibans import VALID, IbanCase
+
+
+def stop_process(process: subprocess.Popen[Any], *, within: float = 30.0) -> None:
+    """SIGTERM ``process`` (what Kubernetes sends) and wait; SIGKILL it after ``within`` s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 async def partner_get(localstripe: Localstripe, path: str) -> tuple[int, dict[str, Any]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, free_port
+
+from tests.helpers import stop_process
 
 
 @pytest.fixture
@@ -44,13 +45,7 @@ def dev_process(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
     try:
         yield clone, process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, within=20)
         if process.stdout is not None:
             process.stdout.close()
 

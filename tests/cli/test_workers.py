@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from tokenproxy_sandbox.launcher import free_port
 
+from tests.helpers import stop_process
 from vault.keys.ring import init_keyring
 
 # Each poll of the log or of a listener waits this long; loops are bounded by count.
@@ -113,13 +114,7 @@ def deployment(tmp_path: Path, client_keys: dict[str, str]) -> Iterator[Deployme
         running.wait_for("workers_serving", 1)
         yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
 
 def requests_counted(deployment: Deployment) -> float:

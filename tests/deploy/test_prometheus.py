@@ -19,6 +19,7 @@ from tokenproxy_sandbox.launcher import free_port
 
 from tests.conftest import RunningProxy
 from tests.deploy.tools import DEPLOY, PROMETHEUS_RULE, render_prometheus_rule, require
+from tests.helpers import stop_process
 from tests.proxy.test_cards_api import card_body, tokenize
 
 RULES = DEPLOY / "prometheus" / "rules.yml"
@@ -110,13 +111,7 @@ class PrometheusServer:
 
     def stop(self) -> None:
         """Terminate and wait."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process, within=10)
         self.log.close()
 
 
