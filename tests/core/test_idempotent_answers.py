@@ -8,25 +8,12 @@ import pytest
 from proxy.core.idempotent import REPLAYED_HEADER, Answer, create_once
 from proxy.core.services import Services
 from proxy.core.views import created_view
-from proxy.infra.metrics import Metrics
-from proxy.partners.stripe import StripePartner
-from vault import Claim, IdempotencyStore, Kind, Record, Vault
+from vault import Claim, Kind, Record
 
 # A 402 with a header, as earlier versions sealed it into the row (the vault built this JSON
 # then; the proxy builds it now, byte for byte the same).
 EARLIER = b'{"status": 402, "body": "{\\"error\\": {}}", "headers": {"Retry-After": "3"}}'
 RAW = b'{"same": "body"}'
-
-
-@pytest.fixture
-def services(vault: Vault, stripe_partner: StripePartner) -> Services:
-    """The use cases' dependencies over the test's vault, as create_app wires them."""
-    return Services(
-        vault=vault,
-        partner=stripe_partner,
-        metrics=Metrics(),
-        idempotency=IdempotencyStore(vault),
-    )
 
 
 @pytest.mark.parametrize(

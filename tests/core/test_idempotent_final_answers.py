@@ -25,10 +25,8 @@ from proxy.domain.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
-from proxy.infra.metrics import Metrics
-from proxy.partners.stripe import StripePartner
 from tests.backends import RawRows
-from vault import IdempotencyStore, Kind, NewRecord, Record, Vault
+from vault import Kind, NewRecord, Record
 
 INVOICE = NewRecord(
     kind=Kind.INVOICE, partner=None, partner_reference=None, customer_ref="cus-flow"
@@ -48,17 +46,6 @@ TRANSIENT = [
     RateLimited("slow down"),
     RequestTimeout("late"),
 ]
-
-
-@pytest.fixture
-def services(vault: Vault, stripe_partner: StripePartner) -> Services:
-    """The use cases' dependencies over the test's vault, as create_app wires them."""
-    return Services(
-        vault=vault,
-        partner=stripe_partner,
-        metrics=Metrics(),
-        idempotency=IdempotencyStore(vault),
-    )
 
 
 class Flow:

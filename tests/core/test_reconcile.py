@@ -37,12 +37,6 @@ from vault import Vault
 TODAY = date(2026, 1, 1)
 
 
-@pytest.fixture
-def services(vault: Vault, stripe_partner: StripePartner) -> Services:
-    """The use cases' dependencies over the test's vault and localstripe."""
-    return Services(vault=vault, partner=stripe_partner, metrics=Metrics())
-
-
 async def save_card(services: Services, customer: str) -> dict[str, Any]:
     """Tokenize a card saved on ``customer``; its record's token, pm and partner customer."""
     created = await tokenize_card(services, card_body(customer_ref=customer), today=TODAY)
