@@ -9,18 +9,17 @@ real adapter and retry layer see it over a socket.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import date
 
 import pytest
-from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe
+from tokenproxy_sandbox.launcher import Localstripe
 
 from proxy.domain.errors import PartnerDeclined, PartnerError, PartnerUnavailable
 from proxy.domain.requests import CardRequest, parse_card_request
 from proxy.partners.resilience import CircuitBreaker, CircuitState, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
 from tests.cards import VISA
-from tests.sandbox_front import reset_front, script_fault
+from tests.sandbox_front import script_fault
 
 TODAY = date(2026, 11, 25)
 PM_PATH = "/v1/payment_methods"
@@ -87,16 +86,6 @@ def card() -> CardRequest:
     return parse_card_request(
         {"number": VISA.number, "exp_month": 12, "exp_year": 2030, "cvc": VISA.cvc}, today=TODAY
     )
-
-
-@pytest.fixture
-async def partner(localstripe: Localstripe) -> AsyncIterator[StripePartner]:
-    """The real adapter against the sandbox front, with no scripted fault left over."""
-    await reset_front(localstripe)
-    adapter = StripePartner(SANDBOX_API_KEY, api_base=localstripe.base_url)
-    yield adapter
-    await adapter.close()
-    await reset_front(localstripe)
 
 
 async def refused(partner: StripePartner) -> PartnerError:

@@ -6,29 +6,17 @@ included, as backwards-compatible, and says ids never exceed 255 characters.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe
+from tokenproxy_sandbox.launcher import Localstripe
 
 from proxy.domain.errors import PartnerError
 from proxy.partners.stripe import StripePartner, _object_id
-from tests.sandbox_front import recorded_requests, reset_front, script_fault
+from tests.sandbox_front import recorded_requests, script_fault
 
 LONG_CUSTOMER = "cust2_" + "Ab9" * 83  # 255 characters, a prefix Stripe does not use today
 LONG_PM = "paymeth_" + "x" * 247
-
-
-@pytest.fixture
-async def partner(localstripe: Localstripe) -> AsyncIterator[StripePartner]:
-    """The real adapter against the sandbox front, with no scripted fault left over."""
-    await reset_front(localstripe)
-    adapter = StripePartner(SANDBOX_API_KEY, api_base=localstripe.base_url)
-    yield adapter
-    await adapter.close()
-    await reset_front(localstripe)
 
 
 async def test_a_long_id_with_a_new_prefix_is_taken_and_used(
