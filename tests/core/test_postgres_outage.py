@@ -11,12 +11,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, Localstripe, free_port
+from tokenproxy_sandbox.launcher import Localstripe
 
-from proxy.infra.metrics import Metrics
-from proxy.infra.settings import Settings
-from proxy.web.app import create_app, create_ops_app
 from proxy.web.readiness import READINESS
+from tests.conftest import make_settings, running_proxy
 from tests.ibans import VALID
 from tests.partner_tap import PartnerTap
 from tests.tcpgate import TcpGate
@@ -75,43 +73,31 @@ async def gated_proxy(
     await gate.open()
     tap = PartnerTap(localstripe.base_url)
     await tap.start()
-    settings = Settings.from_env(
+    settings = make_settings(
+        tmp_path,
+        keyring_path,
+        tap.base_url,
         {
-            "TOKENPROXY_LISTEN": f"127.0.0.1:{free_port()}",
-            "TOKENPROXY_OPS_LISTEN": f"127.0.0.1:{free_port()}",
             "TOKENPROXY_VAULT_URL": pg_schema_url.replace(
                 "127.0.0.1:5432", f"127.0.0.1:{gate.port}"
             ),
-            "TOKENPROXY_KEYRING": str(keyring_path),
-            "TOKENPROXY_CLIENTS": str(tmp_path / "clients.json"),
-            "STRIPE_API_KEY": SANDBOX_API_KEY,
-            "TOKENPROXY_STRIPE_API_BASE": tap.base_url,
             "TOKENPROXY_DB_POOL_MIN": "2",
             "TOKENPROXY_DB_POOL_MAX": "4",
             "TOKENPROXY_DB_TIMEOUT": str(DB_TIMEOUT),
-        }
+        },
     )
-    app = create_app(settings, metrics=Metrics())
-    runner = web.AppRunner(app, access_log=None)
-    ops_runner = web.AppRunner(create_ops_app(app), access_log=None)
-    await runner.setup()
-    await ops_runner.setup()
-    await web.TCPSite(runner, settings.listen.host, settings.listen.port).start()
-    await web.TCPSite(ops_runner, settings.ops_listen.host, settings.ops_listen.port).start()
     try:
-        async with aiohttp.ClientSession() as http:
+        async with running_proxy(tmp_path, client_keys, settings) as running:
             yield GatedProxy(
-                base=f"http://{settings.listen}",
-                ops=f"http://{settings.ops_listen}",
+                base=running.base,
+                ops=running.ops,
                 gate=gate,
                 tap=tap,
-                keys=client_keys,
-                http=http,
-                app=app,
+                keys=running.keys,
+                http=running.http,
+                app=running.app,
             )
     finally:
-        await runner.cleanup()
-        await ops_runner.cleanup()
         await tap.stop()
         await gate.cut()
 
