@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -325,6 +325,40 @@ async def test_bound_key_is_refused_with_another_identity(tls_proxy: TlsProxy) -
                 assert "partner_reference" not in body
 
 
+async def _eventually(check: Callable[[], Awaitable[bool]], failure: str) -> None:
+    """Wait (up to half a minute) until ``check`` holds; the test fails with ``failure``."""
+    for _ in range(600):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(failure)
+
+
+async def _internal_answers(proxy: TlsProxy, cert: trustme.LeafCert) -> bool:
+    """Whether a new connection to the internal listener presenting ``cert`` is answered."""
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with http.get(
+                proxy.internal + "/openapi.json", ssl=proxy.client_context(cert)
+            ) as resp:
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False
+
+
+async def _tls_reloads_are(proxy: TlsProxy, outcome: str, count: int) -> bool:
+    """Whether the ops listener counts ``count`` TLS reloads of ``outcome``."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"https://{proxy.settings.ops_listen}/metrics", ssl=proxy.client_context()
+        ) as resp,
+    ):
+        text = await resp.text()
+    prefix = f'tokenproxy_tls_reloads_total{{outcome="{outcome}"}} '
+    return any(line == f"{prefix}{count:.1f}" for line in text.splitlines())
+
+
 async def test_certificate_reload_keeps_open_connections(tls_proxy: TlsProxy) -> None:
     """A renewed certificate is served to new connections; an open keep-alive one keeps working."""
     host, port = str(tls_proxy.settings.listen).rsplit(":", 1)
@@ -358,44 +392,13 @@ async def test_a_broken_renewal_keeps_the_old_certificate(tls_proxy: TlsProxy) -
     ).getpeercert(binary_form=True)
     other = tls_proxy.ca.issue_cert("127.0.0.1")
     tls_proxy.cert_file.write_bytes(other.cert_chain_pems[0].bytes())  # key left as it was
-    async with aiohttp.ClientSession() as http:
-        metrics_url = f"https://{tls_proxy.settings.ops_listen}/metrics"
-        for _ in range(600):
-            async with http.get(metrics_url, ssl=tls_proxy.client_context()) as resp:
-                text = await resp.text()
-            if 'tokenproxy_tls_reloads_total{outcome="failure"} 1.0' in text:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the broken renewal was never noticed")
+    await _eventually(
+        lambda: _tls_reloads_are(tls_proxy, "failure", 1), "the broken renewal was never noticed"
+    )
     after = (
         await _handshake(str(tls_proxy.settings.listen), tls_proxy.client_context())
     ).getpeercert(binary_form=True)
     assert after == before
-
-
-async def _internal_answers(proxy: TlsProxy, cert: trustme.LeafCert) -> bool:
-    """Whether a new connection to the internal listener presenting ``cert`` is answered."""
-    async with aiohttp.ClientSession() as http:
-        try:
-            async with http.get(
-                proxy.internal + "/openapi.json", ssl=proxy.client_context(cert)
-            ) as resp:
-                return resp.status == 200
-        except aiohttp.ClientError:
-            return False
-
-
-async def _tls_reloads(proxy: TlsProxy, outcome: str) -> float:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(
-            f"https://{proxy.settings.ops_listen}/metrics", ssl=proxy.client_context()
-        ) as resp,
-    ):
-        text = await resp.text()
-    prefix = f'tokenproxy_tls_reloads_total{{outcome="{outcome}"}} '
-    return next(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
 
 
 async def test_a_changed_client_ca_bundle_is_used_for_new_handshakes(tls_proxy: TlsProxy) -> None:
@@ -415,15 +418,12 @@ async def test_a_changed_client_ca_bundle_is_used_for_new_handshakes(tls_proxy: 
     try:
         assert await _get_openapi(reader, writer) == 200
         new_ca.cert_pem.write_to_path(str(ca_file))
-        for _ in range(600):
-            if await _internal_answers(tls_proxy, new):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the new CA bundle was never used")
+        await _eventually(
+            lambda: _internal_answers(tls_proxy, new), "the new CA bundle was never used"
+        )
         assert not await _internal_answers(tls_proxy, old)
         assert await _get_openapi(reader, writer) == 200
-        assert await _tls_reloads(tls_proxy, "success") == 1
+        assert await _tls_reloads_are(tls_proxy, "success", 1)
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError, ssl.SSLError):
@@ -437,26 +437,21 @@ async def test_a_broken_client_ca_bundle_keeps_the_old_one(tls_proxy: TlsProxy) 
     assert ca_file is not None
     old = tls_proxy.client_ca.issue_cert("billing.svc", common_name="billing")
     ca_file.write_text("not a certificate\n")
-    for _ in range(600):
-        if await _tls_reloads(tls_proxy, "failure") == 1:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the broken bundle was never noticed")
+    await _eventually(
+        lambda: _tls_reloads_are(tls_proxy, "failure", 1), "the broken bundle was never noticed"
+    )
     assert await _internal_answers(tls_proxy, old)
     # The public listener's certificate is untouched, and so is its handshake.
     await _handshake(str(tls_proxy.settings.listen), tls_proxy.client_context())
     new_ca = trustme.CA()
     new_ca.cert_pem.write_to_path(str(ca_file))
     new = new_ca.issue_cert("billing.svc", common_name="billing")
-    for _ in range(600):
-        if await _internal_answers(tls_proxy, new):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the good bundle after a broken one was never used")
+    await _eventually(
+        lambda: _internal_answers(tls_proxy, new),
+        "the good bundle after a broken one was never used",
+    )
     assert not await _internal_answers(tls_proxy, old)
-    assert await _tls_reloads(tls_proxy, "failure") == 1
+    assert await _tls_reloads_are(tls_proxy, "failure", 1)
 
 
 async def _get_openapi(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
