@@ -7,6 +7,7 @@ import hashlib
 import socket
 import subprocess
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -247,29 +248,39 @@ async def test_rows_without_a_customer_are_not_erased(vault: Vault) -> None:
     assert await store.begin("checkout", "anon", BODY) == Replay(b'{"a": 1}')
 
 
-@settings(max_examples=25, deadline=None)
-@given(answer=st.binary(max_size=2048))
-def test_stored_answer_is_opaque_bytes(answer: bytes) -> None:
-    """Whatever bytes the caller stores as its answer (not UTF-8, NULs, empty) come back on
-    replay exactly: the vault neither reads nor shapes them."""
+def on_a_fresh_vault(scenario: Callable[[Vault], Awaitable[None]]) -> None:
+    """Run ``scenario`` on a new SQLite vault in a directory of its own: each hypothesis
+    example needs one, which the function-scoped ``vault`` fixture does not give."""
 
-    async def scenario(directory: Path) -> None:
+    async def run(directory: Path) -> None:
         ring = directory / "keyring.json"
         init_keyring(ring)
         vault = await Vault.open(
             f"sqlite:///{directory / 'vault.db'}", LocalKekProvider.from_file(ring)
         )
         try:
-            store = IdempotencyStore(vault)
-            claim = await store.begin("checkout", "opaque", BODY)
-            assert isinstance(claim, Claim)
-            await store.complete(claim, answer)
-            assert await store.begin("checkout", "opaque", BODY) == Replay(answer)
+            await scenario(vault)
         finally:
             await vault.close()
 
     with tempfile.TemporaryDirectory() as directory:
-        asyncio.run(scenario(Path(directory)))
+        asyncio.run(run(Path(directory)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(answer=st.binary(max_size=2048))
+def test_stored_answer_is_opaque_bytes(answer: bytes) -> None:
+    """Whatever bytes the caller stores as its answer (not UTF-8, NULs, empty) come back on
+    replay exactly: the vault neither reads nor shapes them."""
+
+    async def scenario(vault: Vault) -> None:
+        store = IdempotencyStore(vault)
+        claim = await store.begin("checkout", "opaque", BODY)
+        assert isinstance(claim, Claim)
+        await store.complete(claim, answer)
+        assert await store.begin("checkout", "opaque", BODY) == Replay(answer)
+
+    on_a_fresh_vault(scenario)
 
 
 CUSTOMERS = st.sampled_from([None, "cus-a", "cus-b", "cus-ä ü", "cus-4242"])
@@ -284,32 +295,23 @@ def test_erasure_removes_exactly_the_customers_keys(owners: list[str | None], er
     """Whatever keys name whichever customers, erasing one customer makes exactly its keys
     refuse (with any body) and leaves every other key replaying its own answer."""
 
-    async def scenario(directory: Path) -> None:
-        ring = directory / "keyring.json"
-        init_keyring(ring)
-        vault = await Vault.open(
-            f"sqlite:///{directory / 'vault.db'}", LocalKekProvider.from_file(ring)
-        )
-        try:
-            store = IdempotencyStore(vault)
-            for i, owner in enumerate(owners):
-                claim = await store.begin("c", f"k{i}", BODY, customer_ref=owner)
-                assert isinstance(claim, Claim)
-                await store.complete(claim, f'{{"i": {i}}}'.encode())
-            erasure = await vault.erase_customer(erased)
-            mine = [i for i, owner in enumerate(owners) if owner == erased]
-            assert erasure.idempotency_keys == len(mine)
-            expected = ErasureStatus.ERASED if mine else ErasureStatus.NOT_FOUND
-            assert erasure.status == expected
-            for i, owner in enumerate(owners):
-                if owner == erased:
-                    with pytest.raises(IdempotencyErased):
-                        await store.begin("c", f"k{i}", BODY + b"x", customer_ref=owner)
-                else:
-                    answer = await store.begin("c", f"k{i}", BODY, customer_ref=owner)
-                    assert answer == Replay(f'{{"i": {i}}}'.encode())
-        finally:
-            await vault.close()
+    async def scenario(vault: Vault) -> None:
+        store = IdempotencyStore(vault)
+        for i, owner in enumerate(owners):
+            claim = await store.begin("c", f"k{i}", BODY, customer_ref=owner)
+            assert isinstance(claim, Claim)
+            await store.complete(claim, f'{{"i": {i}}}'.encode())
+        erasure = await vault.erase_customer(erased)
+        mine = [i for i, owner in enumerate(owners) if owner == erased]
+        assert erasure.idempotency_keys == len(mine)
+        expected = ErasureStatus.ERASED if mine else ErasureStatus.NOT_FOUND
+        assert erasure.status == expected
+        for i, owner in enumerate(owners):
+            if owner == erased:
+                with pytest.raises(IdempotencyErased):
+                    await store.begin("c", f"k{i}", BODY + b"x", customer_ref=owner)
+            else:
+                answer = await store.begin("c", f"k{i}", BODY, customer_ref=owner)
+                assert answer == Replay(f'{{"i": {i}}}'.encode())
 
-    with tempfile.TemporaryDirectory() as directory:
-        asyncio.run(scenario(Path(directory)))
+    on_a_fresh_vault(scenario)

@@ -64,6 +64,18 @@ def random_key() -> str:
     return base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+def swap_ring(path: Path, change: str) -> None:
+    """Replace the ring file by one that does not match its vault: a ``fresh`` ring, or
+    the same ring with an ``other-index`` key or an ``other-kek``."""
+    if change == "fresh":
+        path.unlink()
+        init_keyring(path)
+    elif change == "other-index":
+        rewrite_ring(path, index_key=random_key())
+    else:
+        rewrite_ring(path, key=random_key())
+
+
 async def tokenize(proxy: RunningProxy) -> str:
     """Store one card through the API; returns its token."""
     status, body, _ = await proxy.request("POST", "/v1/cards", client="checkout", json=CARD)
@@ -148,13 +160,7 @@ async def test_a_reload_to_another_ring_is_not_adopted(proxy: RunningProxy, chan
     """A ring file swapped for one that does not match is ignored: the server keeps its ring."""
     ring = proxy.settings.keyring_path
     before = server_keys(proxy).ring
-    if change == "fresh":
-        ring.unlink()
-        init_keyring(ring)
-    elif change == "other-index":
-        rewrite_ring(ring, index_key=random_key())
-    else:
-        rewrite_ring(ring, key=random_key())
+    swap_ring(ring, change)
     assert server_keys(proxy).refresh(force=True) is False
     assert server_keys(proxy).ring is before
     assert await readyz(proxy) == (200, {"status": "ready"})
@@ -200,13 +206,7 @@ def test_cli_commands_refuse_another_ring_in_one_line(
     """Every command that opens the vault exits 2 with one line when the ring is not its own."""
     ring = cli_env / "keyring.json"
     before = ring.read_bytes()
-    if change == "fresh":
-        ring.unlink()
-        init_keyring(ring)
-    elif change == "other-index":
-        rewrite_ring(ring, index_key=random_key())
-    else:
-        rewrite_ring(ring, key=random_key())
+    swap_ring(ring, change)
     capsys.readouterr()
     assert main(argv) == 2
     captured = capsys.readouterr()
