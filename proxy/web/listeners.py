@@ -115,18 +115,15 @@ def reload_certificate(reloader: CertificateReloader | None, metrics: Metrics) -
         return
     served = reloader.served_pair
     try:
-        loaded = reloader.reload()
-    except CertificateError as exc:
-        metrics.child(metrics.tls_reloads, "failure").inc()
-        _log.warning("tls_reload_failed", problem=str(exc))
-        loaded = False
-    else:
-        if loaded:
+        if reloader.reload():
             metrics.child(metrics.tls_reloads, "success").inc()
             files = {"cert": str(reloader.cert)}
             if reloader.client_ca is not None:
                 files["client_ca"] = str(reloader.client_ca)
             _log.info("tls_reloaded", **files)
+    except CertificateError as exc:
+        metrics.child(metrics.tls_reloads, "failure").inc()
+        _log.warning("tls_reload_failed", problem=str(exc))
     # The pair can load while a bundle read at the same look fails.
     if reloader.served_pair != served:
         _record_expiry(reloader.cert, metrics)
