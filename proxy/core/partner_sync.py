@@ -196,22 +196,6 @@ async def receive_event(services: Services, event: PartnerEvent) -> Mapping[str,
     raise ServiceUnavailable("The vault kept changing under the event; retry.")
 
 
-async def link_record(services: Services, record: Record, *, outbox_key: str | None) -> None:
-    """Make a new card or bank record findable by partner events and reconciliation,
-    and settle the outbox row written before its partner call, in one write.
-
-    Best effort: the token is already durable, reconciliation indexes any record left
-    without its blind indexes and clears outbox rows whose token exists, so a failure
-    here must not fail the request.
-    """
-    try:
-        await vault_call(
-            services, "sync_link", sync.link(services.vault, record, outbox_key=outbox_key)
-        )
-    except ServiceUnavailable:
-        _log.warning("partner_link_deferred")
-
-
 async def write_outbox(services: Services, partner_key: str, kind: Kind, token: str) -> None:
     """Record, before the partner creates a payment method, its key and the token to come.
 
