@@ -3,8 +3,10 @@
 Starts the instant partner stub, the full proxy (``tokenproxy serve``, SQLite WAL with
 synchronous=FULL, JSON logs at info, metrics) and the bare forwarder, each in its own
 process, then drives wrk (or bench.loadgen) at both, interleaved, and prints the median
-ratio with the machine's load. ``--profile FILE`` records the proxy with py-spy during
-one extra loaded run (py-spy must be on PATH or beside the interpreter).
+ratio with the machine's load, and each server's CPU time per request (from /proc; less
+moved by other work on a shared machine than requests per second are). ``--profile FILE``
+records the proxy with py-spy during one extra loaded run (py-spy must be on PATH or
+beside the interpreter).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 _CARD_BODY,
             )
             results: dict[str, list[Result]] = {"full": [], "bare": []}
+            cpu: dict[str, list[float]] = {"full": [], "bare": []}
             for round_no in range(args.rounds):
                 order = [("full", full), ("bare", bare)]
                 if round_no % 2:
@@ -96,9 +100,15 @@ def main(argv: list[str] | None = None) -> int:
                 for name, server in order:
                     if args.warmup > 0:
                         _drive(server.base, load, args.warmup, work)
+                    before = _cpu_seconds(server.process.pid)
                     result = _drive(server.base, load, args.duration, work)
+                    used = _cpu_seconds(server.process.pid) - before
                     results[name].append(result)
-                    print(f"  tokenize {name:<5} {_fmt(result)}", flush=True)
+                    cpu[name].append(used / max(result.requests, 1) * 1e6)
+                    print(
+                        f"  tokenize {name:<5} {_fmt(result)}  {cpu[name][-1]:.0f} us CPU/request",
+                        flush=True,
+                    )
             if args.profile:
                 _profile(full, load, args, work)
     f, b = _median(results["full"]), _median(results["bare"])
@@ -110,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
                 "full_rps": round(f.rps),
                 "bare_rps": round(b.rps),
                 "ratio": round(f.rps / b.rps, 3) if b.rps else None,
+                "full_cpu_us": round(statistics.median(cpu["full"])),
+                "bare_cpu_us": round(statistics.median(cpu["bare"])),
+                "cpu_ratio": round(
+                    statistics.median(cpu["bare"]) / statistics.median(cpu["full"]), 3
+                ),
                 "non2xx": f.non2xx + b.non2xx,
                 "load_start": [round(x, 2) for x in load_start[:2]],
                 "load_end": [round(x, 2) for x in load_end[:2]],
@@ -117,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _profile(full: Server, load: Load, args: argparse.Namespace, work: Path) -> None:
