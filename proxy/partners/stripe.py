@@ -16,6 +16,8 @@ aiohttp session per app; the client only ever talks to its configured base addre
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import math
 import re
@@ -353,6 +355,11 @@ class StripePartner:
                     rcode, rheaders = resp.status, resp.headers
             except Exception as exc:  # noqa: BLE001 - the SDK's own rule: any failure to talk to Stripe
                 self._http._handle_request_error(exc)  # raises APIConnectionError from exc
+            if 200 <= rcode < 300:
+                # A success needs no classification: skip the SDK's OrderedDict parse.
+                with contextlib.suppress(ValueError):
+                    return json.loads(rbody)
+            # Errors, and a garbled success, get the SDK's own answer.
             response = self._requestor._interpret_response(rbody, rcode, rheaders, "V1")
         except stripe.StripeError as exc:
             raise translate_error(exc) from None
