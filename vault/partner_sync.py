@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+from vault.backends.base import Link
 from vault.backends.sync_rows import (
     ApplyOutcome,
-    Link,
     OutboxRow,
     PartnerEventRow,
     RecordUpdate,
@@ -29,7 +29,7 @@ from vault.crypto import record_aad
 from vault.errors import DecryptionFailed
 from vault.lifecycle import _CUSTOMER_AAD_KIND as CUSTOMER_AAD_KIND
 from vault.lifecycle import PartnerCustomer
-from vault.records import Kind, Record, iso, utcnow
+from vault.records import Kind, NewRecord, Record, iso, utcnow
 from vault.store import Vault
 
 if TYPE_CHECKING:
@@ -127,6 +127,20 @@ async def link(
     settled = [outbox_key] if outbox_key is not None else []
     if found is not None or settled:
         await sync_backend(vault).sync_link([found] if found else [], settled=settled)
+
+
+async def put_linked(
+    vault: Vault, new: NewRecord, *, token: str | None = None, outbox_key: str | None = None
+) -> Record:
+    """Store a new record already findable by its payment method and partner customer,
+    and forget the outbox row (``outbox_key``) its partner call left, all in the record's
+    own transaction: one durable write instead of two."""
+    return await vault.put(
+        new,
+        token=token,
+        link=lambda record: link_of(vault, record, None),
+        settle_outbox=outbox_key,
+    )
 
 
 async def link_unlinked(vault: Vault) -> int:

@@ -52,7 +52,11 @@ def utcnow() -> datetime:
 
 def iso(ts: datetime) -> str:
     """ISO-8601 UTC with a Z, the one timestamp format the API speaks."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    # isoformat is C without a format string to parse: half of strftime's cost, and
+    # several stamps go into every tokenize (record, data key, view).
+    return ts.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,12 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from vault.audit import AuditLog
-from vault.backends.base import Backend, DekRow, RecordRow
+from vault.backends.base import Backend, DekRow, Link, RecordRow
 from vault.backends.sqlite import SqliteBackend
 from vault.crypto import Sealer, blind_index, dek_aad, derive_subkey, new_key, record_aad
 from vault.errors import (
@@ -288,11 +289,21 @@ class Vault(VaultLifecycle, KeyCheckMixin):
 
     # -- records --------------------------------------------------------------
 
-    async def put(self, new: NewRecord, *, token: str | None = None) -> Record:
+    async def put(
+        self,
+        new: NewRecord,
+        *,
+        token: str | None = None,
+        link: Callable[[Record], Link | None] | None = None,
+        settle_outbox: str | None = None,
+    ) -> Record:
         """Seal and store a new record; returns once it is durable.
 
         ``token`` (from :func:`new_token`) lets a caller choose the token up front, so
         a write retried after a crash is recognisable (idempotent requests use it).
+        ``link`` gives the record's partner blind indexes and ``settle_outbox`` the outbox
+        row it settles, both written in the record's own transaction
+        (:func:`vault.partner_sync.put_linked`).
         """
         if token is not None and token_kind(token) != new.kind:
             raise VaultError("token does not match the record kind")
@@ -330,7 +341,12 @@ class Vault(VaultLifecycle, KeyCheckMixin):
                 created_at=iso(record.created_at),
             )
             try:
-                await self.backend.insert(row, dek_row)
+                await self.backend.insert(
+                    row,
+                    dek_row,
+                    link=link(record) if link is not None else None,
+                    settle_outbox=settle_outbox,
+                )
             except DuplicateRecord:
                 # Another request created this customer's key first: seal again under it.
                 continue

@@ -11,13 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.core.customers import SaveRequest, store_payment_method
-from proxy.core.partner_sync import note_orphan, settle_outbox_if_final, write_outbox
+from proxy.core.partner_sync import create_through_outbox
 from proxy.core.services import Services, ensure_vault_up, partner_call
 from proxy.core.views import created_view
 from proxy.domain.bank import BankAccountRequest, national_bank_code, parse_bank_account_request
-from proxy.domain.errors import ProxyError, ServiceUnavailable
-from proxy.partners.resilience import new_partner_key
-from vault import Kind, NewRecord, Record, new_token
+from vault import Kind, NewRecord, Record
 
 
 async def tokenize_bank_account(
@@ -25,17 +23,12 @@ async def tokenize_bank_account(
 ) -> dict[str, Any]:
     """Validate an IBAN, create a SEPA debit method at the partner, store it; return the token."""
     account = parse_bank_account_request(body)
-    partner_key = new_partner_key()
-    token = new_token(Kind.BANK)
-    await ensure_vault_up(services)
-    await write_outbox(services, partner_key, Kind.BANK, token)
-    try:
-        created = await create_sepa_at_partner(services, account, partner_key)
-    except ProxyError as exc:
-        await settle_outbox_if_final(services, partner_key, exc)
-        raise
-    try:
-        record = await store_bank_account(
+
+    async def create(partner_key: str, token: str) -> dict[str, Any]:
+        return await create_sepa_at_partner(services, account, partner_key)
+
+    async def store(created: dict[str, Any], token: str, partner_key: str) -> Record:
+        return await store_bank_account(
             services,
             account,
             created,
@@ -44,13 +37,15 @@ async def tokenize_bank_account(
             origin=origin,
             outbox_key=partner_key,
         )
-    except ServiceUnavailable:
-        await note_orphan(services, partner_key, created["reference"])
-        raise
-    except ProxyError as exc:
-        await settle_outbox_if_final(services, partner_key, exc)
-        raise
+
+    record = await create_through_outbox(
+        services, Kind.BANK, create=create, store=store, reference=_reference
+    )
     return created_view(record)
+
+
+def _reference(created: dict[str, Any]) -> str:
+    return str(created["reference"])
 
 
 async def create_sepa_at_partner(

@@ -5,19 +5,13 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-import structlog
-
 from proxy.core.customers import SaveRequest, store_payment_method
-from proxy.core.partner_sync import note_orphan, settle_outbox_if_final, write_outbox
+from proxy.core.partner_sync import create_through_outbox
 from proxy.core.services import Services, ensure_vault_up, partner_call
 from proxy.core.views import created_view
-from proxy.domain.errors import ProxyError, ServiceUnavailable
 from proxy.domain.requests import CardRequest, parse_card_request
 from proxy.partners.ports import PartnerCard
-from proxy.partners.resilience import new_partner_key
-from vault import Kind, NewRecord, Record, new_token
-
-_log = structlog.get_logger("tokenproxy.service")
+from vault import Kind, NewRecord, Record
 
 
 async def tokenize_card(
@@ -29,32 +23,23 @@ async def tokenize_card(
     so the proxy's own retries cannot create a second payment method.
     """
     card = parse_card_request(body, today=today)
-    partner_key = new_partner_key()
-    token = new_token(Kind.CARD)
-    await ensure_vault_up(services)
-    await write_outbox(services, partner_key, Kind.CARD, token)
-    try:
-        created = await create_at_partner(services, card, partner_key, token=token)
-    except ProxyError as exc:
-        await settle_outbox_if_final(services, partner_key, exc)
-        raise
-    try:
-        record = await store_card(
+
+    async def create(partner_key: str, token: str) -> PartnerCard:
+        return await create_at_partner(services, card, partner_key, token=token)
+
+    async def store(created: PartnerCard, token: str, partner_key: str) -> Record:
+        return await store_card(
             services, card, created, token=token, actor=actor, outbox_key=partner_key
         )
-    except ServiceUnavailable:
-        # The partner holds a card we could not link: no retry can find it again (the
-        # client sent no key). The outbox row written before the call lets reconcile
-        # find it; the partner key is also logged, as the partner's request log is
-        # searchable by it.
-        services.metrics.partner_orphans.labels(services.partner.name).inc()
-        _log.error("partner_reference_orphaned", partner_idempotency_key=partner_key)
-        await note_orphan(services, partner_key, created.reference)
-        raise
-    except ProxyError as exc:
-        await settle_outbox_if_final(services, partner_key, exc)
-        raise
+
+    record = await create_through_outbox(
+        services, Kind.CARD, create=create, store=store, reference=_reference
+    )
     return created_view(record)
+
+
+def _reference(created: PartnerCard) -> str:
+    return created.reference
 
 
 async def create_at_partner(

@@ -26,7 +26,6 @@ import msgspec
 import structlog
 
 from proxy.core.audit import append_or_refuse, resource_of
-from proxy.core.partner_sync import link_record
 from proxy.core.services import Services, partner_call, vault_call
 from proxy.core.views import listed_view, reusable
 from proxy.domain.bank import MandateAcceptance
@@ -294,9 +293,12 @@ async def store_payment_method(
     """
     vault, partner = services.vault, services.partner
     if new.customer_ref is None:
-        record: Record = await vault_call(services, "put", vault.put(new, token=token))
-        await link_record(services, record, outbox_key=save.outbox_key if save else None)
-        return record
+        stored: Record = await vault_call(
+            services,
+            "put",
+            sync.put_linked(vault, new, token=token, outbox_key=save.outbox_key if save else None),
+        )
+        return stored
     reference = new.partner_reference
     if reference is None:  # pragma: no cover - adapters always return one
         raise ProxyError("The payment partner returned no reference.")
@@ -393,7 +395,11 @@ async def store_saved(
                 },
             )
         record: Record = await vault_call(
-            services, "put", vault.put(replace(new, details=details), token=token)
+            services,
+            "put",
+            sync.put_linked(
+                vault, replace(new, details=details), token=token, outbox_key=save.outbox_key
+            ),
         )
     except ProxyError:
         if not undo_on_failure:
@@ -403,7 +409,6 @@ async def store_saved(
         if created:
             await _undo_first_use(services, new.customer_ref, customer)
         raise
-    await link_record(services, record, outbox_key=save.outbox_key)
     return record
 
 

@@ -18,21 +18,24 @@ Each change is audited before it is applied (fail closed).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import structlog
 
 from proxy.core.audit import append_or_refuse
-from proxy.core.services import Services, vault_call
+from proxy.core.services import Services, ensure_vault_up, vault_call
 from proxy.domain.errors import ProxyError, ServiceUnavailable
 from proxy.partners.ports import PartnerEvent
-from vault import Kind, Record, iso
+from proxy.partners.resilience import new_partner_key
+from vault import Kind, Record, iso, new_token
 from vault import partner_sync as sync
 from vault.audit import Outcome
 
 _log = structlog.get_logger("tokenproxy.partner_sync")
+_service_log = structlog.get_logger("tokenproxy.service")
+Created = TypeVar("Created")
 _APPLY_ATTEMPTS = 3
 _AUDIT_TYPES: Final = {
     "updated": "token.partner_update",
@@ -193,22 +196,6 @@ async def receive_event(services: Services, event: PartnerEvent) -> Mapping[str,
     raise ServiceUnavailable("The vault kept changing under the event; retry.")
 
 
-async def link_record(services: Services, record: Record, *, outbox_key: str | None) -> None:
-    """Make a new card or bank record findable by partner events and reconciliation,
-    and settle the outbox row written before its partner call, in one write.
-
-    Best effort: the token is already durable, reconciliation indexes any record left
-    without its blind indexes and clears outbox rows whose token exists, so a failure
-    here must not fail the request.
-    """
-    try:
-        await vault_call(
-            services, "sync_link", sync.link(services.vault, record, outbox_key=outbox_key)
-        )
-    except ServiceUnavailable:
-        _log.warning("partner_link_deferred")
-
-
 async def write_outbox(services: Services, partner_key: str, kind: Kind, token: str) -> None:
     """Record, before the partner creates a payment method, its key and the token to come.
 
@@ -246,3 +233,44 @@ async def settle_outbox_if_final(services: Services, partner_key: str, exc: Prox
         await vault_call(services, "sync_outbox", sync.outbox_settle(services.vault, partner_key))
     except ServiceUnavailable:
         _log.warning("partner_outbox_not_settled", partner_idempotency_key=partner_key)
+
+
+async def create_through_outbox(
+    services: Services,
+    kind: Kind,
+    *,
+    create: Callable[[str, str], Awaitable[Created]],
+    store: Callable[[Created, str, str], Awaitable[Record]],
+    reference: Callable[[Created], str],
+) -> Record:
+    """Create a payment method at the partner and store it, with an outbox row around it.
+
+    ``create(partner_key, token)`` makes the partner call; ``store(created, token,
+    partner_key)`` seals its answer (and settles the outbox row with the record);
+    ``reference(created)`` is the partner's id for it. The outbox row, written before
+    the call, is what lets reconciliation find a payment method whose record was never
+    stored: the client sent no Idempotency-Key, so no retry of theirs can. The per-request
+    partner key still keeps the proxy's own retries from creating a second one.
+    """
+    partner_key = new_partner_key()
+    token = new_token(kind)
+    await ensure_vault_up(services)
+    await write_outbox(services, partner_key, kind, token)
+    try:
+        created = await create(partner_key, token)
+    except ProxyError as exc:
+        await settle_outbox_if_final(services, partner_key, exc)
+        raise
+    try:
+        return await store(created, token, partner_key)
+    except ServiceUnavailable:
+        # The partner holds a payment method we could not link. The partner key is
+        # logged as well as kept on the outbox row: the partner's request log is
+        # searchable by it.
+        services.metrics.partner_orphans.labels(services.partner.name).inc()
+        _service_log.error("partner_reference_orphaned", partner_idempotency_key=partner_key)
+        await note_orphan(services, partner_key, reference(created))
+        raise
+    except ProxyError as exc:
+        await settle_outbox_if_final(services, partner_key, exc)
+        raise

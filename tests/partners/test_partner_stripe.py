@@ -79,3 +79,21 @@ async def test_every_request_names_the_pinned_api_version(
     mine = [r for r in recorded if created.reference in (r["path"] or "")]
     mine.append(next(r for r in reversed(recorded) if r["path"] == "/v1/payment_methods"))
     assert {r["stripe_version"] for r in mine} == {STRIPE_API_VERSION}
+
+
+async def test_a_post_carries_the_given_key_or_a_fresh_one(
+    stripe_partner: StripePartner, localstripe: Localstripe
+) -> None:
+    """A POST sends the caller's idempotency key unchanged; without one, a new key per call."""
+    given = await stripe_partner.create_card(
+        visa_request(),  # type: ignore[arg-type]
+        idempotency_key="tp_given_key",
+    )
+    first = await stripe_partner.create_card(visa_request())  # type: ignore[arg-type]
+    second = await stripe_partner.create_card(visa_request())  # type: ignore[arg-type]
+    assert len({given.reference, first.reference, second.reference}) == 3
+    recorded = await recorded_requests(localstripe)
+    keys = [r["idempotency_key"] for r in recorded if r["path"] == "/v1/payment_methods"][-3:]
+    assert keys[0] == "tp_given_key"
+    assert None not in keys
+    assert keys[1] != keys[2]

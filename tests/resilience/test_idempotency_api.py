@@ -12,6 +12,7 @@ import pytest
 from tests.cards import PARTNER_CARDS, VISA
 from tests.conftest import RunningProxy
 from tests.faultproxy import Fault, FaultProxy
+from tests.helpers import bank_body
 from tests.proxy.test_cards_api import card_body
 from tests.resilience.conftest import MakeProxy, metric
 
@@ -250,6 +251,25 @@ async def test_vault_failure_without_key_counts_an_orphan(
     status, _, _ = await post(fproxy, card_body(), None)
     assert status == 503
     assert await metric(fproxy, "tokenproxy_partner_orphans_total", partner="stripe") == 1
+
+
+async def test_bank_vault_failure_without_key_counts_an_orphan(
+    fproxy: RunningProxy, faults: FaultProxy
+) -> None:
+    """A bank account the partner created but the vault could not store is an orphan too."""
+    db = sqlite3.connect(fproxy.vault_path)
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON records BEGIN SELECT RAISE(ABORT, 'down'); END"
+    )
+    db.commit()
+    db.close()
+    status, _, _ = await fproxy.request(
+        "POST", "/v1/bank-accounts", client="checkout", json=bank_body()
+    )
+    assert status == 503
+    assert await metric(fproxy, "tokenproxy_partner_orphans_total", partner="stripe") == 1
+    rows = sqlite3.connect(fproxy.vault_path).execute("SELECT kind, reference FROM partner_outbox")
+    assert [(kind, ref is not None) for kind, ref in rows] == [("bank", True)]
 
 
 async def test_fifty_concurrent_requests_make_one_partner_call(

@@ -15,11 +15,13 @@ from vault.backends.base import (
     Backend,
     DekRow,
     IdempotencyRow,
+    Link,
     RecordRow,
     erased_idempotency_row,
 )
 from vault.backends.postgres import PostgresBackend
 from vault.backends.sqlite import SqliteBackend
+from vault.backends.sync_rows import OutboxRow
 from vault.migrations import Statement, drive, migration_scripts, runner
 
 
@@ -216,3 +218,55 @@ def test_one_migration_runner_applies_only_what_is_missing() -> None:
         recorded = [s.args[0] for s in steps if s.sql.startswith("INSERT INTO schema_migrations")]
         assert len(scripts) == len(recorded) == len(sqlite) - len(applied)
         assert recorded == sqlite[len(applied) :]
+
+
+def outbox(partner_key: str, token: str) -> OutboxRow:
+    """An outbox row written before a partner call."""
+    return OutboxRow(partner_key, "stripe", "card", token, None, "2026-01-01T00:00:00.000000Z")
+
+
+async def outbox_keys(backend: Any) -> list[str]:
+    """The partner keys of every outbox row."""
+    rows = await backend.sync_outbox_page(before="9999", after="", limit=100)
+    return [r.partner_key for r in rows]
+
+
+@pytest.mark.parametrize("with_dek", [True, False], ids=["new-dek", "shared-dek"])
+async def test_insert_links_and_settles_in_the_same_write(vault: Vault, with_dek: bool) -> None:
+    """A record inserted with its link is findable by both blind indexes, and its outbox
+    row is gone, while another request's row stays."""
+    backend: Any = vault.backend
+    if not with_dek:
+        await backend.insert(row("vtok_card_first", "dek_s", "cs"), dek("dek_s", "cs"))
+    await backend.sync_outbox_add(outbox("pk-mine", "vtok_card_linked"))
+    await backend.sync_outbox_add(outbox("pk-other", "vtok_card_other"))
+    await backend.insert(
+        row("vtok_card_linked", "dek_s", "cs"),
+        dek("dek_s", "cs") if with_dek else None,
+        link=Link("vtok_card_linked", "refidx", "custidx"),
+        settle_outbox="pk-mine",
+    )
+    by_ref = await backend.sync_records_by_reference("refidx")
+    by_customer = await backend.sync_records_by_partner_customer("custidx")
+    assert [r.record.token for r in by_ref] == ["vtok_card_linked"]
+    assert [r.record.token for r in by_customer] == ["vtok_card_linked"]
+    assert await outbox_keys(backend) == ["pk-other"]
+    assert await backend.get_dek("dek_s") == dek("dek_s", "cs")
+
+
+async def test_failed_linked_insert_keeps_the_outbox_row(vault: Vault) -> None:
+    """A linked insert that fails (the token exists) deletes no outbox row and links nothing:
+    reconciliation still finds the payment method its partner call made."""
+    backend: Any = vault.backend
+    await backend.insert(row("vtok_card_taken", "dek_t"), dek("dek_t"))
+    await backend.sync_outbox_add(outbox("pk-lost", "vtok_card_taken"))
+    with pytest.raises(DuplicateRecord):
+        await backend.insert(
+            row("vtok_card_taken", "dek_u"),
+            dek("dek_u"),
+            link=Link("vtok_card_taken", "refidx2", None),
+            settle_outbox="pk-lost",
+        )
+    assert await outbox_keys(backend) == ["pk-lost"]
+    assert await backend.sync_records_by_reference("refidx2") == []
+    assert await backend.get_dek("dek_u") is None

@@ -29,6 +29,15 @@ class RecordRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Link:
+    """The blind indexes that let partner events find a record."""
+
+    token: str
+    reference_idx: str
+    partner_customer_idx: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class DekRow:
     """One wrapped data-encryption key."""
 
@@ -235,9 +244,18 @@ class Backend(Protocol):
         """
         ...
 
-    async def insert(self, record: RecordRow, dek: DekRow | None) -> None:
+    async def insert(
+        self,
+        record: RecordRow,
+        dek: DekRow | None,
+        *,
+        link: Link | None = None,
+        settle_outbox: str | None = None,
+    ) -> None:
         """Insert a record (and its new data key) atomically and durably.
 
+        ``link`` sets the record's partner blind indexes and ``settle_outbox`` forgets
+        the outbox row of the partner call that made it, in the same transaction.
         Raises DuplicateRecord when the token exists, or when ``dek`` is a customer
         key and that customer already has one (the caller then reloads it).
         """

@@ -37,6 +37,7 @@ from vault.backends.base import (
     DekRewrap,
     DekRow,
     IdempotencyKeyWrap,
+    Link,
     RecordRow,
 )
 from vault.backends.postgres_idempotency import PostgresIdempotencyMixin
@@ -55,12 +56,28 @@ T = TypeVar("T")
 
 _DURABLE_LEVELS = frozenset({"on", "local", "remote_write", "remote_apply"})
 
-# One statement: the data key and the record commit together or not at all. The
-# foreign key is checked at the end of the statement, after both rows exist.
-_INSERT_DEK_AND_RECORD = (
-    f"WITH dek AS (INSERT INTO deks ({DEK_COLUMNS}) VALUES ($9, $10, $11, $12, $13)) "  # noqa: S608
-    + SQL.insert_record
-)
+
+@functools.cache
+def _insert_sql(*, linked: bool, dek: bool, settle: bool) -> str:
+    """The one statement of ``insert``: the record, then in order of their arguments its
+    blind indexes, its new data key and the outbox row to delete (data-modifying CTEs
+    commit or fail with the record's insert).
+
+    The foreign key from the record to its data key is checked at the end of the
+    statement, after both rows exist.
+    """
+    record = SQL.insert_linked_record if linked else SQL.insert_record
+    position = 10 if linked else 8
+    ctes = []
+    if dek:
+        marks = ", ".join(f"${position + i}" for i in range(1, 6))
+        ctes.append(f"dek AS (INSERT INTO deks ({DEK_COLUMNS}) VALUES ({marks}))")  # noqa: S608
+        position += 5
+    if settle:
+        ctes.append(f"settled AS (DELETE FROM partner_outbox WHERE partner_key = ${position + 1})")  # noqa: S608
+    return (f"WITH {', '.join(ctes)} " if ctes else "") + record
+
+
 # The per-record data key goes with its record; a customer's key stays (other records,
 # later records) until the customer is erased. The sub-select sees the table as it was
 # before this statement, hence ``token <> $1``.
@@ -239,8 +256,16 @@ class PostgresBackend(
 
     # -- writes ---------------------------------------------------------------
 
-    async def insert(self, record: RecordRow, dek: DekRow | None) -> None:
-        """Insert a record and, when given, its new data key, in one statement."""
+    async def insert(
+        self,
+        record: RecordRow,
+        dek: DekRow | None,
+        *,
+        link: Link | None = None,
+        settle_outbox: str | None = None,
+    ) -> None:
+        """Insert a record and, when given, its new data key, its blind indexes and the
+        deletion of its outbox row, in one statement."""
         args: list[Any] = [
             record.token,
             record.kind,
@@ -251,10 +276,15 @@ class PostgresBackend(
             record.created_at,
             record.last_used_at,
         ]
-        sql = SQL.insert_record
+        if link is not None:
+            args += [link.reference_idx, link.partner_customer_idx]
         if dek is not None:
-            sql = _INSERT_DEK_AND_RECORD
             args += [dek.dek_id, dek.customer_idx, dek.kek_version, dek.wrapped, dek.created_at]
+        if settle_outbox is not None:
+            args.append(settle_outbox)
+        sql = _insert_sql(
+            linked=link is not None, dek=dek is not None, settle=settle_outbox is not None
+        )
 
         async def run(conn: asyncpg.Connection) -> None:
             await conn.execute(sql, *args)

@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import asyncpg
 
 from vault.backends import sync_sql as SQL
-from vault.backends.base import CustomerRow, RecordRow
+from vault.backends.base import CustomerRow, Link, RecordRow
 from vault.backends.sql import numbered
 from vault.backends.sync_rows import (
     ApplyOutcome,
-    Link,
     OutboxRow,
     PartnerEventRow,
     RecordUpdate,

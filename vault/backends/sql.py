@@ -44,6 +44,10 @@ class Statements:
         self.placeholders = placeholders
         # -- records and data keys
         self.insert_record = p(f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ({_marks(8)})")  # noqa: S608
+        self.insert_linked_record = p(
+            f"INSERT INTO records ({RECORD_COLUMNS}, reference_idx, partner_customer_idx)"  # noqa: S608
+            f" VALUES ({_marks(10)})"
+        )
         self.insert_dek = p(f"INSERT INTO deks ({DEK_COLUMNS}) VALUES ({_marks(5)})")  # noqa: S608
         self.get_record = p(f"SELECT {RECORD_COLUMNS} FROM records WHERE token = ?")  # noqa: S608
         self.get_dek = p(f"SELECT {DEK_COLUMNS} FROM deks WHERE dek_id = ?")  # noqa: S608

@@ -32,12 +32,14 @@ from vault.backends.base import (
     DekRow,
     IdempotencyKeyWrap,
     IdempotencyRow,
+    Link,
     RecordRow,
     erased_idempotency_row,
 )
 from vault.backends.sql import SQLITE as SQL
 from vault.backends.sqlite_lifecycle import SqliteLifecycleMixin
 from vault.backends.sqlite_sync import SqliteSyncMixin
+from vault.backends.sync_sql import OUTBOX_DELETE as _OUTBOX_DELETE
 from vault.errors import DuplicateRecord, StorageUnavailable
 from vault.migrations import Statement, drive, runner
 
@@ -197,8 +199,30 @@ class SqliteBackend(SqliteLifecycleMixin, SqliteSyncMixin):
 
         return await self._write(run)
 
-    async def insert(self, record: RecordRow, dek: DekRow | None) -> None:
-        """Insert a record and, when given, its new data key, in one transaction."""
+    async def insert(
+        self,
+        record: RecordRow,
+        dek: DekRow | None,
+        *,
+        link: Link | None = None,
+        settle_outbox: str | None = None,
+    ) -> None:
+        """Insert a record and, when given, its new data key, its blind indexes and the
+        deletion of its outbox row, in one transaction."""
+        args: tuple[Any, ...] = (
+            record.token,
+            record.kind,
+            record.dek_id,
+            record.ciphertext,
+            record.customer_idx,
+            record.fingerprint_idx,
+            record.created_at,
+            record.last_used_at,
+        )
+        insert = SQL.insert_record
+        if link is not None:
+            insert = SQL.insert_linked_record
+            args += (link.reference_idx, link.partner_customer_idx)
 
         def run(conn: sqlite3.Connection) -> None:
             if dek is not None:
@@ -206,21 +230,12 @@ class SqliteBackend(SqliteLifecycleMixin, SqliteSyncMixin):
                     SQL.insert_dek,
                     (dek.dek_id, dek.customer_idx, dek.kek_version, dek.wrapped, dek.created_at),
                 )
-            conn.execute(
-                SQL.insert_record,
-                (
-                    record.token,
-                    record.kind,
-                    record.dek_id,
-                    record.ciphertext,
-                    record.customer_idx,
-                    record.fingerprint_idx,
-                    record.created_at,
-                    record.last_used_at,
-                ),
-            )
+            conn.execute(insert, args)
+            if settle_outbox is not None:
+                conn.execute(_OUTBOX_DELETE, (settle_outbox,))
 
-        await self._write(run, atomic=dek is None)
+        # One statement needs no savepoint of its own: a failure leaves nothing behind.
+        await self._write(run, atomic=dek is None and settle_outbox is None)
 
     async def delete_record(self, token: str) -> bool:
         """Delete a record and its data key when no other record shares it."""

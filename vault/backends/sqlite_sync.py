@@ -12,10 +12,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vault.backends import sync_sql as SQL
-from vault.backends.base import CustomerRow, RecordRow
+from vault.backends.base import CustomerRow, Link, RecordRow
 from vault.backends.sync_rows import (
     ApplyOutcome,
-    Link,
     OutboxRow,
     PartnerEventRow,
     RecordUpdate,

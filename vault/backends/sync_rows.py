@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from vault.backends.base import CustomerRow, RecordRow
+from vault.backends.base import CustomerRow, Link, RecordRow
 
 # What applying an event came to: applied; already applied (its id is stored); or a
 # record changed between read and write (the caller reads again and retries).
@@ -58,15 +58,6 @@ class OutboxRow:
     token: str
     reference: str | None
     created_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class Link:
-    """The blind indexes that let partner events find a record."""
-
-    token: str
-    reference_idx: str
-    partner_customer_idx: str | None
 
 
 class SyncBackend(Protocol):

@@ -1,0 +1,172 @@
+"""`python -m bench.tokenize`: only the tokenize row of `python -m bench`, and a profile.
+
+Starts the instant partner stub, the full proxy (``tokenproxy serve``, SQLite WAL with
+synchronous=FULL, JSON logs at info, metrics) and the bare forwarder, each in its own
+process, then drives wrk (or bench.loadgen) at both, interleaved, and prints the median
+ratio with the machine's load, and each server's CPU time per request (from /proc; less
+moved by other work on a shared machine than requests per second are). ``--profile FILE``
+records the proxy with py-spy during one extra loaded run (py-spy must be on PATH or
+beside the interpreter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tokenproxy_sandbox.launcher import free_port
+
+from bench.run import _CARD_BODY, Load, Result, Server, _drive, _fmt, _median, _start, _stop
+from proxy.infra.clients import add_client, parse_scopes
+from vault.keys.ring import init_keyring
+
+
+@contextlib.contextmanager
+def _servers(work: Path) -> Iterator[tuple[Server, Server, str]]:
+    started: list[Server] = []
+    try:
+        keyring = work / "keyring.json"
+        init_keyring(keyring)
+        clients = work / "clients.json"
+        checkout = add_client(clients, "bench-checkout", parse_scopes("tokenize"))
+        py = sys.executable
+        stub_port = free_port()
+        started.append(_start("stub", [py, "-m", "bench.stub", str(stub_port)], stub_port))
+        stub = f"http://127.0.0.1:{stub_port}"
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("TOKENPROXY_", "STRIPE_", "PROMETHEUS_"))
+        }
+        port, ops_port = free_port(), free_port()
+        env.update(
+            {
+                "TOKENPROXY_VAULT_URL": f"sqlite:///{work / 'vault.db'}",
+                "TOKENPROXY_KEYRING": str(keyring),
+                "TOKENPROXY_CLIENTS": str(clients),
+                "STRIPE_API_KEY": "sk_test_bench",
+                "TOKENPROXY_STRIPE_API_BASE": stub,
+                "TOKENPROXY_LOG_LEVEL": "info",
+                "TOKENPROXY_LOG_FORMAT": "json",
+                "TOKENPROXY_LISTEN": f"127.0.0.1:{port}",
+                "TOKENPROXY_OPS_LISTEN": f"127.0.0.1:{ops_port}",
+            }
+        )
+        full = _start("full", [py, "-m", "proxy", "serve"], port, env)
+        started.append(full)
+        port = free_port()
+        bare = _start("forward", [py, "-m", "bench.bare", "forward", str(port), stub], port)
+        started.append(bare)
+        yield full, bare, checkout
+    finally:
+        for server in reversed(started):
+            _stop(server)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure tokenize against the bare forwarder; print the ratio."""
+    parser = argparse.ArgumentParser(prog="python -m bench.tokenize", description=__doc__)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median)")
+    parser.add_argument("--profile", type=Path, help="py-spy output (raw collapsed stacks)")
+    args = parser.parse_args(argv)
+    load_start = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="tokenproxy-bench-") as tmp:
+        work = Path(tmp)
+        with _servers(work) as (full, bare, checkout):
+            load = Load(
+                "POST",
+                ["/v1/cards"],
+                {"Content-Type": "application/json", "Authorization": f"Bearer {checkout}"},
+                _CARD_BODY,
+            )
+            results: dict[str, list[Result]] = {"full": [], "bare": []}
+            cpu: dict[str, list[float]] = {"full": [], "bare": []}
+            for round_no in range(args.rounds):
+                order = [("full", full), ("bare", bare)]
+                if round_no % 2:
+                    order.reverse()
+                for name, server in order:
+                    if args.warmup > 0:
+                        _drive(server.base, load, args.warmup, work)
+                    before = _cpu_seconds(server.process.pid)
+                    result = _drive(server.base, load, args.duration, work)
+                    used = _cpu_seconds(server.process.pid) - before
+                    results[name].append(result)
+                    cpu[name].append(used / max(result.requests, 1) * 1e6)
+                    print(
+                        f"  tokenize {name:<5} {_fmt(result)}  {cpu[name][-1]:.0f} us CPU/request",
+                        flush=True,
+                    )
+            if args.profile:
+                _profile(full, load, args, work)
+    f, b = _median(results["full"]), _median(results["bare"])
+    load_end = os.getloadavg()
+    print(
+        json.dumps(
+            {
+                "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "full_rps": round(f.rps),
+                "bare_rps": round(b.rps),
+                "ratio": round(f.rps / b.rps, 3) if b.rps else None,
+                "full_cpu_us": round(statistics.median(cpu["full"])),
+                "bare_cpu_us": round(statistics.median(cpu["bare"])),
+                "cpu_ratio": round(
+                    statistics.median(cpu["bare"]) / statistics.median(cpu["full"]), 3
+                ),
+                "non2xx": f.non2xx + b.non2xx,
+                "load_start": [round(x, 2) for x in load_start[:2]],
+                "load_end": [round(x, 2) for x in load_end[:2]],
+            }
+        )
+    )
+    return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _profile(full: Server, load: Load, args: argparse.Namespace, work: Path) -> None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    seconds = max(1, round(args.duration))
+    recorder = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "-p",
+            str(full.process.pid),
+            "-d",
+            str(seconds),
+            "-r",
+            "200",
+            "-f",
+            "raw",
+            "-o",
+            str(args.profile),
+            "--nonblocking",
+            "--threads",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    result = _drive(full.base, load, seconds, work)
+    recorder.wait(timeout=seconds + 30)
+    print(f"  profiled  {_fmt(result)} -> {args.profile}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
