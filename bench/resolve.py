@@ -1,0 +1,191 @@
+"""Resolve only: the full proxy against the bare primary-key read, plus server CPU per request.
+
+``python -m bench.resolve [--duration S] [--rounds N] [--cold]``: starts the full proxy
+(``python -m proxy serve``, SQLite vault with WAL and synchronous=FULL, JSON logs at info)
+and the bare reader on the same seeded vault, then alternates saturated runs (wrk, or
+bench.loadgen without it) and paced runs at 200 req/s between the two, and prints the
+ratios (medians over rounds) with each server's CPU time per request read from
+``/proc/PID/stat``: on a shared machine CPU per request moves less than req/s does.
+``--cold`` first resolves every seeded token once while the proxy is fresh (each data
+key unwrapped once), then measures the warm runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tokenproxy_sandbox.launcher import free_port
+
+from bench.run import (
+    RATE,
+    SEED_TOKENS,
+    Load,
+    Result,
+    Server,
+    _drive,
+    _proxy_env,
+    _seed,
+    _start,
+    _stop,
+)
+from proxy.infra.clients import add_client, parse_scopes
+from vault import LocalKekProvider
+from vault.keys.ring import init_keyring
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat; 12 and 13 after the ")" split.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measured(server: Server, load: Load, seconds: float, work: Path, **kw: float) -> tuple:
+    before = _cpu_seconds(server.process.pid)
+    result: Result = _drive(server.base, load, seconds, work, **kw)
+    cpu = _cpu_seconds(server.process.pid) - before
+    return result, cpu / max(1, result.requests) * 1e6
+
+
+def _summary(runs: dict[str, list[tuple[Result, float]]]) -> None:
+    def med(key: str, attr: str) -> float:
+        return statistics.median(getattr(r, attr) if attr != "cpu" else c for r, c in runs[key])
+
+    paced_full, paced_bare = f"full @{RATE:g}", f"bare @{RATE:g}"
+    print(
+        f"resolve/bare req/s {med('full', 'rps') / med('bare', 'rps'):.2f}x;"
+        f" cpu/req full {med('full', 'cpu'):.0f} us, bare {med('bare', 'cpu'):.0f} us;"
+        f" @{RATE:g}: +{med(paced_full, 'p50_ms') - med(paced_bare, 'p50_ms'):.2f}"
+        f" / +{med(paced_full, 'p99_ms') - med(paced_bare, 'p99_ms'):.2f} ms"
+        f" (cpu/req {med(paced_full, 'cpu'):.0f} / {med(paced_bare, 'cpu'):.0f} us);"
+        f" load average at end {os.getloadavg()[:2]}"
+    )
+
+
+def _profile(full: Server, load: Load, args: argparse.Namespace, work: Path) -> None:
+    """A py-spy profile of the proxy over one saturated run (SVG, or raw collapsed stacks)."""
+    _drive(full.base, load, args.warmup or 1.0, work)
+    spy = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "-f",
+            "flamegraph" if args.profile.suffix == ".svg" else "raw",
+            "-r",
+            "100",
+            "--threads",
+            "-o",
+            str(args.profile),
+            "-d",
+            str(round(args.duration)),
+            "-p",
+            str(full.process.pid),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _drive(full.base, load, args.duration, work)
+    spy.wait(timeout=60)
+
+
+def _rounds(  # noqa: PLR0917 - a bench script's plumbing
+    full: Server,
+    full_load: Load,
+    bare: Server,
+    bare_load: Load,
+    args: argparse.Namespace,
+    work: Path,
+) -> dict[str, list[tuple[Result, float]]]:
+    """Saturated and paced runs, full and bare alternating (order swapped each round)."""
+
+    runs: dict[str, list[tuple[Result, float]]] = {}
+    for round_no in range(args.rounds):
+        for rate in (None, RATE):
+            order = [("full", full, full_load), ("bare", bare, bare_load)]
+            if round_no % 2:
+                order.reverse()
+            for side, server, load in order:
+                kw = {"rate": rate} if rate else {}
+                if args.warmup:
+                    _drive(server.base, load, args.warmup, work, **kw)
+                result, cpu = _measured(server, load, args.duration, work, **kw)
+                key = f"{side} @{rate:g}" if rate else side
+                runs.setdefault(key, []).append((result, cpu))
+                print(
+                    f"  {key:<10} {result.rps:8.0f} req/s p50 {result.p50_ms:6.2f}"
+                    f" p99 {result.p99_ms:6.2f} ms  {cpu:6.0f} us/req"
+                    f"  non2xx {result.non2xx}",
+                    flush=True,
+                )
+
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the resolve rows and print them."""
+    parser = argparse.ArgumentParser(prog="python -m bench.resolve", description=__doc__)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cold", action="store_true")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy flame graph (SVG) of the proxy over one saturated run"
+    )
+    args = parser.parse_args(argv)
+    print(f"load average at start: {os.getloadavg()[:2]}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="tokenproxy-resolve-") as tmp:
+        work = Path(tmp)
+        keyring = work / "keyring.json"
+        init_keyring(keyring)
+        clients = work / "clients.json"
+        billing = add_client(clients, "bench-billing", parse_scopes("resolve"))
+        db = work / "vault.db"
+        url = f"sqlite:///{db}"
+        tokens = asyncio.run(_seed(url, LocalKekProvider.from_file(keyring), SEED_TOKENS))
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("TOKENPROXY_", "STRIPE_", "PROMETHEUS_"))
+        }
+        base.update(
+            {
+                "TOKENPROXY_VAULT_URL": url,
+                "TOKENPROXY_KEYRING": str(keyring),
+                "TOKENPROXY_CLIENTS": str(clients),
+                "STRIPE_API_KEY": "sk_test_bench",
+                "TOKENPROXY_STRIPE_API_BASE": "http://127.0.0.1:9",
+                "TOKENPROXY_LOG_LEVEL": "info",
+                "TOKENPROXY_LOG_FORMAT": "json",
+            }
+        )
+        py = sys.executable
+        port, ops = free_port(), free_port()
+        full = _start("full", [py, "-m", "proxy", "serve"], port, _proxy_env(base, port, ops))
+        rport = free_port()
+        bare = _start("read", [py, "-m", "bench.bare", "read", str(rport), str(db)], rport)
+        print(f"proxy pid {full.process.pid}, bare pid {bare.process.pid}", flush=True)
+        try:
+            paths = [f"/v1/tokens/{t}" for t in tokens]
+            full_load = Load("GET", paths, {"Authorization": f"Bearer {billing}"})
+            bare_load = Load("GET", paths)
+            if args.cold:
+                result, cpu = _measured(full, full_load, 3.0, work)
+                print(f"  cold full {result.rps:8.0f} req/s  {cpu:6.0f} us/req", flush=True)
+            if args.profile:
+                _profile(full, full_load, args, work)
+                return 0
+            _summary(_rounds(full, full_load, bare, bare_load, args, work))
+        finally:
+            _stop(bare)
+            _stop(full)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
