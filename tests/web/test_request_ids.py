@@ -9,7 +9,7 @@ from proxy.web.middleware import new_request_id
 
 
 def test_request_ids_are_prefixed_random_and_url_safe() -> None:
-    """Each id is req_ and 16 URL-safe characters (72 random bits), none repeating."""
+    """Each id is req_ and 16 URL-safe characters (96 random bits), none repeating."""
     ids = [new_request_id() for _ in range(2000)]
     assert all(re.fullmatch(r"req_[A-Za-z0-9_-]{16}", rid) for rid in ids)
     assert len(set(ids)) == len(ids)
