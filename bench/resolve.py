@@ -80,6 +80,7 @@ def _profile(full: Server, load: Load, args: argparse.Namespace, work: Path) -> 
             "-r",
             "100",
             "--threads",
+            *(["--idle"] if args.profile_rate else []),
             "-o",
             str(args.profile),
             "-d",
@@ -90,7 +91,8 @@ def _profile(full: Server, load: Load, args: argparse.Namespace, work: Path) -> 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _drive(full.base, load, args.duration, work)
+    kw = {"rate": args.profile_rate} if args.profile_rate else {}
+    _drive(full.base, load, args.duration, work, **kw)
     spy.wait(timeout=60)
 
 
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cold", action="store_true")
+    parser.add_argument("--profile-rate", type=float, help="profile at this paced rate instead")
     parser.add_argument(
         "--profile", type=Path, help="py-spy flame graph (SVG) of the proxy over one saturated run"
     )

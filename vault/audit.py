@@ -62,6 +62,7 @@ _LABEL = b"tokenproxy/audit-chain/v1\x00"
 _EVENT_TYPE_RE = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)*$")
 _MAX_FIELD = 200
 _PAGE = 1000
+_NO_DETAIL = "{}"
 
 
 class Outcome(enum.StrEnum):
@@ -234,17 +235,21 @@ class AuditLog:
             outcome = Outcome.SUCCESS if outcome else Outcome.FAILURE
         if not _EVENT_TYPE_RE.match(event_type) or len(event_type) > 64:
             raise ValueError("event_type must be a dotted lowercase name")
-        detail_json = json.dumps(dict(detail or {}), sort_keys=True, separators=(",", ":"))
         # Every field, whatever its shape: a token-shaped value can be one a client
         # made up. The detector reads long hexadecimal words (blind indexes, digests)
         # as hexadecimal, so their chance digit runs are not taken for card numbers.
         # The detail is read as written, not as JSON escapes ("\uff14", "\t") would hide it.
-        details = dict(detail or {})
-        scanned = [
-            json.dumps(details, ensure_ascii=False, separators=(",", ":")),
-            *details,
-            *(str(v) for v in details.values() if v is not None),
-        ]
+        if detail:
+            details = dict(detail)
+            detail_json = json.dumps(details, sort_keys=True, separators=(",", ":"))
+            scanned = [
+                json.dumps(details, ensure_ascii=False, separators=(",", ":")),
+                *details,
+                *(str(v) for v in details.values() if v is not None),
+            ]
+        else:
+            # Most events (every resolve) carry none: nothing to encode or scan.
+            detail_json, scanned = _NO_DETAIL, []
         for value in (actor, origin, resource, *scanned):
             if value is not None and holds_pan(value, hex_words=True):
                 raise ValueError("audit fields must not hold card-number-like digit runs")

@@ -53,6 +53,19 @@ async def test_rows_round_trip_byte_for_byte(vault: Vault) -> None:
     assert await backend.get_customer_dek("nobody") is None
 
 
+async def test_record_and_its_key_come_back_from_one_read(vault: Vault) -> None:
+    """get_record_and_dek returns the record row and the data key it names, byte for byte."""
+    backend = vault.backend
+    await backend.insert(row("vtok_card_j1", "dek_j", "cust"), dek("dek_j", "cust"))
+    await backend.insert(row("vtok_card_j2", "dek_j", "cust"), None)
+    for token in ("vtok_card_j1", "vtok_card_j2"):
+        assert await backend.get_record_and_dek(token) == (
+            row(token, "dek_j", "cust"),
+            dek("dek_j", "cust"),
+        )
+    assert await backend.get_record_and_dek("vtok_card_missing") is None
+
+
 async def test_duplicate_token_is_duplicate_record_and_changes_nothing(vault: Vault) -> None:
     """An existing token raises DuplicateRecord, keeps the first row and stores no new key."""
     backend = vault.backend

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Any, Protocol
 
 from vault.retention import Cutoff
 
@@ -211,6 +211,10 @@ class Backend(Protocol):
 
     async def get_dek(self, dek_id: str) -> DekRow | None:
         """A wrapped data key by id."""
+        ...
+
+    async def get_record_and_dek(self, token: str) -> tuple[RecordRow, DekRow | None] | None:
+        """The record row for ``token`` and the data key it names (None if gone); one read."""
         ...
 
     async def get_customer_dek(self, customer_idx: str) -> DekRow | None:
@@ -442,6 +446,16 @@ RECORD_COLUMNS = columns(RecordRow)
 DEK_COLUMNS = columns(DekRow)
 CUSTOMER_COLUMNS = columns(CustomerRow)
 IDEMPOTENCY_COLUMNS = columns(IdempotencyRow)
+_RECORD_WIDTH = len(fields(RecordRow))
+
+
+def record_and_dek(row: Sequence[Any]) -> tuple[RecordRow, DekRow | None]:
+    """A joined ``get_record_and_dek`` row split into its record and (if any) data key."""
+    record = RecordRow(*row[:_RECORD_WIDTH])
+    # dek_id is the first data-key column: NULL when the join found no key.
+    return record, DekRow(*row[_RECORD_WIDTH:]) if row[_RECORD_WIDTH] is not None else None
+
+
 AUDIT_COLUMNS = (
     "seq, occurred_at, event_type, outcome, actor, origin, resource, detail, prev_hash, hash"
 )

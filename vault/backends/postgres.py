@@ -38,6 +38,7 @@ from vault.backends.base import (
     DekRow,
     IdempotencyKeyWrap,
     RecordRow,
+    record_and_dek,
 )
 from vault.backends.postgres_idempotency import PostgresIdempotencyMixin
 from vault.backends.postgres_lifecycle import PostgresLifecycleMixin
@@ -445,6 +446,11 @@ class PostgresBackend(
         """Read one wrapped data key by id."""
         row = await self._fetchrow(SQL.get_dek, dek_id)
         return DekRow(*row) if row else None
+
+    async def get_record_and_dek(self, token: str) -> tuple[RecordRow, DekRow | None] | None:
+        """Read one record and its wrapped data key: one round trip."""
+        row = await self._fetchrow(SQL.get_record_and_dek, token)
+        return record_and_dek(tuple(row)) if row else None
 
     async def get_customer_dek(self, customer_idx: str) -> DekRow | None:
         """Read a customer's wrapped data key by the customer's blind index."""

@@ -34,6 +34,7 @@ from vault.backends.base import (
     IdempotencyRow,
     RecordRow,
     erased_idempotency_row,
+    record_and_dek,
 )
 from vault.backends.sql import SQLITE as SQL
 from vault.backends.sqlite_lifecycle import SqliteLifecycleMixin
@@ -487,6 +488,11 @@ class SqliteBackend(SqliteLifecycleMixin, SqliteSyncMixin):
         """Read one wrapped data key by id."""
         row = self._read_one(SQL.get_dek, (dek_id,))
         return DekRow(*row) if row else None
+
+    async def get_record_and_dek(self, token: str) -> tuple[RecordRow, DekRow | None] | None:
+        """Read one record and its wrapped data key, inline, in one statement."""
+        row = self._read_one(SQL.get_record_and_dek, (token,))
+        return record_and_dek(row) if row else None
 
     async def get_customer_dek(self, customer_idx: str) -> DekRow | None:
         """Read a customer's wrapped data key by the customer's blind index."""
