@@ -57,15 +57,19 @@ def _summary(runs: dict[str, list[tuple[Result, float]]]) -> None:
     def med(key: str, attr: str) -> float:
         return statistics.median(getattr(r, attr) if attr != "cpu" else c for r, c in runs[key])
 
-    paced_full, paced_bare = f"full @{RATE:g}", f"bare @{RATE:g}"
-    print(
-        f"resolve/bare req/s {med('full', 'rps') / med('bare', 'rps'):.2f}x;"
-        f" cpu/req full {med('full', 'cpu'):.0f} us, bare {med('bare', 'cpu'):.0f} us;"
-        f" @{RATE:g}: +{med(paced_full, 'p50_ms') - med(paced_bare, 'p50_ms'):.2f}"
-        f" / +{med(paced_full, 'p99_ms') - med(paced_bare, 'p99_ms'):.2f} ms"
-        f" (cpu/req {med(paced_full, 'cpu'):.0f} / {med(paced_bare, 'cpu'):.0f} us);"
-        f" load average at end {os.getloadavg()[:2]}"
-    )
+    paced_bare = f"bare @{RATE:g}"
+    for side in ("full", "base"):
+        if side not in runs:
+            continue
+        paced = f"{side} @{RATE:g}"
+        print(
+            f"{side}: resolve/bare req/s {med(side, 'rps') / med('bare', 'rps'):.2f}x;"
+            f" cpu/req {med(side, 'cpu'):.0f} us, bare {med('bare', 'cpu'):.0f} us;"
+            f" @{RATE:g}: +{med(paced, 'p50_ms') - med(paced_bare, 'p50_ms'):.2f}"
+            f" / +{med(paced, 'p99_ms') - med(paced_bare, 'p99_ms'):.2f} ms"
+            f" (cpu/req {med(paced, 'cpu'):.0f} / {med(paced_bare, 'cpu'):.0f} us)"
+        )
+    print(f"load average at end {os.getloadavg()[:2]}")
 
 
 def _profile(full: Server, load: Load, args: argparse.Namespace, work: Path) -> None:
@@ -96,23 +100,15 @@ def _profile(full: Server, load: Load, args: argparse.Namespace, work: Path) -> 
     spy.wait(timeout=60)
 
 
-def _rounds(  # noqa: PLR0917 - a bench script's plumbing
-    full: Server,
-    full_load: Load,
-    bare: Server,
-    bare_load: Load,
-    args: argparse.Namespace,
-    work: Path,
+def _rounds(
+    sides: list[tuple[str, Server, Load]], args: argparse.Namespace, work: Path
 ) -> dict[str, list[tuple[Result, float]]]:
-    """Saturated and paced runs, full and bare alternating (order swapped each round)."""
-
+    """Saturated and paced runs of every side in turn (order rotated each round)."""
     runs: dict[str, list[tuple[Result, float]]] = {}
     for round_no in range(args.rounds):
         for rate in (None, RATE):
-            order = [("full", full, full_load), ("bare", bare, bare_load)]
-            if round_no % 2:
-                order.reverse()
-            for side, server, load in order:
+            shift = round_no % len(sides)
+            for side, server, load in sides[shift:] + sides[:shift]:
                 kw = {"rate": rate} if rate else {}
                 if args.warmup:
                     _drive(server.base, load, args.warmup, work, **kw)
@@ -121,12 +117,20 @@ def _rounds(  # noqa: PLR0917 - a bench script's plumbing
                 runs.setdefault(key, []).append((result, cpu))
                 print(
                     f"  {key:<10} {result.rps:8.0f} req/s p50 {result.p50_ms:6.2f}"
-                    f" p99 {result.p99_ms:6.2f} ms  {cpu:6.0f} us/req"
-                    f"  non2xx {result.non2xx}",
+                    f" p99 {result.p99_ms:6.2f} ms  {cpu:6.0f} us/req  non2xx {result.non2xx}",
                     flush=True,
                 )
-
     return runs
+
+
+def _baseline(tree: Path, base: dict[str, str]) -> Server:
+    """The same proxy from another checkout (e.g. the commit before a change), on the same
+    vault: paired runs under the same machine load."""
+    tree = tree.resolve()
+    path = os.pathsep.join(str(tree / sub) for sub in ("", "sandbox", "clients/python"))
+    port, ops = free_port(), free_port()
+    env = _proxy_env({**base, "PYTHONPATH": path}, port, ops)
+    return _start("base", [sys.executable, "-m", "proxy", "serve"], port, env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cold", action="store_true")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout's proxy, measured alongside as 'base'"
+    )
     parser.add_argument("--profile-rate", type=float, help="profile at this paced rate instead")
     parser.add_argument(
         "--profile", type=Path, help="py-spy flame graph (SVG) of the proxy over one saturated run"
@@ -173,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         rport = free_port()
         bare = _start("read", [py, "-m", "bench.bare", "read", str(rport), str(db)], rport)
         print(f"proxy pid {full.process.pid}, bare pid {bare.process.pid}", flush=True)
+        baseline = _baseline(args.baseline, base) if args.baseline else None
         try:
             paths = [f"/v1/tokens/{t}" for t in tokens]
             full_load = Load("GET", paths, {"Authorization": f"Bearer {billing}"})
@@ -183,10 +191,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 _profile(full, full_load, args, work)
                 return 0
-            _summary(_rounds(full, full_load, bare, bare_load, args, work))
+            sides = [("full", full, full_load), ("bare", bare, bare_load)]
+            if baseline is not None:
+                sides.append(("base", baseline, full_load))
+            _summary(_rounds(sides, args, work))
         finally:
-            _stop(bare)
-            _stop(full)
+            for server in (bare, full, baseline):
+                if server is not None:
+                    _stop(server)
     return 0
 
 
