@@ -163,7 +163,7 @@ def _plain_scalar(value: object) -> bool:
 
 
 class _JsonRenderer:
-    """JSON lines through msgspec's encoder, the same text structlog's renderer writes.
+    """JSON lines through msgspec's encoder (compact: no spaces after separators).
 
     Falls back to structlog's renderer (the standard library's encoder) for what msgspec
     refuses (a lone surrogate, a key that is not a string) and for non-ASCII text, which
@@ -172,7 +172,8 @@ class _JsonRenderer:
 
     def __init__(self) -> None:
         self._encode = msgspec.json.Encoder().encode
-        self._fallback = structlog.processors.JSONRenderer()
+        # Compact like msgspec's output, so every line has one shape whichever encoder wrote it.
+        self._fallback = structlog.processors.JSONRenderer(separators=(",", ":"))
 
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
         try:

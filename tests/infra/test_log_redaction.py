@@ -369,6 +369,7 @@ def test_non_ascii_and_lone_surrogates_render_as_ascii_json() -> None:
         log.info("request", sizes={1: "one"})
     text = buffer.getvalue()
     assert text.isascii()
+    assert text.count('"event":"request"') == 3
     lines = _lines(buffer)
     assert lines[0]["route"] == "/v1/tokens/\u00e9t\u00e9"
     assert lines[1]["route"] == "/v1/tokens/\udc80"
