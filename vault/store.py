@@ -348,10 +348,15 @@ class Vault(VaultLifecycle, KeyCheckMixin):
         kind = token_kind(token)
         if kind is None:
             raise RecordNotFound("no such token")
-        found = await self.backend.get_record_and_dek(token)
-        if found is None:
+        dek: DekRow | None = None
+        if self.backend.inline_reads:
+            row = await self.backend.get_record(token)
+        else:
+            # One round trip instead of two when the record's data key is not cached.
+            found = await self.backend.get_record_and_dek(token)
+            row, dek = found if found is not None else (None, None)
+        if row is None:
             raise RecordNotFound("no such token")
-        row, dek = found
         record = await self._open_row(row, dek)
         if not include_expired and self.is_expired(record):
             raise RecordNotFound("no such token")

@@ -188,6 +188,9 @@ class Backend(Protocol):
     # False once an operation failed to reach the database (or a connection died),
     # True again after one succeeds: lets callers skip irreversible work while down.
     healthy: bool
+    # True where a read is an in-process call of microseconds (SQLite), False where each
+    # is a network round trip: worth folding a record's data key into its read then.
+    inline_reads: bool
 
     async def migrate(self, *, statement_timeout: float | None = None) -> int:
         """Apply pending schema migrations; returns the schema version now in force.

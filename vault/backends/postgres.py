@@ -120,6 +120,7 @@ class PostgresBackend(
     """The backend for several replicas on one PostgreSQL database."""
 
     name = "postgres"
+    inline_reads = False
 
     def __init__(
         self,
