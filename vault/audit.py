@@ -33,7 +33,6 @@ import hashlib
 import hmac
 import json
 import re
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,6 +61,7 @@ _LABEL = b"tokenproxy/audit-chain/v1\x00"
 _EVENT_TYPE_RE = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)*$")
 _MAX_FIELD = 200
 _PAGE = 1000
+_NO_DETAIL = "{}"
 
 
 class Outcome(enum.StrEnum):
@@ -117,7 +117,16 @@ def digest_resource(index_key: bytes, what: str, value: str) -> str:
 
 def link_hash(key: bytes, prev_hash: str, entry: AuditEntry) -> str:
     """HMAC-SHA256 of ``prev_hash`` and every field of ``entry``, unambiguously framed."""
-    parts = [_LABEL]
+    mac = hmac.new(key, _LABEL, hashlib.sha256)
+    mac.update(_framed(prev_hash, entry))
+    return mac.hexdigest()
+
+
+_ABSENT = b"\x00\x00\x00\x00\x00"
+
+
+def _framed(prev_hash: str, entry: AuditEntry) -> bytes:
+    parts: list[bytes] = []
     for value in (
         prev_hash,
         entry.occurred_at,
@@ -128,12 +137,15 @@ def link_hash(key: bytes, prev_hash: str, entry: AuditEntry) -> str:
         entry.resource,
         entry.detail,
     ):
-        # A presence byte keeps None and "" apart; the length prefix keeps fields apart.
-        encoded = b"" if value is None else value.encode("utf-8")
-        parts.append(b"\x00" if value is None else b"\x01")
-        parts.append(struct.pack(">I", len(encoded)))
-        parts.append(encoded)
-    return hmac.new(key, b"".join(parts), hashlib.sha256).hexdigest()
+        # A presence byte keeps None and "" apart; the 4-byte big-endian length keeps
+        # fields apart.
+        if value is None:
+            parts.append(_ABSENT)
+        else:
+            encoded = value.encode("utf-8")
+            parts.append(b"\x01" + len(encoded).to_bytes(4, "big"))
+            parts.append(encoded)
+    return b"".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +198,18 @@ class AuditLog:
         self._backend = backend
         self._key = audit_key(index_key)
         self._index_key = index_key
+        # The keyed state after the label, copied per event: the key schedule is done once
+        # (the writer thread computes one link per event, holding the GIL meanwhile).
+        self._mac = hmac.new(self._key, _LABEL, hashlib.sha256)
 
     def digest(self, what: str, value: str) -> str:
         """A client-chosen ``value`` as an audit resource (see :func:`digest_resource`)."""
         return digest_resource(self._index_key, what, value)
 
     def _link(self, prev_hash: str, entry: AuditEntry) -> str:
-        return link_hash(self._key, prev_hash, entry)
+        mac = self._mac.copy()
+        mac.update(_framed(prev_hash, entry))
+        return mac.hexdigest()
 
     async def append(
         self,
@@ -234,17 +251,21 @@ class AuditLog:
             outcome = Outcome.SUCCESS if outcome else Outcome.FAILURE
         if not _EVENT_TYPE_RE.match(event_type) or len(event_type) > 64:
             raise ValueError("event_type must be a dotted lowercase name")
-        detail_json = json.dumps(dict(detail or {}), sort_keys=True, separators=(",", ":"))
         # Every field, whatever its shape: a token-shaped value can be one a client
         # made up. The detector reads long hexadecimal words (blind indexes, digests)
         # as hexadecimal, so their chance digit runs are not taken for card numbers.
         # The detail is read as written, not as JSON escapes ("\uff14", "\t") would hide it.
-        details = dict(detail or {})
-        scanned = [
-            json.dumps(details, ensure_ascii=False, separators=(",", ":")),
-            *details,
-            *(str(v) for v in details.values() if v is not None),
-        ]
+        if detail:
+            details = dict(detail)
+            detail_json = json.dumps(details, sort_keys=True, separators=(",", ":"))
+            scanned = [
+                json.dumps(details, ensure_ascii=False, separators=(",", ":")),
+                *details,
+                *(str(v) for v in details.values() if v is not None),
+            ]
+        else:
+            # Most events (every resolve) carry none: nothing to encode or scan.
+            detail_json, scanned = _NO_DETAIL, []
         for value in (actor, origin, resource, *scanned):
             if value is not None and holds_pan(value, hex_words=True):
                 raise ValueError("audit fields must not hold card-number-like digit runs")

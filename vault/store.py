@@ -364,20 +364,35 @@ class Vault(VaultLifecycle, KeyCheckMixin):
         kind = token_kind(token)
         if kind is None:
             raise RecordNotFound("no such token")
-        row = await self.backend.get_record(token)
+        dek: DekRow | None = None
+        if self.backend.inline_reads:
+            row = await self.backend.get_record(token)
+        else:
+            # One round trip instead of two when the record's data key is not cached.
+            found = await self.backend.get_record_and_dek(token)
+            row, dek = found if found is not None else (None, None)
         if row is None:
             raise RecordNotFound("no such token")
-        record = await self._open_row(row)
+        record = await self._open_row(row, dek)
         if not include_expired and self.is_expired(record):
             raise RecordNotFound("no such token")
         return record
 
-    async def _open_row(self, row: RecordRow) -> Record:
-        """Decrypt a row: its kind column must match the kind its token names."""
+    async def _open_row(self, row: RecordRow, dek: DekRow | None = None) -> Record:
+        """Decrypt a row: its kind column must match the kind its token names.
+
+        ``dek``: the row's wrapped data key when it was read along (used on a cache miss).
+        """
         kind = token_kind(row.token)
         if kind is None or row.kind != kind:
             raise DecryptionFailed("ciphertext failed authentication")
-        sealer = await self._dek_by_id(row.dek_id)
+        if dek is None or dek.dek_id != row.dek_id:
+            sealer = await self._dek_by_id(row.dek_id)
+        elif (cached := self._cached_dek(row.dek_id)) is not None:
+            self._deks.move_to_end(row.dek_id)
+            sealer = cached
+        else:
+            sealer = await self._unwrap(dek)
         plaintext = sealer.open(row.ciphertext, record_aad(row.token, kind, row.dek_id))
         return _record_from(row, kind, plaintext)
 

@@ -14,6 +14,7 @@ import re
 import sys
 from typing import IO, Any, Final, TextIO, cast
 
+import msgspec
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
@@ -85,9 +86,28 @@ def redact_text(text: str) -> str:
     return text
 
 
+# Strings already scanned and found clean (methods, routes, client names, addresses repeat
+# on every line). Only clean strings are kept, so card data never outlives its line here;
+# short ones only, and the table is emptied when full rather than evicted entry by entry.
+_CLEAN: Final[set[str]] = set()
+_CLEAN_MAX_ENTRIES: Final = 2048
+_CLEAN_MAX_LENGTH: Final = 200
+
+
+def _redact_str(text: str) -> str:
+    if text in _CLEAN:
+        return text
+    redacted = redact_text(text)
+    if redacted == text and len(text) <= _CLEAN_MAX_LENGTH:
+        if len(_CLEAN) >= _CLEAN_MAX_ENTRIES:
+            _CLEAN.clear()
+        _CLEAN.add(text)
+    return redacted
+
+
 def _scrub(value: Any, depth: int) -> Any:
     if isinstance(value, str):
-        return redact_text(value)
+        return _redact_str(value)
     if value is None or isinstance(value, bool | float):
         return value
     if isinstance(value, int):
@@ -118,17 +138,51 @@ def _scrub_key(key: Any) -> Any:
 
 def redact_processor(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """Redact card-data fields and PAN/IBAN-looking text anywhere in the event."""
-    # Mutated in place: structlog hands each processor a dict it owns.
-    for key, value in list(event_dict.items()):
+    # Mutated in place: structlog hands each processor a dict it owns (values replaced,
+    # no key added or removed, so iterating while assigning is safe).
+    for key, value in event_dict.items():
         if _is_sensitive_key(key):
             event_dict[key] = REDACTED
         elif key in _OWN_KEYS:
             # ProcessorFormatter's bookkeeping (the LogRecord), removed before
             # rendering; repr-ing it here would only cost time.
             continue
-        else:
+        elif type(value) is str:
+            event_dict[key] = _redact_str(value)
+        elif not _plain_scalar(value):
             event_dict[key] = _scrub(value, 0)
     return event_dict
+
+
+def _plain_scalar(value: object) -> bool:
+    """None, a bool, a float or an integer too short to hold a card number: nothing to scan."""
+    kind = type(value)
+    if kind is int:
+        return -_MIN_PAN_INT < cast(int, value) < _MIN_PAN_INT
+    return value is None or kind is bool or kind is float
+
+
+class _JsonRenderer:
+    """JSON lines through msgspec's encoder (compact: no spaces after separators).
+
+    Falls back to structlog's renderer (the standard library's encoder) for what msgspec
+    refuses (a lone surrogate, a key that is not a string) and for non-ASCII text, which
+    the standard library escapes: a log line stays ASCII whatever the stream's encoding.
+    """
+
+    def __init__(self) -> None:
+        self._encode = msgspec.json.Encoder().encode
+        # Compact like msgspec's output, so every line has one shape whichever encoder wrote it.
+        self._fallback = structlog.processors.JSONRenderer(separators=(",", ":"))
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        try:
+            rendered = self._encode(event_dict)
+        except (TypeError, ValueError, UnicodeEncodeError, OverflowError):
+            return cast(str, self._fallback(logger, name, event_dict))
+        if not rendered.isascii():
+            return cast(str, self._fallback(logger, name, event_dict))
+        return rendered.decode("ascii")
 
 
 def _level_number(level: str) -> int:
@@ -156,7 +210,7 @@ def configure_logging(
     level_number = _level_number(level)
     renderer: Processor
     if json:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = _JsonRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(
             colors=hasattr(out, "isatty") and out.isatty(),

@@ -27,6 +27,8 @@ Two bounds stop that:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import ipaddress
 import math
 import time
@@ -59,6 +61,9 @@ def source_of(request: web.Request) -> str:
     return source_key(client_address(request))
 
 
+# Called on every authenticated request with an address already parsed once (the peer or
+# a trusted hop): the same few come back, so the parse is cached.
+@functools.lru_cache(maxsize=4096)
 def source_key(remote: str) -> str:
     """The throttling and audit key for a client address: an IPv6 one by its /64."""
     try:

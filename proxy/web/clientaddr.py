@@ -17,6 +17,7 @@ proves nothing, and the peer is at least an address someone answered from.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -61,7 +62,7 @@ def resolve(
 
     ``forwarded`` says the lines are RFC 7239 ``Forwarded`` (else ``X-Forwarded-For``).
     """
-    peer_address = parse_address(peer or "")
+    peer_address = _peer_address(peer or "")
     if peer_address is None:
         # A Unix socket or a test transport: there is no address, and no proxy to believe.
         return (peer or "")[:64] or "unknown"
@@ -79,6 +80,14 @@ def resolve(
     # Every hop trusted: the leftmost is where the chain began (an internal caller
     # reaching us through our own proxies).
     return str(client)
+
+
+# The TCP peer is the socket's own text, not the client's: the same few peers (an ingress,
+# a billing service) come back on every request. Header hops are client text and are not
+# cached.
+@functools.lru_cache(maxsize=1024)
+def _peer_address(peer: str) -> IPAddress | None:
+    return parse_address(peer)
 
 
 def parse_address(text: str) -> IPAddress | None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
+import os
 import time
+from base64 import urlsafe_b64encode
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -55,7 +56,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 def new_request_id() -> str:
     """A fresh request id; never taken from the client, whose header could carry anything."""
-    return "req_" + secrets.token_urlsafe(12)
+    # secrets.token_urlsafe(12) without its two wrapper calls: 96 random bits, same text.
+    return "req_" + urlsafe_b64encode(os.urandom(12)).decode("ascii")
 
 
 def method_label(request: web.Request) -> str:

@@ -59,7 +59,7 @@ def _lines_until_started(process: subprocess.Popen[str], within: float = 60.0) -
         if not line:
             break
         lines.append(line.rstrip("\n"))
-        if '"event": "started"' in line:
+        if '"event":"started"' in line:
             return lines
     pytest.fail("dev mode did not start:\n" + "\n".join(lines))
 

@@ -330,3 +330,42 @@ def test_each_log_line_is_one_write_with_its_newline() -> None:
     assert len(stream.calls) == 2
     assert all(call.endswith("\n") and call.count("\n") == 1 for call in stream.calls)
     assert [json.loads(call)["event"] for call in stream.calls] == ["one", "two"]
+
+
+def test_a_value_seen_clean_is_still_scanned_when_it_changes() -> None:
+    """A field that was clean on one line and holds a PAN on the next is redacted there."""
+    with logging_to_buffer() as buffer:
+        log = structlog.get_logger()
+        log.info("request", address="10.0.0.1", token="vtok_card_abc")
+        log.info("request", address=f"peer {PAN}", token=f"vtok_card_{PAN}")
+        log.info("request", address="10.0.0.1", token=f"vtok_card_{PAN}")
+    assert PAN not in buffer.getvalue()
+    lines = _lines(buffer)
+    assert lines[0]["address"] == "10.0.0.1"
+    assert lines[1]["address"] == "peer [REDACTED_PAN]"
+    assert lines[2]["token"] == "vtok_card_[REDACTED_PAN]"
+
+
+def test_non_ascii_and_lone_surrogates_render_as_ascii_json() -> None:
+    """Non-ASCII text is escaped and a lone surrogate does not lose the line."""
+    with logging_to_buffer() as buffer:
+        log = structlog.get_logger()
+        log.info("request", route="/v1/tokens/\u00e9t\u00e9")
+        log.info("request", route="/v1/tokens/\udc80")
+        log.info("request", sizes={1: "one"})
+    text = buffer.getvalue()
+    assert text.isascii()
+    assert text.count('"event":"request"') == 3
+    lines = _lines(buffer)
+    assert lines[0]["route"] == "/v1/tokens/\u00e9t\u00e9"
+    assert lines[1]["route"] == "/v1/tokens/\udc80"
+    assert lines[2]["sizes"] == {"1": "one"}
+
+
+def test_large_integers_holding_a_pan_are_redacted_at_the_top_level() -> None:
+    """A PAN passed as a top-level integer field is redacted, a small integer kept."""
+    with logging_to_buffer() as buffer:
+        structlog.get_logger().info("request", status=200, amount=int(PAN))
+    line = _lines(buffer)[0]
+    assert line["status"] == 200
+    assert line["amount"] == "[REDACTED_PAN]"

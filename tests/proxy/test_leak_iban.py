@@ -45,7 +45,7 @@ def scan(label: str, data: bytes) -> list[str]:
 async def test_no_iban_in_anything_written(proxy: RunningProxy, log_stream: object) -> None:
     """Zero hits for every IBAN, BBAN and hidden account run across DB files, logs,
     metrics and bodies."""
-    seen_lines = log_stream.getvalue().count('"event": "request"')  # type: ignore[attr-defined]
+    seen_lines = log_stream.getvalue().count('"event":"request"')  # type: ignore[attr-defined]
     tokens = []
     for i, case in enumerate(VALID + LEAK):
         customer = f"cus-iban-{i % 3}" if i % 2 else None
@@ -116,7 +116,7 @@ async def test_no_iban_in_anything_written(proxy: RunningProxy, log_stream: obje
     db_files = sorted(proxy.vault_path.parent.glob(proxy.vault_path.name + "*"))
     for path in db_files:
         hits += scan(path.name, path.read_bytes())
-    assert log_stream.getvalue().count('"event": "request"') > seen_lines  # type: ignore[attr-defined]
+    assert log_stream.getvalue().count('"event":"request"') > seen_lines  # type: ignore[attr-defined]
     hits += scan("logs", log_stream.getvalue().encode())  # type: ignore[attr-defined]
     hits += scan("metrics", metrics)
     for i, body in enumerate(proxy.responses):

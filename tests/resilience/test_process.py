@@ -57,7 +57,7 @@ async def test_sigterm_finishes_in_flight_then_exits_zero(
     assert str(body["token"]).startswith("vtok_card_")
     assert await server.wait() == 0
     log = server.log.read_text()
-    assert '"event": "stopped"' in log
+    assert '"event":"stopped"' in log
     assert VISA.number not in log
 
 

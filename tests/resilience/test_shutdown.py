@@ -119,6 +119,6 @@ async def test_sigterm_during_migrations_stops_the_process(
     finally:
         await holder.close()
     log = server.log.read_text()
-    assert '"during": "start-up"' in log
-    assert '"event": "stopped"' in log
-    assert '"event": "started"' not in log
+    assert '"during":"start-up"' in log
+    assert '"event":"stopped"' in log
+    assert '"event":"started"' not in log

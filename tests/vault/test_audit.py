@@ -213,6 +213,69 @@ def test_link_hash_separates_none_from_empty() -> None:
     assert link_hash(b"k" * 32, AUDIT_GENESIS, a) != link_hash(b"k" * 32, AUDIT_GENESIS, b)
 
 
+def _reference_link(key: bytes, prev_hash: str, entry: object) -> str:
+    """The chain link as docs/keys-and-audit.md frames it, written out independently."""
+    import hashlib
+    import hmac
+    import struct
+
+    message = b"tokenproxy/audit-chain/v1\x00"
+    values = [prev_hash] + [
+        getattr(entry, name)
+        for name in (
+            "occurred_at",
+            "event_type",
+            "outcome",
+            "actor",
+            "origin",
+            "resource",
+            "detail",
+        )
+    ]
+    for value in values:
+        data = b"" if value is None else value.encode("utf-8")
+        message += (b"\x00" if value is None else b"\x01") + struct.pack(">I", len(data)) + data
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def test_link_hash_matches_the_documented_framing() -> None:
+    """link_hash keeps the chain's framing: stored chains verify unchanged."""
+    from vault.backends.base import AuditEntry
+
+    for entry in (
+        AuditEntry(
+            "2026-01-01T00:00:00.000000Z",
+            "token.resolve",
+            "success",
+            "billing",
+            "127.0.0.1",
+            "vtok_card_x",
+            "{}",
+        ),
+        AuditEntry("t", "e", "failure", None, None, None, '{"k":"\u00e9"}'),
+        AuditEntry("t", "e", "success", "", "caf\u00e9", "", ""),
+    ):
+        assert link_hash(b"k" * 32, AUDIT_GENESIS, entry) == _reference_link(
+            b"k" * 32, AUDIT_GENESIS, entry
+        )
+
+
+async def test_appended_events_carry_the_link_hash_of_their_fields(vault: Vault) -> None:
+    """Each appended event's hash is link_hash over its predecessor's hash and its fields."""
+    from vault.audit import audit_key
+
+    rows = [
+        await vault.audit.append(
+            EventType.RESOLVE, outcome=Outcome.SUCCESS, actor="billing", origin=o, resource=r
+        )
+        for o, r in (("127.0.0.1", "vtok_card_a"), (None, None))
+    ]
+    key = audit_key(vault.keys.index_key)
+    for row in rows:
+        assert row.hash == link_hash(key, row.prev_hash, row.entry)
+    assert rows[1].prev_hash == rows[0].hash
+
+
 async def test_blind_index_resources_with_chance_digit_runs_are_accepted(vault: Vault) -> None:
     """A customer's blind index may hold a Luhn-valid digit run by chance; it is not card data."""
     index = "4242424242424242" + "ab" * 24

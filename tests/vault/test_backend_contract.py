@@ -55,6 +55,24 @@ async def test_rows_round_trip_byte_for_byte(vault: Vault) -> None:
     assert await backend.get_customer_dek("nobody") is None
 
 
+async def test_record_and_its_key_come_back_from_one_read(vault: Vault) -> None:
+    """get_record_and_dek returns the record row and the data key it names, byte for byte."""
+    backend = vault.backend
+    await backend.insert(row("vtok_card_j1", "dek_j", "cust"), dek("dek_j", "cust"))
+    await backend.insert(row("vtok_card_j2", "dek_j", "cust"), None)
+    for token in ("vtok_card_j1", "vtok_card_j2"):
+        assert await backend.get_record_and_dek(token) == (
+            row(token, "dek_j", "cust"),
+            dek("dek_j", "cust"),
+        )
+    assert await backend.get_record_and_dek("vtok_card_missing") is None
+
+
+async def test_only_the_networked_backend_folds_the_data_key_into_reads(vault: Vault) -> None:
+    """SQLite reads inline (the record alone is cheaper); PostgreSQL saves a round trip."""
+    assert vault.backend.inline_reads is (vault.backend.name == "sqlite")
+
+
 async def test_duplicate_token_is_duplicate_record_and_changes_nothing(vault: Vault) -> None:
     """An existing token raises DuplicateRecord, keeps the first row and stores no new key."""
     backend = vault.backend
@@ -128,7 +146,7 @@ def test_each_backend_implements_the_whole_protocol(backend_class: type) -> None
 
 def test_the_protocol_covers_every_backend_call_of_the_vault() -> None:
     """Whatever the vault calls on ``….backend`` is declared in the one protocol."""
-    declared = set(protocol_methods()) | {"name", "healthy"}
+    declared = set(protocol_methods()) | {"name", "healthy", "inline_reads"}
     called: set[str] = set()
     for path in Path(vault_package.__file__).parent.rglob("*.py"):
         if "backends" in path.parts:

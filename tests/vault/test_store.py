@@ -122,6 +122,23 @@ async def test_tampered_ciphertext_raises(vault: Vault, raw_rows: RawRows) -> No
             await vault.get(stored.token)
 
 
+async def test_uncached_data_key_is_opened_from_the_record_read(
+    vault: Vault, raw_rows: RawRows
+) -> None:
+    """A record whose data key left the cache opens; its tampered wrapped key fails closed."""
+    stored = await vault.put(card_record())
+    dek_id = await raw_rows.get(stored.token, "dek_id")
+    vault.forget_dek(dek_id)
+    assert (await vault.get(stored.token)).partner_reference == "pm_test_123"
+    vault.forget_dek(dek_id)
+    (wrapped,) = (await raw_rows.query("SELECT wrapped FROM deks WHERE dek_id = ?", (dek_id,)))[0]
+    changed = bytearray(wrapped)
+    changed[-1] ^= 0x01
+    await raw_rows.query("UPDATE deks SET wrapped = ? WHERE dek_id = ?", (bytes(changed), dek_id))
+    with pytest.raises(DecryptionFailed):
+        await vault.get(stored.token)
+
+
 async def test_ciphertext_moved_between_customers_fails(vault: Vault, raw_rows: RawRows) -> None:
     """A ciphertext moved onto another customer's row (with or without its DEK id) fails."""
     a = await vault.put(card_record("cus-a"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Any, Protocol
 
 from vault.retention import PAYMENT_METHOD_KINDS, Cutoff
 
@@ -235,6 +235,9 @@ class Backend(Protocol):
     # False once an operation failed to reach the database (or a connection died),
     # True again after one succeeds: lets callers skip irreversible work while down.
     healthy: bool
+    # True where a read is an in-process call of microseconds (SQLite), False where each
+    # is a network round trip: worth folding a record's data key into its read then.
+    inline_reads: bool
 
     async def migrate(self, *, statement_timeout: float | None = None) -> int:
         """Apply pending schema migrations; returns the schema version now in force.
@@ -267,6 +270,10 @@ class Backend(Protocol):
 
     async def get_dek(self, dek_id: str) -> DekRow | None:
         """A wrapped data key by id."""
+        ...
+
+    async def get_record_and_dek(self, token: str) -> tuple[RecordRow, DekRow | None] | None:
+        """The record row for ``token`` and the data key it names (None if gone); one read."""
         ...
 
     async def get_customer_dek(self, customer_idx: str) -> DekRow | None:
@@ -498,6 +505,16 @@ RECORD_COLUMNS = columns(RecordRow)
 DEK_COLUMNS = columns(DekRow)
 CUSTOMER_COLUMNS = columns(CustomerRow)
 IDEMPOTENCY_COLUMNS = columns(IdempotencyRow)
+_RECORD_WIDTH = len(fields(RecordRow))
+
+
+def record_and_dek(row: Sequence[Any]) -> tuple[RecordRow, DekRow | None]:
+    """A joined ``get_record_and_dek`` row split into its record and (if any) data key."""
+    record = RecordRow(*row[:_RECORD_WIDTH])
+    # dek_id is the first data-key column: NULL when the join found no key.
+    return record, DekRow(*row[_RECORD_WIDTH:]) if row[_RECORD_WIDTH] is not None else None
+
+
 AUDIT_COLUMNS = (
     "seq, occurred_at, event_type, outcome, actor, origin, resource, detail, prev_hash, hash"
 )

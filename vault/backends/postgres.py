@@ -39,6 +39,7 @@ from vault.backends.base import (
     IdempotencyKeyWrap,
     Link,
     RecordRow,
+    record_and_dek,
 )
 from vault.backends.postgres_idempotency import PostgresIdempotencyMixin
 from vault.backends.postgres_lifecycle import PostgresLifecycleMixin
@@ -136,6 +137,7 @@ class PostgresBackend(
     """The backend for several replicas on one PostgreSQL database."""
 
     name = "postgres"
+    inline_reads = False
 
     def __init__(
         self,
@@ -475,6 +477,11 @@ class PostgresBackend(
         """Read one wrapped data key by id."""
         row = await self._fetchrow(SQL.get_dek, dek_id)
         return DekRow(*row) if row else None
+
+    async def get_record_and_dek(self, token: str) -> tuple[RecordRow, DekRow | None] | None:
+        """Read one record and its wrapped data key: one round trip."""
+        row = await self._fetchrow(SQL.get_record_and_dek, token)
+        return record_and_dek(tuple(row)) if row else None
 
     async def get_customer_dek(self, customer_idx: str) -> DekRow | None:
         """Read a customer's wrapped data key by the customer's blind index."""

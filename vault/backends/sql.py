@@ -36,6 +36,10 @@ def _marks(count: int) -> str:
     return ", ".join("?" for _ in range(count))
 
 
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{name.strip()}" for name in columns.split(","))
+
+
 class Statements:
     """Every shared statement, with one dialect's placeholders (``SQLITE``, ``POSTGRES``)."""
 
@@ -51,6 +55,13 @@ class Statements:
         self.insert_dek = p(f"INSERT INTO deks ({DEK_COLUMNS}) VALUES ({_marks(5)})")  # noqa: S608
         self.get_record = p(f"SELECT {RECORD_COLUMNS} FROM records WHERE token = ?")  # noqa: S608
         self.get_dek = p(f"SELECT {DEK_COLUMNS} FROM deks WHERE dek_id = ?")  # noqa: S608
+        # A record with its wrapped data key in one read, where reads are round trips: a
+        # resolve whose data key is not cached (a billing run walks every token once)
+        # would otherwise make two.
+        self.get_record_and_dek = p(
+            f"SELECT {_prefixed('r', RECORD_COLUMNS)}, {_prefixed('d', DEK_COLUMNS)}"  # noqa: S608
+            " FROM records r LEFT JOIN deks d ON d.dek_id = r.dek_id WHERE r.token = ?"
+        )
         self.get_customer_dek = p(f"SELECT {DEK_COLUMNS} FROM deks WHERE customer_idx = ?")  # noqa: S608
         self.dek_on_version = p(f"SELECT {DEK_COLUMNS} FROM deks WHERE kek_version = ? LIMIT 1")  # noqa: S608
         # Two index probes, no scan (start-up check): one aggregate per subquery, as SQLite
