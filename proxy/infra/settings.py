@@ -149,6 +149,9 @@ class Settings:
     # Stripe's typical 0.2-0.4 s per call, 32 is about Stripe's live default of 100
     # operations a second per account (https://docs.stripe.com/rate-limits).
     partner_max_in_flight: int = 32
+    # Partner calls a second for the whole deployment (see proxy.partners.budget); None:
+    # the default against Stripe, no budget against a sandbox on loopback.
+    partner_rate: float | None = None
     body_read_timeout: float = 10.0
     max_header_bytes: int = 8190
     header_timeout: float = 10.0
@@ -336,6 +339,16 @@ class Settings:
             )
         return settings
 
+    def outbound_rate(self) -> float | None:
+        """Partner calls a second for the deployment, or None for no budget.
+
+        ``TOKENPROXY_PARTNER_RATE`` when set; else DEFAULT_PARTNER_RATE against Stripe, and
+        no budget against a sandbox on loopback, which has no rate limiter to protect.
+        """
+        if self.partner_rate is not None:
+            return self.partner_rate
+        return None if _sandbox_base(self.stripe_api_base) else DEFAULT_PARTNER_RATE
+
     def retention_policy(self) -> RetentionPolicy:
         """The vault's retention policy from these settings."""
         return RetentionPolicy(
@@ -449,6 +462,12 @@ def _sandbox_base(base: str) -> bool:
     return host in {"localhost", "::1"} or host.startswith("127.")
 
 
+# Stripe's per-endpoint default (25/s) binds POST /v1/payment_methods before the
+# account's 100/s in live mode (25/s in a sandbox) does: 20 keeps every endpoint under it
+# and leaves most of the account's rate to the billing service's own calls
+# (https://docs.stripe.com/rate-limits).
+DEFAULT_PARTNER_RATE = 20.0
+
 # Stripe's idempotency window: "keys ... at least 24 hours old" may be pruned, no sooner.
 MIN_IDEMPOTENCY_TTL = 24 * 3600.0
 
@@ -466,6 +485,7 @@ def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
         "TOKENPROXY_BREAKER_RESET": ("breaker_reset", 0.05),
         "TOKENPROXY_BODY_READ_TIMEOUT": ("body_read_timeout", 0.1),
         "TOKENPROXY_HEADER_TIMEOUT": ("header_timeout", 0.1),
+        "TOKENPROXY_PARTNER_RATE": ("partner_rate", 0.1),
     }
     ints = {
         "TOKENPROXY_PARTNER_MAX_RETRIES": ("partner_max_retries", 0),

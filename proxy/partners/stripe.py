@@ -10,6 +10,7 @@ ever talks to its configured base address (the outbound allowlist).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import re
@@ -299,6 +300,11 @@ class StripePartner:
         # Stripe's keys say their mode: sk_live_/rk_live_ act on live data, *_test_ on test
         # data (https://docs.stripe.com/keys#test-live-modes).
         self.livemode: bool | None = api_key.startswith(("sk_live_", "rk_live_"))
+        # Stripe's rate limits are per account and mode (https://docs.stripe.com/rate-limits):
+        # replicas with the same key share one outbound budget. A short digest, never the
+        # key: the budget's row is stored in clear.
+        digest = hashlib.sha256(api_key.encode()).hexdigest()[:12]
+        self.budget_scope = f"{'live' if self.livemode else 'test'}:{digest}"
         # Telemetry sends Stripe the previous call's timings in a header, bookkept per
         # call under a lock; we measure partner latency ourselves (metrics).
         stripe.enable_telemetry = False

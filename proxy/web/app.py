@@ -21,6 +21,7 @@ from proxy.infra.metrics import Metrics
 from proxy.infra.settings import HostPort, Settings, SettingsError
 from proxy.infra.syncstatus import follow_reconcile_status
 from proxy.infra.tls import ListenerContexts, listener_contexts
+from proxy.partners.budget import OutboundBudget
 from proxy.partners.ports import Partner
 from proxy.partners.resilience import CircuitBreaker, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
@@ -169,6 +170,13 @@ def resilient(partner: Partner, settings: Settings, metrics: Metrics) -> Partner
     """``partner`` behind the retry policy and circuit breaker the settings describe."""
     if isinstance(partner, ResilientPartner):
         return partner
+    rate = settings.outbound_rate()
+    budget = None
+    if rate is not None:
+        scope = getattr(partner, "budget_scope", "default")
+        budget = OutboundBudget(
+            rate, key=f"partner:{partner.name}:{scope}", processes=settings.workers
+        )
     return ResilientPartner(
         partner,
         policy=RetryPolicy(
@@ -182,6 +190,7 @@ def resilient(partner: Partner, settings: Settings, metrics: Metrics) -> Partner
         ),
         metrics=metrics,
         max_in_flight=settings.partner_max_in_flight,
+        budget=budget,
     )
 
 
