@@ -152,6 +152,8 @@ class Settings:
     # Partner calls a second for the whole deployment (see proxy.partners.budget); None:
     # the default against Stripe, no budget against a sandbox on loopback.
     partner_rate: float | None = None
+    # Stripe's allow_redisplay for every PaymentMethod the proxy creates (see docs/stripe.md).
+    allow_redisplay: str = "unspecified"
     body_read_timeout: float = 10.0
     max_header_bytes: int = 8190
     header_timeout: float = 10.0
@@ -234,6 +236,15 @@ class Settings:
             if not base.startswith(("https://", "http://")):
                 raise SettingsError("TOKENPROXY_STRIPE_API_BASE must be an http(s) URL")
             kwargs["stripe_api_base"] = base
+        if "TOKENPROXY_ALLOW_REDISPLAY" in env:
+            redisplay = env["TOKENPROXY_ALLOW_REDISPLAY"].strip().lower()
+            if redisplay not in ALLOW_REDISPLAY_VALUES:
+                given = env["TOKENPROXY_ALLOW_REDISPLAY"]
+                raise SettingsError(
+                    "TOKENPROXY_ALLOW_REDISPLAY must be one of "
+                    f"{', '.join(ALLOW_REDISPLAY_VALUES)}, got {given!r}"
+                )
+            kwargs["allow_redisplay"] = redisplay
         if "TOKENPROXY_PARTNER_TIMEOUT" in env:
             kwargs["partner_timeout"] = _float(
                 "TOKENPROXY_PARTNER_TIMEOUT", env["TOKENPROXY_PARTNER_TIMEOUT"], minimum=0.1
@@ -461,6 +472,10 @@ def _sandbox_base(base: str) -> bool:
     host = urlsplit(base).hostname or ""
     return host in {"localhost", "::1"} or host.startswith("127.")
 
+
+# Stripe's values of a PaymentMethod's allow_redisplay, its default first
+# (https://docs.stripe.com/api/payment_methods/object#payment_method_object-allow_redisplay).
+ALLOW_REDISPLAY_VALUES = ("unspecified", "limited", "always")
 
 # Stripe's per-endpoint default (25/s) binds POST /v1/payment_methods before the
 # account's 100/s in live mode (25/s in a sandbox) does: 20 keeps every endpoint under it

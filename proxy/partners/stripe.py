@@ -295,8 +295,14 @@ class StripePartner:
         timeout: float = 10.0,
         connect_timeout: float = 3.0,
         session: aiohttp.ClientSession | None = None,
+        allow_redisplay: str | None = None,
     ) -> None:
         silence_sdk_logging()
+        # Sent on every PaymentMethod create when not Stripe's default (``unspecified``):
+        # whether Stripe's Checkout and Elements may show the method to the customer again
+        # (https://docs.stripe.com/api/payment_methods/create#create_payment_method-allow_redisplay).
+        # Left out at the default so the parameters under an idempotency key do not change.
+        self.allow_redisplay = None if allow_redisplay in {None, "unspecified"} else allow_redisplay
         # Stripe's keys say their mode: sk_live_/rk_live_ act on live data, *_test_ on test
         # data (https://docs.stripe.com/keys#test-live-modes).
         self.livemode: bool | None = api_key.startswith(("sk_live_", "rk_live_"))
@@ -363,8 +369,17 @@ class StripePartner:
                 "cvc": card.cvc.value,
             },
         }
+        billing: dict[str, Any] = {}
         if card.holder_name:
-            params["billing_details"] = {"name": card.holder_name}
+            billing["name"] = card.holder_name
+        if card.postal_code:
+            # For the issuer's address verification (AVS); personal data, never logged.
+            billing["address"] = {"postal_code": card.postal_code}
+        if billing:
+            # https://docs.stripe.com/api/payment_methods/create#create_payment_method-billing_details
+            params["billing_details"] = billing
+        if self.allow_redisplay is not None:
+            params["allow_redisplay"] = self.allow_redisplay
         if metadata:
             # https://docs.stripe.com/metadata: for reconciliation and support; never
             # card data (Stripe's own rule too).
@@ -401,6 +416,8 @@ class StripePartner:
             "sepa_debit": {"iban": account.iban.value},
             "billing_details": billing,
         }
+        if self.allow_redisplay is not None:
+            params["allow_redisplay"] = self.allow_redisplay
         data = await self._post("/v1/payment_methods", params, idempotency_key)
         try:
             details = data["sepa_debit"]

@@ -101,6 +101,7 @@ def create_app(
                     api_base=settings.stripe_api_base,
                     timeout=settings.partner_timeout,
                     connect_timeout=settings.partner_connect_timeout,
+                    allow_redisplay=settings.allow_redisplay,
                 )
             app[METRICS].zero_known_series(
                 partner=the_partner.name,

@@ -23,6 +23,9 @@ tests and behaves as Stripe documents, each rule citing the page it follows:
   (localstripe detaches it).
 * Card PaymentMethods carry the brand Stripe would name from the number (localstripe
   names every card ``visa``).
+* ``allow_redisplay`` on ``POST /v1/payment_methods`` is taken as Stripe takes it
+  (``always``, ``limited`` or ``unspecified``, the default) and shown on the method;
+  localstripe refuses the parameter.
 * ``GET /v1/subscriptions?customer=`` lists a customer's subscriptions that are not
   canceled (localstripe lists them only under the customer).
 * Every API request is recorded (method, path, ``Stripe-Version``, ``Idempotency-Key``)
@@ -67,6 +70,7 @@ class _Setup:
 
 # Answers Stripe gives before its idempotency layer runs, so never saved under a key.
 _NOT_SAVED = frozenset({401, 403, 409, 429})
+_REDISPLAY = frozenset({"always", "limited", "unspecified"})
 _SAVED_MAX = 10_000
 
 
@@ -104,6 +108,7 @@ class StripeFront:
     faults: list[_Fault] = field(default_factory=list)
     saved: dict[tuple[str, str], _Saved] = field(default_factory=dict)
     brands: dict[str, str] = field(default_factory=dict)
+    redisplay: dict[str, str] = field(default_factory=dict)
     running: set[tuple[str, str]] = field(default_factory=set)
 
     # -- idempotency ---------------------------------------------------------------
@@ -238,6 +243,18 @@ class StripeFront:
         assert self.session is not None  # noqa: S101
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        redisplay = "unspecified"
+        if request.method == "POST" and request.path == "/v1/payment_methods":
+            # Stripe takes allow_redisplay on a new PaymentMethod, "unspecified" by default
+            # (https://docs.stripe.com/api/payment_methods/create#create_payment_method-allow_redisplay);
+            # localstripe answers 400 "Unexpected allow_redisplay", so it stops here.
+            form = parse_qsl(body.decode(), keep_blank_values=True)
+            given = [value for name, value in form if name == "allow_redisplay"]
+            if given:
+                if given[-1] not in _REDISPLAY:
+                    return _error(400, "Invalid allow_redisplay.", "allow_redisplay")
+                redisplay = given[-1]
+                body = urlencode([(n, v) for n, v in form if n != "allow_redisplay"]).encode()
         async with self.session.request(
             request.method, self.upstream + request.path_qs, headers=headers, data=body
         ) as resp:
@@ -249,14 +266,19 @@ class StripeFront:
                 number = dict(parse_qsl(body.decode(), keep_blank_values=True)).get("card[number]")
                 if number and isinstance(doc, dict) and "id" in doc:
                     self.brands[doc["id"]] = _stripe_brand(number)
+                if isinstance(doc, dict) and "id" in doc:
+                    self.redisplay[doc["id"]] = redisplay
             payload = json.dumps(self._with_brands(_without_legacy_mandate(doc))).encode()
         return web.Response(status=status, body=payload, content_type="application/json")
 
     def _with_brands(self, body: Any) -> Any:
-        """Card methods with the brand Stripe names from their number."""
+        """Card methods with the brand Stripe names from their number, and every method
+        with its allow_redisplay."""
         list_body = isinstance(body, dict) and body.get("object") == "list"
         items = body.get("data") if list_body else [body]
         for item in items or []:
+            if isinstance(item, dict) and item.get("object") == "payment_method":
+                item["allow_redisplay"] = self.redisplay.get(item.get("id"), "unspecified")
             card = item.get("card") if isinstance(item, dict) else None
             if isinstance(card, dict) and item.get("id") in self.brands:
                 card["brand"] = self.brands[item["id"]]
