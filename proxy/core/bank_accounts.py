@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.core.customers import SaveRequest, store_payment_method
+from proxy.core.customers import SaveRequest, partner_metadata, store_payment_method
 from proxy.core.partner_sync import note_orphan, settle_outbox_if_final, write_outbox
 from proxy.core.services import Services, ensure_vault_up, partner_call
 from proxy.core.views import created_view
@@ -30,7 +30,7 @@ async def tokenize_bank_account(
     await ensure_vault_up(services)
     await write_outbox(services, partner_key, Kind.BANK, token)
     try:
-        created = await create_sepa_at_partner(services, account, partner_key)
+        created = await create_sepa_at_partner(services, account, partner_key, token=token)
     except ProxyError as exc:
         await settle_outbox_if_final(services, partner_key, exc)
         raise
@@ -54,14 +54,25 @@ async def tokenize_bank_account(
 
 
 async def create_sepa_at_partner(
-    services: Services, account: BankAccountRequest, partner_key: str | None
+    services: Services,
+    account: BankAccountRequest,
+    partner_key: str | None,
+    *,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    """The partner call for a bank account; returns the storable answer as a plain dict."""
+    """The partner call for a bank account; returns the storable answer as a plain dict.
+
+    With ``token`` the payment method names the vault token it is about to be stored under.
+    """
     await ensure_vault_up(services)
     created = await partner_call(
         services,
         "create_sepa_debit",
-        services.partner.create_sepa_debit(account, idempotency_key=partner_key),
+        services.partner.create_sepa_debit(
+            account,
+            idempotency_key=partner_key,
+            metadata=partner_metadata(token) if token else None,
+        ),
     )
     fingerprint = created.fingerprint
     return {

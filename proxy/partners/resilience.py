@@ -235,13 +235,19 @@ class ResilientPartner:
         )
 
     async def create_sepa_debit(
-        self, account: BankAccountRequest, *, idempotency_key: str | None = None
+        self,
+        account: BankAccountRequest,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerBankAccount:
         """Create a SEPA debit method, one idempotency key for all attempts."""
         return await self._keyed(
             "create_sepa_debit",
             idempotency_key,
-            lambda key: self.inner.create_sepa_debit(account, idempotency_key=key),
+            lambda key: self.inner.create_sepa_debit(
+                account, idempotency_key=key, metadata=metadata
+            ),
         )
 
     async def create_customer(self, *, idempotency_key: str | None = None) -> str:

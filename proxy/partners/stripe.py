@@ -405,7 +405,11 @@ class StripePartner:
             raise _bad_response() from None
 
     async def create_sepa_debit(
-        self, account: BankAccountRequest, *, idempotency_key: str | None = None
+        self,
+        account: BankAccountRequest,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerBankAccount:
         """Create a sepa_debit PaymentMethod; the IBAN leaves the process only here."""
         billing: dict[str, str] = {"name": account.holder_name}
@@ -418,6 +422,8 @@ class StripePartner:
         }
         if self.allow_redisplay is not None:
             params["allow_redisplay"] = self.allow_redisplay
+        if metadata:
+            params["metadata"] = dict(metadata)  # never the IBAN
         data = await self._post("/v1/payment_methods", params, idempotency_key)
         try:
             details = data["sepa_debit"]
