@@ -28,6 +28,10 @@ tests and behaves as Stripe documents, each rule citing the page it follows:
   localstripe refuses the parameter.
 * ``GET /v1/subscriptions?customer=`` lists a customer's subscriptions that are not
   canceled (localstripe lists them only under the customer).
+* ``PUT /_sandbox/rate_limit`` (``{rate, burst}``) turns on a limiter like Stripe's: an
+  API request past ``burst`` at ``rate`` a second gets 429 ``rate_limit`` before the
+  idempotency layer runs (https://docs.stripe.com/rate-limits); ``GET`` says how many
+  it refused, ``DELETE /_sandbox/faults`` turns it off.
 * Every API request is recorded (method, path, ``Stripe-Version``, ``Idempotency-Key``)
   for ``GET /_sandbox/requests``; ``POST /_sandbox/faults`` scripts answers Stripe gives
   and localstripe never does (5xx, 429, documented error bodies), ``DELETE`` clears both.
@@ -96,6 +100,26 @@ class _Fault:
 
 
 @dataclass
+class _RateLimit:
+    """Stripe's rate limiter as a GCRA token bucket: ``rate`` a second, ``burst`` at once."""
+
+    rate: float
+    burst: int
+    tat: float = 0.0
+    refused: int = 0
+
+    def allow(self) -> bool:
+        """Spend one request if the bucket has one; count it refused otherwise."""
+        now, interval = time.monotonic(), 1.0 / self.rate
+        base = max(self.tat, now)
+        if base + interval - now > self.burst * interval + 1e-9:
+            self.refused += 1
+            return False
+        self.tat = base + interval
+        return True
+
+
+@dataclass
 class StripeFront:
     """The front's state: what localstripe cannot keep for us."""
 
@@ -110,6 +134,7 @@ class StripeFront:
     brands: dict[str, str] = field(default_factory=dict)
     redisplay: dict[str, str] = field(default_factory=dict)
     running: set[tuple[str, str]] = field(default_factory=set)
+    rate_limit: _RateLimit | None = None
 
     # -- idempotency ---------------------------------------------------------------
 
@@ -205,8 +230,20 @@ class StripeFront:
         )
         return web.json_response({"faults": len(self.faults)})
 
+    async def set_rate_limit(self, request: web.Request) -> web.Response:
+        """``PUT /_sandbox/rate_limit``: ``{rate, burst}`` limits every API request from now."""
+        doc = await request.json()
+        self.rate_limit = _RateLimit(rate=float(doc["rate"]), burst=int(doc["burst"]))
+        return web.json_response({"refused": 0})
+
+    async def get_rate_limit(self, _request: web.Request) -> web.Response:
+        """``GET /_sandbox/rate_limit``: how many requests the limiter refused."""
+        return web.json_response({"refused": self.rate_limit.refused if self.rate_limit else 0})
+
     async def reset(self, _request: web.Request) -> web.Response:
-        """``DELETE /_sandbox/faults``: forget scripted faults, recorded requests, saved keys."""
+        """``DELETE /_sandbox/faults``: forget scripted faults, recorded requests, saved keys,
+        and turn the rate limiter off."""
+        self.rate_limit = None
         self.faults.clear()
         self.requests.clear()
         self.saved.clear()
@@ -615,6 +652,19 @@ def make_app(front: StripeFront) -> web.Application:
         if request.path.startswith("/_sandbox/"):
             return await handler(request)
         front.record(request)
+        if front.rate_limit is not None and not front.rate_limit.allow():
+            # Before the idempotency layer, as at Stripe: a 429 is never saved under a key.
+            return web.json_response(
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "code": "rate_limit",
+                        "message": "Too many requests hit the API too quickly.",
+                    }
+                },
+                status=429,
+                headers={"Request-Id": "req_" + secrets.token_hex(7)},
+            )
 
         async def answer() -> web.Response:
             scripted = front.scripted(request)
@@ -643,6 +693,8 @@ def make_app(front: StripeFront) -> web.Application:
     app.router.add_post("/_sandbox/faults", front.add_fault)
     app.router.add_delete("/_sandbox/faults", front.reset)
     app.router.add_get("/_sandbox/requests", front.list_requests)
+    app.router.add_put("/_sandbox/rate_limit", front.set_rate_limit)
+    app.router.add_get("/_sandbox/rate_limit", front.get_rate_limit)
     app.router.add_post("/v1/payment_intents", front.create_payment_intent)
     app.router.add_get("/v1/subscriptions", front.list_subscriptions)
     app.router.add_post("/v1/payment_methods/{id}/detach", front.detach_payment_method)

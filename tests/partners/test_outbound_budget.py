@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from proxy.web.sharedlimits import BudgetRows
 from tests.cards import VISA
 from tests.conftest import make_settings, running_proxy
 from tests.proxy.test_cards_api import card_body
-from tests.sandbox_front import recorded_requests, reset_front
+from tests.sandbox_front import limit_rate, rate_limited, recorded_requests, reset_front
 from vault.backends.postgres import PostgresBackend
 
 
@@ -246,3 +247,70 @@ async def test_two_replicas_on_postgres_share_the_budget(
         assert retry_after is not None
         assert int(retry_after) >= 1
         assert _exhausted(second, other.app) == 1.0
+
+
+@pytest.fixture
+def replica_env(
+    tmp_path: Path, keyring_path: Path, localstripe: Localstripe, pg_schema_url: str
+) -> list[Settings]:
+    """Settings of two replicas on one PostgreSQL vault that never retry a partner call."""
+    env = {"TOKENPROXY_VAULT_URL": pg_schema_url, "TOKENPROXY_PARTNER_MAX_RETRIES": "0"}
+    return [make_settings(tmp_path, keyring_path, localstripe.base_url, env) for _ in range(2)]
+
+
+async def _against_a_slow_partner(
+    tmp_path: Path,
+    client_keys: dict[str, str],
+    localstripe: Localstripe,
+    replicas: list[Settings],
+) -> tuple[list[int], set[str], int]:
+    """Four tokenizations at once over two replicas, the partner allowing one per 10 s:
+    their statuses, the codes of the refusals, and how many the partner refused."""
+    await reset_front(localstripe)
+    try:
+        async with (
+            running_proxy(tmp_path, client_keys, replicas[0]) as one,
+            running_proxy(tmp_path, client_keys, replicas[1]) as other,
+        ):
+            await limit_rate(localstripe, 0.1, 1)
+            answers = await asyncio.gather(*(_card(p) for p in (one, other, one, other)))
+            refused = await rate_limited(localstripe)
+    finally:
+        await reset_front(localstripe)
+    codes = {body["error"]["code"] for status, body, _ in answers if status != 201 and body}  # type: ignore[index]
+    return sorted(status for status, _, _ in answers), codes, refused
+
+
+@pytest.mark.postgres
+async def test_shared_budget_keeps_replicas_off_the_partner_rate_limiter(
+    tmp_path: Path,
+    client_keys: dict[str, str],
+    localstripe: Localstripe,
+    replica_env: list[Settings],
+) -> None:
+    """Two replicas sharing a budget of the partner's rate answer the surplus 503
+    partner_budget_exhausted without sending it: the partner refuses nothing."""
+    replicas = [replace(s, partner_rate=0.1) for s in replica_env]
+    statuses, codes, refused = await _against_a_slow_partner(
+        tmp_path, client_keys, localstripe, replicas
+    )
+    assert statuses == [201, 503, 503, 503]
+    assert codes == {"partner_budget_exhausted"}
+    assert refused == 0
+
+
+@pytest.mark.postgres
+async def test_without_a_budget_the_surplus_meets_the_partner_429s(
+    tmp_path: Path,
+    client_keys: dict[str, str],
+    localstripe: Localstripe,
+    replica_env: list[Settings],
+) -> None:
+    """The same load without the budget reaches the partner, which refuses the surplus with
+    429 (503 partner_rate_limited to the client): what the budget spares Stripe."""
+    statuses, codes, refused = await _against_a_slow_partner(
+        tmp_path, client_keys, localstripe, replica_env
+    )
+    assert statuses == [201, 503, 503, 503]
+    assert codes == {"partner_rate_limited"}
+    assert refused == 3
