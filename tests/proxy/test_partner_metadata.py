@@ -41,10 +41,16 @@ async def _metadata_of(localstripe: Localstripe, proxy: RunningProxy, token: str
 
 async def _setup_of(localstripe: Localstripe, payment_method: str) -> dict[str, Any]:
     """The SetupIntent that saved ``payment_method``, as the partner holds it."""
-    _, page = await partner_get(localstripe, "/v1/setup_intents?limit=100")
-    found = [s for s in page["data"] if s.get("payment_method") == payment_method]
+    found: list[dict[str, Any]] = []
+    path = "/v1/setup_intents?limit=100"
+    while True:  # every test's setups share the session's partner: page through them all
+        _, page = await partner_get(localstripe, path)
+        found += [s for s in page["data"] if s.get("payment_method") == payment_method]
+        if not page.get("has_more") or not page["data"]:
+            break
+        path = f"/v1/setup_intents?limit=100&starting_after={page['data'][-1]['id']}"
     assert len(found) == 1, found
-    return found[0]  # type: ignore[no-any-return]
+    return found[0]
 
 
 async def test_payment_method_made_under_a_client_key_names_its_token(
