@@ -66,11 +66,11 @@ async def confirm_card_setup(
     customer_ref = pending.new.customer_ref
     assert customer_ref is not None  # noqa: S101 - only customer cards are set up
     vault = services.vault
-    if token is not None and (done := await _confirmed(services, token, pending)) is not None:
-        # Confirmed before (another request, or a retry under a new key): the same token,
-        # never a second one for the same payment method.
-        return done
     async with services.locks.hold(customer_ref):
+        if token is not None and (done := await _confirmed(services, token, pending)):
+            # Confirmed before (another request, or a retry under a new key): the same
+            # token, never a second one for the same payment method.
+            return done
         mapped = await vault_call(
             services, "get_customer", vault.get_partner_customer(customer_ref)
         )
