@@ -2,11 +2,11 @@
 
 Every partner call spends one request from the budget (TOKENPROXY_PARTNER_RATE). With
 SQLite it is a bucket in memory; with PostgreSQL the process leases up to 16 requests per
-round trip from one row every replica shares. This drives ``OutboundBudget.take`` from
-32 coroutines at once (the default TOKENPROXY_PARTNER_MAX_IN_FLIGHT), with a rate high
-enough never to refuse, and reports the mean time per take and the round trips to the
-database per 1000 takes. Beside it, one lease statement alone, sequential on one
-connection (its round trip).
+round trip (4 at the default rate, whose burst is 4) from one row every replica shares.
+This drives ``OutboundBudget.take`` from 32 coroutines at once (the default
+TOKENPROXY_PARTNER_MAX_IN_FLIGHT), with a rate high enough never to refuse, and reports
+the mean time per take and the round trips to the database per 1000 takes. Beside it,
+one lease statement alone, sequential on one connection (its round trip).
 
 A partner call itself takes 0.2-0.4 s at Stripe; the figures here are what the budget
 adds to it. Runs in its own schema of the database on 127.0.0.1:5432, dropped at the end.
@@ -56,6 +56,10 @@ async def main(takes: int, rate: float) -> None:
         shared = OutboundBudget(rate, key="partner:bench:shared")
         shared.source = BudgetRows(backend)
         shared_s = await _drive(shared, takes)
+        # At the default rate (15) the burst, and so the largest lease, is 4.
+        small = OutboundBudget(rate, key="partner:bench:small", max_lease=4)
+        small.source = BudgetRows(backend)
+        small_s = await _drive(small, takes)
         started = time.perf_counter()
         statements = 500
         for _ in range(statements):
@@ -66,6 +70,10 @@ async def main(takes: int, rate: float) -> None:
         print("|---|---|---|")
         print(f"| in memory (SQLite) | {local_s * 1e6:.1f} | 0 |")
         print(f"| shared (PostgreSQL) | {shared_s * 1e6:.1f} | {1000 * shared.leases / done:.0f} |")
+        print(
+            f"| shared, leases of at most 4 | {small_s * 1e6:.1f} |"
+            f" {1000 * small.leases / done:.0f} |"
+        )
         print(f"| one lease statement, sequential | {statement_s * 1e6:.0f} | 1000 |")
     finally:
         await backend.close()

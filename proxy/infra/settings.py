@@ -478,10 +478,11 @@ def _sandbox_base(base: str) -> bool:
 ALLOW_REDISPLAY_VALUES = ("unspecified", "limited", "always")
 
 # Stripe's per-endpoint default (25/s) binds POST /v1/payment_methods before the
-# account's 100/s in live mode (25/s in a sandbox) does: 20 keeps every endpoint under it
-# and leaves most of the account's rate to the billing service's own calls
+# account's 100/s in live mode (25/s in a sandbox) does. The budget lets at most 1.5x its
+# rate through in any one second (burst and leases, see proxy.partners.budget): 15 keeps
+# that under 25, and leaves most of the account's rate to the billing service's own calls
 # (https://docs.stripe.com/rate-limits).
-DEFAULT_PARTNER_RATE = 20.0
+DEFAULT_PARTNER_RATE = 15.0
 
 # Stripe's idempotency window: "keys ... at least 24 hours old" may be pruned, no sooner.
 MIN_IDEMPOTENCY_TTL = 24 * 3600.0

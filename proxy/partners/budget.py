@@ -12,7 +12,8 @@ that shares it (PostgreSQL's ``rate_limits`` table, see :mod:`vault.limits`) eve
 replica spends from the same bucket; without one (SQLite: one process) the bucket lives
 in this process. To keep the database off the hot path a process leases several
 requests per round trip and spends them locally; a lease lives at most ``lease_ttl``
-seconds, so a process cannot hoard budget and release it later in one burst, and its
+seconds (a quarter second), so a process cannot hoard budget and release it later in
+one burst, and its
 size adapts: it doubles while leases are spent in time and halves when one expires, so
 a quiet replica does not take budget it will not use.
 
@@ -73,7 +74,7 @@ class OutboundBudget:
         key: str,
         burst: int | None = None,
         max_wait: float = 1.0,
-        lease_ttl: float = 1.0,
+        lease_ttl: float = 0.25,
         max_lease: int = MAX_LEASE,
         processes: int = 1,
         clock: Callable[[], float] = time.monotonic,
@@ -84,9 +85,10 @@ class OutboundBudget:
         self.rate = rate
         self.key = key
         self.interval = 1.0 / rate
-        # Half a second's worth: a burst on top of the sustained rate stays within 1.5x
-        # the rate in any one second, under Stripe's limit at the default.
-        self.burst = burst if burst is not None else max(1, math.ceil(rate / 2))
+        # A quarter second's worth. In any one second the calls sent are at most those
+        # granted in that second and the lease's life before it: burst + rate x (1 +
+        # lease_ttl), 1.5x the rate at these defaults.
+        self.burst = burst if burst is not None else max(1, math.ceil(rate / 4))
         self.max_wait = max_wait
         self.lease_ttl = lease_ttl
         self.max_lease = max(1, min(max_lease, self.burst))

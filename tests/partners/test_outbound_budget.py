@@ -86,7 +86,7 @@ async def test_budget_refuses_with_retry_after_beyond_the_short_wait() -> None:
 async def test_workers_of_one_process_split_the_local_budget() -> None:
     """Without a shared source, each of two workers keeps half the burst."""
     clock = Clock()
-    budget = _budget(20.0, clock, max_wait=0.0, processes=2)
+    budget = _budget(40.0, clock, max_wait=0.0, processes=2)
     assert budget.burst == 10
     assert await _spent(budget, 20) == 5
 
@@ -168,7 +168,7 @@ def test_default_rate_applies_to_stripe_not_to_a_loopback_sandbox(
 ) -> None:
     """Against Stripe the default budget applies; a loopback sandbox has none unless set."""
     stripe = make_settings(tmp_path, keyring_path, "https://api.stripe.com")
-    assert stripe.outbound_rate() == DEFAULT_PARTNER_RATE == 20.0
+    assert stripe.outbound_rate() == DEFAULT_PARTNER_RATE == 15.0
     sandbox = make_settings(tmp_path, keyring_path, "http://127.0.0.1:9")
     assert sandbox.outbound_rate() is None
     chosen = make_settings(
