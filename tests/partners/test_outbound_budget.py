@@ -314,3 +314,22 @@ async def test_without_a_budget_the_surplus_meets_the_partner_429s(
     assert statuses == [201, 503, 503, 503]
     assert codes == {"partner_rate_limited"}
     assert refused == 3
+
+
+async def test_no_second_sees_more_than_one_and_a_half_times_the_rate() -> None:
+    """At the default rate, calls tried every 10 ms for 5 s: no one-second window lets more
+    than 1.5 x 15 through, under Stripe's 25 a second per endpoint."""
+    clock = Clock()
+    budget = _budget(DEFAULT_PARTNER_RATE, clock, max_wait=0.0)
+    sent: list[float] = []
+    for _ in range(500):
+        try:
+            await budget.take()
+        except PartnerUnavailable:
+            pass
+        else:
+            sent.append(clock.now)
+        clock.now += 0.01
+    busiest = max(sum(1 for t in sent if start <= t < start + 1.0) for start in sent)
+    assert busiest <= 1.5 * DEFAULT_PARTNER_RATE < 25
+    assert len(sent) >= 5 * DEFAULT_PARTNER_RATE  # and the rate itself goes through
