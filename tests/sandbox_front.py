@@ -48,3 +48,14 @@ async def script_fault(
 async def reset_front(localstripe: Localstripe) -> None:
     """Forget scripted faults and recorded requests."""
     await _call(localstripe, "DELETE", "/_sandbox/faults")
+
+
+async def limit_rate(localstripe: Localstripe, rate: float, burst: int) -> None:
+    """Make the front refuse API requests past ``burst`` at ``rate`` a second with 429."""
+    await _call(localstripe, "PUT", "/_sandbox/rate_limit", {"rate": rate, "burst": burst})
+
+
+async def rate_limited(localstripe: Localstripe) -> int:
+    """How many API requests the front's rate limiter refused since it was set."""
+    answer: dict[str, int] = await _call(localstripe, "GET", "/_sandbox/rate_limit")
+    return answer["refused"]

@@ -37,14 +37,14 @@ import json
 import os
 import secrets
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from vault.backends.base import IDEMPOTENCY_ERASED, Backend, IdempotencyRow
 from vault.crypto import Sealer, _frame, dek_aad, derive_subkey, new_key
 from vault.errors import UnknownKeyVersion, VaultError
-from vault.records import iso, utcnow
+from vault.records import Kind, iso, token_from_seed, utcnow
 from vault.store import Vault
 
 __all__ = [
@@ -141,6 +141,19 @@ class Claim:
     sealer: Sealer
     partner_result: dict[str, Any] | None
     resumed: bool
+    # The random part of the token reserved for this key (see reserved_token).
+    token_seed: bytes = field(default=b"", repr=False)
+
+    def reserved_token(self, kind: Kind) -> str:
+        """The token this key's record will be stored under, known before the partner call.
+
+        Drawn from the row's own data key (random, from ``secrets``, one per row), so every
+        attempt at the key — a retry, a takeover after a crash — names the same token,
+        and the partner call can carry it while its parameters stay the same under the
+        partner key. A row made again after the key expired has a new data key, so a new
+        token.
+        """
+        return token_from_seed(kind, self.token_seed)
 
 
 class IdempotencyStore:
@@ -225,12 +238,15 @@ class IdempotencyStore:
             # Marked active in the same event-loop step the insert's result arrives in:
             # a concurrent request of this process that sees the row sees it active.
             self._active.add(key_idx)
-            return Claim(key_idx, mac, partner_key, Sealer(dek), None, resumed=False)
+            return Claim(
+                key_idx, mac, partner_key, Sealer(dek), None, resumed=False, token_seed=_seed(dek)
+            )
         if existing.state == IDEMPOTENCY_ERASED:
             raise IdempotencyErased("idempotency key erased with its customer")
         if not hmac.compare_digest(existing.request_mac, mac):
             raise IdempotencyMismatch("idempotency key reused with another request")
-        sealer = await self._unwrap(existing)
+        dek = await self._unwrap_key(existing)
+        sealer = Sealer(dek)
         if existing.state == DONE:
             if existing.response is None:  # pragma: no cover - written together with state
                 raise VaultError("completed idempotency row without a response")
@@ -251,7 +267,7 @@ class IdempotencyStore:
         if existing.partner_result is not None:
             plain = sealer.open(existing.partner_result, _aad(key_idx, "partner", mac))
             result = json.loads(plain)
-        return Claim(key_idx, mac, partner_key, sealer, result, resumed=True)
+        return Claim(key_idx, mac, partner_key, sealer, result, resumed=True, token_seed=_seed(dek))
 
     async def record_partner(self, claim: Claim, result: dict[str, Any]) -> None:
         """Durably keep what the partner answered (and the token to use) before the vault write.
@@ -310,6 +326,9 @@ class IdempotencyStore:
         raise IdempotencyOwnershipLost("idempotency row taken over")
 
     async def _unwrap(self, row: IdempotencyRow) -> Sealer:
+        return Sealer(await self._unwrap_key(row))
+
+    async def _unwrap_key(self, row: IdempotencyRow) -> bytes:
         try:
             return await self._unwrap_once(row)
         except UnknownKeyVersion:
@@ -318,12 +337,14 @@ class IdempotencyStore:
                 raise
             return await self._unwrap_once(row)
 
-    async def _unwrap_once(self, row: IdempotencyRow) -> Sealer:
+    async def _unwrap_once(self, row: IdempotencyRow) -> bytes:
         keys, version = self.vault.keys, row.kek_version
         aad = dek_aad(_dek_id(row.key_idx), version)
         if keys.is_local(version):
-            return Sealer(keys.unwrap(version, row.wrapped_dek, aad))
-        return Sealer(await asyncio.to_thread(keys.unwrap, version, row.wrapped_dek, aad))
+            dek: bytes = keys.unwrap(version, row.wrapped_dek, aad)
+            return dek
+        unwrapped: bytes = await asyncio.to_thread(keys.unwrap, version, row.wrapped_dek, aad)
+        return unwrapped
 
     def _stale(self, row: IdempotencyRow) -> bool:
         """May this in-flight row be taken over? Released, owner dead, or silent too long."""
@@ -336,6 +357,11 @@ class IdempotencyStore:
             return True
         age = utcnow() - _parse_iso(row.updated_at)
         return age.total_seconds() > self.stale_after
+
+
+def _seed(dek: bytes) -> bytes:
+    """The reserved token's random part: a one-way function of the row's data key."""
+    return hmac.new(dek, b"tokenproxy/idempotency/reserved-token", hashlib.sha256).digest()[:24]
 
 
 def _dek_id(key_idx: str) -> str:

@@ -5,7 +5,9 @@ PostgreSQL the backend offers the limits below, each decision one statement on o
 ``rate_limits`` (see :mod:`vault.backends.postgres_limits`); a SQLite vault serves one
 process, which keeps its limits in memory (:func:`shared_limits` answers None).
 
-Two shapes: a token bucket (``limit_take``: a sustained rate with a burst) and a fixed
+Two shapes: a token bucket (``limit_take``: a sustained rate with a burst;
+``limit_lease`` takes several of its requests in one decision, for a caller that spends
+them locally) and a fixed
 failure window (``limit_fail``, ``limit_blocked``: so many failures, then a pause until
 the window ends). Keys are the caller's; they should carry no secret, as rows are stored
 in clear.
@@ -25,6 +27,13 @@ class SharedLimits(Protocol):
 
     async def limit_take(self, key: str, interval: float, burst: int) -> float:
         """Spend one request from ``key``'s bucket: 0.0 if allowed, else seconds until one is."""
+        ...
+
+    async def limit_lease(
+        self, key: str, interval: float, burst: int, count: int
+    ) -> tuple[int, float]:
+        """Take up to ``count`` requests from ``key``'s bucket in one decision: how many
+        were granted (0 to ``count``), and when none were, the seconds until one is."""
         ...
 
     async def limit_fail(self, key: str, window: float) -> tuple[int, float]:

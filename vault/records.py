@@ -7,6 +7,7 @@ fingerprint without holding either in clear.
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -37,6 +38,17 @@ _KIND_BY_WORD = {"card": Kind.CARD, "bank": Kind.BANK, "inv": Kind.INVOICE}
 def new_token(kind: Kind) -> str:
     """A fresh random token for ``kind``; never derived from the data it stands for."""
     return TOKEN_PREFIX[kind] + secrets.token_urlsafe(_TOKEN_RANDOM_BYTES)
+
+
+def token_from_seed(kind: Kind, seed: bytes) -> str:
+    """The token for ``kind`` whose random part is ``seed`` (24 bytes from a secret source).
+
+    For a token chosen before its record exists and that must come out the same each
+    time the choice is made again (an idempotent request resumed after a crash).
+    """
+    if len(seed) != _TOKEN_RANDOM_BYTES:
+        raise ValueError(f"seed must be {_TOKEN_RANDOM_BYTES} bytes")
+    return TOKEN_PREFIX[kind] + base64.urlsafe_b64encode(seed).decode().rstrip("=")
 
 
 def token_kind(token: str) -> Kind | None:

@@ -20,8 +20,11 @@ from proxy.domain.errors import ProxyError
 from proxy.domain.fields import validate_customer_ref
 from proxy.infra.metrics import Metrics
 from proxy.infra.settings import Settings
+from proxy.partners.resilience import ResilientPartner
 from proxy.partners.stripe import StripePartner
 from proxy.web.app import resilient
+from proxy.web.sharedlimits import BudgetRows
+from vault.limits import shared_limits
 
 
 def _rate(text: str) -> float:
@@ -88,9 +91,18 @@ def run_command(args: argparse.Namespace, settings: Settings, operator: admin.Op
                 connect_timeout=settings.partner_connect_timeout,
             )
             try:
+                resilient_partner = resilient(partner, settings, metrics)
+                limits = shared_limits(session.vault)
+                if (
+                    limits is not None
+                    and isinstance(resilient_partner, ResilientPartner)
+                    and resilient_partner.budget is not None
+                ):
+                    # Its calls spend from the budget the serving replicas share.
+                    resilient_partner.budget.source = BudgetRows(limits)
                 services = Services(
                     vault=session.vault,
-                    partner=resilient(partner, settings, metrics),
+                    partner=resilient_partner,
                     metrics=metrics,
                 )
                 options = reconcile.Options(

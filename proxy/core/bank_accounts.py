@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.core.customers import SaveRequest, store_payment_method
+from proxy.core.customers import SaveRequest, partner_metadata, store_payment_method
 from proxy.core.partner_sync import create_through_outbox
 from proxy.core.services import Services, ensure_vault_up, partner_call
 from proxy.core.views import created_view
@@ -25,7 +25,7 @@ async def tokenize_bank_account(
     account = parse_bank_account_request(body)
 
     async def create(partner_key: str, token: str) -> dict[str, Any]:
-        return await create_sepa_at_partner(services, account, partner_key)
+        return await create_sepa_at_partner(services, account, partner_key, token=token)
 
     async def store(created: dict[str, Any], token: str, partner_key: str) -> Record:
         return await store_bank_account(
@@ -49,14 +49,25 @@ def _reference(created: dict[str, Any]) -> str:
 
 
 async def create_sepa_at_partner(
-    services: Services, account: BankAccountRequest, partner_key: str | None
+    services: Services,
+    account: BankAccountRequest,
+    partner_key: str | None,
+    *,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    """The partner call for a bank account; returns the storable answer as a plain dict."""
+    """The partner call for a bank account; returns the storable answer as a plain dict.
+
+    With ``token`` the payment method names the vault token it is about to be stored under.
+    """
     await ensure_vault_up(services)
     created = await partner_call(
         services,
         "create_sepa_debit",
-        services.partner.create_sepa_debit(account, idempotency_key=partner_key),
+        services.partner.create_sepa_debit(
+            account,
+            idempotency_key=partner_key,
+            metadata=partner_metadata(token) if token else None,
+        ),
     )
     fingerprint = created.fingerprint
     return {

@@ -12,7 +12,7 @@ customer_ref, becomes a token.
 
 from __future__ import annotations
 
-from proxy.core.customers import SaveRequest, open_pending, store_saved
+from proxy.core.customers import PendingSetup, SaveRequest, open_pending, store_saved
 from proxy.core.services import Services, partner_call, vault_call
 from proxy.domain.decode import decode
 from proxy.domain.errors import (
@@ -23,7 +23,7 @@ from proxy.domain.errors import (
     PartnerError,
 )
 from proxy.domain.schemas import SETUP_MAX, CardConfirmRequestBody
-from vault import Record
+from vault import Record, RecordNotFound
 
 
 def parse_confirm_request(body: object) -> str:
@@ -48,6 +48,9 @@ async def confirm_card_setup(
     ``customer_changed`` when the customer was erased in between.
     """
     pending = open_pending(services, sealed, client)
+    # The token the payment method and its setup name at the partner, when the setup
+    # kept it; an idempotent confirm passes the same one (see proxy.core.create).
+    token = token or pending.token
     setup = await partner_call(services, "get_setup", services.partner.get_setup(pending.intent))
     if setup.payment_method != pending.new.partner_reference or setup.customer != pending.customer:
         raise PartnerError(
@@ -64,6 +67,10 @@ async def confirm_card_setup(
     assert customer_ref is not None  # noqa: S101 - only customer cards are set up
     vault = services.vault
     async with services.locks.hold(customer_ref):
+        if token is not None and (done := await _confirmed(services, token, pending)):
+            # Confirmed before (another request, or a retry under a new key): the same
+            # token, never a second one for the same payment method.
+            return done
         mapped = await vault_call(
             services, "get_customer", vault.get_partner_customer(customer_ref)
         )
@@ -83,3 +90,14 @@ async def confirm_card_setup(
             # failure keep the card saved there, so the checkout's retry can finish.
             undo_on_failure=False,
         )
+
+
+async def _confirmed(services: Services, token: str, pending: PendingSetup) -> Record | None:
+    """The record an earlier confirm stored for this setup under ``token``, if any."""
+    try:
+        record: Record = await vault_call(services, "get", services.vault.get(token))
+    except RecordNotFound:
+        return None
+    if record.partner_reference != pending.new.partner_reference:
+        raise Conflict("The token belongs to another payment method.", code="conflict")
+    return record

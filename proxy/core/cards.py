@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from proxy.core.customers import SaveRequest, store_payment_method
+from proxy.core.customers import SaveRequest, partner_metadata, store_payment_method
 from proxy.core.partner_sync import create_through_outbox
 from proxy.core.services import Services, ensure_vault_up, partner_call
 from proxy.core.views import created_view
@@ -59,11 +59,6 @@ async def create_at_partner(
             metadata=partner_metadata(token) if token else None,
         ),
     )
-
-
-def partner_metadata(token: str) -> dict[str, str]:
-    """What every partner object the proxy makes carries: the vault token, no card data."""
-    return {"vault_token": token}
 
 
 async def store_card(

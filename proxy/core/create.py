@@ -58,6 +58,7 @@ async def _once(
     kind: Kind,
     store_step: idempotent.StoreStep,
     partner_step: idempotent.PartnerStep | None = None,
+    token: str | None = None,
 ) -> Answer:
     """Create at most once per (client, key): the keyed path shared by every kind."""
     assert call.key is not None  # noqa: S101 - callers take the unkeyed path first
@@ -72,6 +73,7 @@ async def _once(
         partner_step=partner_step,
         store_step=store_step,
         respond=created_view,
+        token=token,
     )
 
 
@@ -101,10 +103,16 @@ async def confirmed_card(services: Services, body: object, call: Call) -> Answer
         return await confirm_card_setup(services, sealed, client=call.client, token=token)
 
     # Opening the setup first refuses a foreign or expired one before the key is recorded,
-    # and names the customer whose erasure must take this key with it.
-    customer_ref = open_pending(services, sealed, call.client).new.customer_ref
+    # and names the customer whose erasure must take this key with it, and the token the
+    # partner's objects already name.
+    pending = open_pending(services, sealed, call.client)
     return await _once(
-        services, call, customer_ref=customer_ref, kind=Kind.CARD, store_step=store_step
+        services,
+        call,
+        customer_ref=pending.new.customer_ref,
+        kind=Kind.CARD,
+        store_step=store_step,
+        token=pending.token,
     )
 
 
@@ -138,8 +146,8 @@ async def bank_account(services: Services, body: object, call: Call) -> Answer:
     # Validated before the key is recorded: a fixed body may reuse the key.
     account = parse_bank_account_request(body)
 
-    async def partner_step(partner_key: str) -> dict[str, Any]:
-        return await create_sepa_at_partner(services, account, partner_key)
+    async def partner_step(partner_key: str, token: str) -> dict[str, Any]:
+        return await create_sepa_at_partner(services, account, partner_key, token=token)
 
     async def store_step(created_at_partner: dict[str, Any], token: str) -> Record:
         return await store_bank_account(

@@ -16,6 +16,7 @@ so a partner that honours it (Stripe) hands both racers the same customer.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import Awaitable
@@ -212,10 +213,19 @@ class PendingSetup:
     new: NewRecord
     intent: str
     customer: str
+    # The token the partner's objects name (metadata.vault_token); None for a setup
+    # sealed before the token was kept in it.
+    token: str | None = None
 
 
 def seal_pending(
-    services: Services, new: NewRecord, setup: PartnerSetup, customer: str, client: str | None
+    services: Services,
+    new: NewRecord,
+    setup: PartnerSetup,
+    customer: str,
+    client: str | None,
+    *,
+    token: str | None = None,
 ) -> str:
     """The opaque ``setup`` a checkout brings back to confirm a card after authentication.
 
@@ -235,6 +245,7 @@ def seal_pending(
         "customer_ref": new.customer_ref,
         "metadata": new.metadata,
         "fingerprint": new.fingerprint,
+        "token": token,
     }
     return services.vault.seal_note(_PENDING_PURPOSE + (client or ""), json.dumps(payload).encode())
 
@@ -264,7 +275,27 @@ def open_pending(services: Services, sealed: str, client: str | None) -> Pending
         metadata=payload["metadata"],
         fingerprint=payload["fingerprint"],
     )
-    return PendingSetup(new=new, intent=payload["intent"], customer=payload["customer"])
+    return PendingSetup(
+        new=new, intent=payload["intent"], customer=payload["customer"], token=payload.get("token")
+    )
+
+
+# Stripe's longest idempotency key (https://docs.stripe.com/api/idempotent_requests).
+MAX_PARTNER_KEY = 255
+
+
+def partner_metadata(token: str) -> dict[str, str]:
+    """What a partner object the proxy makes for a token carries: the token, no card data."""
+    return {"vault_token": token}
+
+
+def _setup_key(reference: str, token: str) -> str:
+    """The partner idempotency key of the setup saving ``reference`` as ``token``."""
+    key = f"tokenproxy-setup-{reference}-{token}"
+    if len(key) <= MAX_PARTNER_KEY:
+        return key
+    # Stripe ids may grow to 255 characters; a digest keeps the key within Stripe's limit.
+    return "tokenproxy-setup-" + hashlib.sha256(key.encode()).hexdigest()
 
 
 # The partner's name for each kind of payment method a customer can be charged with.
@@ -303,6 +334,8 @@ async def store_payment_method(
     if reference is None:  # pragma: no cover - adapters always return one
         raise ProxyError("The payment partner returned no reference.")
     save = save or SaveRequest()
+    # Chosen before the setup, which names it at the partner as the method does.
+    token = token or new_token(new.kind)
     async with services.locks.hold(new.customer_ref):
         customer, created = await ensure_partner_customer(services, new.customer_ref)
         if not created and (same := await _saved_twin(services, new, customer.reference)):
@@ -320,11 +353,12 @@ async def store_payment_method(
                     kind=PARTNER_KIND[new.kind],
                     mandate=save.mandate,
                     return_url=save.return_url,
-                    # One setup per payment method, however often the request is resumed.
-                    # No metadata here: the key is per payment method, and a second
-                    # token for the same method (a repeated attach) would change the
-                    # parameters under it. The method itself names its first token.
-                    idempotency_key="tokenproxy-setup-" + reference,
+                    # One setup per payment method and token, however often the request
+                    # is resumed (an idempotent request keeps its reserved token); a new
+                    # token for the same method (an attach tried again) is a new setup,
+                    # as its parameters differ.
+                    idempotency_key=_setup_key(reference, token),
+                    metadata=partner_metadata(token),
                 ),
             )
         except PartnerError as exc:
@@ -337,7 +371,9 @@ async def store_payment_method(
             if setup.status == "requires_action" and new.kind is Kind.CARD:
                 # The partner customer stays: the pending setup names it.
                 raise AuthenticationRequired(
-                    setup=seal_pending(services, new, setup, customer.reference, save.actor),
+                    setup=seal_pending(
+                        services, new, setup, customer.reference, save.actor, token=token
+                    ),
                     next_action=setup.next_action,
                 )
             if created:

@@ -63,7 +63,6 @@ from vault import (
     Record,
     RecordNotFound,
     Replay,
-    new_token,
     token_kind,
 )
 
@@ -142,11 +141,11 @@ async def tokenize_card_once(
     """Tokenize a card at most once per (client, key); replay the stored answer after that."""
     card = parse_card_request(body, today=today)
 
-    async def partner_step(partner_key: str) -> dict[str, Any]:
-        # No vault token in the partner's metadata here: a retry of this key after a
-        # timeout must send the very parameters the first attempt sent (Stripe compares
-        # them), and the token is only chosen once the partner has answered.
-        created = await create_at_partner(services, card, partner_key, token=None)
+    async def partner_step(partner_key: str, token: str) -> dict[str, Any]:
+        # The key's reserved token: every attempt at this key names the same one, so a
+        # retry after a timeout sends the very parameters the first attempt sent
+        # (Stripe compares them under one partner key).
+        created = await create_at_partner(services, card, partner_key, token=token)
         return {
             "reference": created.reference,
             # Stored in the key's row: the blind index, never the fingerprint itself.
@@ -201,7 +200,8 @@ async def tokenize_card_once(
 # -- the shared flow -------------------------------------------------------------------
 
 
-PartnerStep = Callable[[str], Awaitable[dict[str, Any]]]
+# Given the partner idempotency key and the token reserved for the key's record.
+PartnerStep = Callable[[str, str], Awaitable[dict[str, Any]]]
 StoreStep = Callable[[dict[str, Any], str], Awaitable[Record]]
 Respond = Callable[[Record], dict[str, Any]]
 
@@ -218,14 +218,18 @@ async def create_once(
     partner_step: PartnerStep | None,
     store_step: StoreStep,
     respond: Respond,
+    token: str | None = None,
 ) -> Answer:
     """Create a card, bank account or invoice at most once per (client, key).
 
-    ``partner_step`` (given the partner idempotency key) returns the partner's storable
-    answer; it is recorded, with the token reserved for it, before ``store_step`` writes
+    ``partner_step`` (given the partner idempotency key and the token reserved for the
+    key, the same on every attempt) returns the partner's storable answer; it is
+    recorded, with that token, before ``store_step`` writes
     the record, so a retry after a crash finishes the write instead of creating again.
     Whatever final error either step ends in is stored and replayed like a 201.
     ``customer_ref`` is the customer the request names: erasing it removes the key.
+    ``token``, when an earlier request already named the token at the partner (a card
+    setup awaiting authentication), replaces the key's reserved token.
     """
     store = _store(services)
     begun = await _begin(services, store, client, key, raw, customer_ref=customer_ref)
@@ -242,6 +246,7 @@ async def create_once(
             partner_step=partner_step,
             store_step=store_step,
             respond=respond,
+            token=token,
         )
     except asyncio.CancelledError:
         store.abandon(claim)
@@ -315,11 +320,13 @@ async def _run_claim(
     partner_step: PartnerStep | None,
     store_step: StoreStep,
     respond: Respond,
+    token: str | None = None,
 ) -> bytes:
     """Do (or finish) the claimed work and store the 201; returns its body."""
     if claim.partner_result is None:
-        result = await partner_step(claim.partner_key) if partner_step else {}
-        result = {**result, "token": new_token(kind)}
+        token = token or claim.reserved_token(kind)
+        result = await partner_step(claim.partner_key, token) if partner_step else {}
+        result = {**result, "token": token}
         await vault_call(services, "idempotency_partner", store.record_partner(claim, result))
         existing: Record | None = None
     else:

@@ -100,6 +100,7 @@ PARTNER_FAILURES = (
     "partner_auth_failed",
     "partner_bad_reference",
     "partner_bad_response",
+    "partner_budget_exhausted",
     "partner_busy",
     "partner_circuit_open",
     "partner_error",

@@ -69,7 +69,8 @@ ERROR_CODES: frozenset[str] = frozenset(
         "method_not_allowed", "resource_missing", "conflict",
         # Cards.
         "invalid_number", "unsupported_brand", "invalid_expiry_month", "invalid_expiry_year",
-        "expired_card", "invalid_cvc", "invalid_holder_name", "invalid_setup", "setup_expired",
+        "expired_card", "invalid_cvc", "invalid_holder_name", "invalid_postal_code",
+        "invalid_setup", "setup_expired",
         "setup_failed", "customer_changed",
         # Fields beside card data.
         "invalid_customer_ref", "invalid_return_url", "metadata_too_many_keys",
@@ -93,7 +94,8 @@ ERROR_CODES: frozenset[str] = frozenset(
         # The payment partner, and Stripe's card codes passed through (never input).
         "partner_error", "partner_unavailable", "partner_timeout", "partner_rate_limited",
         "partner_auth_failed", "partner_rejected_request", "partner_bad_response",
-        "partner_bad_reference", "partner_circuit_open", "partner_mismatch", "card_declined",
+        "partner_bad_reference", "partner_circuit_open", "partner_budget_exhausted",
+        "partner_mismatch", "card_declined",
         "partner_busy", "partner_idempotency_error", "partner_permission_denied",
         "partner_resource_missing", "partner_mode_mismatch", "partner_customer_deleted",
         "authentication_required", "incorrect_cvc", "incorrect_number", "processing_error",

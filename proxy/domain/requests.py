@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date
 
@@ -20,7 +21,12 @@ from proxy.domain.decode import decode
 from proxy.domain.errors import CardValidationFailed
 from proxy.domain.fields import validate_customer_ref, validate_metadata, validate_return_url
 from proxy.domain.hazmat import CardNumber, Cvc
-from proxy.domain.schemas import HOLDER_NAME_MAX, CardRequestBody
+from proxy.domain.schemas import (
+    HOLDER_NAME_MAX,
+    POSTAL_CODE_MAX_DIGITS,
+    POSTAL_CODE_PATTERN,
+    CardRequestBody,
+)
 
 # -------------------------------------------------------------------- card body
 
@@ -39,13 +45,16 @@ class CardRequest:
     metadata: dict[str, str]
     # Where the partner sends the shopper back after authenticating a card being saved.
     return_url: str | None = None
+    # The billing postal code: personal data, sent to the partner only.
+    postal_code: str | None = None
 
     def __repr__(self) -> str:
-        # Expiry is card data too, and the holder name is personal data.
+        # Expiry is card data too; the holder name and postal code are personal data.
         holder = None if self.holder_name is None else "***"
         return (
             f"CardRequest(number={self.number!r}, exp=**/**, cvc={self.cvc!r}, "
             f"brand={self.brand!r}, holder_name={holder!r}, "
+            f"postal_code={None if self.postal_code is None else '***'!r}, "
             f"customer_ref={self.customer_ref!r}, metadata_keys={sorted(self.metadata)!r})"
         )
 
@@ -64,6 +73,29 @@ def _validate_holder_name(value: str | None) -> str | None:
             param="holder_name",
         )
     return name or None
+
+
+_POSTAL_CODE_RE = re.compile(POSTAL_CODE_PATTERN)
+
+
+def _validate_postal_code(value: str | None) -> str | None:
+    """A billing postal code: letters, digits, spaces and dashes, never a card-like run."""
+    if value is None:
+        return None
+    # ASCII only: a full-width or Arabic-Indic digit run could hide a card number from
+    # anything downstream that reads ASCII digits.
+    if (
+        not _POSTAL_CODE_RE.fullmatch(value)
+        or sum(ch.isdigit() for ch in value) > POSTAL_CODE_MAX_DIGITS
+        or pan_like(value)
+    ):
+        raise CardValidationFailed(
+            "postal_code must be 1 to 12 letters, digits, spaces or dashes, with at most 10"
+            " digits.",
+            code="invalid_postal_code",
+            param="postal_code",
+        )
+    return value
 
 
 def parse_card_request(body: object, *, today: date) -> CardRequest:
@@ -107,4 +139,5 @@ def parse_card_request(body: object, *, today: date) -> CardRequest:
         customer_ref=validate_customer_ref(card.customer_ref),
         metadata=validate_metadata(card.metadata),
         return_url=validate_return_url(card.return_url),
+        postal_code=_validate_postal_code(card.postal_code),
     )

@@ -33,6 +33,10 @@ METADATA_KEY_PATTERN: Final = r"^[A-Za-z0-9_.-]{1,40}$"
 METADATA_MAX_KEYS: Final = 20
 METADATA_MAX_VALUE: Final = 500
 HOLDER_NAME_MAX: Final = 100
+# Postal codes run to 10 characters (a US ZIP+4 with its dash, Iran's 10 digits); 12 leaves
+# room for a space or two, and no card number fits in it.
+POSTAL_CODE_PATTERN: Final = r"^[A-Za-z0-9](?:[A-Za-z0-9 -]{0,10}[A-Za-z0-9])?$"
+POSTAL_CODE_MAX_DIGITS: Final = 10
 EMAIL_MAX: Final = 254
 RETURN_URL_MAX: Final = 2048
 USER_AGENT_MAX: Final = 512
@@ -94,6 +98,18 @@ class CardRequestBody(_Hazmat, forbid_unknown_fields=True, kw_only=True):
     exp_year: Annotated[int | str, _rule(RULE_TYPED, description="two or four digits")]
     cvc: Annotated[str, Meta(description="3 digits, 4 for amex")]
     holder_name: Annotated[str, Meta(max_length=HOLDER_NAME_MAX)] | None = None
+    postal_code: (
+        Annotated[
+            str,
+            Meta(
+                pattern=POSTAL_CODE_PATTERN,
+                description="the billing postal code, for the issuer's address check; 1-12"
+                " letters, digits, spaces and dashes, at most 10 digits; sent to the payment"
+                " partner only, never stored",
+            ),
+        ]
+        | None
+    ) = None
     customer_ref: CustomerRef | None = None
     metadata: Metadata | None = None
     return_url: (

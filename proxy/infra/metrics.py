@@ -236,6 +236,13 @@ class Metrics:
             ["partner", "operation", "reason"],
             registry=r,
         )
+        self.partner_budget_exhausted = Counter(
+            "tokenproxy_partner_budget_exhausted",
+            "Partner calls refused (503, never sent) because the outbound budget of calls a"
+            " second (TOKENPROXY_PARTNER_RATE) stayed spent for the whole short wait.",
+            ["partner"],
+            registry=r,
+        )
         self.partner_circuit_state = Gauge(
             "tokenproxy_partner_circuit_state",
             "Partner circuit breaker: 0 closed, 1 open, 2 half-open.",
@@ -344,6 +351,7 @@ class Metrics:
             for error in VAULT_ERROR_CLASSES:
                 self.vault_errors.labels(operation, error)
         self.partner_orphans.labels(partner)
+        self.partner_budget_exhausted.labels(partner)
         self.partner_circuit_state.labels(partner).set(0)
         for event_type in [*event_types, RETENTION_PURGE_EVENT]:
             self.audit_failures.labels(event_type)

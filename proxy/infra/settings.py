@@ -149,6 +149,11 @@ class Settings:
     # Stripe's typical 0.2-0.4 s per call, 32 is about Stripe's live default of 100
     # operations a second per account (https://docs.stripe.com/rate-limits).
     partner_max_in_flight: int = 32
+    # Partner calls a second for the whole deployment (see proxy.partners.budget); None:
+    # the default against Stripe, no budget against a sandbox on loopback.
+    partner_rate: float | None = None
+    # Stripe's allow_redisplay for every PaymentMethod the proxy creates (see docs/stripe.md).
+    allow_redisplay: str = "unspecified"
     body_read_timeout: float = 10.0
     max_header_bytes: int = 8190
     header_timeout: float = 10.0
@@ -231,6 +236,15 @@ class Settings:
             if not base.startswith(("https://", "http://")):
                 raise SettingsError("TOKENPROXY_STRIPE_API_BASE must be an http(s) URL")
             kwargs["stripe_api_base"] = base
+        if "TOKENPROXY_ALLOW_REDISPLAY" in env:
+            redisplay = env["TOKENPROXY_ALLOW_REDISPLAY"].strip().lower()
+            if redisplay not in ALLOW_REDISPLAY_VALUES:
+                given = env["TOKENPROXY_ALLOW_REDISPLAY"]
+                raise SettingsError(
+                    "TOKENPROXY_ALLOW_REDISPLAY must be one of "
+                    f"{', '.join(ALLOW_REDISPLAY_VALUES)}, got {given!r}"
+                )
+            kwargs["allow_redisplay"] = redisplay
         if "TOKENPROXY_PARTNER_TIMEOUT" in env:
             kwargs["partner_timeout"] = _float(
                 "TOKENPROXY_PARTNER_TIMEOUT", env["TOKENPROXY_PARTNER_TIMEOUT"], minimum=0.1
@@ -335,6 +349,16 @@ class Settings:
                 "TOKENPROXY_STRIPE_API_BASE points at a sandbox partner on loopback"
             )
         return settings
+
+    def outbound_rate(self) -> float | None:
+        """Partner calls a second for the deployment, or None for no budget.
+
+        ``TOKENPROXY_PARTNER_RATE`` when set; else DEFAULT_PARTNER_RATE against Stripe, and
+        no budget against a sandbox on loopback, which has no rate limiter to protect.
+        """
+        if self.partner_rate is not None:
+            return self.partner_rate
+        return None if _sandbox_base(self.stripe_api_base) else DEFAULT_PARTNER_RATE
 
     def retention_policy(self) -> RetentionPolicy:
         """The vault's retention policy from these settings."""
@@ -449,6 +473,17 @@ def _sandbox_base(base: str) -> bool:
     return host in {"localhost", "::1"} or host.startswith("127.")
 
 
+# Stripe's values of a PaymentMethod's allow_redisplay, its default first
+# (https://docs.stripe.com/api/payment_methods/object#payment_method_object-allow_redisplay).
+ALLOW_REDISPLAY_VALUES = ("unspecified", "limited", "always")
+
+# Stripe's per-endpoint default (25/s) binds POST /v1/payment_methods before the
+# account's 100/s in live mode (25/s in a sandbox) does. The budget lets at most 1.5x its
+# rate through in any one second (burst and leases, see proxy.partners.budget): 15 keeps
+# that under 25, and leaves most of the account's rate to the billing service's own calls
+# (https://docs.stripe.com/rate-limits).
+DEFAULT_PARTNER_RATE = 15.0
+
 # Stripe's idempotency window: "keys ... at least 24 hours old" may be pruned, no sooner.
 MIN_IDEMPOTENCY_TTL = 24 * 3600.0
 
@@ -466,6 +501,7 @@ def _resilience_settings(env: Mapping[str, str]) -> dict[str, object]:
         "TOKENPROXY_BREAKER_RESET": ("breaker_reset", 0.05),
         "TOKENPROXY_BODY_READ_TIMEOUT": ("body_read_timeout", 0.1),
         "TOKENPROXY_HEADER_TIMEOUT": ("header_timeout", 0.1),
+        "TOKENPROXY_PARTNER_RATE": ("partner_rate", 0.1),
     }
     ints = {
         "TOKENPROXY_PARTNER_MAX_RETRIES": ("partner_max_retries", 0),

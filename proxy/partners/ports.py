@@ -106,9 +106,16 @@ class Partner(Protocol):
         ...
 
     async def create_sepa_debit(
-        self, account: BankAccountRequest, *, idempotency_key: str | None = None
+        self,
+        account: BankAccountRequest,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerBankAccount:
-        """Hand the IBAN and holder details to the partner as a SEPA debit method."""
+        """Hand the IBAN and holder details to the partner as a SEPA debit method.
+
+        ``metadata`` as for :meth:`create_card`: the vault token, never the IBAN.
+        """
         ...
 
     async def create_customer(self, *, idempotency_key: str | None = None) -> str:

@@ -42,6 +42,7 @@ from proxy.domain.bank import BankAccountRequest, MandateAcceptance
 from proxy.domain.errors import PartnerError, PartnerTimeout, PartnerUnavailable
 from proxy.domain.requests import CardRequest
 from proxy.infra.metrics import Metrics
+from proxy.partners.budget import OutboundBudget
 from proxy.partners.ports import (
     Partner,
     PartnerBankAccount,
@@ -198,8 +199,12 @@ class ResilientPartner:
         metrics: Metrics | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        budget: OutboundBudget | None = None,
     ) -> None:
         self.inner = inner
+        # Calls a second, shared by the replicas when the vault's database shares limits
+        # (TOKENPROXY_PARTNER_RATE; see proxy.partners.budget). Each attempt spends one.
+        self.budget = budget
         # Calls to the partner at once from this process (TOKENPROXY_PARTNER_MAX_IN_FLIGHT);
         # the rest wait their turn here rather than meet Stripe's rate limiter (100
         # operations/s per account in live mode, https://docs.stripe.com/rate-limits).
@@ -230,13 +235,19 @@ class ResilientPartner:
         )
 
     async def create_sepa_debit(
-        self, account: BankAccountRequest, *, idempotency_key: str | None = None
+        self,
+        account: BankAccountRequest,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerBankAccount:
         """Create a SEPA debit method, one idempotency key for all attempts."""
         return await self._keyed(
             "create_sepa_debit",
             idempotency_key,
-            lambda key: self.inner.create_sepa_debit(account, idempotency_key=key),
+            lambda key: self.inner.create_sepa_debit(
+                account, idempotency_key=key, metadata=metadata
+            ),
         )
 
     async def create_customer(self, *, idempotency_key: str | None = None) -> str:
@@ -342,6 +353,17 @@ class ResilientPartner:
                     code="partner_circuit_open",
                     headers={"Retry-After": str(max(1, round(self.breaker.retry_in())))},
                 )
+            if self.budget is not None:
+                try:
+                    await self.budget.take()
+                except PartnerUnavailable as exc:
+                    # Never sent: says nothing of the partner's health, and a retry here
+                    # would only wait longer for the same budget.
+                    self._count(operation, exc.code)
+                    if self._metrics is not None:
+                        self._metrics.partner_budget_exhausted.labels(self.name).inc()
+                    _log.warning("partner_budget_exhausted", operation=operation)
+                    raise
             try:
                 async with self._slots:
                     result = await attempt()

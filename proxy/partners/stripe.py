@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -305,11 +306,22 @@ class StripePartner:
         timeout: float = 10.0,
         connect_timeout: float = 3.0,
         session: aiohttp.ClientSession | None = None,
+        allow_redisplay: str | None = None,
     ) -> None:
         silence_sdk_logging()
+        # Sent on every PaymentMethod create when not Stripe's default (``unspecified``):
+        # whether Stripe's Checkout and Elements may show the method to the customer again
+        # (https://docs.stripe.com/api/payment_methods/create#create_payment_method-allow_redisplay).
+        # Left out at the default so the parameters under an idempotency key do not change.
+        self.allow_redisplay = None if allow_redisplay in {None, "unspecified"} else allow_redisplay
         # Stripe's keys say their mode: sk_live_/rk_live_ act on live data, *_test_ on test
         # data (https://docs.stripe.com/keys#test-live-modes).
         self.livemode: bool | None = api_key.startswith(("sk_live_", "rk_live_"))
+        # Stripe's rate limits are per account and mode (https://docs.stripe.com/rate-limits):
+        # replicas with the same key share one outbound budget. A short digest, never the
+        # key: the budget's row is stored in clear.
+        digest = hashlib.sha256(api_key.encode()).hexdigest()[:12]
+        self.budget_scope = f"{'live' if self.livemode else 'test'}:{digest}"
         # Telemetry sends Stripe the previous call's timings in a header, bookkept per
         # call under a lock; we measure partner latency ourselves (metrics).
         stripe.enable_telemetry = False
@@ -394,8 +406,17 @@ class StripePartner:
                 "cvc": card.cvc.value,
             },
         }
+        billing: dict[str, Any] = {}
         if card.holder_name:
-            params["billing_details"] = {"name": card.holder_name}
+            billing["name"] = card.holder_name
+        if card.postal_code:
+            # For the issuer's address verification (AVS); personal data, never logged.
+            billing["address"] = {"postal_code": card.postal_code}
+        if billing:
+            # https://docs.stripe.com/api/payment_methods/create#create_payment_method-billing_details
+            params["billing_details"] = billing
+        if self.allow_redisplay is not None:
+            params["allow_redisplay"] = self.allow_redisplay
         if metadata:
             # https://docs.stripe.com/metadata: for reconciliation and support; never
             # card data (Stripe's own rule too).
@@ -421,7 +442,11 @@ class StripePartner:
             raise _bad_response() from None
 
     async def create_sepa_debit(
-        self, account: BankAccountRequest, *, idempotency_key: str | None = None
+        self,
+        account: BankAccountRequest,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PartnerBankAccount:
         """Create a sepa_debit PaymentMethod; the IBAN leaves the process only here."""
         billing: dict[str, str] = {"name": account.holder_name}
@@ -432,6 +457,10 @@ class StripePartner:
             "sepa_debit": {"iban": account.iban.value},
             "billing_details": billing,
         }
+        if self.allow_redisplay is not None:
+            params["allow_redisplay"] = self.allow_redisplay
+        if metadata:
+            params["metadata"] = dict(metadata)  # never the IBAN
         data = await self._post("/v1/payment_methods", params, idempotency_key)
         try:
             details = data["sepa_debit"]

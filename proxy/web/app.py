@@ -20,6 +20,7 @@ from proxy.infra.metrics import Metrics
 from proxy.infra.settings import HostPort, Settings, SettingsError
 from proxy.infra.syncstatus import follow_reconcile_status
 from proxy.infra.tls import ListenerContexts, listener_contexts
+from proxy.partners.budget import OutboundBudget
 from proxy.partners.ports import Partner
 from proxy.partners.resilience import CircuitBreaker, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
@@ -100,6 +101,7 @@ def create_app(
                     api_base=settings.stripe_api_base,
                     timeout=settings.partner_timeout,
                     connect_timeout=settings.partner_connect_timeout,
+                    allow_redisplay=settings.allow_redisplay,
                 )
             app[METRICS].zero_known_series(
                 partner=the_partner.name,
@@ -166,6 +168,13 @@ def resilient(partner: Partner, settings: Settings, metrics: Metrics) -> Partner
     """``partner`` behind the retry policy and circuit breaker the settings describe."""
     if isinstance(partner, ResilientPartner):
         return partner
+    rate = settings.outbound_rate()
+    budget = None
+    if rate is not None:
+        scope = getattr(partner, "budget_scope", "default")
+        budget = OutboundBudget(
+            rate, key=f"partner:{partner.name}:{scope}", processes=settings.workers
+        )
     return ResilientPartner(
         partner,
         policy=RetryPolicy(
@@ -179,6 +188,7 @@ def resilient(partner: Partner, settings: Settings, metrics: Metrics) -> Partner
         ),
         metrics=metrics,
         max_in_flight=settings.partner_max_in_flight,
+        budget=budget,
     )
 
 

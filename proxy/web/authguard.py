@@ -27,7 +27,6 @@ Two bounds stop that:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import ipaddress
 import math

@@ -1,6 +1,7 @@
-"""Start-up of the limits replicas share: the publishable-key buckets and the auth throttle.
+"""Start-up of the limits replicas share: the publishable-key buckets, the auth throttle and
+the outbound partner budget.
 
-With a backend that shares limits (PostgreSQL), both move into the database when the
+With a backend that shares limits (PostgreSQL), all three move into the database when the
 vault has opened; a loop then refreshes the throttle's local copy of throttled sources
 every second and sweeps expired rows every minute. With SQLite nothing changes: the
 in-memory limiters decide, as one process needs.
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from proxy.partners.resilience import ResilientPartner
 from proxy.web import authguard, publishable
 from proxy.web.appkeys import SERVICES
 from vault.errors import StorageUnavailable
@@ -33,6 +35,10 @@ async def share_limits(app: web.Application) -> AsyncIterator[None]:
         return
     bucket, throttle = app[publishable.SHARED], app[authguard.SHARED_THROTTLE]
     bucket.limits = throttle.limits = limits
+    partner = app[SERVICES].partner
+    budget = partner.budget if isinstance(partner, ResilientPartner) else None
+    if budget is not None:
+        budget.source = BudgetRows(limits)
     task = asyncio.create_task(_maintain(throttle, limits))
     try:
         yield
@@ -41,6 +47,25 @@ async def share_limits(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         bucket.limits = throttle.limits = None
+        if budget is not None:
+            budget.source = None
+
+
+class BudgetRows:
+    """The outbound budget's bucket as a row of the shared ``rate_limits`` table."""
+
+    def __init__(self, limits: SharedLimits) -> None:
+        self.limits = limits
+
+    async def lease(
+        self, key: str, interval: float, burst: int, count: int
+    ) -> tuple[int, float] | None:
+        """Up to ``count`` calls from the shared bucket; None while the database is down."""
+        try:
+            return await self.limits.limit_lease(key, interval, burst, count)
+        except StorageUnavailable:
+            _log.warning("partner_budget_unshared")
+            return None
 
 
 async def _maintain(throttle: authguard.SharedThrottle, limits: SharedLimits) -> None:

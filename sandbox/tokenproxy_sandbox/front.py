@@ -23,8 +23,15 @@ tests and behaves as Stripe documents, each rule citing the page it follows:
   (localstripe detaches it).
 * Card PaymentMethods carry the brand Stripe would name from the number (localstripe
   names every card ``visa``).
+* ``allow_redisplay`` on ``POST /v1/payment_methods`` is taken as Stripe takes it
+  (``always``, ``limited`` or ``unspecified``, the default) and shown on the method;
+  localstripe refuses the parameter.
 * ``GET /v1/subscriptions?customer=`` lists a customer's subscriptions that are not
   canceled (localstripe lists them only under the customer).
+* ``PUT /_sandbox/rate_limit`` (``{rate, burst}``) turns on a limiter like Stripe's: an
+  API request past ``burst`` at ``rate`` a second gets 429 ``rate_limit`` before the
+  idempotency layer runs (https://docs.stripe.com/rate-limits); ``GET`` says how many
+  it refused, ``DELETE /_sandbox/faults`` turns it off.
 * Every API request is recorded (method, path, ``Stripe-Version``, ``Idempotency-Key``)
   for ``GET /_sandbox/requests``; ``POST /_sandbox/faults`` scripts answers Stripe gives
   and localstripe never does (5xx, 429, documented error bodies), ``DELETE`` clears both.
@@ -67,6 +74,7 @@ class _Setup:
 
 # Answers Stripe gives before its idempotency layer runs, so never saved under a key.
 _NOT_SAVED = frozenset({401, 403, 409, 429})
+_REDISPLAY = frozenset({"always", "limited", "unspecified"})
 _SAVED_MAX = 10_000
 
 
@@ -92,6 +100,26 @@ class _Fault:
 
 
 @dataclass
+class _RateLimit:
+    """Stripe's rate limiter as a GCRA token bucket: ``rate`` a second, ``burst`` at once."""
+
+    rate: float
+    burst: int
+    tat: float = 0.0
+    refused: int = 0
+
+    def allow(self) -> bool:
+        """Spend one request if the bucket has one; count it refused otherwise."""
+        now, interval = time.monotonic(), 1.0 / self.rate
+        base = max(self.tat, now)
+        if base + interval - now > self.burst * interval + 1e-9:
+            self.refused += 1
+            return False
+        self.tat = base + interval
+        return True
+
+
+@dataclass
 class StripeFront:
     """The front's state: what localstripe cannot keep for us."""
 
@@ -104,7 +132,9 @@ class StripeFront:
     faults: list[_Fault] = field(default_factory=list)
     saved: dict[tuple[str, str], _Saved] = field(default_factory=dict)
     brands: dict[str, str] = field(default_factory=dict)
+    redisplay: dict[str, str] = field(default_factory=dict)
     running: set[tuple[str, str]] = field(default_factory=set)
+    rate_limit: _RateLimit | None = None
 
     # -- idempotency ---------------------------------------------------------------
 
@@ -200,8 +230,20 @@ class StripeFront:
         )
         return web.json_response({"faults": len(self.faults)})
 
+    async def set_rate_limit(self, request: web.Request) -> web.Response:
+        """``PUT /_sandbox/rate_limit``: ``{rate, burst}`` limits every API request from now."""
+        doc = await request.json()
+        self.rate_limit = _RateLimit(rate=float(doc["rate"]), burst=int(doc["burst"]))
+        return web.json_response({"refused": 0})
+
+    async def get_rate_limit(self, _request: web.Request) -> web.Response:
+        """``GET /_sandbox/rate_limit``: how many requests the limiter refused."""
+        return web.json_response({"refused": self.rate_limit.refused if self.rate_limit else 0})
+
     async def reset(self, _request: web.Request) -> web.Response:
-        """``DELETE /_sandbox/faults``: forget scripted faults, recorded requests, saved keys."""
+        """``DELETE /_sandbox/faults``: forget scripted faults, recorded requests, saved keys,
+        and turn the rate limiter off."""
+        self.rate_limit = None
         self.faults.clear()
         self.requests.clear()
         self.saved.clear()
@@ -238,6 +280,18 @@ class StripeFront:
         assert self.session is not None  # noqa: S101
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        redisplay = "unspecified"
+        if request.method == "POST" and request.path == "/v1/payment_methods":
+            # Stripe takes allow_redisplay on a new PaymentMethod, "unspecified" by default
+            # (https://docs.stripe.com/api/payment_methods/create#create_payment_method-allow_redisplay);
+            # localstripe answers 400 "Unexpected allow_redisplay", so it stops here.
+            form = parse_qsl(body.decode(), keep_blank_values=True)
+            given = [value for name, value in form if name == "allow_redisplay"]
+            if given:
+                if given[-1] not in _REDISPLAY:
+                    return _error(400, "Invalid allow_redisplay.", "allow_redisplay")
+                redisplay = given[-1]
+                body = urlencode([(n, v) for n, v in form if n != "allow_redisplay"]).encode()
         async with self.session.request(
             request.method, self.upstream + request.path_qs, headers=headers, data=body
         ) as resp:
@@ -249,14 +303,19 @@ class StripeFront:
                 number = dict(parse_qsl(body.decode(), keep_blank_values=True)).get("card[number]")
                 if number and isinstance(doc, dict) and "id" in doc:
                     self.brands[doc["id"]] = _stripe_brand(number)
+                if isinstance(doc, dict) and "id" in doc:
+                    self.redisplay[doc["id"]] = redisplay
             payload = json.dumps(self._with_brands(_without_legacy_mandate(doc))).encode()
         return web.Response(status=status, body=payload, content_type="application/json")
 
     def _with_brands(self, body: Any) -> Any:
-        """Card methods with the brand Stripe names from their number."""
+        """Card methods with the brand Stripe names from their number, and every method
+        with its allow_redisplay."""
         list_body = isinstance(body, dict) and body.get("object") == "list"
         items = body.get("data") if list_body else [body]
         for item in items or []:
+            if isinstance(item, dict) and item.get("object") == "payment_method":
+                item["allow_redisplay"] = self.redisplay.get(item.get("id"), "unspecified")
             card = item.get("card") if isinstance(item, dict) else None
             if isinstance(card, dict) and item.get("id") in self.brands:
                 card["brand"] = self.brands[item["id"]]
@@ -593,6 +652,19 @@ def make_app(front: StripeFront) -> web.Application:
         if request.path.startswith("/_sandbox/"):
             return await handler(request)
         front.record(request)
+        if front.rate_limit is not None and not front.rate_limit.allow():
+            # Before the idempotency layer, as at Stripe: a 429 is never saved under a key.
+            return web.json_response(
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "code": "rate_limit",
+                        "message": "Too many requests hit the API too quickly.",
+                    }
+                },
+                status=429,
+                headers={"Request-Id": "req_" + secrets.token_hex(7)},
+            )
 
         async def answer() -> web.Response:
             scripted = front.scripted(request)
@@ -621,6 +693,8 @@ def make_app(front: StripeFront) -> web.Application:
     app.router.add_post("/_sandbox/faults", front.add_fault)
     app.router.add_delete("/_sandbox/faults", front.reset)
     app.router.add_get("/_sandbox/requests", front.list_requests)
+    app.router.add_put("/_sandbox/rate_limit", front.set_rate_limit)
+    app.router.add_get("/_sandbox/rate_limit", front.get_rate_limit)
     app.router.add_post("/v1/payment_intents", front.create_payment_intent)
     app.router.add_get("/v1/subscriptions", front.list_subscriptions)
     app.router.add_post("/v1/payment_methods/{id}/detach", front.detach_payment_method)

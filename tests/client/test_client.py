@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from tokenproxy_sandbox.launcher import free_port
+from tokenproxy_sandbox.launcher import Localstripe, free_port
 
 from tests.cards import VISA
 from tests.conftest import RunningProxy
+from tests.helpers import partner_get
 from tokenproxy_client import (
     APIConnectionError,
     APITimeoutError,
@@ -65,6 +66,24 @@ async def test_tokenize_read_resolve_round_trip(proxy: RunningProxy) -> None:
     assert resolved.partner == "stripe"
     assert resolved.partner_reference.startswith("pm_")
     assert resolved.last4 == VISA.number[-4:]
+
+
+async def test_postal_code_goes_with_the_card(
+    proxy: RunningProxy, localstripe: Localstripe
+) -> None:
+    """tokenize_card's postal_code reaches the PaymentMethod's billing address; a card-like
+    one is a CardError naming the field."""
+    async with client_for(proxy, "checkout") as checkout:
+        card = await checkout.tokenize_card(VISA.number, 12, 2034, VISA.cvc, postal_code="75001")
+        with pytest.raises(CardError) as refused:
+            await checkout.tokenize_card(
+                VISA.number, 12, 2034, VISA.cvc, postal_code=VISA.number[:12]
+            )
+    assert refused.value.code == "invalid_postal_code"
+    async with client_for(proxy, "billing") as billing:
+        resolved = await billing.resolve(card.token)
+    _, pm = await partner_get(localstripe, f"/v1/payment_methods/{resolved.partner_reference}")
+    assert pm["billing_details"]["address"]["postal_code"] == "75001"
 
 
 async def test_errors_mirror_the_proxy_tree(proxy: RunningProxy) -> None:

@@ -58,7 +58,7 @@ class Flow:
         self.partner_calls = 0
         self.store_calls = 0
 
-    async def partner_step(self, _: str) -> dict[str, Any]:
+    async def partner_step(self, _key: str, _token: str) -> dict[str, Any]:
         """The partner call: fails once when the error is placed here."""
         self.partner_calls += 1
         if self.at == "partner" and self.partner_calls == 1:
@@ -136,9 +136,9 @@ class ErasedMidFlight(Flow):
         super().__init__(services, PartnerDeclined("never raised"), at="nowhere")
         self.erase_at = erase_at
 
-    async def partner_step(self, partner_key: str) -> dict[str, Any]:
+    async def partner_step(self, partner_key: str, token: str) -> dict[str, Any]:
         """The partner call, during which the erasure lands when placed here."""
-        result = await super().partner_step(partner_key)
+        result = await super().partner_step(partner_key, token)
         if self.erase_at == "partner":
             await self.services.vault.erase_customer("cus-flow")
         return result

@@ -284,6 +284,26 @@ async def test_card_needing_authentication_gets_no_token_until_confirmed(
     assert pm["customer"] == resolved.partner_customer is not None
 
 
+async def test_authenticated_card_gets_the_token_its_partner_objects_name(
+    billing_proxy: RunningProxy, localstripe: Localstripe
+) -> None:
+    """After 3-D Secure, confirm stores the card under the token its PaymentMethod and
+    SetupIntent already name at the partner; confirming again answers that same token."""
+    needs = await tokenize_needing_3ds(billing_proxy, "cus-3ds-meta")
+    assert needs.next_action is not None
+    url = needs.next_action["redirect_to_url"]["url"]
+    intent = url.rsplit("/", 1)[-1]
+    _, setup = await partner_get(localstripe, f"/v1/setup_intents/{intent}")
+    named = setup["metadata"]["vault_token"]
+    await visit(url)
+    async with client(billing_proxy, "checkout") as checkout:
+        card = await checkout.confirm_card(needs.setup or "")
+        again = await checkout.confirm_card(needs.setup or "")
+    assert card.token == again.token == named
+    _, pm = await partner_get(localstripe, f"/v1/payment_methods/{setup['payment_method']}")
+    assert pm["metadata"] == {"vault_token": named}
+
+
 async def test_failed_authentication_never_becomes_a_token(
     billing_proxy: RunningProxy,
 ) -> None:

@@ -23,11 +23,13 @@ from vault import (
     IdempotencyErased,
     IdempotencyMismatch,
     IdempotencyStore,
+    Kind,
     LocalKekProvider,
     Owner,
     Replay,
     Vault,
     iso,
+    token_kind,
     utcnow,
 )
 from vault.keys.ring import init_keyring
@@ -56,6 +58,26 @@ async def test_resume_after_owner_died_returns_partner_result(vault: Vault) -> N
     assert resumed.partner_key == claim.partner_key
     await alive.complete(resumed, b'{"ok": true}')
     assert await alive.begin("checkout", "k1", BODY) == Replay(b'{"ok": true}')
+
+
+async def test_reserved_token_is_the_same_for_every_attempt_at_a_key(vault: Vault) -> None:
+    """A key taken over after its owner died reserves the same token; another key, or the
+    same key made again after its row went, reserves another, and each is a valid token."""
+    dead = IdempotencyStore(vault, owner=Owner(socket.gethostname(), dead_pid(), "old"))
+    claim = await dead.begin("checkout", "k-token", BODY)
+    assert isinstance(claim, Claim)
+    reserved = claim.reserved_token(Kind.CARD)
+    assert token_kind(reserved) is Kind.CARD
+    alive = IdempotencyStore(vault)
+    resumed = await alive.begin("checkout", "k-token", BODY)
+    assert isinstance(resumed, Claim)
+    assert resumed.resumed
+    assert resumed.reserved_token(Kind.CARD) == reserved
+    assert token_kind(resumed.reserved_token(Kind.BANK)) is Kind.BANK
+    other = await alive.begin("checkout", "k-other", BODY)
+    assert isinstance(other, Claim)
+    assert other.reserved_token(Kind.CARD) != reserved
+    assert "token_seed" not in repr(resumed)
 
 
 async def test_live_owner_elsewhere_blocks_until_stale(vault: Vault) -> None:

@@ -32,6 +32,24 @@ _TAKE = (
     " ELSE r.expires_at END"
     f" RETURNING allowed, tat + $2 - $3 - {_NOW} AS wait"
 )
+# A lease of up to $4 requests at once from the same GCRA bucket ($2 interval, $3 burst
+# tolerance): as many as the bucket allows now, none of them if it allows none. The count
+# granted is kept in ``hits`` (0 for a plain bucket) so that RETURNING can say it: the
+# upsert sees the row as another replica's committed lease left it, which a read before
+# the statement would not. The epsilon absorbs float rounding in tolerance / interval.
+_GRANT = "least($4, floor(({now} + $3 - {base}) / $2 + 1e-9))::int"
+_LEASE_NEW = _GRANT.format(now=_NOW, base=_NOW)
+_LEASE_MORE = "greatest(0, " + _GRANT.format(now=_NOW, base=f"greatest(r.tat, {_NOW})") + ")"
+_LEASE = (
+    "INSERT INTO rate_limits AS r (key, tat, hits, allowed, expires_at)"  # noqa: S608 - fixed fragments
+    f" VALUES ($1, {_NOW} + {_LEASE_NEW} * $2, {_LEASE_NEW}, true, {_NOW} + {_LEASE_NEW} * $2)"
+    " ON CONFLICT (key) DO UPDATE SET"
+    f" hits = {_LEASE_MORE},"
+    f" allowed = {_LEASE_MORE} > 0,"
+    f" tat = greatest(r.tat, {_NOW}) + {_LEASE_MORE} * $2,"
+    f" expires_at = greatest(r.tat, {_NOW}) + {_LEASE_MORE} * $2"
+    f" RETURNING hits, tat + $2 - $3 - {_NOW} AS wait"
+)
 # A fixed window per key: $2 is its length. A failure after the window ended starts a new
 # one; the answer is the failures counted in the window and the seconds it has left.
 _ENDED = "r.expires_at <= EXCLUDED.tat"
@@ -67,6 +85,19 @@ class PostgresLimitsMixin:
 
         row = await self._run(run)
         return 0.0 if row["allowed"] else max(float(row["wait"]), 0.001)
+
+    async def limit_lease(
+        self, key: str, interval: float, burst: int, count: int
+    ) -> tuple[int, float]:
+        """Take up to ``count`` requests from ``key``'s bucket at once: how many were
+        granted, and when none were, the seconds until one is."""
+
+        async def run(conn: asyncpg.Connection) -> Any:
+            return await conn.fetchrow(_LEASE, key, interval, burst * interval, count)
+
+        row = await self._run(run)
+        granted = int(row["hits"])
+        return granted, 0.0 if granted else max(float(row["wait"]), 0.001)
 
     async def limit_fail(self, key: str, window: float) -> tuple[int, float]:
         """Count one failure for ``key``: the failures in its window and the seconds it has left."""

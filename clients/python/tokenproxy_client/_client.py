@@ -212,11 +212,13 @@ class TokenProxyClient:
         metadata: Mapping[str, str] | None = None,
         return_url: str | None = None,
         idempotency_key: str | None = None,
+        postal_code: str | None = None,
     ) -> CardToken:
         """POST /v1/cards (scope tokenize). For server-side use and tests; browsers use elements.
 
         With ``customer_ref`` the card is saved for off-session charges; if its issuer
         wants the cardholder, CardError ``authentication_required`` (see ``confirm_card``).
+        ``postal_code`` is the billing postal code, passed to the payment partner only.
         """
         body: dict[str, Any] = {
             "number": number,
@@ -224,7 +226,13 @@ class TokenProxyClient:
             "exp_year": exp_year,
             "cvc": cvc,
         }
-        _put(body, holder_name=holder_name, customer_ref=customer_ref, return_url=return_url)
+        _put(
+            body,
+            holder_name=holder_name,
+            customer_ref=customer_ref,
+            return_url=return_url,
+            postal_code=postal_code,
+        )
         if metadata is not None:
             body["metadata"] = dict(metadata)
         result = await self._request(
