@@ -27,6 +27,19 @@ class RecordRow:
     created_at: str
     last_used_at: str | None = None
 
+    def values(self) -> tuple[Any, ...]:
+        """The columns in table order, as every backend's insert binds them."""
+        return (
+            self.token,
+            self.kind,
+            self.dek_id,
+            self.ciphertext,
+            self.customer_idx,
+            self.fingerprint_idx,
+            self.created_at,
+            self.last_used_at,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Link:
@@ -46,6 +59,10 @@ class DekRow:
     kek_version: int
     wrapped: bytes
     created_at: str
+
+    def values(self) -> tuple[Any, ...]:
+        """The columns in table order, as every backend's insert binds them."""
+        return (self.dek_id, self.customer_idx, self.kek_version, self.wrapped, self.created_at)
 
 
 @dataclass(frozen=True, slots=True)

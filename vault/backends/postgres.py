@@ -268,20 +268,11 @@ class PostgresBackend(
     ) -> None:
         """Insert a record and, when given, its new data key, its blind indexes and the
         deletion of its outbox row, in one statement."""
-        args: list[Any] = [
-            record.token,
-            record.kind,
-            record.dek_id,
-            record.ciphertext,
-            record.customer_idx,
-            record.fingerprint_idx,
-            record.created_at,
-            record.last_used_at,
-        ]
+        args: list[Any] = list(record.values())
         if link is not None:
             args += [link.reference_idx, link.partner_customer_idx]
         if dek is not None:
-            args += [dek.dek_id, dek.customer_idx, dek.kek_version, dek.wrapped, dek.created_at]
+            args += dek.values()
         if settle_outbox is not None:
             args.append(settle_outbox)
         sql = _insert_sql(

@@ -213,16 +213,7 @@ class SqliteBackend(SqliteLifecycleMixin, SqliteSyncMixin):
     ) -> None:
         """Insert a record and, when given, its new data key, its blind indexes and the
         deletion of its outbox row, in one transaction."""
-        args: tuple[Any, ...] = (
-            record.token,
-            record.kind,
-            record.dek_id,
-            record.ciphertext,
-            record.customer_idx,
-            record.fingerprint_idx,
-            record.created_at,
-            record.last_used_at,
-        )
+        args = record.values()
         insert = SQL.insert_record
         if link is not None:
             insert = SQL.insert_linked_record
@@ -230,10 +221,7 @@ class SqliteBackend(SqliteLifecycleMixin, SqliteSyncMixin):
 
         def run(conn: sqlite3.Connection) -> None:
             if dek is not None:
-                conn.execute(
-                    SQL.insert_dek,
-                    (dek.dek_id, dek.customer_idx, dek.kek_version, dek.wrapped, dek.created_at),
-                )
+                conn.execute(SQL.insert_dek, dek.values())
             conn.execute(insert, args)
             if settle_outbox is not None:
                 conn.execute(_OUTBOX_DELETE, (settle_outbox,))

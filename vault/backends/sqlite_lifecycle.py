@@ -49,10 +49,7 @@ class SqliteLifecycleMixin:
         """Insert a data key alone; DuplicateRecord when the customer already has one."""
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                SQL.insert_dek,
-                (dek.dek_id, dek.customer_idx, dek.kek_version, dek.wrapped, dek.created_at),
-            )
+            conn.execute(SQL.insert_dek, dek.values())
 
         await self._write(run)
 
