@@ -18,7 +18,8 @@ then a default for the rest. Each fault models one way a network or partner fail
 With ``stripe_idempotency=True`` it also behaves as Stripe does with an
 ``Idempotency-Key`` header, which localstripe ignores: the first response for a key
 is cached and replayed for the same key and body; another body gets 400
-``idempotency_error``; a key whose first request is still running gets 409. This is a
+``idempotency_error``; a key whose first request is still running gets 409
+``idempotency_key_in_use``. This is a
 test stand-in for Stripe's documented behaviour, so that "never a second payment
 method" can be counted here: ``created`` maps each idempotency key to the set of
 ``pm_`` ids the upstream really created for it.
@@ -220,8 +221,12 @@ class FaultProxy:
                 headers={"Content-Type": cached.content_type, "Idempotent-Replayed": "true"},
             )
         if key in self._in_flight:
+            # Stripe's body for it (https://docs.stripe.com/error-codes#idempotency-key-in-use).
             return _stripe_error(
-                409, "idempotency_error", "Another request with this key is in progress."
+                409,
+                "invalid_request_error",
+                "There is currently another in-progress request using this Idempotent Key.",
+                code="idempotency_key_in_use",
             )
         self._in_flight.add(key)
         try:

@@ -373,7 +373,11 @@ class ResilientPartner:
                 else:
                     self.breaker.release()
                 self._count(operation, exc.code)
-                if not exc.retryable or retry >= self.policy.max_retries:
+                # A key in use is waited out (within the time budget), not counted: its
+                # first request, another replica's racing on a derived key, will answer.
+                # With retries switched off (0) there is no waiting at all.
+                waits_out = exc.code == "partner_busy" and self.policy.max_retries > 0
+                if not exc.retryable or (retry >= self.policy.max_retries and not waits_out):
                     raise
                 delay = self.policy.delay(
                     retry, exc.retry_after, rate_limited=exc.code == "partner_rate_limited"

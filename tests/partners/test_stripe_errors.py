@@ -19,7 +19,7 @@ from proxy.domain.requests import CardRequest, parse_card_request
 from proxy.partners.resilience import CircuitBreaker, CircuitState, ResilientPartner, RetryPolicy
 from proxy.partners.stripe import StripePartner
 from tests.cards import VISA
-from tests.sandbox_front import script_fault
+from tests.sandbox_front import recorded_requests, reset_front, script_fault
 
 TODAY = date(2026, 11, 25)
 PM_PATH = "/v1/payment_methods"
@@ -132,6 +132,37 @@ async def test_key_in_use_is_retried_and_never_trips_the_breaker(
     created = await resilient.create_card(card())
     assert created.reference.startswith("pm_")
     assert breaker.state is CircuitState.CLOSED
+
+
+async def test_key_in_use_is_waited_out_beyond_the_retry_count(
+    partner: StripePartner, localstripe: Localstripe
+) -> None:
+    """A key in use (another replica's request on a derived key) is retried until it
+    answers, past max_retries: only the time budget ends the wait."""
+    await script_fault(localstripe, PM_PATH, 409, KEY_IN_USE, times=5)
+    resilient = ResilientPartner(partner, policy=RetryPolicy(max_retries=1, backoff_base=0.0))
+    created = await resilient.create_card(card())
+    assert created.reference.startswith("pm_")
+
+
+async def test_key_in_use_past_the_time_budget_is_partner_busy(
+    partner: StripePartner, localstripe: Localstripe
+) -> None:
+    """Still in use when the time budget runs out: 503 partner_busy, retryable."""
+    await reset_front(localstripe)
+    await script_fault(
+        localstripe, PM_PATH, 409, KEY_IN_USE, headers={"Retry-After": "0.1"}, times=1000
+    )
+    resilient = ResilientPartner(partner, policy=RetryPolicy(max_retries=1, budget=1.0))
+    try:
+        with pytest.raises(PartnerUnavailable) as info:
+            await resilient.create_card(card())
+        sent = [r for r in await recorded_requests(localstripe) if r["path"] == PM_PATH]
+    finally:
+        await reset_front(localstripe)
+    assert (info.value.code, info.value.retryable) == ("partner_busy", True)
+    # About ten attempts, 0.1 s apart: more than the two one counted retry allows.
+    assert len(sent) >= 3
 
 
 async def test_key_in_use_after_the_retries_is_a_transient_503(
