@@ -91,14 +91,7 @@ class PostgresLifecycleMixin:
         """Insert a data key alone; DuplicateRecord when the customer already has one."""
 
         async def run(conn: asyncpg.Connection) -> None:
-            await conn.execute(
-                SQL.insert_dek,
-                dek.dek_id,
-                dek.customer_idx,
-                dek.kek_version,
-                dek.wrapped,
-                dek.created_at,
-            )
+            await conn.execute(SQL.insert_dek, *dek.values())
 
         await self._run(run)
 
