@@ -4,7 +4,9 @@ Starts the instant partner stub, the full proxy (``tokenproxy serve``, SQLite WA
 synchronous=FULL, JSON logs at info, metrics) and the bare forwarder, each in its own
 process, then drives wrk (or bench.loadgen) at both, interleaved, and prints the median
 ratio with the machine's load, and each server's CPU time per request (from /proc; less
-moved by other work on a shared machine than requests per second are). ``--profile FILE``
+moved by other work on a shared machine than requests per second are). ``--paced`` adds,
+per round, a run of each at 200 req/s (bench.loadgen, 4 connections) for the added
+latency, p50 and p99. ``--profile FILE``
 records the proxy with py-spy during one extra loaded run (py-spy must be on PATH or
 beside the interpreter).
 """
@@ -26,7 +28,18 @@ from pathlib import Path
 
 from tokenproxy_sandbox.launcher import free_port
 
-from bench.run import _CARD_BODY, Load, Result, Server, _drive, _fmt, _median, _start, _stop
+from bench.run import (
+    _CARD_BODY,
+    RATE,
+    Load,
+    Result,
+    Server,
+    _drive,
+    _fmt,
+    _median,
+    _start,
+    _stop,
+)
 from proxy.infra.clients import add_client, parse_scopes
 from vault.keys.ring import init_keyring
 
@@ -80,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median)")
     parser.add_argument("--profile", type=Path, help="py-spy output (raw collapsed stacks)")
+    parser.add_argument("--paced", action="store_true", help=f"also run each at {RATE:g} req/s")
     args = parser.parse_args(argv)
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tokenproxy-bench-") as tmp:
@@ -92,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 _CARD_BODY,
             )
             results: dict[str, list[Result]] = {"full": [], "bare": []}
+            paced: dict[str, list[Result]] = {"full": [], "bare": []}
             cpu: dict[str, list[float]] = {"full": [], "bare": []}
             for round_no in range(args.rounds):
                 order = [("full", full), ("bare", bare)]
@@ -109,10 +124,21 @@ def main(argv: list[str] | None = None) -> int:
                         f"  tokenize {name:<5} {_fmt(result)}  {cpu[name][-1]:.0f} us CPU/request",
                         flush=True,
                     )
+                    if args.paced:
+                        at_rate = _drive(server.base, load, args.duration, work, rate=RATE)
+                        paced[name].append(at_rate)
+                        print(f"  tokenize {name:<5} @{RATE:g} {_fmt(at_rate)}", flush=True)
             if args.profile:
                 _profile(full, load, args, work)
     f, b = _median(results["full"]), _median(results["bare"])
     load_end = os.getloadavg()
+    added: dict[str, float] = {}
+    if args.paced:
+        pf, pb = _median(paced["full"]), _median(paced["bare"])
+        added = {
+            "added_p50_ms_at_rate": round(pf.p50_ms - pb.p50_ms, 2),
+            "added_p99_ms_at_rate": round(pf.p99_ms - pb.p99_ms, 2),
+        }
     print(
         json.dumps(
             {
@@ -125,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu_ratio": round(
                     statistics.median(cpu["bare"]) / statistics.median(cpu["full"]), 3
                 ),
+                **added,
                 "non2xx": f.non2xx + b.non2xx,
                 "load_start": [round(x, 2) for x in load_start[:2]],
                 "load_end": [round(x, 2) for x in load_end[:2]],
