@@ -34,6 +34,7 @@ from bench.run import (
     _seed,
     _start,
     _stop,
+    proxy_base_env,
 )
 from proxy.infra.clients import add_client, parse_scopes
 from vault import LocalKekProvider
@@ -185,22 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         db = work / "vault.db"
         url = f"sqlite:///{db}"
         tokens = asyncio.run(_seed(url, LocalKekProvider.from_file(keyring), SEED_TOKENS))
-        base = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("TOKENPROXY_", "STRIPE_", "PROMETHEUS_"))
-        }
-        base.update(
-            {
-                "TOKENPROXY_VAULT_URL": url,
-                "TOKENPROXY_KEYRING": str(keyring),
-                "TOKENPROXY_CLIENTS": str(clients),
-                "STRIPE_API_KEY": "sk_test_bench",
-                "TOKENPROXY_STRIPE_API_BASE": "http://127.0.0.1:9",
-                "TOKENPROXY_LOG_LEVEL": "info",
-                "TOKENPROXY_LOG_FORMAT": "json",
-            }
-        )
+        # Resolve never calls the partner: an address nothing answers on.
+        base = proxy_base_env(url, keyring, clients, "http://127.0.0.1:9")
         py = sys.executable
         port, ops = free_port(), free_port()
         full = _start("full", [py, "-m", "proxy", "serve"], port, _proxy_env(base, port, ops))

@@ -315,6 +315,27 @@ def _kms_vault(work: Path, kms_env: dict[str, str]) -> tuple[Path, str, list[str
     return keymap, key_id, asyncio.run(_seed(url, keys, SEED_TOKENS))
 
 
+def proxy_base_env(vault_url: str, keyring: Path, clients: Path, partner: str) -> dict[str, str]:
+    """A bench proxy's environment: this one without our settings, then the bench's own."""
+    base = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("TOKENPROXY_", "STRIPE_", "PROMETHEUS_"))
+    }
+    base.update(
+        {
+            "TOKENPROXY_VAULT_URL": vault_url,
+            "TOKENPROXY_KEYRING": str(keyring),
+            "TOKENPROXY_CLIENTS": str(clients),
+            "STRIPE_API_KEY": "sk_test_bench",
+            "TOKENPROXY_STRIPE_API_BASE": partner,
+            "TOKENPROXY_LOG_LEVEL": "info",
+            "TOKENPROXY_LOG_FORMAT": "json",
+        }
+    )
+    return base
+
+
 def _proxy_env(base: dict[str, str], port: int, ops_port: int, **extra: str) -> dict[str, str]:
     return {
         **base,
@@ -341,22 +362,7 @@ def _servers(work: Path) -> Iterator[dict[str, Any]]:
         stub_port = free_port()
         started.append(_start("stub", [py, "-m", "bench.stub", str(stub_port)], stub_port))
         stub = f"http://127.0.0.1:{stub_port}"
-        base = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("TOKENPROXY_", "STRIPE_", "PROMETHEUS_"))
-        }
-        base.update(
-            {
-                "TOKENPROXY_VAULT_URL": vault_url,
-                "TOKENPROXY_KEYRING": str(keyring),
-                "TOKENPROXY_CLIENTS": str(clients),
-                "STRIPE_API_KEY": "sk_test_bench",
-                "TOKENPROXY_STRIPE_API_BASE": stub,
-                "TOKENPROXY_LOG_LEVEL": "info",
-                "TOKENPROXY_LOG_FORMAT": "json",
-            }
-        )
+        base = proxy_base_env(vault_url, keyring, clients, stub)
         servers: dict[str, Any] = {}
         port, ops_port = free_port(), free_port()
         servers["full"] = _start(

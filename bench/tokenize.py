@@ -37,8 +37,10 @@ from bench.run import (
     _drive,
     _fmt,
     _median,
+    _proxy_env,
     _start,
     _stop,
+    proxy_base_env,
 )
 from proxy.infra.clients import add_client, parse_scopes
 from vault.keys.ring import init_keyring
@@ -56,26 +58,9 @@ def _servers(work: Path) -> Iterator[tuple[Server, Server, str]]:
         stub_port = free_port()
         started.append(_start("stub", [py, "-m", "bench.stub", str(stub_port)], stub_port))
         stub = f"http://127.0.0.1:{stub_port}"
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("TOKENPROXY_", "STRIPE_", "PROMETHEUS_"))
-        }
+        base = proxy_base_env(f"sqlite:///{work / 'vault.db'}", keyring, clients, stub)
         port, ops_port = free_port(), free_port()
-        env.update(
-            {
-                "TOKENPROXY_VAULT_URL": f"sqlite:///{work / 'vault.db'}",
-                "TOKENPROXY_KEYRING": str(keyring),
-                "TOKENPROXY_CLIENTS": str(clients),
-                "STRIPE_API_KEY": "sk_test_bench",
-                "TOKENPROXY_STRIPE_API_BASE": stub,
-                "TOKENPROXY_LOG_LEVEL": "info",
-                "TOKENPROXY_LOG_FORMAT": "json",
-                "TOKENPROXY_LISTEN": f"127.0.0.1:{port}",
-                "TOKENPROXY_OPS_LISTEN": f"127.0.0.1:{ops_port}",
-            }
-        )
-        full = _start("full", [py, "-m", "proxy", "serve"], port, env)
+        full = _start("full", [py, "-m", "proxy", "serve"], port, _proxy_env(base, port, ops_port))
         started.append(full)
         port = free_port()
         bare = _start("forward", [py, "-m", "bench.bare", "forward", str(port), stub], port)
