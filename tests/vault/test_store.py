@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -333,5 +334,57 @@ async def test_sqlite_commits_of_a_quiet_spell_are_checkpointed(tmp_path: Path) 
         after_rounds = await file_grows_past(empty + 30 * 8192)
         await _blob_writes(backend, 5, 8192, writers=1)  # fewer than a round's worth
         await file_grows_past(after_rounds + 4 * 8192)
+    finally:
+        await backend.close()
+
+
+async def test_sqlite_writer_checkpoints_when_the_checkpoint_thread_cannot_connect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without its own connection the checkpointer hands every round to the writer: the
+    WAL still stays small."""
+    path = tmp_path / "inline.db"
+    backend = SqliteBackend(path)
+
+    def refuse(*args: object, **kwargs: object) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr("vault.backends.sqlite._connect", refuse)
+    try:
+        backend._writer.execute("CREATE TABLE blobs (data BLOB)")
+        await _blob_writes(backend, 1000, 8192, writers=8)
+        assert backend._checkpointer._inline
+        assert _size(f"{path}-wal") < 4 * 2**20
+    finally:
+        await backend.close()
+
+
+async def test_sqlite_erasure_checkpoint_waits_out_another_checkpoint(tmp_path: Path) -> None:
+    """The TRUNCATE checkpoint after an erasure is not turned away by a checkpoint another
+    connection is running: it waits for it, then empties the WAL."""
+    path = tmp_path / "erasure.db"
+    backend = SqliteBackend(path)
+    try:
+        backend._writer.execute("CREATE TABLE blobs (data BLOB)")
+        # 32 MB of WAL written behind the backend's back, so copying it takes a while.
+        filler = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        filler.execute("PRAGMA wal_autocheckpoint = 0")
+        filler.execute("BEGIN")
+        for _ in range(4000):
+            filler.execute("INSERT INTO blobs VALUES (?)", (os.urandom(8192),))
+        filler.execute("COMMIT")
+        started = threading.Event()
+
+        def other_checkpoint() -> None:
+            started.set()
+            filler.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+        other = threading.Thread(target=other_checkpoint)
+        other.start()
+        started.wait()
+        assert await backend.checkpoint()
+        other.join()
+        filler.close()
+        assert _size(f"{path}-wal") == 0
     finally:
         await backend.close()

@@ -578,7 +578,8 @@ class _Checkpointer:
     once all of it is copied; so after each of its rounds the writer, before its next
     batch, copies the few frames written meanwhile (:meth:`finish`), and its next
     transaction restarts the WAL: the file stays as small as SQLite's own checkpoints
-    kept it. The thread starts on the EVERY-th commit, so read-only users never start one.
+    kept it. The thread starts on the EVERY-th commit, so read-only users never start one;
+    should it fail to open its connection, the writer checkpoints every EVERY commits.
     """
 
     # Commits between rounds: a few hundred pages of WAL at most, at any rate.
@@ -596,6 +597,8 @@ class _Checkpointer:
         self._finish_due = False
         self._wanted = threading.Event()
         self._thread: threading.Thread | None = None
+        # The thread could not open its connection: the writer checkpoints every round.
+        self._inline = False
         self._closed = False
 
     def committed(self) -> None:
@@ -605,6 +608,9 @@ class _Checkpointer:
         if self._commits < self.EVERY:
             return
         self._commits = 0
+        if self._inline:
+            self._finish_due = True
+            return
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._run, name="vault-sqlite-checkpoint", daemon=True
@@ -624,7 +630,8 @@ class _Checkpointer:
         try:
             conn = _connect(self._path, timeout_ms=self._timeout_ms)
         except sqlite3.Error:
-            return  # no checkpoints from here: SQLite's own, at close, still runs
+            self._inline = self._finish_due = True
+            return
         try:
             while True:
                 woken = self._wanted.wait(self.IDLE_SECONDS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -38,6 +39,7 @@ class SqliteLifecycleMixin:
         _writer: sqlite3.Connection
         _executor: ThreadPoolExecutor
         _closed: bool
+        _timeout_ms: int
 
         async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T: ...
 
@@ -196,8 +198,14 @@ class SqliteLifecycleMixin:
         loop = asyncio.get_running_loop()
 
         def run() -> bool:
-            busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            return int(busy) == 0
+            # Another checkpoint under way (the backend's own checkpoint thread, another
+            # process) makes this one answer busy at once: wait it out, briefly.
+            deadline = time.monotonic() + self._timeout_ms / 1000
+            while True:
+                busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if int(busy) == 0 or time.monotonic() >= deadline:
+                    return int(busy) == 0
+                time.sleep(0.005)
 
         try:
             return await loop.run_in_executor(self._executor, run)
