@@ -269,7 +269,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_digest(args: argparse.Namespace) -> int:
-    """Print the keyed digest the audit trail records for a token or customer ref."""
+    """Print the keyed digest the audit trail records for a value it does not hold as is."""
 
     async def digest(session: admin.Admin) -> str:
         return session.vault.audit.digest(args.what, args.value)
@@ -470,9 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_parser("verify", help="check the hash chain").set_defaults(func=cmd_audit_verify)
     digest = audit.add_parser(
-        "digest", help="the keyed digest the trail records for a token or customer ref"
+        "digest",
+        help="the keyed digest the trail records for a token, customer ref, payment method"
+        " or partner key",
     )
-    digest.add_argument("what", choices=["token", "customer"])
+    digest.add_argument("what", choices=["token", "customer", "payment_method", "partner_key"])
     digest.add_argument("value")
     digest.set_defaults(func=cmd_audit_digest)
     export = audit.add_parser("export", help="write events as JSON lines")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final, TypeVar
 
+from pandetect import holds_pan
 from proxy.core.audit import append_or_refuse
 from proxy.core.partner_sync import iso_from_unix
 from proxy.core.services import Services, partner_call, vault_call
@@ -161,9 +162,14 @@ class _Run:
         report is made once.
         """
         if self.options.fix:
-            await self.audit(
-                "reconcile.outbox_unresolved", partner_key, {"partner_key": partner_key}
+            # A hex key from an earlier version may hold a card-number-like digit run,
+            # which the trail refuses: that one is recorded as its digest.
+            named = (
+                self.services.vault.audit.digest("partner_key", partner_key)
+                if holds_pan(partner_key)
+                else partner_key
             )
+            await self.audit("reconcile.outbox_unresolved", named, {"partner_key": named})
         self.report("orphan", False, partner_key=partner_key, payment_method=None)
 
     async def mark_dangling(self, target: sync.Synced, reason: str, customer: str) -> None:
@@ -175,7 +181,7 @@ class _Run:
             details = {**record.details, "detached_at": iso_from_unix(now)}
             change = sync.Change(target, details, max(now, target.event_at or 0))
             event = sync.event_row(
-                "reconcile_" + secrets.token_hex(12), "reconcile.dangling", now, "applied"
+                "reconcile_" + secrets.token_urlsafe(12), "reconcile.dangling", now, "applied"
             )
             outcome = await vault_call(
                 self.services,

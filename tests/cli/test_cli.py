@@ -217,22 +217,25 @@ def test_serve_refuses_bad_setting(env: Path) -> None:
 def test_audit_digest_matches_what_the_trail_records(
     ring: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`audit digest` prints the same keyed digest the proxy records for a customer ref."""
-    capsys.readouterr()
-    assert main(["audit", "digest", "customer", "cus-1001"]) == 0
-    printed = capsys.readouterr().out.strip()
+    """`audit digest` prints the same keyed digest the proxy records, for each kind."""
+    cases = [("customer", "cus-1001"), ("payment_method", "pm_1"), ("partner_key", "tp_1")]
+    printed = []
+    for what, value in cases:
+        capsys.readouterr()
+        assert main(["audit", "digest", what, value]) == 0
+        printed.append(capsys.readouterr().out.strip())
 
-    async def expected() -> str:
+    async def expected() -> list[str]:
         vault = await Vault.open(
             f"sqlite:///{ring / 'vault.db'}", LocalKekProvider.from_file(ring / "keyring.json")
         )
         try:
-            return vault.audit.digest("customer", "cus-1001")
+            return [vault.audit.digest(what, value) for what, value in cases]
         finally:
             await vault.close()
 
     assert printed == asyncio.run(expected())
-    assert printed.startswith("customer:")
+    assert [p.split(":")[0] for p in printed] == [what for what, _ in cases]
     assert "cus-1001" not in printed
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from tokenproxy_sandbox.launcher import SANDBOX_API_KEY, free_port
 
+from pandetect import holds_pan
 from proxy.core import partner_sync
 from proxy.core.cards import tokenize_card
 from proxy.core.reconcile import Options, reconcile
@@ -246,6 +247,32 @@ async def test_outbox_finds_and_detaches_an_orphan_without_customer(
     } in lines
     assert await raw_rows.query("SELECT partner_key FROM partner_outbox") == []
     assert result["summary"]["fixed"]["orphan"] == 1
+
+
+async def test_an_unresolved_legacy_key_that_looks_like_a_card_is_audited_as_its_digest(
+    services: Services, raw_rows: RawRows
+) -> None:
+    """An outbox row whose hex key (as earlier versions made them) holds a Luhn-valid digit
+    run is still settled: the trail gets the key's digest, the report the key itself."""
+    nowhere = StripePartner(
+        SANDBOX_API_KEY, api_base=f"http://127.0.0.1:{free_port()}", timeout=1, connect_timeout=0.2
+    )
+    try:
+        with pytest.raises(PartnerError):
+            await tokenize_card(replace(services, partner=nowhere), card_body(), today=TODAY)
+    finally:
+        await nowhere.close()
+    legacy = "tp_" + "ab" + VISA.number + "cdef0123456789"
+    assert holds_pan(legacy)
+    await raw_rows.query("UPDATE partner_outbox SET partner_key = ?", (legacy,))
+    lines, _ = await run(services, outbox_grace=timedelta(0), fix=True)
+    assert {"finding": "orphan", "partner_key": legacy, "payment_method": None, "fixed": False} in (
+        lines
+    )
+    digest = services.vault.audit.digest("partner_key", legacy)
+    events = [(r.entry.event_type, r.entry.resource) for r in await trail(services.vault)]
+    assert ("reconcile.outbox_unresolved", digest) in events
+    assert await raw_rows.query("SELECT partner_key FROM partner_outbox") == []
 
 
 async def test_finished_tokenizations_leave_no_outbox_row(
