@@ -34,6 +34,7 @@ from bench.run import (
     _seed,
     _start,
     _stop,
+    baseline_proxy,
     proxy_base_env,
 )
 from proxy.infra.clients import add_client, parse_scopes
@@ -151,16 +152,6 @@ def _rounds(
     return runs
 
 
-def _baseline(tree: Path, base: dict[str, str]) -> Server:
-    """The same proxy from another checkout (e.g. the commit before a change), on the same
-    vault: paired runs under the same machine load."""
-    tree = tree.resolve()
-    path = os.pathsep.join(str(tree / sub) for sub in ("", "sandbox", "clients/python"))
-    port, ops = free_port(), free_port()
-    env = _proxy_env({**base, "PYTHONPATH": path}, port, ops)
-    return _start("base", [sys.executable, "-m", "proxy", "serve"], port, env)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the resolve rows and print them."""
     parser = argparse.ArgumentParser(prog="python -m bench.resolve", description=__doc__)
@@ -194,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         rport = free_port()
         bare = _start("read", [py, "-m", "bench.bare", "read", str(rport), str(db)], rport)
         print(f"proxy pid {full.process.pid}, bare pid {bare.process.pid}", flush=True)
-        baseline = _baseline(args.baseline, base) if args.baseline else None
+        baseline = baseline_proxy(args.baseline, base) if args.baseline else None
         try:
             paths = [f"/v1/tokens/{t}" for t in tokens]
             full_load = Load("GET", paths, {"Authorization": f"Bearer {billing}"})

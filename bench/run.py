@@ -336,6 +336,16 @@ def proxy_base_env(vault_url: str, keyring: Path, clients: Path, partner: str) -
     return base
 
 
+def baseline_proxy(tree: Path, base: dict[str, str]) -> Server:
+    """The proxy of another checkout (e.g. the commit before a change) with the same
+    settings: measured beside this tree's under the same machine load, as ``base``."""
+    tree = tree.resolve()
+    path = os.pathsep.join(str(tree / sub) for sub in ("", "sandbox", "clients/python"))
+    port, ops = free_port(), free_port()
+    env = _proxy_env({**base, "PYTHONPATH": path}, port, ops)
+    return _start("base", [sys.executable, "-m", "proxy", "serve"], port, env)
+
+
 def _proxy_env(base: dict[str, str], port: int, ops_port: int, **extra: str) -> dict[str, str]:
     return {
         **base,

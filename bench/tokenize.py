@@ -6,9 +6,10 @@ process, then drives wrk (or bench.loadgen) at both, interleaved, and prints the
 ratio with the machine's load, and each server's CPU time per request (from /proc; less
 moved by other work on a shared machine than requests per second are). ``--paced`` adds,
 per round, a run of each at 200 req/s (bench.loadgen, 4 connections) for the added
-latency, p50 and p99. ``--profile FILE``
-records the proxy with py-spy during one extra loaded run (py-spy must be on PATH or
-beside the interpreter).
+latency, p50 and p99. ``--baseline DIR`` runs another checkout's proxy (its own vault
+file) in the same rotation, for paired before/after figures. ``--profile FILE`` records
+the proxy with py-spy during one extra loaded run (py-spy must be on PATH or beside the
+interpreter).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from bench.run import (
     _proxy_env,
     _start,
     _stop,
+    baseline_proxy,
     proxy_base_env,
 )
 from proxy.infra.clients import add_client, parse_scopes
@@ -47,7 +49,8 @@ from vault.keys.ring import init_keyring
 
 
 @contextlib.contextmanager
-def _servers(work: Path) -> Iterator[tuple[Server, Server, str]]:
+def _servers(work: Path, baseline: Path | None) -> Iterator[tuple[dict[str, Server], str]]:
+    """The full proxy, the bare forwarder and, with ``baseline``, the other tree's proxy."""
     started: list[Server] = []
     try:
         keyring = work / "keyring.json"
@@ -60,12 +63,23 @@ def _servers(work: Path) -> Iterator[tuple[Server, Server, str]]:
         stub = f"http://127.0.0.1:{stub_port}"
         base = proxy_base_env(f"sqlite:///{work / 'vault.db'}", keyring, clients, stub)
         port, ops_port = free_port(), free_port()
-        full = _start("full", [py, "-m", "proxy", "serve"], port, _proxy_env(base, port, ops_port))
-        started.append(full)
+        servers = {
+            "full": _start(
+                "full", [py, "-m", "proxy", "serve"], port, _proxy_env(base, port, ops_port)
+            )
+        }
+        started.append(servers["full"])
         port = free_port()
-        bare = _start("forward", [py, "-m", "bench.bare", "forward", str(port), stub], port)
-        started.append(bare)
-        yield full, bare, checkout
+        servers["bare"] = _start(
+            "forward", [py, "-m", "bench.bare", "forward", str(port), stub], port
+        )
+        started.append(servers["bare"])
+        if baseline is not None:
+            # Its own vault file: the two trees' migrations need not agree.
+            other = proxy_base_env(f"sqlite:///{work / 'base.db'}", keyring, clients, stub)
+            servers["base"] = baseline_proxy(baseline, other)
+            started.append(servers["base"])
+        yield servers, checkout
     finally:
         for server in reversed(started):
             _stop(server)
@@ -79,22 +93,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median)")
     parser.add_argument("--profile", type=Path, help="py-spy output (raw collapsed stacks)")
     parser.add_argument("--paced", action="store_true", help=f"also run each at {RATE:g} req/s")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout's proxy, measured alongside as 'base'"
+    )
     args = parser.parse_args(argv)
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tokenproxy-bench-") as tmp:
         work = Path(tmp)
-        with _servers(work) as (full, bare, checkout):
+        with _servers(work, args.baseline) as (servers, checkout):
             load = Load(
                 "POST",
                 ["/v1/cards"],
                 {"Content-Type": "application/json", "Authorization": f"Bearer {checkout}"},
                 _CARD_BODY,
             )
-            results: dict[str, list[Result]] = {"full": [], "bare": []}
-            paced: dict[str, list[Result]] = {"full": [], "bare": []}
-            cpu: dict[str, list[float]] = {"full": [], "bare": []}
+            results: dict[str, list[Result]] = {name: [] for name in servers}
+            paced: dict[str, list[Result]] = {name: [] for name in servers}
+            cpu: dict[str, list[float]] = {name: [] for name in servers}
             for round_no in range(args.rounds):
-                order = [("full", full), ("bare", bare)]
+                order = list(servers.items())
                 if round_no % 2:
                     order.reverse()
                 for name, server in order:
@@ -114,36 +131,48 @@ def main(argv: list[str] | None = None) -> int:
                         paced[name].append(at_rate)
                         print(f"  tokenize {name:<5} @{RATE:g} {_fmt(at_rate)}", flush=True)
             if args.profile:
-                _profile(full, load, args, work)
-    f, b = _median(results["full"]), _median(results["bare"])
+                _profile(servers["full"], load, args, work)
     load_end = os.getloadavg()
-    added: dict[str, float] = {}
-    if args.paced:
-        pf, pb = _median(paced["full"]), _median(paced["bare"])
-        added = {
-            "added_p50_ms_at_rate": round(pf.p50_ms - pb.p50_ms, 2),
-            "added_p99_ms_at_rate": round(pf.p99_ms - pb.p99_ms, 2),
-        }
+    for name in (n for n in ("full", "base") if n in servers):
+        print(json.dumps({"proxy": name, **_summary(name, results, paced, cpu)}))
     print(
         json.dumps(
             {
                 "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "full_rps": round(f.rps),
-                "bare_rps": round(b.rps),
-                "ratio": round(f.rps / b.rps, 3) if b.rps else None,
-                "full_cpu_us": round(statistics.median(cpu["full"])),
-                "bare_cpu_us": round(statistics.median(cpu["bare"])),
-                "cpu_ratio": round(
-                    statistics.median(cpu["bare"]) / statistics.median(cpu["full"]), 3
-                ),
-                **added,
-                "non2xx": f.non2xx + b.non2xx,
                 "load_start": [round(x, 2) for x in load_start[:2]],
                 "load_end": [round(x, 2) for x in load_end[:2]],
             }
         )
     )
     return 0
+
+
+def _summary(
+    name: str,
+    results: dict[str, list[Result]],
+    paced: dict[str, list[Result]],
+    cpu: dict[str, list[float]],
+) -> dict[str, object]:
+    """One proxy's medians against the bare forwarder's."""
+    f, b = _median(results[name]), _median(results["bare"])
+    full_cpu, bare_cpu = statistics.median(cpu[name]), statistics.median(cpu["bare"])
+    added: dict[str, float] = {}
+    if paced[name]:
+        pf, pb = _median(paced[name]), _median(paced["bare"])
+        added = {
+            "added_p50_ms_at_rate": round(pf.p50_ms - pb.p50_ms, 2),
+            "added_p99_ms_at_rate": round(pf.p99_ms - pb.p99_ms, 2),
+        }
+    return {
+        "rps": round(f.rps),
+        "bare_rps": round(b.rps),
+        "ratio": round(f.rps / b.rps, 3) if b.rps else None,
+        "cpu_us": round(full_cpu),
+        "bare_cpu_us": round(bare_cpu),
+        "cpu_ratio": round(bare_cpu / full_cpu, 3),
+        **added,
+        "non2xx": f.non2xx + b.non2xx,
+    }
 
 
 def _cpu_seconds(pid: int) -> float:
