@@ -34,6 +34,7 @@ from bench.run import (
     _seed,
     _start,
     _stop,
+    add_run_arguments,
     baseline_proxy,
     proxy_base_env,
 )
@@ -155,9 +156,7 @@ def _rounds(
 def main(argv: list[str] | None = None) -> int:
     """Run the resolve rows and print them."""
     parser = argparse.ArgumentParser(prog="python -m bench.resolve", description=__doc__)
-    parser.add_argument("--duration", type=float, default=8.0)
-    parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    add_run_arguments(parser, duration=8.0)
     parser.add_argument("--cold", action="store_true")
     parser.add_argument(
         "--baseline", type=Path, help="another checkout's proxy, measured alongside as 'base'"

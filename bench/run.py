@@ -488,12 +488,17 @@ def _latency_row(what: str, full: Result, ref: Result, p50: float, p99: float) -
     )
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, *, duration: float = 10.0) -> None:
+    """--duration, --warmup and --rounds, as every interleaving bench takes them."""
+    parser.add_argument("--duration", type=float, default=duration, help="seconds per measured run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print one table, and write it into ``--write`` if given."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median)")
+    add_run_arguments(parser)
     parser.add_argument("--write", type=Path, help="markdown file whose bench table to replace")
     args = parser.parse_args(argv)
 

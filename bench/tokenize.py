@@ -41,6 +41,7 @@ from bench.run import (
     _proxy_env,
     _start,
     _stop,
+    add_run_arguments,
     baseline_proxy,
     proxy_base_env,
 )
@@ -88,9 +89,7 @@ def _servers(work: Path, baseline: Path | None) -> Iterator[tuple[dict[str, Serv
 def main(argv: list[str] | None = None) -> int:
     """Measure tokenize against the bare forwarder; print the ratio."""
     parser = argparse.ArgumentParser(prog="python -m bench.tokenize", description=__doc__)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median)")
+    add_run_arguments(parser)
     parser.add_argument("--profile", type=Path, help="py-spy output (raw collapsed stacks)")
     parser.add_argument("--paced", action="store_true", help=f"also run each at {RATE:g} req/s")
     parser.add_argument(

@@ -238,16 +238,21 @@ async def test_vault_failure_after_partner_success_keeps_the_link(
     assert view["partner_reference"] == created
 
 
-async def test_vault_failure_without_key_counts_an_orphan(
-    fproxy: RunningProxy, faults: FaultProxy
-) -> None:
-    """Without a key a vault failure after the partner call is counted as an orphan."""
-    db = sqlite3.connect(fproxy.vault_path)
+def refuse_record_inserts(proxy: RunningProxy) -> None:
+    """Make the vault refuse every record insert from now on (the partner call still runs)."""
+    db = sqlite3.connect(proxy.vault_path)
     db.execute(
         "CREATE TRIGGER refuse BEFORE INSERT ON records BEGIN SELECT RAISE(ABORT, 'down'); END"
     )
     db.commit()
     db.close()
+
+
+async def test_vault_failure_without_key_counts_an_orphan(
+    fproxy: RunningProxy, faults: FaultProxy
+) -> None:
+    """Without a key a vault failure after the partner call is counted as an orphan."""
+    refuse_record_inserts(fproxy)
     status, _, _ = await post(fproxy, card_body(), None)
     assert status == 503
     assert await metric(fproxy, "tokenproxy_partner_orphans_total", partner="stripe") == 1
@@ -257,12 +262,7 @@ async def test_bank_vault_failure_without_key_counts_an_orphan(
     fproxy: RunningProxy, faults: FaultProxy
 ) -> None:
     """A bank account the partner created but the vault could not store is an orphan too."""
-    db = sqlite3.connect(fproxy.vault_path)
-    db.execute(
-        "CREATE TRIGGER refuse BEFORE INSERT ON records BEGIN SELECT RAISE(ABORT, 'down'); END"
-    )
-    db.commit()
-    db.close()
+    refuse_record_inserts(fproxy)
     status, _, _ = await fproxy.request(
         "POST", "/v1/bank-accounts", client="checkout", json=bank_body()
     )
