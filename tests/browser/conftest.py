@@ -2,7 +2,8 @@
 
 The checkout site serves one page on loopback. Reached as http://127.0.0.1:PORT it
 is an allowed origin; reached as http://localhost:PORT it is another origin (same
-server, different host name), which the proxy does not allow.
+server, different host name), which the proxy does not allow. With ``?postal=1`` the
+page mounts the fields with ``postalCode: true``.
 """
 
 from __future__ import annotations
@@ -103,18 +104,24 @@ CHECKOUT_PAGE = """<!doctype html>
   window.received = [];
   window.errors = [];
   window.actions = [];
+  window.failures = [];
+  window.changes = [];
   window.messages = [];
   window.addEventListener("message", function (e) {{
     window.messages.push({{ origin: e.origin, data: JSON.stringify(e.data) }});
   }});
+  var query = new URLSearchParams(location.search);
   var card = TokenProxy.mount("#card", {{
     publishableKey: "{key}",
+    postalCode: query.get("postal") === "1" ? true : undefined,
+    onChange: function (c) {{ window.changes.push(c); }},
     onToken: function (r) {{
       window.received.push(r);
       document.getElementById("result").textContent = "token " + r.token;
     }},
     onError: function (e) {{
       window.errors.push({{ type: e.type, code: e.code }});
+      window.failures.push({{ type: e.type, code: e.code, param: e.param }});
       if (e.nextAction) window.actions.push({{ nextAction: e.nextAction, setup: e.setup }});
       document.getElementById("result").textContent = "error " + e.code;
     }}

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import random
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+from tokenproxy_sandbox.launcher import Localstripe
+
 from proxy.domain.card import detect_brand, luhn_valid
+from proxy.domain.errors import ValidationFailed
+from proxy.domain.requests import parse_card_request
 from tests.browser.conftest import CheckoutSite
 from tests.cards import PARTNER_CARDS, VISA, luhn_complete
 from tests.conftest import RunningProxy
+from tests.helpers import partner_get, resolve
+from tests.proxy.test_cards_api import card_body
 from tokenproxy_client import TokenProxyClient
 
 
@@ -271,4 +279,258 @@ async def test_authentication_required_reaches_the_page_with_next_action_only(
     assert await frame.locator("#form-status").text_content() == (
         "Your bank needs to confirm it is you."
     )
+    await page.close()
+
+
+def _posted_cards(requests: list[Any]) -> list[Any]:
+    """The POST /v1/cards requests among those the page made (its frame included)."""
+    return [r for r in requests if r.method == "POST" and r.url.endswith("/v1/cards")]
+
+
+async def _postal_code_kept_nowhere(
+    proxy: RunningProxy,
+    localstripe: Localstripe,
+    token: str,
+    postal_code: str,
+    logged: str,
+) -> None:
+    """The card's PaymentMethod carries ``postal_code``; the vault, the token's views and the
+    proxy's log lines do not."""
+    resolved = await resolve(proxy, token)
+    _, pm = await partner_get(localstripe, f"/v1/payment_methods/{resolved['partner_reference']}")
+    assert pm["billing_details"]["address"]["postal_code"] == postal_code
+    assert postal_code not in json.dumps(resolved)
+    vault_files = list(proxy.vault_path.parent.glob(proxy.vault_path.name + "*"))
+    assert vault_files
+    assert not [f for f in vault_files if postal_code.encode() in f.read_bytes()]
+    assert "/v1/cards" in logged  # the request was logged: the next line looks at something
+    assert postal_code not in logged
+
+
+async def test_postal_code_field_refuses_empty_and_invalid_values_in_the_frame(
+    browser: Any, checkout: CheckoutSite, proxy: RunningProxy
+) -> None:
+    """With postalCode: true a labelled Postal code field shows; the card is not complete
+    without it, and an empty or invalid one is reported with no request sent."""
+    page = await browser.new_page()
+    requests: list[Any] = []
+    page.on("request", lambda r: requests.append(r))  # noqa: PLW0108 - Playwright sets an attribute on handlers; a bound builtin refuses it
+    await page.goto(checkout.allowed + "/?postal=1")
+    frame = await type_card(page, VISA.number, "1234", VISA.cvc)
+    field = frame.get_by_label("Postal code", exact=True)
+    assert await field.is_visible()
+    assert await field.is_enabled()
+    assert await field.get_attribute("id") == "postal_code"
+    assert await field.get_attribute("autocomplete") == "postal-code"
+    assert "postal_code-error" in str(await field.get_attribute("aria-describedby"))
+    error = frame.locator("#postal_code-error")
+    assert await error.get_attribute("aria-live") == "polite"
+    # The card alone is not complete while the field is shown.
+    changes = await page.evaluate("window.changes")
+    assert changes
+    assert changes[-1]["complete"] is False
+
+    await page.click("#pay")
+    await page.wait_for_function("window.failures.length === 1", timeout=10000)
+    assert await field.get_attribute("aria-invalid") == "true"
+    assert await error.text_content() == "Enter your postal code."
+
+    for n, value in enumerate(["75001!", "123456789012", "SW1A 1AA-"], start=2):
+        await field.fill("")
+        await field.press_sequentially(value, delay=5)
+        await page.click("#pay")
+        await page.wait_for_function(f"window.failures.length === {n}", timeout=10000)
+        assert await field.get_attribute("aria-invalid") == "true"
+        assert await error.text_content()
+    assert await page.evaluate("window.failures") == [
+        {"type": "validation_error", "code": "incomplete_postal_code", "param": "postal_code"},
+        *[{"type": "validation_error", "code": "invalid_postal_code", "param": "postal_code"}] * 3,
+    ]
+    assert await page.evaluate("window.received") == []
+    assert not [r for r in requests if "/v1/" in r.url]
+
+    await field.fill("")
+    await field.press_sequentially("75001", delay=5)
+    assert await field.get_attribute("aria-invalid") == "false"
+    assert await error.text_content() == ""
+    assert (await page.evaluate("window.changes"))[-1]["complete"] is True
+    await page.close()
+
+
+async def test_postal_code_field_reaches_the_partner_only(
+    *,
+    browser: Any,
+    checkout: CheckoutSite,
+    proxy: RunningProxy,
+    localstripe: Localstripe,
+    log_stream: io.StringIO,
+    artifacts: Path,
+) -> None:
+    """A postal code typed in the frame goes in the POST body to the partner's billing
+    address, is cleared with the card, and is kept in neither the vault nor the logs."""
+    start = len(log_stream.getvalue())
+    page = await browser.new_page()
+    requests: list[Any] = []
+    page.on("request", lambda r: requests.append(r))  # noqa: PLW0108 - Playwright sets an attribute on handlers; a bound builtin refuses it
+    await page.goto(checkout.allowed + "/?postal=1")
+    frame = await type_card(page, VISA.number, "1234", VISA.cvc)
+    # Spaces around the code are dropped; the partner gets the code itself.
+    await frame.locator("#postal_code").press_sequentially(" EH99 1SP ", delay=5)
+    await page.screenshot(path=str(artifacts / "checkout-postal-code.png"), full_page=True)
+    await page.click("#pay")
+    await page.wait_for_function("window.received.length === 1", timeout=15000)
+    assert await frame.locator("#postal_code").input_value() == ""
+    posts = _posted_cards(requests)
+    assert len(posts) == 1
+    assert posts[0].post_data_json["postal_code"] == "EH99 1SP"
+    received = await page.evaluate("window.received")
+    assert "EH99" not in json.dumps([received, await page.evaluate("window.messages")])
+    await _postal_code_kept_nowhere(
+        proxy, localstripe, received[0]["token"], "EH99 1SP", log_stream.getvalue()[start:]
+    )
+    await page.close()
+
+
+async def test_submit_postal_code_without_the_field_reaches_the_partner(
+    *,
+    browser: Any,
+    checkout: CheckoutSite,
+    proxy: RunningProxy,
+    localstripe: Localstripe,
+    log_stream: io.StringIO,
+) -> None:
+    """Without the field, submit({postalCode}) sends the page's postal code with the card;
+    without one the body has no postal_code at all."""
+    start = len(log_stream.getvalue())
+    page = await browser.new_page()
+    requests: list[Any] = []
+    page.on("request", lambda r: requests.append(r))  # noqa: PLW0108 - Playwright sets an attribute on handlers; a bound builtin refuses it
+    await page.goto(checkout.allowed + "/")
+    frame = await type_card(page, VISA.number, "1234", VISA.cvc)
+    assert await frame.locator("#postal_code").is_hidden()
+    await page.evaluate("card.submit({postalCode: 'K1A 0B9'}).catch(function () {})")
+    await page.wait_for_function("window.received.length === 1", timeout=15000)
+    posts = _posted_cards(requests)
+    assert len(posts) == 1
+    assert posts[0].post_data_json["postal_code"] == "K1A 0B9"
+    token = (await page.evaluate("window.received"))[0]["token"]
+    await _postal_code_kept_nowhere(
+        proxy, localstripe, token, "K1A 0B9", log_stream.getvalue()[start:]
+    )
+
+    await type_card(page, VISA.number, "1234", VISA.cvc)
+    await page.click("#pay")
+    await page.wait_for_function("window.received.length === 2", timeout=15000)
+    posts = _posted_cards(requests)
+    assert len(posts) == 2
+    assert "postal_code" not in posts[1].post_data_json
+    await page.close()
+
+
+async def test_invalid_or_conflicting_submit_postal_code_sends_nothing(
+    browser: Any, checkout: CheckoutSite, proxy: RunningProxy
+) -> None:
+    """An invalid submit({postalCode}) is a validation_error naming postal_code, and one
+    passed while the frame shows its own field is postal_code_conflict; no request either way."""
+    page = await browser.new_page()
+    requests: list[Any] = []
+    page.on("request", lambda r: requests.append(r))  # noqa: PLW0108 - Playwright sets an attribute on handlers; a bound builtin refuses it
+    await page.goto(checkout.allowed + "/")
+    await type_card(page, VISA.number, "1234", VISA.cvc)
+    invalid: list[object] = ["", "   ", "75001!", "-75001", "123456789012", VISA.number, 75001]
+    for n, value in enumerate(invalid, start=1):
+        await page.evaluate("v => card.submit({postalCode: v}).catch(function () {})", value)
+        await page.wait_for_function(f"window.failures.length === {n}", timeout=10000)
+    assert await page.evaluate("window.failures") == [
+        {"type": "validation_error", "code": "invalid_postal_code", "param": "postal_code"}
+    ] * len(invalid)
+
+    await page.goto(checkout.allowed + "/?postal=1")
+    frame = await type_card(page, VISA.number, "1234", VISA.cvc)
+    await frame.locator("#postal_code").press_sequentially("75001", delay=5)
+    await page.evaluate("card.submit({postalCode: '75001'}).catch(function () {})")
+    await page.wait_for_function("window.failures.length === 1", timeout=10000)
+    assert await page.evaluate("window.failures") == [
+        {"type": "validation_error", "code": "postal_code_conflict", "param": "postal_code"}
+    ]
+    assert await page.evaluate("window.received") == []
+    assert not [r for r in requests if "/v1/" in r.url]
+    await page.close()
+
+
+async def test_server_postal_code_error_shows_on_the_field(
+    browser: Any, checkout: CheckoutSite, proxy: RunningProxy
+) -> None:
+    """A 422 naming postal_code marks the shown field invalid and reaches onError."""
+    page = await browser.new_page()
+    answer = {
+        "error": {
+            "type": "card_error",
+            "code": "invalid_postal_code",
+            "message": "postal_code must be 1 to 12 letters, digits, spaces or dashes.",
+            "param": "postal_code",
+            "request_id": "req_test",
+        }
+    }
+
+    async def answer_422(route: Any) -> None:
+        await route.fulfill(
+            status=422,
+            content_type="application/json",
+            body=json.dumps(answer),
+            headers={"Access-Control-Allow-Origin": "*"},
+        )
+
+    await page.route("**/v1/cards", answer_422)
+    await page.goto(checkout.allowed + "/?postal=1")
+    frame = await type_card(page, VISA.number, "1234", VISA.cvc)
+    field = frame.locator("#postal_code")
+    await field.press_sequentially("75001", delay=5)
+    await page.click("#pay")
+    await page.wait_for_function("window.failures.length === 1", timeout=10000)
+    assert await page.evaluate("window.failures") == [
+        {"type": "card_error", "code": "invalid_postal_code", "param": "postal_code"}
+    ]
+    assert await field.get_attribute("aria-invalid") == "true"
+    assert await frame.locator("#postal_code-error").text_content() == (
+        "Your postal code is invalid."
+    )
+    await page.close()
+
+
+async def test_frame_postal_code_rule_matches_server_rule(
+    browser: Any, proxy: RunningProxy
+) -> None:
+    """The frame accepts exactly the postal codes proxy/domain/requests.py accepts."""
+    rng = random.Random(12)
+    values = [
+        "75001", "SW1A 1AA", "10115", "12345-6789", "K1A 0B9", "1193653471", "A",
+        "-75001", "75001-", "7500 1", "12345678901", "123456789012", "ABCDEFGHIJKLM",
+        "75001!", "7\uff15001", "\u0667\u0665\u0660\u0660\u0661", "75_001", "SW1A  1AA",
+        "1234567890A",
+    ]  # fmt: skip
+    alphabet = "0123456789AZaz -_.!é"
+    for _ in range(300):
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14)))
+        if value == value.strip():
+            values.append(value)
+
+    def server_refusal(value: str) -> str | None:
+        try:
+            parse_card_request(card_body(postal_code=value), today=date(2026, 1, 1))
+        except ValidationFailed as refused:
+            return refused.code
+        return None
+
+    page = await browser.new_page()
+    await page.goto(proxy.base + "/elements/card")
+    got = await page.evaluate(
+        "vs => vs.map(v => (TokenProxyCardRules.checkPostalCode(v, true) || {}).code || null)",
+        values,
+    )
+    assert got == [server_refusal(v) for v in values]
+    assert None in got
+    assert "invalid_postal_code" in got
+    # Not framed with postalCode: true, the field stays hidden.
+    assert await page.locator("#postal_code").is_hidden()
     await page.close()

@@ -84,3 +84,21 @@ async def test_no_other_files_served(proxy: RunningProxy, path: str) -> None:
     """Only the named assets exist; nothing else under /elements is served."""
     status, _, _ = await proxy.request("GET", path)
     assert status == 404
+
+
+def test_card_page_postal_code_field_is_hidden_until_asked_for() -> None:
+    """The postal code field is labelled, autofillable and tied to its live error slot, and
+    stays hidden and disabled until card.js shows it (mount option postalCode: true)."""
+    page = render_card_page((SHOP,))
+    block = re.search(r'<div id="postal_code-field"([^>]*)>(.*?)</div>', page, flags=re.S)
+    assert block is not None
+    assert re.search(r"\shidden\b", block.group(1))
+    assert '<label for="postal_code">Postal code</label>' in block.group(2)
+    field = re.search(r'<input id="postal_code"([^>]*)>', block.group(2))
+    assert field is not None
+    attrs = field.group(1)
+    assert 'autocomplete="postal-code"' in attrs
+    assert 'aria-describedby="postal_code-error"' in attrs
+    assert 'aria-invalid="false"' in attrs
+    assert re.search(r"\sdisabled\b", attrs)
+    assert '<p id="postal_code-error" class="error" aria-live="polite"></p>' in block.group(2)

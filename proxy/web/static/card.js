@@ -9,6 +9,10 @@
  * The brand rules (IIN ranges, lengths, CVC lengths) come from the server in
  * <body data-config>, so the frame and proxy/domain/card.py never disagree.
  * No inline script, no eval, no third-party code: the page's CSP forbids them.
+ *
+ * A billing postal code comes either from this frame's own field (mounted with
+ * postalCode: true) or from the page's submit({postalCode}), never both: with two
+ * sources one would silently lose, so that call is refused as postal_code_conflict.
  */
 (function () {
   "use strict";
@@ -145,6 +149,43 @@
     return null;
   }
 
+  // The server's rule (proxy/domain/requests.py): 1-12 ASCII letters, digits, spaces
+  // and dashes, starting and ending with a letter or digit, at most 10 digits. The
+  // digit cap is what keeps any card number (12 digits or more) out of the field.
+  var POSTAL_CODE = /^[A-Za-z0-9](?:[A-Za-z0-9 -]{0,10}[A-Za-z0-9])?$/;
+  var POSTAL_CODE_MAX_DIGITS = 10;
+
+  function checkPostalCode(raw, final) {
+    // Spaces around it are a typing or autofill slip, not part of the code.
+    var value = String(raw).trim();
+    if (value === "") {
+      return final ? { code: "incomplete_postal_code", message: "Enter your postal code." } : null;
+    }
+    if (!/^[A-Za-z0-9 -]*$/.test(value)) {
+      return {
+        code: "invalid_postal_code",
+        message: "Your postal code may only contain letters, digits, spaces and dashes."
+      };
+    }
+    if (value.length > 12 || value.replace(/[^0-9]/g, "").length > POSTAL_CODE_MAX_DIGITS) {
+      return { code: "invalid_postal_code", message: "Your postal code is too long." };
+    }
+    // A dash at the end may be half-typed; only a finished value must end right.
+    if (final && !POSTAL_CODE.test(value)) {
+      return { code: "invalid_postal_code", message: "Your postal code is invalid." };
+    }
+    return null;
+  }
+
+  /* A postal code handed over by the page: it cannot be fixed in the frame, so an
+     empty or non-string one is invalid rather than incomplete. */
+  function checkGivenPostalCode(value) {
+    if (typeof value !== "string" || value.trim() === "") {
+      return { code: "invalid_postal_code", message: "The postal code is invalid." };
+    }
+    return checkPostalCode(value, true);
+  }
+
   function formatNumber(digits, brand) {
     var groups = brand === "amex" ? [4, 6, 5] : [4, 4, 4, 4, 3];
     var out = [];
@@ -166,7 +207,8 @@
     cvcLength: cvcLength,
     checkNumber: checkNumber,
     checkExpiry: checkExpiry,
-    checkCvc: checkCvc
+    checkCvc: checkCvc,
+    checkPostalCode: checkPostalCode
   };
 
   // ------------------------------------------------------- parent handshake
@@ -174,6 +216,7 @@
   var params = new URLSearchParams(location.hash.slice(1));
   var publishableKey = params.get("key") || "";
   var parentOrigin = params.get("origin") || "";
+  var askPostalCode = params.get("postalCode") === "1";
   var allowed = config.origins || [];
   var embedded = window.parent !== window;
   var ancestors = location.ancestorOrigins;
@@ -199,6 +242,9 @@
     expiry: document.getElementById("expiry"),
     cvc: document.getElementById("cvc")
   };
+  if (askPostalCode) fields.postal_code = document.getElementById("postal_code");
+  // Checked, reported and cleared in this order; the names are the params onError gets.
+  var order = Object.keys(fields);
   var brandLabel = document.getElementById("brand");
   var busy = false;
 
@@ -206,7 +252,8 @@
     status.textContent = "This card form cannot be used on this page.";
     return;
   }
-  Object.keys(fields).forEach(function (name) {
+  if (askPostalCode) document.getElementById("postal_code-field").hidden = false;
+  order.forEach(function (name) {
     fields[name].disabled = false;
   });
 
@@ -226,11 +273,12 @@
   function check(name, final) {
     if (name === "number") return checkNumber(fields.number.value, final);
     if (name === "expiry") return checkExpiry(fields.expiry.value, final);
+    if (name === "postal_code") return checkPostalCode(fields.postal_code.value, final);
     return checkCvc(fields.cvc.value, currentBrand(), final);
   }
 
   function changed() {
-    var complete = ["number", "expiry", "cvc"].every(function (n) {
+    var complete = order.every(function (n) {
       return check(n, true) === null;
     });
     tell({ type: "tokenproxy:change", complete: complete, brand: currentBrand() });
@@ -265,7 +313,13 @@
     show("cvc", check("cvc", false));
     changed();
   });
-  Object.keys(fields).forEach(function (name) {
+  if (askPostalCode) {
+    fields.postal_code.addEventListener("input", function () {
+      show("postal_code", check("postal_code", false));
+      changed();
+    });
+  }
+  order.forEach(function (name) {
     fields[name].addEventListener("blur", function () {
       if (fields[name].value) show(name, check(name, true));
     });
@@ -300,13 +354,24 @@
     tell({ type: "tokenproxy:error", error: error });
   }
 
-  function submit() {
+  function submit(given) {
     if (busy) {
       fail({ type: "validation_error", code: "submit_in_progress", message: "Already submitting." });
       return;
     }
+    var hasGiven = given !== undefined && given !== null;
+    if (hasGiven && askPostalCode) {
+      // The page's mistake, not the shopper's: nothing to show in the fields.
+      fail({
+        type: "validation_error",
+        code: "postal_code_conflict",
+        param: "postal_code",
+        message: "The postal code field is shown; submit() must not pass one too."
+      });
+      return;
+    }
     var first = null;
-    ["number", "expiry", "cvc"].forEach(function (name) {
+    order.forEach(function (name) {
       var error = check(name, true);
       show(name, error);
       if (error && first === null) first = { name: name, error: error };
@@ -322,14 +387,30 @@
       });
       return;
     }
+    if (hasGiven) {
+      var givenError = checkGivenPostalCode(given);
+      if (givenError !== null) {
+        fail({
+          type: "validation_error",
+          code: givenError.code,
+          param: "postal_code",
+          message: givenError.message
+        });
+        return;
+      }
+    }
     var expiry = parseExpiry(fields.expiry.value);
     var year = parseInt(expiry.year, 10);
-    var body = JSON.stringify({
+    var card = {
       number: digitsOf(fields.number.value),
       exp_month: parseInt(expiry.month, 10),
       exp_year: expiry.year.length === 2 ? 2000 + year : year,
       cvc: fields.cvc.value
-    });
+    };
+    // Sent only when there is one: the proxy then adds no billing address at all.
+    var postalCode = askPostalCode ? fields.postal_code.value : hasGiven ? given : "";
+    if (postalCode.trim() !== "") card.postal_code = postalCode.trim();
+    var body = JSON.stringify(card);
     busy = true;
     form.setAttribute("aria-busy", "true");
     status.textContent = "Saving your card…";
@@ -356,7 +437,7 @@
         if (result.status === 201 && result.payload && result.payload.token) {
           // The token stands for the card now: clear the fields so the card data
           // leaves the page's memory and screen (and any screenshot of it).
-          Object.keys(fields).forEach(function (name) {
+          order.forEach(function (name) {
             fields[name].value = "";
           });
           brandLabel.textContent = "";
@@ -371,6 +452,17 @@
         }
         var err = (result.payload && result.payload.error) || {};
         status.textContent = err.message || "The card could not be saved.";
+        if (err.param === "postal_code" && askPostalCode) {
+          // The shopper typed it, so the shopper is the one to fix it.
+          show("postal_code", {
+            code: err.code,
+            message:
+              err.code === "invalid_postal_code" || !err.message
+                ? "Your postal code is invalid."
+                : err.message
+          });
+          fields.postal_code.focus();
+        }
         var failure = {
           type: err.type || "api_error",
           code: err.code || "http_" + result.status,
@@ -401,7 +493,7 @@
   window.addEventListener("message", function (event) {
     if (event.source !== window.parent || event.origin !== parentOrigin) return;
     var data = event.data || {};
-    if (data.type === "tokenproxy:submit") submit();
+    if (data.type === "tokenproxy:submit") submit(data.postalCode);
   });
 
   function resize() {

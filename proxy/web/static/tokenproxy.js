@@ -4,12 +4,21 @@
  *   <script src="https://tokens.shop.example/elements/tokenproxy.js"></script>
  *   var card = TokenProxy.mount("#card", {
  *     publishableKey: "pk_...",
+ *     postalCode: true,   // optional: the frame asks for the billing postal code too
  *     onToken: function (result) { ... result.token, result.brand, result.last4 ... },
  *     onError: function (error) { ... error.type, error.code, error.message ... }
  *   });
  *   // error.code "authentication_required": error.nextAction says where to send the
  *   // shopper (redirect_to_url.url); error.setup goes to POST /v1/cards/confirm after.
  *   payButton.onclick = function () { card.submit(); };   // also returns a Promise
+ *
+ * The billing postal code (sent to the partner for the issuer's address check, never
+ * stored) comes from one place only: the frame's own field (postalCode: true), or,
+ * when the page already has the billing address, card.submit({postalCode: "..."}).
+ * Passing one to submit() while the field is shown is refused (validation_error,
+ * code "postal_code_conflict"), since one of the two would be silently dropped. The
+ * frame checks it as the proxy does; an invalid one is a validation_error with code
+ * "invalid_postal_code" and param "postal_code", and nothing is sent.
  *
  * The card fields live in an iframe served by the proxy. Card data is typed into
  * that frame and sent from it straight to the proxy; this page only ever receives
@@ -55,6 +64,7 @@
 
     var frame = document.createElement("iframe");
     var hash = new URLSearchParams({ key: options.publishableKey, origin: location.origin });
+    if (options.postalCode === true) hash.set("postalCode", "1");
     frame.src = FRAME_URL + "#" + hash.toString();
     frame.title = options.title || "Secure card details";
     frame.setAttribute("sandbox", "allow-scripts allow-same-origin");
@@ -62,11 +72,12 @@
     frame.setAttribute("scrolling", "no");
     frame.style.border = "0";
     frame.style.width = "100%";
-    frame.style.height = "170px";
+    // The frame reports its real height once loaded; this only avoids a jump.
+    frame.style.height = options.postalCode === true ? "260px" : "170px";
     frame.style.overflow = "hidden";
 
     var ready = false;
-    var queued = false;
+    var queued = null;
     var pending = null;
 
     function settle(ok, value) {
@@ -85,8 +96,9 @@
         case "tokenproxy:ready":
           ready = true;
           if (queued) {
-            queued = false;
-            send();
+            var message = queued;
+            queued = null;
+            send(message);
           }
           break;
         case "tokenproxy:resize":
@@ -112,20 +124,38 @@
       }
     }
 
-    function send() {
-      frame.contentWindow.postMessage({ type: "tokenproxy:submit" }, PROXY_ORIGIN);
+    function send(message) {
+      frame.contentWindow.postMessage(message, PROXY_ORIGIN);
     }
 
-    function submit() {
+    function submit(submitOptions) {
       if (pending) {
         return Promise.reject(
           new TokenProxyError({ type: "validation_error", code: "submit_in_progress" })
         );
       }
+      var message = { type: "tokenproxy:submit" };
+      var postalCode = (submitOptions || {}).postalCode;
+      if (postalCode !== undefined && postalCode !== null) {
+        if (typeof postalCode !== "string") {
+          // A number would have lost its leading zeros (02134), and an object may not
+          // even cross postMessage: refuse here rather than guess.
+          var wrong = new TokenProxyError({
+            type: "validation_error",
+            code: "invalid_postal_code",
+            param: "postal_code",
+            message: "postalCode must be a string."
+          });
+          onError(wrong);
+          return Promise.reject(wrong);
+        }
+        // The frame checks the value itself, with the rule of its own field.
+        message.postalCode = postalCode;
+      }
       return new Promise(function (resolve, reject) {
         pending = { resolve: resolve, reject: reject };
-        if (ready) send();
-        else queued = true;
+        if (ready) send(message);
+        else queued = message;
       });
     }
 
