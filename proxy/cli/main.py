@@ -27,6 +27,7 @@ from prometheus_client import write_to_textfile
 from proxy.cli import reconcile as reconcile_cli
 from proxy.cli.workers import Supervisor, tell_supervisor
 from proxy.core import admin
+from proxy.core.audit import DIGEST_KINDS
 from proxy.infra.clients import SCOPES, ClientsFileError, add_client, parse_scopes
 from proxy.infra.log import configure_logging
 from proxy.infra.metrics import Metrics
@@ -471,10 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parser("verify", help="check the hash chain").set_defaults(func=cmd_audit_verify)
     digest = audit.add_parser(
         "digest",
-        help="the keyed digest the trail records for a token, customer ref, payment method"
-        " or partner key",
+        help="the keyed digest the trail records for a value it does not hold as is (a"
+        " token, customer ref, payment method, partner key, Stripe event id, address...)",
     )
-    digest.add_argument("what", choices=["token", "customer", "payment_method", "partner_key"])
+    digest.add_argument("what", choices=DIGEST_KINDS)
     digest.add_argument("value")
     digest.set_defaults(func=cmd_audit_digest)
     export = audit.add_parser("export", help="write events as JSON lines")

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from proxy.core.audit import recordable
 from proxy.core.retention import sweep
 from proxy.infra.clients import (
     PUBLISHABLE_SCOPES,
@@ -266,16 +267,28 @@ async def add(admin: Admin, new: NewClient) -> AddedClient:
         raise Refused(str(exc)) from None
     detail: Detail = {"scopes": ",".join(sorted(added.scopes)), "publishable": added.publishable}
     if added.cert_identity is not None:
-        detail["cert_subject"] = added.cert_identity
+        # The certificate's issuer chose it: a device serial or an IPv6 SAN may pass for
+        # a card number, and the client is already added.
+        detail["cert_subject"] = recordable(admin.vault, "cert_subject", added.cert_identity)
     await admin.record(
         EventType.CLIENT_ADD, ok=True, resource=f"client:{added.name}", detail=detail
     )
     return added
 
 
+def _client_resource(admin: Admin, name: str) -> str:
+    """A client named on the command line as an audit resource.
+
+    The name need not be a client's (only those are checked when added) and may be
+    anything typed, a card number even: then only its digest, as a refused `add` records.
+    """
+    named = recordable(admin.vault, "client", name)
+    return f"client:{name}"[:200] if named == name else named
+
+
 async def remove(admin: Admin, name: str) -> None:
     """Remove a client and all its keys, and record it; Refused when there is no such client."""
-    resource = f"client:{name}"[:200]
+    resource = _client_resource(admin, name)
     try:
         remove_client(admin.settings.clients_path, name)
     except ValueError as exc:
@@ -298,7 +311,7 @@ async def rotate(
 ) -> RotatedClient:
     """Give a client a new key; its old key works until ``old_valid_until`` (an ISO time)
     or for ``grace`` (90s, 30m, 24h, 7d; 0 ends it now). Refused (recorded) when bad."""
-    resource = f"client:{name}"[:200]
+    resource = _client_resource(admin, name)
     try:
         if old_valid_until is not None:
             until = parse_time(old_valid_until)

@@ -8,8 +8,9 @@ authentications are tallied and written in batches by :mod:`proxy.web.authguard`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
+from pandetect import holds_pan
 from proxy.core.services import Services
 from proxy.core.tokens import read_token
 from proxy.domain.errors import ProxyError, ServiceUnavailable
@@ -17,6 +18,33 @@ from proxy.infra.metrics import Metrics
 from vault import Vault
 from vault.audit import EventType, Outcome
 from vault.errors import AuditUnavailable
+
+# Every kind the trail records as a keyed digest: `tokenproxy audit digest` offers each,
+# or an operator could not find an event that names its value only by digest.
+DIGEST_KINDS: Final = (
+    "token",
+    "customer",
+    "payment_method",
+    "partner_key",
+    "event",
+    "ip_address",
+    "origin",
+    "client",
+    "cert_subject",
+)
+
+
+def recordable(vault: Vault, what: str, value: str) -> str:
+    """``value`` for an audit field, or its keyed digest ``what:…`` when the trail would refuse it.
+
+    An id from outside the proxy (a Stripe event id, a shopper's address, a name typed for
+    a client that does not exist) is opaque text that can hold a Luhn-valid run of 13-19
+    digits by chance. The trail refuses such a run, as it must, and an id recorded as sent
+    would then fail the audited action on every retry: Stripe redelivers an event for
+    days. Its digest still lets an operator find the event (``tokenproxy audit digest``).
+    The test is the trail's own, so the trail never refuses what this returns.
+    """
+    return vault.audit.digest(what, value) if holds_pan(value, hex_words=True) else value
 
 
 def resource_of(vault: Vault, token: str, *, found: bool) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from proxy.core.audit import append_or_refuse, resource_of
+from proxy.core.audit import append_or_refuse, recordable, resource_of
 from proxy.core.services import Services, partner_call, vault_call
 from proxy.core.views import listed_view, reusable
 from proxy.domain.bank import MandateAcceptance
@@ -425,7 +425,8 @@ async def store_saved(
                 # the audit trail's retention, and at the partner in the mandate, not in
                 # the record.
                 detail={
-                    "ip_address": save.mandate.ip_address,
+                    # An IPv6 address can be written in decimal-looking groups.
+                    "ip_address": recordable(vault, "ip_address", save.mandate.ip_address),
                     "user_agent": save.mandate.user_agent,
                     "accepted_at": save.mandate.accepted_at,
                 },

@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar
 
 import structlog
 
-from proxy.core.audit import append_or_refuse
+from proxy.core.audit import append_or_refuse, recordable
 from proxy.core.services import Services, ensure_vault_up, vault_call
 from proxy.domain.errors import ProxyError, ServiceUnavailable
 from proxy.partners.ports import PartnerEvent
@@ -142,7 +142,11 @@ async def _audit(services: Services, event: PartnerEvent, change: sync.Change) -
         actor="partner:" + services.partner.name,
         origin=None,
         resource=change.synced.record.token,
-        detail={"event": event.id, "event_type": event.type, "fields": changed},
+        detail={
+            "event": recordable(services.vault, "event", event.id),
+            "event_type": event.type,
+            "fields": changed,
+        },
     )
 
 

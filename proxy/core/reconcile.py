@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final, TypeVar
 
-from pandetect import holds_pan
-from proxy.core.audit import append_or_refuse
+from proxy.core.audit import append_or_refuse, recordable
 from proxy.core.partner_sync import iso_from_unix
 from proxy.core.services import Services, partner_call, vault_call
 from proxy.domain.errors import NotFound, PartnerError
@@ -162,13 +161,8 @@ class _Run:
         report is made once.
         """
         if self.options.fix:
-            # A hex key from an earlier version may hold a card-number-like digit run,
-            # which the trail refuses: that one is recorded as its digest.
-            named = (
-                self.services.vault.audit.digest("partner_key", partner_key)
-                if holds_pan(partner_key)
-                else partner_key
-            )
+            # A hex key from an earlier version may hold a card-number-like digit run.
+            named = recordable(self.services.vault, "partner_key", partner_key)
             await self.audit("reconcile.outbox_unresolved", named, {"partner_key": named})
         self.report("orphan", False, partner_key=partner_key, payment_method=None)
 

@@ -18,6 +18,7 @@ import pytest
 
 from proxy.cli.main import main
 from proxy.infra.clients import ClientRegistry
+from tests.cards import card_like_run
 from vault import IdempotencyStore, Kind, LocalKekProvider, NewRecord, Vault
 from vault.keys.ring import init_keyring
 from vault.migrations import migration_scripts
@@ -89,6 +90,40 @@ def test_clients_add_rejects_bad_input(
     trail = sqlite3.connect(ring / "vault.db").execute("SELECT * FROM audit_events").fetchall()
     assert trail[-1][2] == "client.add"
     assert argv[2] not in str(trail)
+
+
+@pytest.mark.parametrize("command", ["remove", "rotate"])
+def test_a_card_like_name_that_is_no_client_is_refused_and_audited_by_digest(
+    ring: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """remove and rotate of a name holding a card-number-like run refuse it in one line and
+    record the refusal under the name's ``client:`` digest, as a refused add does."""
+    assert main(["clients", "add", "billing", "--scopes", "resolve"]) == 0
+    name = "x" + card_like_run()
+    assert main(["clients", command, name]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["audit", "digest", "client", name]) == 0
+    digest = capsys.readouterr().out.strip()
+    trail = sqlite3.connect(ring / "vault.db").execute("SELECT * FROM audit_events").fetchall()
+    assert trail[-1][2:4] == (f"client.{command}", "failure")
+    assert trail[-1][6] == digest
+    assert name[1:] not in str(trail)
+
+
+def test_a_card_like_certificate_identity_is_audited_by_digest(
+    ring: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A client bound to a certificate identity whose digits pass for a card number is
+    added and audited, the identity recorded as its ``cert_subject:`` digest."""
+    identity = "CN=device" + card_like_run()
+    argv = ["clients", "add", "billing", "--scopes", "resolve", "--cert-subject", identity]
+    assert main(argv) == 0
+    assert main(["audit", "digest", "cert_subject", identity]) == 0
+    digest = capsys.readouterr().out.strip().splitlines()[-1]
+    trail = sqlite3.connect(ring / "vault.db").execute("SELECT * FROM audit_events").fetchall()
+    assert trail[-1][2:4] == ("client.add", "success")
+    assert json.loads(trail[-1][7])["cert_subject"] == digest
+    assert identity not in str(trail)
 
 
 def test_duplicate_client_name_refused(ring: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -218,7 +253,16 @@ def test_audit_digest_matches_what_the_trail_records(
     ring: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`audit digest` prints the same keyed digest the proxy records, for each kind."""
-    cases = [("customer", "cus-1001"), ("payment_method", "pm_1"), ("partner_key", "tp_1")]
+    cases = [
+        ("customer", "cus-1001"),
+        ("payment_method", "pm_1"),
+        ("partner_key", "tp_1"),
+        ("event", "evt_1"),
+        ("ip_address", "2001:db8::1"),
+        ("origin", "203.0.113.7"),
+        ("client", "billing"),
+        ("cert_subject", "CN=billing"),
+    ]
     printed = []
     for what, value in cases:
         capsys.readouterr()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,9 +13,20 @@ from tokenproxy_sandbox.launcher import Localstripe
 from proxy.domain.bank import MIN_HIDDEN_CHARS, national_bank_code
 from proxy.domain.hazmat import Iban
 from proxy.domain.iban import IBAN_LENGTHS
+from proxy.web.appkeys import SERVICES
+from tests.cards import card_like_run
 from tests.conftest import RunningProxy
-from tests.helpers import bank_body, counted, create, metrics_text, partner_get, resolve
+from tests.helpers import (
+    MANDATE_ACCEPTANCE,
+    bank_body,
+    counted,
+    create,
+    metrics_text,
+    partner_get,
+    resolve,
+)
 from tests.ibans import VALID, IbanCase, with_check_digits
+from vault.audit import EventType
 
 
 @pytest.mark.parametrize("case", VALID, ids=lambda c: c.country)
@@ -131,6 +145,27 @@ async def test_bank_account_with_customer_is_attached(
     reference = (await resolve(proxy, created["token"]))["partner_reference"]
     _, pm = await partner_get(localstripe, f"/v1/payment_methods/{reference}")
     assert pm["customer"].startswith("cus_")
+
+
+async def test_a_shopper_address_that_reads_as_a_card_number_is_audited_as_its_digest(
+    proxy: RunningProxy,
+) -> None:
+    """An IPv6 address whose four groups form a Luhn-valid run does not make saving the
+    account fail: the mandate.accept event holds the address's ``ip_address:`` digest."""
+    run = card_like_run()
+    address = ":".join(run[i : i + 4] for i in range(0, 16, 4)) + "::"
+    assert str(ipaddress.ip_address(address)) == address
+    acceptance = {**MANDATE_ACCEPTANCE, "ip_address": address}
+    body = bank_body(customer_ref="cus-sepa-v6", mandate_acceptance=acceptance)
+    created = await create(proxy, "/v1/bank-accounts", body)
+    vault = proxy.app[SERVICES].vault
+    events = await vault.audit.events()
+    [accepted] = [e for e in events if e.entry.event_type == EventType.MANDATE_ACCEPT]
+    assert accepted.entry.resource == created["token"]
+    detail = json.loads(accepted.entry.detail or "{}")
+    assert detail["ip_address"] == vault.audit.digest("ip_address", address)
+    assert detail["user_agent"] == MANDATE_ACCEPTANCE["user_agent"]
+    assert not any(run in str(e.entry) for e in events)
 
 
 @given(

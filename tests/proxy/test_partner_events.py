@@ -11,11 +11,21 @@ from typing import Any
 import pytest
 from tokenproxy_sandbox.launcher import Localstripe
 
+from pandetect import holds_pan
 from proxy.web.appkeys import SERVICES
+from tests.cards import card_like_run
 from tests.conftest import RunningProxy, make_settings, running_proxy
 from tests.helpers import bank_body, create, metrics_text, resolve
 from tests.proxy.test_cards_api import card_body
-from tests.stripe_events import NEXT_SECRET, OTHER_SECRET, SECRET, card_pm, event, sign
+from tests.stripe_events import (
+    NEXT_SECRET,
+    OTHER_SECRET,
+    SECRET,
+    card_like_event_id,
+    card_pm,
+    event,
+    sign,
+)
 
 EVENTS = "/v1/partners/stripe/events"
 
@@ -234,6 +244,30 @@ async def test_each_change_is_audited_and_the_body_never_logged(
         "event_type": "payment_method.updated",
         "fields": ["exp_month"],
     }
+
+
+async def test_an_event_id_that_reads_as_a_card_number_is_audited_as_its_digest(
+    synced: RunningProxy,
+) -> None:
+    """An event whose Stripe id holds a Luhn-valid digit run is applied, not refused on
+    every redelivery: the trail names it by its ``event:`` digest, never the run."""
+    token, pm, cus = await card_token(synced, "cus-card-like-id")
+    run = card_like_run()
+    event_id = card_like_event_id(run)
+    assert holds_pan(event_id, hex_words=True)
+    body = event("payment_method.updated", card_pm(pm, cus, exp_month=6), event_id=event_id)
+    status, answer = await deliver(synced, body)
+    assert status == 200, answer
+    assert (answer["outcome"], answer["replayed"]) == ("applied", False)
+    assert (await read(synced, token))["exp_month"] == 6
+    trail = [row async for row in _audit(synced)]
+    updates = [e for e in trail if e["event_type"] == "token.partner_update"]
+    digest = synced.app[SERVICES].vault.audit.digest("event", event_id)
+    assert [json.loads(e["detail"])["event"] for e in updates] == [digest]
+    assert not any(run in json.dumps(e) for e in trail)
+    status, answer = await deliver(synced, body)
+    assert status == 200, answer
+    assert (answer["outcome"], answer["replayed"]) == ("applied", True)
 
 
 async def _audit(proxy: RunningProxy) -> AsyncIterator[dict[str, Any]]:
