@@ -103,9 +103,19 @@ class Result:
     errors: int
 
 
-def _start(name: str, argv: list[str], port: int, env: dict[str, str] | None = None) -> Server:
+def _start(
+    name: str,
+    argv: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Server:
     process = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or dict(os.environ)
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env or dict(os.environ),
+        cwd=cwd,
     )
     server = Server(name, port, process)
     deadline = time.monotonic() + 30
@@ -343,7 +353,9 @@ def baseline_proxy(tree: Path, base: dict[str, str]) -> Server:
     path = os.pathsep.join(str(tree / sub) for sub in ("", "sandbox", "clients/python"))
     port, ops = free_port(), free_port()
     env = _proxy_env({**base, "PYTHONPATH": path}, port, ops)
-    return _start("base", [sys.executable, "-m", "proxy", "serve"], port, env)
+    # `python -m` puts the working directory ahead of PYTHONPATH: started from this
+    # checkout, the "baseline" would import this checkout's proxy, not the tree's.
+    return _start("base", [sys.executable, "-m", "proxy", "serve"], port, env, cwd=tree)
 
 
 def _proxy_env(base: dict[str, str], port: int, ops_port: int, **extra: str) -> dict[str, str]:
