@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -269,6 +270,93 @@ async def test_sqlite_writer_waits_for_the_write_lock_but_never_hangs_on_it(
 def _size(path: str | Path) -> int:
     """A file's size: a stat, too quick to hand to a thread."""
     return Path(path).stat().st_size
+
+
+async def _blob_writes(backend: SqliteBackend, count: int, size: int, *, writers: int) -> None:
+    """``count`` one-row commits of ``size`` random bytes, from ``writers`` at once."""
+    remaining = iter(range(count))
+
+    def insert(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO blobs VALUES (?)", (os.urandom(size),))
+
+    async def writer() -> None:
+        for _ in remaining:
+            await backend._write(insert, atomic=True)
+
+    await asyncio.gather(*(writer() for _ in range(writers)))
+
+
+async def test_sqlite_checkpoints_keep_the_wal_small_under_steady_writes(tmp_path: Path) -> None:
+    """Checkpoints run off the commit path, yet the WAL restarts under unbroken writes:
+    16 MB written, the WAL never past a few MB (SQLite's own checkpoint is switched off)."""
+    path = tmp_path / "steady.db"
+    backend = SqliteBackend(path)
+    try:
+        assert backend._writer.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        backend._writer.execute("CREATE TABLE blobs (data BLOB)")
+        largest = 0
+
+        async def watch() -> None:
+            nonlocal largest
+            while True:
+                with contextlib.suppress(FileNotFoundError):
+                    largest = max(largest, _size(f"{path}-wal"))
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        await _blob_writes(backend, 2000, 8192, writers=16)
+        watcher.cancel()
+        assert largest < 8 * 2**20
+        rows = backend._writer.execute("SELECT count(*) FROM blobs").fetchone()
+        assert rows == (2000,)
+    finally:
+        await backend.close()
+    assert backend._checkpointer._thread is not None
+    assert not backend._checkpointer._thread.is_alive()
+
+
+async def test_sqlite_commits_of_a_quiet_spell_are_checkpointed(tmp_path: Path) -> None:
+    """A few commits after the last round reach the database file within seconds."""
+    path = tmp_path / "quiet.db"
+    backend = SqliteBackend(path)
+
+    async def file_grows_past(size: int) -> int:
+        for _ in range(100):
+            if (now := _size(path)) > size:
+                return now
+            await asyncio.sleep(0.05)
+        raise AssertionError("the database file did not grow: no checkpoint ran")
+
+    try:
+        backend._writer.execute("CREATE TABLE blobs (data BLOB)")
+        empty = _size(path)
+        await _blob_writes(backend, 40, 8192, writers=1)
+        after_rounds = await file_grows_past(empty + 30 * 8192)
+        await _blob_writes(backend, 5, 8192, writers=1)  # fewer than a round's worth
+        await file_grows_past(after_rounds + 4 * 8192)
+    finally:
+        await backend.close()
+
+
+async def test_sqlite_writer_checkpoints_when_the_checkpoint_thread_cannot_connect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without its own connection the checkpointer hands every round to the writer: the
+    WAL still stays small."""
+    path = tmp_path / "inline.db"
+    backend = SqliteBackend(path)
+
+    def refuse(*args: object, **kwargs: object) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr("vault.backends.sqlite._connect", refuse)
+    try:
+        backend._writer.execute("CREATE TABLE blobs (data BLOB)")
+        await _blob_writes(backend, 1000, 8192, writers=8)
+        assert backend._checkpointer._inline
+        assert _size(f"{path}-wal") < 4 * 2**20
+    finally:
+        await backend.close()
 
 
 async def test_sqlite_erasure_checkpoint_waits_out_another_checkpoint(tmp_path: Path) -> None:

@@ -198,8 +198,8 @@ class SqliteLifecycleMixin:
         loop = asyncio.get_running_loop()
 
         def run() -> bool:
-            # Another checkpoint under way (another worker's automatic one) makes this one
-            # answer busy at once: wait it out, briefly.
+            # Another checkpoint under way (the backend's own checkpoint thread, another
+            # process) makes this one answer busy at once: wait it out, briefly.
             deadline = time.monotonic() + self._timeout_ms / 1000
             while True:
                 busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
