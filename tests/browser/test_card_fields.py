@@ -248,15 +248,7 @@ async def test_authentication_required_reaches_the_page_with_next_action_only(
         }
     }
 
-    async def answer_402(route: Any) -> None:
-        await route.fulfill(
-            status=402,
-            content_type="application/json",
-            body=json.dumps(answer),
-            headers={"Access-Control-Allow-Origin": "*"},
-        )
-
-    await page.route("**/v1/cards", answer_402)
+    await _answer_cards_with(page, 402, answer)
     await page.goto(checkout.allowed + "/")
     frame = await type_card(page, VISA.number, "1234", VISA.cvc)
     await page.click("#pay")
@@ -280,6 +272,20 @@ async def test_authentication_required_reaches_the_page_with_next_action_only(
         "Your bank needs to confirm it is you."
     )
     await page.close()
+
+
+async def _answer_cards_with(page: Any, status: int, answer: dict[str, Any]) -> None:
+    """Have the page's POST /v1/cards answered with ``status`` and ``answer``, not by the proxy."""
+
+    async def fulfill(route: Any) -> None:
+        await route.fulfill(
+            status=status,
+            content_type="application/json",
+            body=json.dumps(answer),
+            headers={"Access-Control-Allow-Origin": "*"},
+        )
+
+    await page.route("**/v1/cards", fulfill)
 
 
 def _posted_cards(requests: list[Any]) -> list[Any]:
@@ -473,15 +479,7 @@ async def test_server_postal_code_error_shows_on_the_field(
         }
     }
 
-    async def answer_422(route: Any) -> None:
-        await route.fulfill(
-            status=422,
-            content_type="application/json",
-            body=json.dumps(answer),
-            headers={"Access-Control-Allow-Origin": "*"},
-        )
-
-    await page.route("**/v1/cards", answer_422)
+    await _answer_cards_with(page, 422, answer)
     await page.goto(checkout.allowed + "/?postal=1")
     frame = await type_card(page, VISA.number, "1234", VISA.cvc)
     field = frame.locator("#postal_code")
