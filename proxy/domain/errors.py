@@ -98,7 +98,8 @@ ERROR_CODES: frozenset[str] = frozenset(
         "partner_mismatch", "card_declined",
         "partner_busy", "partner_idempotency_error", "partner_permission_denied",
         "partner_resource_missing", "partner_mode_mismatch", "partner_customer_deleted",
-        "authentication_required", "incorrect_cvc", "incorrect_number", "processing_error",
+        "authentication_required", "incorrect_cvc", "incorrect_number", "incorrect_zip",
+        "processing_error",
         "card_not_supported", "setup_intent_authentication_failure",
         # The proxy itself.
         "internal_error", "service_unavailable", "vault_unavailable", "record_unreadable",

@@ -81,6 +81,8 @@ _CARD_CODES = frozenset(
         "expired_card",
         "incorrect_cvc",
         "incorrect_number",
+        # The issuer's postal code check failed: the shopper can correct it.
+        "incorrect_zip",
         "invalid_cvc",
         "invalid_expiry_month",
         "invalid_expiry_year",

@@ -496,6 +496,54 @@ async def test_server_postal_code_error_shows_on_the_field(
     await page.close()
 
 
+# A refusal the frame's own checks let through (a partner's decline, a rule only the proxy
+# or Stripe knows), the field it lands on, and what the shopper reads there.
+_REFUSALS_ON_FIELDS = [
+    (422, "card_error", "invalid_number", "number", "number", "Your card number is invalid."),
+    (402, "card_error", "incorrect_number", None, "number", "Your card number is invalid."),
+    (402, "card_error", "incorrect_cvc", None, "cvc", "Your card's security code is incorrect."),
+    (402, "card_error", "expired_card", None, "expiry", "Your card has expired."),
+    (422, "card_error", "invalid_expiry_year", "exp_year", "expiry",
+     "Your card's expiry date is invalid."),
+    (402, "card_error", "card_declined", None, None, None),
+]  # fmt: skip
+
+
+async def test_proxy_refusals_show_on_the_field_they_are_about(
+    browser: Any, checkout: CheckoutSite, proxy: RunningProxy
+) -> None:
+    """A refusal naming a field (by param, or a decline by its code) marks that field
+    invalid with a message for the shopper; a plain decline marks none."""
+    for status, kind, code, param, field, message in _REFUSALS_ON_FIELDS:
+        page = await browser.new_page()
+        answer = {
+            "error": {
+                "type": kind,
+                "code": code,
+                "message": f"proxy message for {code}",
+                "param": param,
+                "request_id": "req_test",
+            }
+        }
+        await _answer_cards_with(page, status, answer)
+        await page.goto(checkout.allowed + "/")
+        frame = await type_card(page, VISA.number, "1234", VISA.cvc)
+        await page.click("#pay")
+        await page.wait_for_function("window.failures.length === 1", timeout=10000)
+        assert await page.evaluate("window.failures") == [
+            {"type": kind, "code": code, "param": param}
+        ]
+        invalid = {
+            name: await frame.locator(f"#{name}").get_attribute("aria-invalid")
+            for name in ("number", "expiry", "cvc")
+        }
+        assert invalid == {name: str(name == field).lower() for name in invalid}, code
+        if field is not None:
+            assert await frame.locator(f"#{field}-error").text_content() == message
+        assert await frame.locator("#form-status").text_content() == f"proxy message for {code}"
+        await page.close()
+
+
 async def test_frame_postal_code_rule_matches_server_rule(
     browser: Any, proxy: RunningProxy
 ) -> None:

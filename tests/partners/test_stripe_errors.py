@@ -33,6 +33,15 @@ CARD_DECLINED = {
         "type": "card_error",
     }
 }
+INCORRECT_ZIP = {
+    "error": {
+        "code": "incorrect_zip",
+        "doc_url": "https://stripe.com/docs/error-codes/incorrect-zip",
+        "message": "The zip code you supplied failed validation.",
+        "param": "billing_details[address][postal_code]",
+        "type": "card_error",
+    }
+}
 # A 402 that is not a card's refusal: Stripe's "request failed" for a valid request.
 INVALID_REQUEST_402 = {
     "error": {
@@ -107,6 +116,16 @@ async def test_card_error_is_a_decline_with_its_decline_code(
         "insufficient_funds",
         True,
     )
+
+
+async def test_a_failed_postal_code_check_keeps_its_code(
+    partner: StripePartner, localstripe: Localstripe
+) -> None:
+    """incorrect_zip stays itself, so the checkout can point the shopper at the postal code."""
+    await script_fault(localstripe, PM_PATH, 402, INCORRECT_ZIP)
+    error = await refused(partner)
+    assert isinstance(error, PartnerDeclined)
+    assert (error.code, error.final) == ("incorrect_zip", True)
 
 
 async def test_a_402_that_is_no_card_error_is_not_a_decline(

@@ -350,6 +350,43 @@
     return picked;
   }
 
+  // The field an error from the proxy is about: by its param, or for a partner's
+  // decline, which names no param, by its code (incorrect_cvc, expired_card, ...).
+  var PARAM_FIELDS = {
+    number: "number",
+    exp_month: "expiry",
+    exp_year: "expiry",
+    cvc: "cvc",
+    postal_code: "postal_code"
+  };
+  var CODE_FIELDS = {
+    invalid_number: "number",
+    incorrect_number: "number",
+    expired_card: "expiry",
+    invalid_expiry_month: "expiry",
+    invalid_expiry_year: "expiry",
+    invalid_cvc: "cvc",
+    incorrect_cvc: "cvc",
+    invalid_postal_code: "postal_code",
+    incorrect_zip: "postal_code"
+  };
+  // The proxy's messages are written for the shop's developers; the shopper reads these.
+  var FIELD_MESSAGES = {
+    number: "Your card number is invalid.",
+    expiry: "Your card's expiry date is invalid.",
+    cvc: "Your card's security code is incorrect.",
+    postal_code: "Your postal code is invalid."
+  };
+
+  function fieldOfError(err) {
+    var name = PARAM_FIELDS[err.param] || CODE_FIELDS[err.code] || null;
+    return name !== null && fields[name] ? name : null;
+  }
+
+  function fieldMessage(name, code) {
+    return code === "expired_card" ? "Your card has expired." : FIELD_MESSAGES[name];
+  }
+
   function fail(error) {
     tell({ type: "tokenproxy:error", error: error });
   }
@@ -452,16 +489,11 @@
         }
         var err = (result.payload && result.payload.error) || {};
         status.textContent = err.message || "The card could not be saved.";
-        if (err.param === "postal_code" && askPostalCode) {
-          // The shopper typed it, so the shopper is the one to fix it.
-          show("postal_code", {
-            code: err.code,
-            message:
-              err.code === "invalid_postal_code" || !err.message
-                ? "Your postal code is invalid."
-                : err.message
-          });
-          fields.postal_code.focus();
+        var about = fieldOfError(err);
+        if (about !== null) {
+          // The shopper typed it, so the shopper is the one to fix it: on the field.
+          show(about, { code: err.code, message: fieldMessage(about, err.code) });
+          fields[about].focus();
         }
         var failure = {
           type: err.type || "api_error",
