@@ -38,13 +38,11 @@ _TOKEN_RE = re.compile(r"^vtok_(card|bank|inv)_[A-Za-z0-9_-]{32}$")
 _KIND_BY_WORD = {"card": Kind.CARD, "bank": Kind.BANK, "inv": Kind.INVOICE}
 
 
-# A token's random part can spell a Luhn-valid run of digits by chance (about one in
-# 10^10): the audit trail would refuse it as a resource, so every resolve of that token
-# would fail, and log redaction would hide it. A minted token never holds one.
-
-
 def new_token(kind: Kind) -> str:
     """A fresh random token for ``kind``; never derived from the data it stands for."""
+    # A token's random part can spell a Luhn-valid run of digits by chance (about one in
+    # 10^10): the audit trail would refuse it as a resource, so every resolve of that
+    # token would fail, and log redaction would hide it. A minted token never holds one.
     while True:
         token = TOKEN_PREFIX[kind] + secrets.token_urlsafe(_TOKEN_RANDOM_BYTES)
         if not holds_pan(token):
@@ -59,14 +57,13 @@ def token_from_seed(kind: Kind, seed: bytes) -> str:
     """
     if len(seed) != _TOKEN_RANDOM_BYTES:
         raise ValueError(f"seed must be {_TOKEN_RANDOM_BYTES} bytes")
-    token = TOKEN_PREFIX[kind] + base64.urlsafe_b64encode(seed).decode().rstrip("=")
-    attempt = 0
-    # A seed that spells a card-like run is hashed again, with a counter: still the same
-    # token every time for the same seed, and every other seed keeps its token as it was.
-    while holds_pan(token):
+    drawn, attempt = seed, 0
+    # A seed that spells a card-like run (see new_token) is hashed again, with a counter:
+    # still the same token every time for the same seed, and every other seed keeps its
+    # token as it was.
+    while holds_pan(token := TOKEN_PREFIX[kind] + base64.urlsafe_b64encode(drawn).decode()):
         attempt += 1
         drawn = hashlib.sha256(seed + attempt.to_bytes(4, "big")).digest()[:_TOKEN_RANDOM_BYTES]
-        token = TOKEN_PREFIX[kind] + base64.urlsafe_b64encode(drawn).decode().rstrip("=")
     return token
 
 

@@ -155,8 +155,7 @@ async def test_bad_number_shows_inline_error_and_sends_nothing(
     assert await page.evaluate("window.errors") == [
         {"type": "validation_error", "code": "invalid_number"}
     ]
-    assert await page.evaluate("window.received") == []
-    assert not [r for r in requests if "/v1/" in r.url]
+    await _nothing_sent(page, requests)
     await page.close()
 
 
@@ -228,27 +227,23 @@ async def test_authentication_required_reaches_the_page_with_next_action_only(
 ) -> None:
     """A 402 authentication_required gives onError its code, setup and named next_action."""
     page = await browser.new_page()
-    answer = {
-        "error": {
-            "type": "card_error",
-            "code": "authentication_required",
-            "message": "The card issuer requires the cardholder to authenticate.",
-            "param": None,
-            "request_id": "req_test",
-            "setup": "sealed-setup",
-            "next_action": {
-                "type": "redirect_to_url",
-                "redirect_to_url": {
-                    "url": "https://hooks.example/3ds/seti_1",
-                    "return_url": "https://shop.example/return",
-                    "client_secret": "seti_1_secret_x",
-                },
-                "use_stripe_sdk": {"stripe_js": "https://js.example"},
+    await _answer_cards_with(
+        page,
+        402,
+        kind="card_error",
+        code="authentication_required",
+        message="The card issuer requires the cardholder to authenticate.",
+        setup="sealed-setup",
+        next_action={
+            "type": "redirect_to_url",
+            "redirect_to_url": {
+                "url": "https://hooks.example/3ds/seti_1",
+                "return_url": "https://shop.example/return",
+                "client_secret": "seti_1_secret_x",
             },
-        }
-    }
-
-    await _answer_cards_with(page, 402, answer)
+            "use_stripe_sdk": {"stripe_js": "https://js.example"},
+        },
+    )
     await page.goto(checkout.allowed + "/")
     frame = await type_card(page, VISA.number, "1234", VISA.cvc)
     await page.click("#pay")
@@ -274,8 +269,28 @@ async def test_authentication_required_reaches_the_page_with_next_action_only(
     await page.close()
 
 
-async def _answer_cards_with(page: Any, status: int, answer: dict[str, Any]) -> None:
-    """Have the page's POST /v1/cards answered with ``status`` and ``answer``, not by the proxy."""
+async def _answer_cards_with(
+    page: Any,
+    status: int,
+    *,
+    kind: str,
+    code: str,
+    message: str,
+    param: str | None = None,
+    **more: Any,
+) -> None:
+    """Have the page's POST /v1/cards answered, not by the proxy, with ``status`` and the
+    proxy's error body (``more``: its extra fields)."""
+    answer = {
+        "error": {
+            "type": kind,
+            "code": code,
+            "message": message,
+            "param": param,
+            "request_id": "req_test",
+            **more,
+        }
+    }
 
     async def fulfill(route: Any) -> None:
         await route.fulfill(
@@ -286,6 +301,12 @@ async def _answer_cards_with(page: Any, status: int, answer: dict[str, Any]) -> 
         )
 
     await page.route("**/v1/cards", fulfill)
+
+
+async def _nothing_sent(page: Any, requests: list[Any]) -> None:
+    """The page got no token, and nothing reached the proxy's API."""
+    assert await page.evaluate("window.received") == []
+    assert not [r for r in requests if "/v1/" in r.url]
 
 
 def _posted_cards(requests: list[Any]) -> list[Any]:
@@ -352,8 +373,7 @@ async def test_postal_code_field_refuses_empty_and_invalid_values_in_the_frame(
         {"type": "validation_error", "code": "incomplete_postal_code", "param": "postal_code"},
         *[{"type": "validation_error", "code": "invalid_postal_code", "param": "postal_code"}] * 3,
     ]
-    assert await page.evaluate("window.received") == []
-    assert not [r for r in requests if "/v1/" in r.url]
+    await _nothing_sent(page, requests)
 
     await field.fill("")
     await field.press_sequentially("75001", delay=5)
@@ -459,8 +479,7 @@ async def test_invalid_or_conflicting_submit_postal_code_sends_nothing(
     assert await page.evaluate("window.failures") == [
         {"type": "validation_error", "code": "postal_code_conflict", "param": "postal_code"}
     ]
-    assert await page.evaluate("window.received") == []
-    assert not [r for r in requests if "/v1/" in r.url]
+    await _nothing_sent(page, requests)
     await page.close()
 
 
@@ -469,17 +488,14 @@ async def test_server_postal_code_error_shows_on_the_field(
 ) -> None:
     """A 422 naming postal_code marks the shown field invalid and reaches onError."""
     page = await browser.new_page()
-    answer = {
-        "error": {
-            "type": "card_error",
-            "code": "invalid_postal_code",
-            "message": "postal_code must be 1 to 12 letters, digits, spaces or dashes.",
-            "param": "postal_code",
-            "request_id": "req_test",
-        }
-    }
-
-    await _answer_cards_with(page, 422, answer)
+    await _answer_cards_with(
+        page,
+        422,
+        kind="card_error",
+        code="invalid_postal_code",
+        message="postal_code must be 1 to 12 letters, digits, spaces or dashes.",
+        param="postal_code",
+    )
     await page.goto(checkout.allowed + "/?postal=1")
     frame = await type_card(page, VISA.number, "1234", VISA.cvc)
     field = frame.locator("#postal_code")
@@ -516,16 +532,9 @@ async def test_proxy_refusals_show_on_the_field_they_are_about(
     invalid with a message for the shopper; a plain decline marks none."""
     for status, kind, code, param, field, message in _REFUSALS_ON_FIELDS:
         page = await browser.new_page()
-        answer = {
-            "error": {
-                "type": kind,
-                "code": code,
-                "message": f"proxy message for {code}",
-                "param": param,
-                "request_id": "req_test",
-            }
-        }
-        await _answer_cards_with(page, status, answer)
+        await _answer_cards_with(
+            page, status, kind=kind, code=code, message=f"proxy message for {code}", param=param
+        )
         await page.goto(checkout.allowed + "/")
         frame = await type_card(page, VISA.number, "1234", VISA.cvc)
         await page.click("#pay")
